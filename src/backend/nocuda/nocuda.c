@@ -1,0 +1,19 @@
+/* Built when kiln is compiled without CUDA (no nvcc, or -DKILN_CUDA=OFF). */
+#include "backend/backend.h"
+
+bool kiln_cuda_available(void)
+{
+    return false;
+}
+
+enum kiln_status kiln_backend_cuda_create(const struct kiln_model *m,
+                                          const struct kiln_backend_options *opt,
+                                          struct kiln_backend **out, struct kiln_error *err)
+{
+    (void)m;
+    (void)opt;
+    *out = NULL;
+    return kiln_errorf(err, KILN_ERR_UNSUPPORTED,
+                       "this kiln was built without CUDA: install the CUDA toolkit (nvcc) and "
+                       "rebuild, or use --device cpu");
+}

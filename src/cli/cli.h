@@ -1,0 +1,9 @@
+/* kiln subcommands: each is int kiln_cmd_NAME(int argc, char **argv) with argv[0] = NAME,
+ * returning the process exit status (0 ok, 1 runtime error, 2 usage error). */
+#ifndef KILN_CLI_CLI_H
+#define KILN_CLI_CLI_H
+
+int kiln_cmd_generate(int argc, char **argv);
+int kiln_cmd_mkmodel(int argc, char **argv);
+
+#endif

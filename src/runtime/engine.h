@@ -1,0 +1,103 @@
+/* The engine: one thread that owns a backend and runs the scheduler loop (admit waiting
+ * requests, build one batch of prefill chunks and decode tokens within max_num_tokens and
+ * max_batch_size, forward, sample, emit). Other threads talk to it only through this API; it
+ * never touches sockets, and callers never block it.
+ *
+ * Events are delivered through one thread-safe queue: after pushing, the engine calls
+ * notify(notify_arg) (e.g. event_active on a libevent user event); the consumer then drains
+ * the queue with kiln_engine_poll. */
+#ifndef KILN_RUNTIME_ENGINE_H
+#define KILN_RUNTIME_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "tokenizer/tokenizer.h"
+
+struct kiln_engine_options {
+    int max_batch_size;   /* sequences per step */
+    int max_num_tokens;   /* tokens per step (prefill chunk budget) */
+    int max_queue;        /* waiting requests before submit fails with KILN_ERR_LIMIT */
+    int max_seq_len;      /* prompt + output */
+    int max_input_len;    /* prompt */
+    bool prefix_caching;
+    void (*notify)(void *arg); /* called from the engine thread after events are queued */
+    void *notify_arg;
+};
+
+struct kiln_request {
+    const int32_t *prompt; /* copied by submit */
+    int n_prompt;
+    int max_tokens;   /* > 0 */
+    int min_tokens;
+    bool ignore_eos;
+    float temperature, top_p, min_p;
+    int top_k;
+    bool has_seed;
+    uint64_t seed;
+    float presence_penalty, frequency_penalty, repetition_penalty;
+    const int32_t *bias_ids; /* logit_bias, copied */
+    const float *bias_vals;
+    int n_bias;
+    const char *const *stop; /* stop strings, copied; matched on the detokenized output */
+    int n_stop;
+    const int32_t *stop_ids; /* extra stop token ids, copied */
+    int n_stop_ids;
+    int logprobs;            /* -1: none; 0..20: chosen token + that many alternatives */
+    bool skip_special_tokens;
+    bool detokenize;         /* produce text deltas (needs the tokenizer) */
+    void *user;              /* returned in every event of this request */
+};
+
+enum kiln_finish { KILN_FINISH_NONE, KILN_FINISH_STOP, KILN_FINISH_LENGTH, KILN_FINISH_CANCELLED,
+                   KILN_FINISH_ERROR };
+
+struct kiln_event {
+    uint64_t id;
+    void *user;
+    int32_t token;       /* -1 in a finish-only event */
+    char *text;          /* text delta (malloc'ed, may be ""), NULL without detokenize */
+    size_t text_len;
+    float logprob;
+    int n_top;
+    int32_t top_ids[KILN_MAX_LOGPROBS];
+    float top_logprobs[KILN_MAX_LOGPROBS];
+    enum kiln_finish finish; /* NONE while running; set on the request's last event */
+    char *stop_reason;       /* matched stop string (malloc'ed) or NULL */
+    int32_t stop_token;      /* matched stop token id or -1 */
+    int prompt_tokens, completion_tokens, cached_tokens;
+    char error[256];         /* with KILN_FINISH_ERROR */
+};
+
+struct kiln_engine_stats {
+    int running, waiting;
+    int kv_blocks_used, kv_blocks_total;
+    uint64_t steps, preemptions, prefix_hits_tokens;
+};
+
+struct kiln_engine;
+
+/* Takes ownership of nothing; backend and tokenizer (may be NULL) must outlive the engine. */
+enum kiln_status kiln_engine_create(struct kiln_backend *backend, struct kiln_tokenizer *tok,
+                                    const struct kiln_engine_options *opt,
+                                    struct kiln_engine **out, struct kiln_error *err);
+/* Validates and queues; fails with KILN_ERR_LIMIT when the queue is full or the request
+ * cannot fit (context_length_exceeded), KILN_ERR_INVALID for bad parameters. */
+enum kiln_status kiln_engine_submit(struct kiln_engine *e, const struct kiln_request *req,
+                                    uint64_t *id, struct kiln_error *err);
+/* Non-blocking: moves up to max queued events into ev; returns how many. */
+size_t kiln_engine_poll(struct kiln_engine *e, struct kiln_event *ev, size_t max);
+/* Blocking variant for CLI use: waits up to timeout_s for at least one event. */
+size_t kiln_engine_wait(struct kiln_engine *e, struct kiln_event *ev, size_t max, double timeout_s);
+void kiln_event_release(struct kiln_event *ev); /* frees text and stop_reason */
+/* The request finishes with KILN_FINISH_CANCELLED; its KV blocks are freed within one step. */
+void kiln_engine_cancel(struct kiln_engine *e, uint64_t id);
+void kiln_engine_stats(struct kiln_engine *e, struct kiln_engine_stats *st);
+/* Stops accepting; running requests finish (up to deadline_s, then are cancelled). */
+void kiln_engine_drain(struct kiln_engine *e, double deadline_s);
+void kiln_engine_free(struct kiln_engine *e);
+
+#endif
