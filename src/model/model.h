@@ -66,9 +66,10 @@ void kiln_model_free(struct kiln_model *m);
 /* Rows [r0, r1) of the fused FP8 weight: dst (r1 - r0, in) bytes, each part's bytes requantized
  * to l->weight_scale when its own scale differs. Requires l->fp8. */
 void kiln_linear_fp8_rows(const struct kiln_linear *l, int64_t r0, int64_t r1, uint8_t *dst);
-/* Rows [r0, r1) as f32 in the linear's own units: FP8 codes decoded but NOT multiplied by
- * weight_scale (the backends apply input_scale * weight_scale after the dot product), other
- * dtypes converted. dst (r1 - r0, in). */
+/* Rows [r0, r1) as f32 in the linear's own units: for FP8 the codes of kiln_linear_fp8_rows
+ * (requantized to the group's weight_scale) decoded but NOT multiplied by weight_scale (the
+ * backends apply input_scale * weight_scale after the dot product); other dtypes converted.
+ * dst (r1 - r0, in). */
 void kiln_linear_f32_rows(const struct kiln_linear *l, int64_t r0, int64_t r1, float *dst);
 
 /* Total bytes of weights a forward pass reads (for GB/s figures). */
