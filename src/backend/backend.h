@@ -20,17 +20,17 @@
 #define KILN_MAX_LOGPROBS 20
 
 struct kiln_batch {
-    int n_tokens;              /* tokens in this step, all sequences */
-    const int32_t *tokens;     /* (n_tokens,) token ids */
-    const int32_t *positions;  /* (n_tokens,) absolute position of each token */
+    int n_tokens;             /* tokens in this step, all sequences */
+    const int32_t *tokens;    /* (n_tokens,) token ids */
+    const int32_t *positions; /* (n_tokens,) absolute position of each token */
     int n_seqs;
-    const int32_t *seq_start;  /* (n_seqs + 1,) token offsets; sequence s owns
-                                  tokens [seq_start[s], seq_start[s+1]) with consecutive positions */
-    const int32_t *kv_len;     /* (n_seqs,) KV positions valid after this step = last position + 1 */
+    const int32_t *seq_start; /* (n_seqs + 1,) token offsets; sequence s owns
+                                 tokens [seq_start[s], seq_start[s+1]) with consecutive positions */
+    const int32_t *kv_len;    /* (n_seqs,) KV positions valid after this step = last position + 1 */
     const int32_t *block_table; /* (n_seqs, max_blocks) */
     int max_blocks;
-    int n_out;                 /* rows that need logits */
-    const int32_t *out_rows;   /* (n_out,) token indices into tokens[] */
+    int n_out;               /* rows that need logits */
+    const int32_t *out_rows; /* (n_out,) token indices into tokens[] */
 };
 
 /* Sampling of one output row. The same parameters give the same token on both backends and
@@ -41,7 +41,7 @@ struct kiln_sampling {
     float top_p;       /* 1: off */
     float min_p;       /* 0: off */
     uint64_t seed;
-    uint64_t step;     /* index of the token being drawn in its sequence */
+    uint64_t step; /* index of the token being drawn in its sequence */
     float presence_penalty, frequency_penalty, repetition_penalty; /* 0, 0, 1: off */
     /* Tokens seen so far (unique ids): count in the output, and whether in the prompt. */
     const int32_t *hist_ids;
