@@ -1,0 +1,140 @@
+#include "common.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+
+bool kiln_cli_int(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return false;
+    *out = (int)v;
+    return true;
+}
+
+bool kiln_cli_float(const char *s, float lo, float hi, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+bool kiln_cli_u64(const char *s, unsigned long long *out)
+{
+    char *end;
+    errno = 0;
+    if (*s == '-') return false;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end) return false;
+    *out = v;
+    return true;
+}
+
+enum kiln_status kiln_cli_parse_ids(const char *s, int32_t **ids, int *n, struct kiln_error *err)
+{
+    *ids = NULL;
+    *n = 0;
+    size_t cap = 1;
+    for (const char *p = s; *p; p++) cap += *p == ',';
+    int32_t *v = malloc(cap * sizeof(int32_t));
+    if (!v) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
+    int count = 0;
+    const char *p = s;
+    for (;;) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (errno || end == p || x < 0 || x > INT32_MAX || (*end && *end != ',')) {
+            free(v);
+            return kiln_errorf(err, KILN_ERR_INVALID, "'%s' is not a list of token ids", s);
+        }
+        v[count++] = (int32_t)x;
+        if (!*end) break;
+        p = end + 1;
+    }
+    *ids = v;
+    *n = count;
+    return KILN_OK;
+}
+
+void kiln_cli_backend_defaults(struct kiln_cli_backend *b)
+{
+    *b = (struct kiln_cli_backend){
+        .device = KILN_CLI_DEVICE_AUTO, .kv_dtype = -1, .block_size = 16, .kv_fraction = 0.9f};
+}
+
+bool kiln_cli_backend_option(int c, const char *arg, struct kiln_cli_backend *b, bool *ok)
+{
+    *ok = true;
+    switch (c) {
+    case KILN_CLI_OPT_DEVICE:
+        if (!strcmp(arg, "auto"))
+            b->device = KILN_CLI_DEVICE_AUTO;
+        else if (!strcmp(arg, "cpu"))
+            b->device = KILN_CLI_DEVICE_CPU;
+        else if (!strcmp(arg, "cuda") || !strcmp(arg, "gpu"))
+            b->device = KILN_CLI_DEVICE_CUDA;
+        else
+            *ok = false;
+        return true;
+    case KILN_CLI_OPT_KV_DTYPE:
+        if (!strcmp(arg, "auto"))
+            b->kv_dtype = -1;
+        else if (!strcmp(arg, "fp8"))
+            b->kv_dtype = KILN_DTYPE_F8E4M3;
+        else if (!strcmp(arg, "bf16"))
+            b->kv_dtype = KILN_DTYPE_BF16;
+        else if (!strcmp(arg, "f32"))
+            b->kv_dtype = KILN_DTYPE_F32;
+        else
+            *ok = false;
+        return true;
+    case KILN_CLI_OPT_BLOCK_SIZE:
+        *ok = kiln_cli_int(arg, 1, 4096, &b->block_size);
+        return true;
+    case KILN_CLI_OPT_THREADS:
+        *ok = kiln_cli_int(arg, 0, 1024, &b->threads);
+        return true;
+    case KILN_CLI_OPT_KV_FRACTION:
+        *ok = kiln_cli_float(arg, 0.01f, 1.0f, &b->kv_fraction);
+        return true;
+    case KILN_CLI_OPT_NO_GRAPHS:
+        b->no_graphs = true;
+        return true;
+    }
+    return false;
+}
+
+void kiln_cli_backend_options(const struct kiln_cli_backend *b, const struct kiln_model *m,
+                              struct kiln_backend_options *opt)
+{
+    kiln_backend_options_default(opt);
+    if (b->kv_dtype >= 0)
+        opt->kv_dtype = (enum kiln_dtype)b->kv_dtype;
+    else
+        opt->kv_dtype = m->cfg.fp8_kv_cache ? KILN_DTYPE_F8E4M3 : KILN_DTYPE_BF16;
+    opt->block_size = b->block_size;
+    opt->n_threads = b->threads;
+    opt->kv_memory_fraction = b->kv_fraction;
+    opt->cuda_graphs = !b->no_graphs;
+}
+
+enum kiln_status kiln_cli_backend_create(const struct kiln_cli_backend *b,
+                                         const struct kiln_model *m,
+                                         const struct kiln_backend_options *opt,
+                                         struct kiln_backend **out, struct kiln_error *err)
+{
+    bool cuda = b->device == KILN_CLI_DEVICE_CUDA ||
+                (b->device == KILN_CLI_DEVICE_AUTO && kiln_cuda_available());
+    if (cuda) return kiln_backend_cuda_create(m, opt, out, err);
+    if (b->device == KILN_CLI_DEVICE_AUTO) KILN_INFO("no GPU found: running on the CPU");
+    return kiln_backend_cpu_create(m, opt, out, err);
+}
