@@ -26,8 +26,9 @@ static const struct command commands[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "kiln %s: LLM inference engine and OpenAI-compatible server\n\n"
-               "usage: kiln COMMAND [options]   (kiln COMMAND --help for its options)\n\n",
+    fprintf(f,
+            "kiln %s: LLM inference engine and OpenAI-compatible server\n\n"
+            "usage: kiln COMMAND [options]   (kiln COMMAND --help for its options)\n\n",
             KILN_VERSION);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
