@@ -17,6 +17,8 @@
 #include "core/error.h"
 #include "tokenizer/tokenizer.h"
 
+/* Sizes left at 0 take the backend's (max_seqs, max_tokens, max_seq_len; max_input_len: the
+ * max_seq_len); max_queue <= 0 means no limit. max_num_tokens >= max_batch_size. */
 struct kiln_engine_options {
     int max_batch_size;   /* sequences per step */
     int max_num_tokens;   /* tokens per step (prefill chunk budget) */
@@ -51,6 +53,10 @@ struct kiln_request {
     bool detokenize;         /* produce text deltas (needs the tokenizer) */
     void *user;              /* returned in every event of this request */
 };
+
+/* Fills the neutral parameters (temperature 1, top_p 1, repetition_penalty 1, logprobs -1,
+ * max_tokens 16, skip_special_tokens); the caller sets prompt and the rest. */
+void kiln_request_defaults(struct kiln_request *req);
 
 enum kiln_finish { KILN_FINISH_NONE, KILN_FINISH_STOP, KILN_FINISH_LENGTH, KILN_FINISH_CANCELLED,
                    KILN_FINISH_ERROR };
@@ -92,11 +98,31 @@ enum kiln_status kiln_engine_submit(struct kiln_engine *e, const struct kiln_req
 size_t kiln_engine_poll(struct kiln_engine *e, struct kiln_event *ev, size_t max);
 /* Blocking variant for CLI use: waits up to timeout_s for at least one event. */
 size_t kiln_engine_wait(struct kiln_engine *e, struct kiln_event *ev, size_t max, double timeout_s);
+/* Why a submit failed, for the server's status code:
+ *   INVALID (KILN_ERR_INVALID)       -> 400: bad parameters, ids outside the vocabulary
+ *   CONTEXT_LENGTH (KILN_ERR_LIMIT)  -> 400 context_length_exceeded: the prompt, prompt +
+ *                                       max_tokens, or the KV pool cannot hold the request
+ *   QUEUE_FULL (KILN_ERR_LIMIT)      -> 429: max_queue requests are waiting; retry later
+ *   SHUTTING_DOWN (KILN_ERR_LIMIT)   -> 503: kiln_engine_drain was called
+ *   INTERNAL (KILN_ERR_NOMEM)        -> 500: out of memory */
+enum kiln_submit_error {
+    KILN_SUBMIT_OK,
+    KILN_SUBMIT_INVALID,
+    KILN_SUBMIT_CONTEXT_LENGTH,
+    KILN_SUBMIT_QUEUE_FULL,
+    KILN_SUBMIT_SHUTTING_DOWN,
+    KILN_SUBMIT_INTERNAL,
+};
+/* kiln_engine_submit that also says why it failed (why may be NULL). */
+enum kiln_status kiln_engine_submit_ex(struct kiln_engine *e, const struct kiln_request *req,
+                                       uint64_t *id, enum kiln_submit_error *why,
+                                       struct kiln_error *err);
 void kiln_event_release(struct kiln_event *ev); /* frees text and stop_reason */
 /* The request finishes with KILN_FINISH_CANCELLED; its KV blocks are freed within one step. */
 void kiln_engine_cancel(struct kiln_engine *e, uint64_t id);
 void kiln_engine_stats(struct kiln_engine *e, struct kiln_engine_stats *st);
-/* Stops accepting; running requests finish (up to deadline_s, then are cancelled). */
+/* Stops accepting; running requests finish (up to deadline_s, then are cancelled). Returns at
+ * once: the engine is drained when kiln_engine_stats shows running + waiting == 0. */
 void kiln_engine_drain(struct kiln_engine *e, double deadline_s);
 void kiln_engine_free(struct kiln_engine *e);
 
