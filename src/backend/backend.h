@@ -75,6 +75,7 @@ struct kiln_backend_options {
     int n_threads;            /* CPU: 0 = all cores */
     int device;               /* CUDA device ordinal */
     bool cuda_graphs;         /* CUDA: capture decode steps */
+    bool profile;             /* CUDA: time every op (no graphs); see ops->report */
 };
 
 struct kiln_backend;
@@ -91,6 +92,9 @@ struct kiln_backend_ops {
     enum kiln_status (*sample)(struct kiln_backend *b, const struct kiln_sampling *params, int n,
                                struct kiln_sample_out *out, struct kiln_error *err);
     void (*free)(struct kiln_backend *b);
+    /* Optional (NULL on the CPU): writes the per-op time of the steps run since the last call
+     * (needs opt.profile) into buf and starts over. */
+    void (*report)(struct kiln_backend *b, char *buf, size_t cap);
 };
 
 struct kiln_backend {
@@ -110,6 +114,13 @@ enum kiln_status kiln_backend_cuda_create(const struct kiln_model *m,
                                           const struct kiln_backend_options *opt,
                                           struct kiln_backend **out, struct kiln_error *err);
 bool kiln_cuda_available(void);
+/* The physical limits of the GPU, measured: read bandwidth of a large buffer (GB/s) and a large
+ * cuBLASLt FP8 GEMM (TFLOP/s), for reporting speed as a share of what the chip can do. */
+enum kiln_status kiln_cuda_measure_limits(int device, double *read_gbs, double *fp8_tflops,
+                                          struct kiln_error *err);
+/* Device memory in use (all processes, context included) and total, in bytes. */
+enum kiln_status kiln_cuda_memory(int device, uint64_t *used, uint64_t *total,
+                                  struct kiln_error *err);
 
 static inline void kiln_backend_free(struct kiln_backend *b)
 {

@@ -6,4 +6,7 @@
 int kiln_cmd_generate(int argc, char **argv);
 int kiln_cmd_mkmodel(int argc, char **argv);
 
+/* bench_latency.c: the latency half of `kiln bench` (decode, TTFT, batched decode). */
+int kiln_bench_latency(int argc, char **argv);
+
 #endif

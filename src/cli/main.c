@@ -21,6 +21,7 @@ struct command {
 
 static const struct command commands[] = {
     {"version", cmd_version, "print the version"},
+    {"generate", kiln_cmd_generate, "generate tokens from a prompt (greedy or sampled)"},
 
 };
 

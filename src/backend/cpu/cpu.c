@@ -11,8 +11,13 @@
 #include "ops.h"
 #include "runtime/sampler.h"
 
+/* Decoded f32 copies of the weights make the CPU path several times faster; they are made when
+ * they fit this budget (tiny and small test models; not an 8B model). */
+#define PREPARE_BUDGET ((size_t)3 << 30)
+
 struct cpu_state {
     struct kiln_pool *pool;
+    float **prep; /* [n_layers * 4 + 1]: qkv, o, gate_up, down per layer, then lm_head */
     struct kiln_cpu_kv_layer *kv; /* [n_layers] */
     float *rope;                  /* (max_seq_len, Dh/2, 2) */
     /* activations for up to max_tokens tokens */
@@ -39,16 +44,21 @@ static float amax_of(const float *x, size_t n)
 /* y (n, out) = linear(x (n, in)); FP8 linears quantize x with their input scale, or in
  * calibration mode run unquantized and record the largest |x| in *amax. */
 static void run_linear(struct cpu_state *s, float *y, const float *x, const struct kiln_linear *l,
-                       int n, float *amax)
+                       const float *wf, int n, float *amax)
 {
     size_t count = (size_t)n * (size_t)l->in;
     if (amax) *amax = fmaxf(*amax, amax_of(x, count));
     if (l->fp8 && !s->cal_amax) {
         kiln_cpu_quant_fp8(s->x8, x, count, l->input_scale);
-        kiln_cpu_linear_fp8(s->pool, y, s->x8, l, n);
+        kiln_cpu_linear_fp8(s->pool, y, s->x8, l, wf, n);
     } else {
-        kiln_cpu_linear_f32(s->pool, y, x, l, n);
+        kiln_cpu_linear_f32(s->pool, y, x, l, wf, n);
     }
+}
+
+static const float *prep_of(const struct cpu_state *s, int index)
+{
+    return s->prep ? s->prep[index] : NULL;
 }
 
 static void copy_columns(float *dst, const float *src, int n, int src_stride, int col0, int cols)
@@ -120,7 +130,7 @@ static enum kiln_status cpu_forward(struct kiln_backend *b, const struct kiln_ba
         float *amax = s->cal_amax ? s->cal_amax + 4 * l : NULL;
 
         kiln_cpu_rmsnorm(s->h, s->x, &w->attn_norm, cfg->rms_norm_eps, n, d);
-        run_linear(s, s->big, s->h, &w->qkv, n, amax ? &amax[0] : NULL);
+        run_linear(s, s->big, s->h, &w->qkv, prep_of(s, 4 * l), n, amax ? &amax[0] : NULL);
         int qkv_dim = qdim + 2 * kvdim;
         /* split q | k | v; k and v (n, Hkv Dh) each live in h, sized for 2 Hkv Dh per token */
         float *k = s->h, *v = s->h + (size_t)n * kvdim;
@@ -137,13 +147,13 @@ static enum kiln_status cpu_forward(struct kiln_backend *b, const struct kiln_ba
         kiln_cpu_kv_write(&s->kv[l], batch, k, v);
         /* attention output (n, H Dh) goes to big, free again; o_proj adds into the residual */
         kiln_cpu_attention(s->pool, s->big, q, &s->kv[l], batch, H);
-        run_linear(s, s->h, s->big, &w->o, n, amax ? &amax[1] : NULL);
+        run_linear(s, s->h, s->big, &w->o, prep_of(s, 4 * l + 1), n, amax ? &amax[1] : NULL);
         for (size_t i = 0; i < (size_t)n * d; i++) s->x[i] += s->h[i];
 
         kiln_cpu_rmsnorm(s->h, s->x, &w->mlp_norm, cfg->rms_norm_eps, n, d);
-        run_linear(s, s->big, s->h, &w->gate_up, n, amax ? &amax[2] : NULL);
+        run_linear(s, s->big, s->h, &w->gate_up, prep_of(s, 4 * l + 2), n, amax ? &amax[2] : NULL);
         kiln_cpu_swiglu(s->h, s->big, n, f);
-        run_linear(s, s->big, s->h, &w->down, n, amax ? &amax[3] : NULL);
+        run_linear(s, s->big, s->h, &w->down, prep_of(s, 4 * l + 3), n, amax ? &amax[3] : NULL);
         for (size_t i = 0; i < (size_t)n * d; i++) s->x[i] += s->big[i];
     }
 
@@ -158,7 +168,7 @@ static enum kiln_status cpu_forward(struct kiln_backend *b, const struct kiln_ba
     if (!head->fp8 && head->part[0].dtype == KILN_DTYPE_BF16)
         for (size_t i = 0; i < (size_t)batch->n_out * d; i++)
             s->h[i] = kiln_bf16_to_f32(kiln_f32_to_bf16(s->h[i]));
-    run_linear(s, s->logits, s->h, head, batch->n_out, NULL);
+    run_linear(s, s->logits, s->h, head, prep_of(s, 4 * cfg->n_layers), batch->n_out, NULL);
     return KILN_OK;
 }
 
@@ -194,6 +204,9 @@ static void cpu_free(struct kiln_backend *b)
                 free(s->kv[l].v);
             }
         free(s->kv);
+        if (s->prep)
+            for (int i = 0; i <= 4 * b->model->cfg.n_layers; i++) free(s->prep[i]);
+        free(s->prep);
         free(s->rope);
         free(s->x);
         free(s->h);
@@ -288,6 +301,31 @@ enum kiln_status kiln_backend_cpu_create(const struct kiln_model *m,
         }
     }
     b->kv_bytes = 2 * layer_elems * esz * (size_t)cfg->n_layers;
+
+    size_t prep_bytes = (size_t)m->lm_head.out * m->lm_head.in * sizeof(float);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const struct kiln_layer_weights *w = &m->layers[l];
+        prep_bytes += ((size_t)w->qkv.out * w->qkv.in + (size_t)w->o.out * w->o.in +
+                       (size_t)w->gate_up.out * w->gate_up.in + (size_t)w->down.out * w->down.in) *
+                      sizeof(float);
+    }
+    if (prep_bytes <= PREPARE_BUDGET) {
+        int count = 4 * cfg->n_layers + 1;
+        s->prep = calloc((size_t)count, sizeof *s->prep);
+        for (int i = 0; s->prep && i < count; i++) {
+            const struct kiln_layer_weights *w = &m->layers[i / 4 < cfg->n_layers ? i / 4 : 0];
+            const struct kiln_linear *lin = i == count - 1 ? &m->lm_head
+                                            : i % 4 == 0   ? &w->qkv
+                                            : i % 4 == 1   ? &w->o
+                                            : i % 4 == 2   ? &w->gate_up
+                                                           : &w->down;
+            s->prep[i] = kiln_cpu_linear_prepare(s->pool, lin);
+            if (!s->prep[i]) {
+                cpu_free(b);
+                return kiln_errorf(err, KILN_ERR_NOMEM, "cpu backend: out of memory for weights");
+            }
+        }
+    }
     kiln_rope_table(cfg, o.max_seq_len, s->rope);
     b->opt = o;
     *out = b;

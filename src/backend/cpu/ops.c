@@ -25,60 +25,99 @@ void kiln_cpu_quant_fp8(uint8_t *q, const float *x, size_t n, float scale)
     for (size_t i = 0; i < n; i++) q[i] = kiln_quant_e4m3(x[i], inv);
 }
 
-/* Both linears run over output rows in parallel: each thread decodes one weight row to f32 at
- * a time and dots it with every token's input, so the weights are read once per forward. */
+/* Both linears run over output rows in parallel: each thread takes a range of weight rows
+ * (decoded once, or read from the prepared f32 copy) and dots each with every token's input, so
+ * the weights are read once per forward. */
 struct linear_job {
     float *y;
     const float *xf; /* (n, in) f32 inputs (FP8 activations already decoded) */
     const struct kiln_linear *l;
+    const float *wf; /* prepared (out, in) or NULL */
     int n;
     float out_scale;
-    bool dequant; /* f32 path over FP8 weights: multiply the codes by weight_scale */
 };
+
+static void decode_row(const struct kiln_linear *l, int64_t r, float *row, uint8_t *codes)
+{
+    if (l->fp8) {
+        kiln_linear_fp8_rows(l, r, r + 1, codes);
+        for (int64_t i = 0; i < l->in; i++) row[i] = kiln_e4m3_to_f32(codes[i]);
+    } else {
+        kiln_linear_f32_rows(l, r, r + 1, row);
+    }
+}
+
+/* Dot product with 8 independent partial sums (a fixed order: the result does not depend on the
+ * thread count), which the compiler keeps in vector registers. */
+static float dot(const float *a, const float *b, int64_t n)
+{
+    float p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) p[k] += a[i + k] * b[i + k];
+    for (; i < n; i++) p[i & 7] += a[i] * b[i];
+    return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+}
 
 static void linear_range(void *ctx, size_t r0, size_t r1)
 {
     const struct linear_job *j = ctx;
     const struct kiln_linear *l = j->l;
     int64_t in = l->in;
-    float *row = malloc((size_t)in * sizeof(float));
-    uint8_t *codes = l->fp8 ? malloc((size_t)in) : NULL;
-    KILN_ASSERT(row && (codes || !l->fp8));
+    float *buf = j->wf ? NULL : malloc((size_t)in * sizeof(float));
+    uint8_t *codes = !j->wf && l->fp8 ? malloc((size_t)in) : NULL;
+    KILN_ASSERT(j->wf || (buf && (codes || !l->fp8)));
     for (size_t r = r0; r < r1; r++) {
-        if (l->fp8) {
-            kiln_linear_fp8_rows(l, (int64_t)r, (int64_t)r + 1, codes);
-            for (int64_t i = 0; i < in; i++) row[i] = kiln_e4m3_to_f32(codes[i]);
-        } else {
-            kiln_linear_f32_rows(l, (int64_t)r, (int64_t)r + 1, row);
-        }
-        for (int t = 0; t < j->n; t++) {
-            const float *x = j->xf + (size_t)t * in;
-            float acc = 0.0f;
-            for (int64_t i = 0; i < in; i++) acc += x[i] * row[i];
-            j->y[(size_t)t * l->out + r] = acc * j->out_scale;
-        }
+        const float *row = j->wf ? j->wf + r * (size_t)in : buf;
+        if (!j->wf) decode_row(l, (int64_t)r, buf, codes);
+        for (int t = 0; t < j->n; t++)
+            j->y[(size_t)t * l->out + r] = dot(j->xf + (size_t)t * in, row, in) * j->out_scale;
     }
     free(codes);
-    free(row);
+    free(buf);
 }
 
 void kiln_cpu_linear_fp8(struct kiln_pool *pool, float *y, const uint8_t *x8,
-                         const struct kiln_linear *l, int n)
+                         const struct kiln_linear *l, const float *wf, int n)
 {
     size_t count = (size_t)n * (size_t)l->in;
     float *xf = malloc(count * sizeof(float));
     KILN_ASSERT(xf);
     kiln_convert_to_f32(xf, x8, KILN_DTYPE_F8E4M3, count);
-    struct linear_job j = {y, xf, l, n, l->input_scale * l->weight_scale, false};
+    struct linear_job j = {y, xf, l, wf, n, l->input_scale * l->weight_scale};
     kiln_parallel_for(pool, (size_t)l->out, linear_range, &j);
     free(xf);
 }
 
 void kiln_cpu_linear_f32(struct kiln_pool *pool, float *y, const float *x,
-                         const struct kiln_linear *l, int n)
+                         const struct kiln_linear *l, const float *wf, int n)
 {
-    struct linear_job j = {y, x, l, n, l->fp8 ? l->weight_scale : 1.0f, l->fp8};
+    struct linear_job j = {y, x, l, wf, n, l->fp8 ? l->weight_scale : 1.0f};
     kiln_parallel_for(pool, (size_t)l->out, linear_range, &j);
+}
+
+struct prepare_job {
+    const struct kiln_linear *l;
+    float *wf;
+};
+
+static void prepare_range(void *ctx, size_t r0, size_t r1)
+{
+    const struct prepare_job *j = ctx;
+    uint8_t *codes = j->l->fp8 ? malloc((size_t)j->l->in) : NULL;
+    KILN_ASSERT(codes || !j->l->fp8);
+    for (size_t r = r0; r < r1; r++)
+        decode_row(j->l, (int64_t)r, j->wf + r * (size_t)j->l->in, codes);
+    free(codes);
+}
+
+float *kiln_cpu_linear_prepare(struct kiln_pool *pool, const struct kiln_linear *l)
+{
+    float *wf = malloc((size_t)l->out * (size_t)l->in * sizeof(float));
+    if (!wf) return NULL;
+    struct prepare_job j = {l, wf};
+    kiln_parallel_for(pool, (size_t)l->out, prepare_range, &j);
+    return wf;
 }
 
 void kiln_rope_table(const struct kiln_config *cfg, int max_pos, float *cos_sin)

@@ -23,14 +23,19 @@ void kiln_cpu_rmsnorm(float *y, const float *x, const struct kiln_tensor *w, flo
 void kiln_cpu_quant_fp8(uint8_t *q, const float *x, size_t n, float scale);
 
 /* FP8 linear: y (n, out) = (x8 (n, in) . W8 (out, in)) * input_scale * weight_scale, with W8 the
- * group's (requantized) codes. */
+ * group's (requantized) codes. wf (out, in), when not NULL, holds the weights already decoded by
+ * kiln_cpu_linear_prepare (same values, faster); else rows are decoded on the fly. */
 void kiln_cpu_linear_fp8(struct kiln_pool *pool, float *y, const uint8_t *x8,
-                         const struct kiln_linear *l, int n);
+                         const struct kiln_linear *l, const float *wf, int n);
 
 /* Unquantized linear: y (n, out) = x (n, in) . W (out, in), W in the checkpoint's dtype (or the
- * dequantized FP8 codes times weight_scale, for calibration). */
+ * dequantized FP8 codes times weight_scale, for calibration). wf as above. */
 void kiln_cpu_linear_f32(struct kiln_pool *pool, float *y, const float *x,
-                         const struct kiln_linear *l, int n);
+                         const struct kiln_linear *l, const float *wf, int n);
+
+/* The weights of l decoded to f32 (out, in): FP8 codes as their values (not scaled), other
+ * dtypes converted. Returns NULL when out of memory. */
+float *kiln_cpu_linear_prepare(struct kiln_pool *pool, const struct kiln_linear *l);
 
 /* RoPE table: cos_sin (max_pos, Dh/2, 2) f32, angle = pos * inv_freq[i] in f32 with the llama3
  * or linear frequency scaling of the config, as transformers computes it. */

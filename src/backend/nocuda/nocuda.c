@@ -17,3 +17,19 @@ enum kiln_status kiln_backend_cuda_create(const struct kiln_model *m,
                        "this kiln was built without CUDA: install the CUDA toolkit (nvcc) and "
                        "rebuild, or use --device cpu");
 }
+
+enum kiln_status kiln_cuda_measure_limits(int device, double *read_gbs, double *fp8_tflops,
+                                          struct kiln_error *err)
+{
+    (void)device;
+    *read_gbs = *fp8_tflops = 0;
+    return kiln_errorf(err, KILN_ERR_UNSUPPORTED, "this kiln was built without CUDA");
+}
+
+enum kiln_status kiln_cuda_memory(int device, uint64_t *used, uint64_t *total,
+                                  struct kiln_error *err)
+{
+    (void)device;
+    *used = *total = 0;
+    return kiln_errorf(err, KILN_ERR_UNSUPPORTED, "this kiln was built without CUDA");
+}

@@ -1,0 +1,1002 @@
+/* The CUDA backend: weights in the kernels' layouts on the GPU, a paged KV pool, and one
+ * forward pass per step over a mixed batch.
+ *
+ * Two paths compute the same function (the CPU backend's, see cpu/ops.h for the rounding
+ * points):
+ *   - decode path, n_tokens <= 8: five kernels per layer -- skinny tensor-core GEMMs with the
+ *     RMSNorm fused in front and RoPE + KV write / SwiGLU / residual add fused behind, and
+ *     flash-decoding attention. Pure decode steps are captured once per batch size as CUDA
+ *     graphs and replayed, so launch gaps do not eat the weight-streaming time.
+ *   - prefill path: cuBLASLt FP8 GEMMs (f32 out, residual added by beta = 1) with RMSNorm,
+ *     RoPE/KV, SwiGLU and FlashAttention kernels between them.
+ * The host side of a step is one copy of the batch description into a device buffer.
+ * Every CUDA and cuBLASLt call is checked; failures become KILN_ERR_CUDA with the call. */
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "core/log.h"
+#include "core/thread.h"
+#include "backend/cpu/ops.h"
+#include "kernels.h"
+#include "runtime/sampler.h"
+
+#define DECODE_MAX_TOKENS 8
+#define SPLIT_LEN 256
+#define LT_WORKSPACE (64u << 20)
+#define ALGO_CACHE 128
+
+#define CUDA_TRY(call)                                                                             \
+    do {                                                                                           \
+        cudaError_t e_ = (cudaError_t)(call);                                                      \
+        if (e_ != cudaSuccess)                                                                     \
+            return kiln_errorf(err, KILN_ERR_CUDA, "%s failed: %s (%s:%d)", #call,                 \
+                               cudaGetErrorString(e_), __FILE__, __LINE__);                        \
+    } while (0)
+
+#define LT_TRY(call)                                                                               \
+    do {                                                                                           \
+        cublasStatus_t s_ = (call);                                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                           \
+            return kiln_errorf(err, KILN_ERR_CUDA, "%s failed: cuBLAS status %d (%s:%d)", #call,   \
+                               (int)s_, __FILE__, __LINE__);                                       \
+    } while (0)
+
+struct cuda_linear {
+    void *w; /* (M, K) e4m3 or bf16, rows in kernel order */
+    int M, K;
+    bool fp8;
+    float in_scale, out_scale; /* out_scale = input_scale * weight_scale (1 for bf16) */
+};
+
+struct cuda_layer {
+    uint16_t *attn_norm, *mlp_norm; /* (d,) bf16 */
+    struct cuda_linear qkv, o, gate_up, down;
+    struct kiln_cuda_kv kv;
+};
+
+struct algo_entry {
+    int M, N, K, bf16, beta1, ldc;
+    cublasLtMatmulAlgo_t algo;
+    bool valid;
+};
+
+struct graph_entry {
+    cudaGraphExec_t exec;
+    bool ready;
+};
+
+/* Per-op timing (opt.profile): an event after every op of a step, summed per category. */
+enum prof_cat { P_EMBED, P_NORM, P_QKV, P_ROPE, P_ATTN, P_O, P_GATE_UP, P_SWIGLU, P_DOWN, P_HEAD,
+                P_COUNT };
+static const char *const prof_names[P_COUNT] = {
+    "embed", "rmsnorm+quant", "qkv gemm", "rope+kv", "attention", "o gemm", "gate_up gemm",
+    "swiglu+quant", "down gemm", "lm_head"};
+#define PROF_MAX 2048
+
+struct prof {
+    bool on;
+    cudaEvent_t ev[PROF_MAX + 1];
+    int cat[PROF_MAX];
+    int n, steps;
+    double ms[P_COUNT];
+};
+
+struct cuda_state {
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    void *lt_ws;
+    struct algo_entry algos[ALGO_CACHE];
+    int algo_next;
+
+    uint16_t *embed, *final_norm;
+    struct cuda_linear head;
+    struct cuda_layer *layers;
+    float *rope;
+
+    float *x, *big, *q, *logits, *part;
+    uint8_t *x8;
+    int max_blocks, n_splits;
+
+    int32_t *h_meta, *d_meta; /* batch description, pinned host and device */
+    size_t meta_cap;          /* int32 elements */
+    int32_t *h_tok, *d_tok;
+    float *h_lp, *d_lp;
+    float *h_row; /* one row of logits for the host sampler (pinned) */
+    float *scratch;
+
+    int n_out;
+    struct prof prof;
+    struct graph_entry graphs[DECODE_MAX_TOKENS + 1];
+    void *kv_pool;
+    uint64_t weight_bytes;
+};
+
+/* ---- weight upload ---- */
+
+struct stage_job {
+    const struct kiln_linear *l;
+    enum kiln_row_order order;
+    int head_dim;
+    int64_t f, r0;
+    uint8_t *dst;
+    size_t row_bytes;
+};
+
+static void stage_rows(void *ctx, size_t i0, size_t i1)
+{
+    const struct stage_job *j = ctx;
+    float *tmp = j->l->fp8 ? NULL : malloc((size_t)j->l->in * sizeof(float));
+    for (size_t i = i0; i < i1; i++) {
+        int64_t nat = kiln_cuda_natural_row(j->order, j->r0 + (int64_t)i, j->head_dim, j->f);
+        uint8_t *d = j->dst + i * j->row_bytes;
+        if (j->l->fp8) {
+            kiln_linear_fp8_rows(j->l, nat, nat + 1, d);
+        } else {
+            kiln_linear_f32_rows(j->l, nat, nat + 1, tmp);
+            for (int64_t k = 0; k < j->l->in; k++) ((uint16_t *)d)[k] = kiln_f32_to_bf16(tmp[k]);
+        }
+    }
+    free(tmp);
+}
+
+/* Uploads a linear in kernel row order through a pinned staging buffer filled by the pool. */
+static enum kiln_status upload_linear(struct cuda_state *s, struct kiln_pool *pool,
+                                      const struct kiln_linear *l, enum kiln_row_order order,
+                                      int head_dim, int64_t f, uint8_t *stage, size_t stage_bytes,
+                                      struct cuda_linear *out, struct kiln_error *err)
+{
+    out->M = (int)l->out;
+    out->K = (int)l->in;
+    out->fp8 = l->fp8;
+    out->in_scale = l->fp8 ? l->input_scale : 1.0f;
+    out->out_scale = l->fp8 ? l->input_scale * l->weight_scale : 1.0f;
+    size_t row_bytes = (size_t)l->in * (l->fp8 ? 1 : 2);
+    CUDA_TRY(cudaMalloc(&out->w, row_bytes * (size_t)l->out));
+    s->weight_bytes += row_bytes * (size_t)l->out;
+    size_t rows_per = stage_bytes / row_bytes;
+    for (int64_t r0 = 0; r0 < l->out; r0 += (int64_t)rows_per) {
+        int64_t n = l->out - r0 < (int64_t)rows_per ? l->out - r0 : (int64_t)rows_per;
+        struct stage_job j = {l, order, head_dim, f, r0, stage, row_bytes};
+        kiln_parallel_for(pool, (size_t)n, stage_rows, &j);
+        CUDA_TRY(cudaMemcpy((uint8_t *)out->w + (size_t)r0 * row_bytes, stage,
+                            (size_t)n * row_bytes, cudaMemcpyHostToDevice));
+    }
+    return KILN_OK;
+}
+
+static enum kiln_status upload_bf16(struct cuda_state *s, const struct kiln_tensor *t,
+                                    const char *what, uint16_t **out, struct kiln_error *err)
+{
+    if (t->dtype != KILN_DTYPE_BF16)
+        return kiln_errorf(err, KILN_ERR_UNSUPPORTED,
+                           "cuda backend: %s is %s; the CUDA backend expects BF16 (as ModelOpt "
+                           "FP8 checkpoints store it)",
+                           what, kiln_dtype_name(t->dtype));
+    size_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= (size_t)t->shape[i];
+    CUDA_TRY(cudaMalloc((void **)out, n * 2));
+    CUDA_TRY(cudaMemcpy(*out, t->data, n * 2, cudaMemcpyHostToDevice));
+    s->weight_bytes += n * 2;
+    return KILN_OK;
+}
+
+/* ---- cuBLASLt ---- */
+
+/* D (n, M; ld ldc) = alpha * x (n, K) . W (M, K)^T + beta * D, f32 out. */
+static enum kiln_status lt_gemm(struct cuda_state *s, const struct cuda_linear *l, const void *x,
+                                int n, float *d, int ldc, bool accumulate, struct kiln_error *err)
+{
+    cudaDataType_t in_t = l->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+    float alpha = l->out_scale, beta = accumulate ? 1.0f : 0.0f;
+    cublasLtMatmulDesc_t desc = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    enum kiln_status st = KILN_OK;
+#define LT_STEP(call)                                                                              \
+    do {                                                                                           \
+        cublasStatus_t s_ = (call);                                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                         \
+            st = kiln_errorf(err, KILN_ERR_CUDA, "%s failed: cuBLAS status %d (M=%d N=%d K=%d)",   \
+                             #call, (int)s_, l->M, n, l->K);                                       \
+            goto done;                                                                             \
+        }                                                                                          \
+    } while (0)
+    LT_STEP(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LT_STEP(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    LT_STEP(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    LT_STEP(cublasLtMatrixLayoutCreate(&la, in_t, (uint64_t)l->K, (uint64_t)l->M, l->K));
+    LT_STEP(cublasLtMatrixLayoutCreate(&lb, in_t, (uint64_t)l->K, (uint64_t)n, l->K));
+    LT_STEP(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, (uint64_t)l->M, (uint64_t)n, ldc));
+
+    struct algo_entry *hit = NULL;
+    for (int i = 0; i < ALGO_CACHE; i++) {
+        struct algo_entry *e = &s->algos[i];
+        if (e->valid && e->M == l->M && e->N == n && e->K == l->K && e->bf16 == !l->fp8 &&
+            e->beta1 == accumulate && e->ldc == ldc) {
+            hit = e;
+            break;
+        }
+    }
+    if (!hit) {
+        cublasLtMatmulPreference_t pref = NULL;
+        size_t ws = LT_WORKSPACE;
+        cublasLtMatmulHeuristicResult_t res;
+        int found = 0;
+        LT_STEP(cublasLtMatmulPreferenceCreate(&pref));
+        cublasStatus_t ps = cublasLtMatmulPreferenceSetAttribute(
+            pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+        if (ps == CUBLAS_STATUS_SUCCESS)
+            ps = cublasLtMatmulAlgoGetHeuristic(s->lt, desc, la, lb, lc, lc, pref, 1, &res, &found);
+        cublasLtMatmulPreferenceDestroy(pref);
+        if (ps != CUBLAS_STATUS_SUCCESS || found == 0) {
+            st = kiln_errorf(err, KILN_ERR_CUDA,
+                             "cuBLASLt has no algorithm for %s GEMM M=%d N=%d K=%d (status %d)",
+                             l->fp8 ? "FP8" : "BF16", l->M, n, l->K, (int)ps);
+            goto done;
+        }
+        hit = &s->algos[s->algo_next];
+        s->algo_next = (s->algo_next + 1) % ALGO_CACHE;
+        *hit = (struct algo_entry){l->M, n, l->K, !l->fp8, accumulate, ldc, res.algo, true};
+    }
+    LT_STEP(cublasLtMatmul(s->lt, desc, &alpha, l->w, la, x, lb, &beta, d, lc, d, lc, &hit->algo,
+                           s->lt_ws, LT_WORKSPACE, s->stream));
+done:
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+    return st;
+#undef LT_STEP
+}
+
+/* ---- the forward pass ---- */
+
+struct step {
+    struct kiln_cuda_batch kb;
+    const int32_t *out_rows, *dec_list, *pre_list;
+    int n_out, n_dec, n_pre, max_q;
+};
+
+/* Lays out the batch description compactly in the pinned buffer and copies it to the device.
+ * The offsets depend only on the counts, so a captured graph stays valid for equal counts. */
+static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_batch *bt,
+                                     struct step *st, struct kiln_error *err)
+{
+    struct cuda_state *s = b->impl;
+    int n = bt->n_tokens, ns = bt->n_seqs, mb = s->max_blocks;
+    int32_t *h = s->h_meta;
+    size_t o = 0;
+    size_t o_tok = o;
+    memcpy(h + o, bt->tokens, (size_t)n * 4), o += (size_t)n;
+    size_t o_pos = o;
+    memcpy(h + o, bt->positions, (size_t)n * 4), o += (size_t)n;
+    size_t o_ts = o;
+    for (int q = 0; q < ns; q++)
+        for (int t = bt->seq_start[q]; t < bt->seq_start[q + 1]; t++) h[o + (size_t)t] = q;
+    o += (size_t)n;
+    size_t o_ss = o;
+    memcpy(h + o, bt->seq_start, (size_t)(ns + 1) * 4), o += (size_t)ns + 1;
+    size_t o_kl = o;
+    memcpy(h + o, bt->kv_len, (size_t)ns * 4), o += (size_t)ns;
+    size_t o_out = o;
+    memcpy(h + o, bt->out_rows, (size_t)bt->n_out * 4), o += (size_t)bt->n_out;
+    size_t o_dec = o;
+    int n_dec = 0, n_pre = 0, max_q = 0;
+    for (int q = 0; q < ns; q++)
+        if (bt->seq_start[q + 1] - bt->seq_start[q] == 1) h[o + (size_t)n_dec++] = q;
+    o += (size_t)n_dec;
+    size_t o_pre = o;
+    for (int q = 0; q < ns; q++) {
+        int len = bt->seq_start[q + 1] - bt->seq_start[q];
+        if (len > 1) {
+            h[o + (size_t)n_pre++] = q;
+            if (len > max_q) max_q = len;
+        }
+    }
+    o += (size_t)n_pre;
+    size_t o_bt = o;
+    for (int q = 0; q < ns; q++) {
+        int used = (bt->kv_len[q] + b->opt.block_size - 1) / b->opt.block_size;
+        memcpy(h + o + (size_t)q * mb, bt->block_table + (size_t)q * bt->max_blocks,
+               (size_t)used * 4);
+        for (int i = used; i < mb; i++) h[o + (size_t)q * mb + i] = 0;
+    }
+    o += (size_t)ns * mb;
+    KILN_ASSERT(o <= s->meta_cap);
+    CUDA_TRY(cudaMemcpyAsync(s->d_meta, h, o * 4, cudaMemcpyHostToDevice, s->stream));
+    int32_t *d = s->d_meta;
+    st->kb = (struct kiln_cuda_batch){n,        ns,       mb,       d + o_tok, d + o_pos,
+                                      d + o_ts, d + o_ss, d + o_kl, d + o_bt};
+    st->out_rows = d + o_out;
+    st->dec_list = d + o_dec;
+    st->pre_list = d + o_pre;
+    st->n_out = bt->n_out;
+    st->n_dec = n_dec;
+    st->n_pre = n_pre;
+    st->max_q = max_q;
+    return KILN_OK;
+}
+
+#define K_TRY(call)                                                                                \
+    do {                                                                                           \
+        int e_ = (call);                                                                           \
+        if (e_)                                                                                    \
+            return kiln_errorf(err, KILN_ERR_CUDA, "%s failed: %s", #call,                         \
+                               cudaGetErrorString((cudaError_t)e_));                               \
+    } while (0)
+
+static void mark(struct cuda_state *s, enum prof_cat cat)
+{
+    if (!s->prof.on || s->prof.n >= PROF_MAX) return;
+    cudaEventRecord(s->prof.ev[s->prof.n + 1], s->stream);
+    s->prof.cat[s->prof.n++] = cat;
+}
+
+static enum kiln_status attention(struct kiln_backend *b, const struct step *st,
+                                  const struct cuda_layer *L, struct kiln_error *err)
+{
+    struct cuda_state *s = b->impl;
+    const struct kiln_config *c = &b->model->cfg;
+    if (st->n_dec) {
+        K_TRY(kiln_cuda_attention_decode(s->q, st->kb, st->dec_list, st->n_dec, 1, L->kv,
+                                         c->n_heads, s->n_splits, SPLIT_LEN, s->part,
+                                         L->o.in_scale, s->x8, s->stream));
+        if (s->n_splits > 1)
+            K_TRY(kiln_cuda_attention_combine(s->part, st->kb, st->dec_list, st->n_dec, 1,
+                                              c->n_heads, c->head_dim, s->n_splits,
+                                              L->kv.v_scale, L->o.in_scale, s->x8, s->stream));
+    }
+    if (st->n_pre)
+        K_TRY(kiln_cuda_attention_prefill(s->q, st->kb, st->pre_list, st->n_pre, st->max_q, L->kv,
+                                          c->n_heads, L->o.in_scale, s->x8, s->stream));
+    return KILN_OK;
+}
+
+/* n_tokens <= 8: fused skinny-GEMM path (graph-capturable: no host sync, no cuBLASLt). */
+static enum kiln_status forward_decode(struct kiln_backend *b, const struct step *st,
+                                       struct kiln_error *err)
+{
+    struct cuda_state *s = b->impl;
+    const struct kiln_config *c = &b->model->cfg;
+    int n = st->kb.n_tokens, d = c->hidden_size;
+    K_TRY(kiln_cuda_embed(s->embed, st->kb.tokens, n, d, s->x, s->stream));
+    mark(s, P_EMBED);
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct cuda_layer *L = &s->layers[l];
+        struct kiln_gemv_args a = {.w = L->qkv.w, .M = L->qkv.M, .K = L->qkv.K, .n = n,
+                                   .x = s->x, .norm_w = L->attn_norm, .eps = c->rms_norm_eps,
+                                   .in_scale = L->qkv.in_scale, .out_scale = L->qkv.out_scale,
+                                   .epilogue = KILN_EPI_ROPE_KV, .rope = s->rope, .batch = st->kb,
+                                   .kv = L->kv, .n_heads = c->n_heads, .q = s->q};
+        K_TRY(kiln_cuda_gemv(&a, s->stream));
+        mark(s, P_QKV);
+        enum kiln_status e = attention(b, st, L, err);
+        if (e) return e;
+        mark(s, P_ATTN);
+        a = (struct kiln_gemv_args){.w = L->o.w, .M = L->o.M, .K = L->o.K, .n = n, .xq = s->x8,
+                                    .out_scale = L->o.out_scale, .epilogue = KILN_EPI_RESIDUAL,
+                                    .y = s->x, .ldy = d};
+        K_TRY(kiln_cuda_gemv(&a, s->stream));
+        mark(s, P_O);
+        a = (struct kiln_gemv_args){.w = L->gate_up.w, .M = L->gate_up.M, .K = L->gate_up.K,
+                                    .n = n, .x = s->x, .norm_w = L->mlp_norm,
+                                    .eps = c->rms_norm_eps, .in_scale = L->gate_up.in_scale,
+                                    .out_scale = L->gate_up.out_scale, .epilogue = KILN_EPI_SWIGLU,
+                                    .h8 = s->x8, .h_scale = L->down.in_scale};
+        K_TRY(kiln_cuda_gemv(&a, s->stream));
+        mark(s, P_GATE_UP);
+        a = (struct kiln_gemv_args){.w = L->down.w, .M = L->down.M, .K = L->down.K, .n = n,
+                                    .xq = s->x8, .out_scale = L->down.out_scale,
+                                    .epilogue = KILN_EPI_RESIDUAL, .y = s->x, .ldy = d};
+        K_TRY(kiln_cuda_gemv(&a, s->stream));
+        mark(s, P_DOWN);
+    }
+    if (st->n_out) {
+        struct kiln_gemv_args a = {.w = s->head.w, .M = s->head.M, .K = s->head.K, .n = st->n_out,
+                                   .bf16 = !s->head.fp8, .x = s->x, .x_rows = st->out_rows,
+                                   .norm_w = s->final_norm, .eps = c->rms_norm_eps,
+                                   .in_scale = s->head.in_scale, .out_scale = s->head.out_scale,
+                                   .epilogue = KILN_EPI_STORE, .y = s->logits, .ldy = s->head.M};
+        K_TRY(kiln_cuda_gemv(&a, s->stream));
+        mark(s, P_HEAD);
+    }
+    return KILN_OK;
+}
+
+static enum kiln_status forward_prefill(struct kiln_backend *b, const struct step *st,
+                                        struct kiln_error *err)
+{
+    struct cuda_state *s = b->impl;
+    const struct kiln_config *c = &b->model->cfg;
+    int n = st->kb.n_tokens, d = c->hidden_size, f = c->intermediate_size;
+    enum kiln_status e;
+    K_TRY(kiln_cuda_embed(s->embed, st->kb.tokens, n, d, s->x, s->stream));
+    mark(s, P_EMBED);
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct cuda_layer *L = &s->layers[l];
+        K_TRY(kiln_cuda_rmsnorm_quant(s->x, NULL, L->attn_norm, c->rms_norm_eps, n, d,
+                                      L->qkv.in_scale, s->x8, NULL, s->stream));
+        mark(s, P_NORM);
+        if ((e = lt_gemm(s, &L->qkv, s->x8, n, s->big, L->qkv.M, false, err))) return e;
+        mark(s, P_QKV);
+        K_TRY(kiln_cuda_rope_kv(s->big, s->rope, st->kb, L->kv, c->n_heads, s->q, s->stream));
+        mark(s, P_ROPE);
+        if ((e = attention(b, st, L, err))) return e;
+        mark(s, P_ATTN);
+        if ((e = lt_gemm(s, &L->o, s->x8, n, s->x, d, true, err))) return e;
+        mark(s, P_O);
+        K_TRY(kiln_cuda_rmsnorm_quant(s->x, NULL, L->mlp_norm, c->rms_norm_eps, n, d,
+                                      L->gate_up.in_scale, s->x8, NULL, s->stream));
+        mark(s, P_NORM);
+        if ((e = lt_gemm(s, &L->gate_up, s->x8, n, s->big, L->gate_up.M, false, err))) return e;
+        mark(s, P_GATE_UP);
+        K_TRY(kiln_cuda_swiglu_quant(s->big, n, f, L->down.in_scale, s->x8, s->stream));
+        mark(s, P_SWIGLU);
+        if ((e = lt_gemm(s, &L->down, s->x8, n, s->x, d, true, err))) return e;
+        mark(s, P_DOWN);
+    }
+    if (st->n_out == 0) return KILN_OK;
+    if (st->n_out <= DECODE_MAX_TOKENS) {
+        struct kiln_gemv_args a = {.w = s->head.w, .M = s->head.M, .K = s->head.K, .n = st->n_out,
+                                   .bf16 = !s->head.fp8, .x = s->x, .x_rows = st->out_rows,
+                                   .norm_w = s->final_norm, .eps = c->rms_norm_eps,
+                                   .in_scale = s->head.in_scale, .out_scale = s->head.out_scale,
+                                   .epilogue = KILN_EPI_STORE, .y = s->logits, .ldy = s->head.M};
+        K_TRY(kiln_cuda_gemv(&a, s->stream));
+        mark(s, P_HEAD);
+        return KILN_OK;
+    }
+    /* the lm_head input (n_out, d) goes to x8's bytes: FP8 codes, or bf16 (2 bytes each) */
+    K_TRY(kiln_cuda_rmsnorm_quant(s->x, st->out_rows, s->final_norm, c->rms_norm_eps, st->n_out,
+                                  d, s->head.in_scale, s->head.fp8 ? s->x8 : NULL,
+                                  s->head.fp8 ? NULL : (uint16_t *)s->x8, s->stream));
+    if ((e = lt_gemm(s, &s->head, s->x8, st->n_out, s->logits, s->head.M, false, err))) return e;
+    mark(s, P_HEAD);
+    return KILN_OK;
+}
+
+static enum kiln_status check_batch(const struct kiln_backend *b, const struct kiln_batch *bt,
+                                    struct kiln_error *err)
+{
+    const struct kiln_config *c = &b->model->cfg;
+    if (bt->n_tokens <= 0 || bt->n_tokens > b->opt.max_tokens)
+        return kiln_errorf(err, KILN_ERR_LIMIT, "batch of %d tokens (limit %d)", bt->n_tokens,
+                           b->opt.max_tokens);
+    if (bt->n_seqs <= 0 || bt->n_seqs > b->opt.max_seqs || bt->n_out > b->opt.max_seqs)
+        return kiln_errorf(err, KILN_ERR_LIMIT, "batch of %d sequences (limit %d)", bt->n_seqs,
+                           b->opt.max_seqs);
+    for (int t = 0; t < bt->n_tokens; t++) {
+        if (bt->tokens[t] < 0 || bt->tokens[t] >= c->vocab_size)
+            return kiln_errorf(err, KILN_ERR_INVALID, "token id %d outside the vocabulary (%d)",
+                               bt->tokens[t], c->vocab_size);
+        if (bt->positions[t] < 0 || bt->positions[t] >= b->opt.max_seq_len)
+            return kiln_errorf(err, KILN_ERR_LIMIT, "position %d beyond max_seq_len %d",
+                               bt->positions[t], b->opt.max_seq_len);
+    }
+    for (int q = 0; q < bt->n_seqs; q++) {
+        int last = bt->seq_start[q + 1] - 1;
+        if (last < bt->seq_start[q] || bt->kv_len[q] != bt->positions[last] + 1 ||
+            bt->kv_len[q] > bt->max_blocks * b->opt.block_size)
+            return kiln_errorf(err, KILN_ERR_INTERNAL, "sequence %d of the batch is malformed", q);
+        for (int i = 0; i < (bt->kv_len[q] + b->opt.block_size - 1) / b->opt.block_size; i++) {
+            int blk = bt->block_table[(size_t)q * bt->max_blocks + i];
+            if (blk < 0 || blk >= b->opt.n_blocks)
+                return kiln_errorf(err, KILN_ERR_INTERNAL, "block %d outside the pool (%d)", blk,
+                                   b->opt.n_blocks);
+        }
+    }
+    for (int i = 0; i < bt->n_out; i++)
+        if (bt->out_rows[i] < 0 || bt->out_rows[i] >= bt->n_tokens)
+            return kiln_errorf(err, KILN_ERR_INTERNAL, "output row %d outside the batch",
+                               bt->out_rows[i]);
+    return KILN_OK;
+}
+
+static enum kiln_status cuda_forward(struct kiln_backend *b, const struct kiln_batch *bt,
+                                     struct kiln_error *err)
+{
+    struct cuda_state *s = b->impl;
+    enum kiln_status e = check_batch(b, bt, err);
+    if (e) return e;
+    struct step st;
+    if ((e = upload_batch(b, bt, &st, err))) return e;
+    s->n_out = st.n_out;
+    int n = bt->n_tokens;
+    if (s->prof.on) {
+        s->prof.n = 0;
+        CUDA_TRY(cudaEventRecord(s->prof.ev[0], s->stream));
+        e = n <= DECODE_MAX_TOKENS ? forward_decode(b, &st, err) : forward_prefill(b, &st, err);
+        if (e) return e;
+        CUDA_TRY(cudaStreamSynchronize(s->stream));
+        for (int i = 0; i < s->prof.n; i++) {
+            float ms = 0;
+            CUDA_TRY(cudaEventElapsedTime(&ms, s->prof.ev[i], s->prof.ev[i + 1]));
+            s->prof.ms[s->prof.cat[i]] += ms;
+        }
+        s->prof.steps++;
+        return KILN_OK;
+    }
+    bool pure_decode = st.n_dec == n && st.n_out == n && n <= DECODE_MAX_TOKENS;
+    if (pure_decode && b->opt.cuda_graphs) {
+        struct graph_entry *g = &s->graphs[n];
+        if (!g->ready) {
+            /* first time at this size: run eagerly (sets kernel attributes, warms up), then
+             * capture the same launches */
+            if ((e = forward_decode(b, &st, err))) return e;
+            cudaGraph_t graph;
+            CUDA_TRY(cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal));
+            e = forward_decode(b, &st, err);
+            cudaError_t ce = cudaStreamEndCapture(s->stream, &graph);
+            if (e) return e;
+            if (ce)
+                return kiln_errorf(err, KILN_ERR_CUDA, "graph capture: %s",
+                                   cudaGetErrorString(ce));
+            ce = cudaGraphInstantiate(&g->exec, graph, 0);
+            cudaGraphDestroy(graph);
+            if (ce)
+                return kiln_errorf(err, KILN_ERR_CUDA, "graph instantiate: %s",
+                                   cudaGetErrorString(ce));
+            g->ready = true;
+            return KILN_OK; /* the eager run already computed this step */
+        }
+        CUDA_TRY(cudaGraphLaunch(g->exec, s->stream));
+        return KILN_OK;
+    }
+    if (n <= DECODE_MAX_TOKENS) return forward_decode(b, &st, err);
+    return forward_prefill(b, &st, err);
+}
+
+static enum kiln_status cuda_read_logits(struct kiln_backend *b, float *dst, struct kiln_error *err)
+{
+    struct cuda_state *s = b->impl;
+    size_t bytes = (size_t)s->n_out * b->model->cfg.vocab_size * sizeof(float);
+    CUDA_TRY(cudaMemcpyAsync(dst, s->logits, bytes, cudaMemcpyDeviceToHost, s->stream));
+    CUDA_TRY(cudaStreamSynchronize(s->stream));
+    return KILN_OK;
+}
+
+/* Greedy rows without penalties, bias, bans or alternatives are decided on the GPU (argmax +
+ * logsumexp); any other row copies its logits to the host and runs the reference sampler. */
+static bool gpu_greedy(const struct kiln_sampling *p)
+{
+    return p->temperature < KILN_GREEDY_TEMPERATURE && p->n_hist == 0 && p->n_bias == 0 &&
+           p->n_banned == 0 && p->n_logprobs == 0;
+}
+
+static enum kiln_status cuda_sample(struct kiln_backend *b, const struct kiln_sampling *params,
+                                    int n, struct kiln_sample_out *out, struct kiln_error *err)
+{
+    struct cuda_state *s = b->impl;
+    int vocab = b->model->cfg.vocab_size;
+    if (n != s->n_out)
+        return kiln_errorf(err, KILN_ERR_INTERNAL, "sample: %d rows asked, %d computed", n,
+                           s->n_out);
+    K_TRY(kiln_cuda_argmax(s->logits, n, vocab, s->d_tok, s->d_lp, s->stream));
+    CUDA_TRY(cudaMemcpyAsync(s->h_tok, s->d_tok, (size_t)n * 4, cudaMemcpyDeviceToHost, s->stream));
+    CUDA_TRY(cudaMemcpyAsync(s->h_lp, s->d_lp, (size_t)n * 4, cudaMemcpyDeviceToHost, s->stream));
+    CUDA_TRY(cudaStreamSynchronize(s->stream));
+    for (int i = 0; i < n; i++) {
+        if (gpu_greedy(&params[i])) {
+            out[i] = (struct kiln_sample_out){.token = s->h_tok[i], .logprob = s->h_lp[i]};
+            continue;
+        }
+        CUDA_TRY(cudaMemcpy(s->h_row, s->logits + (size_t)i * vocab, (size_t)vocab * 4,
+                            cudaMemcpyDeviceToHost));
+        kiln_sample_row(s->h_row, vocab, &params[i], s->scratch, &out[i]);
+    }
+    return KILN_OK;
+}
+
+static void cuda_report(struct kiln_backend *b, char *buf, size_t cap)
+{
+    struct cuda_state *s = b->impl;
+    double total = 0;
+    for (int c = 0; c < P_COUNT; c++) total += s->prof.ms[c];
+    size_t used = 0;
+    if (cap) buf[0] = 0;
+    for (int c = 0; c < P_COUNT && used < cap; c++) {
+        if (s->prof.ms[c] == 0) continue;
+        int w = snprintf(buf + used, cap - used, "  %-14s %9.3f ms/step  %5.1f%%\n", prof_names[c],
+                         s->prof.steps ? s->prof.ms[c] / s->prof.steps : 0.0,
+                         total > 0 ? 100 * s->prof.ms[c] / total : 0.0);
+        if (w < 0) break;
+        used += (size_t)w;
+    }
+    memset(s->prof.ms, 0, sizeof s->prof.ms);
+    s->prof.steps = 0;
+}
+
+static void cuda_free(struct kiln_backend *b)
+{
+    if (!b) return;
+    struct cuda_state *s = b->impl;
+    if (s) {
+        for (int i = 0; i <= DECODE_MAX_TOKENS; i++)
+            if (s->graphs[i].ready) cudaGraphExecDestroy(s->graphs[i].exec);
+        if (s->prof.on)
+            for (int i = 0; i <= PROF_MAX; i++) cudaEventDestroy(s->prof.ev[i]);
+        if (s->layers) {
+            for (int l = 0; l < b->model->cfg.n_layers; l++) {
+                struct cuda_layer *L = &s->layers[l];
+                cudaFree(L->attn_norm);
+                cudaFree(L->mlp_norm);
+                cudaFree(L->qkv.w);
+                cudaFree(L->o.w);
+                cudaFree(L->gate_up.w);
+                cudaFree(L->down.w);
+            }
+            free(s->layers);
+        }
+        cudaFree(s->kv_pool);
+        cudaFree(s->embed);
+        cudaFree(s->final_norm);
+        cudaFree(s->head.w);
+        cudaFree(s->rope);
+        cudaFree(s->x);
+        cudaFree(s->big);
+        cudaFree(s->q);
+        cudaFree(s->logits);
+        cudaFree(s->part);
+        cudaFree(s->x8);
+        cudaFree(s->d_meta);
+        cudaFree(s->d_tok);
+        cudaFree(s->d_lp);
+        cudaFreeHost(s->h_meta);
+        cudaFreeHost(s->h_tok);
+        cudaFreeHost(s->h_lp);
+        cudaFreeHost(s->h_row);
+        free(s->scratch);
+        cudaFree(s->lt_ws);
+        if (s->lt) cublasLtDestroy(s->lt);
+        if (s->stream) cudaStreamDestroy(s->stream);
+        free(s);
+    }
+    free(b);
+}
+
+static const struct kiln_backend_ops cuda_ops = {
+    .name = "cuda",
+    .forward = cuda_forward,
+    .read_logits = cuda_read_logits,
+    .sample = cuda_sample,
+    .free = cuda_free,
+    .report = cuda_report,
+};
+
+bool kiln_cuda_available(void)
+{
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+static int imax(int a, int b)
+{
+    return a > b ? a : b;
+}
+
+static enum kiln_status check_model(const struct kiln_model *m, struct kiln_error *err)
+{
+    const struct kiln_config *c = &m->cfg;
+    if (c->head_dim != 64 && c->head_dim != 128)
+        return kiln_errorf(err, KILN_ERR_UNSUPPORTED,
+                           "cuda backend: head_dim %d (supported: 64, 128)", c->head_dim);
+    if (c->hidden_size % 64 || c->intermediate_size % 64)
+        return kiln_errorf(err, KILN_ERR_UNSUPPORTED,
+                           "cuda backend: hidden_size and intermediate_size must be multiples "
+                           "of 64 (got %d, %d)",
+                           c->hidden_size, c->intermediate_size);
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct kiln_layer_weights *w = &m->layers[l];
+        if (!w->qkv.fp8 || !w->o.fp8 || !w->gate_up.fp8 || !w->down.fp8)
+            return kiln_errorf(err, KILN_ERR_UNSUPPORTED,
+                               "cuda backend: layer %d has unquantized linears; the CUDA backend "
+                               "runs FP8 checkpoints (ModelOpt FP8)",
+                               l);
+    }
+    if (!m->lm_head.fp8 && m->lm_head.part[0].dtype != KILN_DTYPE_BF16)
+        return kiln_errorf(err, KILN_ERR_UNSUPPORTED, "cuda backend: lm_head must be BF16 or FP8");
+    return KILN_OK;
+}
+
+static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend_options *opt,
+                               struct kiln_error *err)
+{
+    struct cuda_state *s = b->impl;
+    const struct kiln_model *m = b->model;
+    const struct kiln_config *c = &m->cfg;
+    CUDA_TRY(cudaSetDevice(opt->device));
+    CUDA_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+    if (opt->profile) {
+        for (int i = 0; i <= PROF_MAX; i++) CUDA_TRY(cudaEventCreate(&s->prof.ev[i]));
+        s->prof.on = true;
+    }
+    LT_TRY(cublasLtCreate(&s->lt));
+    CUDA_TRY(cudaMalloc(&s->lt_ws, LT_WORKSPACE));
+
+    /* weights, through a pinned staging buffer filled by all cores */
+    struct kiln_pool *pool = kiln_pool_create(0);
+    size_t stage_bytes = 64u << 20;
+    uint8_t *stage = NULL;
+    if (!pool) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
+    cudaError_t ce = cudaMallocHost((void **)&stage, stage_bytes);
+    if (ce) {
+        kiln_pool_free(pool);
+        return kiln_errorf(err, KILN_ERR_CUDA, "cudaMallocHost: %s", cudaGetErrorString(ce));
+    }
+    enum kiln_status e = KILN_OK;
+    s->layers = calloc((size_t)c->n_layers, sizeof *s->layers);
+    if (!s->layers) e = kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
+    for (int l = 0; !e && l < c->n_layers; l++) {
+        const struct kiln_layer_weights *w = &m->layers[l];
+        struct cuda_layer *L = &s->layers[l];
+        if (!e) e = upload_bf16(s, &w->attn_norm, "input_layernorm", &L->attn_norm, err);
+        if (!e) e = upload_bf16(s, &w->mlp_norm, "post_attention_layernorm", &L->mlp_norm, err);
+        if (!e)
+            e = upload_linear(s, pool, &w->qkv, KILN_ROWS_QKV_PAIRED, c->head_dim, 0, stage,
+                              stage_bytes, &L->qkv, err);
+        if (!e) e = upload_linear(s, pool, &w->o, KILN_ROWS_PLAIN, 0, 0, stage, stage_bytes, &L->o, err);
+        if (!e)
+            e = upload_linear(s, pool, &w->gate_up, KILN_ROWS_GU_INTERLEAVED, 0, c->intermediate_size,
+                              stage, stage_bytes, &L->gate_up, err);
+        if (!e)
+            e = upload_linear(s, pool, &w->down, KILN_ROWS_PLAIN, 0, 0, stage, stage_bytes, &L->down,
+                              err);
+    }
+    if (!e) e = upload_bf16(s, &m->embed, "model.embed_tokens.weight", &s->embed, err);
+    if (!e) e = upload_bf16(s, &m->norm, "model.norm.weight", &s->final_norm, err);
+    if (!e)
+        e = upload_linear(s, pool, &m->lm_head, KILN_ROWS_PLAIN, 0, 0, stage, stage_bytes, &s->head,
+                          err);
+    cudaFreeHost(stage);
+    kiln_pool_free(pool);
+    if (e) return e;
+
+    /* RoPE table, computed on the host exactly as the CPU backend does */
+    size_t rope_floats = (size_t)opt->max_seq_len * c->head_dim;
+    float *rope = malloc(rope_floats * sizeof(float));
+    if (!rope) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
+    kiln_rope_table(c, opt->max_seq_len, rope);
+    ce = cudaMalloc((void **)&s->rope, rope_floats * sizeof(float));
+    if (!ce) ce = cudaMemcpy(s->rope, rope, rope_floats * sizeof(float), cudaMemcpyHostToDevice);
+    free(rope);
+    if (ce) return kiln_errorf(err, KILN_ERR_CUDA, "rope table: %s", cudaGetErrorString(ce));
+
+    /* activations */
+    int T = opt->max_tokens, S = opt->max_seqs, d = c->hidden_size, f = c->intermediate_size;
+    int qdim = c->n_heads * c->head_dim, kvdim = c->n_kv_heads * c->head_dim;
+    int wide = imax(qdim + 2 * kvdim, 2 * f);
+    s->max_blocks = (opt->max_seq_len + opt->block_size - 1) / opt->block_size;
+    s->n_splits = (opt->max_seq_len + SPLIT_LEN - 1) / SPLIT_LEN;
+    CUDA_TRY(cudaMalloc((void **)&s->x, (size_t)T * d * 4));
+    CUDA_TRY(cudaMalloc((void **)&s->big, (size_t)T * wide * 4));
+    CUDA_TRY(cudaMalloc((void **)&s->q, (size_t)T * qdim * 4));
+    CUDA_TRY(cudaMalloc((void **)&s->x8, (size_t)imax(T, S) * imax(imax(d, f), qdim) * 2));
+    CUDA_TRY(cudaMalloc((void **)&s->logits, (size_t)S * c->vocab_size * 4));
+    long part = kiln_cuda_attention_part_floats(S, 1, c->n_heads, c->head_dim, s->n_splits);
+    CUDA_TRY(cudaMalloc((void **)&s->part, (size_t)part * 4));
+    s->meta_cap = (size_t)3 * T + 5 * (size_t)S + 1 + (size_t)S * s->max_blocks;
+    CUDA_TRY(cudaMallocHost((void **)&s->h_meta, s->meta_cap * 4));
+    CUDA_TRY(cudaMalloc((void **)&s->d_meta, s->meta_cap * 4));
+    CUDA_TRY(cudaMallocHost((void **)&s->h_tok, (size_t)S * 4));
+    CUDA_TRY(cudaMallocHost((void **)&s->h_lp, (size_t)S * 4));
+    CUDA_TRY(cudaMalloc((void **)&s->d_tok, (size_t)S * 4));
+    CUDA_TRY(cudaMalloc((void **)&s->d_lp, (size_t)S * 4));
+    CUDA_TRY(cudaMallocHost((void **)&s->h_row, (size_t)c->vocab_size * 4));
+    s->scratch = malloc((size_t)2 * c->vocab_size * sizeof(float));
+    if (!s->scratch) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
+
+    /* KV pool: what is asked, or a fraction of what is left */
+    size_t elem = opt->kv_dtype == KILN_DTYPE_F8E4M3 ? 1 : 2;
+    size_t per_block_layer = (size_t)kvdim * opt->block_size * elem; /* K or V, one layer */
+    size_t per_block = per_block_layer * 2 * (size_t)c->n_layers;
+    struct kiln_backend_options o = *opt;
+    if (o.n_blocks <= 0) {
+        size_t free_b = 0, total_b = 0;
+        CUDA_TRY(cudaMemGetInfo(&free_b, &total_b));
+        size_t reserve = 256u << 20; /* graphs, cuBLASLt internals, fragmentation */
+        size_t budget = free_b > reserve ? (size_t)((double)(free_b - reserve) * o.kv_memory_fraction) : 0;
+        o.n_blocks = (int)(budget / per_block);
+        int need = (o.max_seq_len + o.block_size - 1) / o.block_size;
+        if (o.n_blocks < need)
+            return kiln_errorf(err, KILN_ERR_LIMIT,
+                               "cuda backend: the KV cache needs %d blocks (%.1f MiB) for one "
+                               "sequence of %d tokens but only %.1f MiB are free: lower "
+                               "--max-seq-len or free GPU memory",
+                               need, need * (double)per_block / 1048576, o.max_seq_len,
+                               (double)budget / 1048576);
+    }
+    CUDA_TRY(cudaMalloc(&s->kv_pool, per_block * (size_t)o.n_blocks));
+    CUDA_TRY(cudaMemset(s->kv_pool, 0, per_block * (size_t)o.n_blocks));
+    size_t layer_bytes = per_block_layer * (size_t)o.n_blocks;
+    for (int l = 0; l < c->n_layers; l++) {
+        struct kiln_cuda_kv *kv = &s->layers[l].kv;
+        kv->k = (uint8_t *)s->kv_pool + layer_bytes * (size_t)(2 * l);
+        kv->v = (uint8_t *)s->kv_pool + layer_bytes * (size_t)(2 * l + 1);
+        kv->fp8 = opt->kv_dtype == KILN_DTYPE_F8E4M3;
+        kv->k_scale = kv->fp8 ? m->layers[l].k_scale : 1.0f;
+        kv->v_scale = kv->fp8 ? m->layers[l].v_scale : 1.0f;
+        kv->n_kv_heads = c->n_kv_heads;
+        kv->head_dim = c->head_dim;
+        kv->block_size = opt->block_size;
+    }
+    b->kv_bytes = per_block * (size_t)o.n_blocks;
+    b->opt = o;
+    CUDA_TRY(cudaStreamSynchronize(s->stream));
+    KILN_INFO("cuda backend: %.2f GiB of weights, KV cache %d blocks x %d tokens (%.2f GiB, %s)",
+              (double)s->weight_bytes / (1u << 30), o.n_blocks, o.block_size,
+              (double)b->kv_bytes / (1u << 30), kiln_dtype_name(opt->kv_dtype));
+    return KILN_OK;
+}
+
+enum kiln_status kiln_backend_cuda_create(const struct kiln_model *m,
+                                          const struct kiln_backend_options *opt,
+                                          struct kiln_backend **out, struct kiln_error *err)
+{
+    *out = NULL;
+    if (!kiln_cuda_available())
+        return kiln_errorf(err, KILN_ERR_UNSUPPORTED, "no CUDA GPU is visible");
+    enum kiln_status e = check_model(m, err);
+    if (e) return e;
+    if (opt->kv_dtype != KILN_DTYPE_F8E4M3 && opt->kv_dtype != KILN_DTYPE_BF16)
+        return kiln_errorf(err, KILN_ERR_UNSUPPORTED, "cuda backend: KV cache dtype %s",
+                           kiln_dtype_name(opt->kv_dtype));
+    if (opt->max_tokens <= 0 || opt->max_seqs <= 0 || opt->max_seq_len <= 0 ||
+        opt->block_size <= 0)
+        return kiln_errorf(err, KILN_ERR_INVALID, "cuda backend: limits must be positive");
+    struct kiln_backend *b = calloc(1, sizeof *b);
+    struct cuda_state *s = calloc(1, sizeof *s);
+    if (!b || !s) {
+        free(b);
+        free(s);
+        return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
+    }
+    b->ops = &cuda_ops;
+    b->model = m;
+    b->impl = s;
+    b->opt = *opt;
+    e = create(b, opt, err);
+    if (e) {
+        cuda_free(b);
+        return kiln_error_prefix(err, "cuda backend");
+    }
+    *out = b;
+    return KILN_OK;
+}
+
+enum kiln_status kiln_cuda_memory(int device, uint64_t *used, uint64_t *total,
+                                  struct kiln_error *err)
+{
+    size_t f = 0, t = 0;
+    CUDA_TRY(cudaSetDevice(device));
+    CUDA_TRY(cudaMemGetInfo(&f, &t));
+    *used = t - f;
+    *total = t;
+    return KILN_OK;
+}
+
+/* cuBLASLt FP8 GEMM M = N = K = 8192 (TN, bf16 out) on random codes: the tensor-core ceiling. */
+static enum kiln_status measure_gemm(cudaStream_t stream, double *tflops, struct kiln_error *err)
+{
+    const int n = 8192;
+    size_t bytes = (size_t)n * n;
+    uint8_t *a = NULL, *bm = NULL;
+    uint16_t *d = NULL;
+    void *ws = NULL;
+    cublasLtHandle_t lt = NULL;
+    cublasLtMatmulDesc_t desc = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    enum kiln_status st = KILN_OK;
+    uint8_t *h = malloc(bytes);
+    if (!h) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
+    uint64_t r = 1;
+    for (size_t i = 0; i < bytes; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        h[i] = (uint8_t)((r >> 40) & 0x77); /* finite codes of moderate size */
+    }
+#define M_TRY(call)                                                                                \
+    do {                                                                                           \
+        int e_ = (int)(call);                                                                      \
+        if (e_) {                                                                                  \
+            st = kiln_errorf(err, KILN_ERR_CUDA, "%s failed (%d)", #call, e_);                     \
+            goto done;                                                                             \
+        }                                                                                          \
+    } while (0)
+    M_TRY(cudaMalloc((void **)&a, bytes));
+    M_TRY(cudaMalloc((void **)&bm, bytes));
+    M_TRY(cudaMalloc((void **)&d, bytes * 2));
+    M_TRY(cudaMalloc(&ws, LT_WORKSPACE));
+    M_TRY(cudaMemcpy(a, h, bytes, cudaMemcpyHostToDevice));
+    M_TRY(cudaMemcpy(bm, h, bytes, cudaMemcpyHostToDevice));
+    M_TRY(cublasLtCreate(&lt));
+    M_TRY(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    M_TRY(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    M_TRY(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    M_TRY(cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, n, n, n));
+    M_TRY(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, n, n, n));
+    M_TRY(cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, n, n, n));
+    M_TRY(cublasLtMatmulPreferenceCreate(&pref));
+    size_t wsz = LT_WORKSPACE;
+    M_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz,
+                                               sizeof wsz));
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    M_TRY(cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, ld, ld, pref, 1, &res, &found));
+    if (!found) {
+        st = kiln_errorf(err, KILN_ERR_CUDA, "no FP8 GEMM algorithm for the probe");
+        goto done;
+    }
+    float alpha = 1.0f, beta = 0.0f;
+    M_TRY(cudaEventCreate(&e0));
+    M_TRY(cudaEventCreate(&e1));
+    for (int i = 0; i < 3; i++)
+        M_TRY(cublasLtMatmul(lt, desc, &alpha, a, la, bm, lb, &beta, d, ld, d, ld, &res.algo, ws,
+                             LT_WORKSPACE, stream));
+    M_TRY(cudaEventRecord(e0, stream));
+    for (int i = 0; i < 20; i++)
+        M_TRY(cublasLtMatmul(lt, desc, &alpha, a, la, bm, lb, &beta, d, ld, d, ld, &res.algo, ws,
+                             LT_WORKSPACE, stream));
+    M_TRY(cudaEventRecord(e1, stream));
+    M_TRY(cudaEventSynchronize(e1));
+    float ms = 0;
+    M_TRY(cudaEventElapsedTime(&ms, e0, e1));
+    *tflops = 2.0 * n * (double)n * n * 20 / (ms * 1e-3) / 1e12;
+done:
+#undef M_TRY
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (ld) cublasLtMatrixLayoutDestroy(ld);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+    if (lt) cublasLtDestroy(lt);
+    cudaFree(a);
+    cudaFree(bm);
+    cudaFree(d);
+    cudaFree(ws);
+    free(h);
+    return st;
+}
+
+enum kiln_status kiln_cuda_measure_limits(int device, double *read_gbs, double *fp8_tflops,
+                                          struct kiln_error *err)
+{
+    *read_gbs = *fp8_tflops = 0;
+    CUDA_TRY(cudaSetDevice(device));
+    cudaStream_t stream;
+    CUDA_TRY(cudaStreamCreate(&stream));
+    struct cudaDeviceProp prop;
+    CUDA_TRY(cudaGetDeviceProperties(&prop, device));
+    size_t bytes = (size_t)2 << 30;
+    void *buf = NULL;
+    unsigned *sink = NULL;
+    cudaEvent_t e0, e1;
+    CUDA_TRY(cudaMalloc(&buf, bytes));
+    CUDA_TRY(cudaMalloc((void **)&sink, 4096 * sizeof(unsigned)));
+    CUDA_TRY(cudaMemset(buf, 0x5a, bytes));
+    CUDA_TRY(cudaEventCreate(&e0));
+    CUDA_TRY(cudaEventCreate(&e1));
+    int blocks = prop.multiProcessorCount * 4;
+    K_TRY(kiln_cuda_read(buf, bytes, sink, blocks, stream));
+    CUDA_TRY(cudaEventRecord(e0, stream));
+    for (int i = 0; i < 10; i++) K_TRY(kiln_cuda_read(buf, bytes, sink, blocks, stream));
+    CUDA_TRY(cudaEventRecord(e1, stream));
+    CUDA_TRY(cudaEventSynchronize(e1));
+    float ms = 0;
+    CUDA_TRY(cudaEventElapsedTime(&ms, e0, e1));
+    *read_gbs = (double)bytes * 10 / (ms * 1e-3) / 1e9;
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaFree(buf);
+    cudaFree(sink);
+    enum kiln_status st = measure_gemm(stream, fp8_tflops, err);
+    cudaStreamDestroy(stream);
+    return st;
+}

@@ -1,0 +1,283 @@
+/* Skinny GEMM (n <= 8 tokens) on the tensor cores: the batch-1..8 decode path.
+ *
+ * Decode is a weight stream: every weight byte is read once per step and used n times, so the
+ * kernel is built around 16-byte streaming loads of W. A block owns a 16-row tile of W; its 8
+ * warps split K (warp w takes 64-byte k-chunks w, w+8, ...), so consecutive warps read adjacent
+ * segments of the same rows. Each thread of a warp loads 16 bytes of row g and of row g+8
+ * (g = lane / 4) at k offset 16 * (lane % 4): one mma.m16n8k32 (e4m3) or m16n8k16 (bf16) takes
+ * 8 bytes per row per thread, so one pair of loads feeds two mma steps.
+ *
+ * The tensor cores sum over k, so which physical k a register slot holds does not matter as
+ * long as A (W) and B (x) agree: the thread's 16 bytes of W row g at k offset 16q map to its a0
+ * and a2 slots of two consecutive mma steps, and the B slots are filled from x's bytes at the
+ * same offsets. Both element widths need the same byte mapping (see the slot tables in the
+ * loop), which is why one kernel body serves FP8 and BF16.
+ *
+ * x (<= 8 token rows of K elements) is staged in shared memory once per block (rows padded by
+ * 64 bytes against bank conflicts), either copied from prepared activations or computed by the
+ * fused RMSNorm prologue. After the k loop, the 8 warps' 16x8 partial tiles are summed through
+ * shared memory and one thread per (row, token) runs the epilogue. Column tokens >= n read
+ * zeros and are never stored.
+ *
+ * Cost model (H100, batch 1): bytes = M*K*elem; the k loop is 4-deep unrolled so each thread has
+ * 128 bytes of W in flight, enough to cover DRAM latency with two blocks per SM. */
+#include "common.cuh"
+#include "kernels.h"
+
+#define GEMV_WARPS 8
+#define GEMV_THREADS (GEMV_WARPS * 32)
+#define GEMV_PAD 64
+
+template <bool BF16>
+__device__ __forceinline__ void mma_tile(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1)
+{
+    if (BF16) mma_bf16_16x8x16(d, a, b0, b1);
+    else mma_e4m3_16x8x32(d, a, b0, b1);
+}
+
+/* Stage the activations: rows [0, n) of xs (stride ldx bytes). */
+template <bool BF16>
+__device__ void stage_x(const kiln_gemv_args &a, uint8_t *xs, int ldx)
+{
+    const int esz = BF16 ? 2 : 1;
+    const int row_bytes = a.K * esz;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (a.x) {
+        /* fused RMSNorm: warp t normalizes token t (K f32 values, 4 per lane per step) */
+        for (int t = warp; t < a.n; t += GEMV_WARPS) {
+            const float *xr = a.x + (size_t)(a.x_rows ? a.x_rows[t] : t) * a.K;
+            float ss = 0.0f;
+            for (int k = lane * 4; k < a.K; k += 128) {
+                float4 v = *reinterpret_cast<const float4 *>(xr + k);
+                ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            }
+            ss = warp_sum(ss);
+            float r = 1.0f / sqrtf(ss / (float)a.K + a.eps);
+            float inv = 1.0f / a.in_scale;
+            uint8_t *dst = xs + (size_t)t * ldx;
+            for (int k = lane * 4; k < a.K; k += 128) {
+                float4 v = *reinterpret_cast<const float4 *>(xr + k);
+                uint2 wb = *reinterpret_cast<const uint2 *>(a.norm_w + k);
+                float y0 = v.x * r * bf16_bits_to_float(wb.x & 0xffff);
+                float y1 = v.y * r * bf16_bits_to_float(wb.x >> 16);
+                float y2 = v.z * r * bf16_bits_to_float(wb.y & 0xffff);
+                float y3 = v.w * r * bf16_bits_to_float(wb.y >> 16);
+                if (BF16) {
+                    uint2 o = make_uint2(pack_bf16x2(y0, y1), pack_bf16x2(y2, y3));
+                    *reinterpret_cast<uint2 *>(dst + (size_t)k * 2) = o;
+                } else {
+                    uint32_t o = (uint32_t)to_e4m3(y0 * inv) | ((uint32_t)to_e4m3(y1 * inv) << 8) |
+                                 ((uint32_t)to_e4m3(y2 * inv) << 16) |
+                                 ((uint32_t)to_e4m3(y3 * inv) << 24);
+                    *reinterpret_cast<uint32_t *>(dst + k) = o;
+                }
+            }
+        }
+    } else {
+        const uint8_t *src = static_cast<const uint8_t *>(a.xq);
+        int chunks = row_bytes / 16;
+        for (int i = threadIdx.x; i < a.n * chunks; i += GEMV_THREADS) {
+            int t = i / chunks, c = i % chunks;
+            *reinterpret_cast<uint4 *>(xs + (size_t)t * ldx + c * 16) =
+                *reinterpret_cast<const uint4 *>(src + (size_t)t * row_bytes + c * 16);
+        }
+    }
+}
+
+__device__ __forceinline__ uint8_t *kv_slot(const kiln_cuda_kv &kv, const kiln_cuda_batch &b,
+                                            void *base, int t, int head, int dim)
+{
+    int s = b.token_seq[t], p = b.positions[t];
+    int blk = b.block_table[(size_t)s * b.max_blocks + p / kv.block_size];
+    size_t idx = (((size_t)blk * kv.n_kv_heads + head) * kv.block_size + p % kv.block_size) *
+                     kv.head_dim +
+                 dim;
+    return static_cast<uint8_t *>(base) + idx * (kv.fp8 ? 1 : 2);
+}
+
+__device__ __forceinline__ void kv_store(const kiln_cuda_kv &kv, uint8_t *p, float v, float scale)
+{
+    if (kv.fp8) *p = to_e4m3(v * (1.0f / scale));
+    else *reinterpret_cast<uint16_t *>(p) = float_to_bf16_bits(v);
+}
+
+/* RoPE + cache write for one pair of a tile-paired q|k|v tile: (va, vb) are dims
+ * (8j + i, Dh/2 + 8j + i) of the head the tile belongs to. Shared by the GEMV epilogue and the
+ * prefill rope_kv kernel. */
+__device__ __forceinline__ void rope_kv_pair(const kiln_cuda_batch &b, const kiln_cuda_kv &kv,
+                                             const float *rope, int n_heads, float *q, int t,
+                                             int head_all, int d0, float va, float vb)
+{
+    int Dh = kv.head_dim, half = Dh / 2;
+    int d1 = d0 + half;
+    if (head_all < n_heads + kv.n_kv_heads) { /* q or k: rotate */
+        const float *cs = rope + ((size_t)b.positions[t] * half + d0) * 2;
+        float c = cs[0], s = cs[1];
+        float ra = va * c - vb * s, rb = vb * c + va * s;
+        va = ra;
+        vb = rb;
+    }
+    if (head_all < n_heads) {
+        float *qr = q + ((size_t)t * n_heads + head_all) * Dh;
+        qr[d0] = va;
+        qr[d1] = vb;
+    } else if (head_all < n_heads + kv.n_kv_heads) {
+        int g = head_all - n_heads;
+        kv_store(kv, kv_slot(kv, b, kv.k, t, g, d0), va, kv.k_scale);
+        kv_store(kv, kv_slot(kv, b, kv.k, t, g, d1), vb, kv.k_scale);
+    } else {
+        int g = head_all - n_heads - kv.n_kv_heads;
+        kv_store(kv, kv_slot(kv, b, kv.v, t, g, d0), va, kv.v_scale);
+        kv_store(kv, kv_slot(kv, b, kv.v, t, g, d1), vb, kv.v_scale);
+    }
+}
+
+template <bool BF16>
+__global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const kiln_gemv_args a)
+{
+    extern __shared__ __align__(16) uint8_t smem[];
+    const int esz = BF16 ? 2 : 1;
+    const int row_bytes = a.K * esz;
+    const int ldx = row_bytes + GEMV_PAD;
+    uint8_t *xs = smem;
+    stage_x<BF16>(a, xs, ldx);
+    __syncthreads();
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, q = lane & 3;
+    const int row0 = blockIdx.x * 16;
+    const uint8_t *w = static_cast<const uint8_t *>(a.w);
+    const uint8_t *wr0 = w + (size_t)(row0 + g) * row_bytes + q * 16;
+    const uint8_t *wr1 = wr0 + (size_t)8 * row_bytes;
+    const bool has_x = g < a.n;
+    const uint8_t *xr = xs + (size_t)g * ldx + q * 16;
+
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const int n_chunks = row_bytes / 64;
+#pragma unroll 4
+    for (int c = warp; c < n_chunks; c += GEMV_WARPS) {
+        uint4 w0 = ldg_stream(wr0 + c * 64);
+        uint4 w1 = ldg_stream(wr1 + c * 64);
+        uint4 xv = has_x ? *reinterpret_cast<const uint4 *>(xr + c * 64) : make_uint4(0, 0, 0, 0);
+        /* slots: step 0 takes bytes [0, 8) of each 16-byte piece, step 1 bytes [8, 16):
+         *   a0 = row g lo word, a1 = row g+8 lo word, a2 = row g hi word, a3 = row g+8 hi word;
+         *   b0 / b1 = x's words at the same offsets. */
+        uint32_t a0[4] = {w0.x, w1.x, w0.y, w1.y};
+        uint32_t a1[4] = {w0.z, w1.z, w0.w, w1.w};
+        mma_tile<BF16>(acc, a0, xv.x, xv.y);
+        mma_tile<BF16>(acc, a1, xv.z, xv.w);
+    }
+
+    /* Sum the warps' partial tiles: red (warps, 16 rows, 8 tokens), aliasing xs. */
+    __syncthreads();
+    float *red = reinterpret_cast<float *>(smem);
+    float *mine = red + warp * 128;
+    mine[g * 8 + 2 * q] = acc[0];
+    mine[g * 8 + 2 * q + 1] = acc[1];
+    mine[(g + 8) * 8 + 2 * q] = acc[2];
+    mine[(g + 8) * 8 + 2 * q + 1] = acc[3];
+    __syncthreads();
+
+    float *fin = red + GEMV_WARPS * 128; /* (16, 8) summed */
+    if (threadIdx.x < 128) {
+        float s = 0.0f;
+#pragma unroll
+        for (int wi = 0; wi < GEMV_WARPS; wi++) s += red[wi * 128 + threadIdx.x];
+        fin[threadIdx.x] = s * a.out_scale;
+    }
+    __syncthreads();
+
+    const int r = threadIdx.x >> 3, t = threadIdx.x & 7; /* (row, token) per thread */
+    if (threadIdx.x >= 128 || t >= a.n) return;
+    float v = fin[r * 8 + t];
+    switch (a.epilogue) {
+    case KILN_EPI_STORE: a.y[(size_t)t * a.ldy + row0 + r] = v; break;
+    case KILN_EPI_RESIDUAL: a.y[(size_t)t * a.ldy + row0 + r] += v; break;
+    case KILN_EPI_SWIGLU:
+        if (r < 8) {
+            float gate = v, up = fin[(r + 8) * 8 + t];
+            float h = gate / (1.0f + expf(-gate)) * up;
+            a.h8[(size_t)t * (a.M / 2) + blockIdx.x * 8 + r] = to_e4m3(h * (1.0f / a.h_scale));
+        }
+        break;
+    case KILN_EPI_ROPE_KV:
+        if (r < 8) {
+            int tiles_per_head = a.kv.head_dim / 16;
+            int head_all = blockIdx.x / tiles_per_head, j = blockIdx.x % tiles_per_head;
+            rope_kv_pair(a.batch, a.kv, a.rope, a.n_heads, a.q, t, head_all, 8 * j + r, v,
+                         fin[(r + 8) * 8 + t]);
+        }
+        break;
+    }
+}
+
+extern "C" int kiln_cuda_gemv(const struct kiln_gemv_args *a, kiln_stream stream)
+{
+    if (a->n < 1 || a->n > 8 || a->M % 16 || (a->K * (a->bf16 ? 2 : 1)) % 64) return cudaErrorInvalidValue;
+    int row_bytes = a->K * (a->bf16 ? 2 : 1);
+    size_t smem = (size_t)a->n * (row_bytes + GEMV_PAD);
+    size_t red = (size_t)(GEMV_WARPS + 1) * 128 * sizeof(float);
+    if (smem < red) smem = red;
+    /* raise the dynamic shared memory limit only when a launch needs more than before, so a
+     * captured replay of known sizes makes no attribute calls */
+    static size_t granted[2];
+    int which = a->bf16 ? 1 : 0;
+    if (smem > 48 * 1024 && smem > granted[which]) {
+        cudaError_t e = a->bf16 ? cudaFuncSetAttribute(k_gemv<true>,
+                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                       (int)smem)
+                                : cudaFuncSetAttribute(k_gemv<false>,
+                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                       (int)smem);
+        if (e) return e;
+        granted[which] = smem;
+    }
+    if (a->bf16) k_gemv<true><<<a->M / 16, GEMV_THREADS, smem, stream>>>(*a);
+    else k_gemv<false><<<a->M / 16, GEMV_THREADS, smem, stream>>>(*a);
+    return cudaGetLastError();
+}
+
+/* ---- prefill-path companions of the GEMV epilogues ---- */
+
+/* One thread per (token, tile, pair i < 8). */
+__global__ void k_rope_kv(const float *qkv, const float *rope, kiln_cuda_batch b, kiln_cuda_kv kv,
+                          int n_heads, float *q)
+{
+    int tiles_per_head = kv.head_dim / 16;
+    int n_tiles = (n_heads + 2 * kv.n_kv_heads) * tiles_per_head;
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)b.n_tokens * n_tiles * 8) return;
+    int i = idx % 8, tile = (idx / 8) % n_tiles, t = (int)(idx / 8 / n_tiles);
+    int width = n_tiles * 16;
+    const float *row = qkv + (size_t)t * width + tile * 16;
+    rope_kv_pair(b, kv, rope, n_heads, q, t, tile / tiles_per_head, 8 * (tile % tiles_per_head) + i,
+                 row[i], row[i + 8]);
+}
+
+extern "C" int kiln_cuda_rope_kv(const float *qkv, const float *rope, struct kiln_cuda_batch b,
+                                 struct kiln_cuda_kv kv, int n_heads, float *q, kiln_stream stream)
+{
+    long total = (long)b.n_tokens * (n_heads + 2 * kv.n_kv_heads) * (kv.head_dim / 16) * 8;
+    k_rope_kv<<<(unsigned)((total + 255) / 256), 256, 0, stream>>>(qkv, rope, b, kv, n_heads, q);
+    return cudaGetLastError();
+}
+
+__global__ void k_swiglu_quant(const float *gu, int n, int f, float h_scale, uint8_t *h8)
+{
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)n * f) return;
+    int t = (int)(idx / f), i = (int)(idx % f);
+    const float *row = gu + (size_t)t * 2 * f + (i / 8) * 16;
+    float gate = row[i % 8], up = row[8 + i % 8];
+    float h = gate / (1.0f + expf(-gate)) * up;
+    h8[idx] = to_e4m3(h * (1.0f / h_scale));
+}
+
+extern "C" int kiln_cuda_swiglu_quant(const float *gu, int n, int f, float h_scale, uint8_t *h8,
+                                      kiln_stream stream)
+{
+    long total = (long)n * f;
+    k_swiglu_quant<<<(unsigned)((total + 255) / 256), 256, 0, stream>>>(gu, n, f, h_scale, h8);
+    return cudaGetLastError();
+}

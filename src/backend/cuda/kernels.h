@@ -1,0 +1,153 @@
+/* The C boundary of the CUDA kernels: plain launchers (kiln_cuda_<op>) called by the backend
+ * (cuda.c) and the kernel tests. Every launcher enqueues on `stream` and returns the launch's
+ * cudaError_t as an int (0 = ok); the caller checks it.
+ *
+ * Weight layouts the kernels read (made once at upload by the backend):
+ *   - "tile-paired" q|k|v: within each head, 16-row tile j holds dims [8j, 8j+8) then
+ *     [Dh/2 + 8j, Dh/2 + 8j + 8), so the two halves RoPE rotates together sit in one tile;
+ *   - "tile-interleaved" gate|up: 16-row tile j holds gate rows [8j, 8j+8) then up rows
+ *     [8j, 8j+8), so SwiGLU can run in the GEMV epilogue.
+ * Activations: the residual stream x is f32 (n, d); FP8 activations are (n, K) e4m3 codes. */
+#ifndef KILN_BACKEND_CUDA_KERNELS_H
+#define KILN_BACKEND_CUDA_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct CUstream_st *kiln_stream;
+
+enum kiln_row_order { KILN_ROWS_PLAIN, KILN_ROWS_QKV_PAIRED, KILN_ROWS_GU_INTERLEAVED };
+
+/* Kernel row r of a linear in the given order -> its row in the checkpoint's natural order
+ * (f: intermediate size, for gate|up). */
+static inline int64_t kiln_cuda_natural_row(enum kiln_row_order order, int64_t r, int head_dim,
+                                            int64_t f)
+{
+    if (order == KILN_ROWS_QKV_PAIRED) {
+        int64_t head = r / head_dim, i = r % head_dim, tile = i / 16, w = i % 16;
+        int64_t dim = w < 8 ? 8 * tile + w : head_dim / 2 + 8 * tile + (w - 8);
+        return head * head_dim + dim;
+    }
+    if (order == KILN_ROWS_GU_INTERLEAVED) {
+        int64_t tile = r / 16, w = r % 16;
+        return w < 8 ? 8 * tile + w : f + 8 * tile + (w - 8);
+    }
+    return r;
+}
+
+/* Paged KV cache of one layer (see backend.h): k, v (n_blocks, Hkv, block_size, Dh). */
+struct kiln_cuda_kv {
+    void *k, *v;
+    int fp8;               /* 1: e4m3 codes with k_scale / v_scale; 0: bf16 */
+    float k_scale, v_scale;
+    int n_kv_heads, head_dim, block_size;
+};
+
+/* The batch as the kernels see it (device pointers). */
+struct kiln_cuda_batch {
+    int n_tokens, n_seqs, max_blocks;
+    const int32_t *tokens;      /* (n_tokens,) */
+    const int32_t *positions;   /* (n_tokens,) */
+    const int32_t *token_seq;   /* (n_tokens,) sequence of each token */
+    const int32_t *seq_start;   /* (n_seqs + 1,) */
+    const int32_t *kv_len;      /* (n_seqs,) */
+    const int32_t *block_table; /* (n_seqs, max_blocks) */
+};
+
+enum kiln_gemv_epilogue {
+    KILN_EPI_STORE,    /* y (n, ldy) = v */
+    KILN_EPI_RESIDUAL, /* y (n, ldy) += v */
+    KILN_EPI_SWIGLU,   /* h8 (n, M/2) = sat_e4m3(silu(gate) * up / h_scale), tile-interleaved W */
+    KILN_EPI_ROPE_KV,  /* q (n, H, Dh) f32 rotated; k (rotated), v written to the cache */
+};
+
+/* Skinny GEMM for n <= 8 tokens on the tensor cores (m16n8k32 e4m3, or m16n8k16 bf16):
+ *   v (n, M) = (xq (n, K) . W (M, K)) * out_scale, then the epilogue.
+ * The activations xq come either from `xq` (FP8 codes / bf16, n rows) or, when `x` is set, from
+ * RMSNorm of the f32 rows x[x_rows[t]] (or x[t]) with weight norm_w, quantized with in_scale
+ * (FP8) or rounded to bf16 -- the CPU twin is kiln_cpu_rmsnorm + kiln_cpu_quant_fp8. */
+struct kiln_gemv_args {
+    const void *w; /* (M, K) e4m3 or bf16 */
+    int M, K, n;
+    int bf16;
+    const float *x;        /* prologue: f32 rows to normalize, row stride K */
+    const int32_t *x_rows; /* optional gather of those rows (n,) */
+    const uint16_t *norm_w;
+    float eps;
+    const void *xq; /* or: prepared activations (n, K) */
+    float in_scale, out_scale;
+    int epilogue;
+    float *y;
+    int ldy;
+    uint8_t *h8;
+    float h_scale;
+    /* ROPE_KV */
+    const float *rope; /* (max_pos, Dh/2, 2) */
+    struct kiln_cuda_batch batch;
+    struct kiln_cuda_kv kv;
+    int n_heads;
+    float *q; /* (n, H, Dh) */
+};
+int kiln_cuda_gemv(const struct kiln_gemv_args *a, kiln_stream stream);
+
+/* x (n, d) f32 = embed[tokens] (bf16 rows). */
+int kiln_cuda_embed(const uint16_t *embed, const int32_t *tokens, int n, int d, float *x,
+                    kiln_stream stream);
+
+/* RMSNorm of rows (gathered by rows when not NULL) -> FP8 codes (x8 with scale) or bf16 (xb). */
+int kiln_cuda_rmsnorm_quant(const float *x, const int32_t *rows, const uint16_t *w, float eps,
+                            int n, int d, float scale, uint8_t *x8, uint16_t *xb,
+                            kiln_stream stream);
+
+/* Prefill path after the q|k|v GEMM: qkv (n, (H + 2 Hkv) Dh) f32 in tile-paired layout ->
+ * q (n, H, Dh) f32 rotated, k rotated and v written to the cache. */
+int kiln_cuda_rope_kv(const float *qkv, const float *rope, struct kiln_cuda_batch b,
+                      struct kiln_cuda_kv kv, int n_heads, float *q, kiln_stream stream);
+
+/* Prefill path after the gate|up GEMM: gu (n, 2f) tile-interleaved -> h8 (n, f). */
+int kiln_cuda_swiglu_quant(const float *gu, int n, int f, float h_scale, uint8_t *h8,
+                           kiln_stream stream);
+
+/* Decode attention (flash-decoding) for the sequences listed in seqs (n_list,): each query
+ * token of those sequences attends over its KV positions, in n_splits chunks of split_len
+ * positions (chunks past a sequence's length are empty); with n_splits > 1 partial results go
+ * to part (see attention.cu) and kiln_cuda_attention_combine finishes. A fixed split_len keeps
+ * a sequence's result independent of the batch it runs in. Output: FP8 codes out8
+ * (n_tokens, H Dh) with scale out_scale. */
+int kiln_cuda_attention_decode(const float *q, struct kiln_cuda_batch b, const int32_t *seqs,
+                               int n_list, int max_q_per_seq, struct kiln_cuda_kv kv,
+                               int n_heads, int n_splits, int split_len, float *part,
+                               float out_scale, uint8_t *out8, kiln_stream stream);
+int kiln_cuda_attention_combine(const float *part, struct kiln_cuda_batch b, const int32_t *seqs,
+                                int n_list, int max_q_per_seq, int n_heads, int head_dim,
+                                int n_splits, float v_scale, float out_scale, uint8_t *out8,
+                                kiln_stream stream);
+/* Floats of `part` needed by attention_decode. */
+long kiln_cuda_attention_part_floats(int n_list, int max_q_per_seq, int n_heads, int head_dim,
+                                     int n_splits);
+
+/* Prefill attention (FlashAttention-2 style on bf16 tensor cores) for the sequences listed in
+ * seqs, whose chunks are up to max_q tokens long. Output as attention_decode. */
+int kiln_cuda_attention_prefill(const float *q, struct kiln_cuda_batch b, const int32_t *seqs,
+                                int n_list, int max_q, struct kiln_cuda_kv kv, int n_heads,
+                                float out_scale, uint8_t *out8, kiln_stream stream);
+
+/* Greedy sampling on the GPU: for each row of logits (n, vocab): the argmax (ties: smaller id),
+ * its log-probability, and the logsumexp. */
+int kiln_cuda_argmax(const float *logits, int n, int vocab, int32_t *token, float *logprob,
+                     kiln_stream stream);
+
+/* y (n,) = sat_e4m3(x / scale) (computed as x * (1 / scale), as the CPU twin). */
+int kiln_cuda_quant_fp8(const float *x, long n, float scale, uint8_t *y, kiln_stream stream);
+
+/* Streams bytes of buf (blocks x 512 threads, 16-byte loads): the read-bandwidth probe. */
+int kiln_cuda_read(const void *buf, size_t bytes, unsigned *sink, int blocks, kiln_stream stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

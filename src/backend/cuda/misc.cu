@@ -1,0 +1,132 @@
+/* Small kernels of the forward pass: embedding gather, RMSNorm + quantization (the prefill
+ * path and the lm_head input), FP8 quantization, and greedy sampling. */
+#include <math.h>
+
+#include "common.cuh"
+#include "kernels.h"
+
+__global__ void k_embed(const uint16_t *embed, const int32_t *tokens, int d, float *x)
+{
+    int t = blockIdx.x;
+    const uint16_t *row = embed + (size_t)tokens[t] * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) x[(size_t)t * d + i] = bf16_bits_to_float(row[i]);
+}
+
+extern "C" int kiln_cuda_embed(const uint16_t *embed, const int32_t *tokens, int n, int d, float *x,
+                               kiln_stream stream)
+{
+    k_embed<<<n, 256, 0, stream>>>(embed, tokens, d, x);
+    return cudaGetLastError();
+}
+
+/* One block per row: sum of squares, then y = x * r * w quantized (FP8) or rounded (bf16). */
+__global__ void k_rmsnorm_quant(const float *x, const int32_t *rows, const uint16_t *w, float eps,
+                                int d, float scale, uint8_t *x8, uint16_t *xb)
+{
+    __shared__ float scratch[32];
+    int t = blockIdx.x;
+    const float *xr = x + (size_t)(rows ? rows[t] : t) * d;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, scratch);
+    float r = 1.0f / sqrtf(ss / (float)d + eps);
+    float inv = 1.0f / scale;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        float y = xr[i] * r * bf16_bits_to_float(w[i]);
+        if (x8) x8[(size_t)t * d + i] = to_e4m3(y * inv);
+        if (xb) xb[(size_t)t * d + i] = float_to_bf16_bits(y);
+    }
+}
+
+extern "C" int kiln_cuda_rmsnorm_quant(const float *x, const int32_t *rows, const uint16_t *w,
+                                       float eps, int n, int d, float scale, uint8_t *x8,
+                                       uint16_t *xb, kiln_stream stream)
+{
+    k_rmsnorm_quant<<<n, 256, 0, stream>>>(x, rows, w, eps, d, scale, x8, xb);
+    return cudaGetLastError();
+}
+
+__global__ void k_quant(const float *x, long n, float scale, uint8_t *y)
+{
+    float inv = 1.0f / scale;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        y[i] = to_e4m3(x[i] * inv);
+}
+
+extern "C" int kiln_cuda_quant_fp8(const float *x, long n, float scale, uint8_t *y, kiln_stream stream)
+{
+    long blocks = (n + 255) / 256;
+    k_quant<<<(unsigned)(blocks > 65535 ? 65535 : blocks), 256, 0, stream>>>(x, n, scale, y);
+    return cudaGetLastError();
+}
+
+/* One block per row: argmax (ties to the smaller id) and logsumexp, in two passes over the
+ * row (it stays in L2). */
+__global__ void k_argmax(const float *logits, int vocab, int32_t *token, float *logprob)
+{
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    __shared__ float scratch[32];
+    const float *row = logits + (size_t)blockIdx.x * vocab;
+    float best = -INFINITY;
+    int best_i = 0x7fffffff;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = row[i];
+        if (v > best) best = v, best_i = i; /* ascending i per thread: first max wins */
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+        if (ov > best || (ov == best && oi < best_i)) best = ov, best_i = oi;
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) sv[warp] = best, si[warp] = best_i;
+    __syncthreads();
+    if (warp == 0) {
+        best = lane < nw ? sv[lane] : -INFINITY;
+        best_i = lane < nw ? si[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+            if (ov > best || (ov == best && oi < best_i)) best = ov, best_i = oi;
+        }
+        if (lane == 0) sv[0] = best, si[0] = best_i;
+    }
+    __syncthreads();
+    float mx = sv[0];
+    int arg = si[0];
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) sum += expf(row[i] - mx);
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) {
+        token[blockIdx.x] = arg == 0x7fffffff ? 0 : arg;
+        logprob[blockIdx.x] = -logf(sum); /* x[arg] - (mx + log(sum)) with x[arg] == mx */
+    }
+}
+
+extern "C" int kiln_cuda_argmax(const float *logits, int n, int vocab, int32_t *token, float *logprob,
+                                kiln_stream stream)
+{
+    k_argmax<<<n, 1024, 0, stream>>>(logits, vocab, token, logprob);
+    return cudaGetLastError();
+}
+
+/* Reads bytes of buf with 16-byte loads (grid-stride) and folds them into one word per block:
+ * the read-bandwidth ceiling that batch-1 decode is measured against. */
+__global__ void k_read(const uint4 *buf, size_t n, unsigned *sink)
+{
+    unsigned acc = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint4 v = ldg_stream(buf + i);
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x12345678u) sink[blockIdx.x] = acc; /* practically never: keeps the loads live */
+}
+
+extern "C" int kiln_cuda_read(const void *buf, size_t bytes, unsigned *sink, int blocks,
+                              kiln_stream stream)
+{
+    k_read<<<blocks, 512, 0, stream>>>(static_cast<const uint4 *>(buf), bytes / 16, sink);
+    return cudaGetLastError();
+}
