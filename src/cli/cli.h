@@ -4,6 +4,8 @@
 #define KILN_CLI_CLI_H
 
 int kiln_cmd_generate(int argc, char **argv);
+int kiln_cmd_tokenize(int argc, char **argv);
+int kiln_cmd_template(int argc, char **argv);
 int kiln_cmd_mkmodel(int argc, char **argv);
 
 /* bench_latency.c: the latency half of `kiln bench` (decode, TTFT, batched decode). */

@@ -20,11 +20,11 @@
 /* Sizes left at 0 take the backend's (max_seqs, max_tokens, max_seq_len; max_input_len: the
  * max_seq_len); max_queue <= 0 means no limit. max_num_tokens >= max_batch_size. */
 struct kiln_engine_options {
-    int max_batch_size;   /* sequences per step */
-    int max_num_tokens;   /* tokens per step (prefill chunk budget) */
-    int max_queue;        /* waiting requests before submit fails with KILN_ERR_LIMIT */
-    int max_seq_len;      /* prompt + output */
-    int max_input_len;    /* prompt */
+    int max_batch_size; /* sequences per step */
+    int max_num_tokens; /* tokens per step (prefill chunk budget) */
+    int max_queue;      /* waiting requests before submit fails with KILN_ERR_LIMIT */
+    int max_seq_len;    /* prompt + output */
+    int max_input_len;  /* prompt */
     bool prefix_caching;
     void (*notify)(void *arg); /* called from the engine thread after events are queued */
     void *notify_arg;
@@ -33,7 +33,7 @@ struct kiln_engine_options {
 struct kiln_request {
     const int32_t *prompt; /* copied by submit */
     int n_prompt;
-    int max_tokens;   /* > 0 */
+    int max_tokens; /* > 0 */
     int min_tokens;
     bool ignore_eos;
     float temperature, top_p, min_p;
@@ -48,24 +48,29 @@ struct kiln_request {
     int n_stop;
     const int32_t *stop_ids; /* extra stop token ids, copied */
     int n_stop_ids;
-    int logprobs;            /* -1: none; 0..20: chosen token + that many alternatives */
+    int logprobs; /* -1: none; 0..20: chosen token + that many alternatives */
     bool skip_special_tokens;
-    bool detokenize;         /* produce text deltas (needs the tokenizer) */
-    void *user;              /* returned in every event of this request */
+    bool detokenize; /* produce text deltas (needs the tokenizer) */
+    void *user;      /* returned in every event of this request */
 };
 
 /* Fills the neutral parameters (temperature 1, top_p 1, repetition_penalty 1, logprobs -1,
  * max_tokens 16, skip_special_tokens); the caller sets prompt and the rest. */
 void kiln_request_defaults(struct kiln_request *req);
 
-enum kiln_finish { KILN_FINISH_NONE, KILN_FINISH_STOP, KILN_FINISH_LENGTH, KILN_FINISH_CANCELLED,
-                   KILN_FINISH_ERROR };
+enum kiln_finish {
+    KILN_FINISH_NONE,
+    KILN_FINISH_STOP,
+    KILN_FINISH_LENGTH,
+    KILN_FINISH_CANCELLED,
+    KILN_FINISH_ERROR
+};
 
 struct kiln_event {
     uint64_t id;
     void *user;
-    int32_t token;       /* -1 in a finish-only event */
-    char *text;          /* text delta (malloc'ed, may be ""), NULL without detokenize */
+    int32_t token; /* -1 in a finish-only event */
+    char *text;    /* text delta (malloc'ed, may be ""), NULL without detokenize */
     size_t text_len;
     float logprob;
     int n_top;
@@ -75,7 +80,8 @@ struct kiln_event {
     char *stop_reason;       /* matched stop string (malloc'ed) or NULL */
     int32_t stop_token;      /* matched stop token id or -1 */
     int prompt_tokens, completion_tokens, cached_tokens;
-    char error[256];         /* with KILN_FINISH_ERROR */
+    char error[256]; /* with KILN_FINISH_ERROR */
+    double time;     /* kiln_now() when the engine queued the event (TTFT, ITL) */
 };
 
 struct kiln_engine_stats {
@@ -88,8 +94,8 @@ struct kiln_engine;
 
 /* Takes ownership of nothing; backend and tokenizer (may be NULL) must outlive the engine. */
 enum kiln_status kiln_engine_create(struct kiln_backend *backend, struct kiln_tokenizer *tok,
-                                    const struct kiln_engine_options *opt,
-                                    struct kiln_engine **out, struct kiln_error *err);
+                                    const struct kiln_engine_options *opt, struct kiln_engine **out,
+                                    struct kiln_error *err);
 /* Validates and queues; fails with KILN_ERR_LIMIT when the queue is full or the request
  * cannot fit (context_length_exceeded), KILN_ERR_INVALID for bad parameters. */
 enum kiln_status kiln_engine_submit(struct kiln_engine *e, const struct kiln_request *req,

@@ -54,8 +54,8 @@ bool kiln_tokenizer_has_chat_template(const struct kiln_tokenizer *tok);
 enum kiln_status kiln_tokenizer_apply_chat_template(const struct kiln_tokenizer *tok,
                                                     const char *messages_json,
                                                     bool add_generation_prompt,
-                                                    const char *extra_json, char **out,
-                                                    size_t *len, struct kiln_error *err);
+                                                    const char *extra_json, char **out, size_t *len,
+                                                    struct kiln_error *err);
 /* Replaces the model's template (serve --chat-template); checked like at load. */
 enum kiln_status kiln_tokenizer_set_chat_template(struct kiln_tokenizer *tok, const char *source,
                                                   struct kiln_error *err);

@@ -1,0 +1,334 @@
+/* The engine on a real backend and model (the tiny checkpoint of the tiny_model fixture, with
+ * its Llama 3 tokenizer): greedy outputs do not depend on batching, chunked prefill,
+ * preemption or prefix reuse; seeds draw the same alone or batched; stop strings cut the text;
+ * cancel frees the KV; the context limit message.
+ *
+ * usage: test_engine_model MODEL_DIR [cpu|cuda]
+ * On the CPU backend logprobs must agree bitwise (its math does not depend on the batch); on
+ * CUDA tokens and text must agree and logprobs within 0.02 (GEMM kernels differ by batch
+ * shape). Exits 77 (skipped) for cuda when no GPU is visible. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine_helpers.h"
+#include "model/model.h"
+#include "runtime/engine.h"
+
+static const char *model_dir;
+static bool cuda;
+static float tol; /* logprob tolerance between schedules: 0 = bitwise */
+static struct kiln_model *model;
+static struct kiln_tokenizer *tok;
+
+#define NP 4
+static int32_t *prompts[NP];
+static int prompt_len[NP];
+static const char *prompt_text[NP] = {
+    "The capital of France is",
+    "Once upon a time, in a kingdom by the sea, there lived a",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n < 2:\n"
+    "        return n\n    return",
+    "Paged attention splits the key-value cache into fixed-size blocks, so sequences of "
+    "different lengths share one pool without fragmentation; a block table maps each "
+    "sequence's positions to blocks. Prefix caching then lets",
+};
+
+struct setup {
+    int n_blocks, block_size, max_batch, max_tokens, max_seq_len;
+    bool prefix_caching;
+};
+
+static struct setup defaults(void)
+{
+    return (struct setup){.n_blocks = 64,
+                          .block_size = 16,
+                          .max_batch = 4,
+                          .max_tokens = 128,
+                          .max_seq_len = 128,
+                          .prefix_caching = true};
+}
+
+struct rig {
+    struct kiln_backend *be; /* the backend behind a gate (engine_helpers.h) */
+    struct kiln_engine *e;
+};
+
+static struct rig rig_new(struct setup s)
+{
+    struct kiln_backend_options o;
+    kiln_backend_options_default(&o);
+    o.kv_dtype = KILN_DTYPE_BF16;
+    o.block_size = s.block_size;
+    o.n_blocks = s.n_blocks;
+    o.max_tokens = s.max_tokens;
+    o.max_seqs = s.max_batch;
+    o.max_seq_len = s.max_seq_len;
+    struct kiln_error err;
+    struct rig r = {0};
+    enum kiln_status st = cuda ? kiln_backend_cuda_create(model, &o, &r.be, &err)
+                               : kiln_backend_cpu_create(model, &o, &r.be, &err);
+    if (st) fail_msg("backend: %s", err.msg);
+    r.be = gate_wrap(r.be);
+    struct kiln_engine_options eo = {.prefix_caching = s.prefix_caching};
+    if (kiln_engine_create(r.be, tok, &eo, &r.e, &err)) fail_msg("engine: %s", err.msg);
+    return r;
+}
+
+static void rig_free(struct rig r)
+{
+    struct kiln_engine_stats st;
+    kiln_engine_stats(r.e, &st);
+    assert_int_equal(st.kv_blocks_used, 0);
+    assert_int_equal(st.running + st.waiting, 0);
+    kiln_engine_free(r.e);
+    kiln_backend_free(r.be);
+}
+
+static struct kiln_request greedy(int p, int max_tokens)
+{
+    struct kiln_request r;
+    kiln_request_defaults(&r);
+    r.prompt = prompts[p];
+    r.n_prompt = prompt_len[p];
+    r.max_tokens = max_tokens;
+    r.temperature = 0;
+    r.ignore_eos = true;
+    r.logprobs = 4;
+    r.detokenize = true;
+    return r;
+}
+
+/* The NP prompts one at a time, then all at once on another setup (b: NP + 1 results). */
+static void alone_then_together(struct setup alone, struct setup together, struct kiln_request base,
+                                struct result *a, struct result *b, struct kiln_engine_stats *st)
+{
+    struct rig r = rig_new(alone);
+    for (int p = 0; p < NP; p++) {
+        struct kiln_request q = base;
+        q.prompt = prompts[p];
+        q.n_prompt = prompt_len[p];
+        q.seed = 77 + (uint64_t)p;
+        submit(r.e, q, &a[p]);
+        collect(r.e, 1);
+    }
+    rig_free(r);
+    r = rig_new(together);
+    struct kiln_request reqs[NP];
+    for (int p = 0; p < NP; p++) {
+        reqs[p] = base;
+        reqs[p].prompt = prompts[p];
+        reqs[p].n_prompt = prompt_len[p];
+        reqs[p].seed = 77 + (uint64_t)p;
+    }
+    static const int32_t blocker[2] = {128000, 128006};
+    submit_together(r.e, r.be, reqs, NP, b, blocker, 2);
+    collect(r.e, NP + 1);
+    kiln_engine_stats(r.e, st);
+    rig_free(r);
+    for (int p = 0; p < NP; p++) assert_same(&a[p], &b[p], tol);
+}
+
+static void batched_chunked_preempted(void **state)
+{
+    (void)state;
+    struct result a[NP], b[NP + 1];
+    struct kiln_engine_stats st;
+    struct setup s = defaults();
+    alone_then_together(s, s, greedy(0, 6), a, b, &st);
+    for (int p = 0; p < NP; p++) {
+        assert_int_equal(a[p].n, 6);
+        assert_int_equal(a[p].finish, KILN_FINISH_LENGTH);
+        assert_true(a[p].has_text);
+    }
+    struct setup chunked = s;
+    chunked.max_tokens = 16; /* the 41-token prompt takes 3 steps beside the others' decodes */
+    alone_then_together(s, chunked, greedy(0, 6), a, b, &st);
+    struct setup tight = s;
+    tight.block_size = 4;
+    tight.n_blocks = 16; /* 64 positions: the longest request alone needs 12 blocks */
+    alone_then_together(s, tight, greedy(0, 6), a, b, &st);
+    print_message("prompts of %d, %d, %d, %d tokens; %llu preemptions in a pool of 64 positions\n",
+                  prompt_len[0], prompt_len[1], prompt_len[2], prompt_len[3],
+                  (unsigned long long)st.preemptions);
+    assert_true(st.preemptions > 0);
+}
+
+static void seeds_alone_or_batched(void **state)
+{
+    (void)state;
+    struct result a[NP], b[NP + 1];
+    struct kiln_engine_stats st;
+    struct kiln_request q = greedy(0, 6);
+    q.temperature = 0.8f;
+    q.top_p = 0.95f;
+    q.top_k = 40;
+    q.has_seed = true;
+    alone_then_together(defaults(), defaults(), q, a, b, &st);
+}
+
+static void prefix_reuse(void **state)
+{
+    (void)state;
+    struct rig r = rig_new(defaults());
+    struct result x, y;
+    struct kiln_request q = greedy(3, 4);
+    q.logprobs = KILN_MAX_LOGPROBS;
+    submit(r.e, q, &x);
+    collect(r.e, 1);
+    submit(r.e, q, &y);
+    collect(r.e, 1);
+    assert_int_equal(x.cached_tokens, 0);
+    assert_int_equal(y.cached_tokens, (prompt_len[3] - 1) / 16 * 16);
+    assert_true(y.cached_tokens > 0);
+    assert_same(&x, &y, tol);
+    struct kiln_engine_stats st;
+    kiln_engine_stats(r.e, &st);
+    assert_int_equal(st.prefix_hits_tokens, (uint64_t)y.cached_tokens);
+    rig_free(r);
+}
+
+static void stop_strings_and_text(void **state)
+{
+    (void)state;
+    struct rig r = rig_new(defaults());
+    struct result full, cut;
+    submit(r.e, greedy(1, 12), &full);
+    collect(r.e, 1);
+    /* The streamed deltas add up to the one-shot decode of the tokens. */
+    char *text;
+    size_t len;
+    struct kiln_error err;
+    assert_int_equal(
+        kiln_tokenizer_decode(tok, full.tokens, (size_t)full.n, true, &text, &len, &err), KILN_OK);
+    assert_int_equal(len, full.text_len);
+    assert_memory_equal(text, full.text, len);
+    free(text);
+
+    /* A stop string taken from the middle of the output: the text ends right before its first
+     * occurrence and the stop string is not emitted. */
+    assert_true(full.text_len >= 8);
+    char stop[8] = {0};
+    size_t at = full.text_len / 2, n = 1;
+    while (at > 0 && (full.text[at] & 0xc0) == 0x80) at--; /* one whole UTF-8 character */
+    while (at + n < full.text_len && (full.text[at + n] & 0xc0) == 0x80) n++;
+    memcpy(stop, full.text + at, n);
+    const char *stops[] = {"\x01never", stop};
+    struct kiln_request q = greedy(1, 12);
+    q.stop = stops;
+    q.n_stop = 2;
+    submit(r.e, q, &cut);
+    collect(r.e, 1);
+    size_t first = (size_t)(strstr(full.text, stop) - full.text);
+    assert_int_equal(cut.finish, KILN_FINISH_STOP);
+    assert_string_equal(cut.stop_reason, stop);
+    assert_int_equal(cut.text_len, first);
+    assert_memory_equal(cut.text, full.text, first);
+    assert_int_equal(cut.stop_token, -1);
+    assert_true(cut.n <= full.n);
+
+    /* Under min_tokens stop strings do not end the output. */
+    q.min_tokens = 12;
+    submit(r.e, q, &cut);
+    collect(r.e, 1);
+    assert_int_equal(cut.finish, KILN_FINISH_LENGTH);
+    assert_same(&full, &cut, tol);
+
+    /* A stop token id ends it at its first occurrence, its text not emitted. */
+    int32_t stop_id = full.tokens[5];
+    int k = 0;
+    while (full.tokens[k] != stop_id) k++;
+    q = greedy(1, 12);
+    q.stop_ids = &stop_id;
+    q.n_stop_ids = 1;
+    submit(r.e, q, &cut);
+    collect(r.e, 1);
+    assert_int_equal(cut.n, k + 1);
+    assert_int_equal(cut.stop_token, stop_id);
+    assert_int_equal(cut.finish, KILN_FINISH_STOP);
+    assert_int_equal(kiln_tokenizer_decode(tok, full.tokens, (size_t)k, true, &text, &len, &err),
+                     KILN_OK);
+    assert_true(cut.text_len == len && !memcmp(cut.text, text, len));
+    free(text);
+    rig_free(r);
+}
+
+static void cancel_and_limits(void **state)
+{
+    (void)state;
+    struct rig r = rig_new(defaults());
+    struct result x;
+    struct kiln_request q = greedy(0, 100);
+    uint64_t id = submit(r.e, q, &x);
+    struct kiln_engine_stats st;
+    do {
+        usleep(1000);
+        kiln_engine_stats(r.e, &st);
+    } while (st.running == 0);
+    kiln_engine_cancel(r.e, id);
+    collect(r.e, 1);
+    assert_int_equal(x.finish, KILN_FINISH_CANCELLED);
+    assert_true(x.n < 100);
+
+    q.max_tokens = 128 - prompt_len[0] + 1;
+    uint64_t bad;
+    struct kiln_error err;
+    enum kiln_submit_error why;
+    assert_int_equal(kiln_engine_submit_ex(r.e, &q, &bad, &why, &err), KILN_ERR_LIMIT);
+    assert_int_equal(why, KILN_SUBMIT_CONTEXT_LENGTH);
+    char want[200];
+    snprintf(want, sizeof want,
+             "this model's maximum context length is 128 tokens; the prompt has %d tokens and "
+             "max_tokens is %d",
+             prompt_len[0], q.max_tokens);
+    assert_string_equal(err.msg, want);
+    rig_free(r);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || argc > 3) {
+        fprintf(stderr, "usage: test_engine_model MODEL_DIR [cpu|cuda]\n");
+        return 2;
+    }
+    model_dir = argv[1];
+    cuda = argc == 3 && !strcmp(argv[2], "cuda");
+    if (cuda && !kiln_cuda_available()) {
+        printf("no GPU visible: skipped\n");
+        return 77;
+    }
+    tol = cuda ? 0.02f : 0.0f;
+    kiln_numeric_init();
+    struct kiln_error err;
+    if (kiln_model_load(model_dir, &model, &err) || kiln_tokenizer_load(model_dir, &tok, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    for (int p = 0; p < NP; p++) {
+        size_t n;
+        if (kiln_tokenizer_encode(tok, prompt_text[p], strlen(prompt_text[p]), true, &prompts[p],
+                                  &n, &err)) {
+            fprintf(stderr, "%s\n", err.msg);
+            return 1;
+        }
+        prompt_len[p] = (int)n;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(batched_chunked_preempted),
+        cmocka_unit_test(seeds_alone_or_batched),
+        cmocka_unit_test(prefix_reuse),
+        cmocka_unit_test(stop_strings_and_text),
+        cmocka_unit_test(cancel_and_limits),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    for (int p = 0; p < NP; p++) free(prompts[p]);
+    kiln_tokenizer_free(tok);
+    kiln_model_free(model);
+    return rc;
+}
