@@ -21,6 +21,7 @@ struct command {
 
 static const struct command commands[] = {
     {"version", cmd_version, "print the version"},
+    {"bench", kiln_cmd_bench, "benchmark: --throughput under load, else latency"},
     {"tokenize", kiln_cmd_tokenize, "text on stdin -> token ids (JSON)"},
     {"template", kiln_cmd_template, "render a chat template for messages on stdin"},
     {"generate", kiln_cmd_generate, "generate tokens from a prompt (greedy or sampled)"},
