@@ -22,6 +22,7 @@ struct command {
 static const struct command commands[] = {
     {"version", cmd_version, "print the version"},
     {"bench", kiln_cmd_bench, "benchmark: --throughput under load, else latency"},
+    {"mkmodel", kiln_cmd_mkmodel, "write a random-weight test checkpoint (HF ModelOpt FP8)"},
     {"tokenize", kiln_cmd_tokenize, "text on stdin -> token ids (JSON)"},
     {"template", kiln_cmd_template, "render a chat template for messages on stdin"},
     {"generate", kiln_cmd_generate, "generate tokens from a prompt (greedy or sampled)"},

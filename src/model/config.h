@@ -26,19 +26,19 @@ struct kiln_config {
     float rms_norm_eps;
     float rope_theta;
     enum kiln_rope_type rope_type;
-    float rope_factor;            /* linear and llama3 */
-    float rope_low_freq_factor;   /* llama3 */
-    float rope_high_freq_factor;  /* llama3 */
-    int rope_original_max_pos;    /* llama3: original_max_position_embeddings */
+    float rope_factor;           /* linear and llama3 */
+    float rope_low_freq_factor;  /* llama3 */
+    float rope_high_freq_factor; /* llama3 */
+    int rope_original_max_pos;   /* llama3: original_max_position_embeddings */
     bool tie_word_embeddings;
-    enum kiln_dtype torch_dtype;  /* dtype of the unquantized tensors */
-    int bos_token_id;             /* -1 when absent */
+    enum kiln_dtype torch_dtype; /* dtype of the unquantized tensors */
+    int bos_token_id;            /* -1 when absent */
     int eos_token_ids[KILN_MAX_EOS];
     int n_eos;
 
     /* Quantization (ModelOpt) */
-    bool fp8;            /* quant_algo == "FP8": linears are F8_E4M3 with scales */
-    bool fp8_kv_cache;   /* kv_cache_quant_algo == "FP8" */
+    bool fp8;               /* quant_algo == "FP8": linears are F8_E4M3 with scales */
+    bool fp8_kv_cache;      /* kv_cache_quant_algo == "FP8" */
     char **exclude_modules; /* [n_exclude], patterns such as "lm_head" or "*.mlp.gate" */
     int n_exclude;
 

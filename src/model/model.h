@@ -29,14 +29,14 @@ struct kiln_tensor {
 };
 
 struct kiln_linear {
-    int64_t out, in; /* W (out, in) @ x (in,) -> y (out,) */
-    int n_parts;     /* 1; 3 for q|k|v; 2 for gate|up (stacked along out) */
+    int64_t out, in;                         /* W (out, in) @ x (in,) -> y (out,) */
+    int n_parts;                             /* 1; 3 for q|k|v; 2 for gate|up (stacked along out) */
     struct kiln_tensor part[KILN_MAX_PARTS]; /* (out_i, in), checkpoint dtype */
     float part_weight_scale[KILN_MAX_PARTS]; /* FP8 only */
     float part_input_scale[KILN_MAX_PARTS];  /* FP8 only */
-    bool fp8;           /* weights F8_E4M3 with static activation scale */
-    float weight_scale; /* fused: max over parts */
-    float input_scale;  /* fused: max over parts */
+    bool fp8;                                /* weights F8_E4M3 with static activation scale */
+    float weight_scale;                      /* fused: max over parts */
+    float input_scale;                       /* fused: max over parts */
 };
 
 struct kiln_layer_weights {
@@ -57,11 +57,20 @@ struct kiln_model {
     struct kiln_layer_weights *layers; /* [n_layers] */
     struct kiln_st_set st;             /* owns the mappings */
     char dir[1024];
+    /* Heap buffers freed with the model: copies of tensors whose bytes in the file are not
+     * aligned to their element size, and the weights of a model built in memory (mkmodel). */
+    void **owned; /* [n_owned] */
+    int n_owned, cap_owned;
 };
 
 /* Loads config + safetensors from an HF folder and validates everything. */
 enum kiln_status kiln_model_load(const char *dir, struct kiln_model **out, struct kiln_error *err);
+/* Frees a loaded model, or one built by hand: m, m->layers and every m->owned[i] from
+ * malloc/calloc, m->cfg from kiln_config_parse (or zeroed), m->st zeroed (n_files = 0). */
 void kiln_model_free(struct kiln_model *m);
+/* Hands buf (from malloc) to the model, which frees it in kiln_model_free; on failure buf is
+ * freed at once and KILN_ERR_NOMEM returned. */
+enum kiln_status kiln_model_own(struct kiln_model *m, void *buf, struct kiln_error *err);
 
 /* Rows [r0, r1) of the fused FP8 weight: dst (r1 - r0, in) bytes, each part's bytes requantized
  * to l->weight_scale when its own scale differs. Requires l->fp8. */

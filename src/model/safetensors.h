@@ -46,9 +46,9 @@ void kiln_st_header_free(struct kiln_st_header *h);
 /* A checkpoint's tensors over one or many mapped shards. */
 struct kiln_st_set {
     int n_files;
-    char **paths;                /* [n_files] */
-    struct kiln_mapping *maps;   /* [n_files] */
-    struct kiln_st_header *hdrs; /* [n_files] */
+    char **paths;                    /* [n_files] */
+    struct kiln_mapping *maps;       /* [n_files] */
+    struct kiln_st_header *hdrs;     /* [n_files] */
     struct kiln_st_tensor **by_name; /* [n_tensors], sorted by name, for lookup */
     size_t n_tensors;
 };
@@ -63,7 +63,10 @@ void kiln_st_close(struct kiln_st_set *set);
 const struct kiln_st_tensor *kiln_st_find(const struct kiln_st_set *set, const char *name);
 const char *kiln_st_file_of(const struct kiln_st_set *set, const struct kiln_st_tensor *t);
 
-/* Writer: collects tensors (data is copied or referenced until write) and writes one file. */
+/* Writer: collects tensors (their data is referenced, not copied) and writes one file. Data
+ * is laid out widest dtype first, then in insertion order, after a header padded to a multiple
+ * of 8 bytes, so every tensor is aligned to its element size; the header's __metadata__ is
+ * {"format":"pt"} as torch's writers put it. Large tensors are streamed with write(). */
 struct kiln_st_writer;
 struct kiln_st_writer *kiln_st_writer_create(void);
 /* data must stay valid until kiln_st_writer_write returns. */
@@ -71,7 +74,7 @@ enum kiln_status kiln_st_writer_add(struct kiln_st_writer *w, const char *name, 
                                     int ndim, const int64_t *shape, const void *data,
                                     struct kiln_error *err);
 size_t kiln_st_writer_bytes(const struct kiln_st_writer *w); /* data bytes so far */
-/* Writes atomically (temporary name + rename); metadata may be NULL (adds {"format":"pt"}). */
+/* Writes atomically: PATH.tmp-PID, fsync, rename to PATH. */
 enum kiln_status kiln_st_writer_write(struct kiln_st_writer *w, const char *path,
                                       struct kiln_error *err);
 void kiln_st_writer_free(struct kiln_st_writer *w);
