@@ -290,6 +290,13 @@ static int throughput(const struct tp_args *a)
     if (conc > a->num_requests) conc = a->num_requests;
     if (kiln_model_load(a->model_dir, &m, &err)) goto fail;
     r.vocab = m->cfg.vocab_size;
+    if (m->cfg.max_position_embeddings > 0 &&
+        a->input_len + a->output_len > m->cfg.max_position_embeddings) {
+        kiln_errorf(&err, KILN_ERR_INVALID,
+                    "--input-len %d + --output-len %d exceeds the model's context of %d tokens",
+                    a->input_len, a->output_len, m->cfg.max_position_embeddings);
+        goto fail;
+    }
 
     struct kiln_backend_options bo;
     kiln_cli_backend_options(&a->backend, m, &bo);

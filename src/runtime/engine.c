@@ -900,6 +900,12 @@ enum kiln_status kiln_engine_create(struct kiln_backend *backend, struct kiln_to
                            "engine: max_num_tokens (%d) must be at least max_batch_size (%d) so "
                            "every running sequence can decode each step",
                            o.max_num_tokens, o.max_batch_size);
+    int max_pos = backend->model->cfg.max_position_embeddings;
+    if (max_pos > 0 && o.max_seq_len > max_pos)
+        return kiln_errorf(err, KILN_ERR_INVALID,
+                           "engine: max_seq_len %d exceeds the model's context of %d positions "
+                           "(max_position_embeddings)",
+                           o.max_seq_len, max_pos);
     if (o.max_input_len > o.max_seq_len)
         return kiln_errorf(err, KILN_ERR_INVALID,
                            "engine: max_input_len (%d) exceeds max_seq_len (%d)", o.max_input_len,

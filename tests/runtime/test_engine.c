@@ -524,6 +524,10 @@ static void bad_options(void **state)
     o = (struct kiln_engine_options){.max_num_tokens = 4};
     assert_int_equal(kiln_engine_create(&m->base, NULL, &o, &e, &err), KILN_ERR_INVALID);
     assert_non_null(strstr(err.msg, "max_num_tokens"));
+    m->model.cfg.max_position_embeddings = 32; /* the backend was sized for 64 */
+    o = (struct kiln_engine_options){0};
+    assert_int_equal(kiln_engine_create(&m->base, NULL, &o, &e, &err), KILN_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "max_position_embeddings"));
     kiln_backend_free(&m->base);
 }
 
