@@ -76,6 +76,7 @@ struct kiln_backend_options {
     int device;               /* CUDA device ordinal */
     bool cuda_graphs;         /* CUDA: capture decode steps */
     bool profile;             /* CUDA: time every op (no graphs); see ops->report */
+    int n_layers;             /* run only the first n layers (0: all, < 0: none): tests */
 };
 
 struct kiln_backend;

@@ -9,6 +9,7 @@
 #include "backend/backend.h"
 #include "cli.h"
 #include "common.h"
+#include "core/file.h"
 #include "core/log.h"
 #include "model/model.h"
 
@@ -20,26 +21,29 @@ struct gen_args {
     int top_k;
     unsigned long long seed;
     bool ignore_eos;
+    const char *dump_logits;
     struct kiln_cli_backend backend;
 };
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: kiln generate MODEL_DIR --prompt-ids 791,6864,315 [options]\n"
-            "  --prompt-ids LIST     comma-separated token ids\n"
-            "  --max-tokens N        tokens to generate (default 32)\n"
-            "  --temperature T       0 = greedy (default 0)\n"
-            "  --top-p P             nucleus sampling (default 1)\n"
-            "  --top-k K             keep the K most likely tokens (default off)\n"
-            "  --seed N              sampling seed (default 0)\n"
-            "  --ignore-eos          keep going past end-of-sequence tokens\n" KILN_CLI_BACKEND_HELP
-            "Prints the generated ids on stdout and tokens/s on stderr.\n");
+    fprintf(f, "usage: kiln generate MODEL_DIR --prompt-ids 791,6864,315 [options]\n"
+               "  --prompt-ids LIST     comma-separated token ids\n"
+               "  --max-tokens N        tokens to generate (default 32)\n"
+               "  --temperature T       0 = greedy (default 0)\n"
+               "  --top-p P             nucleus sampling (default 1)\n"
+               "  --top-k K             keep the K most likely tokens (default off)\n"
+               "  --seed N              sampling seed (default 0)\n"
+               "  --ignore-eos          keep going past end-of-sequence tokens\n"
+               "  --dump-logits FILE    write the logits of every prompt position to FILE\n"
+               "                        (f32, prompt_len x vocab, native byte "
+               "order)\n" KILN_CLI_BACKEND_HELP
+               "Prints the generated ids on stdout and tokens/s on stderr.\n");
 }
 
 static int parse(int argc, char **argv, struct gen_args *a)
 {
-    enum { O_IDS = 256, O_MAX, O_TEMP, O_TOPP, O_TOPK, O_SEED, O_IGNORE, O_HELP };
+    enum { O_IDS = 256, O_MAX, O_TEMP, O_TOPP, O_TOPK, O_SEED, O_IGNORE, O_DUMP, O_HELP };
     static const struct option long_opts[] = {
         {"prompt-ids", required_argument, 0, O_IDS},
         {"max-tokens", required_argument, 0, O_MAX},
@@ -48,6 +52,7 @@ static int parse(int argc, char **argv, struct gen_args *a)
         {"top-k", required_argument, 0, O_TOPK},
         {"seed", required_argument, 0, O_SEED},
         {"ignore-eos", no_argument, 0, O_IGNORE},
+        {"dump-logits", required_argument, 0, O_DUMP},
         {"help", no_argument, 0, O_HELP},
         KILN_CLI_BACKEND_OPTIONS,
         {0, 0, 0, 0},
@@ -80,6 +85,9 @@ static int parse(int argc, char **argv, struct gen_args *a)
         case O_IGNORE:
             a->ignore_eos = true;
             break;
+        case O_DUMP:
+            a->dump_logits = optarg;
+            break;
         case O_HELP:
             usage(stdout);
             return -1;
@@ -105,6 +113,18 @@ static int parse(int argc, char **argv, struct gen_args *a)
     return 0;
 }
 
+static enum kiln_status write_logits(struct kiln_backend *be, const char *path, int rows,
+                                     struct kiln_error *err)
+{
+    size_t n = (size_t)rows * (size_t)be->model->cfg.vocab_size;
+    float *l = malloc(n * sizeof(float));
+    if (!l) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory for %d rows of logits", rows);
+    enum kiln_status st = be->ops->read_logits(be, l, err);
+    if (!st) st = kiln_file_write_atomic(path, l, n * sizeof(float), err);
+    free(l);
+    return st;
+}
+
 int kiln_cmd_generate(int argc, char **argv)
 {
     struct gen_args a;
@@ -120,14 +140,15 @@ int kiln_cmd_generate(int argc, char **argv)
     }
     struct kiln_model *model = NULL;
     struct kiln_backend *be = NULL;
-    int32_t *ids = NULL;
-    int32_t *table = NULL;
+    int32_t *ids = NULL, *table = NULL, *rows = NULL;
+    struct kiln_sampling *sps = NULL;
+    struct kiln_sample_out *outs = NULL;
     rc = 1;
     if (kiln_model_load(a.model_dir, &model, &err)) goto fail;
     int total = n_prompt + a.max_tokens;
     struct kiln_backend_options opt;
     kiln_cli_backend_options(&a.backend, model, &opt);
-    opt.max_seqs = 1;
+    opt.max_seqs = a.dump_logits ? n_prompt : 1;
     opt.max_tokens = n_prompt;
     opt.max_seq_len = total;
     opt.n_blocks = (total + opt.block_size - 1) / opt.block_size;
@@ -140,9 +161,12 @@ int kiln_cmd_generate(int argc, char **argv)
         }
 
     ids = malloc((size_t)total * sizeof(int32_t));
+    rows = malloc((size_t)n_prompt * sizeof(int32_t));
+    sps = malloc((size_t)n_prompt * sizeof *sps);
+    outs = malloc((size_t)n_prompt * sizeof *outs);
     table = malloc((size_t)be->opt.n_blocks * sizeof(int32_t));
     int32_t *pos = malloc((size_t)total * sizeof(int32_t));
-    if (!ids || !table || !pos) {
+    if (!ids || !table || !pos || !rows || !sps || !outs) {
         free(pos);
         kiln_errorf(&err, KILN_ERR_NOMEM, "out of memory");
         goto fail;
@@ -174,10 +198,26 @@ int kiln_cmd_generate(int argc, char **argv)
                                    .out_rows = &out_row};
         struct kiln_sample_out so;
         sp.step = (uint64_t)generated;
-        if (be->ops->forward(be, &batch, &err) || be->ops->sample(be, &sp, 1, &so, &err)) {
+        bool dump = generated == 0 && a.dump_logits;
+        if (dump) { /* every prompt row: logits out, then the last row's token */
+            for (int i = 0; i < count; i++) rows[i] = i;
+            batch.n_out = count;
+            batch.out_rows = rows;
+        }
+        if (be->ops->forward(be, &batch, &err)) {
             free(pos);
             goto fail;
         }
+        if (dump && write_logits(be, a.dump_logits, count, &err)) {
+            free(pos);
+            goto fail;
+        }
+        for (int i = 0; i < batch.n_out; i++) sps[i] = sp;
+        if (be->ops->sample(be, sps, batch.n_out, outs, &err)) {
+            free(pos);
+            goto fail;
+        }
+        so = outs[batch.n_out - 1];
         if (generated == 0) t_first = kiln_now();
         ids[n++] = so.token;
         generated++;
@@ -199,6 +239,9 @@ fail:
 done:
     free(ids);
     free(table);
+    free(rows);
+    free(sps);
+    free(outs);
     kiln_backend_free(be);
     kiln_model_free(model);
     free(prompt);

@@ -121,6 +121,37 @@ int main(int argc, char **argv)
         return 1;
     }
     int V = m->cfg.vocab_size, P = 100;
+    if (argc > 3) { /* layer by layer: prefill logits after the first L layers, L = 0.. */
+        for (int L = 0; L <= m->cfg.n_layers; L++) {
+            struct kiln_backend_options o2 = opt;
+            o2.n_layers = L == 0 ? -1 : L;
+            struct kiln_backend *c2, *g2;
+            if (kiln_backend_cpu_create(m, &o2, &c2, &err) ||
+                kiln_backend_cuda_create(m, &o2, &g2, &err)) {
+                fprintf(stderr, "%s\n", err.msg);
+                return 1;
+            }
+            int32_t pids[24];
+            for (int i = 0; i < 24; i++) pids[i] = (int32_t)((i * 7919 + 11) % V);
+            float *a1 = malloc((size_t)24 * V * 4), *a2 = malloc((size_t)24 * V * 4);
+            struct seq s1, s2;
+            for (int i = 0; i < 1024; i++) s1.pos[i] = s2.pos[i] = i;
+            for (int i = 0; i < 64; i++) s1.table[i] = s2.table[i] = i;
+            for (int n = 1; n <= 24; n += 23) { /* decode path (1 token), prefill path (24) */
+                if (step(c2, &s1, pids, 0, n, n, a1) || step(g2, &s2, pids, 0, n, n, a2)) return 1;
+                s1.kv_len = s2.kv_len = 0;
+                double w = 0;
+                for (int t = 0; t < n; t++) {
+                    double e = rel_l2(a2 + (size_t)t * V, a1 + (size_t)t * V, V);
+                    w = e > w ? e : w;
+                }
+                printf("layers %d, %2d tokens: worst row rel L2 %.3e\n", L, n, w);
+            }
+            free(a1), free(a2);
+            kiln_backend_free(g2);
+            kiln_backend_free(c2);
+        }
+    }
     printf("model %s: vocab %d, hidden %d, %d layers, KV %s\n", argv[1], V, m->cfg.hidden_size,
            m->cfg.n_layers, kiln_dtype_name(opt.kv_dtype));
     int32_t ids[1024];

@@ -11,6 +11,7 @@
  *     every element within 2 steps, and a relative L2 error < 2e-2.
  *   - prefill attention rounds Q and P to bf16 on the tensor cores (the CPU keeps f32): relative
  *     L2 error < 3e-2 on the decoded outputs. */
+#include <cublasLt.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -167,6 +168,79 @@ static void test_gemv_fp8(int M, int K, int n, bool residual)
     report("gemv fp8", shape, rel_l2(y, ref, (size_t)n * M), 1e-5);
     cudaFree(dw), cudaFree(dx), cudaFree(dy);
     free(w), free(x8), free(y), free(ref), free(y0);
+}
+
+/* cuBLASLt's FP8 GEMM (the prefill path's) against the CPU twin: how close its accumulation is
+ * to exact f32 sums, with and without fast accumulation. */
+static void test_lt_fp8(int M, int K, int n, int fast)
+{
+    char shape[64];
+    snprintf(shape, sizeof shape, "M=%d K=%d n=%d fast=%d", M, K, n, fast);
+    uint8_t *w = malloc((size_t)M * K), *x8 = malloc((size_t)n * K);
+    float *y = malloc((size_t)n * M * 4), *ref = malloc((size_t)n * M * 4);
+    for (size_t i = 0; i < (size_t)M * K; i++) w[i] = rand_code();
+    for (size_t i = 0; i < (size_t)n * K; i++) x8[i] = rand_code();
+    struct kiln_linear l = make_linear(w, M, K, 0.05f, 0.002f);
+    kiln_cpu_linear_fp8(NULL, ref, x8, &l, NULL, n);
+    void *dw = dev(w, (size_t)M * K), *dx = dev(x8, (size_t)n * K);
+    float *dy = dev(NULL, (size_t)n * M * 4);
+    void *ws = dev(NULL, 32u << 20);
+    size_t wsz = 32u << 20;
+    cublasLtHandle_t lt;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    int8_t fa = (int8_t)fast;
+    CK(cublasLtCreate(&lt));
+    CK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    CK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    CK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fa, sizeof fa));
+    CK(cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, K, M, K));
+    CK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, K, n, K));
+    CK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, M, n, M));
+    cublasLtMatmulPreference_t pref;
+    CK(cublasLtMatmulPreferenceCreate(&pref));
+    CK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz,
+                                            sizeof wsz));
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    CK(cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 1, &res, &found));
+    float alpha = l.input_scale * l.weight_scale, beta = 0;
+    CK(cublasLtMatmul(lt, desc, &alpha, dw, la, dx, lb, &beta, dy, lc, dy, lc, &res.algo, ws, wsz,
+                      0));
+    back(y, dy, (size_t)n * M * 4);
+    report("cublasLt fp8 gemm", shape, rel_l2(y, ref, (size_t)n * M), fast ? 1.0 : 1e-5);
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb),
+        cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatmulDescDestroy(desc);
+    cublasLtDestroy(lt);
+    cudaFree(dw), cudaFree(dx), cudaFree(dy), cudaFree(ws);
+    free(w), free(x8), free(y), free(ref);
+}
+
+/* The prefill path's RMSNorm + quantization kernel (gathered rows, FP8 and bf16 outputs). */
+static void test_rmsnorm_quant(int n, int d)
+{
+    char shape[64];
+    snprintf(shape, sizeof shape, "n=%d d=%d", n, d);
+    float *x = malloc((size_t)n * d * 4), *h = malloc((size_t)n * d * 4);
+    for (size_t i = 0; i < (size_t)n * d; i++) x[i] = uniform(3.0f);
+    uint16_t *nw = malloc((size_t)d * 2);
+    for (int i = 0; i < d; i++) nw[i] = kiln_f32_to_bf16(1.0f + uniform(0.2f));
+    struct kiln_tensor nt = {KILN_DTYPE_BF16, 1, {d}, nw};
+    kiln_cpu_rmsnorm(h, x, &nt, 1e-5f, n, d);
+    uint8_t *want = malloc((size_t)n * d), *got = malloc((size_t)n * d);
+    kiln_cpu_quant_fp8(want, h, (size_t)n * d, 0.01f);
+    float *dx = dev(x, (size_t)n * d * 4);
+    uint16_t *dw = dev(nw, (size_t)d * 2);
+    uint8_t *d8 = dev(NULL, (size_t)n * d);
+    CK(kiln_cuda_rmsnorm_quant(dx, NULL, dw, 1e-5f, n, d, 0.01f, d8, NULL, NULL));
+    back(got, d8, (size_t)n * d);
+    report_codes("rmsnorm_quant", shape, got, want, (size_t)n * d);
+    cudaFree(dx), cudaFree(dw), cudaFree(d8);
+    free(x), free(h), free(nw), free(want), free(got);
 }
 
 static uint16_t *rand_norm(int d)
@@ -481,8 +555,10 @@ static void test_attention(int H, int Hkv, int Dh, bool fp8_kv, const int *chunk
     }
     float *q = malloc((size_t)n * H * Dh * 4), *ref = malloc((size_t)n * H * Dh * 4);
     for (size_t i = 0; i < (size_t)n * H * Dh; i++) q[i] = uniform(1.5f);
+    /* BF16 caches carry no scales (the backend passes 1) */
+    float ks = fp8_kv ? 0.3f : 1.0f, vs = fp8_kv ? 0.2f : 1.0f;
     struct kiln_cpu_kv_layer cc = {
-        kc, vc, fp8_kv ? KILN_DTYPE_F8E4M3 : KILN_DTYPE_BF16, 0.3f, 0.2f, Hkv, Dh, bs};
+        kc, vc, fp8_kv ? KILN_DTYPE_F8E4M3 : KILN_DTYPE_BF16, ks, vs, Hkv, Dh, bs};
     kiln_cpu_attention(NULL, ref, q, &cc, &tb.b, H);
     float out_scale = 0.004f;
     uint8_t *want = malloc((size_t)n * H * Dh), *got = malloc((size_t)n * H * Dh);
@@ -493,7 +569,7 @@ static void test_attention(int H, int Hkv, int Dh, bool fp8_kv, const int *chunk
     void *dk = dev(kc, cache_elems * esz), *dv = dev(vc, cache_elems * esz);
     float *dq = dev(q, (size_t)n * H * Dh * 4);
     uint8_t *dout = dev(NULL, (size_t)n * H * Dh);
-    struct kiln_cuda_kv kv = {dk, dv, fp8_kv, 0.3f, 0.2f, Hkv, Dh, bs};
+    struct kiln_cuda_kv kv = {dk, dv, fp8_kv, ks, vs, Hkv, Dh, bs};
     int32_t seqs[16], max_q = 0;
     for (int s = 0; s < ns; s++) seqs[s] = s, max_q = chunk[s] > max_q ? chunk[s] : max_q;
     int32_t *dseqs = dev(seqs, (size_t)ns * 4);
@@ -514,7 +590,7 @@ static void test_attention(int H, int Hkv, int Dh, bool fp8_kv, const int *chunk
         CK(kiln_cuda_attention_decode(dq, db.kb, dseqs, ns, max_q, kv, H, n_splits, split_len,
                                       dpart, out_scale, dout, NULL));
         if (n_splits > 1)
-            CK(kiln_cuda_attention_combine(dpart, db.kb, dseqs, ns, max_q, H, Dh, n_splits, 0.2f,
+            CK(kiln_cuda_attention_combine(dpart, db.kb, dseqs, ns, max_q, H, Dh, n_splits, vs,
                                            out_scale, dout, NULL));
         back(got, dout, (size_t)n * H * Dh);
         report_codes("attention decode", shape, got, want, (size_t)n * H * Dh);
@@ -595,6 +671,12 @@ int main(void)
         test_attention(8, 2, 128, false, chunk, ctx, 3, true);
         test_attention(4, 1, 64, true, chunk, ctx, 3, true);
     }
+    test_lt_fp8(256, 4096, 24, 0);
+    test_lt_fp8(4096, 4096, 100, 0);
+    test_lt_fp8(256, 14336, 24, 0);
+    test_lt_fp8(256, 4096, 24, 1);
+    test_rmsnorm_quant(24, 4096);
+    test_rmsnorm_quant(7, 128);
     test_argmax(3, 128256);
     test_argmax(17, 1000);
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);

@@ -46,13 +46,13 @@ def load_dir(d):
     return cfg, quant, sd, shas
 
 
-def f32(x):
-    return torch.tensor(x, dtype=torch.float32)
+def f32(x, device=None):
+    return torch.tensor(x, dtype=torch.float32, device=device)
 
 
 def q8(x, scale):
     """sat_e4m3(x * (1/scale)) decoded back to f32 (the FP8 codes' values)."""
-    inv = f32(1.0) / scale
+    inv = 1.0 / scale
     return (x * inv).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).to(torch.float32)
 
 
@@ -77,7 +77,7 @@ def fused_linear(sd, prefix, names, fp8):
 class Sim:
     """kiln's FP8 math in PyTorch (float32 on the CPU)."""
 
-    def __init__(self, cfg, quant, sd, kv_dtype):
+    def __init__(self, cfg, quant, sd, kv_dtype, device="cpu"):
         self.cfg = cfg
         self.fp8 = quant is not None and quant.get("quant_algo") == "FP8"
         self.kv_dtype = kv_dtype
@@ -106,6 +106,13 @@ class Sim:
             L["v_scale"] = vs.float().reshape(()) if vs is not None else f32(1.0)
             self.layers.append(L)
         self.inv_freq = self.rope_inv_freq()
+        self.device = device
+        mv = lambda t: t.to(device) if torch.is_tensor(t) else t
+        self.embed, self.norm, self.head = mv(self.embed), mv(self.norm), mv(self.head)
+        self.inv_freq = mv(self.inv_freq)
+        for L in self.layers:
+            for k, v in list(L.items()):
+                L[k] = tuple(mv(x) for x in v) if isinstance(v, tuple) else mv(v)
 
     def rope_inv_freq(self):
         cfg, dim = self.cfg, self.Dh
@@ -128,7 +135,7 @@ class Sim:
         return inv
 
     def rope(self, x, n):  # x (n, heads, Dh)
-        pos = torch.arange(n, dtype=torch.float32)
+        pos = torch.arange(n, dtype=torch.float32, device=x.device)
         ang = pos[:, None] * self.inv_freq[None, :]
         c, s = ang.cos()[:, None, :], ang.sin()[:, None, :]
         half = self.Dh // 2
@@ -142,7 +149,7 @@ class Sim:
         return (q8(x, isc) @ w.T) * (isc * ws)
 
     def rmsnorm(self, x, w):
-        r = f32(1.0) / torch.sqrt((x * x).mean(-1, keepdim=True) + self.eps)
+        r = 1.0 / torch.sqrt((x * x).mean(-1, keepdim=True) + self.eps)
         return x * r * w
 
     def kv_round(self, t, scale):
@@ -154,10 +161,10 @@ class Sim:
 
     def forward(self, ids):
         n = len(ids)
-        x = self.embed[torch.tensor(ids)]
+        x = self.embed[torch.tensor(ids, device=self.embed.device)]
         qd, kd = self.H * self.Dh, self.Hkv * self.Dh
-        mask = torch.full((n, n), float("-inf")).triu(1)
-        scale = f32(1.0) / torch.sqrt(f32(float(self.Dh)))
+        mask = torch.full((n, n), float("-inf"), device=x.device).triu(1)
+        scale = f32(1.0, x.device) / torch.sqrt(f32(float(self.Dh), x.device))
         for L in self.layers:
             h = self.rmsnorm(x, L["attn_norm"])
             qkv = self.linear(h, L["qkv"])

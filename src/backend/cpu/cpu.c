@@ -125,7 +125,10 @@ static enum kiln_status cpu_forward(struct kiln_backend *b, const struct kiln_ba
                             m->embed.dtype, (size_t)d);
 
     float *q = s->attn; /* (n, H Dh) rotated queries */
-    for (int l = 0; l < cfg->n_layers; l++) {
+    int n_layers = b->opt.n_layers < 0                                      ? 0
+                   : b->opt.n_layers > 0 && b->opt.n_layers < cfg->n_layers ? b->opt.n_layers
+                                                                            : cfg->n_layers;
+    for (int l = 0; l < n_layers; l++) {
         const struct kiln_layer_weights *w = &m->layers[l];
         float *amax = s->cal_amax ? s->cal_amax + 4 * l : NULL;
 

@@ -72,8 +72,8 @@ __device__ __forceinline__ float block_sum(float v, float *scratch)
 }
 
 /* D (16x8 f32) += A (16x32 e4m3, row) * B (32x8 e4m3, col). sm_89+. */
-__device__ __forceinline__ void mma_e4m3_16x8x32(float (&d)[4], const uint32_t (&a)[4],
-                                                 uint32_t b0, uint32_t b1)
+__device__ __forceinline__ void mma_e4m3_16x8x32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                 uint32_t b1)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
     asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
@@ -84,8 +84,8 @@ __device__ __forceinline__ void mma_e4m3_16x8x32(float (&d)[4], const uint32_t (
 }
 
 /* D (16x8 f32) += A (16x16 bf16, row) * B (16x8 bf16, col). sm_80+. */
-__device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (&a)[4],
-                                                 uint32_t b0, uint32_t b1)
+__device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                 uint32_t b1)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "

@@ -25,9 +25,11 @@
 #include "runtime/sampler.h"
 
 #define DECODE_MAX_TOKENS 8
-#define SPLIT_LEN 256
-#define LT_WORKSPACE (64u << 20)
-#define ALGO_CACHE 128
+/* positions per flash-decoding split: fixed, so a sequence gets the same result in any batch */
+#define SPLIT_LEN     256
+#define SPLIT_BUCKETS 16
+#define LT_WORKSPACE  (64u << 20)
+#define ALGO_CACHE    128
 
 #define CUDA_TRY(call)                                                                             \
     do {                                                                                           \
@@ -60,6 +62,8 @@ struct cuda_layer {
 
 struct algo_entry {
     int M, N, K, bf16, beta1, ldc;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
     bool valid;
 };
@@ -70,11 +74,22 @@ struct graph_entry {
 };
 
 /* Per-op timing (opt.profile): an event after every op of a step, summed per category. */
-enum prof_cat { P_EMBED, P_NORM, P_QKV, P_ROPE, P_ATTN, P_O, P_GATE_UP, P_SWIGLU, P_DOWN, P_HEAD,
-                P_COUNT };
+enum prof_cat {
+    P_EMBED,
+    P_NORM,
+    P_QKV,
+    P_ROPE,
+    P_ATTN,
+    P_O,
+    P_GATE_UP,
+    P_SWIGLU,
+    P_DOWN,
+    P_HEAD,
+    P_COUNT
+};
 static const char *const prof_names[P_COUNT] = {
-    "embed", "rmsnorm+quant", "qkv gemm", "rope+kv", "attention", "o gemm", "gate_up gemm",
-    "swiglu+quant", "down gemm", "lm_head"};
+    "embed",  "rmsnorm+quant", "qkv gemm",     "rope+kv",   "attention",
+    "o gemm", "gate_up gemm",  "swiglu+quant", "down gemm", "lm_head"};
 #define PROF_MAX 2048
 
 struct prof {
@@ -99,9 +114,10 @@ struct cuda_state {
 
     float *x, *big, *q, *logits, *part;
     uint8_t *x8;
-    int max_blocks, n_splits;
+    int max_blocks, max_splits;
 
     int32_t *h_meta, *d_meta; /* batch description, pinned host and device */
+    cudaEvent_t meta_copied;  /* the last copy out of h_meta has run: h_meta may be rewritten */
     size_t meta_cap;          /* int32 elements */
     int32_t *h_tok, *d_tok;
     float *h_lp, *d_lp;
@@ -110,7 +126,8 @@ struct cuda_state {
 
     int n_out;
     struct prof prof;
-    struct graph_entry graphs[DECODE_MAX_TOKENS + 1];
+    /* decode graphs by (tokens, split bucket: the split count rounded up to a power of two) */
+    struct graph_entry graphs[DECODE_MAX_TOKENS + 1][SPLIT_BUCKETS];
     void *kv_pool;
     uint64_t weight_bytes;
 };
@@ -186,71 +203,82 @@ static enum kiln_status upload_bf16(struct cuda_state *s, const struct kiln_tens
 
 /* ---- cuBLASLt ---- */
 
-/* D (n, M; ld ldc) = alpha * x (n, K) . W (M, K)^T + beta * D, f32 out. */
-static enum kiln_status lt_gemm(struct cuda_state *s, const struct cuda_linear *l, const void *x,
-                                int n, float *d, int ldc, bool accumulate, struct kiln_error *err)
+static void algo_entry_clear(struct algo_entry *e)
 {
-    cudaDataType_t in_t = l->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
-    float alpha = l->out_scale, beta = accumulate ? 1.0f : 0.0f;
-    cublasLtMatmulDesc_t desc = NULL;
-    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
-    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    enum kiln_status st = KILN_OK;
-#define LT_STEP(call)                                                                              \
-    do {                                                                                           \
-        cublasStatus_t s_ = (call);                                                                \
-        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                         \
-            st = kiln_errorf(err, KILN_ERR_CUDA, "%s failed: cuBLAS status %d (M=%d N=%d K=%d)",   \
-                             #call, (int)s_, l->M, n, l->K);                                       \
-            goto done;                                                                             \
-        }                                                                                          \
-    } while (0)
-    LT_STEP(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    LT_STEP(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-    LT_STEP(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    LT_STEP(cublasLtMatrixLayoutCreate(&la, in_t, (uint64_t)l->K, (uint64_t)l->M, l->K));
-    LT_STEP(cublasLtMatrixLayoutCreate(&lb, in_t, (uint64_t)l->K, (uint64_t)n, l->K));
-    LT_STEP(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, (uint64_t)l->M, (uint64_t)n, ldc));
+    if (e->lc) cublasLtMatrixLayoutDestroy(e->lc);
+    if (e->lb) cublasLtMatrixLayoutDestroy(e->lb);
+    if (e->la) cublasLtMatrixLayoutDestroy(e->la);
+    if (e->desc) cublasLtMatmulDescDestroy(e->desc);
+    memset(e, 0, sizeof *e);
+}
 
-    struct algo_entry *hit = NULL;
+/* Descriptors, layouts and the heuristic's algorithm for one GEMM shape, made once and kept
+ * (a prefill step runs 4 GEMMs per layer; rebuilding them cost ~10 us of host time each). */
+static enum kiln_status algo_for(struct cuda_state *s, const struct cuda_linear *l, int n, int ldc,
+                                 bool accumulate, struct algo_entry **out, struct kiln_error *err)
+{
     for (int i = 0; i < ALGO_CACHE; i++) {
         struct algo_entry *e = &s->algos[i];
         if (e->valid && e->M == l->M && e->N == n && e->K == l->K && e->bf16 == !l->fp8 &&
             e->beta1 == accumulate && e->ldc == ldc) {
-            hit = e;
-            break;
+            *out = e;
+            return KILN_OK;
         }
     }
-    if (!hit) {
-        cublasLtMatmulPreference_t pref = NULL;
-        size_t ws = LT_WORKSPACE;
-        cublasLtMatmulHeuristicResult_t res;
-        int found = 0;
-        LT_STEP(cublasLtMatmulPreferenceCreate(&pref));
-        cublasStatus_t ps = cublasLtMatmulPreferenceSetAttribute(
-            pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-        if (ps == CUBLAS_STATUS_SUCCESS)
-            ps = cublasLtMatmulAlgoGetHeuristic(s->lt, desc, la, lb, lc, lc, pref, 1, &res, &found);
-        cublasLtMatmulPreferenceDestroy(pref);
-        if (ps != CUBLAS_STATUS_SUCCESS || found == 0) {
-            st = kiln_errorf(err, KILN_ERR_CUDA,
-                             "cuBLASLt has no algorithm for %s GEMM M=%d N=%d K=%d (status %d)",
-                             l->fp8 ? "FP8" : "BF16", l->M, n, l->K, (int)ps);
-            goto done;
-        }
-        hit = &s->algos[s->algo_next];
-        s->algo_next = (s->algo_next + 1) % ALGO_CACHE;
-        *hit = (struct algo_entry){l->M, n, l->K, !l->fp8, accumulate, ldc, res.algo, true};
+    struct algo_entry *e = &s->algos[s->algo_next];
+    s->algo_next = (s->algo_next + 1) % ALGO_CACHE;
+    algo_entry_clear(e);
+    *e = (struct algo_entry){
+        .M = l->M, .N = n, .K = l->K, .bf16 = !l->fp8, .beta1 = accumulate, .ldc = ldc};
+    cudaDataType_t in_t = l->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtMatmulPreference_t pref = NULL;
+    size_t ws = LT_WORKSPACE;
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulDescCreate(&e->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (!st)
+        st = cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    if (!st)
+        st = cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    if (!st) st = cublasLtMatrixLayoutCreate(&e->la, in_t, (uint64_t)l->K, (uint64_t)l->M, l->K);
+    if (!st) st = cublasLtMatrixLayoutCreate(&e->lb, in_t, (uint64_t)l->K, (uint64_t)n, l->K);
+    if (!st) st = cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32F, (uint64_t)l->M, (uint64_t)n, ldc);
+    if (!st) st = cublasLtMatmulPreferenceCreate(&pref);
+    if (!st)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                  &ws, sizeof ws);
+    if (!st)
+        st = cublasLtMatmulAlgoGetHeuristic(s->lt, e->desc, e->la, e->lb, e->lc, e->lc, pref, 1,
+                                            &res, &found);
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (st || !found) {
+        algo_entry_clear(e);
+        return kiln_errorf(err, KILN_ERR_CUDA,
+                           "cuBLASLt has no algorithm for the %s GEMM M=%d N=%d K=%d (status %d)",
+                           l->fp8 ? "FP8" : "BF16", l->M, n, l->K, (int)st);
     }
-    LT_STEP(cublasLtMatmul(s->lt, desc, &alpha, l->w, la, x, lb, &beta, d, lc, d, lc, &hit->algo,
-                           s->lt_ws, LT_WORKSPACE, s->stream));
-done:
-    if (lc) cublasLtMatrixLayoutDestroy(lc);
-    if (lb) cublasLtMatrixLayoutDestroy(lb);
-    if (la) cublasLtMatrixLayoutDestroy(la);
-    if (desc) cublasLtMatmulDescDestroy(desc);
-    return st;
-#undef LT_STEP
+    e->algo = res.algo;
+    e->valid = true;
+    *out = e;
+    return KILN_OK;
+}
+
+/* D (n, M; ld ldc) = alpha * x (n, K) . W (M, K)^T + beta * D, f32 out, alpha = out_scale. */
+static enum kiln_status lt_gemm(struct cuda_state *s, const struct cuda_linear *l, const void *x,
+                                int n, float *d, int ldc, bool accumulate, struct kiln_error *err)
+{
+    struct algo_entry *e;
+    enum kiln_status st = algo_for(s, l, n, ldc, accumulate, &e, err);
+    if (st) return st;
+    float alpha = l->out_scale, beta = accumulate ? 1.0f : 0.0f;
+    cublasStatus_t cs =
+        cublasLtMatmul(s->lt, e->desc, &alpha, l->w, e->la, x, e->lb, &beta, d, e->lc, d, e->lc,
+                       &e->algo, s->lt_ws, LT_WORKSPACE, s->stream);
+    if (cs)
+        return kiln_errorf(err, KILN_ERR_CUDA, "cublasLtMatmul (%s, M=%d N=%d K=%d): status %d",
+                           l->fp8 ? "FP8" : "BF16", l->M, n, l->K, (int)cs);
+    return KILN_OK;
 }
 
 /* ---- the forward pass ---- */
@@ -259,6 +287,7 @@ struct step {
     struct kiln_cuda_batch kb;
     const int32_t *out_rows, *dec_list, *pre_list;
     int n_out, n_dec, n_pre, max_q;
+    int n_splits, split_bucket; /* decode attention grid: splits of SPLIT_LEN positions */
 };
 
 /* Lays out the batch description compactly in the pinned buffer and copies it to the device.
@@ -269,6 +298,7 @@ static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_b
     struct cuda_state *s = b->impl;
     int n = bt->n_tokens, ns = bt->n_seqs, mb = s->max_blocks;
     int32_t *h = s->h_meta;
+    CUDA_TRY(cudaEventSynchronize(s->meta_copied)); /* a step without sampling does not sync */
     size_t o = 0;
     size_t o_tok = o;
     memcpy(h + o, bt->tokens, (size_t)n * 4), o += (size_t)n;
@@ -285,9 +315,12 @@ static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_b
     size_t o_out = o;
     memcpy(h + o, bt->out_rows, (size_t)bt->n_out * 4), o += (size_t)bt->n_out;
     size_t o_dec = o;
-    int n_dec = 0, n_pre = 0, max_q = 0;
+    int n_dec = 0, n_pre = 0, max_q = 0, max_dec_kv = 1;
     for (int q = 0; q < ns; q++)
-        if (bt->seq_start[q + 1] - bt->seq_start[q] == 1) h[o + (size_t)n_dec++] = q;
+        if (bt->seq_start[q + 1] - bt->seq_start[q] == 1) {
+            h[o + (size_t)n_dec++] = q;
+            if (bt->kv_len[q] > max_dec_kv) max_dec_kv = bt->kv_len[q];
+        }
     o += (size_t)n_dec;
     size_t o_pre = o;
     for (int q = 0; q < ns; q++) {
@@ -308,6 +341,7 @@ static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_b
     o += (size_t)ns * mb;
     KILN_ASSERT(o <= s->meta_cap);
     CUDA_TRY(cudaMemcpyAsync(s->d_meta, h, o * 4, cudaMemcpyHostToDevice, s->stream));
+    CUDA_TRY(cudaEventRecord(s->meta_copied, s->stream));
     int32_t *d = s->d_meta;
     st->kb = (struct kiln_cuda_batch){n,        ns,       mb,       d + o_tok, d + o_pos,
                                       d + o_ts, d + o_ss, d + o_kl, d + o_bt};
@@ -318,6 +352,12 @@ static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_b
     st->n_dec = n_dec;
     st->n_pre = n_pre;
     st->max_q = max_q;
+    /* as few splits as the longest context needs, rounded up to a power of two so that decode
+     * graphs come in a handful of shapes */
+    int need = (max_dec_kv + SPLIT_LEN - 1) / SPLIT_LEN, bucket = 0;
+    while ((1 << bucket) < need) bucket++;
+    st->split_bucket = bucket;
+    st->n_splits = (1 << bucket) < s->max_splits ? (1 << bucket) : s->max_splits;
     return KILN_OK;
 }
 
@@ -328,6 +368,13 @@ static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_b
             return kiln_errorf(err, KILN_ERR_CUDA, "%s failed: %s", #call,                         \
                                cudaGetErrorString((cudaError_t)e_));                               \
     } while (0)
+
+static int layers_to_run(const struct kiln_backend *b)
+{
+    int n = b->model->cfg.n_layers;
+    if (b->opt.n_layers < 0) return 0;
+    return b->opt.n_layers > 0 && b->opt.n_layers < n ? b->opt.n_layers : n;
+}
 
 static void mark(struct cuda_state *s, enum prof_cat cat)
 {
@@ -343,12 +390,12 @@ static enum kiln_status attention(struct kiln_backend *b, const struct step *st,
     const struct kiln_config *c = &b->model->cfg;
     if (st->n_dec) {
         K_TRY(kiln_cuda_attention_decode(s->q, st->kb, st->dec_list, st->n_dec, 1, L->kv,
-                                         c->n_heads, s->n_splits, SPLIT_LEN, s->part,
+                                         c->n_heads, st->n_splits, SPLIT_LEN, s->part,
                                          L->o.in_scale, s->x8, s->stream));
-        if (s->n_splits > 1)
+        if (st->n_splits > 1)
             K_TRY(kiln_cuda_attention_combine(s->part, st->kb, st->dec_list, st->n_dec, 1,
-                                              c->n_heads, c->head_dim, s->n_splits,
-                                              L->kv.v_scale, L->o.in_scale, s->x8, s->stream));
+                                              c->n_heads, c->head_dim, st->n_splits, L->kv.v_scale,
+                                              L->o.in_scale, s->x8, s->stream));
     }
     if (st->n_pre)
         K_TRY(kiln_cuda_attention_prefill(s->q, st->kb, st->pre_list, st->n_pre, st->max_q, L->kv,
@@ -365,42 +412,80 @@ static enum kiln_status forward_decode(struct kiln_backend *b, const struct step
     int n = st->kb.n_tokens, d = c->hidden_size;
     K_TRY(kiln_cuda_embed(s->embed, st->kb.tokens, n, d, s->x, s->stream));
     mark(s, P_EMBED);
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = 0; l < layers_to_run(b); l++) {
         const struct cuda_layer *L = &s->layers[l];
-        struct kiln_gemv_args a = {.w = L->qkv.w, .M = L->qkv.M, .K = L->qkv.K, .n = n,
-                                   .x = s->x, .norm_w = L->attn_norm, .eps = c->rms_norm_eps,
-                                   .in_scale = L->qkv.in_scale, .out_scale = L->qkv.out_scale,
-                                   .epilogue = KILN_EPI_ROPE_KV, .rope = s->rope, .batch = st->kb,
-                                   .kv = L->kv, .n_heads = c->n_heads, .q = s->q};
+        struct kiln_gemv_args a = {.w = L->qkv.w,
+                                   .M = L->qkv.M,
+                                   .K = L->qkv.K,
+                                   .n = n,
+                                   .x = s->x,
+                                   .norm_w = L->attn_norm,
+                                   .eps = c->rms_norm_eps,
+                                   .in_scale = L->qkv.in_scale,
+                                   .out_scale = L->qkv.out_scale,
+                                   .epilogue = KILN_EPI_ROPE_KV,
+                                   .rope = s->rope,
+                                   .batch = st->kb,
+                                   .kv = L->kv,
+                                   .n_heads = c->n_heads,
+                                   .q = s->q};
         K_TRY(kiln_cuda_gemv(&a, s->stream));
         mark(s, P_QKV);
         enum kiln_status e = attention(b, st, L, err);
         if (e) return e;
         mark(s, P_ATTN);
-        a = (struct kiln_gemv_args){.w = L->o.w, .M = L->o.M, .K = L->o.K, .n = n, .xq = s->x8,
-                                    .out_scale = L->o.out_scale, .epilogue = KILN_EPI_RESIDUAL,
-                                    .y = s->x, .ldy = d};
+        a = (struct kiln_gemv_args){.w = L->o.w,
+                                    .M = L->o.M,
+                                    .K = L->o.K,
+                                    .n = n,
+                                    .xq = s->x8,
+                                    .out_scale = L->o.out_scale,
+                                    .epilogue = KILN_EPI_RESIDUAL,
+                                    .y = s->x,
+                                    .ldy = d};
         K_TRY(kiln_cuda_gemv(&a, s->stream));
         mark(s, P_O);
-        a = (struct kiln_gemv_args){.w = L->gate_up.w, .M = L->gate_up.M, .K = L->gate_up.K,
-                                    .n = n, .x = s->x, .norm_w = L->mlp_norm,
-                                    .eps = c->rms_norm_eps, .in_scale = L->gate_up.in_scale,
-                                    .out_scale = L->gate_up.out_scale, .epilogue = KILN_EPI_SWIGLU,
-                                    .h8 = s->x8, .h_scale = L->down.in_scale};
+        a = (struct kiln_gemv_args){.w = L->gate_up.w,
+                                    .M = L->gate_up.M,
+                                    .K = L->gate_up.K,
+                                    .n = n,
+                                    .x = s->x,
+                                    .norm_w = L->mlp_norm,
+                                    .eps = c->rms_norm_eps,
+                                    .in_scale = L->gate_up.in_scale,
+                                    .out_scale = L->gate_up.out_scale,
+                                    .epilogue = KILN_EPI_SWIGLU,
+                                    .h8 = s->x8,
+                                    .h_scale = L->down.in_scale};
         K_TRY(kiln_cuda_gemv(&a, s->stream));
         mark(s, P_GATE_UP);
-        a = (struct kiln_gemv_args){.w = L->down.w, .M = L->down.M, .K = L->down.K, .n = n,
-                                    .xq = s->x8, .out_scale = L->down.out_scale,
-                                    .epilogue = KILN_EPI_RESIDUAL, .y = s->x, .ldy = d};
+        a = (struct kiln_gemv_args){.w = L->down.w,
+                                    .M = L->down.M,
+                                    .K = L->down.K,
+                                    .n = n,
+                                    .xq = s->x8,
+                                    .out_scale = L->down.out_scale,
+                                    .epilogue = KILN_EPI_RESIDUAL,
+                                    .y = s->x,
+                                    .ldy = d};
         K_TRY(kiln_cuda_gemv(&a, s->stream));
         mark(s, P_DOWN);
     }
     if (st->n_out) {
-        struct kiln_gemv_args a = {.w = s->head.w, .M = s->head.M, .K = s->head.K, .n = st->n_out,
-                                   .bf16 = !s->head.fp8, .x = s->x, .x_rows = st->out_rows,
-                                   .norm_w = s->final_norm, .eps = c->rms_norm_eps,
-                                   .in_scale = s->head.in_scale, .out_scale = s->head.out_scale,
-                                   .epilogue = KILN_EPI_STORE, .y = s->logits, .ldy = s->head.M};
+        struct kiln_gemv_args a = {.w = s->head.w,
+                                   .M = s->head.M,
+                                   .K = s->head.K,
+                                   .n = st->n_out,
+                                   .bf16 = !s->head.fp8,
+                                   .x = s->x,
+                                   .x_rows = st->out_rows,
+                                   .norm_w = s->final_norm,
+                                   .eps = c->rms_norm_eps,
+                                   .in_scale = s->head.in_scale,
+                                   .out_scale = s->head.out_scale,
+                                   .epilogue = KILN_EPI_STORE,
+                                   .y = s->logits,
+                                   .ldy = s->head.M};
         K_TRY(kiln_cuda_gemv(&a, s->stream));
         mark(s, P_HEAD);
     }
@@ -416,7 +501,7 @@ static enum kiln_status forward_prefill(struct kiln_backend *b, const struct ste
     enum kiln_status e;
     K_TRY(kiln_cuda_embed(s->embed, st->kb.tokens, n, d, s->x, s->stream));
     mark(s, P_EMBED);
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = 0; l < layers_to_run(b); l++) {
         const struct cuda_layer *L = &s->layers[l];
         K_TRY(kiln_cuda_rmsnorm_quant(s->x, NULL, L->attn_norm, c->rms_norm_eps, n, d,
                                       L->qkv.in_scale, s->x8, NULL, s->stream));
@@ -441,18 +526,27 @@ static enum kiln_status forward_prefill(struct kiln_backend *b, const struct ste
     }
     if (st->n_out == 0) return KILN_OK;
     if (st->n_out <= DECODE_MAX_TOKENS) {
-        struct kiln_gemv_args a = {.w = s->head.w, .M = s->head.M, .K = s->head.K, .n = st->n_out,
-                                   .bf16 = !s->head.fp8, .x = s->x, .x_rows = st->out_rows,
-                                   .norm_w = s->final_norm, .eps = c->rms_norm_eps,
-                                   .in_scale = s->head.in_scale, .out_scale = s->head.out_scale,
-                                   .epilogue = KILN_EPI_STORE, .y = s->logits, .ldy = s->head.M};
+        struct kiln_gemv_args a = {.w = s->head.w,
+                                   .M = s->head.M,
+                                   .K = s->head.K,
+                                   .n = st->n_out,
+                                   .bf16 = !s->head.fp8,
+                                   .x = s->x,
+                                   .x_rows = st->out_rows,
+                                   .norm_w = s->final_norm,
+                                   .eps = c->rms_norm_eps,
+                                   .in_scale = s->head.in_scale,
+                                   .out_scale = s->head.out_scale,
+                                   .epilogue = KILN_EPI_STORE,
+                                   .y = s->logits,
+                                   .ldy = s->head.M};
         K_TRY(kiln_cuda_gemv(&a, s->stream));
         mark(s, P_HEAD);
         return KILN_OK;
     }
     /* the lm_head input (n_out, d) goes to x8's bytes: FP8 codes, or bf16 (2 bytes each) */
-    K_TRY(kiln_cuda_rmsnorm_quant(s->x, st->out_rows, s->final_norm, c->rms_norm_eps, st->n_out,
-                                  d, s->head.in_scale, s->head.fp8 ? s->x8 : NULL,
+    K_TRY(kiln_cuda_rmsnorm_quant(s->x, st->out_rows, s->final_norm, c->rms_norm_eps, st->n_out, d,
+                                  s->head.in_scale, s->head.fp8 ? s->x8 : NULL,
                                   s->head.fp8 ? NULL : (uint16_t *)s->x8, s->stream));
     if ((e = lt_gemm(s, &s->head, s->x8, st->n_out, s->logits, s->head.M, false, err))) return e;
     mark(s, P_HEAD);
@@ -522,7 +616,7 @@ static enum kiln_status cuda_forward(struct kiln_backend *b, const struct kiln_b
     }
     bool pure_decode = st.n_dec == n && st.n_out == n && n <= DECODE_MAX_TOKENS;
     if (pure_decode && b->opt.cuda_graphs) {
-        struct graph_entry *g = &s->graphs[n];
+        struct graph_entry *g = &s->graphs[n][st.split_bucket];
         if (!g->ready) {
             /* first time at this size: run eagerly (sets kernel attributes, warms up), then
              * capture the same launches */
@@ -533,8 +627,7 @@ static enum kiln_status cuda_forward(struct kiln_backend *b, const struct kiln_b
             cudaError_t ce = cudaStreamEndCapture(s->stream, &graph);
             if (e) return e;
             if (ce)
-                return kiln_errorf(err, KILN_ERR_CUDA, "graph capture: %s",
-                                   cudaGetErrorString(ce));
+                return kiln_errorf(err, KILN_ERR_CUDA, "graph capture: %s", cudaGetErrorString(ce));
             ce = cudaGraphInstantiate(&g->exec, graph, 0);
             cudaGraphDestroy(graph);
             if (ce)
@@ -616,7 +709,8 @@ static void cuda_free(struct kiln_backend *b)
     struct cuda_state *s = b->impl;
     if (s) {
         for (int i = 0; i <= DECODE_MAX_TOKENS; i++)
-            if (s->graphs[i].ready) cudaGraphExecDestroy(s->graphs[i].exec);
+            for (int j = 0; j < SPLIT_BUCKETS; j++)
+                if (s->graphs[i][j].ready) cudaGraphExecDestroy(s->graphs[i][j].exec);
         if (s->prof.on)
             for (int i = 0; i <= PROF_MAX; i++) cudaEventDestroy(s->prof.ev[i]);
         if (s->layers) {
@@ -650,8 +744,10 @@ static void cuda_free(struct kiln_backend *b)
         cudaFreeHost(s->h_lp);
         cudaFreeHost(s->h_row);
         free(s->scratch);
+        for (int i = 0; i < ALGO_CACHE; i++) algo_entry_clear(&s->algos[i]);
         cudaFree(s->lt_ws);
         if (s->lt) cublasLtDestroy(s->lt);
+        if (s->meta_copied) cudaEventDestroy(s->meta_copied);
         if (s->stream) cudaStreamDestroy(s->stream);
         free(s);
     }
@@ -710,6 +806,8 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
     const struct kiln_config *c = &m->cfg;
     CUDA_TRY(cudaSetDevice(opt->device));
     CUDA_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+    CUDA_TRY(cudaEventCreateWithFlags(&s->meta_copied, cudaEventDisableTiming));
+    CUDA_TRY(cudaEventRecord(s->meta_copied, s->stream));
     if (opt->profile) {
         for (int i = 0; i <= PROF_MAX; i++) CUDA_TRY(cudaEventCreate(&s->prof.ev[i]));
         s->prof.on = true;
@@ -738,13 +836,15 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
         if (!e)
             e = upload_linear(s, pool, &w->qkv, KILN_ROWS_QKV_PAIRED, c->head_dim, 0, stage,
                               stage_bytes, &L->qkv, err);
-        if (!e) e = upload_linear(s, pool, &w->o, KILN_ROWS_PLAIN, 0, 0, stage, stage_bytes, &L->o, err);
         if (!e)
-            e = upload_linear(s, pool, &w->gate_up, KILN_ROWS_GU_INTERLEAVED, 0, c->intermediate_size,
-                              stage, stage_bytes, &L->gate_up, err);
-        if (!e)
-            e = upload_linear(s, pool, &w->down, KILN_ROWS_PLAIN, 0, 0, stage, stage_bytes, &L->down,
+            e = upload_linear(s, pool, &w->o, KILN_ROWS_PLAIN, 0, 0, stage, stage_bytes, &L->o,
                               err);
+        if (!e)
+            e = upload_linear(s, pool, &w->gate_up, KILN_ROWS_GU_INTERLEAVED, 0,
+                              c->intermediate_size, stage, stage_bytes, &L->gate_up, err);
+        if (!e)
+            e = upload_linear(s, pool, &w->down, KILN_ROWS_PLAIN, 0, 0, stage, stage_bytes,
+                              &L->down, err);
     }
     if (!e) e = upload_bf16(s, &m->embed, "model.embed_tokens.weight", &s->embed, err);
     if (!e) e = upload_bf16(s, &m->norm, "model.norm.weight", &s->final_norm, err);
@@ -770,13 +870,16 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
     int qdim = c->n_heads * c->head_dim, kvdim = c->n_kv_heads * c->head_dim;
     int wide = imax(qdim + 2 * kvdim, 2 * f);
     s->max_blocks = (opt->max_seq_len + opt->block_size - 1) / opt->block_size;
-    s->n_splits = (opt->max_seq_len + SPLIT_LEN - 1) / SPLIT_LEN;
+    s->max_splits = (opt->max_seq_len + SPLIT_LEN - 1) / SPLIT_LEN;
+    if (s->max_splits > (1 << (SPLIT_BUCKETS - 1)))
+        return kiln_errorf(err, KILN_ERR_LIMIT, "max_seq_len %d is beyond %d", opt->max_seq_len,
+                           SPLIT_LEN << (SPLIT_BUCKETS - 1));
     CUDA_TRY(cudaMalloc((void **)&s->x, (size_t)T * d * 4));
     CUDA_TRY(cudaMalloc((void **)&s->big, (size_t)T * wide * 4));
     CUDA_TRY(cudaMalloc((void **)&s->q, (size_t)T * qdim * 4));
     CUDA_TRY(cudaMalloc((void **)&s->x8, (size_t)imax(T, S) * imax(imax(d, f), qdim) * 2));
     CUDA_TRY(cudaMalloc((void **)&s->logits, (size_t)S * c->vocab_size * 4));
-    long part = kiln_cuda_attention_part_floats(S, 1, c->n_heads, c->head_dim, s->n_splits);
+    long part = kiln_cuda_attention_part_floats(S, 1, c->n_heads, c->head_dim, s->max_splits);
     CUDA_TRY(cudaMalloc((void **)&s->part, (size_t)part * 4));
     s->meta_cap = (size_t)3 * T + 5 * (size_t)S + 1 + (size_t)S * s->max_blocks;
     CUDA_TRY(cudaMallocHost((void **)&s->h_meta, s->meta_cap * 4));
@@ -798,7 +901,8 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
         size_t free_b = 0, total_b = 0;
         CUDA_TRY(cudaMemGetInfo(&free_b, &total_b));
         size_t reserve = 256u << 20; /* graphs, cuBLASLt internals, fragmentation */
-        size_t budget = free_b > reserve ? (size_t)((double)(free_b - reserve) * o.kv_memory_fraction) : 0;
+        size_t budget =
+            free_b > reserve ? (size_t)((double)(free_b - reserve) * o.kv_memory_fraction) : 0;
         o.n_blocks = (int)(budget / per_block);
         int need = (o.max_seq_len + o.block_size - 1) / o.block_size;
         if (o.n_blocks < need)
@@ -844,8 +948,7 @@ enum kiln_status kiln_backend_cuda_create(const struct kiln_model *m,
     if (opt->kv_dtype != KILN_DTYPE_F8E4M3 && opt->kv_dtype != KILN_DTYPE_BF16)
         return kiln_errorf(err, KILN_ERR_UNSUPPORTED, "cuda backend: KV cache dtype %s",
                            kiln_dtype_name(opt->kv_dtype));
-    if (opt->max_tokens <= 0 || opt->max_seqs <= 0 || opt->max_seq_len <= 0 ||
-        opt->block_size <= 0)
+    if (opt->max_tokens <= 0 || opt->max_seqs <= 0 || opt->max_seq_len <= 0 || opt->block_size <= 0)
         return kiln_errorf(err, KILN_ERR_INVALID, "cuda backend: limits must be positive");
     struct kiln_backend *b = calloc(1, sizeof *b);
     struct cuda_state *s = calloc(1, sizeof *s);

@@ -15,48 +15,69 @@
  *
  * x (<= 8 token rows of K elements) is staged in shared memory once per block (rows padded by
  * 64 bytes against bank conflicts), either copied from prepared activations or computed by the
- * fused RMSNorm prologue. After the k loop, the 8 warps' 16x8 partial tiles are summed through
- * shared memory and one thread per (row, token) runs the epilogue. Column tokens >= n read
- * zeros and are never stored.
+ * fused RMSNorm prologue; the grid is persistent (as many blocks as fit on the GPU, each
+ * walking row tiles), so that staging is paid once per block, not once per 16 rows. After the
+ * k loop of a tile, the 8 warps' 16x8 partial tiles are summed through shared memory and one
+ * thread per (row, token) runs the epilogue. Column tokens >= n read zeros and are never
+ * stored.
  *
- * Cost model (H100, batch 1): bytes = M*K*elem; the k loop is 4-deep unrolled so each thread has
- * 128 bytes of W in flight, enough to cover DRAM latency with two blocks per SM. */
+ * Cost model (H100, batch 1): bytes = M*K*elem; each round issues the loads of 4 chunks before
+ * their mmas, so each thread has 128 bytes of W in flight, enough to cover DRAM latency with two
+ * blocks per SM. (A first version that loaded and multiplied one chunk at a time streamed at
+ * ~1.5 TB/s on an H200: latency-bound.) */
 #include "common.cuh"
 #include "kernels.h"
 
-#define GEMV_WARPS 8
+#define GEMV_WARPS   8
 #define GEMV_THREADS (GEMV_WARPS * 32)
-#define GEMV_PAD 64
+#define GEMV_PAD     64
 
 template <bool BF16>
 __device__ __forceinline__ void mma_tile(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1)
 {
-    if (BF16) mma_bf16_16x8x16(d, a, b0, b1);
-    else mma_e4m3_16x8x32(d, a, b0, b1);
+    if (BF16)
+        mma_bf16_16x8x16(d, a, b0, b1);
+    else
+        mma_e4m3_16x8x32(d, a, b0, b1);
 }
 
 /* Stage the activations: rows [0, n) of xs (stride ldx bytes). */
-template <bool BF16>
-__device__ void stage_x(const kiln_gemv_args &a, uint8_t *xs, int ldx)
+template <bool BF16> __device__ void stage_x(const kiln_gemv_args &a, uint8_t *xs, int ldx)
 {
     const int esz = BF16 ? 2 : 1;
     const int row_bytes = a.K * esz;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (a.x) {
-        /* fused RMSNorm: warp t normalizes token t (K f32 values, 4 per lane per step) */
-        for (int t = warp; t < a.n; t += GEMV_WARPS) {
+        /* fused RMSNorm: all 256 threads sum the squares of each token (16-byte loads, four in
+         * flight per thread), then normalize and quantize into xs. A version where one warp did
+         * one token walked 16 KB with dependent loads and cost ~10 us per block. */
+        __shared__ float part[GEMV_WARPS][8];
+        float ss[8];
+#pragma unroll
+        for (int t = 0; t < 8; t++) ss[t] = 0.0f;
+        for (int t = 0; t < a.n; t++) {
             const float *xr = a.x + (size_t)(a.x_rows ? a.x_rows[t] : t) * a.K;
-            float ss = 0.0f;
-            for (int k = lane * 4; k < a.K; k += 128) {
+            float acc = 0.0f;
+#pragma unroll 4
+            for (int k = threadIdx.x * 4; k < a.K; k += GEMV_THREADS * 4) {
                 float4 v = *reinterpret_cast<const float4 *>(xr + k);
-                ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+                acc += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
             }
-            ss = warp_sum(ss);
-            float r = 1.0f / sqrtf(ss / (float)a.K + a.eps);
-            float inv = 1.0f / a.in_scale;
+            ss[t] = warp_sum(acc);
+        }
+        if (lane == 0)
+            for (int t = 0; t < 8; t++) part[warp][t] = ss[t];
+        __syncthreads();
+        const float inv = 1.0f / a.in_scale;
+        for (int t = 0; t < a.n; t++) {
+            float tot = 0.0f;
+#pragma unroll
+            for (int w = 0; w < GEMV_WARPS; w++) tot += part[w][t];
+            const float r = 1.0f / sqrtf(tot / (float)a.K + a.eps);
+            const float *xr = a.x + (size_t)(a.x_rows ? a.x_rows[t] : t) * a.K;
             uint8_t *dst = xs + (size_t)t * ldx;
-            for (int k = lane * 4; k < a.K; k += 128) {
+            for (int k = threadIdx.x * 4; k < a.K; k += GEMV_THREADS * 4) {
                 float4 v = *reinterpret_cast<const float4 *>(xr + k);
                 uint2 wb = *reinterpret_cast<const uint2 *>(a.norm_w + k);
                 float y0 = v.x * r * bf16_bits_to_float(wb.x & 0xffff);
@@ -90,16 +111,18 @@ __device__ __forceinline__ uint8_t *kv_slot(const kiln_cuda_kv &kv, const kiln_c
 {
     int s = b.token_seq[t], p = b.positions[t];
     int blk = b.block_table[(size_t)s * b.max_blocks + p / kv.block_size];
-    size_t idx = (((size_t)blk * kv.n_kv_heads + head) * kv.block_size + p % kv.block_size) *
-                     kv.head_dim +
-                 dim;
+    size_t idx =
+        (((size_t)blk * kv.n_kv_heads + head) * kv.block_size + p % kv.block_size) * kv.head_dim +
+        dim;
     return static_cast<uint8_t *>(base) + idx * (kv.fp8 ? 1 : 2);
 }
 
 __device__ __forceinline__ void kv_store(const kiln_cuda_kv &kv, uint8_t *p, float v, float scale)
 {
-    if (kv.fp8) *p = to_e4m3(v * (1.0f / scale));
-    else *reinterpret_cast<uint16_t *>(p) = float_to_bf16_bits(v);
+    if (kv.fp8)
+        *p = to_e4m3(v * (1.0f / scale));
+    else
+        *reinterpret_cast<uint16_t *>(p) = float_to_bf16_bits(v);
 }
 
 /* RoPE + cache write for one pair of a tile-paired q|k|v tile: (va, vb) are dims
@@ -133,108 +156,144 @@ __device__ __forceinline__ void rope_kv_pair(const kiln_cuda_batch &b, const kil
     }
 }
 
-template <bool BF16>
-__global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const kiln_gemv_args a)
+template <bool BF16> __global__ void __launch_bounds__(GEMV_THREADS) k_gemv(const kiln_gemv_args a)
 {
     extern __shared__ __align__(16) uint8_t smem[];
     const int esz = BF16 ? 2 : 1;
     const int row_bytes = a.K * esz;
     const int ldx = row_bytes + GEMV_PAD;
     uint8_t *xs = smem;
+    float *red = reinterpret_cast<float *>(smem + (size_t)a.n * ldx); /* (warps + 1, 16, 8) */
     stage_x<BF16>(a, xs, ldx);
     __syncthreads();
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, q = lane & 3;
-    const int row0 = blockIdx.x * 16;
     const uint8_t *w = static_cast<const uint8_t *>(a.w);
-    const uint8_t *wr0 = w + (size_t)(row0 + g) * row_bytes + q * 16;
-    const uint8_t *wr1 = wr0 + (size_t)8 * row_bytes;
     const bool has_x = g < a.n;
     const uint8_t *xr = xs + (size_t)g * ldx + q * 16;
-
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const int n_chunks = row_bytes / 64;
-#pragma unroll 4
-    for (int c = warp; c < n_chunks; c += GEMV_WARPS) {
-        uint4 w0 = ldg_stream(wr0 + c * 64);
-        uint4 w1 = ldg_stream(wr1 + c * 64);
-        uint4 xv = has_x ? *reinterpret_cast<const uint4 *>(xr + c * 64) : make_uint4(0, 0, 0, 0);
-        /* slots: step 0 takes bytes [0, 8) of each 16-byte piece, step 1 bytes [8, 16):
-         *   a0 = row g lo word, a1 = row g+8 lo word, a2 = row g hi word, a3 = row g+8 hi word;
-         *   b0 / b1 = x's words at the same offsets. */
-        uint32_t a0[4] = {w0.x, w1.x, w0.y, w1.y};
-        uint32_t a1[4] = {w0.z, w1.z, w0.w, w1.w};
-        mma_tile<BF16>(acc, a0, xv.x, xv.y);
-        mma_tile<BF16>(acc, a1, xv.z, xv.w);
-    }
+    const int n_tiles = a.M / 16;
 
-    /* Sum the warps' partial tiles: red (warps, 16 rows, 8 tokens), aliasing xs. */
-    __syncthreads();
-    float *red = reinterpret_cast<float *>(smem);
-    float *mine = red + warp * 128;
-    mine[g * 8 + 2 * q] = acc[0];
-    mine[g * 8 + 2 * q + 1] = acc[1];
-    mine[(g + 8) * 8 + 2 * q] = acc[2];
-    mine[(g + 8) * 8 + 2 * q + 1] = acc[3];
-    __syncthreads();
-
-    float *fin = red + GEMV_WARPS * 128; /* (16, 8) summed */
-    if (threadIdx.x < 128) {
-        float s = 0.0f;
+    /* persistent: the activations are staged once per block, then the block walks row tiles */
+    for (int tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+        const int row0 = tile * 16;
+        const uint8_t *wr0 = w + (size_t)(row0 + g) * row_bytes + q * 16;
+        const uint8_t *wr1 = wr0 + (size_t)8 * row_bytes;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        /* U chunks per warp per round: all loads issued first, so each thread keeps U * 32 bytes
+         * of W in flight (the asm loads are ordered, so the batching must be explicit). */
+        constexpr int U = 4;
+        for (int c0 = warp; c0 < n_chunks; c0 += GEMV_WARPS * U) {
+            uint4 w0[U], w1[U], xv[U];
 #pragma unroll
-        for (int wi = 0; wi < GEMV_WARPS; wi++) s += red[wi * 128 + threadIdx.x];
-        fin[threadIdx.x] = s * a.out_scale;
-    }
-    __syncthreads();
+            for (int u = 0; u < U; u++) {
+                int c = c0 + u * GEMV_WARPS;
+                bool live = c < n_chunks;
+                w0[u] = live ? ldg_stream(wr0 + c * 64) : make_uint4(0, 0, 0, 0);
+                w1[u] = live ? ldg_stream(wr1 + c * 64) : make_uint4(0, 0, 0, 0);
+                xv[u] = live && has_x ? *reinterpret_cast<const uint4 *>(xr + c * 64)
+                                      : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                /* slots: step 0 takes bytes [0, 8) of each 16-byte piece, step 1 bytes [8, 16):
+                 *   a0 = row g lo word, a1 = row g+8 lo word, a2 = row g hi, a3 = row g+8 hi;
+                 *   b0 / b1 = x's words at the same offsets. */
+                uint32_t a0[4] = {w0[u].x, w1[u].x, w0[u].y, w1[u].y};
+                uint32_t a1[4] = {w0[u].z, w1[u].z, w0[u].w, w1[u].w};
+                mma_tile<BF16>(acc, a0, xv[u].x, xv[u].y);
+                mma_tile<BF16>(acc, a1, xv[u].z, xv[u].w);
+            }
+        }
 
-    const int r = threadIdx.x >> 3, t = threadIdx.x & 7; /* (row, token) per thread */
-    if (threadIdx.x >= 128 || t >= a.n) return;
-    float v = fin[r * 8 + t];
-    switch (a.epilogue) {
-    case KILN_EPI_STORE: a.y[(size_t)t * a.ldy + row0 + r] = v; break;
-    case KILN_EPI_RESIDUAL: a.y[(size_t)t * a.ldy + row0 + r] += v; break;
-    case KILN_EPI_SWIGLU:
-        if (r < 8) {
-            float gate = v, up = fin[(r + 8) * 8 + t];
-            float h = gate / (1.0f + expf(-gate)) * up;
-            a.h8[(size_t)t * (a.M / 2) + blockIdx.x * 8 + r] = to_e4m3(h * (1.0f / a.h_scale));
+        /* sum the warps' partial 16x8 tiles */
+        float *mine = red + warp * 128;
+        mine[g * 8 + 2 * q] = acc[0];
+        mine[g * 8 + 2 * q + 1] = acc[1];
+        mine[(g + 8) * 8 + 2 * q] = acc[2];
+        mine[(g + 8) * 8 + 2 * q + 1] = acc[3];
+        __syncthreads();
+        float *fin = red + GEMV_WARPS * 128; /* (16, 8) summed */
+        if (threadIdx.x < 128) {
+            float sum = 0.0f;
+#pragma unroll
+            for (int wi = 0; wi < GEMV_WARPS; wi++) sum += red[wi * 128 + threadIdx.x];
+            fin[threadIdx.x] = sum * a.out_scale;
         }
-        break;
-    case KILN_EPI_ROPE_KV:
-        if (r < 8) {
-            int tiles_per_head = a.kv.head_dim / 16;
-            int head_all = blockIdx.x / tiles_per_head, j = blockIdx.x % tiles_per_head;
-            rope_kv_pair(a.batch, a.kv, a.rope, a.n_heads, a.q, t, head_all, 8 * j + r, v,
-                         fin[(r + 8) * 8 + t]);
+        __syncthreads();
+
+        const int r = threadIdx.x >> 3, t = threadIdx.x & 7; /* (row, token) per thread */
+        if (threadIdx.x < 128 && t < a.n) {
+            float v = fin[r * 8 + t];
+            switch (a.epilogue) {
+            case KILN_EPI_STORE:
+                a.y[(size_t)t * a.ldy + row0 + r] = v;
+                break;
+            case KILN_EPI_RESIDUAL:
+                a.y[(size_t)t * a.ldy + row0 + r] += v;
+                break;
+            case KILN_EPI_SWIGLU:
+                if (r < 8) {
+                    float gate = v, up = fin[(r + 8) * 8 + t];
+                    float hv = gate / (1.0f + expf(-gate)) * up;
+                    a.h8[(size_t)t * (a.M / 2) + tile * 8 + r] = to_e4m3(hv * (1.0f / a.h_scale));
+                }
+                break;
+            case KILN_EPI_ROPE_KV:
+                if (r < 8) {
+                    int tiles_per_head = a.kv.head_dim / 16;
+                    rope_kv_pair(a.batch, a.kv, a.rope, a.n_heads, a.q, t, tile / tiles_per_head,
+                                 8 * (tile % tiles_per_head) + r, v, fin[(r + 8) * 8 + t]);
+                }
+                break;
+            }
         }
-        break;
+        __syncthreads(); /* red is reused by the next tile */
     }
 }
 
 extern "C" int kiln_cuda_gemv(const struct kiln_gemv_args *a, kiln_stream stream)
 {
-    if (a->n < 1 || a->n > 8 || a->M % 16 || (a->K * (a->bf16 ? 2 : 1)) % 64) return cudaErrorInvalidValue;
+    if (a->n < 1 || a->n > 8 || a->M % 16 || (a->K * (a->bf16 ? 2 : 1)) % 64)
+        return cudaErrorInvalidValue;
     int row_bytes = a->K * (a->bf16 ? 2 : 1);
-    size_t smem = (size_t)a->n * (row_bytes + GEMV_PAD);
-    size_t red = (size_t)(GEMV_WARPS + 1) * 128 * sizeof(float);
-    if (smem < red) smem = red;
-    /* raise the dynamic shared memory limit only when a launch needs more than before, so a
-     * captured replay of known sizes makes no attribute calls */
-    static size_t granted[2];
+    size_t smem = (size_t)a->n * (row_bytes + GEMV_PAD) + (GEMV_WARPS + 1) * 128 * sizeof(float);
+    /* raise the dynamic shared memory limit, and size the persistent grid from the occupancy,
+     * only when a launch needs more than before: a captured replay makes no such calls */
+    static size_t granted[2], occupancy_for[2];
+    static int sms, blocks_per_sm[2];
     int which = a->bf16 ? 1 : 0;
+    cudaError_t e;
+    if (!sms) {
+        int dev;
+        if ((e = cudaGetDevice(&dev))) return e;
+        if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev))) return e;
+    }
     if (smem > 48 * 1024 && smem > granted[which]) {
-        cudaError_t e = a->bf16 ? cudaFuncSetAttribute(k_gemv<true>,
-                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                       (int)smem)
-                                : cudaFuncSetAttribute(k_gemv<false>,
-                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                       (int)smem);
+        e = a->bf16 ? cudaFuncSetAttribute(k_gemv<true>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
+                    : cudaFuncSetAttribute(k_gemv<false>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e) return e;
         granted[which] = smem;
     }
-    if (a->bf16) k_gemv<true><<<a->M / 16, GEMV_THREADS, smem, stream>>>(*a);
-    else k_gemv<false><<<a->M / 16, GEMV_THREADS, smem, stream>>>(*a);
+    if (occupancy_for[which] != smem) {
+        e = a->bf16
+                ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm[which], k_gemv<true>,
+                                                                GEMV_THREADS, smem)
+                : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm[which],
+                                                                k_gemv<false>, GEMV_THREADS, smem);
+        if (e) return e;
+        if (blocks_per_sm[which] < 1) blocks_per_sm[which] = 1;
+        occupancy_for[which] = smem;
+    }
+    int tiles = a->M / 16, grid = sms * blocks_per_sm[which];
+    if (grid > tiles) grid = tiles;
+    if (a->bf16)
+        k_gemv<true><<<grid, GEMV_THREADS, smem, stream>>>(*a);
+    else
+        k_gemv<false><<<grid, GEMV_THREADS, smem, stream>>>(*a);
     return cudaGetLastError();
 }
 

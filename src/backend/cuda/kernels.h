@@ -41,7 +41,7 @@ static inline int64_t kiln_cuda_natural_row(enum kiln_row_order order, int64_t r
 /* Paged KV cache of one layer (see backend.h): k, v (n_blocks, Hkv, block_size, Dh). */
 struct kiln_cuda_kv {
     void *k, *v;
-    int fp8;               /* 1: e4m3 codes with k_scale / v_scale; 0: bf16 */
+    int fp8; /* 1: e4m3 codes with k_scale / v_scale; 0: bf16 */
     float k_scale, v_scale;
     int n_kv_heads, head_dim, block_size;
 };
@@ -118,9 +118,9 @@ int kiln_cuda_swiglu_quant(const float *gu, int n, int f, float h_scale, uint8_t
  * a sequence's result independent of the batch it runs in. Output: FP8 codes out8
  * (n_tokens, H Dh) with scale out_scale. */
 int kiln_cuda_attention_decode(const float *q, struct kiln_cuda_batch b, const int32_t *seqs,
-                               int n_list, int max_q_per_seq, struct kiln_cuda_kv kv,
-                               int n_heads, int n_splits, int split_len, float *part,
-                               float out_scale, uint8_t *out8, kiln_stream stream);
+                               int n_list, int max_q_per_seq, struct kiln_cuda_kv kv, int n_heads,
+                               int n_splits, int split_len, float *part, float out_scale,
+                               uint8_t *out8, kiln_stream stream);
 int kiln_cuda_attention_combine(const float *part, struct kiln_cuda_batch b, const int32_t *seqs,
                                 int n_list, int max_q_per_seq, int n_heads, int head_dim,
                                 int n_splits, float v_scale, float out_scale, uint8_t *out8,

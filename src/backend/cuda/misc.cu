@@ -9,7 +9,8 @@ __global__ void k_embed(const uint16_t *embed, const int32_t *tokens, int d, flo
 {
     int t = blockIdx.x;
     const uint16_t *row = embed + (size_t)tokens[t] * d;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) x[(size_t)t * d + i] = bf16_bits_to_float(row[i]);
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+        x[(size_t)t * d + i] = bf16_bits_to_float(row[i]);
 }
 
 extern "C" int kiln_cuda_embed(const uint16_t *embed, const int32_t *tokens, int n, int d, float *x,
@@ -49,11 +50,13 @@ extern "C" int kiln_cuda_rmsnorm_quant(const float *x, const int32_t *rows, cons
 __global__ void k_quant(const float *x, long n, float scale, uint8_t *y)
 {
     float inv = 1.0f / scale;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long)gridDim.x * blockDim.x)
         y[i] = to_e4m3(x[i] * inv);
 }
 
-extern "C" int kiln_cuda_quant_fp8(const float *x, long n, float scale, uint8_t *y, kiln_stream stream)
+extern "C" int kiln_cuda_quant_fp8(const float *x, long n, float scale, uint8_t *y,
+                                   kiln_stream stream)
 {
     long blocks = (n + 255) / 256;
     k_quant<<<(unsigned)(blocks > 65535 ? 65535 : blocks), 256, 0, stream>>>(x, n, scale, y);
@@ -104,8 +107,8 @@ __global__ void k_argmax(const float *logits, int vocab, int32_t *token, float *
     }
 }
 
-extern "C" int kiln_cuda_argmax(const float *logits, int n, int vocab, int32_t *token, float *logprob,
-                                kiln_stream stream)
+extern "C" int kiln_cuda_argmax(const float *logits, int n, int vocab, int32_t *token,
+                                float *logprob, kiln_stream stream)
 {
     k_argmax<<<n, 1024, 0, stream>>>(logits, vocab, token, logprob);
     return cudaGetLastError();
