@@ -30,6 +30,12 @@ struct kiln_engine_options {
     void *notify_arg;
 };
 
+/* Stop conditions, checked after every token: an eos id (unless ignore_eos) or a stop id ends
+ * the request with KILN_FINISH_STOP and stop_token set; the token counts in completion_tokens but
+ * its text is not emitted. A stop string ends it with stop_reason set; the text stops right before
+ * it and text that could still begin one is held back until it cannot. Until min_tokens tokens
+ * exist, eos and stop ids are banned in sampling and stop strings are not matched. max_tokens
+ * ends it with KILN_FINISH_LENGTH. No seed (has_seed false): a random one per request. */
 struct kiln_request {
     const int32_t *prompt; /* copied by submit */
     int n_prompt;
