@@ -26,6 +26,36 @@ void jx_fail(struct jctx *c, enum kiln_status code, const char *fmt, ...)
     longjmp(c->jmp, 1);
 }
 
+struct jbuf {
+    struct tk_buf b; /* first: a tk_buf pointer is a jbuf pointer */
+    struct jbuf *next_all, *next_free;
+};
+
+static void *cal(struct jctx *c, size_t n);
+
+struct tk_buf *jx_buf(struct jctx *c)
+{
+    struct jbuf *j = c->free_bufs;
+    if (j) {
+        c->free_bufs = j->next_free;
+    } else {
+        j = cal(c, sizeof *j);
+        j->next_all = c->bufs;
+        c->bufs = j;
+    }
+    j->b = (struct tk_buf){0};
+    return &j->b;
+}
+
+void jx_buf_free(struct jctx *c, struct tk_buf *b)
+{
+    struct jbuf *j = (struct jbuf *)b;
+    free(b->p);
+    *b = (struct tk_buf){0};
+    j->next_free = c->free_bufs;
+    c->free_bufs = j;
+}
+
 static void *cal(struct jctx *c, size_t n)
 {
     void *p = ja_alloc(&c->arena, n);
@@ -448,14 +478,11 @@ void jx_to_str(struct jctx *c, struct tk_buf *b, struct jv v)
 struct jv jx_stringify(struct jctx *c, struct jv v)
 {
     if (v.kind == JV_STR) return v;
-    struct tk_buf b = {0};
-    jx_to_str(c, &b, v);
-    if (b.oom) {
-        free(b.p);
-        jx_fail(c, KILN_ERR_NOMEM, "chat template: out of memory");
-    }
-    struct jv s = jx_str(c, b.p ? b.p : "", b.n);
-    free(b.p);
+    struct tk_buf *b = jx_buf(c);
+    jx_to_str(c, b, v);
+    if (b->oom) jx_fail(c, KILN_ERR_NOMEM, "chat template: out of memory");
+    struct jv s = jx_str(c, b->p ? b->p : "", b->n);
+    jx_buf_free(c, b);
     return s;
 }
 
@@ -605,10 +632,10 @@ static struct jv slice(struct jctx *c, struct jv obj, struct jv *parts)
     else
         for (int64_t i = lo; i > hi; i += step) jx_list_push(c, out, l.l->v[i]);
     if (!is_str) return out;
-    struct tk_buf b = {0};
-    for (size_t i = 0; i < out.l->n; i++) tk_buf_put(&b, out.l->v[i].s->p, out.l->v[i].s->n);
-    struct jv s = jx_str(c, b.p ? b.p : "", b.n);
-    free(b.p);
+    struct tk_buf *b = jx_buf(c);
+    for (size_t i = 0; i < out.l->n; i++) tk_buf_put(b, out.l->v[i].s->p, out.l->v[i].s->n);
+    struct jv s = jx_str(c, b->p ? b->p : "", b->n);
+    jx_buf_free(c, b);
     return s;
 }
 
@@ -863,17 +890,17 @@ struct jv jx_call_macro(struct jctx *c, const struct jnode *m, struct jv *args, 
             jx_fail(c, KILN_ERR_INVALID, "chat template: macro '%s' has no argument '%s'", m->s,
                     kwnames[k]);
     }
-    struct tk_buf saved = c->out;
-    c->out = (struct tk_buf){0};
+    struct tk_buf *saved = c->out;
+    c->out = jx_buf(c);
     int saved_loop = c->loop_depth;
     c->loop_depth = 0;
     exec_body(c, sc, m->a[0]);
     c->loop_depth = saved_loop;
-    struct tk_buf got = c->out;
+    struct tk_buf *got = c->out;
     c->out = saved;
-    if (got.oom) jx_fail(c, KILN_ERR_NOMEM, "chat template: out of memory");
-    struct jv r = jx_str(c, got.p ? got.p : "", got.n);
-    free(got.p);
+    if (got->oom) jx_fail(c, KILN_ERR_NOMEM, "chat template: out of memory");
+    struct jv r = jx_str(c, got->p ? got->p : "", got->n);
+    jx_buf_free(c, got);
     c->depth--;
     return r;
 }
@@ -1021,9 +1048,9 @@ static enum flow exec(struct jctx *c, struct jscope *sc, const struct jnode *n);
 
 static void emit(struct jctx *c, const char *s, size_t n)
 {
-    tk_buf_put(&c->out, s, n);
-    if (c->out.oom) jx_fail(c, KILN_ERR_NOMEM, "chat template: out of memory");
-    if (c->out.n > MAX_OUTPUT) jx_fail(c, KILN_ERR_LIMIT, "chat template: output over 64 MiB");
+    tk_buf_put(c->out, s, n);
+    if (c->out->oom) jx_fail(c, KILN_ERR_NOMEM, "chat template: out of memory");
+    if (c->out->n > MAX_OUTPUT) jx_fail(c, KILN_ERR_LIMIT, "chat template: output over 64 MiB");
 }
 
 static enum flow exec_body(struct jctx *c, struct jscope *sc, const struct jnode *body)
@@ -1102,10 +1129,10 @@ static enum flow exec(struct jctx *c, struct jscope *sc, const struct jnode *n)
         if (v.kind == JV_STR)
             emit(c, v.s->p, v.s->n);
         else {
-            struct tk_buf b = {0};
-            jx_to_str(c, &b, v);
-            emit(c, b.p ? b.p : "", b.n);
-            free(b.p);
+            struct tk_buf *b = jx_buf(c);
+            jx_to_str(c, b, v);
+            emit(c, b->p ? b->p : "", b->n);
+            jx_buf_free(c, b);
         }
         return FLOW_NEXT;
     }
@@ -1132,13 +1159,13 @@ static enum flow exec(struct jctx *c, struct jscope *sc, const struct jnode *n)
         return FLOW_NEXT;
     }
     case JN_SETBLOCK: {
-        struct tk_buf saved = c->out;
-        c->out = (struct tk_buf){0};
+        struct tk_buf *saved = c->out;
+        c->out = jx_buf(c);
         exec_body(c, sc, n->a[0]);
-        struct tk_buf got = c->out;
+        struct tk_buf *got = c->out;
         c->out = saved;
-        struct jv v = jx_str(c, got.p ? got.p : "", got.n);
-        free(got.p);
+        struct jv v = jx_str(c, got->p ? got->p : "", got->n);
+        jx_buf_free(c, got);
         if (n->a[1]) {
             const struct jnode *f = n->a[1];
             struct jv *args, *kw;
@@ -1159,13 +1186,13 @@ static enum flow exec(struct jctx *c, struct jscope *sc, const struct jnode *n)
         if (!c->loop_depth) jx_fail(c, KILN_ERR_INVALID, "chat template: continue outside a loop");
         return FLOW_CONTINUE;
     case JN_FILTERBLOCK: {
-        struct tk_buf saved = c->out;
-        c->out = (struct tk_buf){0};
+        struct tk_buf *saved = c->out;
+        c->out = jx_buf(c);
         enum flow fl = exec_body(c, sc, n->a[1]);
-        struct tk_buf got = c->out;
+        struct tk_buf *got = c->out;
         c->out = saved;
-        struct jv v = jx_str(c, got.p ? got.p : "", got.n);
-        free(got.p);
+        struct jv v = jx_str(c, got->p ? got->p : "", got->n);
+        jx_buf_free(c, got);
         /* innermost filter first */
         const struct jnode *chain[32];
         size_t depth = 0;
@@ -1235,6 +1262,13 @@ static struct jv from_json(struct jctx *c, json_t *j, int depth)
     return jx_none();
 }
 
+static void release(struct jctx *c)
+{
+    for (struct jbuf *j = c->bufs; j; j = j->next_all) free(j->b.p);
+    ja_free(&c->arena);
+    free(c);
+}
+
 enum kiln_status kiln_jinja_render(const struct kiln_jinja *t, json_t *vars, char **out,
                                    size_t *len, struct kiln_error *err)
 {
@@ -1244,14 +1278,11 @@ enum kiln_status kiln_jinja_render(const struct kiln_jinja *t, json_t *vars, cha
     if (!c) return kiln_errorf(err, KILN_ERR_NOMEM, "chat template: out of memory");
     c->err = err;
     c->arena.limit = (size_t)1 << 30;
-    enum kiln_status st = KILN_OK;
     if (setjmp(c->jmp)) {
-        st = err ? err->code : KILN_ERR_INVALID;
-        free(c->out.p);
-        ja_free(&c->arena);
-        free(c);
-        return st;
+        release(c);
+        return err ? err->code : KILN_ERR_INVALID;
     }
+    c->out = jx_buf(c);
     c->root = scope_new(c, NULL);
     const char *k;
     json_t *v;
@@ -1260,9 +1291,9 @@ enum kiln_status kiln_jinja_render(const struct kiln_jinja *t, json_t *vars, cha
         scope_set(c, c->root, jx_cstr(c, k).s->p, from_json(c, v, 0));
     }
     exec_body(c, c->root, t->root);
-    if (c->out.oom) jx_fail(c, KILN_ERR_NOMEM, "chat template: out of memory");
-    st = tk_buf_finish(&c->out, out, len, err);
-    ja_free(&c->arena);
-    free(c);
+    if (c->out->oom) jx_fail(c, KILN_ERR_NOMEM, "chat template: out of memory");
+    /* hand the output buffer over; release() frees the rest */
+    enum kiln_status st = tk_buf_finish(c->out, out, len, err);
+    release(c);
     return st;
 }

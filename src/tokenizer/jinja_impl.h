@@ -170,9 +170,12 @@ struct jscope {
     struct jv *vals;
 };
 
+struct jbuf; /* a tk_buf registered with the render, freed if an error unwinds */
+
 struct jctx {
     struct jarena arena;
-    struct tk_buf out;
+    struct tk_buf *out; /* where text goes (macros and set blocks swap it) */
+    struct jbuf *bufs, *free_bufs;
     struct jscope *root; /* template top level */
     jmp_buf jmp;
     struct kiln_error *err;
@@ -183,6 +186,10 @@ struct jctx {
 
 _Noreturn void jx_fail(struct jctx *c, enum kiln_status code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Temporary buffers: taken from the render, handed back with jx_buf_free; whatever an error
+ * leaves behind is freed by kiln_jinja_render. */
+struct tk_buf *jx_buf(struct jctx *c);
+void jx_buf_free(struct jctx *c, struct tk_buf *b);
 struct jv jx_str(struct jctx *c, const char *s, size_t n);
 struct jv jx_cstr(struct jctx *c, const char *s);
 struct jv jx_int(int64_t i);

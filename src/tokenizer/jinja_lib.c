@@ -323,13 +323,9 @@ static struct jv need_str(struct jctx *c, struct jv v, const char *what)
 
 static struct jv from_buf(struct jctx *c, struct tk_buf *b)
 {
-    if (b->oom) {
-        free(b->p);
-        jx_fail(c, KILN_ERR_NOMEM, "chat template: out of memory");
-    }
+    if (b->oom) jx_fail(c, KILN_ERR_NOMEM, "chat template: out of memory");
     struct jv s = jx_str(c, b->p ? b->p : "", b->n);
-    free(b->p);
-    *b = (struct tk_buf){0};
+    jx_buf_free(c, b);
     return s;
 }
 
@@ -417,7 +413,7 @@ enum casing { UPPER, LOWER, CAPITALIZE, PY_TITLE, JINJA_TITLE };
 
 static struct jv recase(struct jctx *c, struct jv s, enum casing how)
 {
-    struct tk_buf b = {0};
+    struct tk_buf *b = jx_buf(c);
     bool prev_cased = false, word_start = true;
     for (size_t i = 0; i < s.s->n;) {
         int k;
@@ -447,10 +443,10 @@ static struct jv recase(struct jctx *c, struct jv s, enum casing how)
             }
             break;
         }
-        tk_buf_put_cp(&b, o);
+        tk_buf_put_cp(b, o);
         i += (size_t)k;
     }
-    return from_buf(c, &b);
+    return from_buf(c, b);
 }
 
 static struct jv split(struct jctx *c, struct jv s, const struct jstr *sep, int64_t maxsplit,
@@ -494,7 +490,7 @@ static struct jv split(struct jctx *c, struct jv s, const struct jstr *sep, int6
         size_t keep = all.l->n - (size_t)maxsplit;
         const char *start_of_tail = all.l->v[keep].s->p;
         (void)start_of_tail;
-        struct tk_buf head = {0};
+        struct tk_buf *head = jx_buf(c);
         /* find where word #keep begins in s by scanning words again */
         size_t w = 0, pos = 0;
         int k;
@@ -513,8 +509,8 @@ static struct jv split(struct jctx *c, struct jv s, const struct jstr *sep, int6
         }
         size_t b0 = 0;
         while (b0 < e && tk_is_py_space(cp_at(p, n, b0, &k))) b0 += (size_t)k;
-        tk_buf_put(&head, p + b0, e - b0);
-        jx_list_push(c, out, from_buf(c, &head));
+        tk_buf_put(head, p + b0, e - b0);
+        jx_list_push(c, out, from_buf(c, head));
         for (size_t i2 = keep; i2 < all.l->n; i2++) jx_list_push(c, out, all.l->v[i2]);
         return out;
     }
@@ -561,34 +557,34 @@ static struct jv split(struct jctx *c, struct jv s, const struct jstr *sep, int6
 static struct jv replace(struct jctx *c, struct jv s, const struct jstr *old,
                          const struct jstr *new_, int64_t count)
 {
-    struct tk_buf b = {0};
+    struct tk_buf *b = jx_buf(c);
     size_t i = 0, n = s.s->n;
     int64_t done = 0;
     if (old->n == 0) { /* Python inserts between every character */
         for (size_t k = 0; k <= n;) {
             if (count < 0 || done < count) {
-                tk_buf_put(&b, new_->p, new_->n);
+                tk_buf_put(b, new_->p, new_->n);
                 done++;
             }
             if (k == n) break;
             size_t l = 1;
             while (k + l < n && ((unsigned char)s.s->p[k + l] & 0xC0) == 0x80) l++;
-            tk_buf_put(&b, s.s->p + k, l);
+            tk_buf_put(b, s.s->p + k, l);
             k += l;
         }
-        return from_buf(c, &b);
+        return from_buf(c, b);
     }
     while (i < n) {
         const char *f =
             count >= 0 && done >= count ? NULL : memmem(s.s->p + i, n - i, old->p, old->n);
         if (!f) break;
-        tk_buf_put(&b, s.s->p + i, (size_t)(f - (s.s->p + i)));
-        tk_buf_put(&b, new_->p, new_->n);
+        tk_buf_put(b, s.s->p + i, (size_t)(f - (s.s->p + i)));
+        tk_buf_put(b, new_->p, new_->n);
         i = (size_t)(f - s.s->p) + old->n;
         done++;
     }
-    tk_buf_put(&b, s.s->p + i, n - i);
-    return from_buf(c, &b);
+    tk_buf_put(b, s.s->p + i, n - i);
+    return from_buf(c, b);
 }
 
 static int64_t find(struct jv s, const struct jstr *sub, bool from_right)
@@ -623,13 +619,13 @@ static bool affix(struct jctx *c, struct jv s, struct jv what, bool end)
 
 static struct jv percent_format(struct jctx *c, struct jv fmt, struct jv *args, size_t nargs)
 {
-    struct tk_buf b = {0};
+    struct tk_buf *b = jx_buf(c);
     size_t ai = 0;
     const char *p = fmt.s->p;
     size_t n = fmt.s->n;
     for (size_t i = 0; i < n; i++) {
         if (p[i] != '%') {
-            tk_buf_putc(&b, p[i]);
+            tk_buf_putc(b, p[i]);
             continue;
         }
         if (++i >= n) break;
@@ -639,24 +635,24 @@ static struct jv percent_format(struct jctx *c, struct jv fmt, struct jv *args, 
         if (i >= n) break;
         char conv = p[i];
         if (conv == '%') {
-            tk_buf_putc(&b, '%');
+            tk_buf_putc(b, '%');
             continue;
         }
         if (ai >= nargs) {
-            free(b.p);
+            jx_buf_free(c, b);
             jx_fail(c, KILN_ERR_INVALID, "chat template: not enough arguments for format string");
         }
         struct jv v = args[ai++];
         if (conv == 's' || conv == 'r') {
-            struct tk_buf t = {0};
+            struct tk_buf *t = jx_buf(c);
             if (conv == 's')
-                jx_to_str(c, &t, v);
+                jx_to_str(c, t, v);
             else
-                jx_repr(c, &t, v);
+                jx_repr(c, t, v);
             spec[sl++] = 's';
             spec[sl] = 0;
-            tk_buf_printf(&b, spec, t.p ? t.p : "");
-            free(t.p);
+            tk_buf_printf(b, spec, t->p ? t->p : "");
+            jx_buf_free(c, t);
         } else if (conv == 'd' || conv == 'i') {
             spec[sl++] = 'l';
             spec[sl++] = 'l';
@@ -667,7 +663,7 @@ static struct jv percent_format(struct jctx *c, struct jv fmt, struct jv *args, 
                           : v.kind == JV_INT  ? v.i
                           : v.kind == JV_BOOL ? v.b
                                               : 0;
-            tk_buf_printf(&b, spec, x);
+            tk_buf_printf(b, spec, x);
         } else if (strchr("feEgGxXo", conv)) {
             spec[sl++] = conv;
             spec[sl] = 0;
@@ -676,44 +672,44 @@ static struct jv percent_format(struct jctx *c, struct jv fmt, struct jv *args, 
                 spec[sl++] = 'l';
                 spec[sl++] = conv;
                 spec[sl] = 0;
-                tk_buf_printf(&b, spec, (long long)(v.kind == JV_INT ? v.i : 0));
+                tk_buf_printf(b, spec, (long long)(v.kind == JV_INT ? v.i : 0));
             } else {
-                tk_buf_printf(&b, spec,
+                tk_buf_printf(b, spec,
                               v.kind == JV_FLOAT ? v.f : (double)(v.kind == JV_INT ? v.i : 0));
             }
         } else {
-            free(b.p);
+            jx_buf_free(c, b);
             jx_fail(c, KILN_ERR_INVALID, "chat template: unsupported format character '%c'", conv);
         }
     }
-    return from_buf(c, &b);
+    return from_buf(c, b);
 }
 
 static struct jv brace_format(struct jctx *c, struct jv fmt, const struct args *a)
 {
-    struct tk_buf b = {0};
+    struct tk_buf *b = jx_buf(c);
     size_t auto_i = 0;
     const char *p = fmt.s->p;
     size_t n = fmt.s->n;
     for (size_t i = 0; i < n; i++) {
         if (p[i] == '{' && i + 1 < n && p[i + 1] == '{') {
-            tk_buf_putc(&b, '{');
+            tk_buf_putc(b, '{');
             i++;
             continue;
         }
         if (p[i] == '}' && i + 1 < n && p[i + 1] == '}') {
-            tk_buf_putc(&b, '}');
+            tk_buf_putc(b, '}');
             i++;
             continue;
         }
         if (p[i] != '{') {
-            tk_buf_putc(&b, p[i]);
+            tk_buf_putc(b, p[i]);
             continue;
         }
         size_t j = i + 1;
         while (j < n && p[j] != '}') j++;
         if (j >= n) {
-            free(b.p);
+            jx_buf_free(c, b);
             jx_fail(c, KILN_ERR_INVALID, "chat template: format(): unmatched '{'");
         }
         struct jv v = jx_undef(NULL);
@@ -730,13 +726,13 @@ static struct jv brace_format(struct jctx *c, struct jv fmt, const struct args *
             found = arg(a, (size_t)-1, key, &v);
         }
         if (!found) {
-            free(b.p);
+            jx_buf_free(c, b);
             jx_fail(c, KILN_ERR_INVALID, "chat template: format(): missing argument");
         }
-        jx_to_str(c, &b, v);
+        jx_to_str(c, b, v);
         i = j;
     }
-    return from_buf(c, &b);
+    return from_buf(c, b);
 }
 
 /* ---- tojson: Python json.dumps(ensure_ascii=False) ---- */
@@ -850,15 +846,15 @@ void jl_tojson(struct jctx *c, struct tk_buf *b, struct jv v, int indent, int le
                 json_str(b, key.s->p, key.s->n);
             else {
                 /* Python turns int/float/bool/None keys into strings */
-                struct tk_buf t = {0};
+                struct tk_buf *t = jx_buf(c);
                 if (key.kind == JV_NONE)
-                    tk_buf_puts(&t, "null");
+                    tk_buf_puts(t, "null");
                 else if (key.kind == JV_BOOL)
-                    tk_buf_puts(&t, key.b ? "true" : "false");
+                    tk_buf_puts(t, key.b ? "true" : "false");
                 else
-                    jl_tojson(c, &t, key, -1, 0, ", ", ": ", false);
-                json_str(b, t.p ? t.p : "", t.n);
-                free(t.p);
+                    jl_tojson(c, t, key, -1, 0, ", ", ": ", false);
+                json_str(b, t->p ? t->p : "", t->n);
+                jx_buf_free(c, t);
             }
             tk_buf_puts(b, key_sep);
             jl_tojson(c, b, v.d->v[i], indent, level + 1, item_sep, key_sep, sort_keys);
@@ -1005,11 +1001,11 @@ struct jv jl_filter(struct jctx *c, int id, const char *name, struct jv v, struc
         int64_t len = (int64_t)tk_utf8_count(s.s->p, s.s->n);
         if (width <= len) return s;
         int64_t pad = width - len, left = pad / 2 + (pad & width & 1);
-        struct tk_buf b = {0};
-        for (int64_t i = 0; i < left; i++) tk_buf_putc(&b, ' ');
-        tk_buf_put(&b, s.s->p, s.s->n);
-        for (int64_t i = 0; i < pad - left; i++) tk_buf_putc(&b, ' ');
-        return from_buf(c, &b);
+        struct tk_buf *b = jx_buf(c);
+        for (int64_t i = 0; i < left; i++) tk_buf_putc(b, ' ');
+        tk_buf_put(b, s.s->p, s.s->n);
+        for (int64_t i = 0; i < pad - left; i++) tk_buf_putc(b, ' ');
+        return from_buf(c, b);
     }
     case F_COUNT:
     case F_LENGTH:
@@ -1061,29 +1057,29 @@ struct jv jl_filter(struct jctx *c, int id, const char *name, struct jv v, struc
     case F_ESCAPE:
     case F_FORCEESCAPE: {
         struct jv s = jx_stringify(c, v);
-        struct tk_buf b = {0};
+        struct tk_buf *b = jx_buf(c);
         for (size_t i = 0; i < s.s->n; i++) {
             switch (s.s->p[i]) {
             case '&':
-                tk_buf_puts(&b, "&amp;");
+                tk_buf_puts(b, "&amp;");
                 break;
             case '<':
-                tk_buf_puts(&b, "&lt;");
+                tk_buf_puts(b, "&lt;");
                 break;
             case '>':
-                tk_buf_puts(&b, "&gt;");
+                tk_buf_puts(b, "&gt;");
                 break;
             case '"':
-                tk_buf_puts(&b, "&#34;");
+                tk_buf_puts(b, "&#34;");
                 break;
             case '\'':
-                tk_buf_puts(&b, "&#39;");
+                tk_buf_puts(b, "&#39;");
                 break;
             default:
-                tk_buf_putc(&b, s.s->p[i]);
+                tk_buf_putc(b, s.s->p[i]);
             }
         }
-        return from_buf(c, &b);
+        return from_buf(c, b);
     }
     case F_FIRST: {
         struct jv l = jx_as_list(c, v);
@@ -1112,12 +1108,12 @@ struct jv jl_filter(struct jctx *c, int id, const char *name, struct jv v, struc
         struct jv s = jx_stringify(c, v);
         struct jv w = arg_or(&a, 0, "width", jx_int(4));
         bool first = arg_bool(&a, 1, "first", false), blank = arg_bool(&a, 2, "blank", false);
-        struct tk_buf pad = {0};
+        struct tk_buf *pad = jx_buf(c);
         if (w.kind == JV_STR)
-            tk_buf_put(&pad, w.s->p, w.s->n);
+            tk_buf_put(pad, w.s->p, w.s->n);
         else
-            for (int64_t i = 0; i < (w.kind == JV_INT ? w.i : 4); i++) tk_buf_putc(&pad, ' ');
-        struct tk_buf b = {0};
+            for (int64_t i = 0; i < (w.kind == JV_INT ? w.i : 4); i++) tk_buf_putc(pad, ' ');
+        struct tk_buf *b = jx_buf(c);
         const char *p = s.s->p;
         size_t n = s.s->n, i = 0;
         bool first_line = true;
@@ -1127,15 +1123,15 @@ struct jv jl_filter(struct jctx *c, int id, const char *name, struct jv v, struc
             bool empty = j == i;
             bool indent_it = first_line ? first : (blank || !empty);
             if (indent_it && !(first_line && empty && !blank && !first))
-                tk_buf_put(&b, pad.p, pad.n);
-            tk_buf_put(&b, p + i, j - i);
-            if (j < n) tk_buf_putc(&b, '\n');
+                tk_buf_put(b, pad->p, pad->n);
+            tk_buf_put(b, p + i, j - i);
+            if (j < n) tk_buf_putc(b, '\n');
             first_line = false;
             if (j >= n) break;
             i = j + 1;
         }
-        free(pad.p);
-        return from_buf(c, &b);
+        jx_buf_free(c, pad);
+        return from_buf(c, b);
     }
     case F_INT: {
         struct jv dflt = arg_or(&a, 0, "default", jx_int(0));
@@ -1169,12 +1165,12 @@ struct jv jl_filter(struct jctx *c, int id, const char *name, struct jv v, struc
         struct jv l = jx_as_list(c, v);
         const struct jstr *sep = arg_str(c, &a, 0, "d", "");
         const struct jstr *attr = arg_str(c, &a, 1, "attribute", NULL);
-        struct tk_buf b = {0};
+        struct tk_buf *b = jx_buf(c);
         for (size_t i = 0; i < l.l->n; i++) {
-            if (i) tk_buf_put(&b, sep->p, sep->n);
-            jx_to_str(c, &b, attr ? attr_path(c, l.l->v[i], attr) : l.l->v[i]);
+            if (i) tk_buf_put(b, sep->p, sep->n);
+            jx_to_str(c, b, attr ? attr_path(c, l.l->v[i], attr) : l.l->v[i]);
         }
-        return from_buf(c, &b);
+        return from_buf(c, b);
     }
     case F_LIST: {
         struct jv l = jx_as_list(c, v), out = jx_list(c, l.l->n, false);
@@ -1232,9 +1228,9 @@ struct jv jl_filter(struct jctx *c, int id, const char *name, struct jv v, struc
     case F_REVERSE: {
         if (v.kind == JV_STR) {
             struct jv l = jx_as_list(c, v);
-            struct tk_buf b = {0};
-            for (size_t i = l.l->n; i-- > 0;) tk_buf_put(&b, l.l->v[i].s->p, l.l->v[i].s->n);
-            return from_buf(c, &b);
+            struct tk_buf *b = jx_buf(c);
+            for (size_t i = l.l->n; i-- > 0;) tk_buf_put(b, l.l->v[i].s->p, l.l->v[i].s->n);
+            return from_buf(c, b);
         }
         struct jv l = jx_as_list(c, v), out = jx_list(c, l.l->n, false);
         for (size_t i = l.l->n; i-- > 0;) jx_list_push(c, out, l.l->v[i]);
@@ -1296,9 +1292,9 @@ struct jv jl_filter(struct jctx *c, int id, const char *name, struct jv v, struc
             item_sep = isep;
             key_sep = ksep;
         }
-        struct tk_buf b = {0};
-        jl_tojson(c, &b, v, indent, 0, item_sep, key_sep, sort_keys);
-        return from_buf(c, &b);
+        struct tk_buf *b = jx_buf(c);
+        jl_tojson(c, b, v, indent, 0, item_sep, key_sep, sort_keys);
+        return from_buf(c, b);
     }
     case F_TRIM: {
         const struct jstr *chars = arg_str(c, &a, 0, "chars", NULL);
@@ -1315,20 +1311,20 @@ struct jv jl_filter(struct jctx *c, int id, const char *name, struct jv v, struc
         int64_t endn = (int64_t)tk_utf8_count(end->p, end->n);
         int64_t keep = length - endn < 0 ? 0 : length - endn;
         struct jv chars = jx_as_list(c, s);
-        struct tk_buf b = {0};
-        for (int64_t i = 0; i < keep; i++) tk_buf_put(&b, chars.l->v[i].s->p, chars.l->v[i].s->n);
+        struct tk_buf *b = jx_buf(c);
+        for (int64_t i = 0; i < keep; i++) tk_buf_put(b, chars.l->v[i].s->p, chars.l->v[i].s->n);
         if (!killwords) {
             /* rsplit(" ", 1)[0] */
-            size_t cut = b.n;
-            for (size_t q = b.n; q-- > 0;)
-                if (b.p[q] == ' ') {
+            size_t cut = b->n;
+            for (size_t q = b->n; q-- > 0;)
+                if (b->p[q] == ' ') {
                     cut = q;
                     break;
                 }
-            b.n = cut;
+            b->n = cut;
         }
-        tk_buf_put(&b, end->p, end->n);
-        return from_buf(c, &b);
+        tk_buf_put(b, end->p, end->n);
+        return from_buf(c, b);
     }
     case F_UNIQUE: {
         struct jv l = jx_as_list(c, v), out = jx_list(c, l.l->n, false),
@@ -1519,12 +1515,12 @@ static struct jv str_method(struct jctx *c, int id, struct jv s, const struct ar
         if (!arg(a, 0, NULL, &items))
             jx_fail(c, KILN_ERR_INVALID, "chat template: join() needs a list");
         struct jv l = jx_as_list(c, items);
-        struct tk_buf b = {0};
+        struct tk_buf *b = jx_buf(c);
         for (size_t i = 0; i < l.l->n; i++) {
-            if (i) tk_buf_put(&b, s.s->p, s.s->n);
-            tk_buf_put(&b, need_str(c, l.l->v[i], "join()").s->p, l.l->v[i].s->n);
+            if (i) tk_buf_put(b, s.s->p, s.s->n);
+            tk_buf_put(b, need_str(c, l.l->v[i], "join()").s->p, l.l->v[i].s->n);
         }
-        return from_buf(c, &b);
+        return from_buf(c, b);
     }
     case M_SPLITLINES: {
         struct jv out = jx_list(c, 8, false);
@@ -1606,11 +1602,11 @@ struct jv jl_call(struct jctx *c, struct jfunc *fn, struct jv *argv, size_t narg
         return d;
     }
     case G_RAISE: {
-        struct tk_buf b = {0};
-        if (nargs) jx_to_str(c, &b, argv[0]);
+        struct tk_buf *b = jx_buf(c);
+        if (nargs) jx_to_str(c, b, argv[0]);
         char msg[800];
-        snprintf(msg, sizeof msg, "%.*s", (int)(b.n > 700 ? 700 : b.n), b.p ? b.p : "");
-        free(b.p);
+        snprintf(msg, sizeof msg, "%.*s", (int)(b->n > 700 ? 700 : b->n), b->p ? b->p : "");
+        jx_buf_free(c, b);
         jx_fail(c, KILN_ERR_INVALID, "%s", msg);
     }
     case G_STRFTIME: {

@@ -162,6 +162,7 @@ static int count_lines(const char *s, size_t n)
 static size_t find_tag_end(const char *s, size_t n, size_t i, char close, size_t *after)
 {
     char quote = 0;
+    size_t start = i;
     for (; i + 1 < n; i++) {
         char c = s[i];
         if (quote) {
@@ -177,7 +178,7 @@ static size_t find_tag_end(const char *s, size_t n, size_t i, char close, size_t
         }
         if (c == close && s[i + 1] == '}') {
             *after = i + 2;
-            if (i > 0 && (s[i - 1] == '-' || s[i - 1] == '+')) return i - 1;
+            if (i > start && (s[i - 1] == '-' || s[i - 1] == '+')) return i - 1;
             return i;
         }
     }
@@ -198,11 +199,13 @@ static void lex(struct parser *p, const char *src, size_t n)
     int line = 1;
     bool strip_next = false; /* previous tag ended with '-' */
     bool line_start = true;  /* the pending text begins a line */
-    if (n > 0 && src[n - 1] == '\n')
-        n--; /* keep_trailing_newline=False */
-    else if (n > 0 && src[n - 1] == '\r')
+    /* keep_trailing_newline=False: one final "\n", "\r\n" or "\r" is dropped */
+    if (n > 0 && src[n - 1] == '\n') {
         n--;
-    if (n > 0 && src[n] == '\n' && src[n - 1] == '\r') n--;
+        if (n > 0 && src[n - 1] == '\r') n--;
+    } else if (n > 0 && src[n - 1] == '\r') {
+        n--;
+    }
     while (i <= n) {
         size_t open = i;
         while (open + 1 < n &&
@@ -239,7 +242,7 @@ static void lex(struct parser *p, const char *src, size_t n)
         size_t end = find_tag_end(src, n, body, close, &after);
         if (end == (size_t)-1) perr(p, "unclosed '{%c'", kind);
         char endmod = src[end];
-        size_t content_end = (endmod == '-' || endmod == '+') ? end : end;
+        size_t content_end = end; /* the '-' / '+' marker or the closing delimiter */
         line += count_lines(src + open, after - open);
         strip_next = endmod == '-';
         line_start = false;
@@ -260,13 +263,14 @@ static void lex(struct parser *p, const char *src, size_t n)
                 while (k + 1 < n && !(src[k] == '{' && src[k + 1] == '%')) k++;
                 if (k + 1 >= n) perr(p, "{%% raw %%} without {%% endraw %%}");
                 size_t ra;
-                size_t rb = k + 2 + (src[k + 2] == '-' || src[k + 2] == '+');
+                char rmod = k + 2 < n ? src[k + 2] : 0;
+                size_t rb = k + 2 + (rmod == '-' || rmod == '+');
                 size_t re = find_tag_end(src, n, rb, '%', &ra);
                 if (re != (size_t)-1 && tag_is(src + rb, re - rb, "endraw")) {
                     size_t ts2 = after, te2 = k;
                     if (strip_next)
                         while (ts2 < te2 && is_ws(src[ts2])) ts2++;
-                    if (src[k + 2] == '-')
+                    if (rmod == '-')
                         while (te2 > ts2 && is_ws(src[te2 - 1])) te2--;
                     push_text(p, src + ts2, te2 - ts2, line, &cap);
                     line += count_lines(src + after, ra - after);
@@ -392,16 +396,24 @@ static void unescape(struct parser *p, const char *s, size_t n, struct tok *t)
             uint32_t v = 0;
             for (int k = 0; k < digits; k++) {
                 int h = i + 1 < n ? hexv(s[i + 1]) : -1;
-                if (h < 0) perr(p, "bad \\%c escape in a string literal", d);
+                if (h < 0) {
+                    free(b.p);
+                    perr(p, "bad \\%c escape in a string literal", d);
+                }
                 v = v * 16 + (uint32_t)h;
                 i++;
             }
-            if (v > 0x10FFFF || (v >= 0xD800 && v < 0xE000))
+            if (v > 0x10FFFF || (v >= 0xD800 && v < 0xE000)) {
+                free(b.p);
                 perr(p, "escape \\%c%X is not a valid character", d, v);
+            }
             tk_buf_put_cp(&b, v);
         }
     }
-    if (b.oom) perr(p, "out of memory");
+    if (b.oom) {
+        free(b.p);
+        perr(p, "out of memory");
+    }
     t->p = pdup(p, b.p ? b.p : "", b.n);
     t->n = b.n;
     free(b.p);
