@@ -114,6 +114,10 @@ static enum kiln_status take(struct kiln_detok *d, int32_t id, struct kiln_error
     const char *s = tok->dec[id];
     size_t n = tok->dec_len[id];
     if (dc->byte_level) {
+        if (d->pend.n == 0 && tok->dec_utf8[id]) { /* most tokens: whole characters */
+            emit(d, s, n);
+            return KILN_OK;
+        }
         tk_buf_put(&d->pend, s, n);
         drain_pending(d, false);
         return KILN_OK;

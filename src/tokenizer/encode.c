@@ -560,13 +560,7 @@ static uint64_t heap_pop(struct enc *e, size_t *hn)
 
 static int32_t vocab_get(const struct kiln_tokenizer *tok, const char *s, size_t n)
 {
-    const struct tk_strmap *m = &tok->vocab;
-    uint32_t mask = m->cap - 1;
-    for (uint32_t i = (uint32_t)tk_hash(s, n) & mask;; i = (i + 1) & mask) {
-        uint32_t en = m->slots[i];
-        if (en == 0) return -1;
-        if (m->key_len[en - 1] == n && !memcmp(m->keys[en - 1], s, n)) return (int32_t)(en - 1);
-    }
+    return tk_strmap_find(&tok->vocab, s, n, NULL);
 }
 
 /* One symbol for a character (SentencePiece-style models): the vocab entry, else its bytes as

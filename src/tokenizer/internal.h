@@ -48,20 +48,26 @@ size_t tk_utf8_count(const char *s, size_t n);
 
 /* ---- hash map: byte string -> int32, keys stored by the caller in a pool ---- */
 struct tk_strmap {
-    uint32_t *slots; /* [cap] entry index + 1, 0 = empty */
+    uint64_t *slots; /* [cap] hash tag << 32 | (entry index + 1), 0 = empty: the tag spares
+                        most key comparisons (and their cache misses) */
     uint32_t cap;    /* power of two */
     uint32_t count;
     const char *const *keys; /* borrowed: keys[i], key_len[i] for entry i */
     const uint32_t *key_len;
 };
 uint64_t tk_hash(const void *data, size_t n);
+/* the entry whose key is s[0..n), or -1; *slot (if not NULL) = where it is or would go */
+int32_t tk_strmap_find(const struct tk_strmap *m, const char *s, size_t n, uint32_t *slot);
 uint64_t tk_mix64(uint64_t x); /* integer key scrambler (murmur3 finalizer) */
 
 /* ---- BPE pair map: (left id, right id) -> (rank, merged id) ---- */
+struct tk_pair_slot {
+    uint64_t key; /* (left << 32 | right) + 1, 0 = empty */
+    uint32_t rank;
+    int32_t merged;
+}; /* 16 bytes: one probe touches one cache line */
 struct tk_pairmap {
-    uint64_t *keys; /* [cap] (left << 32 | right) + 1, 0 = empty */
-    uint32_t *rank; /* [cap] */
-    int32_t *merged;
+    struct tk_pair_slot *slots; /* [cap] */
     uint32_t cap;
 };
 bool tk_pairmap_get(const struct tk_pairmap *m, int32_t a, int32_t b, uint32_t *rank,
@@ -132,6 +138,7 @@ struct kiln_tokenizer {
     char **dec;             /* [vocab_n] decoded bytes of the token (decoder applied per token) */
     uint32_t *dec_len;      /* [vocab_n] */
     int16_t *dec_byte;      /* [vocab_n] byte value of a <0xXX> fallback token, else -1 */
+    uint8_t *dec_utf8;      /* [vocab_n] dec is whole, valid UTF-8 (the streaming fast path) */
     uint8_t *is_special;    /* [vocab_n] special added token */
     uint8_t *is_added;      /* [vocab_n] */
     struct tk_strmap vocab; /* model vocabulary (encoder form) -> id */

@@ -71,29 +71,14 @@ static enum kiln_status strmap_init(struct tk_strmap *m, uint32_t n, const char 
     return KILN_OK;
 }
 
-static int32_t strmap_find(const struct tk_strmap *m, const char *s, size_t n, uint32_t *slot)
-{
-    uint32_t mask = m->cap - 1;
-    for (uint32_t i = (uint32_t)tk_hash(s, n) & mask;; i = (i + 1) & mask) {
-        uint32_t e = m->slots[i];
-        if (e == 0) {
-            if (slot) *slot = i;
-            return -1;
-        }
-        if (m->key_len[e - 1] == n && memcmp(m->keys[e - 1], s, n) == 0) {
-            if (slot) *slot = i;
-            return (int32_t)(e - 1);
-        }
-    }
-}
-
 /* Later entries replace earlier ones with the same key, as a JSON object read into a map. */
 static void strmap_put(struct tk_strmap *m, int32_t idx)
 {
     uint32_t slot;
-    int32_t old = strmap_find(m, m->keys[idx], m->key_len[idx], &slot);
+    int32_t old = tk_strmap_find(m, m->keys[idx], m->key_len[idx], &slot);
     if (old < 0) m->count++;
-    m->slots[slot] = (uint32_t)idx + 1;
+    uint64_t tag = tk_hash(m->keys[idx], m->key_len[idx]) >> 32;
+    m->slots[slot] = tag << 32 | ((uint32_t)idx + 1);
 }
 
 int32_t tk_token_id(const struct kiln_tokenizer *tok, const char *s, size_t n)
@@ -108,23 +93,21 @@ int32_t tk_token_id(const struct kiln_tokenizer *tok, const char *s, size_t n)
         byte_level_map(map);
         struct tk_buf b = {0};
         int32_t id = -1;
-        if (from_byte_level(map, s, n, &b)) id = strmap_find(&tok->vocab, b.p ? b.p : "", b.n, 0);
+        if (from_byte_level(map, s, n, &b))
+            id = tk_strmap_find(&tok->vocab, b.p ? b.p : "", b.n, 0);
         free(b.p);
         return id;
     }
-    return strmap_find(&tok->vocab, s, n, NULL);
+    return tk_strmap_find(&tok->vocab, s, n, NULL);
 }
 
 static enum kiln_status pairmap_init(struct tk_pairmap *m, size_t n, struct kiln_error *err)
 {
     uint32_t cap = 16;
     while (cap < 2 * (uint64_t)n + 2) cap *= 2;
-    m->keys = calloc(cap, sizeof *m->keys);
-    m->rank = malloc(cap * sizeof *m->rank);
-    m->merged = malloc(cap * sizeof *m->merged);
+    m->slots = calloc(cap, sizeof *m->slots);
     m->cap = cap;
-    if (!m->keys || !m->rank || !m->merged)
-        return kiln_errorf(err, KILN_ERR_NOMEM, "tokenizer: out of memory");
+    if (!m->slots) return kiln_errorf(err, KILN_ERR_NOMEM, "tokenizer: out of memory");
     return KILN_OK;
 }
 
@@ -133,10 +116,8 @@ static void pairmap_put(struct tk_pairmap *m, int32_t a, int32_t b, uint32_t ran
     uint64_t key = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
     uint32_t mask = m->cap - 1;
     uint32_t i = (uint32_t)tk_mix64(key) & mask;
-    while (m->keys[i] != 0 && m->keys[i] != key) i = (i + 1) & mask;
-    m->keys[i] = key;
-    m->rank[i] = rank;
-    m->merged[i] = merged;
+    while (m->slots[i].key != 0 && m->slots[i].key != key) i = (i + 1) & mask;
+    m->slots[i] = (struct tk_pair_slot){key, rank, merged};
 }
 
 /* ---- JSON helpers ---- */
@@ -504,7 +485,8 @@ static enum kiln_status build_decode_table(struct kiln_tokenizer *tok, char **ra
     tok->dec = calloc((size_t)tok->vocab_n, sizeof *tok->dec);
     tok->dec_len = calloc((size_t)tok->vocab_n, sizeof *tok->dec_len);
     tok->dec_byte = malloc((size_t)tok->vocab_n * sizeof *tok->dec_byte);
-    if (!tok->dec || !tok->dec_len || !tok->dec_byte)
+    tok->dec_utf8 = calloc((size_t)tok->vocab_n, 1);
+    if (!tok->dec || !tok->dec_len || !tok->dec_byte || !tok->dec_utf8)
         return kiln_errorf(err, KILN_ERR_NOMEM, "tokenizer: out of memory");
     for (int32_t id = 0; id < tok->vocab_n; id++) {
         tok->dec_byte[id] = -1;
@@ -541,6 +523,7 @@ static enum kiln_status build_decode_table(struct kiln_tokenizer *tok, char **ra
         }
         tok->dec[id] = b.p;
         tok->dec_len[id] = (uint32_t)b.n;
+        tok->dec_utf8[id] = tk_utf8_valid(b.p, b.n);
     }
     return KILN_OK;
 }
@@ -777,7 +760,7 @@ static enum kiln_status load_tokenizer_json(struct kiln_tokenizer *tok, const ch
         tok->byte_token[b] = json_is_integer(bid) ? (int32_t)json_integer_value(bid) : -1;
         unsigned char c = (unsigned char)b;
         tok->byte_id[b] =
-            tok->byte_level ? strmap_find(&tok->vocab, (const char *)&c, 1, NULL) : -1;
+            tok->byte_level ? tk_strmap_find(&tok->vocab, (const char *)&c, 1, NULL) : -1;
     }
 
     /* merges: "a b" strings or [a, b] pairs; rank = position */
@@ -815,9 +798,9 @@ static enum kiln_status load_tokenizer_json(struct kiln_tokenizer *tok, const ch
             struct tk_buf x = {0}, y = {0}, z = {0};
             bool ok = from_byte_level(map, a, alen, &x) && from_byte_level(map, b, blen, &y) &&
                       from_byte_level(map, ab.p, ab.n, &z);
-            ia = ok ? strmap_find(&tok->vocab, x.p, x.n, NULL) : -1;
-            ib = ok ? strmap_find(&tok->vocab, y.p, y.n, NULL) : -1;
-            im = ok ? strmap_find(&tok->vocab, z.p, z.n, NULL) : -1;
+            ia = ok ? tk_strmap_find(&tok->vocab, x.p, x.n, NULL) : -1;
+            ib = ok ? tk_strmap_find(&tok->vocab, y.p, y.n, NULL) : -1;
+            im = ok ? tk_strmap_find(&tok->vocab, z.p, z.n, NULL) : -1;
             free(x.p);
             free(y.p);
             free(z.p);
@@ -826,9 +809,9 @@ static enum kiln_status load_tokenizer_json(struct kiln_tokenizer *tok, const ch
                 continue;
             }
         } else {
-            ia = strmap_find(&tok->vocab, a, alen, NULL);
-            ib = strmap_find(&tok->vocab, b, blen, NULL);
-            im = strmap_find(&tok->vocab, ab.p, ab.n, NULL);
+            ia = tk_strmap_find(&tok->vocab, a, alen, NULL);
+            ib = tk_strmap_find(&tok->vocab, b, blen, NULL);
+            im = tk_strmap_find(&tok->vocab, ab.p, ab.n, NULL);
         }
         if (ia < 0 || ib < 0 || im < 0) {
             st = kiln_errorf(err, KILN_ERR_INVALID,
@@ -1029,12 +1012,11 @@ void kiln_tokenizer_free(struct kiln_tokenizer *tok)
     free(tok->dec);
     free(tok->dec_len);
     free(tok->dec_byte);
+    free(tok->dec_utf8);
     free(tok->is_special);
     free(tok->is_added);
     free(tok->vocab.slots);
-    free(tok->merges.keys);
-    free(tok->merges.rank);
-    free(tok->merges.merged);
+    free(tok->merges.slots);
     for (size_t i = 0; i < tok->added_n; i++) free(tok->added[i].content);
     free(tok->added);
     tk_trie_free(&tok->trie_raw);

@@ -251,15 +251,34 @@ uint64_t tk_mix64(uint64_t x)
 bool tk_pairmap_get(const struct tk_pairmap *m, int32_t a, int32_t b, uint32_t *rank,
                     int32_t *merged)
 {
-    if (!m->cap) return false;
     uint64_t key = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
     uint32_t mask = m->cap - 1;
     for (uint32_t i = (uint32_t)tk_mix64(key) & mask;; i = (i + 1) & mask) {
-        if (m->keys[i] == key) {
-            *rank = m->rank[i];
-            *merged = m->merged[i];
+        const struct tk_pair_slot *sl = &m->slots[i];
+        if (sl->key == key) {
+            *rank = sl->rank;
+            *merged = sl->merged;
             return true;
         }
-        if (m->keys[i] == 0) return false;
+        if (sl->key == 0) return false;
+    }
+}
+
+int32_t tk_strmap_find(const struct tk_strmap *m, const char *s, size_t n, uint32_t *slot)
+{
+    uint64_t h = tk_hash(s, n);
+    uint64_t tag = h >> 32;
+    uint32_t mask = m->cap - 1;
+    for (uint32_t i = (uint32_t)h & mask;; i = (i + 1) & mask) {
+        uint64_t e = m->slots[i];
+        if (e == 0) {
+            if (slot) *slot = i;
+            return -1;
+        }
+        uint32_t idx = (uint32_t)e - 1;
+        if ((e >> 32) == tag && m->key_len[idx] == n && memcmp(m->keys[idx], s, n) == 0) {
+            if (slot) *slot = i;
+            return (int32_t)idx;
+        }
     }
 }
