@@ -1247,14 +1247,18 @@ static struct jv from_json(struct jctx *c, json_t *j, int depth)
         return l;
     }
     case JSON_OBJECT: {
-        struct jv d = jx_dict(c, json_object_size(j));
+        struct jv d = jx_dict(c, json_object_size(j) + 1);
         const char *k;
         size_t klen;
         json_t *v;
+        size_t i = 0;
         json_object_keylen_foreach(j, k, klen, v)
         {
-            /* new keys are unique: append without the linear duplicate check */
-            jx_dict_set(c, d.d, jx_str(c, k, klen), from_json(c, v, depth + 1));
+            /* JSON object keys are unique: append without jx_dict_set's linear check, so a
+             * large object costs O(n) */
+            d.d->k[i] = jx_str(c, k, klen);
+            d.d->v[i] = from_json(c, v, depth + 1);
+            d.d->n = ++i;
         }
         return d;
     }
