@@ -699,7 +699,10 @@ enum kiln_status tk_encode(const struct kiln_tokenizer *tok, const char *text, s
         }
         swap_lists(&e);
     }
-    for (size_t k = 0; k < tok->pre_n && !e.oom && !st; k++) {
+    /* all pre-tokenizer steps but the last run over the whole list; the last one runs piece
+     * by piece straight into BPE, so the list never holds every word of a long text */
+    size_t last = tok->pre_n ? tok->pre_n - 1 : 0;
+    for (size_t k = 0; k < last && !e.oom && !st; k++) {
         for (size_t i = 0; i < e.a.n && !e.oom && !st; i++) {
             struct piece p = e.a.v[i];
             if (p.id >= 0)
@@ -711,11 +714,24 @@ enum kiln_status tk_encode(const struct kiln_tokenizer *tok, const char *text, s
         if (e.arena.oom) e.oom = true;
     }
     for (size_t i = 0; i < e.a.n && !e.oom && !st; i++) {
-        const struct piece *p = &e.a.v[i];
-        if (p->id >= 0)
-            push_id(&e, p->id);
+        struct piece p = e.a.v[i];
+        if (p.id >= 0) {
+            push_id(&e, p.id);
+            continue;
+        }
+        e.b.n = 0;
+        if (tok->pre_n)
+            st = pre_step(&e, &tok->pre[last], &p, &e.b, &ml, err);
         else
-            bpe(&e, piece_text(&e, p), p->len);
+            push_piece(&e, &e.b, p);
+        if (e.arena.oom) e.oom = true;
+        for (size_t k = 0; k < e.b.n && !e.oom && !st; k++) {
+            const struct piece *q = &e.b.v[k];
+            if (q->id >= 0)
+                push_id(&e, q->id);
+            else
+                bpe(&e, piece_text(&e, q), q->len);
+        }
     }
     if (add_special)
         for (size_t i = 0; i < tok->post_suffix_n; i++) push_id(&e, tok->post_suffix[i]);
