@@ -21,12 +21,12 @@ correct() {
   step "models"
   model tiny tiny; model tiny-fp8kv tiny --fp8-kv-cache; model small small --fp8-kv-cache
   step "kernel tests vs CPU twins"
-  timeout 300 "$B/test_cuda_ops" 2>&1 | tee "$OUT/test_cuda_ops.log"
+  timeout 90 "$B/test_cuda_ops" 2>&1 | tee "$OUT/test_cuda_ops.log"
   note "test_cuda_ops: $(tail -n 1 "$OUT/test_cuda_ops.log")"
-  for spec in "tiny fp8 layers" "tiny bf16" "tiny-fp8kv fp8" "small fp8 layers"; do
+  for spec in "tiny fp8 strict" "tiny bf16 strict" "tiny-fp8kv fp8 strict" "small fp8"; do
     set -- $spec
     step "whole model $1 (KV $2) vs CPU"
-    timeout 300 "$B/test_cuda_model" "$M/$1" "$2" ${3:-} 2>&1 | tee "$OUT/test_cuda_model-$1-$2.log"
+    timeout 90 "$B/test_cuda_model" "$M/$1" "$2" ${3:-} ${4:-} 2>&1 | tee "$OUT/test_cuda_model-$1-$2.log"
     note "test_cuda_model $1 $2: $(tail -n 1 "$OUT/test_cuda_model-$1-$2.log")"
   done
   step "reference fixtures (PyTorch FP8 simulation + transformers)"

@@ -210,7 +210,9 @@ static void test_lt_fp8(int M, int K, int n, int fast)
     CK(cublasLtMatmul(lt, desc, &alpha, dw, la, dx, lb, &beta, dy, lc, dy, lc, &res.algo, ws, wsz,
                       0));
     back(y, dy, (size_t)n * M * 4);
-    report("cublasLt fp8 gemm", shape, rel_l2(y, ref, (size_t)n * M), fast ? 1.0 : 1e-5);
+    /* Hopper's FP8 tensor cores accumulate with fewer bits than f32 between promotions: ~2.5e-4
+     * measured without fast accumulation; the prefill path accepts it (see test_cuda_model) */
+    report("cublasLt fp8 gemm", shape, rel_l2(y, ref, (size_t)n * M), fast ? 5e-3 : 1e-3);
     cublasLtMatmulPreferenceDestroy(pref);
     cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb),
         cublasLtMatrixLayoutDestroy(lc);
@@ -639,6 +641,7 @@ static void test_argmax(int n, int vocab)
 
 int main(void)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* a hang or a kill must not eat the log */
     kiln_numeric_init();
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -664,6 +667,9 @@ int main(void)
         test_attention(8, 2, 128, true, chunk, ctx, 4, false);
         test_attention(8, 2, 128, false, chunk, ctx, 4, false);
         test_attention(4, 1, 64, true, chunk, ctx, 4, false);
+        int chunk2[3] = {3, 1, 5}, ctx2[3] = {3, 300, 520}; /* short chunks: the fused path */
+        test_attention(8, 2, 128, true, chunk2, ctx2, 3, false);
+        test_attention(4, 2, 64, false, chunk2, ctx2, 3, false);
     }
     {
         int chunk[3] = {1, 70, 150}, ctx[3] = {9, 70, 333};

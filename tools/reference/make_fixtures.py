@@ -77,7 +77,8 @@ def fused_linear(sd, prefix, names, fp8):
 class Sim:
     """kiln's FP8 math in PyTorch (float32 on the CPU)."""
 
-    def __init__(self, cfg, quant, sd, kv_dtype, device="cpu"):
+    def __init__(self, cfg, quant, sd, kv_dtype, device="cpu", gemm_noise=0.0):
+        self.gemm_noise = gemm_noise  # relative noise added to every linear's output (0: none)
         self.cfg = cfg
         self.fp8 = quant is not None and quant.get("quant_algo") == "FP8"
         self.kv_dtype = kv_dtype
@@ -144,9 +145,10 @@ class Sim:
 
     def linear(self, x, lin):
         w, ws, isc = lin
-        if not self.fp8:
-            return x @ w.T
-        return (q8(x, isc) @ w.T) * (isc * ws)
+        y = x @ w.T if not self.fp8 else (q8(x, isc) @ w.T) * (isc * ws)
+        if self.gemm_noise:
+            y = y * (1.0 + self.gemm_noise * torch.randn_like(y))
+        return y
 
     def rmsnorm(self, x, w):
         r = 1.0 / torch.sqrt((x * x).mean(-1, keepdim=True) + self.eps)

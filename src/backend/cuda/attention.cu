@@ -1,12 +1,15 @@
 /* Attention over the paged KV cache.
  *
  * Decode (few query tokens per sequence, possibly long context): flash-decoding. A block owns
- * (split of the context, KV head, sequence) and up to 8 query rows (query tokens x the GQA
- * heads sharing this KV head), so each K/V row is read once for all of them. Lanes split the
- * split into rounds of 32 positions per warp: one lane per position computes the scores of all
- * rows (q broadcast from shared memory), the round's softmax weights go through shared memory,
- * and one lane per 4 dims accumulates V; the 8 warps merge through shared memory, then either write
- * the FP8 output (one split) or a partial (m, l, acc) that kiln_cuda_attention_combine merges.
+ * (split of <= 256 positions, KV head, sequence) and up to 4 query rows (query tokens x the
+ * GQA heads sharing this KV head), so each K/V row is read once for all of them. Three
+ * phases with no sequential chain per position: (1) Dh/8 lanes per position compute the
+ * scores of all rows (8 dims per lane from one 8-byte K load, q in registers, a short shuffle)
+ * into shared memory; (2) one warp per row takes the split's max and sum; (3) the same lane
+ * groups accumulate the weighted V rows, and the groups are summed through shared memory.
+ * The block writes the FP8 output (one split) or a partial (m, l, acc) that
+ * kiln_cuda_attention_combine merges. (Versions with an online softmax walking positions one
+ * after another cost 20-27 us per layer at context 128: a chain of shuffles and exps.)
  * Bytes per step: kv_len * Hkv * Dh * 2 * elem per sequence and layer -- at 8K context and batch
  * 1, 512 MB per token for the 8B model, which is why long contexts split over many blocks.
  *
@@ -14,18 +17,19 @@
  * A block owns 64 query rows of one head (4 warps x 16 rows); K/V tiles of 64 positions are
  * loaded from the cache into shared memory as bf16 (FP8 codes convert exactly; the k/v scales
  * are folded into the softmax scale and the output); V's fragments come transposed through
- * ldmatrix. S and P never leave registers. Q and P are each split into bf16 hi + lo and both
- * halves multiplied, so the products carry ~16 bits: with plain bf16 Q and P the outputs were
- * 1e-2 away from the f32 CPU twin and every FP8 rounding flip they caused grew through the
- * layers (2-5% logit error after one layer); the split costs 2x tensor-core work. */
+ * ldmatrix. S and P never leave registers. Q and P are rounded to bf16, ~1e-3 relative on the
+ * outputs against the f32 CPU twin: the prefill path is at the FP8 noise level anyway (its
+ * cuBLASLt FP8 GEMMs accumulate with ~2.5e-4 error, see test_cuda_model), while short chunks
+ * of the fused decode path go to the exact f32 decode kernel instead. */
 #include <math.h>
 
 #include "common.cuh"
 #include "kernels.h"
 
-#define DEC_THREADS 256
-#define DEC_WARPS   (DEC_THREADS / 32)
-#define DEC_ROWS    8
+#define DEC_THREADS   256
+#define DEC_WARPS     (DEC_THREADS / 32)
+#define DEC_ROWS      4
+#define DEC_SPLIT_MAX 256 /* split_len must not exceed it */
 
 __device__ __forceinline__ size_t cache_index(const kiln_cuda_kv &kv, const int32_t *table, int p,
                                               int g)
@@ -35,23 +39,49 @@ __device__ __forceinline__ size_t cache_index(const kiln_cuda_kv &kv, const int3
 }
 
 /* DPL dims per lane of a K or V row as floats (codes; scales applied by the caller). */
+/* DPL consecutive K or V elements at element index idx + lane * DPL, as floats (codes; the
+ * scales are applied by the caller). */
 template <int DPL>
 __device__ __forceinline__ void load_dims(const kiln_cuda_kv &kv, const void *base, size_t idx,
                                           int lane, float (&out)[DPL])
 {
+    idx += (size_t)lane * DPL;
     if (kv.fp8) {
-        const uint8_t *p = static_cast<const uint8_t *>(base) + idx + lane * DPL;
-        if constexpr (DPL == 4) {
-            float4 f = e4m3x4_to_float4(*reinterpret_cast<const uint32_t *>(p));
-            out[0] = f.x, out[1] = f.y, out[2] = f.z, out[3] = f.w;
+        const uint8_t *p = static_cast<const uint8_t *>(base) + idx;
+        if constexpr (DPL == 16) {
+            uint4 w = *reinterpret_cast<const uint4 *>(p);
+            uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                float4 f = e4m3x4_to_float4(words[j]);
+                out[4 * j] = f.x, out[4 * j + 1] = f.y, out[4 * j + 2] = f.z, out[4 * j + 3] = f.w;
+            }
+        } else if constexpr (DPL == 8) {
+            uint2 w = *reinterpret_cast<const uint2 *>(p);
+            float4 a = e4m3x4_to_float4(w.x), c = e4m3x4_to_float4(w.y);
+            out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+            out[4] = c.x, out[5] = c.y, out[6] = c.z, out[7] = c.w;
         } else {
 #pragma unroll
             for (int i = 0; i < DPL; i++) out[i] = e4m3x4_to_float4(p[i]).x;
         }
     } else {
-        const uint16_t *p = static_cast<const uint16_t *>(base) + idx + lane * DPL;
+        const uint16_t *p = static_cast<const uint16_t *>(base) + idx;
+        if constexpr (DPL % 8 == 0) {
 #pragma unroll
-        for (int i = 0; i < DPL; i++) out[i] = bf16_bits_to_float(p[i]);
+            for (int c = 0; c < DPL / 8; c++) {
+                uint4 w = reinterpret_cast<const uint4 *>(p)[c];
+                uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    out[8 * c + 2 * j] = bf16_bits_to_float(words[j] & 0xffff);
+                    out[8 * c + 2 * j + 1] = bf16_bits_to_float(words[j] >> 16);
+                }
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < DPL; i++) out[i] = bf16_bits_to_float(p[i]);
+        }
     }
 }
 
@@ -81,160 +111,130 @@ __global__ void __launch_bounds__(DEC_THREADS)
                   kiln_cuda_kv kv, int n_heads, int split_len, float *part, float out_scale,
                   uint8_t *out8)
 {
-    constexpr int DPL = DH / 32;
-    __shared__ float qs[DEC_ROWS][DH];
-    __shared__ float ps[DEC_WARPS][DEC_ROWS][32];
-    __shared__ float sm_m[DEC_WARPS][DEC_ROWS], sm_l[DEC_WARPS][DEC_ROWS];
-    __shared__ float sm_acc[DEC_WARPS][DEC_ROWS][DH];
+    constexpr int DPL = 8;                    /* dims per lane: one 8-byte FP8 load */
+    constexpr int LPP = DH / DPL;             /* lanes per position */
+    constexpr int GROUPS = DEC_THREADS / LPP; /* positions handled at once */
+    constexpr int MAX_BLOCKS = DEC_SPLIT_MAX / 8 + 2;
+    __shared__ int32_t blk[MAX_BLOCKS];
+    __shared__ float sc[DEC_ROWS][DEC_SPLIT_MAX];
+    __shared__ float sm_m[DEC_ROWS], sm_l[DEC_ROWS];
+    __shared__ float red[GROUPS][DEC_ROWS][DH];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int group = threadIdx.x / LPP, sub = threadIdx.x % LPP;
     const int row_groups = (max_q * (n_heads / kv.n_kv_heads) + DEC_ROWS - 1) / DEC_ROWS;
     const int g = blockIdx.y / row_groups;
     dec_geom d = dec_setup(b, seqs, n_heads, kv.n_kv_heads, max_q);
     if (d.rows <= 0) return; /* a padding row group of a shorter sequence: whole block exits */
     const int n_splits = gridDim.x, sp = blockIdx.x;
     const int p_begin = sp * split_len, p_end = min(d.kv_len, p_begin + split_len);
+    const int n = p_end > p_begin ? p_end - p_begin : 0;
     const int32_t *table = b.block_table + (size_t)d.s * b.max_blocks;
     const float qk_scale = kv.k_scale * rsqrtf((float)DH);
+    const int first_blk = p_begin / kv.block_size;
+    const int n_blk = n ? (p_end - 1) / kv.block_size - first_blk + 1 : 0;
+    for (int i = threadIdx.x; i < n_blk && i < MAX_BLOCKS; i += DEC_THREADS)
+        blk[i] = table[first_blk + i];
 
+    float qr[DEC_ROWS][DPL];
     int qpos[DEC_ROWS];
 #pragma unroll
     for (int r = 0; r < DEC_ROWS; r++) {
-        int row = d.row0 + r, tq = row / d.G;
-        qpos[r] = r < d.rows ? b.positions[d.t0 + tq] : -1;
+        int row = d.row0 + r, tq = row / d.G, h = g * d.G + row % d.G;
+        bool live = r < d.rows;
+        qpos[r] = live ? b.positions[d.t0 + tq] : -1;
+        const float *qp = q + ((size_t)(d.t0 + tq) * n_heads + h) * DH + sub * DPL;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) qr[r][i] = live ? qp[i] : 0.0f;
     }
-    for (int e = threadIdx.x; e < DEC_ROWS * DH; e += DEC_THREADS) {
-        int r = e / DH, dim = e % DH, row = d.row0 + r;
-        int tq = row / d.G, h = g * d.G + row % d.G;
-        qs[r][dim] = r < d.rows ? q[((size_t)(d.t0 + tq) * n_heads + h) * DH + dim] : 0.0f;
+    __syncthreads();
+    auto index_of = [&](int p) -> size_t {
+        int bi = p / kv.block_size - first_blk;
+        int phys = bi < MAX_BLOCKS ? blk[bi] : table[p / kv.block_size];
+        return (((size_t)phys * kv.n_kv_heads + g) * kv.block_size + p % kv.block_size) * DH +
+               sub * DPL;
+    };
+
+    /* 1. scores: LPP lanes per position, every position independent. The loop runs the same
+     * number of times in every lane of a warp (the shuffles need all 32 lanes). */
+    const int warp_pos = warp * (32 / LPP), slot = lane / LPP;
+#pragma unroll 2
+    for (int j0 = warp_pos; j0 < n; j0 += GROUPS) {
+        const int j = j0 + slot, p = p_begin + j;
+        const bool live = j < n;
+        float kd[DPL];
+        if (live)
+            load_dims<DPL>(kv, kv.k, index_of(p), 0, kd);
+        else
+#pragma unroll
+            for (int i = 0; i < DPL; i++) kd[i] = 0.0f;
+#pragma unroll
+        for (int r = 0; r < DEC_ROWS; r++) {
+            float dot = 0.0f;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) dot += qr[r][i] * kd[i];
+#pragma unroll
+            for (int off = 1; off < LPP; off <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+            if (sub == 0 && live)
+                sc[r][j] = r < d.rows && p <= qpos[r] ? dot * qk_scale : -INFINITY;
+        }
     }
     __syncthreads();
 
-    float acc[DEC_ROWS][DPL], m[DEC_ROWS], l[DEC_ROWS];
+    /* 2. softmax statistics of the split: warp r owns row r */
+    if (warp < DEC_ROWS) {
+        const int r = warp;
+        float mx = -INFINITY;
+        for (int j = lane; j < n; j += 32) mx = fmaxf(mx, sc[r][j]);
+        mx = warp_max(mx);
+        const float base = mx == -INFINITY ? 0.0f : mx;
+        float sum = 0.0f;
+        for (int j = lane; j < n; j += 32) {
+            float w = expf(sc[r][j] - base);
+            sc[r][j] = w;
+            sum += w;
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) sm_m[r] = mx, sm_l[r] = sum;
+    }
+    __syncthreads();
+
+    /* 3. weighted V: each group sums its positions, then the groups are added up */
+    float acc[DEC_ROWS][DPL];
 #pragma unroll
-    for (int r = 0; r < DEC_ROWS; r++) {
-        m[r] = -INFINITY;
-        l[r] = 0.0f;
+    for (int r = 0; r < DEC_ROWS; r++)
 #pragma unroll
         for (int i = 0; i < DPL; i++) acc[r][i] = 0.0f;
-    }
-
-    /* rounds of 32 positions per warp: scores with one lane per position (a whole K row per
-     * lane, q broadcast from shared memory, no shuffles), then the softmax weights go through
-     * shared memory to the V pass, which has one lane per 4 dims (coalesced V rows). */
-    for (int base = p_begin + warp * 32; base < p_end; base += DEC_THREADS) {
-        const int p = base + lane;
-        const bool live = p < p_end;
-        float sc[DEC_ROWS];
-#pragma unroll
-        for (int r = 0; r < DEC_ROWS; r++) sc[r] = 0.0f;
-        if (live) {
-            size_t idx = cache_index(kv, table, p, g);
-            if (kv.fp8) {
-                const uint4 *kr =
-                    reinterpret_cast<const uint4 *>(static_cast<const uint8_t *>(kv.k) + idx);
-                uint4 kw[DH / 16];
-#pragma unroll
-                for (int c = 0; c < DH / 16; c++) kw[c] = kr[c];
-#pragma unroll
-                for (int c = 0; c < DH / 16; c++) {
-                    uint32_t words[4] = {kw[c].x, kw[c].y, kw[c].z, kw[c].w};
-#pragma unroll
-                    for (int wi = 0; wi < 4; wi++) {
-                        float4 f = e4m3x4_to_float4(words[wi]);
-                        int d0 = c * 16 + wi * 4;
-#pragma unroll
-                        for (int r = 0; r < DEC_ROWS; r++)
-                            sc[r] += qs[r][d0] * f.x + qs[r][d0 + 1] * f.y + qs[r][d0 + 2] * f.z +
-                                     qs[r][d0 + 3] * f.w;
-                    }
-                }
-            } else {
-                const uint4 *kr =
-                    reinterpret_cast<const uint4 *>(static_cast<const uint16_t *>(kv.k) + idx);
-#pragma unroll 4
-                for (int c = 0; c < DH / 8; c++) {
-                    uint4 kw = kr[c];
-                    uint32_t words[4] = {kw.x, kw.y, kw.z, kw.w};
-#pragma unroll
-                    for (int wi = 0; wi < 4; wi++) {
-                        float lo = bf16_bits_to_float(words[wi] & 0xffff),
-                              hi = bf16_bits_to_float(words[wi] >> 16);
-                        int d0 = c * 8 + wi * 2;
-#pragma unroll
-                        for (int r = 0; r < DEC_ROWS; r++)
-                            sc[r] += qs[r][d0] * lo + qs[r][d0 + 1] * hi;
-                    }
-                }
-            }
-        }
-        const int n_live = min(32, p_end - base);
+#pragma unroll 2
+    for (int j = group; j < n; j += GROUPS) {
+        float vd[DPL];
+        load_dims<DPL>(kv, kv.v, index_of(p_begin + j), 0, vd);
 #pragma unroll
         for (int r = 0; r < DEC_ROWS; r++) {
-            if (r >= d.rows) break;
-            float s = live && p <= qpos[r] ? sc[r] * qk_scale : -INFINITY;
-            float m_tile = warp_max(s);
-            float m_new = fmaxf(m[r], m_tile);
-            float base_m = m_new == -INFINITY ? 0.0f : m_new;
-            float w = expf(s - base_m);
-            float corr = expf(m[r] - base_m);
-            l[r] = l[r] * corr + warp_sum(w);
-            m[r] = m_new;
+            const float w = sc[r][j];
 #pragma unroll
-            for (int i = 0; i < DPL; i++) acc[r][i] *= corr;
-            ps[warp][r][lane] = w;
+            for (int i = 0; i < DPL; i++) acc[r][i] += w * vd[i];
         }
-        __syncwarp();
-        for (int j0 = 0; j0 < n_live; j0 += 8) {
-            float vd[8][DPL];
-#pragma unroll
-            for (int u = 0; u < 8; u++)
-                if (j0 + u < n_live)
-                    load_dims<DPL>(kv, kv.v, cache_index(kv, table, base + j0 + u, g), lane, vd[u]);
-#pragma unroll
-            for (int u = 0; u < 8; u++) {
-                if (j0 + u >= n_live) break;
-#pragma unroll
-                for (int r = 0; r < DEC_ROWS; r++) {
-                    if (r >= d.rows) break;
-                    float w = ps[warp][r][j0 + u];
-#pragma unroll
-                    for (int i = 0; i < DPL; i++) acc[r][i] += w * vd[u][i];
-                }
-            }
-        }
-        __syncwarp();
     }
-
-    /* merge the warps: (m, l, acc) per warp and row in shared memory */
 #pragma unroll
-    for (int r = 0; r < DEC_ROWS; r++) {
-        if (lane == 0) sm_m[warp][r] = m[r], sm_l[warp][r] = l[r];
+    for (int r = 0; r < DEC_ROWS; r++)
 #pragma unroll
-        for (int i = 0; i < DPL; i++) sm_acc[warp][r][lane * DPL + i] = acc[r][i];
-    }
+        for (int i = 0; i < DPL; i++) red[group][r][sub * DPL + i] = acc[r][i];
     __syncthreads();
     for (int e = threadIdx.x; e < d.rows * DH; e += DEC_THREADS) {
         int r = e / DH, dim = e % DH;
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, sm_m[w][r]);
-        float L = 0.0f, A = 0.0f;
-#pragma unroll
-        for (int w = 0; w < DEC_WARPS; w++) {
-            float f = sm_m[w][r] == -INFINITY ? 0.0f : expf(sm_m[w][r] - M);
-            L += sm_l[w][r] * f;
-            A += sm_acc[w][r][dim] * f;
-        }
+        float A = 0.0f;
+#pragma unroll 8
+        for (int gi = 0; gi < GROUPS; gi++) A += red[gi][r][dim];
         int row = d.row0 + r;
         int tq = row / d.G, h = g * d.G + row % d.G;
         if (n_splits == 1) {
-            float o = A / L * kv.v_scale;
+            float o = A / sm_l[r] * kv.v_scale;
             out8[(size_t)(d.t0 + tq) * n_heads * DH + h * DH + dim] =
                 to_e4m3(o * (1.0f / out_scale));
         } else {
             float *pp = part + ((((size_t)blockIdx.z * max_q + tq) * n_heads + h) * n_splits + sp) *
                                    (DH + 2);
-            if (dim == 0) pp[0] = M, pp[1] = L;
+            if (dim == 0) pp[0] = sm_m[r], pp[1] = sm_l[r];
             pp[2 + dim] = A;
         }
     }
@@ -276,6 +276,7 @@ extern "C" int kiln_cuda_attention_decode(const float *q, struct kiln_cuda_batch
                                           int split_len, float *part, float out_scale,
                                           uint8_t *out8, kiln_stream stream)
 {
+    if (split_len > DEC_SPLIT_MAX || split_len < 1) return cudaErrorInvalidValue;
     int G = n_heads / kv.n_kv_heads;
     int row_groups = (max_q_per_seq * G + DEC_ROWS - 1) / DEC_ROWS;
     dim3 grid(n_splits, kv.n_kv_heads * row_groups, n_list);
@@ -312,15 +313,6 @@ extern "C" int kiln_cuda_attention_combine(const float *part, struct kiln_cuda_b
 #define FA_ROWS    64
 #define FA_KEYS    64
 #define FA_THREADS 128
-
-/* Splits x into bf16 hi + lo (x - hi rounded again): hi + lo carries ~16 significant bits,
- * so two bf16 products approximate one f32 product to ~1e-5. */
-__device__ __forceinline__ void split_bf16x2(float a, float b, uint32_t &hi, uint32_t &lo)
-{
-    hi = pack_bf16x2(a, b);
-    float ah = bf16_bits_to_float(hi & 0xffff), bh = bf16_bits_to_float(hi >> 16);
-    lo = pack_bf16x2(a - ah, b - bh);
-}
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *smem_row)
 {
@@ -372,18 +364,18 @@ __global__ void __launch_bounds__(FA_THREADS)
     const int key_end = min(b.kv_len[s], p0 + min(qt0 + FA_ROWS, lq));
     const float scale_log2 = kv.k_scale * rsqrtf((float)DH) * 1.4426950408889634f;
 
-    /* this warp's 16 rows: r_lo = qt0 + 16 warp + gq, r_hi = r_lo + 8; Q as bf16 hi + lo */
+    /* this warp's 16 rows: r_lo = qt0 + 16 warp + gq, r_hi = r_lo + 8; Q as bf16 */
     const int r_lo = qt0 + warp * 16 + gq, r_hi = r_lo + 8;
-    uint32_t qh[KS][4], ql[KS][4];
+    uint32_t qh[KS][4];
 #pragma unroll
     for (int ks = 0; ks < KS; ks++) {
         const float *pl = q + ((size_t)(t0 + r_lo) * n_heads + h) * DH + ks * 16 + 2 * qd;
         const float *ph = q + ((size_t)(t0 + r_hi) * n_heads + h) * DH + ks * 16 + 2 * qd;
         bool vl = r_lo < lq, vh = r_hi < lq;
-        split_bf16x2(vl ? pl[0] : 0.0f, vl ? pl[1] : 0.0f, qh[ks][0], ql[ks][0]);
-        split_bf16x2(vh ? ph[0] : 0.0f, vh ? ph[1] : 0.0f, qh[ks][1], ql[ks][1]);
-        split_bf16x2(vl ? pl[8] : 0.0f, vl ? pl[9] : 0.0f, qh[ks][2], ql[ks][2]);
-        split_bf16x2(vh ? ph[8] : 0.0f, vh ? ph[9] : 0.0f, qh[ks][3], ql[ks][3]);
+        qh[ks][0] = vl ? pack_bf16x2(pl[0], pl[1]) : 0u;
+        qh[ks][1] = vh ? pack_bf16x2(ph[0], ph[1]) : 0u;
+        qh[ks][2] = vl ? pack_bf16x2(pl[8], pl[9]) : 0u;
+        qh[ks][3] = vh ? pack_bf16x2(ph[8], ph[9]) : 0u;
     }
     const int qpos_lo = p0 + r_lo, qpos_hi = p0 + r_hi;
 
@@ -410,7 +402,7 @@ __global__ void __launch_bounds__(FA_THREADS)
         }
         __syncthreads();
 
-        /* S (16 x 64) = Q K^T for this warp's rows, as Qhi K + Qlo K */
+        /* S (16 x 64) = Q K^T for this warp's rows */
         float sc[8][4];
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) {
@@ -421,7 +413,6 @@ __global__ void __launch_bounds__(FA_THREADS)
                 uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + ks * 16);
                 uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + ks * 16 + 8);
                 mma_bf16_16x8x16(sc[nt], qh[ks], b0, b1);
-                mma_bf16_16x8x16(sc[nt], ql[ks], b0, b1);
             }
         }
         /* scale, causal mask, tile row max */
@@ -464,24 +455,21 @@ __global__ void __launch_bounds__(FA_THREADS)
             o[i][0] *= corr_lo, o[i][1] *= corr_lo;
             o[i][2] *= corr_hi, o[i][3] *= corr_hi;
         }
-        /* O += P V with P as bf16 hi + lo; P's accumulator layout is the A-fragment layout of the
-         * next mma; V's B fragments come transposed from row-major Vs through ldmatrix */
+        /* O += P V with P as bf16; P's accumulator layout is the A-fragment layout of the next
+         * mma; V's B fragments come transposed from row-major Vs through ldmatrix */
 #pragma unroll
         for (int kt = 0; kt < 4; kt++) {
-            uint32_t ph[4], pl[4];
-            split_bf16x2(sc[2 * kt][0], sc[2 * kt][1], ph[0], pl[0]);
-            split_bf16x2(sc[2 * kt][2], sc[2 * kt][3], ph[1], pl[1]);
-            split_bf16x2(sc[2 * kt + 1][0], sc[2 * kt + 1][1], ph[2], pl[2]);
-            split_bf16x2(sc[2 * kt + 1][2], sc[2 * kt + 1][3], ph[3], pl[3]);
+            uint32_t ph[4] = {pack_bf16x2(sc[2 * kt][0], sc[2 * kt][1]),
+                              pack_bf16x2(sc[2 * kt][2], sc[2 * kt][3]),
+                              pack_bf16x2(sc[2 * kt + 1][0], sc[2 * kt + 1][1]),
+                              pack_bf16x2(sc[2 * kt + 1][2], sc[2 * kt + 1][3])};
             const int key_row = kt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
 #pragma unroll
             for (int dt = 0; dt < DT; dt += 2) {
                 uint32_t vb[4];
                 ldmatrix_x4_trans(vb, Vs + key_row * LD + (dt + (lane >> 4)) * 8);
                 mma_bf16_16x8x16(o[dt], ph, vb[0], vb[1]);
-                mma_bf16_16x8x16(o[dt], pl, vb[0], vb[1]);
                 mma_bf16_16x8x16(o[dt + 1], ph, vb[2], vb[3]);
-                mma_bf16_16x8x16(o[dt + 1], pl, vb[2], vb[3]);
             }
         }
     }

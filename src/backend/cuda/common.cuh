@@ -105,4 +105,22 @@ __device__ __forceinline__ uint4 ldg_stream(const void *p)
     return r;
 }
 
+/* Asynchronous 16-byte global -> shared copy, cached in L2 only (weights are streamed once). */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
+{
+    unsigned addr = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(addr), "l"(gmem));
+}
+
+__device__ __forceinline__ void cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+/* Waits until at most N of this thread's committed groups are still in flight. */
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
 #endif

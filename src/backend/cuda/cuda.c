@@ -268,7 +268,7 @@ static enum kiln_status algo_for(struct cuda_state *s, const struct cuda_linear 
 static enum kiln_status lt_gemm(struct cuda_state *s, const struct cuda_linear *l, const void *x,
                                 int n, float *d, int ldc, bool accumulate, struct kiln_error *err)
 {
-    struct algo_entry *e;
+    struct algo_entry *e = NULL;
     enum kiln_status st = algo_for(s, l, n, ldc, accumulate, &e, err);
     if (st) return st;
     float alpha = l->out_scale, beta = accumulate ? 1.0f : 0.0f;
@@ -286,7 +286,7 @@ static enum kiln_status lt_gemm(struct cuda_state *s, const struct cuda_linear *
 struct step {
     struct kiln_cuda_batch kb;
     const int32_t *out_rows, *dec_list, *pre_list;
-    int n_out, n_dec, n_pre, max_q;
+    int n_out, n_dec, n_pre, max_q, dec_max_q;
     int n_splits, split_bucket; /* decode attention grid: splits of SPLIT_LEN positions */
 };
 
@@ -315,17 +315,24 @@ static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_b
     size_t o_out = o;
     memcpy(h + o, bt->out_rows, (size_t)bt->n_out * 4), o += (size_t)bt->n_out;
     size_t o_dec = o;
-    int n_dec = 0, n_pre = 0, max_q = 0, max_dec_kv = 1;
-    for (int q = 0; q < ns; q++)
-        if (bt->seq_start[q + 1] - bt->seq_start[q] == 1) {
+    /* Attention lists: the exact f32 flash-decoding kernel takes single decode tokens, and in
+     * the fused path (<= 8 tokens) also short prompt chunks (up to 8 query tokens each); longer
+     * chunks go to the FlashAttention kernel. */
+    bool fused = n <= DECODE_MAX_TOKENS;
+    int n_dec = 0, n_pre = 0, max_q = 0, dec_max_q = 1, max_dec_kv = 1;
+    for (int q = 0; q < ns; q++) {
+        int len = bt->seq_start[q + 1] - bt->seq_start[q];
+        if (len == 1 || fused) {
             h[o + (size_t)n_dec++] = q;
             if (bt->kv_len[q] > max_dec_kv) max_dec_kv = bt->kv_len[q];
+            if (len > dec_max_q) dec_max_q = len;
         }
+    }
     o += (size_t)n_dec;
     size_t o_pre = o;
     for (int q = 0; q < ns; q++) {
         int len = bt->seq_start[q + 1] - bt->seq_start[q];
-        if (len > 1) {
+        if (len > 1 && !fused) {
             h[o + (size_t)n_pre++] = q;
             if (len > max_q) max_q = len;
         }
@@ -352,6 +359,7 @@ static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_b
     st->n_dec = n_dec;
     st->n_pre = n_pre;
     st->max_q = max_q;
+    st->dec_max_q = dec_max_q;
     /* as few splits as the longest context needs, rounded up to a power of two so that decode
      * graphs come in a handful of shapes */
     int need = (max_dec_kv + SPLIT_LEN - 1) / SPLIT_LEN, bucket = 0;
@@ -389,13 +397,13 @@ static enum kiln_status attention(struct kiln_backend *b, const struct step *st,
     struct cuda_state *s = b->impl;
     const struct kiln_config *c = &b->model->cfg;
     if (st->n_dec) {
-        K_TRY(kiln_cuda_attention_decode(s->q, st->kb, st->dec_list, st->n_dec, 1, L->kv,
-                                         c->n_heads, st->n_splits, SPLIT_LEN, s->part,
+        K_TRY(kiln_cuda_attention_decode(s->q, st->kb, st->dec_list, st->n_dec, st->dec_max_q,
+                                         L->kv, c->n_heads, st->n_splits, SPLIT_LEN, s->part,
                                          L->o.in_scale, s->x8, s->stream));
         if (st->n_splits > 1)
-            K_TRY(kiln_cuda_attention_combine(s->part, st->kb, st->dec_list, st->n_dec, 1,
-                                              c->n_heads, c->head_dim, st->n_splits, L->kv.v_scale,
-                                              L->o.in_scale, s->x8, s->stream));
+            K_TRY(kiln_cuda_attention_combine(s->part, st->kb, st->dec_list, st->n_dec,
+                                              st->dec_max_q, c->n_heads, c->head_dim, st->n_splits,
+                                              L->kv.v_scale, L->o.in_scale, s->x8, s->stream));
     }
     if (st->n_pre)
         K_TRY(kiln_cuda_attention_prefill(s->q, st->kb, st->pre_list, st->n_pre, st->max_q, L->kv,
@@ -879,7 +887,11 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
     CUDA_TRY(cudaMalloc((void **)&s->q, (size_t)T * qdim * 4));
     CUDA_TRY(cudaMalloc((void **)&s->x8, (size_t)imax(T, S) * imax(imax(d, f), qdim) * 2));
     CUDA_TRY(cudaMalloc((void **)&s->logits, (size_t)S * c->vocab_size * 4));
-    long part = kiln_cuda_attention_part_floats(S, 1, c->n_heads, c->head_dim, s->max_splits);
+    /* partials: S decode tokens, or up to 8 sequences x 8 query tokens in the fused path */
+    int part_rows =
+        S > DECODE_MAX_TOKENS * DECODE_MAX_TOKENS ? S : DECODE_MAX_TOKENS * DECODE_MAX_TOKENS;
+    long part =
+        kiln_cuda_attention_part_floats(part_rows, 1, c->n_heads, c->head_dim, s->max_splits);
     CUDA_TRY(cudaMalloc((void **)&s->part, (size_t)part * 4));
     s->meta_cap = (size_t)3 * T + 5 * (size_t)S + 1 + (size_t)S * s->max_blocks;
     CUDA_TRY(cudaMallocHost((void **)&s->h_meta, s->meta_cap * 4));

@@ -20,22 +20,36 @@ extern "C" int kiln_cuda_embed(const uint16_t *embed, const int32_t *tokens, int
     return cudaGetLastError();
 }
 
-/* One block per row: sum of squares, then y = x * r * w quantized (FP8) or rounded (bf16). */
+/* One block per row: sum of squares, then y = x * r * w quantized (FP8) or rounded (bf16);
+ * 16-byte loads (d is a multiple of 4). */
 __global__ void k_rmsnorm_quant(const float *x, const int32_t *rows, const uint16_t *w, float eps,
                                 int d, float scale, uint8_t *x8, uint16_t *xb)
 {
     __shared__ float scratch[32];
     int t = blockIdx.x;
-    const float *xr = x + (size_t)(rows ? rows[t] : t) * d;
+    const float4 *xr = reinterpret_cast<const float4 *>(x + (size_t)(rows ? rows[t] : t) * d);
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+    for (int i = threadIdx.x; i < d / 4; i += blockDim.x) {
+        float4 v = xr[i];
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
     ss = block_sum(ss, scratch);
     float r = 1.0f / sqrtf(ss / (float)d + eps);
     float inv = 1.0f / scale;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        float y = xr[i] * r * bf16_bits_to_float(w[i]);
-        if (x8) x8[(size_t)t * d + i] = to_e4m3(y * inv);
-        if (xb) xb[(size_t)t * d + i] = float_to_bf16_bits(y);
+    for (int i = threadIdx.x; i < d / 4; i += blockDim.x) {
+        float4 v = xr[i];
+        uint2 wb = reinterpret_cast<const uint2 *>(w)[i];
+        float y0 = v.x * r * bf16_bits_to_float(wb.x & 0xffff);
+        float y1 = v.y * r * bf16_bits_to_float(wb.x >> 16);
+        float y2 = v.z * r * bf16_bits_to_float(wb.y & 0xffff);
+        float y3 = v.w * r * bf16_bits_to_float(wb.y >> 16);
+        if (x8)
+            reinterpret_cast<uint32_t *>(x8 + (size_t)t * d)[i] =
+                (uint32_t)to_e4m3(y0 * inv) | ((uint32_t)to_e4m3(y1 * inv) << 8) |
+                ((uint32_t)to_e4m3(y2 * inv) << 16) | ((uint32_t)to_e4m3(y3 * inv) << 24);
+        if (xb)
+            reinterpret_cast<uint2 *>(xb + (size_t)t * d)[i] =
+                make_uint2(pack_bf16x2(y0, y1), pack_bf16x2(y2, y3));
     }
 }
 
@@ -43,6 +57,7 @@ extern "C" int kiln_cuda_rmsnorm_quant(const float *x, const int32_t *rows, cons
                                        float eps, int n, int d, float scale, uint8_t *x8,
                                        uint16_t *xb, kiln_stream stream)
 {
+    if (d % 4) return cudaErrorInvalidValue;
     k_rmsnorm_quant<<<n, 256, 0, stream>>>(x, rows, w, eps, d, scale, x8, xb);
     return cudaGetLastError();
 }
