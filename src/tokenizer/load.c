@@ -1058,6 +1058,11 @@ int kiln_tokenizer_eos(const struct kiln_tokenizer *tok, const int32_t **ids)
     return tok->eos_n;
 }
 
+int32_t kiln_tokenizer_token_id(const struct kiln_tokenizer *tok, const char *token)
+{
+    return tk_token_id(tok, token, strlen(token));
+}
+
 bool kiln_tokenizer_is_special(const struct kiln_tokenizer *tok, int32_t id)
 {
     return id >= 0 && id < tok->vocab_n && tok->is_special[id];

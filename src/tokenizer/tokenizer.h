@@ -25,9 +25,14 @@ int32_t kiln_tokenizer_bos(const struct kiln_tokenizer *tok);        /* -1 when 
 /* Every end-of-sequence id (Llama 3.1: 128001, 128008, 128009); returns the count. */
 int kiln_tokenizer_eos(const struct kiln_tokenizer *tok, const int32_t **ids);
 bool kiln_tokenizer_is_special(const struct kiln_tokenizer *tok, int32_t id);
+/* The id of a token given as its string ("<|eot_id|>", or a vocabulary entry in the file's own
+ * form, e.g. "Ġthe"); -1 when there is none. */
+int32_t kiln_tokenizer_token_id(const struct kiln_tokenizer *tok, const char *token);
 
 /* text (len bytes, any bytes) -> ids; add_special adds what the post-processor adds (BOS).
- * *ids is malloc'ed; the caller frees it. */
+ * *ids is malloc'ed; the caller frees it. Invalid UTF-8 is first replaced by U+FFFD (one per
+ * maximal ill-formed subpart, as Python's errors="replace" hands such bytes to HF). Text from a
+ * chat template already spells BOS: encode it with add_special=false. Thread-safe. */
 enum kiln_status kiln_tokenizer_encode(const struct kiln_tokenizer *tok, const char *text,
                                        size_t len, bool add_special, int32_t **ids, size_t *n,
                                        struct kiln_error *err);
@@ -41,7 +46,9 @@ enum kiln_status kiln_tokenizer_decode(const struct kiln_tokenizer *tok, const i
 struct kiln_detok;
 struct kiln_detok *kiln_detok_create(const struct kiln_tokenizer *tok, bool skip_special);
 void kiln_detok_free(struct kiln_detok *d);
-/* Appends the new text (possibly empty) to *out (malloc'ed, NUL-terminated, caller frees). */
+/* Appends the new text (possibly empty) to *out (malloc'ed, NUL-terminated, caller frees):
+ * *out == NULL starts a new string, else *out and *len are an earlier result to extend. Ids outside
+ * the vocabulary are KILN_ERR_INVALID. One detok per sequence; not shared between threads. */
 enum kiln_status kiln_detok_push(struct kiln_detok *d, int32_t id, char **out, size_t *len,
                                  struct kiln_error *err);
 /* Emits what is held back (incomplete UTF-8 at the end becomes U+FFFD). */

@@ -126,6 +126,9 @@ static void test_configs(void **state)
     assert_true(kiln_tokenizer_is_special(tok, 128009));
     assert_false(kiln_tokenizer_is_special(tok, 9906));
     assert_true(kiln_tokenizer_has_chat_template(tok));
+    assert_int_equal(kiln_tokenizer_token_id(tok, "<|eot_id|>"), 128009);
+    assert_int_equal(kiln_tokenizer_token_id(tok, "\xC4\xA0the"), 279); /* "Ġthe" */
+    assert_int_equal(kiln_tokenizer_token_id(tok, "no such token"), -1);
     kiln_tokenizer_free(tok);
 
     /* without generation_config: the tokenizer_config eos alone */
