@@ -167,32 +167,8 @@ size_t tk_utf8_bad_len(const unsigned char *s, size_t n)
     return i < (size_t)len ? 0 : i; /* 0: a valid prefix cut short by the end */
 }
 
-void tk_utf8_lossy(struct tk_buf *b, const char *s, size_t n)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0, run = 0;
-    while (i < n) {
-        if (u[i] < 0x80) {
-            i++;
-            continue;
-        }
-        uint32_t cp;
-        int k = tk_utf8_decode(u + i, n - i, &cp);
-        if (k > 0) {
-            i += (size_t)k;
-            continue;
-        }
-        tk_buf_put(b, s + run, i - run);
-        size_t bad = tk_utf8_bad_len(u + i, n - i);
-        if (bad == 0) bad = n - i; /* incomplete at the very end: one U+FFFD */
-        tk_buf_put(b, "\xEF\xBF\xBD", 3);
-        i += bad;
-        run = i;
-    }
-    tk_buf_put(b, s + run, n - run);
-}
-
-bool tk_utf8_valid(const char *s, size_t n)
+/* Length of the longest well-formed prefix of s[0..n). */
+static size_t valid_prefix(const char *s, size_t n)
 {
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0;
@@ -203,10 +179,31 @@ bool tk_utf8_valid(const char *s, size_t n)
         }
         uint32_t cp;
         int k = tk_utf8_decode(u + i, n - i, &cp);
-        if (k == 0) return false;
+        if (k == 0) break;
         i += (size_t)k;
     }
-    return true;
+    return i;
+}
+
+void tk_utf8_lossy(struct tk_buf *b, const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        size_t ok = valid_prefix(s + i, n - i);
+        tk_buf_put(b, s + i, ok);
+        i += ok;
+        if (i >= n) break;
+        size_t bad = tk_utf8_bad_len(u + i, n - i);
+        if (bad == 0) bad = n - i; /* incomplete at the very end: one U+FFFD */
+        tk_buf_put(b, "\xEF\xBF\xBD", 3);
+        i += bad;
+    }
+}
+
+bool tk_utf8_valid(const char *s, size_t n)
+{
+    return valid_prefix(s, n) == n;
 }
 
 size_t tk_utf8_count(const char *s, size_t n)
