@@ -146,6 +146,46 @@ static void test_configs(void **state)
     kiln_tokenizer_free(tok);
 }
 
+/* chat_template as a named list: "default", and "tool_use" when tools are given */
+static void test_named_templates(void **state)
+{
+    (void)state;
+    const char *d = tmp_dir("named_templates");
+    char target[4200];
+    snprintf(target, sizeof target, "%s/tokenizer.json", tk_test_tokenizer_dir("llama2"));
+    link_file(d, "tokenizer.json", target);
+    write_file(d, "tokenizer_config.json",
+               "{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"chat_template\": ["
+               "{\"name\": \"tool_use\", \"template\": \"T{{ tools | length }}{{ bos_token }}\"},"
+               "{\"name\": \"default\", \"template\": \"D{% for m in messages %}{{ m.content "
+               "}}{% endfor %}{{ eos_token }}\"}]}");
+    struct kiln_tokenizer *tok;
+    struct kiln_error err = {0};
+    assert_int_equal(kiln_tokenizer_load(d, &tok, &err), KILN_OK);
+    char *out;
+    size_t len;
+    const char *msgs = "[{\"role\": \"user\", \"content\": \"hi\"}]";
+    assert_int_equal(kiln_tokenizer_apply_chat_template(tok, msgs, false, NULL, &out, &len, &err),
+                     KILN_OK);
+    assert_string_equal(out, "Dhi</s>");
+    free(out);
+    assert_int_equal(kiln_tokenizer_apply_chat_template(tok, msgs, false,
+                                                        "{\"tools\": [{\"a\": 1}, {\"b\": 2}]}",
+                                                        &out, &len, &err),
+                     KILN_OK);
+    assert_string_equal(out, "T2<s>");
+    free(out);
+    /* bad requests are request errors */
+    assert_int_equal(kiln_tokenizer_apply_chat_template(tok, "[]", true, NULL, &out, &len, &err),
+                     KILN_ERR_INVALID);
+    assert_int_equal(
+        kiln_tokenizer_apply_chat_template(tok, "{\"x\":1}", true, NULL, &out, &len, &err),
+        KILN_ERR_INVALID);
+    assert_int_equal(kiln_tokenizer_apply_chat_template(tok, msgs, true, "[1]", &out, &len, &err),
+                     KILN_ERR_INVALID);
+    kiln_tokenizer_free(tok);
+}
+
 static char *push(struct kiln_detok *d, int32_t id)
 {
     char *out = NULL;
@@ -299,9 +339,8 @@ static void test_threads(void **state)
 int main(void)
 {
     const struct CMUnitTest all[] = {
-        cmocka_unit_test(test_load_errors),
-        cmocka_unit_test(test_configs),
-        cmocka_unit_test(test_streaming),
+        cmocka_unit_test(test_load_errors),     cmocka_unit_test(test_configs),
+        cmocka_unit_test(test_named_templates), cmocka_unit_test(test_streaming),
         cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(all, NULL, NULL);
