@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes src/tokenizer/nfc_data.c: the Unicode tables kiln's NFC normalizer needs (canonical
 combining classes, canonical decompositions, primary composites), read from Python's
-unicodedata. Usage: python3 tools/tokenizer/gen_nfc_tables.py > src/tokenizer/nfc_data.c"""
+unicodedata. Usage: python3 tools/tokenizer/gen_nfc_tables.py > src/tokenizer/nfc_data.c &&
+clang-format -i src/tokenizer/nfc_data.c"""
 import sys
 import unicodedata as ud
 
