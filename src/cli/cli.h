@@ -4,6 +4,7 @@
 #define KILN_CLI_CLI_H
 
 int kiln_cmd_generate(int argc, char **argv);
+int kiln_cmd_serve(int argc, char **argv);
 int kiln_cmd_bench(int argc, char **argv);
 int kiln_cmd_tokenize(int argc, char **argv);
 int kiln_cmd_template(int argc, char **argv);

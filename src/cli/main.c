@@ -21,6 +21,7 @@ struct command {
 
 static const struct command commands[] = {
     {"version", cmd_version, "print the version"},
+    {"serve", kiln_cmd_serve, "OpenAI-compatible HTTP server for a model"},
     {"bench", kiln_cmd_bench, "benchmark: --throughput under load, else latency"},
     {"mkmodel", kiln_cmd_mkmodel, "write a random-weight test checkpoint (HF ModelOpt FP8)"},
     {"tokenize", kiln_cmd_tokenize, "text on stdin -> token ids (JSON)"},

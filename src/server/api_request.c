@@ -1,0 +1,706 @@
+/* Request bodies -> struct kiln_api_request, with OpenAI's validation rules and errors. Every
+ * rejection names the offending parameter, so a client sees which field to fix; nothing here
+ * trusts the body (it is fuzzed by fuzz/fuzz_request.c). */
+#include "api.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum kiln_status kiln_api_errorf(struct kiln_api_error *err, int status, const char *code,
+                                 const char *param, const char *fmt, ...)
+{
+    if (!err) return status >= 500 ? KILN_ERR_INTERNAL : KILN_ERR_INVALID;
+    err->status = status;
+    switch (status) {
+    case 429:
+        err->type = "rate_limit_error";
+        break;
+    case 500:
+    case 503:
+        err->type = "server_error";
+        break;
+    default:
+        err->type = "invalid_request_error";
+        break;
+    }
+    err->code = code;
+    snprintf(err->param, sizeof err->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return status >= 500 ? KILN_ERR_INTERNAL : KILN_ERR_INVALID;
+}
+
+char *kiln_api_error_body(const struct kiln_api_error *err)
+{
+    json_t *o = json_pack("{s:{s:s,s:s,s:o,s:o}}", "error", "message", err->message, "type",
+                          err->type ? err->type : "invalid_request_error", "param",
+                          err->param[0] ? json_string(err->param) : json_null(), "code",
+                          err->code ? json_string(err->code) : json_null());
+    if (!o) return NULL;
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
+static enum kiln_status bad(struct kiln_api_error *err, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static enum kiln_status bad(struct kiln_api_error *err, const char *param, const char *fmt, ...)
+{
+    char msg[sizeof err->message];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return kiln_api_errorf(err, 400, NULL, param, "%s", msg);
+}
+
+static enum kiln_status nomem(struct kiln_api_error *err)
+{
+    return kiln_api_errorf(err, 500, NULL, NULL, "out of memory");
+}
+
+static const char *type_name(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
+    case JSON_INTEGER:
+        return "an integer";
+    case JSON_REAL:
+        return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "a boolean";
+    case JSON_NULL:
+        return "null";
+    }
+    return "a value";
+}
+
+/* Field getters: an absent or null field leaves *out alone and succeeds. */
+
+static enum kiln_status get_number(const json_t *o, const char *key, double lo, double hi,
+                                   double *out, struct kiln_api_error *err)
+{
+    const json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) return KILN_OK;
+    if (!json_is_number(v))
+        return bad(err, key, "'%s' must be a number, got %s", key, type_name(v));
+    double x = json_number_value(v);
+    if (!isfinite(x) || x < lo || x > hi)
+        return bad(err, key, "'%s' must be between %g and %g, got %g", key, lo, hi, x);
+    *out = x;
+    return KILN_OK;
+}
+
+static enum kiln_status get_float(const json_t *o, const char *key, double lo, double hi,
+                                  float *out, struct kiln_api_error *err)
+{
+    double x = *out;
+    enum kiln_status st = get_number(o, key, lo, hi, &x, err);
+    *out = (float)x;
+    return st;
+}
+
+/* Integers may come as 50 or 50.0 (pydantic-style coercion), never as 50.5. */
+static bool as_integer(const json_t *v, long long *out)
+{
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return true;
+    }
+    if (json_is_real(v)) {
+        double x = json_real_value(v);
+        if (isfinite(x) && x == floor(x) && fabs(x) < 9.0e15) {
+            *out = (long long)x;
+            return true;
+        }
+    }
+    return false;
+}
+
+static enum kiln_status get_int(const json_t *o, const char *key, long long lo, long long hi,
+                                int *out, struct kiln_api_error *err)
+{
+    const json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) return KILN_OK;
+    long long x;
+    if (!as_integer(v, &x))
+        return bad(err, key, "'%s' must be an integer, got %s", key, type_name(v));
+    if (x < lo || x > hi)
+        return bad(err, key, "'%s' must be between %lld and %lld, got %lld", key, lo, hi, x);
+    *out = (int)x;
+    return KILN_OK;
+}
+
+static enum kiln_status get_bool(const json_t *o, const char *key, bool *out,
+                                 struct kiln_api_error *err)
+{
+    const json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) return KILN_OK;
+    if (!json_is_boolean(v))
+        return bad(err, key, "'%s' must be a boolean, got %s", key, type_name(v));
+    *out = json_is_true(v);
+    return KILN_OK;
+}
+
+static enum kiln_status get_string(const json_t *o, const char *key, char **out,
+                                   struct kiln_api_error *err)
+{
+    const json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) return KILN_OK;
+    if (!json_is_string(v))
+        return bad(err, key, "'%s' must be a string, got %s", key, type_name(v));
+    *out = strdup(json_string_value(v));
+    return *out ? KILN_OK : nomem(err);
+}
+
+static enum kiln_status load_object(const char *body, size_t len, json_t **out,
+                                    struct kiln_api_error *err)
+{
+    json_error_t je;
+    /* NUL inside strings is valid JSON; lengths are carried along wherever it matters. */
+    json_t *root = json_loadb(body, len, JSON_ALLOW_NUL, &je);
+    if (!root)
+        return bad(err, NULL,
+                   "We could not parse the JSON body of your request: %s (line %d, column %d). "
+                   "The body must be a JSON object with Content-Type: application/json.",
+                   je.text, je.line, je.column);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return bad(err, NULL, "The request body must be a JSON object");
+    }
+    *out = root;
+    return KILN_OK;
+}
+
+/* A token id list: non-empty array of ints in [0, vocab). */
+static enum kiln_status get_ids(const json_t *arr, const char *param, int32_t vocab,
+                                bool allow_empty, int32_t **ids, int *n, struct kiln_api_error *err)
+{
+    size_t count = json_array_size(arr);
+    if (!count && !allow_empty) return bad(err, param, "'%s' must not be empty", param);
+    if (count > INT32_MAX / 4) return bad(err, param, "'%s' is too long", param);
+    int32_t *v = malloc((count ? count : 1) * sizeof(int32_t));
+    if (!v) return nomem(err);
+    for (size_t i = 0; i < count; i++) {
+        long long x;
+        const json_t *e = json_array_get(arr, i);
+        if (!as_integer(e, &x)) {
+            free(v);
+            return bad(err, param,
+                       "'%s' must be a list of token ids (integers), got %s at index %zu", param,
+                       type_name(e), i);
+        }
+        if (x < 0 || (vocab > 0 && x >= vocab)) {
+            free(v);
+            return bad(err, param, "token id %lld in '%s' is outside the vocabulary [0, %d)", x,
+                       param, (int)vocab);
+        }
+        v[i] = (int32_t)x;
+    }
+    *ids = v;
+    *n = (int)count;
+    return KILN_OK;
+}
+
+static enum kiln_status add_prompt_text(struct kiln_api_request *r, const json_t *s,
+                                        const char *param, struct kiln_api_error *err)
+{
+    size_t len = json_string_length(s);
+    if (!len) return bad(err, param, "The prompt must not be empty");
+    struct kiln_api_prompt *p = &r->prompts[r->n_prompts];
+    p->text = malloc(len + 1);
+    if (!p->text) return nomem(err);
+    memcpy(p->text, json_string_value(s), len + 1);
+    p->text_len = len;
+    r->n_prompts++;
+    return KILN_OK;
+}
+
+/* prompt: "text" | ["text", ...] | [ids] | [[ids], ...] */
+static enum kiln_status parse_prompt(const json_t *root, const struct kiln_api_limits *lim,
+                                     struct kiln_api_request *r, struct kiln_api_error *err)
+{
+    const json_t *p = json_object_get(root, "prompt");
+    if (!p || json_is_null(p)) return bad(err, "prompt", "'prompt' is required");
+    if (json_is_string(p)) {
+        r->prompts = calloc(1, sizeof *r->prompts);
+        if (!r->prompts) return nomem(err);
+        return add_prompt_text(r, p, "prompt", err);
+    }
+    if (!json_is_array(p))
+        return bad(err, "prompt",
+                   "'prompt' must be a string, a list of strings, a list of token ids or a list of "
+                   "lists of token ids, got %s",
+                   type_name(p));
+    size_t count = json_array_size(p);
+    if (!count) return bad(err, "prompt", "The prompt must not be empty");
+    const json_t *first = json_array_get(p, 0);
+    long long dummy;
+    if (as_integer(first, &dummy)) { /* one prompt of token ids */
+        r->prompts = calloc(1, sizeof *r->prompts);
+        if (!r->prompts) return nomem(err);
+        if (get_ids(p, "prompt", lim->vocab_size, false, &r->prompts[0].ids, &r->prompts[0].n_ids,
+                    err))
+            return KILN_ERR_INVALID;
+        r->n_prompts = 1;
+        return KILN_OK;
+    }
+    if (count > (size_t)lim->max_choices)
+        return bad(err, "prompt", "At most %d prompts per request, got %zu", lim->max_choices,
+                   count);
+    r->prompts = calloc(count, sizeof *r->prompts);
+    if (!r->prompts) return nomem(err);
+    for (size_t i = 0; i < count; i++) {
+        const json_t *e = json_array_get(p, i);
+        if (json_is_string(first) && json_is_string(e)) {
+            if (add_prompt_text(r, e, "prompt", err)) return KILN_ERR_INVALID;
+        } else if (json_is_array(first) && json_is_array(e)) {
+            struct kiln_api_prompt *q = &r->prompts[r->n_prompts];
+            if (get_ids(e, "prompt", lim->vocab_size, false, &q->ids, &q->n_ids, err))
+                return KILN_ERR_INVALID;
+            r->n_prompts++;
+        } else {
+            return bad(err, "prompt",
+                       "'prompt' must be a string, a list of strings, a list of token ids or a "
+                       "list of lists of token ids; element %zu is %s",
+                       i, type_name(e));
+        }
+    }
+    return KILN_OK;
+}
+
+static bool valid_role(const char *role)
+{
+    static const char *const roles[] = {"system", "user", "assistant", "tool"};
+    for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++)
+        if (!strcmp(role, roles[i])) return true;
+    return false;
+}
+
+/* messages -> a normalized JSON array for the chat template (string content only). */
+static enum kiln_status parse_messages(const json_t *root, char **out, struct kiln_api_error *err)
+{
+    const json_t *msgs = json_object_get(root, "messages");
+    if (!msgs || json_is_null(msgs)) return bad(err, "messages", "'messages' is required");
+    if (!json_is_array(msgs))
+        return bad(err, "messages", "'messages' must be an array, got %s", type_name(msgs));
+    if (!json_array_size(msgs)) return bad(err, "messages", "'messages' must not be empty");
+    json_t *norm = json_array();
+    if (!norm) return nomem(err);
+    char param[64];
+    enum kiln_status st = KILN_OK;
+    size_t i;
+    const json_t *m;
+    json_array_foreach(msgs, i, m)
+    {
+        snprintf(param, sizeof param, "messages[%zu]", i);
+        if (!json_is_object(m)) {
+            st = bad(err, param, "'%s' must be an object, got %s", param, type_name(m));
+            break;
+        }
+        const json_t *role = json_object_get(m, "role");
+        snprintf(param, sizeof param, "messages[%zu].role", i);
+        if (!json_is_string(role)) {
+            st = bad(err, param, "'%s' must be a string", param);
+            break;
+        }
+        if (!valid_role(json_string_value(role))) {
+            st = bad(err, param,
+                     "'%s' must be one of 'system', 'user', 'assistant' or 'tool', got '%s'", param,
+                     json_string_value(role));
+            break;
+        }
+        const json_t *content = json_object_get(m, "content");
+        snprintf(param, sizeof param, "messages[%zu].content", i);
+        json_t *text = NULL;
+        if (!content || json_is_null(content)) {
+            /* An assistant turn that only made tool calls has no content. */
+            if (strcmp(json_string_value(role), "assistant")) {
+                st = bad(err, param, "'%s' is required", param);
+                break;
+            }
+            text = json_string("");
+        } else if (json_is_string(content)) {
+            text = json_stringn(json_string_value(content), json_string_length(content));
+        } else if (json_is_array(content)) {
+            /* Text parts joined by "\n", as vLLM renders them for string-content templates. */
+            size_t total = 0, j;
+            const json_t *part;
+            json_array_foreach(content, j, part)
+            {
+                const json_t *type = json_object_get(part, "type");
+                const json_t *t = json_object_get(part, "text");
+                if (!json_is_object(part) || !json_is_string(type) ||
+                    strcmp(json_string_value(type), "text") || !json_is_string(t)) {
+                    snprintf(param, sizeof param, "messages[%zu].content[%zu]", i, j);
+                    st = bad(err, param,
+                             "'%s' must be a text part {\"type\": \"text\", \"text\": \"...\"}; "
+                             "this model takes text only",
+                             param);
+                    break;
+                }
+                total += json_string_length(t) + 1;
+            }
+            if (st) break;
+            char *buf = malloc(total + 1);
+            if (!buf) {
+                st = nomem(err);
+                break;
+            }
+            size_t off = 0;
+            json_array_foreach(content, j, part)
+            {
+                const json_t *t = json_object_get(part, "text");
+                if (j) buf[off++] = '\n';
+                memcpy(buf + off, json_string_value(t), json_string_length(t));
+                off += json_string_length(t);
+            }
+            text = json_stringn(buf, off);
+            free(buf);
+        } else {
+            st = bad(err, param, "'%s' must be a string or a list of text parts, got %s", param,
+                     type_name(content));
+            break;
+        }
+        json_t *nm = json_pack("{s:O,s:o}", "role", role, "content", text);
+        if (!nm) {
+            st = nomem(err);
+            break;
+        }
+        /* Fields the Llama 3.1 template reads for tool turns, passed through when well-typed. */
+        static const char *const pass[] = {"name", "tool_call_id"};
+        for (size_t k = 0; k < 2; k++) {
+            const json_t *v = json_object_get(m, pass[k]);
+            if (json_is_string(v)) json_object_set(nm, pass[k], (json_t *)v);
+        }
+        const json_t *calls = json_object_get(m, "tool_calls");
+        if (json_is_array(calls)) json_object_set(nm, "tool_calls", (json_t *)calls);
+        if (json_array_append_new(norm, nm)) {
+            st = nomem(err);
+            break;
+        }
+    }
+    if (!st) {
+        *out = json_dumps(norm, JSON_COMPACT);
+        if (!*out) st = nomem(err);
+    }
+    json_decref(norm);
+    return st;
+}
+
+/* stop: "s" | ["s", ...] */
+static enum kiln_status parse_stop(const json_t *root, const struct kiln_api_limits *lim,
+                                   struct kiln_api_request *r, struct kiln_api_error *err)
+{
+    const json_t *v = json_object_get(root, "stop");
+    if (!v || json_is_null(v)) return KILN_OK;
+    size_t count = json_is_string(v) ? 1 : json_array_size(v);
+    if (!json_is_string(v) && !json_is_array(v))
+        return bad(err, "stop", "'stop' must be a string or a list of strings, got %s",
+                   type_name(v));
+    if (count > (size_t)lim->max_stop)
+        return bad(err, "stop", "At most %d stop strings, got %zu", lim->max_stop, count);
+    if (!count) return KILN_OK;
+    r->stop = calloc(count, sizeof *r->stop);
+    if (!r->stop) return nomem(err);
+    for (size_t i = 0; i < count; i++) {
+        const json_t *s = json_is_string(v) ? v : json_array_get(v, i);
+        if (!json_is_string(s))
+            return bad(err, "stop",
+                       "'stop' must be a string or a list of strings; element %zu is %s", i,
+                       type_name(s));
+        size_t len = json_string_length(s);
+        if (!len || strlen(json_string_value(s)) != len)
+            return bad(err, "stop", "stop strings must be non-empty and free of NUL characters");
+        r->stop[i] = strdup(json_string_value(s));
+        if (!r->stop[i]) return nomem(err);
+        r->n_stop++;
+    }
+    return KILN_OK;
+}
+
+/* logit_bias: {"token id": bias in [-100, 100]} */
+static enum kiln_status parse_bias(const json_t *root, const struct kiln_api_limits *lim,
+                                   struct kiln_api_request *r, struct kiln_api_error *err)
+{
+    const json_t *v = json_object_get(root, "logit_bias");
+    if (!v || json_is_null(v)) return KILN_OK;
+    if (!json_is_object(v))
+        return bad(err, "logit_bias", "'logit_bias' must be an object mapping token ids to biases");
+    size_t count = json_object_size(v);
+    if (!count) return KILN_OK;
+    if (count > 1024) return bad(err, "logit_bias", "At most 1024 logit_bias entries");
+    r->bias_ids = malloc(count * sizeof(int32_t));
+    r->bias_vals = malloc(count * sizeof(float));
+    if (!r->bias_ids || !r->bias_vals) return nomem(err);
+    const char *key;
+    const json_t *val;
+    json_object_foreach((json_t *)v, key, val)
+    {
+        char *end;
+        long long id = strtoll(key, &end, 10);
+        if (end == key || *end || id < 0 || (lim->vocab_size > 0 && id >= lim->vocab_size))
+            return bad(err, "logit_bias",
+                       "logit_bias key '%s' is not a token id in the vocabulary [0, %d)", key,
+                       (int)lim->vocab_size);
+        if (!json_is_number(val) || !isfinite(json_number_value(val)) ||
+            fabs(json_number_value(val)) > 100.0)
+            return bad(err, "logit_bias", "logit_bias values must be numbers in [-100, 100]");
+        r->bias_ids[r->n_bias] = (int32_t)id;
+        r->bias_vals[r->n_bias] = (float)json_number_value(val);
+        r->n_bias++;
+    }
+    return KILN_OK;
+}
+
+static enum kiln_status parse_sampling(const json_t *root, const struct kiln_api_limits *lim,
+                                       struct kiln_api_request *r, struct kiln_api_error *err)
+{
+    const char *max_key = "max_tokens";
+    if (r->kind == KILN_API_CHAT && json_is_number(json_object_get(root, "max_completion_tokens")))
+        max_key = "max_completion_tokens";
+    if (get_int(root, max_key, 1, INT32_MAX, &r->max_tokens, err)) return KILN_ERR_INVALID;
+    if (get_int(root, "min_tokens", 0, INT32_MAX, &r->min_tokens, err)) return KILN_ERR_INVALID;
+    if (r->max_tokens && r->min_tokens > r->max_tokens)
+        return bad(err, "min_tokens", "'min_tokens' (%d) must not exceed '%s' (%d)", r->min_tokens,
+                   max_key, r->max_tokens);
+    if (get_float(root, "temperature", 0.0, 1.0e6, &r->temperature, err)) return KILN_ERR_INVALID;
+    if (get_float(root, "top_p", 0.0, 1.0, &r->top_p, err)) return KILN_ERR_INVALID;
+    if (r->top_p <= 0.0f) return bad(err, "top_p", "'top_p' must be in (0, 1], got 0");
+    if (get_int(root, "top_k", -1, INT32_MAX, &r->top_k, err)) return KILN_ERR_INVALID;
+    if (get_float(root, "min_p", 0.0, 1.0, &r->min_p, err)) return KILN_ERR_INVALID;
+    if (get_int(root, "n", 1, INT32_MAX, &r->n, err)) return KILN_ERR_INVALID;
+    if (r->n > lim->max_n) return bad(err, "n", "'n' must be at most %d, got %d", lim->max_n, r->n);
+    const json_t *best_of = json_object_get(root, "best_of");
+    long long bo;
+    if (best_of && !json_is_null(best_of) && (!as_integer(best_of, &bo) || bo != r->n))
+        return bad(err, "best_of", "'best_of' other than n is not supported");
+    const json_t *seed = json_object_get(root, "seed");
+    if (seed && !json_is_null(seed)) {
+        long long s;
+        if (!as_integer(seed, &s))
+            return bad(err, "seed", "'seed' must be an integer, got %s", type_name(seed));
+        r->has_seed = true;
+        r->seed = (uint64_t)s;
+    }
+    if (get_float(root, "presence_penalty", -2.0, 2.0, &r->presence_penalty, err))
+        return KILN_ERR_INVALID;
+    if (get_float(root, "frequency_penalty", -2.0, 2.0, &r->frequency_penalty, err))
+        return KILN_ERR_INVALID;
+    if (get_float(root, "repetition_penalty", 0.0, 2.0, &r->repetition_penalty, err))
+        return KILN_ERR_INVALID;
+    if (r->repetition_penalty <= 0.0f)
+        return bad(err, "repetition_penalty", "'repetition_penalty' must be in (0, 2]");
+    if (get_bool(root, "ignore_eos", &r->ignore_eos, err)) return KILN_ERR_INVALID;
+    if (get_bool(root, "skip_special_tokens", &r->skip_special_tokens, err))
+        return KILN_ERR_INVALID;
+    if (parse_stop(root, lim, r, err)) return KILN_ERR_INVALID;
+    const json_t *sids = json_object_get(root, "stop_token_ids");
+    if (sids && !json_is_null(sids)) {
+        if (!json_is_array(sids))
+            return bad(err, "stop_token_ids", "'stop_token_ids' must be a list of token ids");
+        if (json_array_size(sids) > (size_t)lim->max_stop)
+            return bad(err, "stop_token_ids", "At most %d stop token ids", lim->max_stop);
+        if (get_ids(sids, "stop_token_ids", lim->vocab_size, true, &r->stop_ids, &r->n_stop_ids,
+                    err))
+            return KILN_ERR_INVALID;
+    }
+    return parse_bias(root, lim, r, err);
+}
+
+static enum kiln_status parse_stream(const json_t *root, struct kiln_api_request *r,
+                                     struct kiln_api_error *err)
+{
+    if (get_bool(root, "stream", &r->stream, err)) return KILN_ERR_INVALID;
+    const json_t *so = json_object_get(root, "stream_options");
+    if (!so || json_is_null(so)) return KILN_OK;
+    if (!json_is_object(so))
+        return bad(err, "stream_options", "'stream_options' must be an object, got %s",
+                   type_name(so));
+    if (!r->stream)
+        return bad(err, "stream_options", "'stream_options' is only allowed with stream: true");
+    return get_bool(so, "include_usage", &r->include_usage, err);
+}
+
+static enum kiln_status parse_logprobs(const json_t *root, struct kiln_api_request *r,
+                                       struct kiln_api_error *err)
+{
+    if (r->kind == KILN_API_COMPLETION)
+        return get_int(root, "logprobs", 0, KILN_API_MAX_LOGPROBS, &r->logprobs, err);
+    bool want = false;
+    int top = 0;
+    if (get_bool(root, "logprobs", &want, err)) return KILN_ERR_INVALID;
+    if (get_int(root, "top_logprobs", 0, KILN_API_MAX_LOGPROBS, &top, err)) return KILN_ERR_INVALID;
+    const json_t *t = json_object_get(root, "top_logprobs");
+    if (t && !json_is_null(t) && !want)
+        return bad(err, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    if (want) r->logprobs = top;
+    return KILN_OK;
+}
+
+/* Parameters kiln does not implement are refused rather than silently ignored. */
+static enum kiln_status refuse_unsupported(const json_t *root, struct kiln_api_request *r,
+                                           struct kiln_api_error *err)
+{
+    const json_t *v;
+    if (r->kind == KILN_API_COMPLETION) {
+        v = json_object_get(root, "suffix");
+        if (v && !json_is_null(v) && !(json_is_string(v) && !json_string_length(v)))
+            return bad(err, "suffix", "'suffix' is not supported");
+        if (r->echo && r->logprobs >= 0)
+            return bad(err, "echo", "'echo' together with 'logprobs' is not supported");
+    } else {
+        v = json_object_get(root, "tools");
+        if (v && !json_is_null(v) && !(json_is_array(v) && !json_array_size(v)))
+            return bad(err, "tools", "'tools' (function calling) is not supported");
+        v = json_object_get(root, "response_format");
+        if (v && !json_is_null(v)) {
+            const json_t *type = json_object_get(v, "type");
+            if (!json_is_object(v) || !json_is_string(type) ||
+                strcmp(json_string_value(type), "text"))
+                return bad(err, "response_format",
+                           "only 'response_format': {\"type\": \"text\"} is supported");
+        }
+    }
+    return KILN_OK;
+}
+
+static void request_defaults(enum kiln_api_kind kind, struct kiln_api_request *r)
+{
+    *r = (struct kiln_api_request){.kind = kind,
+                                   .temperature = 1.0f,
+                                   .top_p = 1.0f,
+                                   .n = 1,
+                                   .logprobs = -1,
+                                   .repetition_penalty = 1.0f,
+                                   .skip_special_tokens = true,
+                                   .add_generation_prompt = true,
+                                   .add_special_tokens = kind == KILN_API_COMPLETION};
+}
+
+enum kiln_status kiln_api_parse(enum kiln_api_kind kind, const char *body, size_t len,
+                                const struct kiln_api_limits *lim, struct kiln_api_request *out,
+                                struct kiln_api_error *err)
+{
+    request_defaults(kind, out);
+    json_t *root;
+    if (load_object(body, len, &root, err)) return KILN_ERR_INVALID;
+    struct kiln_api_request *r = out;
+    enum kiln_status st = get_string(root, "model", &r->model, err);
+    if (!st && kind == KILN_API_COMPLETION) {
+        st = parse_prompt(root, lim, r, err);
+        if (!st) st = get_bool(root, "echo", &r->echo, err);
+    }
+    if (!st && kind == KILN_API_CHAT) {
+        st = parse_messages(root, &r->messages_json, err);
+        if (!st) st = get_bool(root, "add_generation_prompt", &r->add_generation_prompt, err);
+    }
+    if (!st) st = get_bool(root, "add_special_tokens", &r->add_special_tokens, err);
+    if (!st) st = parse_sampling(root, lim, r, err);
+    if (!st) st = parse_stream(root, r, err);
+    if (!st) st = parse_logprobs(root, r, err);
+    if (!st) st = refuse_unsupported(root, r, err);
+    if (!st && (long long)r->n * (r->n_prompts ? r->n_prompts : 1) > lim->max_choices)
+        st = bad(err, "n", "prompts x n must be at most %d", lim->max_choices);
+    const json_t *user = json_object_get(root, "user");
+    if (!st && user && !json_is_null(user) && !json_is_string(user))
+        st = bad(err, "user", "'user' must be a string, got %s", type_name(user));
+    json_decref(root);
+    if (st) kiln_api_request_free(r);
+    return st;
+}
+
+void kiln_api_request_free(struct kiln_api_request *r)
+{
+    free(r->model);
+    for (int i = 0; i < r->n_prompts; i++) {
+        free(r->prompts[i].text);
+        free(r->prompts[i].ids);
+    }
+    free(r->prompts);
+    free(r->messages_json);
+    if (r->stop)
+        for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    free(r->stop);
+    free(r->stop_ids);
+    free(r->bias_ids);
+    free(r->bias_vals);
+    request_defaults(r->kind, r);
+}
+
+enum kiln_status kiln_api_parse_tokenize(const char *body, size_t len,
+                                         struct kiln_api_tokenize *out, struct kiln_api_error *err)
+{
+    *out = (struct kiln_api_tokenize){.add_generation_prompt = true};
+    json_t *root;
+    if (load_object(body, len, &root, err)) return KILN_ERR_INVALID;
+    enum kiln_status st = get_string(root, "model", &out->model, err);
+    const json_t *prompt = json_object_get(root, "prompt");
+    const json_t *msgs = json_object_get(root, "messages");
+    if (!st && prompt && !json_is_null(prompt)) {
+        if (!json_is_string(prompt)) {
+            st = bad(err, "prompt", "'prompt' must be a string, got %s", type_name(prompt));
+        } else {
+            out->prompt_len = json_string_length(prompt);
+            out->prompt = malloc(out->prompt_len + 1);
+            if (!out->prompt)
+                st = nomem(err);
+            else
+                memcpy(out->prompt, json_string_value(prompt), out->prompt_len + 1);
+        }
+        out->add_special_tokens = true;
+    } else if (!st && msgs && !json_is_null(msgs)) {
+        st = parse_messages(root, &out->messages_json, err);
+    } else if (!st) {
+        st = bad(err, "prompt", "either 'prompt' or 'messages' is required");
+    }
+    if (!st) st = get_bool(root, "add_special_tokens", &out->add_special_tokens, err);
+    if (!st) st = get_bool(root, "add_generation_prompt", &out->add_generation_prompt, err);
+    json_decref(root);
+    if (st) kiln_api_tokenize_free(out);
+    return st;
+}
+
+void kiln_api_tokenize_free(struct kiln_api_tokenize *t)
+{
+    free(t->model);
+    free(t->prompt);
+    free(t->messages_json);
+    *t = (struct kiln_api_tokenize){0};
+}
+
+enum kiln_status kiln_api_parse_detokenize(const char *body, size_t len,
+                                           const struct kiln_api_limits *lim,
+                                           struct kiln_api_detokenize *out,
+                                           struct kiln_api_error *err)
+{
+    *out = (struct kiln_api_detokenize){0};
+    json_t *root;
+    if (load_object(body, len, &root, err)) return KILN_ERR_INVALID;
+    enum kiln_status st = get_string(root, "model", &out->model, err);
+    const json_t *toks = json_object_get(root, "tokens");
+    if (!st && !json_is_array(toks))
+        st = bad(err, "tokens", "'tokens' must be a list of token ids");
+    if (!st) st = get_ids(toks, "tokens", lim->vocab_size, true, &out->ids, &out->n_ids, err);
+    json_decref(root);
+    if (st) kiln_api_detokenize_free(out);
+    return st;
+}
+
+void kiln_api_detokenize_free(struct kiln_api_detokenize *d)
+{
+    free(d->model);
+    free(d->ids);
+    *d = (struct kiln_api_detokenize){0};
+}

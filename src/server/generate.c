@@ -1,0 +1,751 @@
+/* Generation requests: POST /v1/completions and /v1/chat/completions.
+ *
+ * A request becomes one "call": its prompts are tokenized (chat: rendered with the chat
+ * template first), checked against the context length, and submitted to the engine as
+ * prompts x n engine requests, each a "choice" whose pointer rides in kiln_request.user. The
+ * engine's events come back through generate_on_notify on the loop thread and are either
+ * streamed at once (SSE) or collected until every choice has finished.
+ *
+ * A client that goes away is noticed two ways: evhttp's close callback (a failed write) and an
+ * EV_CLOSED watch on the socket (EPOLLRDHUP), which also catches a non-streaming client that
+ * hangs up while its answer is still being generated, when evhttp is not reading. Either way
+ * its engine requests are cancelled, which frees their KV blocks within one engine step. */
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/log.h"
+#include "server_impl.h"
+
+struct choice {
+    struct call *call;
+    int index;  /* in the response's choices */
+    int prompt; /* which prompt */
+    uint64_t id;
+    bool live; /* submitted, final event not seen yet */
+    enum kiln_finish finish;
+    struct evbuffer *text; /* non-streaming: the text so far */
+    size_t text_bytes;     /* bytes of text so far (echo included): completions text_offset */
+    json_t *logprobs;      /* non-streaming: completions object or chat content array */
+    int completion_tokens, cached_tokens;
+    double t_last; /* engine time of the previous token (inter-token latency) */
+};
+
+struct call {
+    struct kiln_server *s;
+    struct call *prev, *next;
+    struct http_ctx h; /* h.req NULL once the reply is sent or the client left */
+    struct evhttp_connection *evcon;
+    struct event *ev_closed;
+    enum kiln_api_kind kind;
+    bool stream, include_usage, echo;
+    int logprobs;
+    char id[48];
+    long long created;
+    int n_prompts, n_choices, n_live;
+    int *prompt_len;  /* (n_prompts,) */
+    char **echo_text; /* (n_prompts,) completions echo */
+    size_t *echo_len;
+    struct choice *choices; /* (n_choices,) */
+    bool first_token;
+    bool failed; /* an engine error: 500 */
+    char fail_msg[256];
+};
+
+static const char *object_name(const struct call *c, bool chunk)
+{
+    if (c->kind == KILN_API_COMPLETION) return "text_completion";
+    return chunk ? "chat.completion.chunk" : "chat.completion";
+}
+
+/* ---- lifetime ---- */
+
+static void call_free(struct call *c)
+{
+    struct kiln_server *s = c->s;
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (s->calls == c)
+        s->calls = c->next;
+    if (c->next) c->next->prev = c->prev;
+    s->n_calls--;
+    for (int i = 0; i < c->n_choices; i++) {
+        if (c->choices[i].text) evbuffer_free(c->choices[i].text);
+        json_decref(c->choices[i].logprobs);
+    }
+    for (int p = 0; c->echo_text && p < c->n_prompts; p++) free(c->echo_text[p]);
+    free(c->echo_text);
+    free(c->echo_len);
+    free(c->prompt_len);
+    free(c->choices);
+    if (c->ev_closed) event_free(c->ev_closed);
+    free(c);
+    server_maybe_exit(s);
+}
+
+/* Stops watching the client (before the final reply, or when it is gone). */
+static void call_detach(struct call *c)
+{
+    if (c->evcon) evhttp_connection_set_closecb(c->evcon, NULL, NULL);
+    if (c->ev_closed) {
+        event_free(c->ev_closed);
+        c->ev_closed = NULL;
+    }
+    c->evcon = NULL;
+    c->h.req = NULL;
+    c->s->metrics.in_flight--;
+}
+
+static void call_abandon(struct call *c)
+{
+    if (!c->h.req) return;
+    struct kiln_server *s = c->s;
+    int completion = 0;
+    for (int i = 0; i < c->n_choices; i++) completion += c->choices[i].completion_tokens;
+    int prompt = 0;
+    for (int p = 0; p < c->n_prompts; p++) prompt += c->prompt_len[p];
+    server_log_request(&c->h, 499, prompt, completion);
+    call_detach(c);
+    if (c->n_live) {
+        s->metrics.cancelled++;
+        for (int i = 0; i < c->n_choices; i++)
+            if (c->choices[i].live) kiln_engine_cancel(s->m.engine, c->choices[i].id);
+    } else {
+        call_free(c);
+    }
+}
+
+static void on_connection_close(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    struct call *c = arg;
+    struct evhttp_request *req = c->h.req;
+    /* When a connection fails (EOF, timeout, a failed write) evhttp detaches a request the
+     * user has not finished and leaves it to the user to free (http.c,
+     * evhttp_connection_incoming_fail); one still attached is freed with the connection. */
+    bool detached = req && !evhttp_request_get_connection(req);
+    call_abandon(c);
+    if (detached) evhttp_request_free(req);
+}
+
+static void on_peer_closed(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct call *c = arg;
+    struct evhttp_connection *evcon = c->evcon;
+    call_abandon(c);
+    /* The peer hung up: nothing more can be delivered, and evhttp (not reading while a reply
+     * is pending) would not notice until it writes. */
+    evhttp_connection_free(evcon);
+}
+
+static void watch_client(struct call *c)
+{
+    c->evcon = evhttp_request_get_connection(c->h.req);
+    if (!c->evcon) return;
+    evhttp_connection_set_closecb(c->evcon, on_connection_close, c);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0 || !(event_base_get_features(c->s->base) & EV_FEATURE_EARLY_CLOSE)) return;
+    c->ev_closed = event_new(c->s->base, fd, EV_CLOSED, on_peer_closed, c);
+    if (c->ev_closed) event_add(c->ev_closed, NULL);
+}
+
+/* ---- streaming ---- */
+
+static void send_chunk_text(struct call *c, const char *data, size_t len)
+{
+    struct evbuffer *buf = evbuffer_new();
+    if (!buf) return;
+    evbuffer_add(buf, data, len);
+    evhttp_send_reply_chunk(c->h.req, buf);
+    evbuffer_free(buf);
+}
+
+static void send_chunk(struct call *c, json_t *obj)
+{
+    if (!obj) return;
+    if (c->include_usage && !json_object_get(obj, "usage"))
+        json_object_set_new(obj, "usage", json_null());
+    size_t len;
+    char *sse = kiln_api_sse(obj, &len);
+    json_decref(obj);
+    if (sse) send_chunk_text(c, sse, len);
+    free(sse);
+}
+
+/* One choice's piece of a chunk: completions {"index","text","logprobs","finish_reason"},
+ * chat {"index","delta":{...},"logprobs","finish_reason"}. text NULL: no content. */
+static json_t *chunk_choice(struct call *c, const struct choice *ch, const char *text, size_t len,
+                            json_t *logprobs, enum kiln_finish finish, bool role)
+{
+    if (!logprobs) logprobs = json_null();
+    if (c->kind == KILN_API_COMPLETION)
+        return json_pack("{s:i,s:s%,s:o,s:o}", "index", ch->index, "text", text ? text : "",
+                         text ? len : 0, "logprobs", logprobs, "finish_reason",
+                         kiln_api_finish_reason(finish));
+    json_t *delta = json_object();
+    if (delta && role) json_object_set_new(delta, "role", json_string("assistant"));
+    if (delta && (text || role))
+        json_object_set_new(delta, "content", json_stringn(text ? text : "", text ? len : 0));
+    if (!json_is_null(logprobs)) logprobs = json_pack("{s:o}", "content", logprobs);
+    return json_pack("{s:i,s:o,s:o,s:o}", "index", ch->index, "delta", delta, "logprobs", logprobs,
+                     "finish_reason", kiln_api_finish_reason(finish));
+}
+
+static void stream_choice(struct call *c, const struct choice *ch, const char *text, size_t len,
+                          json_t *logprobs, enum kiln_finish finish, bool role)
+{
+    json_t *choices = json_array();
+    json_t *one = chunk_choice(c, ch, text, len, logprobs, finish, role);
+    if (!choices || !one || json_array_append_new(choices, one)) {
+        json_decref(choices);
+        return;
+    }
+    send_chunk(c, kiln_api_envelope(c->id, object_name(c, true), c->created, c->s->model_name,
+                                    choices, NULL));
+}
+
+/* evhttp keeps reading while it writes (to see a close) with the connection's idle timeout,
+ * which would cut any stream longer than that: a stream has no read timeout (the EV_CLOSED
+ * watch sees hang-ups), and the write timeout still drops a client that stops reading. */
+static void stream_read_timeout(struct call *c, bool on)
+{
+    struct bufferevent *bev = c->evcon ? evhttp_connection_get_bufferevent(c->evcon) : NULL;
+    if (!bev) return;
+    struct timeval tv = {c->s->opt.idle_timeout_s, 0};
+    bufferevent_set_timeouts(bev, on ? &tv : NULL, &tv);
+}
+
+static void stream_start(struct call *c)
+{
+    struct evkeyvalq *out = evhttp_request_get_output_headers(c->h.req);
+    evhttp_add_header(out, "Content-Type", "text/event-stream");
+    evhttp_add_header(out, "Cache-Control", "no-cache");
+    evhttp_add_header(out, "X-Accel-Buffering", "no");
+    if (c->s->state == SERVER_DRAINING) evhttp_add_header(out, "Connection", "close");
+    evhttp_send_reply_start(c->h.req, 200, "OK");
+    stream_read_timeout(c, false);
+    for (int i = 0; i < c->n_choices; i++) {
+        struct choice *ch = &c->choices[i];
+        if (c->kind == KILN_API_CHAT)
+            stream_choice(c, ch, NULL, 0, NULL, KILN_FINISH_NONE, true);
+        else if (c->echo)
+            stream_choice(c, ch, c->echo_text[ch->prompt], c->echo_len[ch->prompt], NULL,
+                          KILN_FINISH_NONE, false);
+    }
+}
+
+/* ---- events ---- */
+
+static json_t *token_logprobs(struct call *c, struct choice *ch, const struct kiln_event *ev)
+{
+    struct kiln_server *s = c->s;
+    struct kiln_api_token_logprob t = {.logprob = ev->logprob, .n_top = 0};
+    char *text = NULL, *top[KILN_MAX_LOGPROBS] = {0};
+    size_t len = 0;
+    if (server_token_text(s, ev->token, &text, &len)) return NULL;
+    t.text = text;
+    t.len = len;
+    int n_top = ev->n_top < c->logprobs ? ev->n_top : c->logprobs;
+    for (int i = 0; i < n_top; i++) {
+        size_t tl = 0;
+        if (server_token_text(s, ev->top_ids[i], &top[i], &tl)) break;
+        t.top_text[i] = top[i];
+        t.top_len[i] = tl;
+        t.top_logprob[i] = ev->top_logprobs[i];
+        t.n_top = i + 1;
+    }
+    json_t *out;
+    if (c->kind == KILN_API_CHAT) {
+        out = kiln_api_chat_logprob(&t);
+    } else {
+        out = kiln_api_completion_logprobs_new();
+        if (out) kiln_api_completion_logprobs_add(out, &t, ch->text_bytes);
+    }
+    free(text);
+    for (int i = 0; i < t.n_top; i++) free(top[i]);
+    return out;
+}
+
+static void deliver(struct call *c, struct choice *ch, const struct kiln_event *ev)
+{
+    const char *text = ev->text ? ev->text : "";
+    size_t len = ev->text ? ev->text_len : 0;
+    json_t *lp = ev->token >= 0 && c->logprobs >= 0 ? token_logprobs(c, ch, ev) : NULL;
+    enum kiln_finish fin = ev->finish == KILN_FINISH_STOP || ev->finish == KILN_FINISH_LENGTH
+                               ? ev->finish
+                               : KILN_FINISH_NONE;
+    if (c->stream) {
+        if (len || lp || fin != KILN_FINISH_NONE)
+            stream_choice(c, ch, len ? text : NULL, len, lp, fin, false);
+        else
+            json_decref(lp);
+    } else {
+        if (len) evbuffer_add(ch->text, text, len);
+        if (lp && c->kind == KILN_API_CHAT) {
+            json_array_append(ch->logprobs, lp);
+        } else if (lp) {
+            static const char *const keys[] = {"tokens", "token_logprobs", "top_logprobs",
+                                               "text_offset"};
+            for (int k = 0; k < 4; k++)
+                json_array_extend(json_object_get(ch->logprobs, keys[k]),
+                                  json_object_get(lp, keys[k]));
+        }
+        json_decref(lp);
+    }
+    ch->text_bytes += len;
+}
+
+static void reply_complete(struct call *c)
+{
+    struct kiln_server *s = c->s;
+    struct kiln_api_usage usage = {0};
+    for (int p = 0; p < c->n_prompts; p++) {
+        usage.prompt_tokens += c->prompt_len[p];
+        int cached = 0;
+        for (int i = 0; i < c->n_choices; i++)
+            if (c->choices[i].prompt == p && c->choices[i].cached_tokens > cached)
+                cached = c->choices[i].cached_tokens;
+        usage.cached_tokens += cached;
+    }
+    bool cancelled = false;
+    for (int i = 0; i < c->n_choices; i++) {
+        usage.completion_tokens += c->choices[i].completion_tokens;
+        cancelled |= c->choices[i].finish == KILN_FINISH_CANCELLED;
+    }
+    kiln_histogram_observe(&s->metrics.latency, kiln_now() - c->h.t0);
+    struct http_ctx h = c->h;
+    struct kiln_api_error err = {0};
+    if (c->failed)
+        kiln_api_errorf(&err, 500, NULL, NULL, "generation failed: %s", c->fail_msg);
+    else if (cancelled)
+        kiln_api_errorf(&err, 503, "shutting_down", NULL,
+                        "The server is shutting down; the request was stopped");
+    if (c->stream) {
+        if (err.status) {
+            char *body = kiln_api_error_body(&err);
+            char *sse = body ? malloc(strlen(body) + 9) : NULL;
+            if (sse) {
+                size_t n = (size_t)sprintf(sse, "data: %s\n\n", body);
+                send_chunk_text(c, sse, n);
+            }
+            free(sse);
+            free(body);
+        } else if (c->include_usage) {
+            send_chunk(c, kiln_api_envelope(c->id, object_name(c, true), c->created, s->model_name,
+                                            json_array(), &usage));
+        }
+        send_chunk_text(c, "data: [DONE]\n\n", 14);
+        stream_read_timeout(c, true);
+        call_detach(c);
+        server_log_request(&h, err.status ? err.status : 200, usage.prompt_tokens,
+                           usage.completion_tokens);
+        server_track_reply(s, h.req);
+        evhttp_send_reply_end(h.req);
+        return;
+    }
+    call_detach(c);
+    server_track_reply(s, h.req);
+    if (err.status) {
+        server_reply_error(&h, &err);
+        return;
+    }
+    json_t *choices = json_array();
+    for (int i = 0; choices && i < c->n_choices; i++) {
+        struct choice *ch = &c->choices[i];
+        size_t len = evbuffer_get_length(ch->text);
+        const char *text = len ? (const char *)evbuffer_pullup(ch->text, -1) : "";
+        json_t *lp = ch->logprobs ? json_incref(ch->logprobs) : json_null();
+        json_t *one;
+        if (c->kind == KILN_API_COMPLETION) {
+            one = json_pack("{s:i,s:s%,s:o,s:o}", "index", ch->index, "text", text, len, "logprobs",
+                            lp, "finish_reason", kiln_api_finish_reason(ch->finish));
+        } else {
+            if (!json_is_null(lp)) lp = json_pack("{s:o}", "content", lp);
+            one = json_pack("{s:i,s:{s:s,s:s%},s:o,s:o}", "index", ch->index, "message", "role",
+                            "assistant", "content", text, len, "logprobs", lp, "finish_reason",
+                            kiln_api_finish_reason(ch->finish));
+        }
+        if (!one || json_array_append_new(choices, one)) {
+            json_decref(choices);
+            choices = NULL;
+        }
+    }
+    json_t *o = choices ? kiln_api_envelope(c->id, object_name(c, false), c->created, s->model_name,
+                                            choices, &usage)
+                        : NULL;
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (body) {
+        server_reply_json(&h, 200, body, strlen(body), usage.prompt_tokens,
+                          usage.completion_tokens);
+    } else {
+        kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
+        server_reply_error(&h, &err);
+    }
+    free(body);
+}
+
+static void on_event(struct kiln_server *s, struct kiln_event *ev)
+{
+    struct choice *ch = ev->user;
+    struct call *c = ch->call;
+    if (ev->token >= 0) {
+        s->metrics.generation_tokens++;
+        ch->completion_tokens++;
+        if (!c->first_token) {
+            c->first_token = true;
+            kiln_histogram_observe(&s->metrics.ttft, ev->time - c->h.t0);
+        } else if (ch->t_last > 0.0) {
+            kiln_histogram_observe(&s->metrics.itl, ev->time - ch->t_last);
+        }
+        ch->t_last = ev->time;
+    }
+    if (c->h.req && !c->failed) deliver(c, ch, ev);
+    if (ev->finish == KILN_FINISH_NONE) return;
+    ch->live = false;
+    ch->finish = ev->finish;
+    ch->cached_tokens = ev->cached_tokens;
+    if (ev->completion_tokens > ch->completion_tokens)
+        ch->completion_tokens = ev->completion_tokens;
+    if (ev->finish == KILN_FINISH_ERROR && !c->failed) {
+        c->failed = true;
+        snprintf(c->fail_msg, sizeof c->fail_msg, "%s", ev->error);
+        KILN_ERROR("request %s: %s", c->id, ev->error);
+    }
+    if (--c->n_live) return;
+    if (c->h.req) reply_complete(c);
+    call_free(c);
+}
+
+void generate_on_notify(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct kiln_server *s = arg;
+    if (s->state != SERVER_READY && s->state != SERVER_DRAINING) return;
+    enum { BATCH = 64, ROUNDS = 64 };
+    struct kiln_event ev[BATCH];
+    for (int round = 0; round < ROUNDS; round++) {
+        size_t n = kiln_engine_poll(s->m.engine, ev, BATCH);
+        for (size_t i = 0; i < n; i++) {
+            on_event(s, &ev[i]);
+            kiln_event_release(&ev[i]);
+        }
+        if (n < BATCH) return;
+    }
+    /* Still more: let sockets run first, then come back. */
+    event_active(s->ev_notify, 0, 0);
+}
+
+/* ---- admission ---- */
+
+static enum kiln_status context_error(struct kiln_api_error *err, int limit, int prompt,
+                                      int completion, bool chat)
+{
+    return kiln_api_errorf(
+        err, 400, "context_length_exceeded", chat ? "messages" : "prompt",
+        "This model's maximum context length is %d tokens. However, you requested %d tokens (%d "
+        "in the %s, %d in the completion). Please reduce the length of the %s or completion.",
+        limit, prompt + completion, prompt, chat ? "messages" : "prompt", completion,
+        chat ? "messages" : "prompt");
+}
+
+/* Prompt token ids of every prompt: (n_prompts,) arrays, malloc'ed. */
+static enum kiln_status tokenize_prompts(struct kiln_server *s, const struct kiln_api_request *r,
+                                         int32_t **ids, size_t *n, struct kiln_api_error *err)
+{
+    struct kiln_error e;
+    enum kiln_status st = KILN_OK;
+    if (r->kind == KILN_API_CHAT) {
+        if (!kiln_tokenizer_has_chat_template(s->m.tok))
+            return kiln_api_errorf(err, 400, NULL, "messages",
+                                   "This model has no chat template; start the server with "
+                                   "--chat-template FILE or use /v1/completions");
+        char *text = NULL;
+        size_t len = 0;
+        st = kiln_tokenizer_apply_chat_template(s->m.tok, r->messages_json,
+                                                r->add_generation_prompt, NULL, &text, &len, &e);
+        if (!st)
+            st = kiln_tokenizer_encode(s->m.tok, text, len, r->add_special_tokens, &ids[0], &n[0],
+                                       &e);
+        free(text);
+        if (st)
+            return kiln_api_errorf(err, st == KILN_ERR_NOMEM ? 500 : 400, NULL, "messages", "%s",
+                                   e.msg);
+        if (!n[0])
+            return kiln_api_errorf(err, 400, NULL, "messages",
+                                   "The messages render to an empty prompt");
+        return KILN_OK;
+    }
+    for (int p = 0; p < r->n_prompts; p++) {
+        const struct kiln_api_prompt *q = &r->prompts[p];
+        if (q->ids) {
+            ids[p] = malloc((size_t)q->n_ids * sizeof(int32_t));
+            if (!ids[p]) return kiln_api_errorf(err, 500, NULL, NULL, "out of memory");
+            memcpy(ids[p], q->ids, (size_t)q->n_ids * sizeof(int32_t));
+            n[p] = (size_t)q->n_ids;
+            continue;
+        }
+        st = kiln_tokenizer_encode(s->m.tok, q->text, q->text_len, r->add_special_tokens, &ids[p],
+                                   &n[p], &e);
+        if (st)
+            return kiln_api_errorf(err, st == KILN_ERR_NOMEM ? 500 : 400, NULL, "prompt", "%s",
+                                   e.msg);
+        if (!n[p]) return kiln_api_errorf(err, 400, NULL, "prompt", "The prompt must not be empty");
+    }
+    return KILN_OK;
+}
+
+static void fill_request(const struct kiln_api_request *r, struct kiln_request *kr)
+{
+    kiln_request_defaults(kr);
+    kr->min_tokens = r->min_tokens;
+    kr->ignore_eos = r->ignore_eos;
+    kr->temperature = r->temperature;
+    kr->top_p = r->top_p;
+    kr->min_p = r->min_p;
+    kr->top_k = r->top_k;
+    kr->presence_penalty = r->presence_penalty;
+    kr->frequency_penalty = r->frequency_penalty;
+    kr->repetition_penalty = r->repetition_penalty;
+    kr->bias_ids = r->bias_ids;
+    kr->bias_vals = r->bias_vals;
+    kr->n_bias = r->n_bias;
+    kr->stop = (const char *const *)r->stop;
+    kr->n_stop = r->n_stop;
+    kr->stop_ids = r->stop_ids;
+    kr->n_stop_ids = r->n_stop_ids;
+    kr->logprobs = r->logprobs;
+    kr->skip_special_tokens = r->skip_special_tokens;
+    kr->detokenize = true;
+}
+
+static uint64_t mix_seed(uint64_t seed, int j)
+{
+    /* Choice 0 keeps the request's seed (n = 1 matches a single request); the others get
+     * independent streams. */
+    if (j == 0) return seed;
+    uint64_t x = seed + 0x9e3779b97f4a7c15ull * (uint64_t)j;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static int submit_status(enum kiln_submit_error why, const char **code)
+{
+    *code = NULL;
+    switch (why) {
+    case KILN_SUBMIT_INVALID:
+        return 400;
+    case KILN_SUBMIT_CONTEXT_LENGTH:
+        *code = "context_length_exceeded";
+        return 400;
+    case KILN_SUBMIT_QUEUE_FULL:
+        *code = "rate_limit_exceeded";
+        return 429;
+    case KILN_SUBMIT_SHUTTING_DOWN:
+        *code = "shutting_down";
+        return 503;
+    default:
+        return 500;
+    }
+}
+
+static struct call *call_new(struct kiln_server *s, const struct http_ctx *h,
+                             const struct kiln_api_request *r)
+{
+    struct call *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->s = s;
+    c->h = *h;
+    c->kind = r->kind;
+    c->stream = r->stream;
+    c->include_usage = r->include_usage;
+    c->echo = r->echo;
+    c->logprobs = r->logprobs;
+    c->created = (long long)time(NULL);
+    server_make_id(s, r->kind == KILN_API_CHAT ? "chatcmpl-" : "cmpl-", c->id, sizeof c->id);
+    c->n_prompts = r->kind == KILN_API_CHAT ? 1 : r->n_prompts;
+    c->n_choices = c->n_prompts * r->n;
+    c->prompt_len = calloc((size_t)c->n_prompts, sizeof *c->prompt_len);
+    c->choices = calloc((size_t)c->n_choices, sizeof *c->choices);
+    bool ok = c->prompt_len && c->choices;
+    if (ok && r->echo) {
+        c->echo_text = calloc((size_t)c->n_prompts, sizeof *c->echo_text);
+        c->echo_len = calloc((size_t)c->n_prompts, sizeof *c->echo_len);
+        ok = c->echo_text && c->echo_len;
+    }
+    for (int i = 0; ok && i < c->n_choices; i++) {
+        struct choice *ch = &c->choices[i];
+        ch->call = c;
+        ch->index = i;
+        ch->prompt = i / r->n;
+        if (!r->stream) {
+            ch->text = evbuffer_new();
+            ok = ch->text != NULL;
+            if (ok && r->logprobs >= 0)
+                ch->logprobs =
+                    r->kind == KILN_API_CHAT ? json_array() : kiln_api_completion_logprobs_new();
+            ok = ok && (r->logprobs < 0 || ch->logprobs);
+        }
+    }
+    c->next = s->calls;
+    if (s->calls) s->calls->prev = c;
+    s->calls = c;
+    s->n_calls++;
+    s->metrics.in_flight++;
+    if (!ok) {
+        c->h.req = NULL;
+        s->metrics.in_flight--;
+        call_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Completions echo: the prompt's text (token-id prompts decoded). */
+static enum kiln_status echo_prompts(struct call *c, const struct kiln_api_request *r,
+                                     int32_t **ids, const size_t *n)
+{
+    struct kiln_error e;
+    for (int p = 0; p < c->n_prompts; p++) {
+        const struct kiln_api_prompt *q = &r->prompts[p];
+        if (q->text) {
+            c->echo_text[p] = malloc(q->text_len + 1);
+            if (!c->echo_text[p]) return KILN_ERR_NOMEM;
+            memcpy(c->echo_text[p], q->text, q->text_len + 1);
+            c->echo_len[p] = q->text_len;
+        } else if (kiln_tokenizer_decode(c->s->m.tok, ids[p], n[p], false, &c->echo_text[p],
+                                         &c->echo_len[p], &e)) {
+            return KILN_ERR_NOMEM;
+        }
+    }
+    for (int i = 0; i < c->n_choices; i++) {
+        struct choice *ch = &c->choices[i];
+        if (ch->text) evbuffer_add(ch->text, c->echo_text[ch->prompt], c->echo_len[ch->prompt]);
+        ch->text_bytes = c->echo_len[ch->prompt];
+    }
+    return KILN_OK;
+}
+
+void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len)
+{
+    struct kiln_server *s = h->s;
+    struct kiln_api_request r;
+    struct kiln_api_error err;
+    if (kiln_api_parse(kind, body, len, &s->limits, &r, &err)) {
+        server_reply_error(h, &err);
+        return;
+    }
+    int n_prompts = kind == KILN_API_CHAT ? 1 : r.n_prompts;
+    int32_t **ids = calloc((size_t)n_prompts, sizeof *ids);
+    size_t *n = calloc((size_t)n_prompts, sizeof *n);
+    int *max_tokens = calloc((size_t)n_prompts, sizeof *max_tokens);
+    struct call *c = NULL;
+    enum kiln_status st = KILN_OK;
+    if (!ids || !n || !max_tokens) st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
+    if (!st) st = server_check_model(s, r.model, &err);
+    if (!st) st = tokenize_prompts(s, &r, ids, n, &err);
+    for (int p = 0; !st && p < n_prompts; p++) {
+        int limit = s->m.max_seq_len, prompt = (int)n[p];
+        int room = limit - prompt;
+        if (prompt > s->m.max_input_len || room <= 0) {
+            st = context_error(&err, limit, prompt, r.max_tokens ? r.max_tokens : 1,
+                               kind == KILN_API_CHAT);
+            if (prompt > s->m.max_input_len && room > 0)
+                snprintf(err.message, sizeof err.message,
+                         "This model's maximum input length is %d tokens. However, your %s has "
+                         "%d tokens. Please reduce the length of the %s.",
+                         s->m.max_input_len, kind == KILN_API_CHAT ? "messages" : "prompt", prompt,
+                         kind == KILN_API_CHAT ? "messages" : "prompt");
+            break;
+        }
+        if (r.max_tokens) {
+            if (r.max_tokens > room) {
+                st = context_error(&err, limit, prompt, r.max_tokens, kind == KILN_API_CHAT);
+                break;
+            }
+            max_tokens[p] = r.max_tokens;
+        } else {
+            /* OpenAI's defaults: 16 for completions, the rest of the context for chat. */
+            max_tokens[p] = kind == KILN_API_COMPLETION && room > 16 ? 16 : room;
+        }
+        if (r.min_tokens > max_tokens[p]) {
+            st = kiln_api_errorf(&err, 400, NULL, "min_tokens",
+                                 "'min_tokens' (%d) exceeds the tokens left for the completion "
+                                 "(%d)",
+                                 r.min_tokens, max_tokens[p]);
+            break;
+        }
+    }
+    if (!st) {
+        c = call_new(s, h, &r);
+        if (!c) st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
+    }
+    if (!st && r.echo && echo_prompts(c, &r, ids, n))
+        st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
+    for (int p = 0; !st && p < c->n_prompts; p++) c->prompt_len[p] = (int)n[p];
+    for (int i = 0; !st && i < (c ? c->n_choices : 0); i++) {
+        struct choice *ch = &c->choices[i];
+        struct kiln_request kr;
+        fill_request(&r, &kr);
+        kr.prompt = ids[ch->prompt];
+        kr.n_prompt = (int)n[ch->prompt];
+        kr.max_tokens = max_tokens[ch->prompt];
+        kr.has_seed = r.has_seed;
+        kr.seed = r.has_seed ? mix_seed(r.seed, i % r.n) : 0;
+        kr.user = ch;
+        enum kiln_submit_error why = KILN_SUBMIT_OK;
+        struct kiln_error e;
+        if (kiln_engine_submit_ex(s->m.engine, &kr, &ch->id, &why, &e)) {
+            const char *code;
+            int status = submit_status(why, &code);
+            st = kiln_api_errorf(&err, status, code,
+                                 why == KILN_SUBMIT_CONTEXT_LENGTH ? "max_tokens" : NULL, "%s",
+                                 e.msg);
+            break;
+        }
+        ch->live = true;
+        c->n_live++;
+    }
+    if (st) {
+        if (c) {
+            /* Choices already queued are cancelled; the call lives until their final events. */
+            call_detach(c);
+            for (int i = 0; i < c->n_choices; i++)
+                if (c->choices[i].live) kiln_engine_cancel(s->m.engine, c->choices[i].id);
+            if (!c->n_live) call_free(c);
+        }
+        server_reply_error(h, &err);
+    } else {
+        for (int p = 0; p < c->n_prompts; p++) s->metrics.prompt_tokens += (uint64_t)n[p];
+        watch_client(c);
+        if (c->stream) stream_start(c);
+    }
+    for (int p = 0; ids && p < n_prompts; p++) free(ids[p]);
+    free(ids);
+    free(n);
+    free(max_tokens);
+    kiln_api_request_free(&r);
+}
+
+void generate_cancel_all(struct kiln_server *s)
+{
+    for (struct call *c = s->calls; c; c = c->next)
+        for (int i = 0; i < c->n_choices; i++)
+            if (c->choices[i].live) kiln_engine_cancel(s->m.engine, c->choices[i].id);
+}
+
+void generate_forget_all(struct kiln_server *s)
+{
+    while (s->calls) {
+        struct call *c = s->calls;
+        if (c->h.req) call_detach(c);
+        call_free(c);
+    }
+}

@@ -1,0 +1,82 @@
+/* Inside the server (not a public header): the server object, one generation call per
+ * completions/chat request, and the helpers server.c and generate.c share. */
+#ifndef KILN_SERVER_IMPL_H
+#define KILN_SERVER_IMPL_H
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "api.h"
+#include "metrics.h"
+#include "server.h"
+
+enum server_state { SERVER_LOADING, SERVER_READY, SERVER_DRAINING, SERVER_FAILED };
+
+struct call;
+
+struct kiln_server {
+    struct kiln_server_options opt; /* strings below are owned copies */
+    char *host, *model_name, *api_key;
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *bound; /* NULL once draining (no new connections) */
+    int port;
+    struct event *ev_notify;  /* engine -> loop */
+    struct event *ev_handoff; /* loader -> loop (ready or failed) */
+    struct event *ev_sigterm, *ev_sigint;
+    struct event *ev_deadline; /* shutdown: hard stop after the drain timeout */
+    enum server_state state;
+    int exit_status;
+    bool closing; /* kiln_server_free is tearing down */
+
+    pthread_mutex_t handoff_mu; /* guards the three fields below */
+    bool handoff_ready, handoff_failed;
+    struct kiln_server_model handoff;
+    char fail_msg[512];
+
+    struct kiln_server_model m; /* valid from SERVER_READY on */
+    struct kiln_api_limits limits;
+    struct kiln_metrics metrics;
+    struct call *calls; /* generation calls still alive (doubly linked) */
+    int n_calls;
+    int n_sending;               /* final replies handed to evhttp and not yet written out */
+    uint64_t id_key, id_counter; /* response ids: splitmix64(id_key + counter) */
+    long long started;           /* unix time, /v1/models "created" */
+};
+
+/* One HTTP request being answered (for logging and metrics). */
+struct http_ctx {
+    struct kiln_server *s;
+    struct evhttp_request *req;
+    const char *endpoint; /* route, for metrics */
+    double t0;            /* kiln_now() when the request arrived */
+};
+
+/* Replies with a JSON body (takes nothing), logs the request and counts it. */
+void server_reply_json(struct http_ctx *h, int status, const char *body, size_t len,
+                       int prompt_tokens, int completion_tokens);
+void server_reply_error(struct http_ctx *h, const struct kiln_api_error *err);
+void server_log_request(struct http_ctx *h, int status, int prompt_tokens, int completion_tokens);
+/* Counts a final reply until evhttp has written it, so a drain does not exit under it. */
+void server_track_reply(struct kiln_server *s, struct evhttp_request *req);
+/* Draining and nothing left to answer or write: leave the event loop. */
+void server_maybe_exit(struct kiln_server *s);
+/* "cmpl-<32 hex>" */
+void server_make_id(struct kiln_server *s, const char *prefix, char *out, size_t cap);
+/* NULL model (absent in the request) or the served name; else a 404 in err. */
+enum kiln_status server_check_model(struct kiln_server *s, const char *model,
+                                    struct kiln_api_error *err);
+
+/* generate.c */
+void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len);
+void generate_on_notify(evutil_socket_t fd, short what, void *arg);
+/* Shutdown: cancel every live generation (their clients get a 503 / an error event). */
+void generate_cancel_all(struct kiln_server *s);
+/* kiln_server_free: forget calls without touching the (already freed) engine. */
+void generate_forget_all(struct kiln_server *s);
+/* Text of one token for logprobs (malloc'ed). */
+enum kiln_status server_token_text(struct kiln_server *s, int32_t id, char **text, size_t *len);
+
+#endif
