@@ -1097,7 +1097,7 @@ static enum flow exec_for(struct jctx *c, struct jscope *sc, const struct jnode 
     }
     struct jloop *lp = cal(c, sizeof *lp);
     lp->length = (int64_t)list.l->n;
-    lp->depth0 = c->loop_depth;
+    lp->depth0 = 0; /* depth counts recursive loops only, which kiln does not have */
     c->loop_depth++;
     struct jv loopv = {.kind = JV_LOOP, .loop = lp};
     for (size_t i = 0; i < list.l->n; i++) {

@@ -227,8 +227,15 @@ struct jv jl_call(struct jctx *c, struct jfunc *fn, struct jv *args, size_t narg
 /* obj.name when obj is a string, list, dict or loop and name one of its methods; JV_UNDEF
  * otherwise */
 struct jv jl_method(struct jctx *c, struct jv obj, const char *name, size_t n);
-void jl_tojson(struct jctx *c, struct tk_buf *b, struct jv v, int indent, int level,
-               const char *item_sep, const char *key_sep, bool sort_keys);
+struct jl_json_opts {
+    int indent;           /* -1: one line */
+    const char *item_sep; /* ", " (or "," with indent) */
+    const char *key_sep;  /* ": " */
+    bool sort_keys;
+    bool ascii; /* ensure_ascii: non-ASCII as \uXXXX */
+};
+void jl_tojson(struct jctx *c, struct tk_buf *b, struct jv v, const struct jl_json_opts *o,
+               int level);
 void jl_format_float(struct tk_buf *b, double f); /* Python repr(float) */
 
 #endif

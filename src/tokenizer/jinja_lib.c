@@ -737,7 +737,7 @@ static struct jv brace_format(struct jctx *c, struct jv fmt, const struct args *
 
 /* ---- tojson: Python json.dumps(ensure_ascii=False) ---- */
 
-static void json_str(struct tk_buf *b, const char *s, size_t n)
+static void json_str(struct tk_buf *b, const char *s, size_t n, bool ascii)
 {
     tk_buf_putc(b, '"');
     for (size_t i = 0; i < n; i++) {
@@ -765,10 +765,21 @@ static void json_str(struct tk_buf *b, const char *s, size_t n)
             tk_buf_puts(b, "\\f");
             break;
         default:
-            if (ch < 0x20)
+            if (ch < 0x20) {
                 tk_buf_printf(b, "\\u%04x", ch);
-            else
+            } else if (ch >= 0x80 && ascii) {
+                int k;
+                uint32_t cp = cp_at(s, n, i, &k);
+                if (cp >= 0x10000) { /* UTF-16 surrogate pair, as Python writes it */
+                    cp -= 0x10000;
+                    tk_buf_printf(b, "\\u%04x\\u%04x", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
+                } else {
+                    tk_buf_printf(b, "\\u%04x", cp);
+                }
+                i += (size_t)k - 1;
+            } else {
                 tk_buf_putc(b, (char)ch);
+            }
         }
     }
     tk_buf_putc(b, '"');
@@ -780,9 +791,12 @@ static void newline_indent(struct tk_buf *b, int indent, int level)
     for (int i = 0; i < indent * level; i++) tk_buf_putc(b, ' ');
 }
 
-void jl_tojson(struct jctx *c, struct tk_buf *b, struct jv v, int indent, int level,
-               const char *item_sep, const char *key_sep, bool sort_keys)
+void jl_tojson(struct jctx *c, struct tk_buf *b, struct jv v, const struct jl_json_opts *o,
+               int level)
 {
+    int indent = o->indent;
+    const char *item_sep = o->item_sep, *key_sep = o->key_sep;
+    bool sort_keys = o->sort_keys;
     if (level > 200) jx_fail(c, KILN_ERR_LIMIT, "chat template: tojson: nested too deeply");
     switch (v.kind) {
     case JV_NONE:
@@ -803,7 +817,7 @@ void jl_tojson(struct jctx *c, struct tk_buf *b, struct jv v, int indent, int le
             jl_format_float(b, v.f);
         return;
     case JV_STR:
-        json_str(b, v.s->p, v.s->n);
+        json_str(b, v.s->p, v.s->n, o->ascii);
         return;
     case JV_LIST:
         if (v.l->n == 0) {
@@ -814,7 +828,7 @@ void jl_tojson(struct jctx *c, struct tk_buf *b, struct jv v, int indent, int le
         for (size_t i = 0; i < v.l->n; i++) {
             if (i) tk_buf_puts(b, item_sep);
             if (indent >= 0) newline_indent(b, indent, level + 1);
-            jl_tojson(c, b, v.l->v[i], indent, level + 1, item_sep, key_sep, sort_keys);
+            jl_tojson(c, b, v.l->v[i], o, level + 1);
         }
         if (indent >= 0) newline_indent(b, indent, level);
         tk_buf_putc(b, ']');
@@ -843,7 +857,7 @@ void jl_tojson(struct jctx *c, struct tk_buf *b, struct jv v, int indent, int le
             if (indent >= 0) newline_indent(b, indent, level + 1);
             struct jv key = v.d->k[i];
             if (key.kind == JV_STR)
-                json_str(b, key.s->p, key.s->n);
+                json_str(b, key.s->p, key.s->n, o->ascii);
             else {
                 /* Python turns int/float/bool/None keys into strings */
                 struct tk_buf *t = jx_buf(c);
@@ -852,12 +866,12 @@ void jl_tojson(struct jctx *c, struct tk_buf *b, struct jv v, int indent, int le
                 else if (key.kind == JV_BOOL)
                     tk_buf_puts(t, key.b ? "true" : "false");
                 else
-                    jl_tojson(c, t, key, -1, 0, ", ", ": ", false);
-                json_str(b, t->p ? t->p : "", t->n);
+                    jl_tojson(c, t, key, o, 0);
+                json_str(b, t->p ? t->p : "", t->n, o->ascii);
                 jx_buf_free(c, t);
             }
             tk_buf_puts(b, key_sep);
-            jl_tojson(c, b, v.d->v[i], indent, level + 1, item_sep, key_sep, sort_keys);
+            jl_tojson(c, b, v.d->v[i], o, level + 1);
         }
         if (indent >= 0) newline_indent(b, indent, level);
         tk_buf_putc(b, '}');
@@ -1241,6 +1255,9 @@ struct jv jl_filter(struct jctx *c, int id, const char *name, struct jv v, struc
         int64_t prec = arg_int(c, &a, 0, "precision", 0);
         const struct jstr *method = arg_str(c, &a, 1, "method", "common");
         double x = v.kind == JV_FLOAT ? v.f : (double)(v.kind == JV_INT ? v.i : v.b);
+        /* Python's round(int, ndigits) stays an int (ndigits >= 0 leaves it unchanged) */
+        if (!strcmp(method->p, "common") && v.kind != JV_FLOAT && prec >= 0)
+            return jx_int(v.kind == JV_INT ? v.i : v.b);
         if (!strcmp(method->p, "common")) return jx_float(py_round(x, prec));
         double p = pow(10.0, (double)prec);
         if (!strcmp(method->p, "ceil")) return jx_float(ceil(x * p) / p);
@@ -1293,7 +1310,9 @@ struct jv jl_filter(struct jctx *c, int id, const char *name, struct jv v, struc
             key_sep = ksep;
         }
         struct tk_buf *b = jx_buf(c);
-        jl_tojson(c, b, v, indent, 0, item_sep, key_sep, sort_keys);
+        struct jl_json_opts o = {indent, item_sep, key_sep, sort_keys,
+                                 jx_truthy(arg_or(&a, 0, "ensure_ascii", jx_bool(false)))};
+        jl_tojson(c, b, v, &o, 0);
         return from_buf(c, b);
     }
     case F_TRIM: {

@@ -677,17 +677,9 @@ static struct jnode *parse_filter(struct parser *p, struct jnode *value)
 static struct jnode *parse_test(struct parser *p, struct jnode *value)
 {
     bool neg = accept_name(p, "not");
-    struct tok *t = cur(p);
-    const char *name;
-    if (t->kind == T_NAME)
-        name = expect_name(p);
-    else if (t->kind == T_OP && (is_op(p, "==") || is_op(p, "!=") || is_op(p, "<") ||
-                                 is_op(p, "<=") || is_op(p, ">") || is_op(p, ">="))) {
-        name = pdup(p, t->p, t->n);
-        p->tpos++;
-    } else {
-        perr(p, "expected a test name after 'is'");
-    }
+    /* a name only: "==" and friends are test names for select("==", x), not after "is" */
+    if (cur(p)->kind != T_NAME) perr(p, "expected a test name after 'is'");
+    const char *name = expect_name(p);
     int id = jl_test_id(name);
     if (id < 0) perr(p, "test '%s' is not supported", name);
     struct nlist l = {0};
@@ -1325,13 +1317,14 @@ static struct jnode *parse_body(struct parser *p, const char *const *ends, const
     return b;
 }
 
-/* Macro names are collected first so a call may come before the definition. */
+/* Names a call may use besides the built-ins: macros (a call may come before the definition)
+ * and variables a template assigns, which may hold a callable (joiner(), a macro). */
 static void collect_macros(struct parser *p)
 {
     for (size_t i = 0; i < p->nitems; i++) {
         if (p->items[i].kind != IT_STMT) continue;
         tokenize(p, p->items[i].p, p->items[i].n);
-        if (!is_name(p, "macro")) continue;
+        if (!is_name(p, "macro") && !is_name(p, "set")) continue;
         p->tpos++;
         if (cur(p)->kind != T_NAME) continue;
         const char **v = palloc(p, (p->nmacros + 1) * sizeof *v);

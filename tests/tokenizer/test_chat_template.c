@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "core/file.h"
+#include "tokenizer/jinja.h"
 #include "tk_util.h"
 
 static void show_diff(const char *name, const char *got, size_t gl, const char *want, size_t wl)
@@ -126,6 +127,67 @@ static void test_renderings(void **state)
     assert_int_equal(bad, 0);
 }
 
+/* Corner cases of the Jinja language against jinja2 itself (jinja_cases.json, made by
+ * tools/tokenizer/make_jinja_cases.py in transformers' environment). */
+static void test_jinja_cases(void **state)
+{
+    (void)state;
+    json_t *doc = load_json(tk_test_fixture("jinja_cases.json"));
+    json_t *vars = json_object_get(doc, "vars");
+    size_t i;
+    json_t *c;
+    int bad = 0;
+    json_array_foreach(json_object_get(doc, "cases"), i, c)
+    {
+        const char *src = json_string_value(json_object_get(c, "template"));
+        json_t *want = json_object_get(c, "output");
+        const char *type = json_string_value(json_object_get(c, "type"));
+        struct kiln_jinja *t;
+        struct kiln_error err = {0};
+        enum kiln_status st = kiln_jinja_compile(src, strlen(src), &t, &err);
+        if (type && !strcmp(type, "TemplateSyntaxError")) {
+            if (st == KILN_OK) {
+                fprintf(stderr, "  case %zu: jinja2 rejects, kiln compiles: %s\n", i, src);
+                bad++;
+                kiln_jinja_free(t);
+            }
+            continue;
+        }
+        if (st) {
+            fprintf(stderr, "  case %zu: %s\n    %s\n", i, err.msg, src);
+            bad++;
+            continue;
+        }
+        char *out = NULL;
+        size_t len = 0;
+        st = kiln_jinja_render(t, vars, &out, &len, &err);
+        if (json_is_string(want)) {
+            if (st) {
+                fprintf(stderr, "  case %zu: kiln failed: %s\n    %s\n", i, err.msg, src);
+                bad++;
+            } else if (len != json_string_length(want) ||
+                       memcmp(out, json_string_value(want), len)) {
+                char name[32];
+                snprintf(name, sizeof name, "case %zu", i);
+                show_diff(name, out, len, json_string_value(want), json_string_length(want));
+                bad++;
+            }
+        } else if (st != KILN_ERR_INVALID ||
+                   (!strcmp(type, "TemplateError") &&
+                    strcmp(err.msg, json_string_value(json_object_get(c, "error"))))) {
+            fprintf(stderr, "  case %zu: jinja2 raised %s, kiln: %s\n", i, type,
+                    st ? err.msg : "rendered");
+            bad++;
+        }
+        free(out);
+        kiln_jinja_free(t);
+    }
+    fprintf(stderr, "jinja cases: %zu, %d mismatches\n",
+            json_array_size(json_object_get(doc, "cases")), bad);
+    json_decref(doc);
+    assert_int_equal(bad, 0);
+}
+
 /* Templates that cannot be rendered are refused when set, with the line. */
 static void test_unsupported_at_load(void **state)
 {
@@ -171,6 +233,7 @@ int main(void)
     const struct CMUnitTest all[] = {
         cmocka_unit_test(test_renderings),
         cmocka_unit_test(test_unsupported_at_load),
+        cmocka_unit_test(test_jinja_cases),
     };
     return cmocka_run_group_tests(all, NULL, NULL);
 }
