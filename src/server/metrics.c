@@ -120,8 +120,8 @@ char *kiln_metrics_render(const struct kiln_metrics *m, const struct kiln_engine
     struct kiln_engine_stats zero = {0};
     if (!st) st = &zero;
     scalar(f, "kiln_model_loading", "gauge", "1 while the model is loading.", labels, loading);
-    scalar(f, "kiln_http_requests_in_flight", "gauge", "HTTP requests being answered.", labels,
-           m->in_flight);
+    scalar(f, "kiln_http_requests_in_flight", "gauge", "Generation requests being answered.",
+           labels, m->in_flight);
     scalar(f, "kiln_num_requests_waiting", "gauge", "Requests queued in the engine.", labels,
            st->waiting);
     scalar(f, "kiln_num_requests_running", "gauge", "Requests in the running batch.", labels,

@@ -28,7 +28,7 @@ struct kiln_metrics {
     int n_requests;
     uint64_t prompt_tokens, generation_tokens;
     uint64_t cancelled;            /* generations stopped because the client went away */
-    int in_flight;                 /* HTTP requests being answered */
+    int in_flight;                 /* generation requests being answered */
     struct kiln_histogram ttft;    /* request received -> first token, seconds */
     struct kiln_histogram itl;     /* between consecutive tokens of one choice, seconds */
     struct kiln_histogram latency; /* request received -> last byte queued, seconds */
