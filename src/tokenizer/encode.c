@@ -37,31 +37,47 @@ void tk_trie_free(struct tk_trie *t)
     memset(t, 0, sizeof *t);
 }
 
-enum kiln_status tk_trie_build(struct tk_trie *t, const struct tk_added *added, size_t n,
-                               bool normalized, struct kiln_error *err)
+static char *normalized_copy(const struct kiln_tokenizer *tok, const char *s, size_t n,
+                             size_t *out_n);
+
+/* Tokens marked "normalized" are matched in normalized text, so HF stores them normalized (with
+ * a Prepend normalizer that means a leading "▁" too); the trie does the same. */
+enum kiln_status tk_trie_build(struct tk_trie *t, const struct kiln_tokenizer *tok, bool normalized,
+                               struct kiln_error *err)
 {
+    const struct tk_added *added = tok->added;
+    size_t n = tok->added_n;
     memset(t, 0, sizeof *t);
+    char **content = calloc(n + 1, sizeof *content);
+    size_t *clen = calloc(n + 1, sizeof *clen);
+    if (!content || !clen) goto nomem;
     size_t total = 1;
-    for (size_t i = 0; i < n; i++)
-        if (added[i].normalized == normalized) total += added[i].len;
+    for (size_t i = 0; i < n; i++) {
+        if (added[i].normalized != normalized) continue;
+        if (normalized && tok->norm_n) {
+            content[i] = normalized_copy(tok, added[i].content, added[i].len, &clen[i]);
+            if (!content[i]) goto nomem;
+        }
+        total += content[i] ? clen[i] : added[i].len;
+    }
     uint32_t cap = 16;
     while (cap < 2 * total + 2) cap *= 2;
     t->edge = calloc(cap, sizeof *t->edge);
     t->child = malloc(cap * sizeof *t->child);
     t->term = malloc(total * sizeof *t->term);
-    if (!t->edge || !t->child || !t->term) {
-        tk_trie_free(t);
-        return kiln_errorf(err, KILN_ERR_NOMEM, "tokenizer: out of memory");
-    }
+    if (!t->edge || !t->child || !t->term) goto nomem;
     t->cap = cap;
     t->nodes = 1;
     t->term[0] = -1;
     for (size_t i = 0; i < n; i++) {
         if (added[i].normalized != normalized) continue;
+        const unsigned char *s =
+            (const unsigned char *)(content[i] ? content[i] : added[i].content);
+        size_t len = content[i] ? clen[i] : added[i].len;
+        if (len == 0) continue;
         int32_t node = 0;
-        const unsigned char *s = (const unsigned char *)added[i].content;
         t->first[s[0]] = true;
-        for (size_t k = 0; k < added[i].len; k++) {
+        for (size_t k = 0; k < len; k++) {
             int32_t c = trie_child(t, node, s[k]);
             if (c < 0) {
                 c = (int32_t)t->nodes++;
@@ -77,8 +93,17 @@ enum kiln_status tk_trie_build(struct tk_trie *t, const struct tk_added *added, 
         /* a later duplicate of the same content wins, as in HF's map of contents */
         t->term[node] = (int32_t)i;
     }
+    for (size_t i = 0; i < n; i++) free(content[i]);
+    free(content);
+    free(clen);
     if (t->nodes == 1) tk_trie_free(t); /* empty: nothing to match */
     return KILN_OK;
+nomem:
+    for (size_t i = 0; content && i < n; i++) free(content[i]);
+    free(content);
+    free(clen);
+    tk_trie_free(t);
+    return kiln_errorf(err, KILN_ERR_NOMEM, "tokenizer: out of memory");
 }
 
 /* Longest token starting at s[0]; returns its length and table index, or 0. */
@@ -299,6 +324,23 @@ static void normalize(struct enc *e, struct piece *p)
         p->off = off;
         p->len = e->arena.n - off;
     }
+}
+
+static char *normalized_copy(const struct kiln_tokenizer *tok, const char *s, size_t n,
+                             size_t *out_n)
+{
+    struct enc e = {.tok = tok};
+    tk_buf_put(&e.arena, s, n);
+    struct piece p = {0, e.arena.n, -1, true};
+    if (!e.arena.oom) normalize(&e, &p);
+    char *r = e.oom || e.arena.oom ? NULL : malloc(p.len + 1);
+    if (r) {
+        memcpy(r, e.arena.p + p.off, p.len);
+        r[p.len] = 0;
+        *out_n = p.len;
+    }
+    free(e.arena.p);
+    return r;
 }
 
 /* ---- pre-tokenizer ---- */

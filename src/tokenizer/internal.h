@@ -179,8 +179,10 @@ int32_t tk_token_id(const struct kiln_tokenizer *tok, const char *s, size_t n);
 enum kiln_status tk_encode(const struct kiln_tokenizer *tok, const char *text, size_t len,
                            bool add_special, int32_t **ids, size_t *n, struct kiln_error *err);
 void tk_trie_free(struct tk_trie *t);
-enum kiln_status tk_trie_build(struct tk_trie *t, const struct tk_added *added, size_t n,
-                               bool normalized, struct kiln_error *err);
+/* Trie of the added tokens whose "normalized" flag equals `normalized` (needs tok->added and
+ * tok->norm). */
+enum kiln_status tk_trie_build(struct tk_trie *t, const struct kiln_tokenizer *tok, bool normalized,
+                               struct kiln_error *err);
 
 /* nfc.c */
 /* Appends the NFC form of s[0..n) (valid UTF-8) to b. */

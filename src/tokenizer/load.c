@@ -858,8 +858,8 @@ static enum kiln_status load_tokenizer_json(struct kiln_tokenizer *tok, const ch
             goto out;
         }
     }
-    if ((st = tk_trie_build(&tok->trie_raw, tok->added, tok->added_n, false, err))) goto out;
-    if ((st = tk_trie_build(&tok->trie_norm, tok->added, tok->added_n, true, err))) goto out;
+    if ((st = tk_trie_build(&tok->trie_raw, tok, false, err))) goto out;
+    if ((st = tk_trie_build(&tok->trie_norm, tok, true, err))) goto out;
     if ((st = build_decode_table(tok, raw, raw_len, rules, nrules, err))) goto out;
     if ((st = parse_post(tok, json_object_get(root, "post_processor"), err))) goto out;
 
