@@ -4,6 +4,7 @@
  * token) or a byte range of one arena (the sanitized input plus whatever normalization wrote).
  * BPE merges each final piece with a binary heap of (rank, position), the same order HF's
  * Word::merge_all uses, so ties resolve identically. Thread-safe: all scratch is per call. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -636,16 +637,9 @@ static void add_char_symbols(struct enc *e, const char *c, size_t clen, size_t *
     }
 }
 
-static void bpe(struct enc *e, const char *s, size_t n)
+static void bpe_merge(struct enc *e, const char *s, size_t n)
 {
     const struct kiln_tokenizer *tok = e->tok;
-    if (tok->ignore_merges) {
-        int32_t id = vocab_get(tok, s, n);
-        if (id >= 0) {
-            push_id(e, id);
-            return;
-        }
-    }
     /* at most 4 symbols per byte (byte fallback of a 4-byte character) */
     if (!grow_scratch(e, 4 * n + 1)) return;
     size_t ns = 0;
@@ -698,6 +692,77 @@ static void bpe(struct enc *e, const char *s, size_t n)
             heap_push(e, &hn, ((uint64_t)rank << 32) | (uint32_t)pos);
     }
     for (int32_t i = 0; i >= 0; i = next[i]) push_id(e, sym[i]);
+}
+
+/* ---- word cache ----
+ * Words that need merges repeat (identifiers, inflected and non-English words); HF keeps a
+ * cache of merged words, and so does kiln, one per thread so encoding stays lock-free. A
+ * direct-mapped table of short words: a slot remembers which tokenizer filled it (uid), so
+ * several tokenizers can share a thread. 8192 slots x 80 bytes per thread, freed at thread
+ * exit. */
+#define WC_SLOTS 8192
+#define WC_KEY   24
+#define WC_IDS   8
+
+struct wc_slot {
+    uint64_t uid; /* tokenizer that filled it; 0 = empty */
+    uint8_t klen, nids;
+    char key[WC_KEY];
+    int32_t ids[WC_IDS];
+};
+
+static pthread_key_t wc_key;
+static pthread_once_t wc_once = PTHREAD_ONCE_INIT;
+static bool wc_ok;
+static _Thread_local struct wc_slot *wc_table;
+
+static void wc_init(void)
+{
+    wc_ok = pthread_key_create(&wc_key, free) == 0;
+}
+
+static struct wc_slot *wc_get(void)
+{
+    if (wc_table) return wc_table;
+    pthread_once(&wc_once, wc_init);
+    if (!wc_ok) return NULL;
+    wc_table = calloc(WC_SLOTS, sizeof *wc_table);
+    if (wc_table && pthread_setspecific(wc_key, wc_table) != 0) {
+        free(wc_table);
+        wc_table = NULL;
+    }
+    return wc_table;
+}
+
+static void bpe(struct enc *e, const char *s, size_t n)
+{
+    const struct kiln_tokenizer *tok = e->tok;
+    if (tok->ignore_merges) {
+        int32_t id = vocab_get(tok, s, n);
+        if (id >= 0) {
+            push_id(e, id);
+            return;
+        }
+    }
+    struct wc_slot *table = n <= WC_KEY ? wc_get() : NULL;
+    if (!table) {
+        bpe_merge(e, s, n);
+        return;
+    }
+    struct wc_slot *sl = &table[tk_hash(s, n) & (WC_SLOTS - 1)];
+    if (sl->uid == tok->uid && sl->klen == n && !memcmp(sl->key, s, n)) {
+        for (int i = 0; i < sl->nids; i++) push_id(e, sl->ids[i]);
+        return;
+    }
+    size_t start = e->nids;
+    bpe_merge(e, s, n);
+    size_t got = e->nids - start;
+    if (e->oom || got > WC_IDS) return;
+    sl->uid = tok->uid;
+    sl->klen = (uint8_t)n;
+    sl->nids = (uint8_t)got;
+    memcpy(sl->key, s, n);
+    memcpy(sl->ids, e->ids + start, got * sizeof *sl->ids);
 }
 
 /* ---- the pipeline ---- */

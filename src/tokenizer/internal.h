@@ -131,6 +131,7 @@ struct tk_decoder {
 };
 
 struct kiln_tokenizer {
+    uint64_t uid; /* unique per loaded tokenizer (word caches key on it), never 0 */
     /* vocabulary: id -> token in encoder form (raw bytes for byte-level models) */
     int32_t vocab_n;        /* ids 0 .. vocab_n-1 (model + added tokens) */
     char **tok;             /* [vocab_n] encoder-form bytes (NULL when the id is unused) */

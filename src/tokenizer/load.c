@@ -3,6 +3,7 @@
  * chat_template) and generation_config.json (eos ids). Anything kiln cannot reproduce exactly
  * is refused here with the JSON path of the part, never accepted and approximated. */
 #include <jansson.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -992,6 +993,8 @@ enum kiln_status kiln_tokenizer_load(const char *dir, struct kiln_tokenizer **ou
                            "%s: no tokenizer.json here (a model or tokenizer folder has one)", dir);
     struct kiln_tokenizer *tok = calloc(1, sizeof *tok);
     if (!tok) return kiln_errorf(err, KILN_ERR_NOMEM, "tokenizer: out of memory");
+    static _Atomic uint64_t next_uid = 1;
+    tok->uid = atomic_fetch_add(&next_uid, 1);
     if ((st = load_tokenizer_json(tok, path, err)) || (st = load_configs(tok, dir, err))) {
         kiln_tokenizer_free(tok);
         return st;
