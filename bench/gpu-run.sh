@@ -2,9 +2,10 @@
 # The GPU session: run on the GPU machine from the repository root, with the binaries of
 # bench/gpu-prepare.sh in .devcarry/. Builds nothing; checks correctness, then times; the last
 # lines printed are a short summary table. Logs go to $OUT (returned by the device tool).
-#   bench/gpu-run.sh [all|correct|bench|compare|sanitize]...
+#   bench/gpu-run.sh [all|correct|bench|compare|sanitize|pipeline]...
 set -uo pipefail
 B=$PWD/.devcarry
+export LD_LIBRARY_PATH="$B${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" # carried libcmocka
 OUT=${OUT:-/tmp/kiln-out}
 M=${KILN_MODELS:-/tmp/kiln-models}
 mkdir -p "$OUT" "$M"
@@ -15,6 +16,15 @@ step() { echo; echo "== $* ($(date +%T))"; }
 model() { # name preset extra-args
   [ -f "$M/$1/config.json" ] && return 0
   "$B/kiln" mkmodel "$M/$1" --preset "$2" --seed 1 "${@:3}" 2>&1 | tail -n 2
+}
+
+quick() {
+  step "kernel tests + tiny model"
+  model tiny tiny
+  timeout 90 "$B/test_cuda_ops" 2>&1 | tee "$OUT/test_cuda_ops.log" | grep -E "FAIL|passed"
+  note "test_cuda_ops: $(tail -n 1 "$OUT/test_cuda_ops.log")"
+  timeout 90 "$B/test_cuda_model" "$M/tiny" fp8 strict 2>&1 | tee "$OUT/test_cuda_model-tiny.log" | grep -E "FAIL|passed"
+  note "test_cuda_model tiny: $(tail -n 1 "$OUT/test_cuda_model-tiny.log")"
 }
 
 correct() {
@@ -66,6 +76,78 @@ compare() {
   note "8B vs PyTorch sim: $(cat "$OUT/compare-8b.json" 2>/dev/null)"
 }
 
+engine() {
+  step "runtime engine on the GPU (tiny model, real tokenizer)"
+  model tiny-tok tiny --tokenizer "$B/tokenizers/llama3_1"
+  timeout 120 "$B/test_engine_model" "$M/tiny-tok" cuda 2>&1 | tee "$OUT/test_engine_model.log" | tail -n 5
+  note "test_engine_model cuda: $(tail -n 1 "$OUT/test_engine_model.log")"
+}
+
+throughput() {
+  step "throughput (kiln bench --throughput), 8B-shaped model, FP8 KV"
+  model llama8b llama-3.1-8b --fp8-kv-cache
+  for cfg in "128 128 2048 256" "128 2048 1024 512" "2048 128 1024 256" "2048 2048 512 512"; do
+    set -- $cfg
+    timeout 240 "$B/kiln" bench "$M/llama8b" --throughput --num-requests "$3" --input-len "$1" \
+      --output-len "$2" --max-batch-size "$4" --json 2>&1 | tee -a "$OUT/throughput.log" | grep -vE "^\{" | tail -n 4
+    note "throughput $1/$2 x$3 batch $4: $(grep -E '^\{' "$OUT/throughput.log" | tail -n 1)"
+  done
+}
+
+# kiln convert, kiln build and kiln serve start-to-ready (/health 200) on the 8B-shaped FP8
+# checkpoint with the seed's limits, from a warm page cache; then HF vs engine greedy ids.
+pipeline() {
+  step "pipeline: convert, build, serve start-to-ready (8B-shaped FP8, FP8 KV)"
+  model llama8b llama-3.1-8b --fp8-kv-cache
+  local ck="$M/llama8b-ckpt" eng="$M/llama8b-engine" t0 t1 t2
+  rm -rf "$ck" "$eng"
+  cat "$M/llama8b"/*.safetensors >/dev/null
+  t0=$(date +%s.%N)
+  "$B/kiln" convert "$M/llama8b" -o "$ck" --fp8-kv-cache 2>&1 | tee "$OUT/convert-8b.log" | tail -n 2
+  t1=$(date +%s.%N)
+  "$B/kiln" build "$ck" -o "$eng" --max-batch-size 1 --max-input-len 2048 --max-seq-len 2560 \
+    2>&1 | tee "$OUT/build-8b.log" | tail -n 14
+  t2=$(date +%s.%N)
+  cat "$eng"/* >/dev/null
+  local start
+  start=$(date +%s.%N)
+  "$B/kiln" serve "$eng" --port 8377 --tokenizer "$B/tokenizers/llama3_1" >"$OUT/serve-8b.log" 2>&1 &
+  local pid=$!
+  local ready
+  ready=$(python3 - "$pid" "$start" <<'PY'
+import json, os, sys, time, urllib.request
+pid, t0 = int(sys.argv[1]), float(sys.argv[2])
+while time.time() - t0 < 120:
+    try:
+        if urllib.request.urlopen("http://127.0.0.1:8377/health", timeout=1).status == 200:
+            ready = time.time() - t0
+            req = urllib.request.Request("http://127.0.0.1:8377/v1/completions", data=json.dumps(
+                {"model": "llama8b-engine", "prompt": "The capital of France is", "max_tokens": 8,
+                 "temperature": 0}).encode(), headers={"Content-Type": "application/json"})
+            out = json.load(urllib.request.urlopen(req, timeout=60))
+            print("%.2f s (completion: %d tokens)" % (ready, out["usage"]["completion_tokens"]))
+            sys.exit(0)
+    except Exception:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        break
+    time.sleep(0.02)
+print("not ready")
+PY
+)
+  kill "$pid"; wait "$pid" 2>/dev/null
+  grep -E "engine verified|loaded" "$OUT/serve-8b.log" | tail -n 2
+  note "pipeline 8B: convert $(awk "BEGIN{printf \"%.1f\", $t1-$t0}") s, build $(awk "BEGIN{printf \"%.1f\", $t2-$t1}") s, serve start-to-ready $ready"
+  local ids
+  ids=$(python3 -c "import random; r=random.Random(5); print(','.join(['128000']+[str(r.randrange(128000)) for _ in range(63)]))")
+  local a b
+  a=$(timeout 200 "$B/kiln" generate "$M/llama8b" --prompt-ids "$ids" --max-tokens 16 2>/dev/null)
+  b=$(timeout 200 "$B/kiln" generate "$eng" --prompt-ids "$ids" --max-tokens 16 2>/dev/null)
+  note "pipeline 8B greedy ids, HF vs engine (64-token prompt: tuned cuBLASLt prefill): $([ -n "$a" ] && [ "$a" = "$b" ] && echo identical || echo "DIFFERENT: $a / $b")"
+}
+
 probe() {
   step "cuBLASLt FP8 GEMM probe (prefill shapes)"
   timeout 120 "$B/probe_gemm" 2048 2>&1 | tee "$OUT/probe_gemm.log" | grep -E "^M=|best"
@@ -85,7 +167,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for what in "${@:-all}"; do
   case $what in
     all) correct; bench; compare; sanitize ;;
-    correct|bench|profile|compare|sanitize|probe) $what ;;
+    quick|correct|bench|profile|compare|sanitize|probe|engine|throughput|pipeline) $what ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done
