@@ -27,6 +27,13 @@ struct result {
     char error[256];
 };
 
+/* On the GPU, a different schedule (batch composition, chunking, a cached prefix) can take
+ * another GEMM path (the fused kernels for <= 8 tokens per step, cuBLASLt above: ~2.5e-4 apart,
+ * which FP8 re-quantization amplifies): two results must then agree until they part ways, and
+ * may part only at a position where a's two best tokens were within `gap` nats. The results
+ * need logprobs >= 2. */
+void assert_same_or_near_tie(const struct result *a, const struct result *b, float gap);
+
 /* Submits r with res as its user pointer (fails the test on error); returns the id. */
 uint64_t submit(struct kiln_engine *e, struct kiln_request r, struct result *res);
 /* Collects events until n requests have finished (fails after 60 s without an event). */
