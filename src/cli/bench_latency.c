@@ -231,7 +231,9 @@ int kiln_bench_latency(int argc, char **argv)
                 (a.backend.device == KILN_CLI_DEVICE_AUTO && kiln_cuda_available());
     double read_gbs = 0, peak_tflops = 0;
     if (cuda && kiln_cuda_measure_limits(0, &read_gbs, &peak_tflops, &err)) goto fail;
-    if (kiln_model_load(a.model_dir, &m, &err)) goto fail;
+    if (kiln_model_load(a.model_dir, &m, &err) ||
+        kiln_cli_engine_limits(m, &a.max_batch, NULL, &a.max_seq_len, NULL, &err))
+        goto fail;
     const struct kiln_config *cfg = &m->cfg;
     B.vocab = cfg->vocab_size;
 

@@ -3,6 +3,8 @@
 #ifndef KILN_CLI_CLI_H
 #define KILN_CLI_CLI_H
 
+int kiln_cmd_convert(int argc, char **argv);
+int kiln_cmd_build(int argc, char **argv);
 int kiln_cmd_generate(int argc, char **argv);
 int kiln_cmd_serve(int argc, char **argv);
 int kiln_cmd_bench(int argc, char **argv);

@@ -298,10 +298,12 @@ static int throughput(const struct tp_args *a)
         goto fail;
     }
 
+    int max_batch = a->max_batch, max_tokens = a->max_num_tokens, max_input = a->input_len;
+    if (kiln_cli_engine_limits(m, &max_batch, &max_tokens, NULL, &max_input, &err)) goto fail;
     struct kiln_backend_options bo;
     kiln_cli_backend_options(&a->backend, m, &bo);
-    bo.max_seqs = a->max_batch ? a->max_batch : (conc < 256 ? conc : 256);
-    bo.max_tokens = a->max_num_tokens ? a->max_num_tokens : 8192;
+    bo.max_seqs = max_batch ? max_batch : (conc < 256 ? conc : 256);
+    bo.max_tokens = max_tokens ? max_tokens : 8192;
     if (bo.max_tokens < bo.max_seqs) bo.max_tokens = bo.max_seqs;
     bo.max_seq_len = a->input_len + a->output_len;
     if (a->kv_blocks) bo.n_blocks = a->kv_blocks;

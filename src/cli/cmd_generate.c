@@ -144,8 +144,12 @@ int kiln_cmd_generate(int argc, char **argv)
     struct kiln_sampling *sps = NULL;
     struct kiln_sample_out *outs = NULL;
     rc = 1;
+    int total = n_prompt + a.max_tokens, n_seqs = a.dump_logits ? n_prompt : 1;
     if (kiln_model_load(a.model_dir, &model, &err)) goto fail;
-    int total = n_prompt + a.max_tokens;
+    if (kiln_cli_engine_limits(model, &n_seqs, &n_prompt, &total, &n_prompt, &err)) {
+        kiln_error_prefix(&err, "prompt of %d tokens, %d to generate", n_prompt, a.max_tokens);
+        goto fail;
+    }
     struct kiln_backend_options opt;
     kiln_cli_backend_options(&a.backend, model, &opt);
     opt.max_seqs = a.dump_logits ? n_prompt : 1;

@@ -241,7 +241,10 @@ static enum kiln_status load(struct loader *l, struct kiln_error *err)
 {
     struct serve_args *a = l->a;
     double t0 = kiln_now();
-    if (kiln_model_load(a->model_dir, &l->model, err)) return err->code;
+    if (kiln_model_load(a->model_dir, &l->model, err) ||
+        kiln_cli_engine_limits(l->model, &a->max_batch, &a->max_num_tokens, &a->max_seq_len,
+                               &a->max_input_len, err))
+        return err->code;
     const char *tdir = a->tokenizer_dir ? a->tokenizer_dir : a->model_dir;
     if (kiln_tokenizer_load(tdir, &l->tok, err)) {
         kiln_error_prefix(err, "tokenizer (%s)", tdir);

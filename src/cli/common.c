@@ -5,7 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cuda/tune.h"
 #include "core/log.h"
+#include "model/format.h"
 
 bool kiln_cli_int(const char *s, int lo, int hi, int *out)
 {
@@ -68,7 +70,7 @@ enum kiln_status kiln_cli_parse_ids(const char *s, int32_t **ids, int *n, struct
 void kiln_cli_backend_defaults(struct kiln_cli_backend *b)
 {
     *b = (struct kiln_cli_backend){
-        .device = KILN_CLI_DEVICE_AUTO, .kv_dtype = -1, .block_size = 16, .kv_fraction = 0.9f};
+        .device = KILN_CLI_DEVICE_AUTO, .kv_dtype = -1, .block_size = 0, .kv_fraction = 0.9f};
 }
 
 bool kiln_cli_backend_option(int c, const char *arg, struct kiln_cli_backend *b, bool *ok)
@@ -119,12 +121,88 @@ void kiln_cli_backend_options(const struct kiln_cli_backend *b, const struct kil
     kiln_backend_options_default(opt);
     if (b->kv_dtype >= 0)
         opt->kv_dtype = (enum kiln_dtype)b->kv_dtype;
+    else if (m->engine)
+        opt->kv_dtype = m->engine->kv_dtype;
     else
         opt->kv_dtype = m->cfg.fp8_kv_cache ? KILN_DTYPE_F8E4M3 : KILN_DTYPE_BF16;
-    opt->block_size = b->block_size;
+    if (b->block_size)
+        opt->block_size = b->block_size;
+    else if (m->engine)
+        opt->block_size = m->engine->tokens_per_block;
     opt->n_threads = b->threads;
     opt->kv_memory_fraction = b->kv_fraction;
     opt->cuda_graphs = !b->no_graphs;
+}
+
+static enum kiln_status over_limit(const struct kiln_model *m, const char *what, int asked,
+                                   int limit, const char *option, struct kiln_error *err)
+{
+    return kiln_errorf(err, KILN_ERR_LIMIT,
+                       "%s %d is more than engine %s allows (%d, built with %s %d): ask for at "
+                       "most %d, or rebuild the engine with `kiln build CKPT -o %s %s %d`",
+                       what, asked, m->dir, limit, option, limit, limit, m->dir, option, asked);
+}
+
+enum kiln_status kiln_cli_engine_limits(const struct kiln_model *m, int *max_batch_size,
+                                        int *max_num_tokens, int *max_seq_len, int *max_input_len,
+                                        struct kiln_error *err)
+{
+    const struct kiln_engine_meta *e = m->engine;
+    if (!e) return KILN_OK;
+    struct {
+        int *v;
+        int limit;
+        const char *what, *option;
+    } f[4] = {{max_batch_size, e->max_batch_size, "max_batch_size", "--max-batch-size"},
+              {max_num_tokens, e->max_num_tokens, "max_num_tokens", "--max-num-tokens"},
+              {max_seq_len, e->max_seq_len, "max_seq_len", "--max-seq-len"},
+              {max_input_len, e->max_input_len, "max_input_len", "--max-input-len"}};
+    for (int i = 0; i < 4; i++) {
+        if (!f[i].v) continue;
+        if (*f[i].v > f[i].limit)
+            return over_limit(m, f[i].what, *f[i].v, f[i].limit, f[i].option, err);
+        if (*f[i].v <= 0) *f[i].v = f[i].limit;
+    }
+    return KILN_OK;
+}
+
+/* The backend an engine may get: its limits at most, its KV dtype and block size, and on CUDA
+ * a GPU of the compute capability it was built (and timed) for. */
+static enum kiln_status check_engine(const struct kiln_model *m,
+                                     const struct kiln_backend_options *opt, bool cuda,
+                                     struct kiln_error *err)
+{
+    const struct kiln_engine_meta *e = m->engine;
+    if (!e) return KILN_OK;
+    if (opt->max_seqs > e->max_batch_size)
+        return over_limit(m, "max_batch_size", opt->max_seqs, e->max_batch_size, "--max-batch-size",
+                          err);
+    if (opt->max_tokens > e->max_num_tokens)
+        return over_limit(m, "max_num_tokens", opt->max_tokens, e->max_num_tokens,
+                          "--max-num-tokens", err);
+    if (opt->max_seq_len > e->max_seq_len)
+        return over_limit(m, "max_seq_len", opt->max_seq_len, e->max_seq_len, "--max-seq-len", err);
+    static const char *const kv[] = {
+        [KILN_DTYPE_F8E4M3] = "fp8", [KILN_DTYPE_BF16] = "bf16", [KILN_DTYPE_F32] = "f32"};
+    if (opt->kv_dtype != e->kv_dtype)
+        return kiln_errorf(err, KILN_ERR_INVALID,
+                           "engine %s was built with --kv-dtype %s: --kv-dtype %s needs an engine "
+                           "built with `kiln build --kv-dtype %s`",
+                           m->dir, kv[e->kv_dtype], kv[opt->kv_dtype], kv[opt->kv_dtype]);
+    if (opt->block_size != e->tokens_per_block)
+        return kiln_errorf(err, KILN_ERR_INVALID,
+                           "engine %s was built with --tokens-per-block %d: --block-size %d needs "
+                           "an engine built with `kiln build --tokens-per-block %d`",
+                           m->dir, e->tokens_per_block, opt->block_size, opt->block_size);
+    if (!cuda) return KILN_OK;
+    struct kiln_cuda_device dev;
+    enum kiln_status st = kiln_cuda_device_info(opt->device, &dev, err);
+    if (!st) st = kiln_engine_check_gpu(e, m->dir, dev.cc_major, dev.cc_minor, dev.name, err);
+    if (!st && !e->cc_major)
+        KILN_INFO("engine %s was built without a GPU: cuBLASLt's heuristic picks its GEMM "
+                  "algorithms (build it on this GPU to time them)",
+                  m->dir);
+    return st;
 }
 
 enum kiln_status kiln_cli_backend_create(const struct kiln_cli_backend *b,
@@ -134,6 +212,8 @@ enum kiln_status kiln_cli_backend_create(const struct kiln_cli_backend *b,
 {
     bool cuda = b->device == KILN_CLI_DEVICE_CUDA ||
                 (b->device == KILN_CLI_DEVICE_AUTO && kiln_cuda_available());
+    enum kiln_status st = check_engine(m, opt, cuda, err);
+    if (st) return st;
     if (cuda) return kiln_backend_cuda_create(m, opt, out, err);
     if (b->device == KILN_CLI_DEVICE_AUTO) KILN_INFO("no GPU found: running on the CPU");
     return kiln_backend_cpu_create(m, opt, out, err);

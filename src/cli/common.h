@@ -60,9 +60,18 @@ bool kiln_cli_backend_option(int c, const char *arg, struct kiln_cli_backend *b,
 /* Backend options from the flags and the model (kv dtype, block size, threads). */
 void kiln_cli_backend_options(const struct kiln_cli_backend *b, const struct kiln_model *m,
                               struct kiln_backend_options *opt);
+/* On a model loaded from an engine folder (kiln build), also refuses options beyond the
+ * engine's limits, another KV dtype or block size, and a GPU of another compute capability. */
 enum kiln_status kiln_cli_backend_create(const struct kiln_cli_backend *b,
                                          const struct kiln_model *m,
                                          const struct kiln_backend_options *opt,
                                          struct kiln_backend **out, struct kiln_error *err);
+
+/* Limits a command asks for (any pointer may be NULL), 0 where the user set none. For a model
+ * loaded from an engine folder each 0 becomes the engine's build setting and a larger value is
+ * an error that names the engine's limit; for other models nothing changes. */
+enum kiln_status kiln_cli_engine_limits(const struct kiln_model *m, int *max_batch_size,
+                                        int *max_num_tokens, int *max_seq_len, int *max_input_len,
+                                        struct kiln_error *err);
 
 #endif

@@ -21,6 +21,8 @@ struct command {
 
 static const struct command commands[] = {
     {"version", cmd_version, "print the version"},
+    {"convert", kiln_cmd_convert, "Hugging Face checkpoint -> kiln checkpoint (--fp8 quantizes)"},
+    {"build", kiln_cmd_build, "checkpoint -> engine for this GPU and these limits"},
     {"serve", kiln_cmd_serve, "OpenAI-compatible HTTP server for a model"},
     {"bench", kiln_cmd_bench, "benchmark: --throughput under load, else latency"},
     {"mkmodel", kiln_cmd_mkmodel, "write a random-weight test checkpoint (HF ModelOpt FP8)"},

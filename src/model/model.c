@@ -9,7 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cuda/kernels.h"
+#include "core/file.h"
 #include "core/log.h"
+#include "format.h"
 
 #define FLOAT_MASK ((1u << KILN_DTYPE_BF16) | (1u << KILN_DTYPE_F16) | (1u << KILN_DTYPE_F32))
 #define FP8_MASK   (1u << KILN_DTYPE_F8E4M3)
@@ -18,6 +21,8 @@
 struct loader {
     struct kiln_model *m;
     bool *used; /* [m->st.n_tensors]: tensors consumed, the rest are logged as ignored */
+    bool fused; /* kiln checkpoint or engine: qkv_proj and gate_up_proj under kiln's names */
+    int qkv_order, gate_up_order; /* their row orders (engines) */
 };
 
 enum kiln_status kiln_model_own(struct kiln_model *m, void *buf, struct kiln_error *err)
@@ -227,18 +232,31 @@ static enum kiln_status load_layer(struct loader *L, int i, struct kiln_error *e
     const int64_t qkv_out[3] = {c->n_heads * dh, c->n_kv_heads * dh, c->n_kv_heads * dh};
     const int64_t gu_out[2] = {f, f}, o_out = d, down_out = d;
     const char *o = mod[3], *down = mod[6];
+    int n_qkv = 3, n_gu = 2;
+    char fused_qkv[160], fused_gu[160];
+    int64_t fused_qkv_out = qkv_out[0] + qkv_out[1] + qkv_out[2], fused_gu_out = 2 * f;
+    if (L->fused) {
+        snprintf(fused_qkv, sizeof fused_qkv, "model.layers.%d.%s", i, KILN_FUSED_QKV);
+        snprintf(fused_gu, sizeof fused_gu, "model.layers.%d.%s", i, KILN_FUSED_GATE_UP);
+        qkv[0] = fused_qkv;
+        gu[0] = fused_gu;
+        n_qkv = n_gu = 1;
+    }
     enum kiln_status st;
     snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", i);
     if ((st = get(L, name, FLOAT_MASK, 1, &d, &w->attn_norm, err))) return st;
     snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", i);
     if ((st = get(L, name, FLOAT_MASK, 1, &d, &w->mlp_norm, err)) ||
-        (st = load_linear(L, qkv, qkv_out, 3, d, &w->qkv, err)) ||
+        (st = load_linear(L, qkv, L->fused ? &fused_qkv_out : qkv_out, n_qkv, d, &w->qkv, err)) ||
         (st = load_linear(L, &o, &o_out, 1, c->n_heads * dh, &w->o, err)) ||
-        (st = load_linear(L, gu, gu_out, 2, d, &w->gate_up, err)) ||
+        (st = load_linear(L, gu, L->fused ? &fused_gu_out : gu_out, n_gu, d, &w->gate_up, err)) ||
         (st = load_linear(L, &down, &down_out, 1, f, &w->down, err)) ||
         (st = kv_scale(L, i, "k_proj", "k_scale", &w->k_scale, err)) ||
         (st = kv_scale(L, i, "v_proj", "v_scale", &w->v_scale, err)))
         return st;
+    w->qkv.row_order = L->qkv_order;
+    w->qkv.row_head_dim = c->head_dim;
+    w->gate_up.row_order = L->gate_up_order;
     return KILN_OK;
 }
 
@@ -276,6 +294,26 @@ static bool ends_with(const char *s, const char *suffix)
     return n >= k && !strcmp(s + n - k, suffix);
 }
 
+/* An engine folder has engine.json (checked: version, sizes, checksums), a kiln checkpoint
+ * kiln.json; anything else is read as a Hugging Face checkpoint. */
+static enum kiln_status detect_format(struct kiln_model *m, struct kiln_error *err)
+{
+    char path[1200];
+    enum kiln_status st = kiln_path_join(path, sizeof path, m->dir, KILN_ENGINE_JSON, err);
+    if (st) return st;
+    if (kiln_file_exists(path)) {
+        m->format = KILN_FORMAT_ENGINE;
+        return kiln_engine_meta_load(m->dir, &m->engine, err);
+    }
+    if ((st = kiln_path_join(path, sizeof path, m->dir, KILN_CHECKPOINT_JSON, err))) return st;
+    if (kiln_file_exists(path)) {
+        m->format = KILN_FORMAT_CHECKPOINT;
+        return kiln_checkpoint_check(m->dir, err);
+    }
+    m->format = KILN_FORMAT_HF;
+    return KILN_OK;
+}
+
 enum kiln_status kiln_model_load(const char *dir, struct kiln_model **out, struct kiln_error *err)
 {
     *out = NULL;
@@ -286,8 +324,14 @@ enum kiln_status kiln_model_load(const char *dir, struct kiln_model **out, struc
         free(m);
         return kiln_errorf(err, KILN_ERR_INVALID, "%s: path too long", dir);
     }
-    struct loader L = {m, NULL};
-    enum kiln_status st = kiln_config_load(dir, &m->cfg, err);
+    struct loader L = {m, NULL, false, 0, 0};
+    enum kiln_status st = detect_format(m, err);
+    if (!st && m->engine) {
+        L.qkv_order = m->engine->qkv_order;
+        L.gate_up_order = m->engine->gate_up_order;
+    }
+    L.fused = m->format != KILN_FORMAT_HF;
+    if (!st) st = kiln_config_load(dir, &m->cfg, err);
     if (!st) st = kiln_st_open_dir(dir, &m->st, err);
     if (!st && !(L.used = calloc(m->st.n_tensors + 1, sizeof *L.used)))
         st = kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
@@ -317,6 +361,7 @@ void kiln_model_free(struct kiln_model *m)
     free(m->owned);
     free(m->layers);
     kiln_config_free(&m->cfg);
+    kiln_engine_meta_free(m->engine);
     free(m);
 }
 
@@ -342,9 +387,35 @@ static bool requant_map(const struct kiln_linear *l, int p, uint8_t map[256])
 typedef void (*slice_fn)(const struct kiln_linear *l, int p, const void *src, size_t n,
                          size_t dst_off, void *dst);
 
+int64_t kiln_linear_stored_row(const struct kiln_linear *l, int64_t r)
+{
+    switch (l->row_order) {
+    case KILN_ROWS_QKV_PAIRED: { /* dims [8j, 8j+8) and [Dh/2 + 8j, ...) share 16-row tile j */
+        int64_t dh = l->row_head_dim, half = dh / 2, dim = r % dh, hi = dim >= half;
+        int64_t j = dim - hi * half;
+        return r - dim + 16 * (j / 8) + 8 * hi + j % 8;
+    }
+    case KILN_ROWS_GU_INTERLEAVED: { /* gate rows [8j, 8j+8) then up rows [8j, 8j+8) */
+        int64_t f = l->out / 2, hi = r >= f, j = r - hi * f;
+        return 16 * (j / 8) + 8 * hi + j % 8;
+    }
+    default:
+        return r;
+    }
+}
+
 static void for_slices(const struct kiln_linear *l, int64_t r0, int64_t r1, slice_fn fn, void *dst)
 {
     KILN_ASSERT(0 <= r0 && r0 <= r1 && r1 <= l->out);
+    if (l->row_order != KILN_ROWS_PLAIN) { /* an engine's kernel order: row by row */
+        KILN_ASSERT(l->n_parts == 1);
+        size_t row_bytes = (size_t)l->in * kiln_dtype_size(l->part[0].dtype);
+        for (int64_t r = r0; r < r1; r++)
+            fn(l, 0,
+               (const uint8_t *)l->part[0].data + (size_t)kiln_linear_stored_row(l, r) * row_bytes,
+               (size_t)l->in, (size_t)((r - r0) * l->in), dst);
+        return;
+    }
     int64_t base = 0;
     for (int p = 0; p < l->n_parts; p++) {
         int64_t rows = l->part[p].shape[0];
@@ -397,6 +468,37 @@ void kiln_linear_fp8_rows(const struct kiln_linear *l, int64_t r0, int64_t r1, u
 void kiln_linear_f32_rows(const struct kiln_linear *l, int64_t r0, int64_t r1, float *dst)
 {
     for_slices(l, r0, r1, slice_f32, dst);
+}
+
+static void slice_raw(const struct kiln_linear *l, int p, const void *src, size_t n, size_t dst_off,
+                      void *dst)
+{
+    size_t esize = kiln_dtype_size(l->part[p].dtype);
+    memcpy((uint8_t *)dst + dst_off * esize, src, n * esize);
+}
+
+int kiln_linear_dtype(const struct kiln_linear *l)
+{
+    if (l->fp8) return KILN_DTYPE_F8E4M3;
+    for (int p = 1; p < l->n_parts; p++)
+        if (l->part[p].dtype != l->part[0].dtype) return -1;
+    return (int)l->part[0].dtype;
+}
+
+void kiln_linear_rows(const struct kiln_linear *l, int64_t r0, int64_t r1, void *dst)
+{
+    if (l->fp8) {
+        kiln_linear_fp8_rows(l, r0, r1, dst);
+        return;
+    }
+    KILN_ASSERT(kiln_linear_dtype(l) >= 0);
+    for_slices(l, r0, r1, slice_raw, dst);
+}
+
+const void *kiln_linear_stored(const struct kiln_linear *l, int order)
+{
+    if (l->n_parts != 1 || l->row_order != order) return NULL;
+    return l->fp8 || l->part[0].dtype == KILN_DTYPE_BF16 ? l->part[0].data : NULL;
 }
 
 static uint64_t tensor_bytes(const struct kiln_tensor *t)

@@ -37,6 +37,11 @@ struct kiln_linear {
     bool fp8;                                /* weights F8_E4M3 with static activation scale */
     float weight_scale;                      /* fused: max over parts */
     float input_scale;                       /* fused: max over parts */
+    /* How part[0]'s rows are stored: 0 in the natural order; in an engine, the order the CUDA
+     * kernels read (enum kiln_row_order of backend/cuda/kernels.h; one part only). The
+     * accessors below always speak natural row numbers. */
+    int row_order;
+    int row_head_dim; /* head_dim, for the q|k|v order */
 };
 
 struct kiln_layer_weights {
@@ -49,8 +54,16 @@ struct kiln_layer_weights {
     float k_scale, v_scale;       /* FP8 KV cache: stored = sat_e4m3(k / k_scale); 1 if absent */
 };
 
+/* Where a model was loaded from. Kiln checkpoints (kiln convert) and engines (kiln build) store
+ * q|k|v and gate|up fused under kiln's names (format.h), so their groups load as one part. */
+enum kiln_model_format { KILN_FORMAT_HF, KILN_FORMAT_CHECKPOINT, KILN_FORMAT_ENGINE };
+
+struct kiln_engine_meta;
+
 struct kiln_model {
     struct kiln_config cfg;
+    enum kiln_model_format format;
+    struct kiln_engine_meta *engine;   /* engines: build settings, GPU, GEMM table (format.h) */
     struct kiln_tensor embed;          /* (vocab, d) */
     struct kiln_tensor norm;           /* (d,) */
     struct kiln_linear lm_head;        /* (vocab, d); the embedding when tied */
@@ -63,7 +76,8 @@ struct kiln_model {
     int n_owned, cap_owned;
 };
 
-/* Loads config + safetensors from an HF folder and validates everything. */
+/* Loads config + safetensors from an HF folder, a kiln checkpoint or an engine folder (whose
+ * format version, file sizes and checksums are checked first) and validates everything. */
 enum kiln_status kiln_model_load(const char *dir, struct kiln_model **out, struct kiln_error *err);
 /* Frees a loaded model, or one built by hand: m, m->layers and every m->owned[i] from
  * malloc/calloc, m->cfg from kiln_config_parse (or zeroed), m->st zeroed (n_files = 0). */
@@ -80,6 +94,19 @@ void kiln_linear_fp8_rows(const struct kiln_linear *l, int64_t r0, int64_t r1, u
  * backends apply input_scale * weight_scale after the dot product); other dtypes converted.
  * dst (r1 - r0, in). */
 void kiln_linear_f32_rows(const struct kiln_linear *l, int64_t r0, int64_t r1, float *dst);
+
+/* The dtype kiln_linear_rows writes: F8_E4M3 for FP8, else the parts' own; -1 when the parts
+ * of an unquantized group differ in dtype. */
+int kiln_linear_dtype(const struct kiln_linear *l);
+/* Rows [r0, r1) in that dtype: the codes of kiln_linear_fp8_rows, or the parts' bytes.
+ * dst (r1 - r0, in). Requires kiln_linear_dtype(l) >= 0. */
+void kiln_linear_rows(const struct kiln_linear *l, int64_t r0, int64_t r1, void *dst);
+/* The weight bytes as they lie, when they already hold every row in row order `order` with
+ * nothing to requantize or convert (one part, FP8 or BF16): a backend may copy them whole.
+ * NULL otherwise. */
+const void *kiln_linear_stored(const struct kiln_linear *l, int order);
+/* Where natural row r of l lies in storage (the inverse of kiln_cuda_natural_row). */
+int64_t kiln_linear_stored_row(const struct kiln_linear *l, int64_t r);
 
 /* Total bytes of weights a forward pass reads (for GB/s figures). */
 uint64_t kiln_model_weight_bytes(const struct kiln_model *m);

@@ -16,8 +16,9 @@
 
 /* Index files of real checkpoints are a few hundred KB; this only guards against surprises. */
 #define INDEX_MAX_BYTES (64u * 1024u * 1024u)
-/* One write() moves at most ~2 GB on Linux; smaller calls keep the loop simple. */
-#define WRITE_CHUNK (256u * 1024u * 1024u)
+/* One write() moves at most ~2 GB on Linux; smaller calls keep the loop simple, and the sink
+ * (progress, hashing, cancellation) hears from the writer every 64 MiB. */
+#define WRITE_CHUNK (64u * 1024u * 1024u)
 
 static uint64_t read_u64le(const uint8_t *p)
 {
@@ -549,6 +550,8 @@ struct wtensor {
     int ndim;
     int64_t shape[KILN_ST_MAX_DIMS];
     const void *data;
+    kiln_st_fill_fn fill; /* or: bytes made on demand, row range by row range */
+    void *fill_ctx;
     uint64_t bytes;
     size_t order; /* insertion index, for a stable layout */
 };
@@ -557,6 +560,8 @@ struct kiln_st_writer {
     struct wtensor *t; /* [n] */
     size_t n, cap;
     uint64_t bytes;
+    kiln_st_sink_fn sink;
+    void *sink_ctx;
 };
 
 struct kiln_st_writer *kiln_st_writer_create(void)
@@ -577,9 +582,15 @@ size_t kiln_st_writer_bytes(const struct kiln_st_writer *w)
     return (size_t)w->bytes;
 }
 
-enum kiln_status kiln_st_writer_add(struct kiln_st_writer *w, const char *name, enum kiln_dtype dt,
-                                    int ndim, const int64_t *shape, const void *data,
-                                    struct kiln_error *err)
+void kiln_st_writer_set_sink(struct kiln_st_writer *w, kiln_st_sink_fn sink, void *ctx)
+{
+    w->sink = sink;
+    w->sink_ctx = ctx;
+}
+
+static enum kiln_status add_entry(struct kiln_st_writer *w, const char *name, enum kiln_dtype dt,
+                                  int ndim, const int64_t *shape, const void *data,
+                                  kiln_st_fill_fn fill, void *fill_ctx, struct kiln_error *err)
 {
     if (!*name || !strcmp(name, "__metadata__"))
         return kiln_errorf(err, KILN_ERR_INVALID, "'%s' is not a valid tensor name", name);
@@ -596,7 +607,7 @@ enum kiln_status kiln_st_writer_add(struct kiln_st_writer *w, const char *name, 
     uint64_t bytes;
     if (!tensor_bytes(dt, ndim, shape, &bytes) || bytes > UINT64_MAX - w->bytes)
         return kiln_errorf(err, KILN_ERR_INVALID, "%s: size overflows", name);
-    if (bytes && !data) return kiln_errorf(err, KILN_ERR_INVALID, "%s: no data", name);
+    if (bytes && !data && !fill) return kiln_errorf(err, KILN_ERR_INVALID, "%s: no data", name);
     if (w->n == w->cap) {
         size_t cap = w->cap ? w->cap * 2 : 64;
         struct wtensor *nt = realloc(w->t, cap * sizeof *nt);
@@ -612,10 +623,27 @@ enum kiln_status kiln_st_writer_add(struct kiln_st_writer *w, const char *name, 
     t->ndim = ndim;
     if (ndim) memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
     t->data = data;
+    t->fill = fill;
+    t->fill_ctx = fill_ctx;
     t->bytes = bytes;
     t->order = w->n++;
     w->bytes += bytes;
     return KILN_OK;
+}
+
+enum kiln_status kiln_st_writer_add(struct kiln_st_writer *w, const char *name, enum kiln_dtype dt,
+                                    int ndim, const int64_t *shape, const void *data,
+                                    struct kiln_error *err)
+{
+    return add_entry(w, name, dt, ndim, shape, data, NULL, NULL, err);
+}
+
+enum kiln_status kiln_st_writer_add_fill(struct kiln_st_writer *w, const char *name,
+                                         enum kiln_dtype dt, int ndim, const int64_t *shape,
+                                         kiln_st_fill_fn fill, void *ctx, struct kiln_error *err)
+{
+    if (!fill) return kiln_errorf(err, KILN_ERR_INVALID, "%s: no fill function", name);
+    return add_entry(w, name, dt, ndim, shape, NULL, fill, ctx, err);
 }
 
 /* Data order: widest elements first, then insertion order. With the header padded to a
@@ -658,8 +686,9 @@ static char *header_json(const struct kiln_st_writer *w, struct kiln_error *err)
     return s;
 }
 
-static enum kiln_status write_all(int fd, const char *path, const void *data, uint64_t n,
-                                  struct kiln_error *err)
+/* Writes n bytes and hands every WRITE_CHUNK of them to the sink once on disk. */
+static enum kiln_status write_all(const struct kiln_st_writer *w, int fd, const char *path,
+                                  const void *data, uint64_t n, struct kiln_error *err)
 {
     const char *p = data;
     while (n > 0) {
@@ -669,10 +698,48 @@ static enum kiln_status write_all(int fd, const char *path, const void *data, ui
         if (got <= 0)
             return kiln_errorf(err, KILN_ERR_IO, "%s: write: %s", path,
                                got < 0 ? strerror(errno) : "no progress");
+        if (w->sink) {
+            enum kiln_status st = w->sink(w->sink_ctx, p, (size_t)got, err);
+            if (st) return st;
+        }
         p += got;
         n -= (uint64_t)got;
     }
     return KILN_OK;
+}
+
+/* A filled tensor, WRITE_CHUNK at a time in whole rows of its first dimension (a tensor of
+ * fewer than two dimensions is one row) through buf (cap bytes, at least one row). */
+static enum kiln_status write_filled(const struct kiln_st_writer *w, int fd, const char *path,
+                                     const struct wtensor *t, uint8_t *buf, size_t cap,
+                                     struct kiln_error *err)
+{
+    int64_t rows = t->ndim >= 2 ? t->shape[0] : 1;
+    size_t row_bytes = rows ? (size_t)(t->bytes / (uint64_t)rows) : 0;
+    if (!row_bytes) return KILN_OK;
+    int64_t step = (int64_t)(cap / row_bytes);
+    for (int64_t r0 = 0; r0 < rows; r0 += step) {
+        int64_t r1 = rows - r0 < step ? rows : r0 + step;
+        enum kiln_status st = t->fill(t->fill_ctx, r0, r1, buf, err);
+        if (!st) st = write_all(w, fd, path, buf, (uint64_t)(r1 - r0) * row_bytes, err);
+        if (st) return kiln_error_prefix(err, "%s", t->name);
+    }
+    return KILN_OK;
+}
+
+/* Bytes of the buffer filled tensors go through: WRITE_CHUNK, or one row when larger. */
+static size_t fill_buffer_bytes(const struct kiln_st_writer *w)
+{
+    size_t cap = 0;
+    for (size_t i = 0; i < w->n; i++) {
+        const struct wtensor *t = &w->t[i];
+        if (!t->fill) continue;
+        int64_t rows = t->ndim >= 2 ? t->shape[0] : 1;
+        size_t row = rows ? (size_t)(t->bytes / (uint64_t)rows) : 0;
+        size_t need = row > WRITE_CHUNK ? row : WRITE_CHUNK;
+        if (need > cap) cap = need;
+    }
+    return cap;
 }
 
 static enum kiln_status write_file(const struct kiln_st_writer *w, const char *hdr, const char *tmp,
@@ -685,11 +752,16 @@ static enum kiln_status write_file(const struct kiln_st_writer *w, const char *h
     uint8_t prefix[8];
     for (int i = 0; i < 8; i++) prefix[i] = (uint8_t)((uint64_t)padded >> (8 * i));
     static const char spaces[8] = "        ";
-    enum kiln_status st = write_all(fd, tmp, prefix, 8, err);
-    if (!st) st = write_all(fd, tmp, hdr, hlen, err);
-    if (!st) st = write_all(fd, tmp, spaces, padded - hlen, err);
+    size_t cap = fill_buffer_bytes(w);
+    uint8_t *buf = cap ? malloc(cap) : NULL;
+    enum kiln_status st = cap && !buf ? kiln_errorf(err, KILN_ERR_NOMEM, "out of memory") : KILN_OK;
+    if (!st) st = write_all(w, fd, tmp, prefix, 8, err);
+    if (!st) st = write_all(w, fd, tmp, hdr, hlen, err);
+    if (!st) st = write_all(w, fd, tmp, spaces, padded - hlen, err);
     for (size_t i = 0; i < w->n && !st; i++)
-        st = write_all(fd, tmp, w->t[i].data, w->t[i].bytes, err);
+        st = w->t[i].fill ? write_filled(w, fd, tmp, &w->t[i], buf, cap, err)
+                          : write_all(w, fd, tmp, w->t[i].data, w->t[i].bytes, err);
+    free(buf);
     if (!st && fsync(fd) != 0)
         st = kiln_errorf(err, KILN_ERR_IO, "%s: fsync: %s", tmp, strerror(errno));
     if (close(fd) != 0 && !st)

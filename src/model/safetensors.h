@@ -73,6 +73,19 @@ struct kiln_st_writer *kiln_st_writer_create(void);
 enum kiln_status kiln_st_writer_add(struct kiln_st_writer *w, const char *name, enum kiln_dtype dt,
                                     int ndim, const int64_t *shape, const void *data,
                                     struct kiln_error *err);
+/* A tensor whose bytes are made while writing, so a converted model is never held whole in
+ * memory: fill writes rows [r0, r1) of the first dimension (a tensor of fewer than two
+ * dimensions is one row) into dst, at most 64 MiB (or one row) per call, in order. */
+typedef enum kiln_status (*kiln_st_fill_fn)(void *ctx, int64_t r0, int64_t r1, void *dst,
+                                            struct kiln_error *err);
+enum kiln_status kiln_st_writer_add_fill(struct kiln_st_writer *w, const char *name,
+                                         enum kiln_dtype dt, int ndim, const int64_t *shape,
+                                         kiln_st_fill_fn fill, void *ctx, struct kiln_error *err);
+/* Hears every byte of the file once it is written, in file order, at most 64 MiB per call
+ * (hashing, progress); a failure it returns stops the write, which then leaves no file. */
+typedef enum kiln_status (*kiln_st_sink_fn)(void *ctx, const void *data, size_t n,
+                                            struct kiln_error *err);
+void kiln_st_writer_set_sink(struct kiln_st_writer *w, kiln_st_sink_fn sink, void *ctx);
 size_t kiln_st_writer_bytes(const struct kiln_st_writer *w); /* data bytes so far */
 /* Writes atomically: PATH.tmp-PID, fsync, rename to PATH. */
 enum kiln_status kiln_st_writer_write(struct kiln_st_writer *w, const char *path,

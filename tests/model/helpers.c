@@ -77,7 +77,7 @@ uint8_t *read_all(const char *path, size_t *n)
     return b;
 }
 
-static void same_views(const struct kiln_tensor *a, const struct kiln_tensor *b)
+void assert_same_tensor(const struct kiln_tensor *a, const struct kiln_tensor *b)
 {
     assert_int_equal(a->dtype, b->dtype);
     assert_int_equal(a->ndim, b->ndim);
@@ -97,7 +97,7 @@ static void same_linear(const struct kiln_linear *a, const struct kiln_linear *b
     assert_int_equal(a->fp8, b->fp8);
     assert_true(a->weight_scale == b->weight_scale && a->input_scale == b->input_scale);
     for (int p = 0; p < a->n_parts; p++) {
-        same_views(&a->part[p], &b->part[p]);
+        assert_same_tensor(&a->part[p], &b->part[p]);
         assert_true(a->part_weight_scale[p] == b->part_weight_scale[p]);
         assert_true(a->part_input_scale[p] == b->part_input_scale[p]);
     }
@@ -105,14 +105,14 @@ static void same_linear(const struct kiln_linear *a, const struct kiln_linear *b
 
 void assert_same_model(const struct kiln_model *a, const struct kiln_model *b)
 {
-    same_views(&a->embed, &b->embed);
-    same_views(&a->norm, &b->norm);
+    assert_same_tensor(&a->embed, &b->embed);
+    assert_same_tensor(&a->norm, &b->norm);
     same_linear(&a->lm_head, &b->lm_head);
     assert_int_equal(a->cfg.n_layers, b->cfg.n_layers);
     for (int i = 0; i < a->cfg.n_layers; i++) {
         const struct kiln_layer_weights *x = &a->layers[i], *y = &b->layers[i];
-        same_views(&x->attn_norm, &y->attn_norm);
-        same_views(&x->mlp_norm, &y->mlp_norm);
+        assert_same_tensor(&x->attn_norm, &y->attn_norm);
+        assert_same_tensor(&x->mlp_norm, &y->mlp_norm);
         same_linear(&x->qkv, &y->qkv);
         same_linear(&x->o, &y->o);
         same_linear(&x->gate_up, &y->gate_up);

@@ -18,6 +18,9 @@ uint8_t *st_build(const char *header, size_t data_len, size_t *size);
 uint8_t *read_all(const char *path, size_t *n);
 
 struct kiln_model;
+struct kiln_tensor;
+/* a and b have the same dtype, shape and bytes. */
+void assert_same_tensor(const struct kiln_tensor *a, const struct kiln_tensor *b);
 /* Every view of a and b has the same dtype, shape and bytes, and every scale is equal. */
 void assert_same_model(const struct kiln_model *a, const struct kiln_model *b);
 

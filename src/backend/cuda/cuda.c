@@ -22,13 +22,16 @@
 #include "core/thread.h"
 #include "backend/cpu/ops.h"
 #include "kernels.h"
+#include "lt_desc.h"
+#include "model/format.h"
+#include "plan.h"
 #include "runtime/sampler.h"
 
-#define DECODE_MAX_TOKENS 8
+#define DECODE_MAX_TOKENS KILN_CUDA_DECODE_MAX_TOKENS
 /* positions per flash-decoding split: fixed, so a sequence gets the same result in any batch */
-#define SPLIT_LEN     256
+#define SPLIT_LEN     KILN_CUDA_SPLIT_LEN
 #define SPLIT_BUCKETS 16
-#define LT_WORKSPACE  (64u << 20)
+#define LT_WORKSPACE  KILN_CUDA_LT_WORKSPACE
 #define ALGO_CACHE    128
 
 #define CUDA_TRY(call)                                                                             \
@@ -106,6 +109,7 @@ struct cuda_state {
     void *lt_ws;
     struct algo_entry algos[ALGO_CACHE];
     int algo_next;
+    const struct kiln_engine_meta *tuned; /* an engine's timed algorithms, when valid here */
 
     uint16_t *embed, *final_norm;
     struct cuda_linear head;
@@ -141,11 +145,17 @@ struct stage_job {
     int64_t f, r0;
     uint8_t *dst;
     size_t row_bytes;
+    const uint8_t *stored; /* the weights already in this order (engines): copied as they lie */
 };
 
 static void stage_rows(void *ctx, size_t i0, size_t i1)
 {
     const struct stage_job *j = ctx;
+    if (j->stored) {
+        memcpy(j->dst + i0 * j->row_bytes, j->stored + ((size_t)j->r0 + i0) * j->row_bytes,
+               (i1 - i0) * j->row_bytes);
+        return;
+    }
     float *tmp = j->l->fp8 ? NULL : malloc((size_t)j->l->in * sizeof(float));
     for (size_t i = i0; i < i1; i++) {
         int64_t nat = kiln_cuda_natural_row(j->order, j->r0 + (int64_t)i, j->head_dim, j->f);
@@ -178,6 +188,7 @@ static enum kiln_status upload_linear(struct cuda_state *s, struct kiln_pool *po
     for (int64_t r0 = 0; r0 < l->out; r0 += (int64_t)rows_per) {
         int64_t n = l->out - r0 < (int64_t)rows_per ? l->out - r0 : (int64_t)rows_per;
         struct stage_job j = {l, order, head_dim, f, r0, stage, row_bytes};
+        j.stored = kiln_linear_stored(l, order);
         kiln_parallel_for(pool, (size_t)n, stage_rows, &j);
         CUDA_TRY(cudaMemcpy((uint8_t *)out->w + (size_t)r0 * row_bytes, stage,
                             (size_t)n * row_bytes, cudaMemcpyHostToDevice));
@@ -230,28 +241,17 @@ static enum kiln_status algo_for(struct cuda_state *s, const struct cuda_linear 
     algo_entry_clear(e);
     *e = (struct algo_entry){
         .M = l->M, .N = n, .K = l->K, .bf16 = !l->fp8, .beta1 = accumulate, .ldc = ldc};
-    cudaDataType_t in_t = l->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
-    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    cublasLtMatmulPreference_t pref = NULL;
-    size_t ws = LT_WORKSPACE;
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
-    cublasStatus_t st = cublasLtMatmulDescCreate(&e->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    if (!st)
-        st = cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-    if (!st)
-        st = cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-    if (!st) st = cublasLtMatrixLayoutCreate(&e->la, in_t, (uint64_t)l->K, (uint64_t)l->M, l->K);
-    if (!st) st = cublasLtMatrixLayoutCreate(&e->lb, in_t, (uint64_t)l->K, (uint64_t)n, l->K);
-    if (!st) st = cublasLtMatrixLayoutCreate(&e->lc, CUDA_R_32F, (uint64_t)l->M, (uint64_t)n, ldc);
-    if (!st) st = cublasLtMatmulPreferenceCreate(&pref);
-    if (!st)
-        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                  &ws, sizeof ws);
-    if (!st)
-        st = cublasLtMatmulAlgoGetHeuristic(s->lt, e->desc, e->la, e->lb, e->lc, e->lc, pref, 1,
-                                            &res, &found);
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    cublasStatus_t st =
+        kiln_lt_describe(l->M, n, l->K, l->fp8, ldc, &e->desc, &e->la, &e->lb, &e->lc);
+    /* an engine's algorithm timed for this shape's token bucket, when cuBLASLt accepts it */
+    const struct kiln_gemm_algo *rec = kiln_engine_gemm_find(s->tuned, l->M, n, l->K, l->fp8);
+    if (!st && rec) {
+        memcpy(res.algo.data, rec->algo, sizeof res.algo.data);
+        found = kiln_lt_algo_usable(s->lt, e->desc, e->la, e->lb, e->lc, &res.algo);
+    }
+    if (!st && !found) st = kiln_lt_heuristic(s->lt, e->desc, e->la, e->lb, e->lc, 1, &res, &found);
     if (st || !found) {
         algo_entry_clear(e);
         return kiln_errorf(err, KILN_ERR_CUDA,
@@ -777,11 +777,6 @@ bool kiln_cuda_available(void)
     return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
-static int imax(int a, int b)
-{
-    return a > b ? a : b;
-}
-
 static enum kiln_status check_model(const struct kiln_model *m, struct kiln_error *err)
 {
     const struct kiln_config *c = &m->cfg;
@@ -822,6 +817,17 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
     }
     LT_TRY(cublasLtCreate(&s->lt));
     CUDA_TRY(cudaMalloc(&s->lt_ws, LT_WORKSPACE));
+    /* every size below comes from the plan kiln build prints and checks */
+    struct kiln_cuda_plan p;
+    kiln_cuda_plan(m, opt, &p);
+    if (m->engine && m->engine->n_gemms) {
+        if (m->engine->cublaslt_version == (int)cublasLtGetVersion())
+            s->tuned = m->engine;
+        else
+            KILN_WARN("engine GEMM algorithms were timed with cuBLASLt %d, this is %d: using "
+                      "cuBLASLt's heuristic (rebuild the engine to time them here)",
+                      m->engine->cublaslt_version, (int)cublasLtGetVersion());
+    }
 
     /* weights, through a pinned staging buffer filled by all cores */
     struct kiln_pool *pool = kiln_pool_create(0);
@@ -862,44 +868,43 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
     cudaFreeHost(stage);
     kiln_pool_free(pool);
     if (e) return e;
+    KILN_ASSERT(s->weight_bytes == p.weights);
 
     /* RoPE table, computed on the host exactly as the CPU backend does */
     size_t rope_floats = (size_t)opt->max_seq_len * c->head_dim;
+    KILN_ASSERT(p.rope == rope_floats * sizeof(float));
     float *rope = malloc(rope_floats * sizeof(float));
     if (!rope) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
     kiln_rope_table(c, opt->max_seq_len, rope);
-    ce = cudaMalloc((void **)&s->rope, rope_floats * sizeof(float));
-    if (!ce) ce = cudaMemcpy(s->rope, rope, rope_floats * sizeof(float), cudaMemcpyHostToDevice);
+    ce = cudaMalloc((void **)&s->rope, p.rope);
+    if (!ce) ce = cudaMemcpy(s->rope, rope, p.rope, cudaMemcpyHostToDevice);
     free(rope);
     if (ce) return kiln_errorf(err, KILN_ERR_CUDA, "rope table: %s", cudaGetErrorString(ce));
 
     /* activations */
-    int T = opt->max_tokens, S = opt->max_seqs, d = c->hidden_size, f = c->intermediate_size;
-    int qdim = c->n_heads * c->head_dim, kvdim = c->n_kv_heads * c->head_dim;
-    int wide = imax(qdim + 2 * kvdim, 2 * f);
-    s->max_blocks = (opt->max_seq_len + opt->block_size - 1) / opt->block_size;
-    s->max_splits = (opt->max_seq_len + SPLIT_LEN - 1) / SPLIT_LEN;
+    int S = opt->max_seqs, kvdim = c->n_kv_heads * c->head_dim;
+    s->max_blocks = p.max_blocks;
+    s->max_splits = p.max_splits;
     if (s->max_splits > (1 << (SPLIT_BUCKETS - 1)))
         return kiln_errorf(err, KILN_ERR_LIMIT, "max_seq_len %d is beyond %d", opt->max_seq_len,
                            SPLIT_LEN << (SPLIT_BUCKETS - 1));
-    CUDA_TRY(cudaMalloc((void **)&s->x, (size_t)T * d * 4));
-    CUDA_TRY(cudaMalloc((void **)&s->big, (size_t)T * wide * 4));
-    CUDA_TRY(cudaMalloc((void **)&s->q, (size_t)T * qdim * 4));
-    CUDA_TRY(cudaMalloc((void **)&s->x8, (size_t)imax(T, S) * imax(imax(d, f), qdim) * 2));
-    CUDA_TRY(cudaMalloc((void **)&s->logits, (size_t)S * c->vocab_size * 4));
+    CUDA_TRY(cudaMalloc((void **)&s->x, p.x));
+    CUDA_TRY(cudaMalloc((void **)&s->big, p.big));
+    CUDA_TRY(cudaMalloc((void **)&s->q, p.q));
+    CUDA_TRY(cudaMalloc((void **)&s->x8, p.x8));
+    CUDA_TRY(cudaMalloc((void **)&s->logits, p.logits));
     /* partials: S decode tokens, or up to 8 sequences x 8 query tokens in the fused path */
-    int part_rows =
-        S > DECODE_MAX_TOKENS * DECODE_MAX_TOKENS ? S : DECODE_MAX_TOKENS * DECODE_MAX_TOKENS;
-    long part =
-        kiln_cuda_attention_part_floats(part_rows, 1, c->n_heads, c->head_dim, s->max_splits);
-    CUDA_TRY(cudaMalloc((void **)&s->part, (size_t)part * 4));
-    s->meta_cap = (size_t)3 * T + 5 * (size_t)S + 1 + (size_t)S * s->max_blocks;
+    KILN_ASSERT(p.part >= (uint64_t)kiln_cuda_attention_part_floats(p.part_rows, 1, c->n_heads,
+                                                                    c->head_dim, s->max_splits) *
+                              4);
+    CUDA_TRY(cudaMalloc((void **)&s->part, p.part));
+    s->meta_cap = p.meta_elems;
     CUDA_TRY(cudaMallocHost((void **)&s->h_meta, s->meta_cap * 4));
-    CUDA_TRY(cudaMalloc((void **)&s->d_meta, s->meta_cap * 4));
+    CUDA_TRY(cudaMalloc((void **)&s->d_meta, p.meta));
     CUDA_TRY(cudaMallocHost((void **)&s->h_tok, (size_t)S * 4));
     CUDA_TRY(cudaMallocHost((void **)&s->h_lp, (size_t)S * 4));
-    CUDA_TRY(cudaMalloc((void **)&s->d_tok, (size_t)S * 4));
-    CUDA_TRY(cudaMalloc((void **)&s->d_lp, (size_t)S * 4));
+    CUDA_TRY(cudaMalloc((void **)&s->d_tok, p.sample / 2));
+    CUDA_TRY(cudaMalloc((void **)&s->d_lp, p.sample / 2));
     CUDA_TRY(cudaMallocHost((void **)&s->h_row, (size_t)c->vocab_size * 4));
     s->scratch = malloc((size_t)2 * c->vocab_size * sizeof(float));
     if (!s->scratch) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
@@ -907,12 +912,13 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
     /* KV pool: what is asked, or a fraction of what is left */
     size_t elem = opt->kv_dtype == KILN_DTYPE_F8E4M3 ? 1 : 2;
     size_t per_block_layer = (size_t)kvdim * opt->block_size * elem; /* K or V, one layer */
-    size_t per_block = per_block_layer * 2 * (size_t)c->n_layers;
+    size_t per_block = p.kv_block;
+    KILN_ASSERT(per_block == per_block_layer * 2 * (size_t)c->n_layers);
     struct kiln_backend_options o = *opt;
     if (o.n_blocks <= 0) {
         size_t free_b = 0, total_b = 0;
         CUDA_TRY(cudaMemGetInfo(&free_b, &total_b));
-        size_t reserve = 256u << 20; /* graphs, cuBLASLt internals, fragmentation */
+        size_t reserve = KILN_CUDA_RESERVE; /* graphs, cuBLASLt internals, fragmentation */
         size_t budget =
             free_b > reserve ? (size_t)((double)(free_b - reserve) * o.kv_memory_fraction) : 0;
         o.n_blocks = (int)(budget / per_block);

@@ -1,5 +1,8 @@
 /* Built when kiln is compiled without CUDA (no nvcc, or -DKILN_CUDA=OFF). */
+#include <string.h>
+
 #include "backend/backend.h"
+#include "backend/cuda/tune.h"
 
 bool kiln_cuda_available(void)
 {
@@ -31,5 +34,21 @@ enum kiln_status kiln_cuda_memory(int device, uint64_t *used, uint64_t *total,
 {
     (void)device;
     *used = *total = 0;
+    return kiln_errorf(err, KILN_ERR_UNSUPPORTED, "this kiln was built without CUDA");
+}
+
+enum kiln_status kiln_cuda_device_info(int device, struct kiln_cuda_device *out,
+                                       struct kiln_error *err)
+{
+    (void)device;
+    memset(out, 0, sizeof *out);
+    return kiln_errorf(err, KILN_ERR_UNSUPPORTED, "this kiln was built without CUDA");
+}
+
+enum kiln_status kiln_cuda_tune_gemms(int device, const struct kiln_gemm_shape *shapes, int n,
+                                      int candidates, struct kiln_gemm_algo *out,
+                                      struct kiln_error *err)
+{
+    (void)device, (void)shapes, (void)n, (void)candidates, (void)out;
     return kiln_errorf(err, KILN_ERR_UNSUPPORTED, "this kiln was built without CUDA");
 }
