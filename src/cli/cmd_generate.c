@@ -12,10 +12,13 @@
 #include "core/file.h"
 #include "core/log.h"
 #include "model/model.h"
+#include "tokenizer/tokenizer.h"
 
 struct gen_args {
     const char *model_dir;
     const char *prompt_ids;
+    const char *prompt;        /* text, encoded with the model's tokenizer */
+    const char *tokenizer_dir; /* default: the model folder */
     int max_tokens;
     float temperature, top_p;
     int top_k;
@@ -43,9 +46,23 @@ static void usage(FILE *f)
 
 static int parse(int argc, char **argv, struct gen_args *a)
 {
-    enum { O_IDS = 256, O_MAX, O_TEMP, O_TOPP, O_TOPK, O_SEED, O_IGNORE, O_DUMP, O_HELP };
+    enum {
+        O_IDS = 256,
+        O_MAX,
+        O_TEMP,
+        O_TOPP,
+        O_TOPK,
+        O_SEED,
+        O_IGNORE,
+        O_DUMP,
+        O_PROMPT,
+        O_TOK,
+        O_HELP
+    };
     static const struct option long_opts[] = {
         {"prompt-ids", required_argument, 0, O_IDS},
+        {"prompt", required_argument, 0, O_PROMPT},
+        {"tokenizer", required_argument, 0, O_TOK},
         {"max-tokens", required_argument, 0, O_MAX},
         {"temperature", required_argument, 0, O_TEMP},
         {"top-p", required_argument, 0, O_TOPP},
@@ -66,6 +83,12 @@ static int parse(int argc, char **argv, struct gen_args *a)
         switch (c) {
         case O_IDS:
             a->prompt_ids = optarg;
+            break;
+        case O_PROMPT:
+            a->prompt = optarg;
+            break;
+        case O_TOK:
+            a->tokenizer_dir = optarg;
             break;
         case O_MAX:
             ok = kiln_cli_int(optarg, 1, 1 << 20, &a->max_tokens);
@@ -106,8 +129,8 @@ static int parse(int argc, char **argv, struct gen_args *a)
         return 2;
     }
     a->model_dir = argv[optind];
-    if (!a->prompt_ids) {
-        fprintf(stderr, "kiln generate: --prompt-ids is required\n");
+    if (!a->prompt_ids == !a->prompt) {
+        fprintf(stderr, "kiln generate: give --prompt TEXT or --prompt-ids LIST\n");
         return 2;
     }
     return 0;
@@ -134,7 +157,26 @@ int kiln_cmd_generate(int argc, char **argv)
     struct kiln_error err = {0};
     int32_t *prompt = NULL;
     int n_prompt = 0;
-    if (kiln_cli_parse_ids(a.prompt_ids, &prompt, &n_prompt, &err)) {
+    struct kiln_tokenizer *tok = NULL;
+    struct kiln_detok *detok = NULL;
+    if (a.prompt) {
+        size_t n = 0;
+        if (kiln_tokenizer_load(a.tokenizer_dir ? a.tokenizer_dir : a.model_dir, &tok, &err) ||
+            kiln_tokenizer_encode(tok, a.prompt, strlen(a.prompt), true, &prompt, &n, &err)) {
+            fprintf(stderr, "kiln generate: %s\n", err.msg);
+            kiln_tokenizer_free(tok);
+            return 1;
+        }
+        n_prompt = (int)n;
+        detok = kiln_detok_create(tok, true);
+        if (n_prompt == 0 || !detok) {
+            fprintf(stderr, "kiln generate: %s\n", n_prompt ? "out of memory" : "empty prompt");
+            kiln_detok_free(detok);
+            kiln_tokenizer_free(tok);
+            free(prompt);
+            return 1;
+        }
+    } else if (kiln_cli_parse_ids(a.prompt_ids, &prompt, &n_prompt, &err)) {
         fprintf(stderr, "kiln generate: --prompt-ids: %s\n", err.msg);
         return 2;
     }
@@ -225,11 +267,30 @@ int kiln_cmd_generate(int argc, char **argv)
         if (generated == 0) t_first = kiln_now();
         ids[n++] = so.token;
         generated++;
+        if (detok && !kiln_config_is_eos(&model->cfg, so.token)) { /* stream the text */
+            char *text = NULL;
+            size_t tl = 0;
+            if (kiln_detok_push(detok, so.token, &text, &tl, &err)) {
+                free(pos);
+                goto fail;
+            }
+            fwrite(text, 1, tl, stdout);
+            fflush(stdout);
+            free(text);
+        }
         if (!a.ignore_eos && kiln_config_is_eos(&model->cfg, so.token)) break;
     }
     double t1 = kiln_now();
     free(pos);
-    for (int i = n_prompt; i < n; i++) printf("%s%d", i > n_prompt ? "," : "", ids[i]);
+    if (detok) {
+        char *text = NULL;
+        size_t tl = 0;
+        if (kiln_detok_flush(detok, &text, &tl, &err)) goto fail;
+        fwrite(text, 1, tl, stdout);
+        free(text);
+    } else {
+        for (int i = n_prompt; i < n; i++) printf("%s%d", i > n_prompt ? "," : "", ids[i]);
+    }
     printf("\n");
     fprintf(stderr,
             "kiln generate: %s backend, prompt %d tokens in %.1f ms, %d tokens generated, "
@@ -248,6 +309,8 @@ done:
     free(outs);
     kiln_backend_free(be);
     kiln_model_free(model);
+    kiln_detok_free(detok);
+    kiln_tokenizer_free(tok);
     free(prompt);
     return rc;
 }
