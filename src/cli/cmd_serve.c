@@ -37,9 +37,10 @@ static void usage(FILE *f)
     fprintf(
         f,
         "usage: kiln serve MODEL_DIR [options]\n"
-        "Serves MODEL_DIR (a Hugging Face checkpoint, FP8 ModelOpt or BF16) behind an\n"
-        "OpenAI-compatible API: /v1/completions, /v1/chat/completions, /v1/models, /health,\n"
-        "/metrics, /version, /tokenize, /detokenize.\n"
+        "Serves MODEL_DIR (an engine from `kiln build`, a checkpoint from `kiln convert`, or a\n"
+        "Hugging Face checkpoint, FP8 ModelOpt or BF16) behind an OpenAI-compatible API:\n"
+        "/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics, /version,\n"
+        "/tokenize, /detokenize.\n"
         "  --host ADDR           address to listen on (default 127.0.0.1; 0.0.0.0 for all)\n"
         "  --port N              port (default 8000; 0 picks a free one, logged at start)\n"
         "  --tokenizer DIR       tokenizer.json folder (default MODEL_DIR)\n"
@@ -52,6 +53,8 @@ static void usage(FILE *f)
         "  --max-seq-len N       prompt + completion tokens (default: the model's, at most "
         "8192)\n"
         "  --max-input-len N     prompt tokens (default: max-seq-len - 1)\n"
+        "                        (serving an engine folder, its build settings are the defaults\n"
+        "                        and the ceilings of the four limits above but --max-queue)\n"
         "  --kv-blocks N         KV cache blocks (default: from memory on CUDA, enough for\n"
         "                        every sequence at full length on the CPU)\n"
         "  --no-prefix-caching   do not reuse KV blocks of shared prompt prefixes\n"
@@ -252,17 +255,21 @@ static enum kiln_status load(struct loader *l, struct kiln_error *err)
     }
     if (a->chat_template && load_chat_template(l->tok, a->chat_template, err)) return err->code;
 
+    /* An engine folder (kiln build) brings its build settings as defaults and ceilings. */
+    int max_batch = a->max_batch, max_tokens = a->max_num_tokens, max_seq = a->max_seq_len,
+        max_input = a->max_input_len;
+    if (kiln_cli_engine_limits(l->model, &max_batch, &max_tokens, &max_seq, &max_input, err))
+        return err->code;
     struct kiln_backend_options bo;
     kiln_cli_backend_options(&a->backend, l->model, &bo);
     bool cuda = a->backend.device == KILN_CLI_DEVICE_CUDA ||
                 (a->backend.device == KILN_CLI_DEVICE_AUTO && kiln_cuda_available());
-    int max_seq = a->max_seq_len;
     if (!max_seq) {
         max_seq = l->model->cfg.max_position_embeddings;
         if (max_seq <= 0 || max_seq > 8192) max_seq = 8192;
     }
-    bo.max_seqs = a->max_batch ? a->max_batch : cuda ? 256 : 16;
-    bo.max_tokens = a->max_num_tokens ? a->max_num_tokens : cuda ? 8192 : 2048;
+    bo.max_seqs = max_batch ? max_batch : cuda ? 256 : 16;
+    bo.max_tokens = max_tokens ? max_tokens : cuda ? 8192 : 2048;
     if (bo.max_tokens < bo.max_seqs) bo.max_tokens = bo.max_seqs;
     bo.max_seq_len = max_seq;
     bo.n_blocks = a->kv_blocks;
@@ -272,8 +279,7 @@ static enum kiln_status load(struct loader *l, struct kiln_error *err)
                                      .max_num_tokens = bo.max_tokens,
                                      .max_queue = a->max_queue,
                                      .max_seq_len = max_seq,
-                                     .max_input_len =
-                                         a->max_input_len ? a->max_input_len : max_seq - 1,
+                                     .max_input_len = max_input ? max_input : max_seq - 1,
                                      .prefix_caching = !a->no_prefix_caching,
                                      .notify = kiln_server_notify,
                                      .notify_arg = l->srv};

@@ -1,17 +1,23 @@
-// The seed's last two steps, as written: serve a folder named llama_3.1_8b_engine_fp8 (its
-// name becomes the served model name), then the seed's curl command against port 8000's
-// stand-in. Also /v1/models, /version, /tokenize and /detokenize.
+// The seed's workflow with kiln's commands, as DESIGN.md maps them: convert the checkpoint
+// (FP8, FP8 KV cache), build an engine with the seed's limits into a folder named
+// llama_3.1_8b_engine_fp8 (its name becomes the served model name), serve it with the
+// tokenizer of the original folder on 0.0.0.0, then the seed's curl command as written
+// (against this server's port instead of 8000). Also /v1/models, /version, /tokenize and
+// /detokenize.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 
-import { MODEL, get, post, run, startServer, tmpdir } from './lib.mjs';
+import { BIN, MODEL, get, post, run, startServer, tmpdir } from './lib.mjs';
 
 const dir = tmpdir('curl');
+const ckpt = path.join(dir, 'ckpt');
 const engine = path.join(dir, 'llama_3.1_8b_engine_fp8');
-fs.symlinkSync(MODEL, engine);
-const server = await startServer({ model: engine, args: ['--tokenizer', MODEL] });
+await run(BIN, ['convert', MODEL, '-o', ckpt, '--fp8', '--fp8-kv-cache']);
+await run(BIN, ['build', ckpt, '-o', engine, '--max-batch-size', '1', '--max-input-len', '2048',
+                '--max-seq-len', '2560']);
+const server = await startServer({ model: engine, args: ['--tokenizer', MODEL, '--host', '0.0.0.0'] });
 test.after(async () => {
   const { code } = await server.stop();
   assert.equal(code, 0, server.log());
@@ -50,7 +56,7 @@ test('GET /v1/models, /version, /health', async () => {
   assert.equal(m.body.data.length, 1);
   assert.equal(m.body.data[0].id, 'llama_3.1_8b_engine_fp8');
   assert.equal(m.body.data[0].object, 'model');
-  assert.ok(m.body.data[0].max_model_len > 0);
+  assert.equal(m.body.data[0].max_model_len, 2560); // the engine's --max-seq-len
   const one = await get(server, '/v1/models/llama_3.1_8b_engine_fp8');
   assert.equal(one.status, 200);
   assert.equal(one.body.id, 'llama_3.1_8b_engine_fp8');
@@ -66,7 +72,7 @@ test('/tokenize and /detokenize round trip', async () => {
   assert.equal(t.status, 200);
   assert.deepEqual(t.body.tokens, [128000, 791, 6864, 315, 9822, 374]);
   assert.equal(t.body.count, 6);
-  assert.ok(t.body.max_model_len > 0);
+  assert.equal(t.body.max_model_len, 2560);
   const bare = await post(server, '/tokenize', { prompt: 'The capital of France is', add_special_tokens: false });
   assert.deepEqual(bare.body.tokens, [791, 6864, 315, 9822, 374]);
   const d = await post(server, '/detokenize', { tokens: bare.body.tokens });
