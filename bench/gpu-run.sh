@@ -86,7 +86,9 @@ engine() {
 throughput() {
   step "throughput (kiln bench --throughput), 8B-shaped model, FP8 KV"
   model llama8b llama-3.1-8b --fp8-kv-cache
-  for cfg in "128 128 2048 256" "128 2048 1024 512" "2048 128 1024 256" "2048 2048 512 512"; do
+  local cfgs=("128 128 2048 256" "128 2048 1024 512" "2048 128 1024 256" "2048 2048 512 512")
+  [ -n "${KILN_THROUGHPUT:-}" ] && cfgs=("$KILN_THROUGHPUT") # one "ISL OSL N BATCH" point
+  for cfg in "${cfgs[@]}"; do
     set -- $cfg
     timeout 240 "$B/kiln" bench "$M/llama8b" --throughput --num-requests "$3" --input-len "$1" \
       --output-len "$2" --max-batch-size "$4" --json 2>&1 | tee -a "$OUT/throughput.log" | grep -vE "^\{" | tail -n 4
@@ -148,6 +150,30 @@ PY
   note "pipeline 8B greedy ids, HF vs engine (64-token prompt: tuned cuBLASLt prefill): $([ -n "$a" ] && [ "$a" = "$b" ] && echo identical || echo "DIFFERENT: $a / $b")"
 }
 
+serving() {
+  step "serving over HTTP: kiln serve + kiln_loadgen (8B-shaped FP8, FP8 KV)"
+  model llama8b llama-3.1-8b --fp8-kv-cache
+  "$B/kiln" serve "$M/llama8b" --port 8378 --tokenizer "$B/tokenizers/llama3_1" \
+    --served-model-name llama_3.1_8b_engine_fp8 --max-batch-size 256 >"$OUT/serve-bench.log" 2>&1 &
+  local pid=$! i
+  for i in $(seq 600); do curl -sf localhost:8378/health >/dev/null && break; sleep 0.1; done
+  curl -s localhost:8378/v1/completions -H "Content-Type: application/json" -d '{"model": "llama_3.1_8b_engine_fp8", "prompt": "The capital of France is", "max_tokens": 50, "temperature": 0.5}' |
+    python3 -c "import json,sys; r=json.load(sys.stdin); print('seed curl:', r['object'], r['choices'][0]['finish_reason'], r['usage'])"
+  local ios=("128 128" "2048 128") cs=(1 8 64 256)
+  [ -n "${KILN_SERVING:-}" ] && ios=("128 128") && cs=($KILN_SERVING) # e.g. "1 64"
+  for io in "${ios[@]}"; do
+    set -- $io
+    for c in "${cs[@]}"; do
+      local n=$((c * 4)); [ $n -lt 16 ] && n=16
+      timeout 150 "$B/kiln_loadgen" --url http://127.0.0.1:8378 --model llama_3.1_8b_engine_fp8 \
+        --concurrency $c --requests $n --input-len $1 --output-len $2 --json 2>/dev/null |
+        tail -n 1 | tee -a "$OUT/serving.log"
+      note "serving $1/$2 c=$c: $(tail -n 1 "$OUT/serving.log")"
+    done
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null
+}
+
 probe() {
   step "cuBLASLt FP8 GEMM probe (prefill shapes)"
   timeout 120 "$B/probe_gemm" 2048 2>&1 | tee "$OUT/probe_gemm.log" | grep -E "^M=|best"
@@ -167,7 +193,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for what in "${@:-all}"; do
   case $what in
     all) correct; bench; compare; sanitize ;;
-    quick|correct|bench|profile|compare|sanitize|probe|engine|throughput|pipeline) $what ;;
+    quick|correct|bench|profile|compare|sanitize|probe|engine|throughput|pipeline|serving) $what ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done
