@@ -8,9 +8,9 @@ int kiln_cmd_build(int argc, char **argv);
 int kiln_cmd_generate(int argc, char **argv);
 int kiln_cmd_serve(int argc, char **argv);
 int kiln_cmd_bench(int argc, char **argv);
+int kiln_cmd_mkmodel(int argc, char **argv);
 int kiln_cmd_tokenize(int argc, char **argv);
 int kiln_cmd_template(int argc, char **argv);
-int kiln_cmd_mkmodel(int argc, char **argv);
 
 /* bench_latency.c: the latency half of `kiln bench` (decode, TTFT, batched decode). */
 int kiln_bench_latency(int argc, char **argv);

@@ -41,15 +41,24 @@ void kiln_error_clear(struct kiln_error *err)
 const char *kiln_status_name(enum kiln_status code)
 {
     switch (code) {
-    case KILN_OK: return "ok";
-    case KILN_ERR_IO: return "io";
-    case KILN_ERR_FORMAT: return "format";
-    case KILN_ERR_INVALID: return "invalid";
-    case KILN_ERR_UNSUPPORTED: return "unsupported";
-    case KILN_ERR_NOMEM: return "out of memory";
-    case KILN_ERR_LIMIT: return "limit";
-    case KILN_ERR_CUDA: return "cuda";
-    case KILN_ERR_INTERNAL: return "internal";
+    case KILN_OK:
+        return "ok";
+    case KILN_ERR_IO:
+        return "io";
+    case KILN_ERR_FORMAT:
+        return "format";
+    case KILN_ERR_INVALID:
+        return "invalid";
+    case KILN_ERR_UNSUPPORTED:
+        return "unsupported";
+    case KILN_ERR_NOMEM:
+        return "out of memory";
+    case KILN_ERR_LIMIT:
+        return "limit";
+    case KILN_ERR_CUDA:
+        return "cuda";
+    case KILN_ERR_INTERNAL:
+        return "internal";
     }
     return "unknown";
 }

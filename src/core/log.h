@@ -5,7 +5,8 @@
 
 enum kiln_log_level { KILN_LOG_DEBUG, KILN_LOG_INFO, KILN_LOG_WARN, KILN_LOG_ERROR };
 
-void kiln_log(enum kiln_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void kiln_log(enum kiln_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 void kiln_log_set_level(enum kiln_log_level level);
 int kiln_log_enabled(enum kiln_log_level level);
 

@@ -9,9 +9,12 @@ static void build_table(void)
     for (int b = 0; b < 256; b++) {
         int sign = b & 0x80, exp = (b >> 3) & 15, man = b & 7;
         float v;
-        if (exp == 15 && man == 7) v = NAN;
-        else if (exp == 0) v = ldexpf((float)man, -9);
-        else v = ldexpf(1.0f + man / 8.0f, exp - 7);
+        if (exp == 15 && man == 7)
+            v = NAN;
+        else if (exp == 0)
+            v = ldexpf((float)man, -9);
+        else
+            v = ldexpf(1.0f + man / 8.0f, exp - 7);
         kiln_e4m3_table[b] = sign ? -v : v;
     }
 }
@@ -26,9 +29,9 @@ static const struct {
     const char *name;
     size_t size;
 } dtype_info[KILN_DTYPE_COUNT] = {
-    [KILN_DTYPE_F32] = {"F32", 4},        [KILN_DTYPE_F16] = {"F16", 2},
-    [KILN_DTYPE_BF16] = {"BF16", 2},      [KILN_DTYPE_F8E4M3] = {"F8_E4M3", 1},
-    [KILN_DTYPE_I32] = {"I32", 4},        [KILN_DTYPE_I64] = {"I64", 8},
+    [KILN_DTYPE_F32] = {"F32", 4},   [KILN_DTYPE_F16] = {"F16", 2},
+    [KILN_DTYPE_BF16] = {"BF16", 2}, [KILN_DTYPE_F8E4M3] = {"F8_E4M3", 1},
+    [KILN_DTYPE_I32] = {"I32", 4},   [KILN_DTYPE_I64] = {"I64", 8},
 };
 
 size_t kiln_dtype_size(enum kiln_dtype t)
@@ -59,8 +62,10 @@ float kiln_f16_to_f32(uint16_t h)
         float v = ldexpf((float)man, -24);
         return sign ? -v : v;
     }
-    if (exp == 31) u = sign | 0x7f800000u | (man << 13);
-    else u = sign | ((exp + 112) << 23) | (man << 13);
+    if (exp == 31)
+        u = sign | 0x7f800000u | (man << 13);
+    else
+        u = sign | ((exp + 112) << 23) | (man << 13);
     float f;
     memcpy(&f, &u, 4);
     return f;
@@ -91,7 +96,9 @@ uint16_t kiln_f32_to_f16(float f)
 void kiln_convert_to_f32(float *dst, const void *src, enum kiln_dtype t, size_t n)
 {
     switch (t) {
-    case KILN_DTYPE_F32: memcpy(dst, src, n * 4); break;
+    case KILN_DTYPE_F32:
+        memcpy(dst, src, n * 4);
+        break;
     case KILN_DTYPE_BF16:
         for (size_t i = 0; i < n; i++) dst[i] = kiln_bf16_to_f32(((const uint16_t *)src)[i]);
         break;

@@ -90,11 +90,16 @@ uint16_t kiln_f32_to_f16(float f);
 static inline float kiln_load_f32(const void *p, enum kiln_dtype t, size_t i)
 {
     switch (t) {
-    case KILN_DTYPE_F32: return ((const float *)p)[i];
-    case KILN_DTYPE_BF16: return kiln_bf16_to_f32(((const uint16_t *)p)[i]);
-    case KILN_DTYPE_F16: return kiln_f16_to_f32(((const uint16_t *)p)[i]);
-    case KILN_DTYPE_F8E4M3: return kiln_e4m3_to_f32(((const uint8_t *)p)[i]);
-    default: return NAN;
+    case KILN_DTYPE_F32:
+        return ((const float *)p)[i];
+    case KILN_DTYPE_BF16:
+        return kiln_bf16_to_f32(((const uint16_t *)p)[i]);
+    case KILN_DTYPE_F16:
+        return kiln_f16_to_f32(((const uint16_t *)p)[i]);
+    case KILN_DTYPE_F8E4M3:
+        return kiln_e4m3_to_f32(((const uint8_t *)p)[i]);
+    default:
+        return NAN;
     }
 }
 

@@ -19,8 +19,10 @@ static void e4m3_roundtrip_every_code(void **state)
             continue;
         }
         uint8_t back = kiln_f32_to_e4m3(v);
-        if (v == 0.0f) assert_int_equal(back & 0x7f, 0); /* +0 / -0 keep their sign */
-        else assert_int_equal(back, b);
+        if (v == 0.0f)
+            assert_int_equal(back & 0x7f, 0); /* +0 / -0 keep their sign */
+        else
+            assert_int_equal(back, b);
     }
 }
 
@@ -31,7 +33,7 @@ static void e4m3_known_values(void **state)
     assert_true(kiln_e4m3_to_f32(0x7e) == 448.0f);
     assert_true(kiln_e4m3_to_f32(0x01) == 0x1p-9f);
     assert_true(kiln_e4m3_to_f32(0x08) == 0x1p-6f);
-    assert_int_equal(kiln_f32_to_e4m3(1000.0f), 0x7e);   /* saturates */
+    assert_int_equal(kiln_f32_to_e4m3(1000.0f), 0x7e); /* saturates */
     assert_int_equal(kiln_f32_to_e4m3(-1e30f), 0xfe);
     assert_int_equal(kiln_f32_to_e4m3(INFINITY), 0x7e);
     assert_int_equal(kiln_f32_to_e4m3(NAN) & 0x7f, 0x7f);
