@@ -411,6 +411,43 @@ static enum kiln_status attention(struct kiln_backend *b, const struct step *st,
     return KILN_OK;
 }
 
+/* Final RMSNorm and lm_head for the batch's output rows: the fused GEMV (norm prologue) for up
+ * to 8 rows -- so decode graphs contain no cuBLASLt call --, else RMSNorm + cuBLASLt. */
+static enum kiln_status lm_head(struct kiln_backend *b, const struct step *st,
+                                struct kiln_error *err)
+{
+    struct cuda_state *s = b->impl;
+    const struct kiln_config *c = &b->model->cfg;
+    if (st->n_out == 0) return KILN_OK;
+    if (st->n_out <= DECODE_MAX_TOKENS) {
+        struct kiln_gemv_args a = {.w = s->head.w,
+                                   .M = s->head.M,
+                                   .K = s->head.K,
+                                   .n = st->n_out,
+                                   .bf16 = !s->head.fp8,
+                                   .x = s->x,
+                                   .x_rows = st->out_rows,
+                                   .norm_w = s->final_norm,
+                                   .eps = c->rms_norm_eps,
+                                   .in_scale = s->head.in_scale,
+                                   .out_scale = s->head.out_scale,
+                                   .epilogue = KILN_EPI_STORE,
+                                   .y = s->logits,
+                                   .ldy = s->head.M};
+        K_TRY(kiln_cuda_gemv(&a, s->stream));
+        mark(s, P_HEAD);
+        return KILN_OK;
+    }
+    /* the lm_head input (n_out, d) goes to x8's bytes: FP8 codes, or bf16 (2 bytes each) */
+    K_TRY(kiln_cuda_rmsnorm_quant(s->x, st->out_rows, s->final_norm, c->rms_norm_eps, st->n_out,
+                                  c->hidden_size, s->head.in_scale, s->head.fp8 ? s->x8 : NULL,
+                                  s->head.fp8 ? NULL : (uint16_t *)s->x8, s->stream));
+    enum kiln_status e = lt_gemm(s, &s->head, s->x8, st->n_out, s->logits, s->head.M, false, err);
+    if (e) return e;
+    mark(s, P_HEAD);
+    return KILN_OK;
+}
+
 /* n_tokens <= 8: fused skinny-GEMM path (graph-capturable: no host sync, no cuBLASLt). */
 static enum kiln_status forward_decode(struct kiln_backend *b, const struct step *st,
                                        struct kiln_error *err)
@@ -479,25 +516,7 @@ static enum kiln_status forward_decode(struct kiln_backend *b, const struct step
         K_TRY(kiln_cuda_gemv(&a, s->stream));
         mark(s, P_DOWN);
     }
-    if (st->n_out) {
-        struct kiln_gemv_args a = {.w = s->head.w,
-                                   .M = s->head.M,
-                                   .K = s->head.K,
-                                   .n = st->n_out,
-                                   .bf16 = !s->head.fp8,
-                                   .x = s->x,
-                                   .x_rows = st->out_rows,
-                                   .norm_w = s->final_norm,
-                                   .eps = c->rms_norm_eps,
-                                   .in_scale = s->head.in_scale,
-                                   .out_scale = s->head.out_scale,
-                                   .epilogue = KILN_EPI_STORE,
-                                   .y = s->logits,
-                                   .ldy = s->head.M};
-        K_TRY(kiln_cuda_gemv(&a, s->stream));
-        mark(s, P_HEAD);
-    }
-    return KILN_OK;
+    return lm_head(b, st, err);
 }
 
 static enum kiln_status forward_prefill(struct kiln_backend *b, const struct step *st,
@@ -532,33 +551,7 @@ static enum kiln_status forward_prefill(struct kiln_backend *b, const struct ste
         if ((e = lt_gemm(s, &L->down, s->x8, n, s->x, d, true, err))) return e;
         mark(s, P_DOWN);
     }
-    if (st->n_out == 0) return KILN_OK;
-    if (st->n_out <= DECODE_MAX_TOKENS) {
-        struct kiln_gemv_args a = {.w = s->head.w,
-                                   .M = s->head.M,
-                                   .K = s->head.K,
-                                   .n = st->n_out,
-                                   .bf16 = !s->head.fp8,
-                                   .x = s->x,
-                                   .x_rows = st->out_rows,
-                                   .norm_w = s->final_norm,
-                                   .eps = c->rms_norm_eps,
-                                   .in_scale = s->head.in_scale,
-                                   .out_scale = s->head.out_scale,
-                                   .epilogue = KILN_EPI_STORE,
-                                   .y = s->logits,
-                                   .ldy = s->head.M};
-        K_TRY(kiln_cuda_gemv(&a, s->stream));
-        mark(s, P_HEAD);
-        return KILN_OK;
-    }
-    /* the lm_head input (n_out, d) goes to x8's bytes: FP8 codes, or bf16 (2 bytes each) */
-    K_TRY(kiln_cuda_rmsnorm_quant(s->x, st->out_rows, s->final_norm, c->rms_norm_eps, st->n_out, d,
-                                  s->head.in_scale, s->head.fp8 ? s->x8 : NULL,
-                                  s->head.fp8 ? NULL : (uint16_t *)s->x8, s->stream));
-    if ((e = lt_gemm(s, &s->head, s->x8, st->n_out, s->logits, s->head.M, false, err))) return e;
-    mark(s, P_HEAD);
-    return KILN_OK;
+    return lm_head(b, st, err);
 }
 
 static enum kiln_status check_batch(const struct kiln_backend *b, const struct kiln_batch *bt,
