@@ -4,6 +4,7 @@
  * rope_theta and rope_scaling into "rope_parameters", which is read too. Anything that would
  * change the math in a way kiln does not implement (other RoPE types, biases, sliding windows,
  * other quantization schemes) is refused with KILN_ERR_UNSUPPORTED rather than ignored. */
+#include "core/json.h"
 #include "config.h"
 
 #include <jansson.h>
@@ -27,28 +28,6 @@
 #define MAX_HEADDIM 1024
 #define MAX_POS     (1 << 28)
 
-static const char *json_type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    case JSON_NULL:
-        return "null";
-    }
-    return "?";
-}
-
 static bool absent(const json_t *v)
 {
     return !v || json_is_null(v);
@@ -66,7 +45,7 @@ static enum kiln_status get_int(const char *file, json_t *obj, const char *key, 
     }
     if (!json_is_integer(v))
         return kiln_errorf(err, KILN_ERR_INVALID, "%s: \"%s\" must be an integer, not %s", file,
-                           key, json_type_name(v));
+                           key, kiln_json_type_name(v));
     json_int_t x = json_integer_value(v);
     if (x < lo || x > hi)
         return kiln_errorf(err, KILN_ERR_INVALID, "%s: \"%s\" = %lld is out of range [%d, %d]",
@@ -89,7 +68,7 @@ static enum kiln_status get_num(const char *file, json_t *obj, const char *key, 
     }
     if (!json_is_number(v))
         return kiln_errorf(err, KILN_ERR_INVALID, "%s: \"%s\" must be a number, not %s", file, key,
-                           json_type_name(v));
+                           kiln_json_type_name(v));
     double x = json_number_value(v);
     if (!isfinite(x) || x < lo || (x == lo && !lo_inclusive) || x > hi)
         return kiln_errorf(err, KILN_ERR_INVALID, "%s: \"%s\" = %g is out of range %s%g, %g]", file,
@@ -108,7 +87,7 @@ static enum kiln_status get_bool(const char *file, json_t *obj, const char *key,
     }
     if (!json_is_boolean(v))
         return kiln_errorf(err, KILN_ERR_INVALID, "%s: \"%s\" must be true or false, not %s", file,
-                           key, json_type_name(v));
+                           key, kiln_json_type_name(v));
     *out = json_is_true(v);
     return KILN_OK;
 }
@@ -285,7 +264,7 @@ static enum kiln_status check_architecture(json_t *root, struct kiln_config *cfg
         return kiln_errorf(err, KILN_ERR_UNSUPPORTED,
                            "%s: sliding-window attention (\"sliding_window\": %s) is not "
                            "supported",
-                           f, json_is_integer(window) ? "a size" : json_type_name(window));
+                           f, json_is_integer(window) ? "a size" : kiln_json_type_name(window));
     return KILN_OK;
 }
 

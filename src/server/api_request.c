@@ -1,6 +1,7 @@
 /* Request bodies -> struct kiln_api_request, with OpenAI's validation rules and errors. Every
  * rejection names the offending parameter, so a client sees which field to fix; nothing here
  * trusts the body (it is fuzzed by fuzz/fuzz_request.c). */
+#include "core/json.h"
 #include "api.h"
 
 #include <math.h>
@@ -64,28 +65,6 @@ static enum kiln_status nomem(struct kiln_api_error *err)
     return kiln_api_errorf(err, 500, NULL, NULL, "out of memory");
 }
 
-static const char *type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    case JSON_NULL:
-        return "null";
-    }
-    return "a value";
-}
-
 /* Field getters: an absent or null field leaves *out alone and succeeds. */
 
 static enum kiln_status get_number(const json_t *o, const char *key, double lo, double hi,
@@ -94,7 +73,7 @@ static enum kiln_status get_number(const json_t *o, const char *key, double lo, 
     const json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) return KILN_OK;
     if (!json_is_number(v))
-        return bad(err, key, "'%s' must be a number, got %s", key, type_name(v));
+        return bad(err, key, "'%s' must be a number, got %s", key, kiln_json_type_name(v));
     double x = json_number_value(v);
     if (!isfinite(x) || x < lo || x > hi)
         return bad(err, key, "'%s' must be between %g and %g, got %g", key, lo, hi, x);
@@ -135,7 +114,7 @@ static enum kiln_status get_int(const json_t *o, const char *key, long long lo, 
     if (!v || json_is_null(v)) return KILN_OK;
     long long x;
     if (!as_integer(v, &x))
-        return bad(err, key, "'%s' must be an integer, got %s", key, type_name(v));
+        return bad(err, key, "'%s' must be an integer, got %s", key, kiln_json_type_name(v));
     if (x < lo || x > hi)
         return bad(err, key, "'%s' must be between %lld and %lld, got %lld", key, lo, hi, x);
     *out = (int)x;
@@ -148,7 +127,7 @@ static enum kiln_status get_bool(const json_t *o, const char *key, bool *out,
     const json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) return KILN_OK;
     if (!json_is_boolean(v))
-        return bad(err, key, "'%s' must be a boolean, got %s", key, type_name(v));
+        return bad(err, key, "'%s' must be a boolean, got %s", key, kiln_json_type_name(v));
     *out = json_is_true(v);
     return KILN_OK;
 }
@@ -159,7 +138,7 @@ static enum kiln_status get_string(const json_t *o, const char *key, char **out,
     const json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) return KILN_OK;
     if (!json_is_string(v))
-        return bad(err, key, "'%s' must be a string, got %s", key, type_name(v));
+        return bad(err, key, "'%s' must be a string, got %s", key, kiln_json_type_name(v));
     *out = strdup(json_string_value(v));
     return *out ? KILN_OK : nomem(err);
 }
@@ -199,7 +178,7 @@ static enum kiln_status get_ids(const json_t *arr, const char *param, int32_t vo
             free(v);
             return bad(err, param,
                        "'%s' must be a list of token ids (integers), got %s at index %zu", param,
-                       type_name(e), i);
+                       kiln_json_type_name(e), i);
         }
         if (x < 0 || (vocab > 0 && x >= vocab)) {
             free(v);
@@ -242,7 +221,7 @@ static enum kiln_status parse_prompt(const json_t *root, const struct kiln_api_l
         return bad(err, "prompt",
                    "'prompt' must be a string, a list of strings, a list of token ids or a list of "
                    "lists of token ids, got %s",
-                   type_name(p));
+                   kiln_json_type_name(p));
     size_t count = json_array_size(p);
     if (!count) return bad(err, "prompt", "The prompt must not be empty");
     const json_t *first = json_array_get(p, 0);
@@ -274,7 +253,7 @@ static enum kiln_status parse_prompt(const json_t *root, const struct kiln_api_l
             return bad(err, "prompt",
                        "'prompt' must be a string, a list of strings, a list of token ids or a "
                        "list of lists of token ids; element %zu is %s",
-                       i, type_name(e));
+                       i, kiln_json_type_name(e));
         }
     }
     return KILN_OK;
@@ -294,7 +273,8 @@ static enum kiln_status parse_messages(const json_t *root, char **out, struct ki
     const json_t *msgs = json_object_get(root, "messages");
     if (!msgs || json_is_null(msgs)) return bad(err, "messages", "'messages' is required");
     if (!json_is_array(msgs))
-        return bad(err, "messages", "'messages' must be an array, got %s", type_name(msgs));
+        return bad(err, "messages", "'messages' must be an array, got %s",
+                   kiln_json_type_name(msgs));
     if (!json_array_size(msgs)) return bad(err, "messages", "'messages' must not be empty");
     json_t *norm = json_array();
     if (!norm) return nomem(err);
@@ -306,7 +286,7 @@ static enum kiln_status parse_messages(const json_t *root, char **out, struct ki
     {
         snprintf(param, sizeof param, "messages[%zu]", i);
         if (!json_is_object(m)) {
-            st = bad(err, param, "'%s' must be an object, got %s", param, type_name(m));
+            st = bad(err, param, "'%s' must be an object, got %s", param, kiln_json_type_name(m));
             break;
         }
         const json_t *role = json_object_get(m, "role");
@@ -370,7 +350,7 @@ static enum kiln_status parse_messages(const json_t *root, char **out, struct ki
             free(buf);
         } else {
             st = bad(err, param, "'%s' must be a string or a list of text parts, got %s", param,
-                     type_name(content));
+                     kiln_json_type_name(content));
             break;
         }
         json_t *nm = json_pack("{s:O,s:o}", "role", role, "content", text);
@@ -408,7 +388,7 @@ static enum kiln_status parse_stop(const json_t *root, const struct kiln_api_lim
     size_t count = json_is_string(v) ? 1 : json_array_size(v);
     if (!json_is_string(v) && !json_is_array(v))
         return bad(err, "stop", "'stop' must be a string or a list of strings, got %s",
-                   type_name(v));
+                   kiln_json_type_name(v));
     if (count > (size_t)lim->max_stop)
         return bad(err, "stop", "At most %d stop strings, got %zu", lim->max_stop, count);
     if (!count) return KILN_OK;
@@ -419,7 +399,7 @@ static enum kiln_status parse_stop(const json_t *root, const struct kiln_api_lim
         if (!json_is_string(s))
             return bad(err, "stop",
                        "'stop' must be a string or a list of strings; element %zu is %s", i,
-                       type_name(s));
+                       kiln_json_type_name(s));
         size_t len = json_string_length(s);
         if (!len || strlen(json_string_value(s)) != len)
             return bad(err, "stop", "stop strings must be non-empty and free of NUL characters");
@@ -490,7 +470,7 @@ static enum kiln_status parse_sampling(const json_t *root, const struct kiln_api
     if (seed && !json_is_null(seed)) {
         long long s;
         if (!as_integer(seed, &s))
-            return bad(err, "seed", "'seed' must be an integer, got %s", type_name(seed));
+            return bad(err, "seed", "'seed' must be an integer, got %s", kiln_json_type_name(seed));
         r->has_seed = true;
         r->seed = (uint64_t)s;
     }
@@ -527,7 +507,7 @@ static enum kiln_status parse_stream(const json_t *root, struct kiln_api_request
     if (!so || json_is_null(so)) return KILN_OK;
     if (!json_is_object(so))
         return bad(err, "stream_options", "'stream_options' must be an object, got %s",
-                   type_name(so));
+                   kiln_json_type_name(so));
     if (!r->stream)
         return bad(err, "stream_options", "'stream_options' is only allowed with stream: true");
     return get_bool(so, "include_usage", &r->include_usage, err);
@@ -615,7 +595,7 @@ enum kiln_status kiln_api_parse(enum kiln_api_kind kind, const char *body, size_
         st = bad(err, "n", "prompts x n must be at most %d", lim->max_choices);
     const json_t *user = json_object_get(root, "user");
     if (!st && user && !json_is_null(user) && !json_is_string(user))
-        st = bad(err, "user", "'user' must be a string, got %s", type_name(user));
+        st = bad(err, "user", "'user' must be a string, got %s", kiln_json_type_name(user));
     json_decref(root);
     if (st) kiln_api_request_free(r);
     return st;
@@ -650,7 +630,8 @@ enum kiln_status kiln_api_parse_tokenize(const char *body, size_t len,
     const json_t *msgs = json_object_get(root, "messages");
     if (!st && prompt && !json_is_null(prompt)) {
         if (!json_is_string(prompt)) {
-            st = bad(err, "prompt", "'prompt' must be a string, got %s", type_name(prompt));
+            st = bad(err, "prompt", "'prompt' must be a string, got %s",
+                     kiln_json_type_name(prompt));
         } else {
             out->prompt_len = json_string_length(prompt);
             out->prompt = malloc(out->prompt_len + 1);
