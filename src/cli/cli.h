@@ -6,6 +6,7 @@
 int kiln_cmd_convert(int argc, char **argv);
 int kiln_cmd_build(int argc, char **argv);
 int kiln_cmd_generate(int argc, char **argv);
+int kiln_cmd_chat(int argc, char **argv);
 int kiln_cmd_serve(int argc, char **argv);
 int kiln_cmd_bench(int argc, char **argv);
 int kiln_cmd_mkmodel(int argc, char **argv);

@@ -26,6 +26,7 @@ static const struct command commands[] = {
     {"serve", kiln_cmd_serve, "OpenAI-compatible HTTP server for a model"},
     {"bench", kiln_cmd_bench, "benchmark: --throughput under load, else latency"},
     {"generate", kiln_cmd_generate, "generate tokens from a prompt (greedy or sampled)"},
+    {"chat", kiln_cmd_chat, "a conversation on the terminal (the model's chat template)"},
     {"mkmodel", kiln_cmd_mkmodel, "write a random-weight test checkpoint (HF ModelOpt FP8)"},
     {"tokenize", kiln_cmd_tokenize, "text on stdin -> token ids (JSON)"},
     {"template", kiln_cmd_template, "render a chat template for messages on stdin"},
