@@ -107,6 +107,11 @@ struct kiln_backend {
 };
 
 void kiln_backend_options_default(struct kiln_backend_options *opt);
+/* The checks every backend's forward runs first: token ids in the vocabulary, positions and
+ * sizes within the backend's limits, sequences well formed, block ids inside the pool, output
+ * rows inside the batch. */
+enum kiln_status kiln_batch_check(const struct kiln_backend *b, const struct kiln_batch *batch,
+                                  struct kiln_error *err);
 enum kiln_status kiln_backend_cpu_create(const struct kiln_model *m,
                                          const struct kiln_backend_options *opt,
                                          struct kiln_backend **out, struct kiln_error *err);

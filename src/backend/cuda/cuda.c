@@ -554,48 +554,11 @@ static enum kiln_status forward_prefill(struct kiln_backend *b, const struct ste
     return lm_head(b, st, err);
 }
 
-static enum kiln_status check_batch(const struct kiln_backend *b, const struct kiln_batch *bt,
-                                    struct kiln_error *err)
-{
-    const struct kiln_config *c = &b->model->cfg;
-    if (bt->n_tokens <= 0 || bt->n_tokens > b->opt.max_tokens)
-        return kiln_errorf(err, KILN_ERR_LIMIT, "batch of %d tokens (limit %d)", bt->n_tokens,
-                           b->opt.max_tokens);
-    if (bt->n_seqs <= 0 || bt->n_seqs > b->opt.max_seqs || bt->n_out > b->opt.max_seqs)
-        return kiln_errorf(err, KILN_ERR_LIMIT, "batch of %d sequences (limit %d)", bt->n_seqs,
-                           b->opt.max_seqs);
-    for (int t = 0; t < bt->n_tokens; t++) {
-        if (bt->tokens[t] < 0 || bt->tokens[t] >= c->vocab_size)
-            return kiln_errorf(err, KILN_ERR_INVALID, "token id %d outside the vocabulary (%d)",
-                               bt->tokens[t], c->vocab_size);
-        if (bt->positions[t] < 0 || bt->positions[t] >= b->opt.max_seq_len)
-            return kiln_errorf(err, KILN_ERR_LIMIT, "position %d beyond max_seq_len %d",
-                               bt->positions[t], b->opt.max_seq_len);
-    }
-    for (int q = 0; q < bt->n_seqs; q++) {
-        int last = bt->seq_start[q + 1] - 1;
-        if (last < bt->seq_start[q] || bt->kv_len[q] != bt->positions[last] + 1 ||
-            bt->kv_len[q] > bt->max_blocks * b->opt.block_size)
-            return kiln_errorf(err, KILN_ERR_INTERNAL, "sequence %d of the batch is malformed", q);
-        for (int i = 0; i < (bt->kv_len[q] + b->opt.block_size - 1) / b->opt.block_size; i++) {
-            int blk = bt->block_table[(size_t)q * bt->max_blocks + i];
-            if (blk < 0 || blk >= b->opt.n_blocks)
-                return kiln_errorf(err, KILN_ERR_INTERNAL, "block %d outside the pool (%d)", blk,
-                                   b->opt.n_blocks);
-        }
-    }
-    for (int i = 0; i < bt->n_out; i++)
-        if (bt->out_rows[i] < 0 || bt->out_rows[i] >= bt->n_tokens)
-            return kiln_errorf(err, KILN_ERR_INTERNAL, "output row %d outside the batch",
-                               bt->out_rows[i]);
-    return KILN_OK;
-}
-
 static enum kiln_status cuda_forward(struct kiln_backend *b, const struct kiln_batch *bt,
                                      struct kiln_error *err)
 {
     struct cuda_state *s = b->impl;
-    enum kiln_status e = check_batch(b, bt, err);
+    enum kiln_status e = kiln_batch_check(b, bt, err);
     if (e) return e;
     struct step st;
     if ((e = upload_batch(b, bt, &st, err))) return e;
