@@ -364,17 +364,22 @@ static void test_swiglu(int f, int K, int n)
 }
 
 /* A batch of sequences with the given chunk lengths and context lengths, random block tables
- * over a pool of n_blocks. */
+ * over a pool of n_blocks (>= ns * max_blocks). */
 struct test_batch {
     struct kiln_batch b;
-    int32_t tokens[512], positions[512], seq_start[17], kv_len[16], table[16 * 64], out_rows[16];
-    int32_t token_seq[512];
+    int32_t *tokens, *positions, *seq_start, *kv_len, *table, *out_rows;
+    int32_t *token_seq;
 };
 
 static void make_batch(struct test_batch *tb, const int *chunk, const int *ctx, int ns,
                        int max_blocks, int n_blocks)
 {
-    memset(tb, 0, sizeof *tb);
+    int n = 0;
+    for (int s = 0; s < ns; s++) n += chunk[s];
+    tb->tokens = calloc((size_t)n, 4), tb->positions = calloc((size_t)n, 4);
+    tb->token_seq = calloc((size_t)n, 4), tb->seq_start = calloc((size_t)ns + 1, 4);
+    tb->kv_len = calloc((size_t)ns, 4), tb->out_rows = calloc((size_t)ns, 4);
+    tb->table = calloc((size_t)ns * max_blocks, 4);
     int t = 0;
     int *used = calloc((size_t)n_blocks, sizeof(int));
     for (int s = 0; s < ns; s++) {
@@ -398,6 +403,12 @@ static void make_batch(struct test_batch *tb, const int *chunk, const int *ctx, 
     tb->seq_start[ns] = t;
     tb->b = (struct kiln_batch){t,          tb->tokens, tb->positions, ns, tb->seq_start,
                                 tb->kv_len, tb->table,  max_blocks,    ns, tb->out_rows};
+}
+
+static void free_test_batch(struct test_batch *tb)
+{
+    free(tb->tokens), free(tb->positions), free(tb->token_seq), free(tb->seq_start);
+    free(tb->kv_len), free(tb->out_rows), free(tb->table);
 }
 
 struct dev_batch {
@@ -529,10 +540,26 @@ static void test_rope_kv(int H, int Hkv, int Dh, int K, bool fp8_kv)
     report("rope_kv q", shape, rel_l2(gq, q, (size_t)n * qd), 1e-6);
     if (fp8_kv) report_codes("rope_kv k", shape, gk, cc.k, cache_bytes);
     free_dev_batch(&db);
+    free_test_batch(&tb);
     cudaFree(dw), cudaFree(dx), cudaFree(drope), cudaFree(dq), cudaFree(dk), cudaFree(dv),
         cudaFree(dqkv);
     free(w), free(x8), free(qkv), free(rope), free(q), free(k), free(v), free(cc.k), free(cc.v),
         free(wp), free(gq), free(gk), free(gv), free(qkvp);
+}
+
+/* K and V caches of elems random elements each: FP8 codes (|v| <= 8) or bf16 in [-1, 1]. */
+static void rand_cache(size_t elems, bool fp8, uint8_t **k, uint8_t **v)
+{
+    size_t esz = fp8 ? 1 : 2;
+    uint8_t *kc = malloc(elems * esz), *vc = malloc(elems * esz);
+    for (size_t i = 0; i < elems; i++) {
+        if (fp8)
+            kc[i] = rand_code(), vc[i] = rand_code();
+        else
+            ((uint16_t *)kc)[i] = kiln_f32_to_bf16(uniform(1.0f)),
+                       ((uint16_t *)vc)[i] = kiln_f32_to_bf16(uniform(1.0f));
+    }
+    *k = kc, *v = vc;
 }
 
 /* Attention (decode and prefill kernels) against kiln_cpu_attention over a random cache. */
@@ -547,14 +574,8 @@ static void test_attention(int H, int Hkv, int Dh, bool fp8_kv, const int *chunk
     make_batch(&tb, chunk, ctx, ns, max_blocks, n_blocks);
     int n = tb.b.n_tokens;
     size_t esz = fp8_kv ? 1 : 2, cache_elems = (size_t)n_blocks * Hkv * bs * Dh;
-    uint8_t *kc = malloc(cache_elems * esz), *vc = malloc(cache_elems * esz);
-    for (size_t i = 0; i < cache_elems; i++) {
-        if (fp8_kv)
-            kc[i] = rand_code(), vc[i] = rand_code();
-        else
-            ((uint16_t *)kc)[i] = kiln_f32_to_bf16(uniform(1.0f)),
-                       ((uint16_t *)vc)[i] = kiln_f32_to_bf16(uniform(1.0f));
-    }
+    uint8_t *kc, *vc;
+    rand_cache(cache_elems, fp8_kv, &kc, &vc);
     float *q = malloc((size_t)n * H * Dh * 4), *ref = malloc((size_t)n * H * Dh * 4);
     for (size_t i = 0; i < (size_t)n * H * Dh; i++) q[i] = uniform(1.5f);
     /* BF16 caches carry no scales (the backend passes 1) */
@@ -599,8 +620,192 @@ static void test_attention(int H, int Hkv, int Dh, bool fp8_kv, const int *chunk
         cudaFree(dpart);
     }
     free_dev_batch(&db);
+    free_test_batch(&tb);
     cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dout), cudaFree(dseqs);
     free(kc), free(vc), free(q), free(ref), free(want), free(got);
+}
+
+/* The tensor-core decode kernel (steps of more than 8 tokens) against kiln_cpu_attention: one
+ * query token per sequence, contexts on both sides of its 16-position steps and of the splits,
+ * block sizes that are not multiples of 16 (a step then crosses blocks), splits of each length
+ * in split_lens (a context of 1 leaves most of them empty). Planted spikes: at positions 0 and
+ * ctx - 1 and on both sides of every multiple of 256, K points along the sign of the sum of the
+ * group's queries, so each spike takes a few percent of the softmax; a position dropped or
+ * counted twice at a step or split edge then moves that sequence's output by far more than the
+ * tolerance. Tolerance: Q and P are rounded to f16 (FP8 cache) or bf16 like the prefill kernel:
+ * relative L2 < 3e-2 on the decoded FP8 outputs, per sequence (the worst is reported). */
+static void test_attention_tc(int H, int Hkv, int Dh, bool fp8_kv, int bs, const int *split_lens,
+                              int n_split_lens)
+{
+    enum { NS = 7 };
+    const int ctx[NS] = {1, 15, 16, 17, 255, 1000, 2049}, chunk[NS] = {1, 1, 1, 1, 1, 1, 1};
+    const int max_blocks = (2049 + bs - 1) / bs, n_blocks = NS * max_blocks + 13;
+    struct test_batch tb;
+    make_batch(&tb, chunk, ctx, NS, max_blocks, n_blocks);
+    const int n = NS, G = H / Hkv, hd = H * Dh;
+    size_t esz = fp8_kv ? 1 : 2, cache_elems = (size_t)n_blocks * Hkv * bs * Dh;
+    uint8_t *kc, *vc;
+    rand_cache(cache_elems, fp8_kv, &kc, &vc);
+    float *q = malloc((size_t)n * hd * 4), *ref = malloc((size_t)n * hd * 4);
+    for (size_t i = 0; i < (size_t)n * hd; i++) q[i] = uniform(1.5f);
+    for (int s = 0; s < NS; s++)
+        for (int p = 0; p < ctx[s]; p++) {
+            if (!(p == 0 || p == ctx[s] - 1 || p % 256 == 0 || p % 256 == 255)) continue;
+            int blk = tb.table[s * max_blocks + p / bs];
+            for (int g = 0; g < Hkv; g++)
+                for (int d = 0; d < Dh; d++) {
+                    float sum = 0;
+                    for (int h = g * G; h < (g + 1) * G; h++) sum += q[(size_t)s * hd + h * Dh + d];
+                    size_t at = (((size_t)blk * Hkv + g) * bs + p % bs) * Dh + d;
+                    if (fp8_kv)
+                        kc[at] = kiln_f32_to_e4m3(sum < 0 ? -4.0f : 4.0f);
+                    else
+                        ((uint16_t *)kc)[at] = kiln_f32_to_bf16(sum < 0 ? -1.0f : 1.0f);
+                }
+        }
+    float ks = fp8_kv ? 0.3f : 1.0f, vs = fp8_kv ? 0.2f : 1.0f, out_scale = 0.004f;
+    struct kiln_cpu_kv_layer cc = {
+        kc, vc, fp8_kv ? KILN_DTYPE_F8E4M3 : KILN_DTYPE_BF16, ks, vs, Hkv, Dh, bs};
+    kiln_cpu_attention(NULL, ref, q, &cc, &tb.b, H);
+    uint8_t *want = malloc((size_t)n * hd), *got = malloc((size_t)n * hd);
+    kiln_cpu_quant_fp8(want, ref, (size_t)n * hd, out_scale);
+    float *a1 = malloc((size_t)hd * 4), *b1 = malloc((size_t)hd * 4);
+
+    struct dev_batch db;
+    upload_test_batch(&tb, &db);
+    void *dk = dev(kc, cache_elems * esz), *dv = dev(vc, cache_elems * esz);
+    float *dq = dev(q, (size_t)n * hd * 4);
+    uint8_t *dout = dev(NULL, (size_t)n * hd);
+    struct kiln_cuda_kv kv = {dk, dv, fp8_kv, ks, vs, Hkv, Dh, bs};
+    int32_t seqs[NS];
+    for (int s = 0; s < NS; s++) seqs[s] = s;
+    int32_t *dseqs = dev(seqs, sizeof seqs);
+    for (int k = 0; k < n_split_lens; k++) {
+        int split_len = split_lens[k], n_splits = (2049 + split_len - 1) / split_len;
+        char shape[96];
+        snprintf(shape, sizeof shape, "H=%d Hkv=%d Dh=%d %s bs=%d split=%dx%d", H, Hkv, Dh,
+                 fp8_kv ? "fp8" : "bf16", bs, n_splits, split_len);
+        float *dpart =
+            dev(NULL, (size_t)kiln_cuda_attention_part_floats(n, 1, H, Dh, n_splits) * 4);
+        CK(cudaMemset(dout, 0xff, (size_t)n * hd));
+        CK(kiln_cuda_attention_decode_tc(dq, db.kb, dseqs, n, 1, kv, H, n_splits, split_len, dpart,
+                                         out_scale, dout, NULL));
+        if (n_splits > 1)
+            CK(kiln_cuda_attention_combine(dpart, db.kb, dseqs, n, 1, H, Dh, n_splits, vs,
+                                           out_scale, dout, NULL));
+        back(got, dout, (size_t)n * hd);
+        double worst = 0;
+        for (int s = 0; s < NS; s++) {
+            kiln_convert_to_f32(a1, got + (size_t)s * hd, KILN_DTYPE_F8E4M3, (size_t)hd);
+            kiln_convert_to_f32(b1, want + (size_t)s * hd, KILN_DTYPE_F8E4M3, (size_t)hd);
+            double e = rel_l2(a1, b1, (size_t)hd);
+            if (!(e <= worst)) worst = e; /* NaN counts as the worst */
+        }
+        report("attention decode tc", shape, worst, 3e-2);
+        cudaFree(dpart);
+    }
+    free_dev_batch(&db);
+    free_test_batch(&tb);
+    cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dout), cudaFree(dseqs);
+    free(kc), free(vc), free(q), free(ref), free(want), free(got), free(a1), free(b1);
+}
+
+/* Arguments the tensor-core kernel refuses (before any launch): several query tokens per
+ * sequence, more than 16 query heads per KV head, splits beyond its shared-memory index. */
+static void test_attention_tc_refusals(void)
+{
+    struct kiln_cuda_batch b = {0};
+    struct kiln_cuda_kv kv = {NULL, NULL, 1, 1.0f, 1.0f, 1, 128, 16};
+    int wrong = 0;
+    wrong += kiln_cuda_attention_decode_tc(NULL, b, NULL, 1, 2, kv, 8, 1, 256, NULL, 1.0f, NULL,
+                                           NULL) != cudaErrorInvalidValue;
+    wrong += kiln_cuda_attention_decode_tc(NULL, b, NULL, 1, 1, kv, 32, 1, 256, NULL, 1.0f, NULL,
+                                           NULL) != cudaErrorInvalidValue;
+    wrong += kiln_cuda_attention_decode_tc(NULL, b, NULL, 1, 1, kv, 8, 1, 8192, NULL, 1.0f, NULL,
+                                           NULL) != cudaErrorInvalidValue;
+    kv.head_dim = 96;
+    wrong += kiln_cuda_attention_decode_tc(NULL, b, NULL, 1, 1, kv, 8, 1, 256, NULL, 1.0f, NULL,
+                                           NULL) != cudaErrorInvalidValue;
+    report("attention decode tc", "refused arguments", wrong, 0);
+}
+
+/* Decode attention at the size of a big batch: 256 sequences at context 1024 (Hkv 8, Dh 128,
+ * FP8 cache, H 32), microseconds per layer (decode kernel + combine) and GB/s of K and V read,
+ * next to a plain read of the same bytes. No pass/fail: the numbers are for the log. */
+static void time_attention_tc(void)
+{
+    enum { NS = 256, CTX = 1024, H = 32, HKV = 8, DH = 128, BS = 16 };
+    int *chunk = malloc(NS * sizeof(int)), *ctx = malloc(NS * sizeof(int));
+    for (int s = 0; s < NS; s++) chunk[s] = 1, ctx[s] = CTX;
+    const int max_blocks = CTX / BS, n_blocks = NS * max_blocks;
+    struct test_batch tb;
+    make_batch(&tb, chunk, ctx, NS, max_blocks, n_blocks);
+    struct dev_batch db;
+    upload_test_batch(&tb, &db);
+    size_t cache = (size_t)n_blocks * HKV * BS * DH; /* bytes of K (and of V) */
+    void *dk = dev(NULL, cache), *dv = dev(NULL, cache);
+    CK(cudaMemset(dk, 0x38, cache)); /* e4m3 1.0 and 0.5: the values do not change the work */
+    CK(cudaMemset(dv, 0x30, cache));
+    float *q = malloc((size_t)NS * H * DH * 4);
+    for (size_t i = 0; i < (size_t)NS * H * DH; i++) q[i] = uniform(1.5f);
+    float *dq = dev(q, (size_t)NS * H * DH * 4);
+    uint8_t *dout = dev(NULL, (size_t)NS * H * DH);
+    int32_t *seqs = malloc(NS * sizeof(int32_t));
+    for (int s = 0; s < NS; s++) seqs[s] = s;
+    int32_t *dseqs = dev(seqs, NS * sizeof(int32_t));
+    float *dpart = dev(NULL, (size_t)kiln_cuda_attention_part_floats(NS, 1, H, DH, CTX / 256) * 4);
+    struct kiln_cuda_kv kv = {dk, dv, 1, 0.3f, 0.2f, HKV, DH, BS};
+    const double bytes = (double)NS * CTX * HKV * DH * 2;
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    enum { ITERS = 20 };
+    float ms = 0;
+    int dev_id = 0, sms = 0;
+    CK(cudaGetDevice(&dev_id));
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev_id));
+    unsigned *sink = dev(NULL, (size_t)sms * 4 * sizeof(unsigned));
+    for (int i = -2; i < ITERS; i++) { /* two warm-up runs */
+        if (i == 0) CK(cudaEventRecord(e0, NULL));
+        CK(kiln_cuda_read(dk, cache, sink, sms * 4, NULL));
+        CK(kiln_cuda_read(dv, cache, sink, sms * 4, NULL));
+    }
+    CK(cudaEventRecord(e1, NULL));
+    CK(cudaEventSynchronize(e1));
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    double read_gbs = bytes * ITERS / (ms * 1e-3) / 1e9;
+    /* (kernel, split_len): the exact f32 kernel at the fused path's 256, the tensor-core one at
+     * 256, cuda.c's TC_SPLIT_LEN 512 and 1024 (one split, no combine) */
+    const int tc[4] = {0, 1, 1, 1}, lens[4] = {256, 256, 512, 1024};
+    for (int k = 0; k < 4; k++) {
+        int n_splits = CTX / lens[k];
+        for (int i = -2; i < ITERS; i++) {
+            if (i == 0) CK(cudaEventRecord(e0, NULL));
+            if (tc[k])
+                CK(kiln_cuda_attention_decode_tc(dq, db.kb, dseqs, NS, 1, kv, H, n_splits, lens[k],
+                                                 dpart, 0.004f, dout, NULL));
+            else
+                CK(kiln_cuda_attention_decode(dq, db.kb, dseqs, NS, 1, kv, H, n_splits, lens[k],
+                                              dpart, 0.004f, dout, NULL));
+            if (n_splits > 1)
+                CK(kiln_cuda_attention_combine(dpart, db.kb, dseqs, NS, 1, H, DH, n_splits,
+                                               kv.v_scale, 0.004f, dout, NULL));
+        }
+        CK(cudaEventRecord(e1, NULL));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        double us = ms * 1e3 / ITERS;
+        printf("%-22s ns=%d ctx=%d Hkv=%d Dh=%d fp8 split=%dx%-4d %8.1f us  %6.0f GB/s  (read "
+               "%.0f GB/s)\n",
+               tc[k] ? "timing decode tc" : "timing decode f32", NS, CTX, HKV, DH, n_splits,
+               lens[k], us, bytes / (us * 1e-6) / 1e9, read_gbs);
+    }
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    free_dev_batch(&db);
+    free_test_batch(&tb);
+    cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dout), cudaFree(dseqs), cudaFree(dpart),
+        cudaFree(sink);
+    free(chunk), free(ctx), free(q), free(seqs);
 }
 
 static void test_argmax(int n, int vocab)
@@ -670,6 +875,31 @@ int main(void)
         int chunk2[3] = {3, 1, 5}, ctx2[3] = {3, 300, 520}; /* short chunks: the fused path */
         test_attention(8, 2, 128, true, chunk2, ctx2, 3, false);
         test_attention(4, 2, 64, false, chunk2, ctx2, 3, false);
+    }
+    {
+        /* the tensor-core decode kernel, every instantiation (head_dim, cache type, G > 8: rows
+         * 8..15 of the mma): 1 split (4096), several (512: cuda.c's big-batch split), many (256) */
+        static const struct {
+            int H, Hkv, Dh, fp8, bs, n_lens, lens[3];
+        } tc[] = {
+            {32, 8, 128, 1, 16, 3, {4096, 512, 256}},
+            {32, 8, 128, 1, 7, 1, {512}},
+            {32, 8, 128, 0, 16, 2, {4096, 256}},
+            {32, 8, 128, 0, 7, 1, {512}},
+            {8, 2, 128, 1, 7, 2, {4096, 256}},
+            {4, 1, 64, 1, 16, 3, {4096, 512, 256}},
+            {4, 1, 64, 0, 7, 1, {512}},
+            {8, 1, 64, 1, 16, 1, {512}},
+            {12, 1, 64, 0, 7, 1, {512}},
+            {16, 1, 64, 1, 7, 2, {4096, 256}},
+            {16, 1, 128, 0, 16, 1, {512}},
+            {24, 2, 128, 1, 16, 1, {512}},
+        };
+        for (size_t i = 0; i < sizeof tc / sizeof tc[0]; i++)
+            test_attention_tc(tc[i].H, tc[i].Hkv, tc[i].Dh, tc[i].fp8, tc[i].bs, tc[i].lens,
+                              tc[i].n_lens);
+        test_attention_tc_refusals();
+        time_attention_tc();
     }
     {
         int chunk[3] = {1, 70, 150}, ctx[3] = {9, 70, 333};

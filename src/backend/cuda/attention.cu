@@ -12,6 +12,10 @@
  * after another cost 20-27 us per layer at context 128: a chain of shuffles and exps.)
  * Bytes per step: kv_len * Hkv * Dh * 2 * elem per sequence and layer -- at 8K context and batch
  * 1, 512 MB per token for the 8B model, which is why long contexts split over many blocks.
+ * That kernel is exact (f32) but issue-bound: at 256 sequences it reads the cache at ~1 TB/s.
+ * Steps of more than 8 tokens, whose other ops are at the FP8 noise level anyway, use
+ * k_attn_decode_tc instead: the same blocks and partials, the dot products and the weighted V
+ * sum on f16 (FP8 cache) or bf16 tensor cores with an online softmax per warp.
  *
  * Prefill (query chunks of many tokens): FlashAttention-2 on bf16 tensor cores (mma m16n8k16).
  * A block owns 64 query rows of one head (4 warps x 16 rows); K/V tiles of 64 positions are
@@ -348,6 +352,386 @@ extern "C" int kiln_cuda_attention_combine(const float *part, struct kiln_cuda_b
                                                     v_scale, out_scale, out8);
     else
         return cudaErrorInvalidValue;
+    return cudaGetLastError();
+}
+
+/* ---- decode for big batches: flash-decoding on f16 / bf16 tensor cores ---- */
+
+#define TC_THREADS 128
+#define TC_WARPS   (TC_THREADS / 32)
+#define TC_STEP    16 /* positions per warp step: one k-step of P V */
+#define TC_G_MAX   16 /* query heads per KV head: the 16 rows of the mma */
+/* split_len limit: the split's cache rows are indexed in shared memory (4 bytes a position) */
+#define TC_SPLIT_MAX 4096
+
+/* rows 0..15 (R = 4 registers of the fragments) or rows 0..7 only (R = 2: a = {a0, a2},
+ * d = {c0, c1}) */
+template <bool BF16, int R>
+__device__ __forceinline__ void mma_rows(float (&d)[R], const uint32_t (&a)[R], uint32_t b0,
+                                         uint32_t b1)
+{
+    if constexpr (R == 4 && BF16)
+        mma_bf16_16x8x16(d, a, b0, b1);
+    else if constexpr (R == 4)
+        mma_f16_16x8x16(d, a, b0, b1);
+    else if constexpr (BF16)
+        mma_bf16_16x8x16_rows8(d, a, b0, b1);
+    else
+        mma_f16_16x8x16_rows8(d, a, b0, b1);
+}
+
+template <bool BF16> __device__ __forceinline__ uint32_t pack_x2(float lo, float hi)
+{
+    if constexpr (BF16)
+        return pack_bf16x2(lo, hi);
+    else
+        return pack_f16x2(lo, hi);
+}
+
+/* WORDS 32-bit words streamed from 16-byte pieces STRIDE bytes apart at p (one 8-byte piece when
+ * WORDS is 2); zeros when p is null (a position past the split). */
+template <int WORDS, int STRIDE>
+__device__ __forceinline__ void load_words(const uint8_t *p, uint32_t (&dst)[WORDS])
+{
+    if (!p) {
+#pragma unroll
+        for (int w = 0; w < WORDS; w++) dst[w] = 0u;
+    } else if constexpr (WORDS == 2) {
+        const uint2 v = ldg_stream8(p);
+        dst[0] = v.x, dst[1] = v.y;
+    } else {
+#pragma unroll
+        for (int u = 0; u < WORDS / 4; u++) {
+            const uint4 v = ldg_stream(p + STRIDE * u);
+            dst[4 * u] = v.x, dst[4 * u + 1] = v.y, dst[4 * u + 2] = v.z, dst[4 * u + 3] = v.w;
+        }
+    }
+}
+
+/* Dynamic shared memory of k_attn_decode_tc: the split's cache rows during the walk, then the
+ * warps' accumulators for the merge (same bytes). */
+static size_t tc_smem_bytes(int head_dim, int G, int split_len)
+{
+    size_t rows = (size_t)split_len * sizeof(int);
+    size_t merge = (size_t)TC_WARPS * G * (head_dim + 8) * sizeof(float);
+    return rows > merge ? rows : merge;
+}
+
+/* One block = (split, KV head g, sequence); the sequence has one query token (position qpos) and
+ * the G query heads of g are the mma rows. Warp w walks the split's 16-position steps w, w + 4,
+ * ... with an online softmax in registers; then the 4 warps merge through shared memory.
+ *
+ * Fragments (PTX m16n8k16; lane = 4 r + c):
+ *   S = Q K^T per 8-position n-tile: M = heads, K = head dims. The k index is mapped to dims so
+ *     that lane c's part of every k-step is in 16-byte pieces it loads itself: its dims are the
+ *     pieces [u * 64 + 16 c, +16) bytes of the row (u < DH * esz / 64); lane element i (its
+ *     i-th dim in that order) is k = 2c, 2c+1 of k-step i / 4 for i % 4 < 2 and k = 2c+8, 2c+9
+ *     for i % 4 >= 2. Q (A) holds the same dims of heads r (and r + 8), K (B) of position r of
+ *     the tile. C: (head r, positions 2c, 2c + 1).
+ *   O += P V: M = heads, K = the step's 16 positions, N = 8 output columns per n-tile. P's A
+ *     fragment is S's C fragments of the two tiles (FA2), so k = 2c, 2c+1, 2c+8, 2c+9 are the
+ *     positions step + 2c, +1, +8, +9: lane (r, c) loads those 4 positions of V, dims
+ *     [r DH/8, (r+1) DH/8); n-tile j column r is physical dim r DH/8 + j, so O's C fragment
+ *     (head r, tile j, cols 2c, 2c+1) holds dims (2c) DH/8 + j and (2c+1) DH/8 + j.
+ * Per step a lane loads DH/4 elements of 2 K rows and DH/8 of 4 V rows (FP8, DH 128: 4 + 4
+ * 16-byte loads); the warp reads the step's 16 K and V rows once, in whole 32-byte sectors.
+ *
+ * The scores are scaled in f32 after the mma (Q is rounded to f16 unscaled: a small k_scale
+ * folded in first would push Q into f16 subnormals). Output: FP8 codes (one split) or the
+ * partial (m, l, acc) of k_attn_decode's `part` layout (m in natural-log units). */
+template <int DH, bool FP8, bool HI>
+__global__ void __launch_bounds__(TC_THREADS, (DH == 128 && !FP8) ? 2 : 3)
+    k_attn_decode_tc(const float *q, kiln_cuda_batch b, const int32_t *seqs, kiln_cuda_kv kv,
+                     int n_heads, int split_len, float *part, float out_scale, uint8_t *out8)
+{
+    constexpr bool BF16 = !FP8;
+    constexpr int ESZ = FP8 ? 1 : 2;
+    constexpr int ROWB = DH * ESZ; /* bytes of one cache row */
+    constexpr int R = HI ? 4 : 2;  /* fragment registers: rows r and r + 8, or r only */
+    constexpr int KS = DH / 16;    /* k-steps of S */
+    constexpr int DT = DH / 8;     /* n-tiles of O */
+    constexpr int KU = ROWB / 64;  /* 16-byte K pieces per lane and position */
+    constexpr int KWD = 4 * KU;    /* K words per lane and position */
+    constexpr int VB = ROWB / 8;   /* V bytes per lane and position: 8, 16 or 32 */
+    constexpr int VWD = VB / 4;    /* V words per lane and position */
+    constexpr int EPU = 16 / ESZ;  /* elements per 16-byte piece */
+    constexpr int LDO = DH + 8;    /* merge row (floats): conflict-free float2 stores */
+    /* Registers: with head_dim 64 the next step's K and V are loaded before this step's math
+     * (two buffers); with 128 that does not fit beside the accumulators in 168 registers (ptxas
+     * spills), so each buffer is reloaded as soon as its step has used it (K after S, V after
+     * P V): about half as many bytes in flight per warp, 12 warps per SM. */
+    constexpr bool EARLY = DH <= 64;
+    static_assert(ROWB % 64 == 0 && VB % 8 == 0, "head_dim 64 or 128");
+
+    extern __shared__ __align__(16) unsigned char tc_smem[];
+    int *rows = reinterpret_cast<int *>(tc_smem);   /* (split_len,) cache row of each position */
+    float *mo = reinterpret_cast<float *>(tc_smem); /* (TC_WARPS, G, LDO) after the walk */
+    __shared__ float sm_m[TC_WARPS][TC_G_MAX], sm_l[TC_WARPS][TC_G_MAX];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int r = lane >> 2, c = lane & 3;
+    const int g = blockIdx.y, li = blockIdx.z, s = seqs[li];
+    const int G = n_heads / kv.n_kv_heads;
+    const int t0 = b.seq_start[s];
+    const int limit = min(b.kv_len[s], b.positions[t0] + 1); /* positions <= the query's */
+    const int n_splits = gridDim.x, sp = blockIdx.x, p_begin = sp * split_len;
+    const int n = max(0, min(limit, p_begin + split_len) - p_begin);
+    const int32_t *table = b.block_table + (size_t)s * b.max_blocks;
+    /* cache row (block, head g, offset) of each position; int: a layer's rows are < 2^31 */
+    for (int i = threadIdx.x; i < n; i += TC_THREADS) {
+        const int p = p_begin + i;
+        rows[i] =
+            (table[p / kv.block_size] * kv.n_kv_heads + g) * kv.block_size + p % kv.block_size;
+    }
+
+    /* Q of heads g G + r (and + 8) as A fragments, dims in lane element order; padding rows 0 */
+    uint32_t qa[KS][R];
+    {
+        const int h = g * G + r;
+        const float *q_lo = q + ((size_t)t0 * n_heads + h) * DH;
+        const bool live_lo = r < G, live_hi = r + 8 < G;
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+            const int i0 = 4 * ks, d0 = (i0 / EPU) * (64 / ESZ) + c * EPU + i0 % EPU;
+            float4 x = live_lo ? *reinterpret_cast<const float4 *>(q_lo + d0)
+                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            qa[ks][0] = pack_x2<BF16>(x.x, x.y);
+            qa[ks][R / 2] = pack_x2<BF16>(x.z, x.w);
+            if constexpr (HI) {
+                float4 y = live_hi ? *reinterpret_cast<const float4 *>(q_lo + 8 * DH + d0)
+                                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                qa[ks][1] = pack_x2<BF16>(y.x, y.y);
+                qa[ks][3] = pack_x2<BF16>(y.z, y.w);
+            }
+        }
+    }
+    const float qk_log2 = kv.k_scale * rsqrtf((float)DH) * 1.4426950408889634f;
+    const uint8_t *kbase = static_cast<const uint8_t *>(kv.k) + 16 * c;
+    const uint8_t *vbase = static_cast<const uint8_t *>(kv.v) + r * VB;
+    __syncthreads();
+
+    /* K rows step + r and step + 8 + r (this lane's pieces); positions past the split are 0 */
+    auto load_k = [&](int st, uint32_t(&kd)[2][KWD]) {
+#pragma unroll
+        for (int t = 0; t < 2; t++) {
+            const int i = st * TC_STEP + 8 * t + r;
+            load_words<KWD, 64>(i < n ? kbase + (size_t)rows[i] * ROWB : nullptr, kd[t]);
+        }
+    };
+    /* V rows step + {2c, 2c+1, 2c+8, 2c+9}, dims [r DH/8, (r+1) DH/8) */
+    auto load_v = [&](int st, uint32_t(&vd)[4][VWD]) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int i = st * TC_STEP + 2 * c + (k & 1) + 8 * (k >> 1);
+            load_words<VWD, 16>(i < n ? vbase + (size_t)rows[i] * ROWB : nullptr, vd[k]);
+        }
+    };
+
+    float o[DT][R];
+#pragma unroll
+    for (int j = 0; j < DT; j++)
+#pragma unroll
+        for (int e = 0; e < R; e++) o[j][e] = 0.0f;
+    float m_run[R / 2], l_run[R / 2]; /* per row half, log2 units */
+#pragma unroll
+    for (int hf = 0; hf < R / 2; hf++) m_run[hf] = -INFINITY, l_run[hf] = 0.0f;
+
+    /* S (2 tiles x R) = Q K^T of one step */
+    auto scores = [&](const uint32_t(&kd)[2][KWD], float(&sc)[2][R]) {
+#pragma unroll
+        for (int t = 0; t < 2; t++) {
+#pragma unroll
+            for (int e = 0; e < R; e++) sc[t][e] = 0.0f;
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                uint32_t b0, b1;
+                if constexpr (FP8) {
+                    b0 = e4m3x2_to_f16x2(kd[t][ks]);
+                    b1 = e4m3x2_to_f16x2(kd[t][ks] >> 16);
+                } else {
+                    b0 = kd[t][2 * ks];
+                    b1 = kd[t][2 * ks + 1];
+                }
+                mma_rows<BF16, R>(sc[t], qa[ks], b0, b1);
+            }
+        }
+    };
+    /* online softmax of one step's scores, then O += P V */
+    auto softmax_pv = [&](int st, float(&sc)[2][R], const uint32_t(&vd)[4][VWD]) {
+        float mx[R / 2], base[R / 2], corr[R / 2];
+#pragma unroll
+        for (int hf = 0; hf < R / 2; hf++) mx[hf] = -INFINITY;
+#pragma unroll
+        for (int t = 0; t < 2; t++)
+#pragma unroll
+            for (int e = 0; e < R; e++) {
+                const int i = st * TC_STEP + 8 * t + 2 * c + (e & 1);
+                const float v = i < n ? sc[t][e] * qk_log2 : -INFINITY;
+                sc[t][e] = v;
+                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            }
+#pragma unroll
+        for (int hf = 0; hf < R / 2; hf++) {
+            mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 1));
+            mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 2));
+            const float mn = fmaxf(m_run[hf], mx[hf]);
+            base[hf] = mn == -INFINITY ? 0.0f : mn;
+            corr[hf] = exp2f(m_run[hf] - base[hf]);
+            m_run[hf] = mn;
+            l_run[hf] *= corr[hf];
+        }
+#pragma unroll
+        for (int t = 0; t < 2; t++)
+#pragma unroll
+            for (int e = 0; e < R; e++) {
+                sc[t][e] = exp2f(sc[t][e] - base[e >> 1]);
+                l_run[e >> 1] += sc[t][e];
+            }
+#pragma unroll
+        for (int j = 0; j < DT; j++)
+#pragma unroll
+            for (int e = 0; e < R; e++) o[j][e] *= corr[e >> 1];
+        uint32_t pa[R];
+        pa[0] = pack_x2<BF16>(sc[0][0], sc[0][1]);
+        pa[R / 2] = pack_x2<BF16>(sc[1][0], sc[1][1]);
+        if constexpr (HI) {
+            pa[1] = pack_x2<BF16>(sc[0][2], sc[0][3]);
+            pa[3] = pack_x2<BF16>(sc[1][2], sc[1][3]);
+        }
+        /* B of n-tile j: b0 = {V[p0][col j], V[p1][col j]}, b1 = {V[p2][..], V[p3][..]} */
+        if constexpr (FP8) {
+#pragma unroll
+            for (int m = 0; m < VWD; m++) { /* byte k of word m is column 4m + k */
+                const uint32_t x01 = __byte_perm(vd[0][m], vd[1][m], 0x5140);
+                const uint32_t y01 = __byte_perm(vd[0][m], vd[1][m], 0x7362);
+                const uint32_t x23 = __byte_perm(vd[2][m], vd[3][m], 0x5140);
+                const uint32_t y23 = __byte_perm(vd[2][m], vd[3][m], 0x7362);
+                mma_rows<BF16, R>(o[4 * m], pa, e4m3x2_to_f16x2(x01), e4m3x2_to_f16x2(x23));
+                mma_rows<BF16, R>(o[4 * m + 1], pa, e4m3x2_to_f16x2(x01 >> 16),
+                                  e4m3x2_to_f16x2(x23 >> 16));
+                mma_rows<BF16, R>(o[4 * m + 2], pa, e4m3x2_to_f16x2(y01), e4m3x2_to_f16x2(y23));
+                mma_rows<BF16, R>(o[4 * m + 3], pa, e4m3x2_to_f16x2(y01 >> 16),
+                                  e4m3x2_to_f16x2(y23 >> 16));
+            }
+        } else {
+#pragma unroll
+            for (int m = 0; m < VWD; m++) { /* half k of word m is column 2m + k */
+                mma_rows<BF16, R>(o[2 * m], pa, __byte_perm(vd[0][m], vd[1][m], 0x5410),
+                                  __byte_perm(vd[2][m], vd[3][m], 0x5410));
+                mma_rows<BF16, R>(o[2 * m + 1], pa, __byte_perm(vd[0][m], vd[1][m], 0x7632),
+                                  __byte_perm(vd[2][m], vd[3][m], 0x7632));
+            }
+        }
+    };
+
+    const int n_steps = (n + TC_STEP - 1) / TC_STEP;
+    int st = warp;
+    if constexpr (EARLY) {
+        uint32_t k0[2][KWD], v0[4][VWD], k1[2][KWD], v1[4][VWD];
+        if (st < n_steps) load_k(st, k0), load_v(st, v0);
+        for (; st < n_steps; st += 2 * TC_WARPS) {
+            const int s1 = st + TC_WARPS, s2 = s1 + TC_WARPS;
+            if (s1 < n_steps) load_k(s1, k1), load_v(s1, v1);
+            float sc[2][R];
+            scores(k0, sc);
+            softmax_pv(st, sc, v0);
+            if (s1 >= n_steps) break;
+            if (s2 < n_steps) load_k(s2, k0), load_v(s2, v0);
+            scores(k1, sc);
+            softmax_pv(s1, sc, v1);
+        }
+    } else {
+        uint32_t kd[2][KWD], vd[4][VWD];
+        if (st < n_steps) load_k(st, kd), load_v(st, vd);
+        for (; st < n_steps; st += TC_WARPS) {
+            const bool more = st + TC_WARPS < n_steps;
+            float sc[2][R];
+            scores(kd, sc);
+            if (more) load_k(st + TC_WARPS, kd);
+            softmax_pv(st, sc, vd);
+            if (more) load_v(st + TC_WARPS, vd);
+        }
+    }
+
+    /* merge the warps: (m, l) per head, O in fragment order (row, j * 8 + column) */
+#pragma unroll
+    for (int hf = 0; hf < R / 2; hf++) {
+        l_run[hf] += __shfl_xor_sync(0xffffffffu, l_run[hf], 1);
+        l_run[hf] += __shfl_xor_sync(0xffffffffu, l_run[hf], 2);
+    }
+    __syncthreads(); /* every warp is done with rows[] */
+#pragma unroll
+    for (int hf = 0; hf < R / 2; hf++) {
+        const int row = r + 8 * hf;
+        if (row >= G) continue;
+        if (c == 0) sm_m[warp][row] = m_run[hf], sm_l[warp][row] = l_run[hf];
+        float *dst = mo + ((size_t)warp * G + row) * LDO + 2 * c;
+#pragma unroll
+        for (int j = 0; j < DT; j++)
+            *reinterpret_cast<float2 *>(dst + 8 * j) = make_float2(o[j][2 * hf], o[j][2 * hf + 1]);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < G * DH; e += TC_THREADS) {
+        const int row = e / DH, idx = e % DH, dim = (idx & 7) * (DH / 8) + (idx >> 3);
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < TC_WARPS; w++) M = fmaxf(M, sm_m[w][row]);
+        const float base = M == -INFINITY ? 0.0f : M;
+        float A = 0.0f, L = 0.0f;
+#pragma unroll
+        for (int w = 0; w < TC_WARPS; w++) {
+            const float f = exp2f(sm_m[w][row] - base);
+            A += f * mo[((size_t)w * G + row) * LDO + idx];
+            L += f * sm_l[w][row];
+        }
+        const int h = g * G + row;
+        if (n_splits == 1) {
+            const float ov = A / L * kv.v_scale;
+            out8[(size_t)t0 * n_heads * DH + h * DH + dim] = to_e4m3(ov * (1.0f / out_scale));
+        } else {
+            float *pp = part + (((size_t)li * n_heads + h) * n_splits + sp) * (DH + 2);
+            if (idx == 0) pp[0] = M * 0.6931471805599453f, pp[1] = L; /* -inf stays -inf */
+            pp[2 + dim] = A;
+        }
+    }
+}
+
+extern "C" int kiln_cuda_attention_decode_tc(const float *q, struct kiln_cuda_batch b,
+                                             const int32_t *seqs, int n_list, int max_q_per_seq,
+                                             struct kiln_cuda_kv kv, int n_heads, int n_splits,
+                                             int split_len, float *part, float out_scale,
+                                             uint8_t *out8, kiln_stream stream)
+{
+    if (max_q_per_seq != 1 || split_len < 1 || split_len > TC_SPLIT_MAX || n_splits < 1 ||
+        kv.n_kv_heads < 1 || n_heads % kv.n_kv_heads != 0 || n_heads / kv.n_kv_heads > TC_G_MAX)
+        return cudaErrorInvalidValue;
+    if (n_list == 0) return cudaSuccess;
+    const int G = n_heads / kv.n_kv_heads;
+    const bool hi = G > 8;
+    const size_t smem = tc_smem_bytes(kv.head_dim, G, split_len);
+    dim3 grid(n_splits, kv.n_kv_heads, n_list);
+#define TC_LAUNCH(DH, FP8, HI)                                                                     \
+    k_attn_decode_tc<DH, FP8, HI><<<grid, TC_THREADS, smem, stream>>>(                             \
+        q, b, seqs, kv, n_heads, split_len, part, out_scale, out8)
+#define TC_LAUNCH_G(DH, FP8)                                                                       \
+    do {                                                                                           \
+        if (hi)                                                                                    \
+            TC_LAUNCH(DH, FP8, true);                                                              \
+        else                                                                                       \
+            TC_LAUNCH(DH, FP8, false);                                                             \
+    } while (0)
+    if (kv.head_dim == 128 && kv.fp8)
+        TC_LAUNCH_G(128, true);
+    else if (kv.head_dim == 128)
+        TC_LAUNCH_G(128, false);
+    else if (kv.head_dim == 64 && kv.fp8)
+        TC_LAUNCH_G(64, true);
+    else if (kv.head_dim == 64)
+        TC_LAUNCH_G(64, false);
+    else
+        return cudaErrorInvalidValue;
+#undef TC_LAUNCH_G
+#undef TC_LAUNCH
     return cudaGetLastError();
 }
 

@@ -44,6 +44,20 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi)
     return (uint32_t)float_to_bf16_bits(lo) | ((uint32_t)float_to_bf16_bits(hi) << 16);
 }
 
+/* RNE float -> f16, two packed (lo in the low half), as the f16 mma operands want them. */
+__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi)
+{
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+
+/* The 2 e4m3 codes in the low 16 bits -> 2 packed f16 (exact: every e4m3 value is an f16). */
+__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t pair)
+{
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(pair & 0xffff), __NV_E4M3);
+    return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+
 __device__ __forceinline__ float warp_sum(float v)
 {
 #pragma unroll
@@ -95,12 +109,60 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (
 #endif
 }
 
+/* mma m16n8k16 (f32 accumulators, A and B of element type T: "bf16" or "f16") when only rows
+ * 0..7 of A are live: a = {a0, a2} (rows 8..15 zero), d = {c0, c1}; rows 8..15 of D go to scratch
+ * registers and are dropped, so a caller with <= 8 rows keeps half the accumulators. */
+#define KILN_MMA_16816_ROWS8(T, d, a, b0, b1)                                                      \
+    asm volatile("{\n.reg .f32 z0, z1;\n"                                                          \
+                 "mma.sync.aligned.m16n8k16.row.col.f32." T "." T ".f32 "                          \
+                 "{%0,%1,z0,z1}, {%2,%3,%4,%3}, {%5,%6}, {%0,%1,%7,%7};\n}\n"                      \
+                 : "+f"(d[0]), "+f"(d[1])                                                          \
+                 : "r"(a[0]), "r"(0u), "r"(a[1]), "r"(b0), "r"(b1), "f"(0.0f))
+
+/* D (16x8 f32) += A (16x16 f16, row) * B (16x8 f16, col). sm_80+. */
+__device__ __forceinline__ void mma_f16_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+__device__ __forceinline__ void mma_bf16_16x8x16_rows8(float (&d)[2], const uint32_t (&a)[2],
+                                                       uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    KILN_MMA_16816_ROWS8("bf16", d, a, b0, b1);
+#endif
+}
+
+__device__ __forceinline__ void mma_f16_16x8x16_rows8(float (&d)[2], const uint32_t (&a)[2],
+                                                      uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    KILN_MMA_16816_ROWS8("f16", d, a, b0, b1);
+#endif
+}
+
 /* 16-byte global load that bypasses L1 allocation (weights are streamed once). */
 __device__ __forceinline__ uint4 ldg_stream(const void *p)
 {
     uint4 r;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
+/* The 8-byte version (streamed once, no L1 allocation). */
+__device__ __forceinline__ uint2 ldg_stream8(const void *p)
+{
+    uint2 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n"
+                 : "=r"(r.x), "=r"(r.y)
                  : "l"(p));
     return r;
 }

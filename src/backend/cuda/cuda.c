@@ -34,6 +34,11 @@
 #define LT_WORKSPACE  KILN_CUDA_LT_WORKSPACE
 #define ALGO_CACHE    128
 
+/* positions per split of the tensor-core decode kernel in steps of more than 8 tokens whose
+ * decode rows alone fill the GPU (n_dec * Hkv >= 2 blocks per SM): longer splits mean fewer
+ * partials to write and combine */
+#define TC_SPLIT_LEN 512
+
 #define CUDA_TRY(call)                                                                             \
     do {                                                                                           \
         cudaError_t e_ = (cudaError_t)(call);                                                      \
@@ -287,7 +292,8 @@ struct step {
     struct kiln_cuda_batch kb;
     const int32_t *out_rows, *dec_list, *pre_list;
     int n_out, n_dec, n_pre, max_q, dec_max_q;
-    int n_splits, split_bucket; /* decode attention grid: splits of SPLIT_LEN positions */
+    int n_splits, split_bucket; /* decode attention grid: splits of split_len positions */
+    int split_len;              /* SPLIT_LEN, or TC_SPLIT_LEN for big batches of >8-token steps */
 };
 
 /* Lays out the batch description compactly in the pinned buffer and copies it to the device.
@@ -366,6 +372,20 @@ static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_b
     while ((1 << bucket) < need) bucket++;
     st->split_bucket = bucket;
     st->n_splits = (1 << bucket) < s->max_splits ? (1 << bucket) : s->max_splits;
+    st->split_len = SPLIT_LEN;
+    if (n > DECODE_MAX_TOKENS && n_dec > 0) {
+        /* >8-token steps (the tensor-core kernel, see attention(); no graphs): when the decode
+         * rows alone give every SM two blocks, as few TC_SPLIT_LEN splits as the longest context
+         * needs; they fit `part`, which is sized for SPLIT_LEN splits */
+        int dev = 0, sms = 0;
+        CUDA_TRY(cudaGetDevice(&dev));
+        CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        if ((long)n_dec * b->model->cfg.n_kv_heads >= 2L * sms) {
+            st->split_len = TC_SPLIT_LEN;
+            st->n_splits = (max_dec_kv + TC_SPLIT_LEN - 1) / TC_SPLIT_LEN;
+            KILN_ASSERT(st->n_splits <= s->max_splits);
+        }
+    }
     return KILN_OK;
 }
 
@@ -396,10 +416,19 @@ static enum kiln_status attention(struct kiln_backend *b, const struct step *st,
 {
     struct cuda_state *s = b->impl;
     const struct kiln_config *c = &b->model->cfg;
+    /* Steps of more than 8 tokens (the cuBLASLt path, already at the FP8 noise level) send
+     * their single-token rows to the tensor-core kernel (Q and P rounded to f16 / bf16; the f32
+     * kernel is issue-bound at ~1 TB/s on big batches); the exact f32 kernel keeps the fused
+     * small steps, whose batch-1 results are compared tightly with the CPU twin. */
     if (st->n_dec) {
-        K_TRY(kiln_cuda_attention_decode(s->q, st->kb, st->dec_list, st->n_dec, st->dec_max_q,
-                                         L->kv, c->n_heads, st->n_splits, SPLIT_LEN, s->part,
-                                         L->o.in_scale, s->x8, s->stream));
+        if (st->kb.n_tokens > DECODE_MAX_TOKENS)
+            K_TRY(kiln_cuda_attention_decode_tc(
+                s->q, st->kb, st->dec_list, st->n_dec, st->dec_max_q, L->kv, c->n_heads,
+                st->n_splits, st->split_len, s->part, L->o.in_scale, s->x8, s->stream));
+        else
+            K_TRY(kiln_cuda_attention_decode(s->q, st->kb, st->dec_list, st->n_dec, st->dec_max_q,
+                                             L->kv, c->n_heads, st->n_splits, st->split_len,
+                                             s->part, L->o.in_scale, s->x8, s->stream));
         if (st->n_splits > 1)
             K_TRY(kiln_cuda_attention_combine(s->part, st->kb, st->dec_list, st->n_dec,
                                               st->dec_max_q, c->n_heads, c->head_dim, st->n_splits,

@@ -125,6 +125,15 @@ int kiln_cuda_attention_combine(const float *part, struct kiln_cuda_batch b, con
                                 int n_list, int max_q_per_seq, int n_heads, int head_dim,
                                 int n_splits, float v_scale, float out_scale, uint8_t *out8,
                                 kiln_stream stream);
+/* The same on f16 (FP8 cache) or bf16 (BF16 cache) tensor cores, for steps of more than 8 tokens:
+ * Q and the softmax weights are rounded to f16 / bf16 (the prefill kernel's precision), so it is
+ * not bit-close to the CPU twin like attention_decode. Single-token rows only (max_q_per_seq 1),
+ * n_heads / n_kv_heads <= 16, head_dim 64 or 128, split_len <= 4096; else cudaErrorInvalidValue.
+ * Writes out8 or the same `part` layout (finished by attention_combine). */
+int kiln_cuda_attention_decode_tc(const float *q, struct kiln_cuda_batch b, const int32_t *seqs,
+                                  int n_list, int max_q_per_seq, struct kiln_cuda_kv kv,
+                                  int n_heads, int n_splits, int split_len, float *part,
+                                  float out_scale, uint8_t *out8, kiln_stream stream);
 /* Floats of `part` needed by attention_decode. */
 long kiln_cuda_attention_part_floats(int n_list, int max_q_per_seq, int n_heads, int head_dim,
                                      int n_splits);
