@@ -23,6 +23,9 @@ quick() {
   model tiny tiny
   timeout 90 "$B/test_cuda_ops" 2>&1 | tee "$OUT/test_cuda_ops.log" | grep -E "FAIL|passed"
   note "test_cuda_ops: $(tail -n 1 "$OUT/test_cuda_ops.log")"
+  timeout 90 "$B/test_cuda_sample" 2>&1 | tee "$OUT/test_cuda_sample.log" | grep -E "FAIL|exempt rows|passed"
+  note "test_cuda_sample: $(tail -n 1 "$OUT/test_cuda_sample.log")"
+  grep "^sample time" "$OUT/test_cuda_sample.log" | while read -r l; do note "$l"; done
   timeout 90 "$B/test_cuda_model" "$M/tiny" fp8 strict 2>&1 | tee "$OUT/test_cuda_model-tiny.log" | grep -E "FAIL|passed"
   note "test_cuda_model tiny: $(tail -n 1 "$OUT/test_cuda_model-tiny.log")"
 }
@@ -33,6 +36,8 @@ correct() {
   step "kernel tests vs CPU twins"
   timeout 90 "$B/test_cuda_ops" 2>&1 | tee "$OUT/test_cuda_ops.log"
   note "test_cuda_ops: $(tail -n 1 "$OUT/test_cuda_ops.log")"
+  timeout 90 "$B/test_cuda_sample" 2>&1 | tee "$OUT/test_cuda_sample.log"
+  note "test_cuda_sample: $(tail -n 1 "$OUT/test_cuda_sample.log")"
   for spec in "tiny fp8 strict" "tiny bf16 strict" "tiny-fp8kv fp8 strict" "small fp8"; do
     set -- $spec
     step "whole model $1 (KV $2) vs CPU"

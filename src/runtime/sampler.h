@@ -27,8 +27,10 @@
  *     exceeds u * S (fallback: the last kept id).
  * Sums (logsumexp, normalization, top-p prefix sums, S and the running sum) accumulate in double;
  * the top-p prefix sums run over p in descending order, the others over ids in ascending order.
- * A GPU twin that sums in float in another order can differ only when a draw lands within
- * rounding distance of a boundary.
+ * The CUDA twin (backend/cuda/sample.cu) repeats these float operations, but its expf is within
+ * 2 ulp (glibc's within 1) and its sums run in another order (logsumexp in float per thread,
+ * top-p sums in fixed point): its p differ by a few ulps, so its token can differ only when a
+ * draw lands within rounding distance of a boundary or a p within a few ulps of a threshold.
  *
  * Cost: O(vocab) per row, plus a sort of the kept probabilities when top_p < 1 (all of them when
  * top_k is off: ~10 ms at vocab 128K on one core). No allocation. */

@@ -25,7 +25,6 @@
 #include "lt_desc.h"
 #include "model/format.h"
 #include "plan.h"
-#include "runtime/sampler.h"
 
 #define DECODE_MAX_TOKENS KILN_CUDA_DECODE_MAX_TOKENS
 /* positions per flash-decoding split: fixed, so a sequence gets the same result in any batch */
@@ -128,10 +127,11 @@ struct cuda_state {
     int32_t *h_meta, *d_meta; /* batch description, pinned host and device */
     cudaEvent_t meta_copied;  /* the last copy out of h_meta has run: h_meta may be rewritten */
     size_t meta_cap;          /* int32 elements */
-    int32_t *h_tok, *d_tok;
-    float *h_lp, *d_lp;
-    float *h_row; /* one row of logits for the host sampler (pinned) */
-    float *scratch;
+    /* sampler (sample.cu): packed arguments, pinned and device (sample_cap bytes each: the
+     * plan's, grown for longer lists), and results (max_seqs,) */
+    void *h_sample_args, *d_sample_args;
+    size_t sample_cap;
+    struct kiln_cuda_sample_out *h_sample_out, *d_sample_out;
 
     int n_out;
     struct prof prof;
@@ -645,14 +645,8 @@ static enum kiln_status cuda_read_logits(struct kiln_backend *b, float *dst, str
     return KILN_OK;
 }
 
-/* Greedy rows without penalties, bias, bans or alternatives are decided on the GPU (argmax +
- * logsumexp); any other row copies its logits to the host and runs the reference sampler. */
-static bool gpu_greedy(const struct kiln_sampling *p)
-{
-    return p->temperature < KILN_GREEDY_TEMPERATURE && p->n_hist == 0 && p->n_bias == 0 &&
-           p->n_banned == 0 && p->n_logprobs == 0;
-}
-
+/* Every row is sampled on the GPU (sample.cu): one copy of the packed parameters in, one
+ * launch, one copy of the results out. */
 static enum kiln_status cuda_sample(struct kiln_backend *b, const struct kiln_sampling *params,
                                     int n, struct kiln_sample_out *out, struct kiln_error *err)
 {
@@ -661,19 +655,36 @@ static enum kiln_status cuda_sample(struct kiln_backend *b, const struct kiln_sa
     if (n != s->n_out)
         return kiln_errorf(err, KILN_ERR_INTERNAL, "sample: %d rows asked, %d computed", n,
                            s->n_out);
-    K_TRY(kiln_cuda_argmax(s->logits, n, vocab, s->d_tok, s->d_lp, s->stream));
-    CUDA_TRY(cudaMemcpyAsync(s->h_tok, s->d_tok, (size_t)n * 4, cudaMemcpyDeviceToHost, s->stream));
-    CUDA_TRY(cudaMemcpyAsync(s->h_lp, s->d_lp, (size_t)n * 4, cudaMemcpyDeviceToHost, s->stream));
-    CUDA_TRY(cudaStreamSynchronize(s->stream));
-    for (int i = 0; i < n; i++) {
-        if (gpu_greedy(&params[i])) {
-            out[i] = (struct kiln_sample_out){.token = s->h_tok[i], .logprob = s->h_lp[i]};
-            continue;
-        }
-        CUDA_TRY(cudaMemcpy(s->h_row, s->logits + (size_t)i * vocab, (size_t)vocab * 4,
-                            cudaMemcpyDeviceToHost));
-        kiln_sample_row(s->h_row, vocab, &params[i], s->scratch, &out[i]);
+    if (n == 0) return KILN_OK;
+    size_t bytes = kiln_cuda_sample_args_bytes(params, n);
+    if (bytes > s->sample_cap) {
+        /* lists longer than the plan holds (a history beyond max_seq_len, more than 1024 biases
+         * or 256 banned ids in one row): grow both buffers; the last step synchronized, so
+         * nothing in flight uses them */
+        if (bytes > (size_t)INT32_MAX)
+            return kiln_errorf(err, KILN_ERR_LIMIT,
+                               "sample: the rows' penalty, bias and banned lists take %zu bytes "
+                               "(at most 2 GiB)",
+                               bytes);
+        size_t cap = bytes > s->sample_cap * 2 ? bytes : s->sample_cap * 2;
+        if (cap > (size_t)INT32_MAX) cap = bytes;
+        KILN_INFO("cuda sampler: argument buffer grown to %zu bytes", cap);
+        cudaFreeHost(s->h_sample_args);
+        cudaFree(s->d_sample_args);
+        s->h_sample_args = s->d_sample_args = NULL;
+        s->sample_cap = 0;
+        CUDA_TRY(cudaMallocHost(&s->h_sample_args, cap));
+        CUDA_TRY(cudaMalloc(&s->d_sample_args, cap));
+        s->sample_cap = cap;
     }
+    kiln_cuda_sample_pack(params, n, s->h_sample_args);
+    CUDA_TRY(cudaMemcpyAsync(s->d_sample_args, s->h_sample_args, bytes, cudaMemcpyHostToDevice,
+                             s->stream));
+    K_TRY(kiln_cuda_sample(s->logits, n, vocab, s->d_sample_args, s->d_sample_out, s->stream));
+    CUDA_TRY(cudaMemcpyAsync(s->h_sample_out, s->d_sample_out, (size_t)n * sizeof *s->h_sample_out,
+                             cudaMemcpyDeviceToHost, s->stream));
+    CUDA_TRY(cudaStreamSynchronize(s->stream));
+    memcpy(out, s->h_sample_out, (size_t)n * sizeof *out); /* same layout (sample_pack.c) */
     return KILN_OK;
 }
 
@@ -730,13 +741,11 @@ static void cuda_free(struct kiln_backend *b)
         cudaFree(s->part);
         cudaFree(s->x8);
         cudaFree(s->d_meta);
-        cudaFree(s->d_tok);
-        cudaFree(s->d_lp);
+        cudaFree(s->d_sample_args);
+        cudaFree(s->d_sample_out);
         cudaFreeHost(s->h_meta);
-        cudaFreeHost(s->h_tok);
-        cudaFreeHost(s->h_lp);
-        cudaFreeHost(s->h_row);
-        free(s->scratch);
+        cudaFreeHost(s->h_sample_args);
+        cudaFreeHost(s->h_sample_out);
         for (int i = 0; i < ALGO_CACHE; i++) algo_entry_clear(&s->algos[i]);
         cudaFree(s->lt_ws);
         if (s->lt) cublasLtDestroy(s->lt);
@@ -886,13 +895,13 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
     s->meta_cap = p.meta_elems;
     CUDA_TRY(cudaMallocHost((void **)&s->h_meta, s->meta_cap * 4));
     CUDA_TRY(cudaMalloc((void **)&s->d_meta, p.meta));
-    CUDA_TRY(cudaMallocHost((void **)&s->h_tok, (size_t)S * 4));
-    CUDA_TRY(cudaMallocHost((void **)&s->h_lp, (size_t)S * 4));
-    CUDA_TRY(cudaMalloc((void **)&s->d_tok, p.sample / 2));
-    CUDA_TRY(cudaMalloc((void **)&s->d_lp, p.sample / 2));
-    CUDA_TRY(cudaMallocHost((void **)&s->h_row, (size_t)c->vocab_size * 4));
-    s->scratch = malloc((size_t)2 * c->vocab_size * sizeof(float));
-    if (!s->scratch) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
+    size_t sample_out = (size_t)S * sizeof *s->d_sample_out;
+    KILN_ASSERT(p.sample == p.sample_args + sample_out);
+    s->sample_cap = p.sample_args;
+    CUDA_TRY(cudaMallocHost(&s->h_sample_args, s->sample_cap));
+    CUDA_TRY(cudaMalloc(&s->d_sample_args, s->sample_cap));
+    CUDA_TRY(cudaMallocHost((void **)&s->h_sample_out, sample_out));
+    CUDA_TRY(cudaMalloc((void **)&s->d_sample_out, sample_out));
 
     /* KV pool: what is asked, or a fraction of what is left */
     size_t elem = opt->kv_dtype == KILN_DTYPE_F8E4M3 ? 1 : 2;

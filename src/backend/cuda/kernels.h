@@ -11,6 +11,7 @@
 #ifndef KILN_BACKEND_CUDA_KERNELS_H
 #define KILN_BACKEND_CUDA_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -144,9 +145,54 @@ int kiln_cuda_attention_prefill(const float *q, struct kiln_cuda_batch b, const 
                                 int n_list, int max_q, struct kiln_cuda_kv kv, int n_heads,
                                 float out_scale, uint8_t *out8, kiln_stream stream);
 
-/* Greedy sampling on the GPU: for each row of logits (n, vocab): the argmax (ties: smaller id),
- * its log-probability, and the logsumexp. */
-int kiln_cuda_argmax(const float *logits, int n, int vocab, int32_t *token, float *logprob,
+/* ---- sampling (sample.cu; the CPU twin is kiln_sample_row, runtime/sampler.h) ----
+ * One block of KILN_CUDA_SAMPLE_THREADS threads per row runs sampler.h's steps 1-8 for every row
+ * of a step in one launch. Its arguments are one buffer: n rows of struct kiln_cuda_sample_row,
+ * then the rows' lists as int32 words, packed on the host by kiln_cuda_sample_pack (so a step
+ * costs one copy in and one copy of the results out). */
+#define KILN_CUDA_SAMPLE_THREADS 1024
+#define KILN_CUDA_MAX_LOGPROBS   20 /* = KILN_MAX_LOGPROBS (checked in sample_pack.c) */
+
+/* int32 words per list entry, the kernel's "saved" word included */
+#define KILN_CUDA_SAMPLE_HIST_WORDS   4
+#define KILN_CUDA_SAMPLE_BIAS_WORDS   3
+#define KILN_CUDA_SAMPLE_BANNED_WORDS 2
+
+struct kiln_cuda_sample_row {
+    uint64_t seed, step;
+    float temperature, top_p, min_p;
+    float presence_penalty, frequency_penalty, repetition_penalty;
+    int32_t greedy; /* temperature < KILN_GREEDY_TEMPERATURE, decided on the host */
+    int32_t top_k, n_logprobs;
+    /* word offsets into the list area and entry counts; each entry ends with a word the kernel
+     * uses to save the logit it modifies (restored before it returns) */
+    int32_t hist, n_hist;     /* (id, out_count, in_prompt, saved) x n_hist */
+    int32_t bias, n_bias;     /* (id, value as float bits, saved) x n_bias */
+    int32_t banned, n_banned; /* (id, saved) x n_banned */
+};
+
+/* What the kernel writes per row; the same layout as struct kiln_sample_out (checked). */
+struct kiln_cuda_sample_out {
+    int32_t token;
+    float logprob;
+    int32_t n_top;
+    int32_t top_ids[KILN_CUDA_MAX_LOGPROBS];
+    float top_logprobs[KILN_CUDA_MAX_LOGPROBS];
+};
+
+struct kiln_sampling; /* backend/backend.h */
+
+/* Bytes of the argument buffer for params (n,). The history list is left out of rows without
+ * penalties (it changes nothing there). */
+size_t kiln_cuda_sample_args_bytes(const struct kiln_sampling *params, int n);
+/* Writes params (n,) into buf (kiln_cuda_sample_args_bytes(params, n) bytes). */
+void kiln_cuda_sample_pack(const struct kiln_sampling *params, int n, void *buf);
+
+/* logits (n, vocab) f32 -> out (n,): token, its log-probability and the top alternatives, as
+ * kiln_sample_row. args: the packed buffer, on the device (the kernel writes its "saved" words).
+ * The logits are modified while the kernel runs (penalties applied in place) and restored bit
+ * for bit before it ends. */
+int kiln_cuda_sample(float *logits, int n, int vocab, void *args, struct kiln_cuda_sample_out *out,
                      kiln_stream stream);
 
 /* y (n,) = sat_e4m3(x / scale) (computed as x * (1 / scale), as the CPU twin). */

@@ -1,5 +1,5 @@
 /* Small kernels of the forward pass: embedding gather, RMSNorm + quantization (the prefill
- * path and the lm_head input), FP8 quantization, and greedy sampling. */
+ * path and the lm_head input), FP8 quantization, and the read-bandwidth probe. */
 #include <math.h>
 
 #include "common.cuh"
@@ -75,57 +75,6 @@ extern "C" int kiln_cuda_quant_fp8(const float *x, long n, float scale, uint8_t 
 {
     long blocks = (n + 255) / 256;
     k_quant<<<(unsigned)(blocks > 65535 ? 65535 : blocks), 256, 0, stream>>>(x, n, scale, y);
-    return cudaGetLastError();
-}
-
-/* One block per row: argmax (ties to the smaller id) and logsumexp, in two passes over the
- * row (it stays in L2). */
-__global__ void k_argmax(const float *logits, int vocab, int32_t *token, float *logprob)
-{
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    __shared__ float scratch[32];
-    const float *row = logits + (size_t)blockIdx.x * vocab;
-    float best = -INFINITY;
-    int best_i = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float v = row[i];
-        if (v > best) best = v, best_i = i; /* ascending i per thread: first max wins */
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-        if (ov > best || (ov == best && oi < best_i)) best = ov, best_i = oi;
-    }
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (lane == 0) sv[warp] = best, si[warp] = best_i;
-    __syncthreads();
-    if (warp == 0) {
-        best = lane < nw ? sv[lane] : -INFINITY;
-        best_i = lane < nw ? si[lane] : 0x7fffffff;
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-            if (ov > best || (ov == best && oi < best_i)) best = ov, best_i = oi;
-        }
-        if (lane == 0) sv[0] = best, si[0] = best_i;
-    }
-    __syncthreads();
-    float mx = sv[0];
-    int arg = si[0];
-    float sum = 0.0f;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) sum += expf(row[i] - mx);
-    sum = block_sum(sum, scratch);
-    if (threadIdx.x == 0) {
-        token[blockIdx.x] = arg == 0x7fffffff ? 0 : arg;
-        logprob[blockIdx.x] = -logf(sum); /* x[arg] - (mx + log(sum)) with x[arg] == mx */
-    }
-}
-
-extern "C" int kiln_cuda_argmax(const float *logits, int n, int vocab, int32_t *token,
-                                float *logprob, kiln_stream stream)
-{
-    k_argmax<<<n, 1024, 0, stream>>>(logits, vocab, token, logprob);
     return cudaGetLastError();
 }
 

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "backend/backend.h"
+#include "kernels.h"
 #include "model/model.h"
 
 #define KILN_CUDA_DECODE_MAX_TOKENS 8   /* steps of at most this many tokens take the fused path */
@@ -18,6 +19,11 @@
 /* Left free when the KV pool is sized from free memory: decode graphs, cuBLASLt internals,
  * fragmentation. */
 #define KILN_CUDA_RESERVE (256ull << 20)
+/* Sampler lists the plan holds per row (the argument buffer grows past them, see cuda_sample):
+ * a penalty history of a whole sequence of distinct tokens, the server's 1024 logit_bias
+ * entries, and 256 banned ids (eos and stop ids under min_tokens). */
+#define KILN_CUDA_SAMPLE_BIAS   1024
+#define KILN_CUDA_SAMPLE_BANNED 256
 /* The CUDA context, kernel images and cuBLASLt handle (not allocated by create, but not free
  * for it either): measured ~0.5 GiB on H100 with CUDA 12 / 13. */
 #define KILN_CUDA_CONTEXT (512ull << 20)
@@ -33,7 +39,7 @@ struct kiln_cuda_plan {
     uint64_t logits;      /* (S, vocab) f32 */
     uint64_t part;        /* flash-decoding partials */
     uint64_t meta;        /* batch description, int32 */
-    uint64_t sample;      /* sampled tokens and log-probs (S,) each */
+    uint64_t sample;      /* sampler: arguments (sample_args) and results (S,) */
     uint64_t activations; /* the sum of the above */
     uint64_t workspace;   /* cuBLASLt */
     uint64_t kv_block;    /* one KV block: K and V of every layer */
@@ -43,7 +49,8 @@ struct kiln_cuda_plan {
     uint64_t total;
     /* sizes create needs besides bytes */
     int max_blocks, max_splits, part_rows;
-    size_t meta_elems; /* int32 elements of the batch description */
+    size_t meta_elems;  /* int32 elements of the batch description */
+    size_t sample_args; /* bytes: S rows' sampling parameters and lists (also pinned on the host) */
 };
 
 static inline uint64_t kiln_cuda_plan_linear(const struct kiln_linear *l)
@@ -98,7 +105,12 @@ static inline void kiln_cuda_plan(const struct kiln_model *m,
     /* (rows, 1 query, H, splits, Dh + 2) f32: kiln_cuda_attention_part_floats */
     p->part = (uint64_t)p->part_rows * c->n_heads * (uint64_t)p->max_splits * (c->head_dim + 2) * 4;
     p->meta = (uint64_t)p->meta_elems * 4;
-    p->sample = 2 * S * 4;
+    uint64_t hist = (uint64_t)(c->vocab_size < opt->max_seq_len ? c->vocab_size : opt->max_seq_len);
+    uint64_t row_words = KILN_CUDA_SAMPLE_HIST_WORDS * hist +
+                         KILN_CUDA_SAMPLE_BIAS_WORDS * KILN_CUDA_SAMPLE_BIAS +
+                         KILN_CUDA_SAMPLE_BANNED_WORDS * KILN_CUDA_SAMPLE_BANNED;
+    p->sample_args = (size_t)(S * (sizeof(struct kiln_cuda_sample_row) + 4 * row_words));
+    p->sample = p->sample_args + S * sizeof(struct kiln_cuda_sample_out);
     p->activations =
         p->rope + p->x + p->big + p->q + p->x8 + p->logits + p->part + p->meta + p->sample;
     p->workspace = KILN_CUDA_LT_WORKSPACE;
