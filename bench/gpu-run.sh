@@ -2,7 +2,8 @@
 # The GPU session: run on the GPU machine from the repository root, with the binaries of
 # bench/gpu-prepare.sh in .devcarry/. Builds nothing; checks correctness, then times; the last
 # lines printed are a short summary table. Logs go to $OUT (returned by the device tool).
-#   bench/gpu-run.sh [all|correct|bench|compare|sanitize|pipeline]...
+#   bench/gpu-run.sh [all|quick|correct|bench|profile|tprof|compare|sanitize|probe|engine|
+#                     throughput|pipeline|serving]...
 set -uo pipefail
 B=$PWD/.devcarry
 export LD_LIBRARY_PATH="$B${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" # carried libcmocka
@@ -68,6 +69,19 @@ profile() {
   step "per-op profile (no graphs)"
   timeout 200 "$B/kiln" bench "$M/llama8b" --profile --contexts 128,8192 --prompts 2048 --batches 32 \
     --steps 16 2>&1 | tee "$OUT/bench-8b-profile.log"
+}
+
+# Batched decode at a long context (the regime of the 128/2048 and 2048/2048 throughput points):
+# step time with and without the per-op profile. KILN_TPROF="BATCHES CONTEXT", e.g. "64,256 1024".
+tprof() {
+  model llama8b llama-3.1-8b --fp8-kv-cache
+  set -- ${KILN_TPROF:-64,256 1024}
+  step "batched decode at context $2 (batches $1)"
+  timeout 200 "$B/kiln" bench "$M/llama8b" --contexts none --prompts none --batches "$1" \
+    --batch-context "$2" --steps 16 2>&1 | tee "$OUT/bench-8b-batchctx.log"
+  grep -E "^decode" "$OUT/bench-8b-batchctx.log" | while read -r l; do note "$l"; done
+  timeout 200 "$B/kiln" bench "$M/llama8b" --profile --contexts none --prompts none --batches "$1" \
+    --batch-context "$2" --steps 8 2>&1 | tee "$OUT/bench-8b-batchctx-profile.log"
 }
 
 compare() {
@@ -198,7 +212,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for what in "${@:-all}"; do
   case $what in
     all) correct; bench; compare; sanitize ;;
-    quick|correct|bench|profile|compare|sanitize|probe|engine|throughput|pipeline|serving) $what ;;
+    quick|correct|bench|profile|tprof|compare|sanitize|probe|engine|throughput|pipeline|serving) $what ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done

@@ -3,7 +3,7 @@
  *     step reads (weights + KV) as GB/s and as a share of the measured read bandwidth;
  *   - time to first token and prefill tok/s for each prompt length, as TFLOP/s and a share of
  *     the measured FP8 GEMM peak;
- *   - decode throughput at each batch size (every sequence at context 128);
+ *   - decode throughput at each batch size (every sequence at context 128, or --batch-context);
  *   - device memory in use; optionally (--profile) the time per op, without CUDA graphs.
  * Speeds are reported against limits measured in the same run, never against datasheets. */
 #include <getopt.h>
@@ -26,7 +26,7 @@ struct list {
 struct lat_args {
     const char *model_dir;
     struct list contexts, prompts, batches;
-    int steps, max_num_tokens, max_seq_len, max_batch;
+    int steps, max_num_tokens, max_seq_len, max_batch, batch_ctx;
     bool json, profile;
     struct kiln_cli_backend backend;
 };
@@ -57,6 +57,7 @@ static void usage(FILE *f)
                "  --contexts LIST       batch-1 decode at these contexts (default 128,2048,8192)\n"
                "  --prompts LIST        time to first token for these prompts (128,512,2048)\n"
                "  --batches LIST        decode throughput at these batch sizes (8,32,128)\n"
+               "  --batch-context N     context of the batched decode sequences (default 128)\n"
                "  --steps N             decode steps timed per point (default 64)\n"
                "  --max-num-tokens N    tokens per forward, prefill chunk (default 2048)\n"
                "  --max-seq-len N       size the engine for this context (default: from lists)\n"
@@ -147,6 +148,7 @@ int kiln_bench_latency(int argc, char **argv)
         O_MNT,
         O_MSL,
         O_MBS,
+        O_BCTX,
         O_PROFILE,
         O_JSON,
         O_HELP
@@ -159,13 +161,14 @@ int kiln_bench_latency(int argc, char **argv)
         {"max-num-tokens", required_argument, 0, O_MNT},
         {"max-seq-len", required_argument, 0, O_MSL},
         {"max-batch-size", required_argument, 0, O_MBS},
+        {"batch-context", required_argument, 0, O_BCTX},
         {"profile", no_argument, 0, O_PROFILE},
         {"json", no_argument, 0, O_JSON},
         {"help", no_argument, 0, O_HELP},
         KILN_CLI_BACKEND_OPTIONS,
         {0, 0, 0, 0},
     };
-    struct lat_args a = {.steps = 64, .max_num_tokens = 2048};
+    struct lat_args a = {.steps = 64, .max_num_tokens = 2048, .batch_ctx = 128};
     parse_list("128,2048,8192", &a.contexts);
     parse_list("128,512,2048", &a.prompts);
     parse_list("8,32,128", &a.batches);
@@ -195,6 +198,9 @@ int kiln_bench_latency(int argc, char **argv)
             break;
         case O_MBS:
             ok = kiln_cli_int(optarg, 1, 4096, &a.max_batch);
+            break;
+        case O_BCTX:
+            ok = kiln_cli_int(optarg, 1, 1 << 20, &a.batch_ctx);
             break;
         case O_PROFILE:
             a.profile = true;
@@ -239,9 +245,10 @@ int kiln_bench_latency(int argc, char **argv)
 
     int steps = a.steps, chunk = a.max_num_tokens;
     int max_ctx = list_max(&a.contexts, 128) + steps + 8;
+    if (a.batches.n && a.batch_ctx + steps + 8 > max_ctx) max_ctx = a.batch_ctx + steps + 8;
     int max_prompt = list_max(&a.prompts, 1) + 1;
     int max_batch = list_max(&a.batches, 1);
-    int bctx = 128 + steps + 8; /* contexts of the batched decode sequences */
+    int bctx = a.batch_ctx + steps + 8; /* contexts of the batched decode sequences */
     struct kiln_backend_options opt;
     kiln_cli_backend_options(&a.backend, m, &opt);
     opt.max_seq_len = a.max_seq_len ? a.max_seq_len : (max_ctx > max_prompt ? max_ctx : max_prompt);
@@ -363,12 +370,18 @@ int kiln_bench_latency(int argc, char **argv)
                 all_tables[(size_t)s * B.max_blocks + k] = k < per_bseq ? s * per_bseq + k : 0;
             seqs[s] = (struct bseq){all_tables + (size_t)s * B.max_blocks, 0};
         }
-        /* prefill all sequences to 128 tokens, as many per step as the token budget allows */
-        int per_step = chunk / 128 > 0 ? chunk / 128 : 1;
+        /* prefill all sequences to the batch context, as many per step as the token budget
+         * allows (one sequence in chunks when a context is longer than the budget) */
+        int bc = a.batch_ctx;
+        int per_step = chunk / bc > 0 ? chunk / bc : 1;
         for (int s0 = 0; s0 < nb; s0 += per_step) {
             int cnt = nb - s0 < per_step ? nb - s0 : per_step;
+            if (bc > chunk) {
+                if (fill(&B, &seqs[s0], bc, chunk, false, &err)) goto fail;
+                continue;
+            }
             int lens[4096];
-            for (int s = 0; s < cnt; s++) lens[s] = 128;
+            for (int s = 0; s < cnt; s++) lens[s] = bc;
             if (run_step(&B, seqs + s0, cnt, lens, false, &err)) goto fail;
         }
         int ones[4096];
@@ -381,8 +394,8 @@ int kiln_bench_latency(int argc, char **argv)
         for (int st = 0; st < timed; st++)
             if (run_step(&B, seqs, nb, ones, true, &err)) goto fail;
         double dt = (kiln_now() - t0) / timed;
-        double bytes = (double)wbytes + nb * kv_per_pos * (128 + 3 + timed / 2.0);
-        printf("decode  batch %3d, context 128: %8.0f tok/s  %6.3f ms/step  %6.0f GB/s\n", nb,
+        double bytes = (double)wbytes + nb * kv_per_pos * (bc + 3 + timed / 2.0);
+        printf("decode  batch %3d, context %d: %8.0f tok/s  %6.3f ms/step  %6.0f GB/s\n", nb, bc,
                nb / dt, dt * 1e3, bytes / dt / 1e9);
         print_profile(&B, "batched decode");
         jn += snprintf(json + jn, sizeof json - (size_t)jn,

@@ -25,12 +25,15 @@
  * their mmas, so each thread has 128 bytes of W in flight, enough to cover DRAM latency with two
  * blocks per SM. (A first version that loaded and multiplied one chunk at a time streamed at
  * ~1.5 TB/s on an H200: latency-bound.) */
+#include <stdlib.h>
+
 #include "common.cuh"
 #include "kernels.h"
 
-#define GEMV_WARPS   8
-#define GEMV_THREADS (GEMV_WARPS * 32)
-#define GEMV_PAD     64
+#define GEMV_WARPS    8
+#define GEMV_THREADS  (GEMV_WARPS * 32)
+#define GEMV_PAD      64
+#define GEMV_BARRIERS 128 /* bytes for the TMA ring's mbarriers (keeps what follows aligned) */
 
 template <bool BF16>
 __device__ __forceinline__ void mma_tile(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
@@ -192,6 +195,58 @@ __device__ __forceinline__ void mma_round(float (&acc)[4], const uint8_t *xr, bo
     }
 }
 
+/* The end of one 16-row tile: the warps' partial 16x8 tiles are summed through shared memory
+ * (red: (warps + 1, 16, 8) floats) and one thread per (row, token) runs the epilogue. */
+__device__ __forceinline__ void finish_tile(const kiln_gemv_args &a, const float (&acc)[4],
+                                            float *red, int tile)
+{
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, q = lane & 3;
+    const int row0 = tile * 16;
+    /* sum the warps' partial 16x8 tiles */
+    float *mine = red + warp * 128;
+    mine[g * 8 + 2 * q] = acc[0];
+    mine[g * 8 + 2 * q + 1] = acc[1];
+    mine[(g + 8) * 8 + 2 * q] = acc[2];
+    mine[(g + 8) * 8 + 2 * q + 1] = acc[3];
+    __syncthreads();
+    float *fin = red + GEMV_WARPS * 128; /* (16, 8) summed */
+    if (threadIdx.x < 128) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int wi = 0; wi < GEMV_WARPS; wi++) sum += red[wi * 128 + threadIdx.x];
+        fin[threadIdx.x] = sum * a.out_scale;
+    }
+    __syncthreads();
+
+    const int r = threadIdx.x >> 3, t = threadIdx.x & 7; /* (row, token) per thread */
+    if (threadIdx.x < 128 && t < a.n) {
+        float v = fin[r * 8 + t];
+        switch (a.epilogue) {
+        case KILN_EPI_STORE:
+            a.y[(size_t)t * a.ldy + row0 + r] = v;
+            break;
+        case KILN_EPI_RESIDUAL:
+            a.y[(size_t)t * a.ldy + row0 + r] += v;
+            break;
+        case KILN_EPI_SWIGLU:
+            if (r < 8) {
+                float gate = v, up = fin[(r + 8) * 8 + t];
+                float hv = gate / (1.0f + expf(-gate)) * up;
+                a.h8[(size_t)t * (a.M / 2) + tile * 8 + r] = to_e4m3(hv * (1.0f / a.h_scale));
+            }
+            break;
+        case KILN_EPI_ROPE_KV:
+            if (r < 8) {
+                int tiles_per_head = a.kv.head_dim / 16;
+                rope_kv_pair(a.batch, a.kv, a.rope, a.n_heads, a.q, t, tile / tiles_per_head,
+                             8 * (tile % tiles_per_head) + r, v, fin[(r + 8) * 8 + t]);
+            }
+            break;
+        }
+    }
+}
+
 template <bool BF16>
 __global__ void __launch_bounds__(GEMV_THREADS, 2) k_gemv(const kiln_gemv_args a)
 {
@@ -209,12 +264,16 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) k_gemv(const kiln_gemv_args a
     const int n_chunks = row_bytes / 64;
     const int n_tiles = a.M / 16;
 
-    /* the first tile's first weight round does not depend on x: in flight while x is staged */
-    uint4 pre0[U], pre1[U];
+    /* Weights depend on nothing the previous kernel writes: the first round is loaded before
+     * waiting for it (programmatic dependent launch). (Bulk L2 prefetches of the rounds ahead
+     * were measured slower: 243 against 264 tok/s at batch 1 on an H100.) */
+    uint4 a0[U], a1[U], b0[U], b1[U];
     {
         const uint8_t *p0 = w + (size_t)(blockIdx.x * 16 + g) * row_bytes + q * 16;
-        load_round(p0, p0 + (size_t)8 * row_bytes, warp, n_chunks, 0, pre0, pre1);
+        load_round(p0, p0 + (size_t)8 * row_bytes, warp, n_chunks, 0, a0, a1);
     }
+    pdl_wait();
+    pdl_trigger();
     stage_x<BF16>(a, xs, ldx);
     __syncthreads();
 
@@ -223,114 +282,244 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) k_gemv(const kiln_gemv_args a
         const int row0 = tile * 16;
         const uint8_t *wr0 = w + (size_t)(row0 + g) * row_bytes + q * 16;
         const uint8_t *wr1 = wr0 + (size_t)8 * row_bytes;
+        const int next = tile + gridDim.x;
+        const uint8_t *nr0 = w + (size_t)(next * 16 + g) * row_bytes + q * 16;
+        const uint8_t *nr1 = nr0 + (size_t)8 * row_bytes;
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         /* Rounds of U chunks per warp, double-buffered in registers: the loads of round r + 1
          * are issued before round r is multiplied, so the weight stream never waits on the
-         * tensor cores (one round at a time streamed at ~2.1 TB/s on an H200). */
+         * tensor cores (one round at a time streamed at ~2.1 TB/s on an H200). After the last
+         * round the next tile's first round is issued, so the stream keeps going through the
+         * reduction and epilogue below. a0/a1 hold round 0 on entry. */
         const int rounds = (n_chunks - warp + GEMV_WARPS * U - 1) / (GEMV_WARPS * U);
-        uint4 a0[U], a1[U], b0[U], b1[U];
-        if (tile == blockIdx.x) {
-#pragma unroll
-            for (int u = 0; u < U; u++) a0[u] = pre0[u], a1[u] = pre1[u];
-        } else {
-            load_round(wr0, wr1, warp, n_chunks, 0, a0, a1);
-        }
         for (int r = 0; r < rounds; r += 2) {
-            if (r + 1 < rounds) load_round(wr0, wr1, warp, n_chunks, r + 1, b0, b1);
+            if (r + 1 < rounds)
+                load_round(wr0, wr1, warp, n_chunks, r + 1, b0, b1);
+            else if (next < n_tiles)
+                load_round(nr0, nr1, warp, n_chunks, 0, b0, b1);
             mma_round<BF16>(acc, xr, has_x, warp, n_chunks, r, a0, a1);
-            if (r + 1 >= rounds) break;
-            if (r + 2 < rounds) load_round(wr0, wr1, warp, n_chunks, r + 2, a0, a1);
+            if (r + 1 >= rounds) {
+#pragma unroll
+                for (int u = 0; u < U; u++) a0[u] = b0[u], a1[u] = b1[u];
+                break;
+            }
+            if (r + 2 < rounds)
+                load_round(wr0, wr1, warp, n_chunks, r + 2, a0, a1);
+            else if (next < n_tiles)
+                load_round(nr0, nr1, warp, n_chunks, 0, a0, a1);
             mma_round<BF16>(acc, xr, has_x, warp, n_chunks, r + 1, b0, b1);
         }
 
-        /* sum the warps' partial 16x8 tiles */
-        float *mine = red + warp * 128;
-        mine[g * 8 + 2 * q] = acc[0];
-        mine[g * 8 + 2 * q + 1] = acc[1];
-        mine[(g + 8) * 8 + 2 * q] = acc[2];
-        mine[(g + 8) * 8 + 2 * q + 1] = acc[3];
-        __syncthreads();
-        float *fin = red + GEMV_WARPS * 128; /* (16, 8) summed */
-        if (threadIdx.x < 128) {
-            float sum = 0.0f;
-#pragma unroll
-            for (int wi = 0; wi < GEMV_WARPS; wi++) sum += red[wi * 128 + threadIdx.x];
-            fin[threadIdx.x] = sum * a.out_scale;
-        }
-        __syncthreads();
-
-        const int r = threadIdx.x >> 3, t = threadIdx.x & 7; /* (row, token) per thread */
-        if (threadIdx.x < 128 && t < a.n) {
-            float v = fin[r * 8 + t];
-            switch (a.epilogue) {
-            case KILN_EPI_STORE:
-                a.y[(size_t)t * a.ldy + row0 + r] = v;
-                break;
-            case KILN_EPI_RESIDUAL:
-                a.y[(size_t)t * a.ldy + row0 + r] += v;
-                break;
-            case KILN_EPI_SWIGLU:
-                if (r < 8) {
-                    float gate = v, up = fin[(r + 8) * 8 + t];
-                    float hv = gate / (1.0f + expf(-gate)) * up;
-                    a.h8[(size_t)t * (a.M / 2) + tile * 8 + r] = to_e4m3(hv * (1.0f / a.h_scale));
-                }
-                break;
-            case KILN_EPI_ROPE_KV:
-                if (r < 8) {
-                    int tiles_per_head = a.kv.head_dim / 16;
-                    rope_kv_pair(a.batch, a.kv, a.rope, a.n_heads, a.q, t, tile / tiles_per_head,
-                                 8 * (tile % tiles_per_head) + r, v, fin[(r + 8) * 8 + t]);
-                }
-                break;
-            }
-        }
+        finish_tile(a, acc, red, tile);
         __syncthreads(); /* red is reused by the next tile */
     }
+}
+
+/* ---- Hopper: the weight stream through TMA bulk copies into a shared-memory ring ----
+ * One lane per row copies KC bytes of each of the tile's 16 rows per stage (cp.async.bulk,
+ * completed on an mbarrier), `stages` stages ahead, so the bytes in flight are set by shared
+ * memory, not registers (80 registers a thread). The stream runs across tiles: the next tile's
+ * stages load while this one's reduction and epilogue run, and the first stages are issued
+ * before waiting on the previous kernel. Stage rows are padded by 16 bytes, so the 16-byte
+ * fragment reads of a warp (rows g and g+8 at offset 16q) spread over all banks.
+ * Measured on an H100 (batch-1 decode, 8B shape, tok/s; same machine, one run): register kernel
+ * 263; ring of 2 x 4 KB-per-row stages 270, 2 x 8 KB 271, 3 x 4 KB 266, 4 x 1 KB 249, 6 x 512 B
+ * 183 -- few large stages win: each stage costs a block-wide barrier before its refill. With
+ * programmatic dependent launch off the best ring ran at 249. Bulk L2 prefetches were slower
+ * each time: of the rounds ahead in the register kernel (243 against 264), and of the next
+ * GEMV's first rows during a ring kernel's last tile (266 against 270). */
+#define TMA_KC     8192 /* bytes of each row per stage, at most (whole rows of K = 4096 FP8) */
+#define TMA_STAGES 2
+
+__host__ __device__ inline int tma_kc(int row_bytes, int kc_max)
+{
+    /* the largest piece <= kc_max that splits the row evenly into multiples of 64 bytes
+     * (row_bytes is a multiple of 64, so d = row_bytes / 64 always works) */
+    for (int d = (row_bytes + kc_max - 1) / kc_max;; d++)
+        if (row_bytes % d == 0 && (row_bytes / d) % 64 == 0) return row_bytes / d;
+}
+
+template <bool BF16>
+__global__ void __launch_bounds__(GEMV_THREADS, 3)
+    k_gemv_tma(const kiln_gemv_args a, int kc, int n_stages)
+{
+    extern __shared__ __align__(16) uint8_t smem[];
+    const int esz = BF16 ? 2 : 1;
+    const int row_bytes = a.K * esz;
+    const int ldx = row_bytes + GEMV_PAD;
+    const int lds = kc + 16; /* kc: bytes of each row per stage, dividing the row */
+    uint8_t *stages = smem;  /* (S, 16, lds) */
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + (size_t)n_stages * 16 * lds); /* (S,) */
+    uint8_t *xs = smem + (size_t)n_stages * 16 * lds + GEMV_BARRIERS;
+    float *red = reinterpret_cast<float *>(xs + (size_t)a.n * ldx); /* (warps + 1, 16, 8) */
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, q = lane & 3;
+    const uint8_t *w = static_cast<const uint8_t *>(a.w);
+    const bool has_x = g < a.n;
+    const uint8_t *xr = xs + (size_t)g * ldx + q * 16;
+    const int n_tiles = a.M / 16;
+    const int per_tile = row_bytes / kc;
+    const int my_tiles = (n_tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
+    const int total = my_tiles * per_tile; /* stages this block streams */
+
+    /* warp 0: stage i = (tile j of this block, k piece kk) into ring slot i % n_stages */
+    auto issue = [&](int i) {
+        const int j = i / per_tile, kk = i % per_tile, slot = i % n_stages;
+        const int tile = blockIdx.x + j * gridDim.x;
+        if (lane == 0) mbar_expect(&full[slot], 16u * kc);
+        __syncwarp();
+        if (lane < 16)
+            bulk_copy(stages + ((size_t)slot * 16 + lane) * lds,
+                      w + (size_t)(tile * 16 + lane) * row_bytes + (size_t)kk * kc, kc,
+                      &full[slot]);
+    };
+    /* the weights depend on nothing the previous kernel writes: start streaming them before
+     * waiting for it (programmatic dependent launch) */
+    if (warp == 0) {
+        if (lane < n_stages) mbar_init(&full[lane], 1);
+        __syncwarp();
+        for (int i = 0; i < n_stages && i < total; i++) issue(i);
+    }
+    pdl_wait();
+    pdl_trigger();
+    stage_x<BF16>(a, xs, ldx);
+    __syncthreads();
+
+    int i = 0;
+    for (int tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int kk = 0; kk < per_tile; kk++, i++) {
+            const int slot = i % n_stages;
+            mbar_wait(&full[slot], (unsigned)(i / n_stages) & 1u);
+            const uint8_t *st = stages + (size_t)slot * 16 * lds + q * 16;
+            const uint8_t *xk = xr + (size_t)kk * kc;
+            for (int c = warp; c < kc / 64; c += GEMV_WARPS) {
+                uint4 w0 = *reinterpret_cast<const uint4 *>(st + g * lds + c * 64);
+                uint4 w1 = *reinterpret_cast<const uint4 *>(st + (g + 8) * lds + c * 64);
+                uint4 xv =
+                    has_x ? *reinterpret_cast<const uint4 *>(xk + c * 64) : make_uint4(0, 0, 0, 0);
+                /* the slot mapping of mma_round */
+                uint32_t s0[4] = {w0.x, w1.x, w0.y, w1.y};
+                uint32_t s1[4] = {w0.z, w1.z, w0.w, w1.w};
+                mma_tile<BF16>(acc, s0, xv.x, xv.y);
+                mma_tile<BF16>(acc, s1, xv.z, xv.w);
+            }
+            __syncthreads(); /* every warp is done with the slot: refill it */
+            if (warp == 0 && i + n_stages < total) issue(i + n_stages);
+        }
+        finish_tile(a, acc, red, tile);
+        __syncthreads(); /* red is reused by the next tile */
+    }
+}
+
+/* A tuning knob from the environment (for measurements), or its default. */
+static int env_int(const char *name, int dflt)
+{
+    const char *e = getenv(name);
+    return e && atoi(e) > 0 ? atoi(e) : dflt;
+}
+
+/* Per kernel: the shared memory limit granted and the occupancy at the last size. The limit is
+ * raised, and the occupancy asked, only when a launch needs a new size: a captured replay makes
+ * no such calls. */
+struct gemv_kernel {
+    size_t granted, occupancy_for;
+    int blocks_per_sm;
+};
+
+template <typename Kernel> static cudaError_t prepare(Kernel kernel, size_t smem, gemv_kernel &k)
+{
+    cudaError_t e;
+    if (smem > 48 * 1024 && smem > k.granted) {
+        if ((e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)smem)))
+            return e;
+        k.granted = smem;
+    }
+    if (k.occupancy_for != smem) {
+        if ((e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k.blocks_per_sm, kernel,
+                                                               GEMV_THREADS, smem)))
+            return e;
+        if (k.blocks_per_sm < 1) k.blocks_per_sm = 1;
+        k.occupancy_for = smem;
+    }
+    return cudaSuccess;
 }
 
 extern "C" int kiln_cuda_gemv(const struct kiln_gemv_args *a, kiln_stream stream)
 {
     if (a->n < 1 || a->n > 8 || a->M % 16 || (a->K * (a->bf16 ? 2 : 1)) % 64)
         return cudaErrorInvalidValue;
-    int row_bytes = a->K * (a->bf16 ? 2 : 1);
-    size_t smem = (size_t)a->n * (row_bytes + GEMV_PAD) + (GEMV_WARPS + 1) * 128 * sizeof(float);
-    /* raise the dynamic shared memory limit, and size the persistent grid from the occupancy,
-     * only when a launch needs more than before: a captured replay makes no such calls */
-    static size_t granted[2], occupancy_for[2];
-    static int sms, blocks_per_sm[2];
-    int which = a->bf16 ? 1 : 0;
+    static int sms, tma = -1, kc_max, n_stages, bps, smem_max;
+    static gemv_kernel kernels[4]; /* (register | TMA) x (FP8 | BF16) */
     cudaError_t e;
-    if (!sms) {
-        int dev;
+    if (tma < 0) {
+        int dev, major;
         if ((e = cudaGetDevice(&dev))) return e;
         if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev))) return e;
+        if ((e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev))) return e;
+        if ((e = cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)))
+            return e;
+        /* measurement knobs: KILN_GEMV_TMA=2 selects the register kernel on Hopper too,
+         * KILN_GEMV_KC / _STAGES / _BPS the ring's piece size, depth and blocks per SM */
+        tma = major >= 9 && env_int("KILN_GEMV_TMA", 1) == 1;
+        kc_max = env_int("KILN_GEMV_KC", TMA_KC);
+        n_stages = env_int("KILN_GEMV_STAGES", TMA_STAGES);
+        if (n_stages > 8) n_stages = 8; /* the barriers' space */
+        /* at most two blocks per SM (the register kernel's best; the ring's stages fit one) */
+        bps = env_int("KILN_GEMV_BPS", 2);
     }
-    if (smem > 48 * 1024 && smem > granted[which]) {
-        e = a->bf16 ? cudaFuncSetAttribute(k_gemv<true>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
-                    : cudaFuncSetAttribute(k_gemv<false>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e) return e;
-        granted[which] = smem;
+    const int row_bytes = a->K * (a->bf16 ? 2 : 1);
+    const size_t tail = (size_t)a->n * (row_bytes + GEMV_PAD) +
+                        (GEMV_WARPS + 1) * 128 * sizeof(float); /* x rows, reduction */
+    const int which = (tma ? 2 : 0) + (a->bf16 ? 1 : 0);
+    int kc_launch = 0;
+    size_t smem = tail;
+    int stages = n_stages;
+    if (tma) {
+        /* as many stages as asked, down to two, then smaller pieces, within shared memory */
+        int kc = tma_kc(row_bytes, kc_max);
+        while (tail + (size_t)stages * 16 * (kc + 16) + GEMV_BARRIERS > (size_t)smem_max) {
+            if (stages > 2)
+                stages--;
+            else if (kc > 64)
+                kc = tma_kc(row_bytes, kc - 64);
+            else
+                return cudaErrorInvalidValue; /* the activations alone do not fit */
+        }
+        smem += (size_t)stages * 16 * (kc + 16) + GEMV_BARRIERS;
+        kc_launch = kc;
     }
-    if (occupancy_for[which] != smem) {
-        e = a->bf16
-                ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm[which], k_gemv<true>,
-                                                                GEMV_THREADS, smem)
-                : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm[which],
-                                                                k_gemv<false>, GEMV_THREADS, smem);
-        if (e) return e;
-        if (blocks_per_sm[which] < 1) blocks_per_sm[which] = 1;
-        occupancy_for[which] = smem;
+    switch (which) {
+    case 0:
+        e = prepare(k_gemv<false>, smem, kernels[0]);
+        break;
+    case 1:
+        e = prepare(k_gemv<true>, smem, kernels[1]);
+        break;
+    case 2:
+        e = prepare(k_gemv_tma<false>, smem, kernels[2]);
+        break;
+    default:
+        e = prepare(k_gemv_tma<true>, smem, kernels[3]);
+        break;
     }
-    int tiles = a->M / 16, grid = sms * blocks_per_sm[which];
+    if (e) return e;
+    int per_sm = kernels[which].blocks_per_sm < bps ? kernels[which].blocks_per_sm : bps;
+    int tiles = a->M / 16, grid = sms * per_sm;
     if (grid > tiles) grid = tiles;
-    if (a->bf16)
-        k_gemv<true><<<grid, GEMV_THREADS, smem, stream>>>(*a);
-    else
-        k_gemv<false><<<grid, GEMV_THREADS, smem, stream>>>(*a);
-    return cudaGetLastError();
+    switch (which) {
+    case 0:
+        return launch_pdl(k_gemv<false>, grid, GEMV_THREADS, smem, stream, *a);
+    case 1:
+        return launch_pdl(k_gemv<true>, grid, GEMV_THREADS, smem, stream, *a);
+    case 2:
+        return launch_pdl(k_gemv_tma<false>, grid, GEMV_THREADS, smem, stream, *a, kc_launch,
+                          stages);
+    default:
+        return launch_pdl(k_gemv_tma<true>, grid, GEMV_THREADS, smem, stream, *a, kc_launch,
+                          stages);
+    }
 }
 
 /* ---- prefill-path companions of the GEMV epilogues ---- */

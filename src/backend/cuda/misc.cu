@@ -1,9 +1,25 @@
 /* Small kernels of the forward pass: embedding gather, RMSNorm + quantization (the prefill
  * path and the lm_head input), FP8 quantization, and the read-bandwidth probe. */
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common.cuh"
 #include "kernels.h"
+
+extern "C" bool kiln_cuda_pdl(void)
+{
+    static int on = -1; /* decided once per process: launches inside graphs must agree */
+    if (on < 0) {
+        int dev = 0, major = 0;
+        const char *env = getenv("KILN_PDL");
+        on =
+            cudaGetDevice(&dev) == cudaSuccess &&
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+            major >= 9 && !(env && !strcmp(env, "0"));
+    }
+    return on;
+}
 
 __global__ void k_embed(const uint16_t *embed, const int32_t *tokens, int d, float *x)
 {
