@@ -76,7 +76,11 @@ struct kiln_backend_options {
     int device;               /* CUDA device ordinal */
     bool cuda_graphs;         /* CUDA: capture decode steps */
     bool profile;             /* CUDA: time every op (no graphs); see ops->report */
-    int n_layers;             /* run only the first n layers (0: all, < 0: none): tests */
+    /* CUDA: every row's result independent of the rest of the batch (one GEMM path, and one
+     * cuBLASLt algorithm per weight shape, for every step size; no fused decode path, so
+     * batch-1 decode is slower). The CPU backend is batch-invariant anyway. */
+    bool batch_invariant;
+    int n_layers; /* run only the first n layers (0: all, < 0: none): tests */
 };
 
 struct kiln_backend;

@@ -111,6 +111,9 @@ bool kiln_cli_backend_option(int c, const char *arg, struct kiln_cli_backend *b,
     case KILN_CLI_OPT_NO_GRAPHS:
         b->no_graphs = true;
         return true;
+    case KILN_CLI_OPT_BATCH_INVARIANT:
+        b->batch_invariant = true;
+        return true;
     }
     return false;
 }
@@ -132,6 +135,7 @@ void kiln_cli_backend_options(const struct kiln_cli_backend *b, const struct kil
     opt->n_threads = b->threads;
     opt->kv_memory_fraction = b->kv_fraction;
     opt->cuda_graphs = !b->no_graphs;
+    opt->batch_invariant = b->batch_invariant;
 }
 
 static enum kiln_status over_limit(const struct kiln_model *m, const char *what, int asked,

@@ -25,6 +25,7 @@ struct kiln_cli_backend {
     int threads;
     float kv_fraction;
     bool no_graphs;
+    bool batch_invariant;
 };
 
 enum {
@@ -34,6 +35,7 @@ enum {
     KILN_CLI_OPT_THREADS,
     KILN_CLI_OPT_KV_FRACTION,
     KILN_CLI_OPT_NO_GRAPHS,
+    KILN_CLI_OPT_BATCH_INVARIANT,
 };
 
 #define KILN_CLI_BACKEND_OPTIONS                                                                   \
@@ -42,8 +44,9 @@ enum {
         {"block-size", required_argument, 0, KILN_CLI_OPT_BLOCK_SIZE},                             \
         {"threads", required_argument, 0, KILN_CLI_OPT_THREADS},                                   \
         {"kv-cache-fraction", required_argument, 0, KILN_CLI_OPT_KV_FRACTION},                     \
+        {"no-cuda-graphs", no_argument, 0, KILN_CLI_OPT_NO_GRAPHS},                                \
     {                                                                                              \
-        "no-cuda-graphs", no_argument, 0, KILN_CLI_OPT_NO_GRAPHS                                   \
+        "batch-invariant", no_argument, 0, KILN_CLI_OPT_BATCH_INVARIANT                            \
     }
 
 #define KILN_CLI_BACKEND_HELP                                                                      \
@@ -52,7 +55,8 @@ enum {
     "  --block-size N        positions per KV block (default 16)\n"                                \
     "  --threads N           CPU threads (default: all cores)\n"                                   \
     "  --kv-cache-fraction F share of free GPU memory for the KV cache (default 0.9)\n"            \
-    "  --no-cuda-graphs      launch decode steps without CUDA graphs\n"
+    "  --no-cuda-graphs      launch decode steps without CUDA graphs\n"                            \
+    "  --batch-invariant     CUDA: results independent of the batch a request runs in (slower)\n"
 
 void kiln_cli_backend_defaults(struct kiln_cli_backend *b);
 /* Handles one of the KILN_CLI_BACKEND_OPTIONS; returns false when c is not one of them. */

@@ -114,6 +114,8 @@ struct cuda_state {
     struct algo_entry algos[ALGO_CACHE];
     int algo_next;
     const struct kiln_engine_meta *tuned; /* an engine's timed algorithms, when valid here */
+    bool batch_invariant;                 /* opt.batch_invariant: one algorithm per shape */
+    int max_tokens;                       /* opt.max_tokens: the step size it is chosen at */
 
     uint16_t *embed, *final_norm;
     struct cuda_linear head;
@@ -251,10 +253,33 @@ static enum kiln_status algo_for(struct cuda_state *s, const struct cuda_linear 
     cublasStatus_t st =
         kiln_lt_describe(l->M, n, l->K, l->fp8, ldc, &e->desc, &e->la, &e->lb, &e->lc);
     /* an engine's algorithm timed for this shape's token bucket, when cuBLASLt accepts it */
-    const struct kiln_gemm_algo *rec = kiln_engine_gemm_find(s->tuned, l->M, n, l->K, l->fp8);
+    /* batch-invariant: the algorithm of the largest step for every step size, so a row's sums
+     * run in the same order whatever the number of rows (an algorithm that cannot take this
+     * size is an error, not a silent change) */
+    const int n_algo = s->batch_invariant ? s->max_tokens : n;
+    const struct kiln_gemm_algo *rec = kiln_engine_gemm_find(s->tuned, l->M, n_algo, l->K, l->fp8);
     if (!st && rec) {
         memcpy(res.algo.data, rec->algo, sizeof res.algo.data);
         found = kiln_lt_algo_usable(s->lt, e->desc, e->la, e->lb, e->lc, &res.algo);
+    }
+    if (!st && !found && n_algo != n) {
+        cublasLtMatmulDesc_t d2 = NULL;
+        cublasLtMatrixLayout_t a2 = NULL, b2 = NULL, c2 = NULL;
+        st = kiln_lt_describe(l->M, n_algo, l->K, l->fp8, ldc, &d2, &a2, &b2, &c2);
+        if (!st) st = kiln_lt_heuristic(s->lt, d2, a2, b2, c2, 1, &res, &found);
+        if (!st && found)
+            found = kiln_lt_algo_usable(s->lt, e->desc, e->la, e->lb, e->lc, &res.algo);
+        if (c2) cublasLtMatrixLayoutDestroy(c2);
+        if (b2) cublasLtMatrixLayoutDestroy(b2);
+        if (a2) cublasLtMatrixLayoutDestroy(a2);
+        if (d2) cublasLtMatmulDescDestroy(d2);
+        if (!st && !found) {
+            algo_entry_clear(e);
+            return kiln_errorf(err, KILN_ERR_CUDA,
+                               "batch-invariant: cuBLASLt's algorithm for the %s GEMM M=%d K=%d "
+                               "at %d tokens cannot run %d tokens",
+                               l->fp8 ? "FP8" : "BF16", l->M, l->K, n_algo, n);
+        }
     }
     if (!st && !found) st = kiln_lt_heuristic(s->lt, e->desc, e->la, e->lb, e->lc, 1, &res, &found);
     if (st || !found) {
@@ -296,6 +321,13 @@ struct step {
     int split_len;              /* SPLIT_LEN, or TC_SPLIT_LEN for big batches of >8-token steps */
 };
 
+/* Steps of up to 8 tokens run the fused skinny-GEMM path, unless every row must be computed the
+ * same way whatever the batch (opt.batch_invariant): then every step runs the cuBLASLt path. */
+static bool fused_path(const struct kiln_backend *b, int n_tokens)
+{
+    return n_tokens <= DECODE_MAX_TOKENS && !b->opt.batch_invariant;
+}
+
 /* Lays out the batch description compactly in the pinned buffer and copies it to the device.
  * The offsets depend only on the counts, so a captured graph stays valid for equal counts. */
 static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_batch *bt,
@@ -324,7 +356,7 @@ static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_b
     /* Attention lists: the exact f32 flash-decoding kernel takes single decode tokens, and in
      * the fused path (<= 8 tokens) also short prompt chunks (up to 8 query tokens each); longer
      * chunks go to the FlashAttention kernel. */
-    bool fused = n <= DECODE_MAX_TOKENS;
+    bool fused = fused_path(b, n);
     int n_dec = 0, n_pre = 0, max_q = 0, dec_max_q = 1, max_dec_kv = 1;
     for (int q = 0; q < ns; q++) {
         int len = bt->seq_start[q + 1] - bt->seq_start[q];
@@ -373,14 +405,15 @@ static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_b
     st->split_bucket = bucket;
     st->n_splits = (1 << bucket) < s->max_splits ? (1 << bucket) : s->max_splits;
     st->split_len = SPLIT_LEN;
-    if (n > DECODE_MAX_TOKENS && n_dec > 0) {
+    if (!fused && n_dec > 0) {
         /* >8-token steps (the tensor-core kernel, see attention(); no graphs): when the decode
-         * rows alone give every SM two blocks, as few TC_SPLIT_LEN splits as the longest context
-         * needs; they fit `part`, which is sized for SPLIT_LEN splits */
+         * rows alone give every SM two blocks, or always when batch-invariant (a split length
+         * that depends on the batch would change the sums), as few TC_SPLIT_LEN splits as the
+         * longest context needs; they fit `part`, which is sized for SPLIT_LEN splits */
         int dev = 0, sms = 0;
         CUDA_TRY(cudaGetDevice(&dev));
         CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-        if ((long)n_dec * b->model->cfg.n_kv_heads >= 2L * sms) {
+        if ((long)n_dec * b->model->cfg.n_kv_heads >= 2L * sms || b->opt.batch_invariant) {
             st->split_len = TC_SPLIT_LEN;
             st->n_splits = (max_dec_kv + TC_SPLIT_LEN - 1) / TC_SPLIT_LEN;
             KILN_ASSERT(st->n_splits <= s->max_splits);
@@ -421,7 +454,7 @@ static enum kiln_status attention(struct kiln_backend *b, const struct step *st,
      * kernel is issue-bound at ~1 TB/s on big batches); the exact f32 kernel keeps the fused
      * small steps, whose batch-1 results are compared tightly with the CPU twin. */
     if (st->n_dec) {
-        if (st->kb.n_tokens > DECODE_MAX_TOKENS)
+        if (!fused_path(b, st->kb.n_tokens))
             K_TRY(kiln_cuda_attention_decode_tc(
                 s->q, st->kb, st->dec_list, st->n_dec, st->dec_max_q, L->kv, c->n_heads,
                 st->n_splits, st->split_len, s->part, L->o.in_scale, s->x8, s->stream));
@@ -448,7 +481,7 @@ static enum kiln_status lm_head(struct kiln_backend *b, const struct step *st,
     struct cuda_state *s = b->impl;
     const struct kiln_config *c = &b->model->cfg;
     if (st->n_out == 0) return KILN_OK;
-    if (st->n_out <= DECODE_MAX_TOKENS) {
+    if (st->n_out <= DECODE_MAX_TOKENS && !b->opt.batch_invariant) {
         struct kiln_gemv_args a = {.w = s->head.w,
                                    .M = s->head.M,
                                    .K = s->head.K,
@@ -596,7 +629,7 @@ static enum kiln_status cuda_forward(struct kiln_backend *b, const struct kiln_b
     if (s->prof.on) {
         s->prof.n = 0;
         CUDA_TRY(cudaEventRecord(s->prof.ev[0], s->stream));
-        e = n <= DECODE_MAX_TOKENS ? forward_decode(b, &st, err) : forward_prefill(b, &st, err);
+        e = fused_path(b, n) ? forward_decode(b, &st, err) : forward_prefill(b, &st, err);
         if (e) return e;
         CUDA_TRY(cudaStreamSynchronize(s->stream));
         for (int i = 0; i < s->prof.n; i++) {
@@ -607,7 +640,7 @@ static enum kiln_status cuda_forward(struct kiln_backend *b, const struct kiln_b
         s->prof.steps++;
         return KILN_OK;
     }
-    bool pure_decode = st.n_dec == n && st.n_out == n && n <= DECODE_MAX_TOKENS;
+    bool pure_decode = st.n_dec == n && st.n_out == n && fused_path(b, n);
     if (pure_decode && b->opt.cuda_graphs) {
         struct graph_entry *g = &s->graphs[n][st.split_bucket];
         if (!g->ready) {
@@ -632,7 +665,7 @@ static enum kiln_status cuda_forward(struct kiln_backend *b, const struct kiln_b
         CUDA_TRY(cudaGraphLaunch(g->exec, s->stream));
         return KILN_OK;
     }
-    if (n <= DECODE_MAX_TOKENS) return forward_decode(b, &st, err);
+    if (fused_path(b, n)) return forward_decode(b, &st, err);
     return forward_prefill(b, &st, err);
 }
 
@@ -810,6 +843,8 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
         s->prof.on = true;
     }
     LT_TRY(cublasLtCreate(&s->lt));
+    s->batch_invariant = opt->batch_invariant;
+    s->max_tokens = opt->max_tokens;
     CUDA_TRY(cudaMalloc(&s->lt_ws, LT_WORKSPACE));
     /* every size below comes from the plan kiln build prints and checks */
     struct kiln_cuda_plan p;
