@@ -553,14 +553,19 @@ static void rand_cache(size_t elems, bool fp8, uint8_t **k, uint8_t **v)
     *k = kc, *v = vc;
 }
 
-/* Attention (decode and prefill kernels) against kiln_cpu_attention over a random cache. */
-static void test_attention(int H, int Hkv, int Dh, bool fp8_kv, const int *chunk, const int *ctx,
-                           int ns, bool prefill)
+/* Attention (decode and prefill kernels) against kiln_cpu_attention over a random cache of block
+ * size bs. With same_prompt every sequence is the same prompt chunked differently (equal
+ * contexts, sequence 0's block table, the same q at each position), and each (position, head)
+ * output of the prefill kernel must be the same bytes in every chunking: the batch-invariant mode
+ * relies on it. */
+static void attention_case(int H, int Hkv, int Dh, bool fp8_kv, int bs, const int *chunk,
+                           const int *ctx, int ns, bool prefill, bool same_prompt)
 {
     char shape[80];
     snprintf(shape, sizeof shape, "H=%d Hkv=%d Dh=%d %s ctx=%d..", H, Hkv, Dh,
              fp8_kv ? "fp8" : "bf16", ctx[0]);
-    const int bs = 16, max_blocks = 64, n_blocks = 16 * 64;
+    if (bs != 16) snprintf(shape + strlen(shape), sizeof shape - strlen(shape), " bs=%d", bs);
+    const int max_blocks = 64, n_blocks = 16 * 64;
     struct test_batch tb;
     make_batch(&tb, chunk, ctx, ns, max_blocks, n_blocks);
     int n = tb.b.n_tokens;
@@ -568,7 +573,17 @@ static void test_attention(int H, int Hkv, int Dh, bool fp8_kv, const int *chunk
     uint8_t *kc, *vc;
     rand_cache(cache_elems, fp8_kv, &kc, &vc);
     float *q = malloc((size_t)n * H * Dh * 4), *ref = malloc((size_t)n * H * Dh * 4);
-    for (size_t i = 0; i < (size_t)n * H * Dh; i++) q[i] = uniform(1.5f);
+    if (same_prompt) {
+        const size_t hd = (size_t)H * Dh;
+        float *qp = malloc((size_t)ctx[0] * hd * 4);
+        for (size_t i = 0; i < (size_t)ctx[0] * hd; i++) qp[i] = uniform(1.5f);
+        for (int t = 0; t < n; t++) memcpy(q + t * hd, qp + tb.positions[t] * hd, hd * 4);
+        for (int s = 1; s < ns; s++)
+            memcpy(tb.table + (size_t)s * max_blocks, tb.table, (size_t)max_blocks * 4);
+        free(qp);
+    } else {
+        for (size_t i = 0; i < (size_t)n * H * Dh; i++) q[i] = uniform(1.5f);
+    }
     /* BF16 caches carry no scales (the backend passes 1) */
     float ks = fp8_kv ? 0.3f : 1.0f, vs = fp8_kv ? 0.2f : 1.0f;
     struct kiln_cpu_kv_layer cc = {
@@ -594,6 +609,20 @@ static void test_attention(int H, int Hkv, int Dh, bool fp8_kv, const int *chunk
         kiln_convert_to_f32(a1, got, KILN_DTYPE_F8E4M3, (size_t)n * H * Dh);
         kiln_convert_to_f32(b1, want, KILN_DTYPE_F8E4M3, (size_t)n * H * Dh);
         report("attention prefill", shape, rel_l2(a1, b1, (size_t)n * H * Dh), 3e-2);
+        if (same_prompt) { /* every row against the first row of its position */
+            int *first = malloc((size_t)ctx[0] * sizeof(int)), differ = 0;
+            for (int p = 0; p < ctx[0]; p++) first[p] = -1;
+            for (int t = 0; t < n; t++) {
+                int *f = &first[tb.positions[t]];
+                if (*f < 0)
+                    *f = t;
+                else
+                    differ += memcmp(got + (size_t)t * H * Dh, got + (size_t)*f * H * Dh,
+                                     (size_t)H * Dh) != 0;
+            }
+            report("prefill chunk rows", shape, differ, 0);
+            free(first);
+        }
         free(a1), free(b1);
     } else {
         int max_ctx = 0;
@@ -614,6 +643,13 @@ static void test_attention(int H, int Hkv, int Dh, bool fp8_kv, const int *chunk
     free_test_batch(&tb);
     cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dout), cudaFree(dseqs);
     free(kc), free(vc), free(q), free(ref), free(want), free(got);
+}
+
+/* Block size 16, random sequences. */
+static void test_attention(int H, int Hkv, int Dh, bool fp8_kv, const int *chunk, const int *ctx,
+                           int ns, bool prefill)
+{
+    attention_case(H, Hkv, Dh, fp8_kv, 16, chunk, ctx, ns, prefill, false);
 }
 
 /* The tensor-core decode kernel (steps of more than 8 tokens) against kiln_cpu_attention: one
@@ -720,83 +756,130 @@ static void test_attention_tc_refusals(void)
     report("attention decode tc", "refused arguments", wrong, 0);
 }
 
+/* What the timing runs share: a batch (chunk[s] tokens at context ctx[s], max_blocks each) on the
+ * device, an FP8 cache of constant codes (e4m3 1.0 for K, 0.5 for V: the values do not change
+ * the work), random q, an output, the sequence list 0 .. ns - 1 and two events. */
+struct timing_setup {
+    struct test_batch tb;
+    struct dev_batch db;
+    struct kiln_cuda_kv kv;
+    size_t cache; /* bytes of K (and of V) */
+    float *dq;
+    uint8_t *dout;
+    int32_t *dseqs;
+    cudaEvent_t e0, e1;
+};
+
+static void timing_setup_init(struct timing_setup *t, const int *chunk, const int *ctx, int ns,
+                              int max_blocks, int H, int Hkv, int Dh, int bs)
+{
+    const int n_blocks = ns * max_blocks;
+    make_batch(&t->tb, chunk, ctx, ns, max_blocks, n_blocks);
+    upload_test_batch(&t->tb, &t->db);
+    t->cache = (size_t)n_blocks * Hkv * bs * Dh;
+    void *dk = dev(NULL, t->cache), *dv = dev(NULL, t->cache);
+    CK(cudaMemset(dk, 0x38, t->cache));
+    CK(cudaMemset(dv, 0x30, t->cache));
+    t->kv = (struct kiln_cuda_kv){dk, dv, 1, 0.3f, 0.2f, Hkv, Dh, bs};
+    const size_t nq = (size_t)t->tb.b.n_tokens * H * Dh;
+    float *q = malloc(nq * 4);
+    for (size_t i = 0; i < nq; i++) q[i] = uniform(1.5f);
+    t->dq = dev(q, nq * 4);
+    t->dout = dev(NULL, nq);
+    int32_t *seqs = malloc((size_t)ns * sizeof(int32_t));
+    for (int s = 0; s < ns; s++) seqs[s] = s;
+    t->dseqs = dev(seqs, (size_t)ns * sizeof(int32_t));
+    CK(cudaEventCreate(&t->e0));
+    CK(cudaEventCreate(&t->e1));
+    free(q), free(seqs);
+}
+
+/* Milliseconds per iteration from e0 (recorded by the caller before the first timed one). */
+static double timing_ms(struct timing_setup *t, int iters)
+{
+    float ms = 0;
+    CK(cudaEventRecord(t->e1, NULL));
+    CK(cudaEventSynchronize(t->e1));
+    CK(cudaEventElapsedTime(&ms, t->e0, t->e1));
+    return ms / iters;
+}
+
+static void timing_setup_free(struct timing_setup *t)
+{
+    cudaEventDestroy(t->e0), cudaEventDestroy(t->e1);
+    free_dev_batch(&t->db);
+    free_test_batch(&t->tb);
+    cudaFree(t->kv.k), cudaFree(t->kv.v), cudaFree(t->dq), cudaFree(t->dout), cudaFree(t->dseqs);
+}
+
 /* Decode attention at the size of a big batch: 256 sequences at context 1024 (Hkv 8, Dh 128,
  * FP8 cache, H 32), microseconds per layer (decode kernel + combine) and GB/s of K and V read,
  * next to a plain read of the same bytes. No pass/fail: the numbers are for the log. */
 static void time_attention_tc(void)
 {
-    enum { NS = 256, CTX = 1024, H = 32, HKV = 8, DH = 128, BS = 16 };
+    enum { NS = 256, CTX = 1024, H = 32, HKV = 8, DH = 128, BS = 16, ITERS = 20 };
     int *chunk = malloc(NS * sizeof(int)), *ctx = malloc(NS * sizeof(int));
     for (int s = 0; s < NS; s++) chunk[s] = 1, ctx[s] = CTX;
-    const int max_blocks = CTX / BS, n_blocks = NS * max_blocks;
-    struct test_batch tb;
-    make_batch(&tb, chunk, ctx, NS, max_blocks, n_blocks);
-    struct dev_batch db;
-    upload_test_batch(&tb, &db);
-    size_t cache = (size_t)n_blocks * HKV * BS * DH; /* bytes of K (and of V) */
-    void *dk = dev(NULL, cache), *dv = dev(NULL, cache);
-    CK(cudaMemset(dk, 0x38, cache)); /* e4m3 1.0 and 0.5: the values do not change the work */
-    CK(cudaMemset(dv, 0x30, cache));
-    float *q = malloc((size_t)NS * H * DH * 4);
-    for (size_t i = 0; i < (size_t)NS * H * DH; i++) q[i] = uniform(1.5f);
-    float *dq = dev(q, (size_t)NS * H * DH * 4);
-    uint8_t *dout = dev(NULL, (size_t)NS * H * DH);
-    int32_t *seqs = malloc(NS * sizeof(int32_t));
-    for (int s = 0; s < NS; s++) seqs[s] = s;
-    int32_t *dseqs = dev(seqs, NS * sizeof(int32_t));
+    struct timing_setup t;
+    timing_setup_init(&t, chunk, ctx, NS, CTX / BS, H, HKV, DH, BS);
     float *dpart = dev(NULL, (size_t)kiln_cuda_attention_part_floats(NS, 1, H, DH, CTX / 256) * 4);
-    struct kiln_cuda_kv kv = {dk, dv, 1, 0.3f, 0.2f, HKV, DH, BS};
     const double bytes = (double)NS * CTX * HKV * DH * 2;
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    enum { ITERS = 20 };
-    float ms = 0;
     int dev_id = 0, sms = 0;
     CK(cudaGetDevice(&dev_id));
     CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev_id));
     unsigned *sink = dev(NULL, (size_t)sms * 4 * sizeof(unsigned));
     for (int i = -2; i < ITERS; i++) { /* two warm-up runs */
-        if (i == 0) CK(cudaEventRecord(e0, NULL));
-        CK(kiln_cuda_read(dk, cache, sink, sms * 4, NULL));
-        CK(kiln_cuda_read(dv, cache, sink, sms * 4, NULL));
+        if (i == 0) CK(cudaEventRecord(t.e0, NULL));
+        CK(kiln_cuda_read(t.kv.k, t.cache, sink, sms * 4, NULL));
+        CK(kiln_cuda_read(t.kv.v, t.cache, sink, sms * 4, NULL));
     }
-    CK(cudaEventRecord(e1, NULL));
-    CK(cudaEventSynchronize(e1));
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    double read_gbs = bytes * ITERS / (ms * 1e-3) / 1e9;
+    double read_gbs = bytes / (timing_ms(&t, ITERS) * 1e-3) / 1e9;
     /* (kernel, split_len): the exact f32 kernel at the fused path's 256, the tensor-core one at
      * 256, cuda.c's TC_SPLIT_LEN 512 and 1024 (one split, no combine) */
     const int tc[4] = {0, 1, 1, 1}, lens[4] = {256, 256, 512, 1024};
     for (int k = 0; k < 4; k++) {
         int n_splits = CTX / lens[k];
         for (int i = -2; i < ITERS; i++) {
-            if (i == 0) CK(cudaEventRecord(e0, NULL));
+            if (i == 0) CK(cudaEventRecord(t.e0, NULL));
             if (tc[k])
-                CK(kiln_cuda_attention_decode_tc(dq, db.kb, dseqs, NS, 1, kv, H, n_splits, lens[k],
-                                                 dpart, 0.004f, dout, NULL));
+                CK(kiln_cuda_attention_decode_tc(t.dq, t.db.kb, t.dseqs, NS, 1, t.kv, H, n_splits,
+                                                 lens[k], dpart, 0.004f, t.dout, NULL));
             else
-                CK(kiln_cuda_attention_decode(dq, db.kb, dseqs, NS, 1, kv, H, n_splits, lens[k],
-                                              dpart, 0.004f, dout, NULL));
+                CK(kiln_cuda_attention_decode(t.dq, t.db.kb, t.dseqs, NS, 1, t.kv, H, n_splits,
+                                              lens[k], dpart, 0.004f, t.dout, NULL));
             if (n_splits > 1)
-                CK(kiln_cuda_attention_combine(dpart, db.kb, dseqs, NS, 1, H, DH, n_splits,
-                                               kv.v_scale, 0.004f, dout, NULL));
+                CK(kiln_cuda_attention_combine(dpart, t.db.kb, t.dseqs, NS, 1, H, DH, n_splits,
+                                               t.kv.v_scale, 0.004f, t.dout, NULL));
         }
-        CK(cudaEventRecord(e1, NULL));
-        CK(cudaEventSynchronize(e1));
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        double us = ms * 1e3 / ITERS;
+        double us = timing_ms(&t, ITERS) * 1e3;
         printf("%-22s ns=%d ctx=%d Hkv=%d Dh=%d fp8 split=%dx%-4d %8.1f us  %6.0f GB/s  (read "
                "%.0f GB/s)\n",
                tc[k] ? "timing decode tc" : "timing decode f32", NS, CTX, HKV, DH, n_splits,
                lens[k], us, bytes / (us * 1e-6) / 1e9, read_gbs);
     }
-    cudaEventDestroy(e0), cudaEventDestroy(e1);
-    free_dev_batch(&db);
-    free_test_batch(&tb);
-    cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dout), cudaFree(dseqs), cudaFree(dpart),
-        cudaFree(sink);
-    free(chunk), free(ctx), free(q), free(seqs);
+    timing_setup_free(&t);
+    cudaFree(dpart), cudaFree(sink);
+    free(chunk), free(ctx);
+}
+
+/* Prefill attention of a 2048-token prompt in one chunk at Llama 3.1 8B's shapes (H 32, Hkv 8,
+ * Dh 128, FP8 cache): ms per launch (one layer) and TFLOP/s of the causal half, 4 H Dh L^2 / 2
+ * flops (FlashAttention-2 reaches 300+ on an H100). No pass/fail: the numbers are for the log. */
+static void time_attention_prefill(void)
+{
+    enum { L = 2048, H = 32, HKV = 8, DH = 128, BS = 16, ITERS = 20 };
+    int chunk[1] = {L}, ctx[1] = {L};
+    struct timing_setup t;
+    timing_setup_init(&t, chunk, ctx, 1, L / BS, H, HKV, DH, BS);
+    for (int i = -2; i < ITERS; i++) { /* two warm-up runs */
+        if (i == 0) CK(cudaEventRecord(t.e0, NULL));
+        CK(kiln_cuda_attention_prefill(t.dq, t.db.kb, t.dseqs, 1, L, t.kv, H, 0.004f, t.dout,
+                                       NULL));
+    }
+    const double ms = timing_ms(&t, ITERS), flops = 4.0 * H * DH * (double)L * L / 2;
+    printf("%-22s L=%d H=%d Hkv=%d Dh=%d fp8 causal %8.3f ms  %6.1f TFLOP/s\n", "timing prefill", L,
+           H, HKV, DH, ms, flops / (ms * 1e-3) / 1e12);
+    timing_setup_free(&t);
 }
 
 int main(void)
@@ -868,6 +951,21 @@ int main(void)
     test_lt_fp8(256, 4096, 24, 1);
     test_rmsnorm_quant(24, 4096);
     test_rmsnorm_quant(7, 128);
+    { /* prefill, after the others so that their random inputs stay as they were */
+        /* one GQA group of 4 per block (Llama 8B: 32 / 8 heads): a chunk after cached positions */
+        int chunk[1] = {300}, ctx[1] = {1000};
+        test_attention(32, 8, 128, true, chunk, ctx, 1, true);
+        /* one prompt whole and as later chunks; odd G and block sizes, the BF16 (cp.async) path,
+         * G = 8 */
+        int c1[4] = {600, 300, 37, 1}, x1[4] = {600, 600, 600, 600};
+        int c2[3] = {300, 129, 5}, x2[3] = {300, 300, 300};
+        int c3[2] = {200, 70}, x3[2] = {200, 200};
+        attention_case(8, 2, 128, true, 16, c1, x1, 4, true, true);
+        attention_case(12, 4, 64, false, 7, c2, x2, 3, true, true);
+        attention_case(10, 2, 128, false, 5, c2, x2, 3, true, true);
+        attention_case(16, 2, 64, true, 16, c3, x3, 2, true, true);
+        time_attention_prefill();
+    }
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
     return failures ? 1 : 0;
 }

@@ -18,13 +18,15 @@
  * sum on f16 (FP8 cache) or bf16 tensor cores with an online softmax per warp.
  *
  * Prefill (query chunks of many tokens): FlashAttention-2 on bf16 tensor cores (mma m16n8k16).
- * A block owns 64 query rows of one head (4 warps x 16 rows); K/V tiles of 64 positions are
- * loaded from the cache into shared memory as bf16 (FP8 codes convert exactly; the k/v scales
- * are folded into the softmax scale and the output); V's fragments come transposed through
- * ldmatrix. S and P never leave registers. Q and P are rounded to bf16, ~1e-3 relative on the
- * outputs against the f32 CPU twin: the prefill path is at the FP8 noise level anyway (its
- * cuBLASLt FP8 GEMMs accumulate with ~2.5e-4 error, see test_cuda_model), while short chunks
- * of the fused decode path go to the exact f32 decode kernel instead. */
+ * A block owns 128 query rows (8 warps x 16 rows) of one KV head: (token, head) pairs of the G
+ * query heads sharing it, so each K/V tile of 64 positions is loaded and converted once per GQA
+ * group. Tiles are double-buffered in shared memory as bf16 (FP8 codes convert exactly; the k/v
+ * scales are folded into the softmax scale and the output) and the next one is in flight during
+ * the mma work (cp.async for BF16 caches, registers for FP8 codes); V's fragments come
+ * transposed through ldmatrix. S and P never leave registers. Q and P are rounded to bf16, ~1e-3
+ * relative on the outputs against the f32 CPU twin: the prefill path is at the FP8 noise level
+ * anyway (its cuBLASLt FP8 GEMMs accumulate with ~2.5e-4 error, see test_cuda_model), while short
+ * chunks of the fused decode path go to the exact f32 decode kernel instead. */
 #include <math.h>
 
 #include <type_traits>
@@ -737,190 +739,319 @@ extern "C" int kiln_cuda_attention_decode_tc(const float *q, struct kiln_cuda_ba
 
 /* ---- prefill: FlashAttention-2 on bf16 mma ---- */
 
-#define FA_ROWS    64
-#define FA_KEYS    64
-#define FA_THREADS 128
+#define FA_WARPS   8
+#define FA_THREADS (FA_WARPS * 32)
+#define FA_ROWS    (FA_WARPS * 16) /* query rows of a block: (token, head) pairs, 16 a warp */
+#define FA_KEYS    64              /* positions of a K/V tile */
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *smem_row)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(smem_row)));
+}
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *smem_row)
 {
-    unsigned addr = (unsigned)__cvta_generic_to_shared(smem_row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
+                 : "r"(smem_u32(smem_row)));
 }
 
-/* 16 cache elements (FP8 codes or bf16) at src -> 16 bf16 (exact) as two 16-byte words. */
-__device__ __forceinline__ void load16_bf16(const kiln_cuda_kv &kv, const void *base, size_t idx,
-                                            uint4 &lo, uint4 &hi)
+/* cp.async of 16 bytes, or 16 zero bytes without reading src when !valid (a key past the end). */
+__device__ __forceinline__ void cp_async16_zfill(void *smem, const void *gmem, bool valid)
 {
-    if (kv.fp8) {
-        uint4 w = *reinterpret_cast<const uint4 *>(static_cast<const uint8_t *>(base) + idx);
-        float4 a = e4m3x4_to_float4(w.x), b = e4m3x4_to_float4(w.y);
-        float4 c = e4m3x4_to_float4(w.z), d = e4m3x4_to_float4(w.w);
-        lo = make_uint4(pack_bf16x2(a.x, a.y), pack_bf16x2(a.z, a.w), pack_bf16x2(b.x, b.y),
-                        pack_bf16x2(b.z, b.w));
-        hi = make_uint4(pack_bf16x2(c.x, c.y), pack_bf16x2(c.z, c.w), pack_bf16x2(d.x, d.y),
-                        pack_bf16x2(d.z, d.w));
-    } else {
-        const uint4 *p = reinterpret_cast<const uint4 *>(static_cast<const uint16_t *>(base) + idx);
-        lo = p[0];
-        hi = p[1];
-    }
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
 }
 
-template <int DH>
-__global__ void __launch_bounds__(FA_THREADS)
+/* 16 FP8 codes -> 16 bf16 (exact) as two 16-byte words. */
+__device__ __forceinline__ void e4m3x16_to_bf16(const uint4 &w, uint4 &lo, uint4 &hi)
+{
+    float4 a = e4m3x4_to_float4(w.x), b = e4m3x4_to_float4(w.y);
+    float4 c = e4m3x4_to_float4(w.z), d = e4m3x4_to_float4(w.w);
+    lo = make_uint4(pack_bf16x2(a.x, a.y), pack_bf16x2(a.z, a.w), pack_bf16x2(b.x, b.y),
+                    pack_bf16x2(b.z, b.w));
+    hi = make_uint4(pack_bf16x2(c.x, c.y), pack_bf16x2(c.z, c.w), pack_bf16x2(d.x, d.y),
+                    pack_bf16x2(d.z, d.w));
+}
+
+/* Dynamic shared memory of k_attn_prefill: K and V tiles as bf16, double-buffered,
+ * (2, FA_KEYS, head_dim + 8) each (68 KB at head_dim 128). */
+static size_t fa_smem_bytes(int head_dim)
+{
+    return (size_t)2 * 2 * FA_KEYS * (head_dim + 8) * sizeof(uint16_t);
+}
+
+/* One block = FA_ROWS query rows of one sequence's chunk for one KV head g. Its rows are the
+ * (token, head) pairs of the chunk's lq tokens x the G = n_heads / n_kv_heads query heads of g,
+ * token-major (row f: token f / G, head g G + f % G), so each K/V tile is loaded and converted
+ * once for all the heads that share it (GQA). Warp w owns rows [16 w, 16 w + 16) (the mma's M).
+ *   Token-major rather than "G heads x 2 warps of 16 tokens": it fits any G (1, 3, 6, 8, ...)
+ *   with no idle warp, and the mask is per row anyway; what it costs is that the diagonal tiles
+ *   of a warp hold 16 / G tokens, a little more masking. Looping the G heads inside a warp
+ *   instead would keep G sets of O accumulators (64 registers each at head_dim 128).
+ * Pipeline: while the warps compute tile i from one half of the double-buffered Ks / Vs, tile
+ * i + 1 is in flight: BF16 rows by cp.async straight into the other half; FP8 codes in registers
+ * (16 a thread at head_dim 128), converted to bf16 into the other half after the mma work. One
+ * __syncthreads a tile; each thread also looks up the cache rows of tile i + 2 one tile ahead,
+ * so the block table's latency is not in front of the loads.
+ * Loader: TPK threads per key row, each copying its 16-byte units u TPK + e of the row: a group's
+ * loads cover whole 32-byte sectors, and its shared-memory stores hit distinct banks (FP8: the
+ * 32 bf16 bytes of a unit; BF16: one row's 128 contiguous bytes).
+ * Numerics as a row would get alone: key tiles from position 0 in FA_KEYS steps whatever the
+ * chunk, Q and P rounded to bf16, f32 accumulation; the tiles a warp skips (all keys past its
+ * rows) and the mask it skips (all keys at or before them) change no bit. */
+template <int DH, bool FP8>
+__global__ void __launch_bounds__(FA_THREADS, 1)
     k_attn_prefill(const float *q, kiln_cuda_batch b, const int32_t *seqs, kiln_cuda_kv kv,
                    int n_heads, float out_scale, uint8_t *out8)
 {
-    constexpr int KS = DH / 16; /* k-steps over the head dim */
-    constexpr int DT = DH / 8;  /* 8-wide n-tiles over the head dim */
-    constexpr int LD = DH + 8;  /* padded row (bf16 elements) of Ks and Vs */
-    __shared__ __align__(16) uint16_t Ks[FA_KEYS * LD];
-    __shared__ __align__(16) uint16_t Vs[FA_KEYS * LD];
+    constexpr int KS = DH / 16;            /* k-steps over the head dim */
+    constexpr int DT = DH / 8;             /* 8-wide n-tiles over the head dim */
+    constexpr int LD = DH + 8;             /* padded row (bf16) of Ks, Vs: conflict-free ldmatrix */
+    constexpr int RB = DH * (FP8 ? 1 : 2); /* bytes of a cache row */
+    constexpr int TPK = FP8 ? 4 : 8;       /* loader threads per key row */
+    constexpr int UPK = RB / 16 / TPK;     /* 16-byte units a thread copies per row */
+    constexpr int KPR = FA_THREADS / TPK;  /* key rows of one loader round */
+    constexpr int ROUNDS = FA_KEYS / KPR;  /* rows a thread copies per tile */
+    static_assert(UPK >= 1 && FA_KEYS % KPR == 0, "head_dim 64 or 128");
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    uint16_t *Ks = reinterpret_cast<uint16_t *>(fa_smem); /* (2, FA_KEYS, LD) bf16 */
+    uint16_t *Vs = Ks + 2 * FA_KEYS * LD;                 /* (2, FA_KEYS, LD) bf16 */
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gq = lane >> 2, qd = lane & 3;
-    const int h = blockIdx.y, s = seqs[blockIdx.z];
-    const int t0 = b.seq_start[s], lq = b.seq_start[s + 1] - t0;
-    const int qt0 = blockIdx.x * FA_ROWS;
-    if (qt0 >= lq) return;
-    const int p0 = b.positions[t0];
-    const int kv_g = h / (n_heads / kv.n_kv_heads);
+    const int g = blockIdx.y, s = seqs[blockIdx.z];
+    const int G = n_heads / kv.n_kv_heads;
+    const int t0 = b.seq_start[s], n_rows = (b.seq_start[s + 1] - t0) * G;
+    const int f0 = (gridDim.x - 1 - blockIdx.x) * FA_ROWS; /* the last rows (most keys) first */
+    if (f0 >= n_rows) return;
+    const int p0 = b.positions[t0], kv_len = b.kv_len[s];
+    const int key_end = min(kv_len, p0 + (min(f0 + FA_ROWS, n_rows) - 1) / G + 1);
+    const int n_tiles = (key_end + FA_KEYS - 1) / FA_KEYS;
     const int32_t *table = b.block_table + (size_t)s * b.max_blocks;
-    const int key_end = min(b.kv_len[s], p0 + min(qt0 + FA_ROWS, lq));
     const float scale_log2 = kv.k_scale * rsqrtf((float)DH) * 1.4426950408889634f;
 
-    /* this warp's 16 rows: r_lo = qt0 + 16 warp + gq, r_hi = r_lo + 8; Q as bf16 */
-    const int r_lo = qt0 + warp * 16 + gq, r_hi = r_lo + 8;
+    /* this lane's rows f_lo = fw + gq and f_hi = f_lo + 8; Q as bf16 A fragments */
+    const int fw = f0 + warp * 16, f_lo = fw + gq, f_hi = f_lo + 8;
+    const int tk_lo = f_lo / G, tk_hi = f_hi / G;
+    const int h_lo = g * G + f_lo % G, h_hi = g * G + f_hi % G;
     uint32_t qh[KS][4];
+    {
+        const float *pl = q + ((size_t)(t0 + tk_lo) * n_heads + h_lo) * DH + 2 * qd;
+        const float *ph = q + ((size_t)(t0 + tk_hi) * n_heads + h_hi) * DH + 2 * qd;
+        const bool vl = f_lo < n_rows, vh = f_hi < n_rows;
 #pragma unroll
-    for (int ks = 0; ks < KS; ks++) {
-        const float *pl = q + ((size_t)(t0 + r_lo) * n_heads + h) * DH + ks * 16 + 2 * qd;
-        const float *ph = q + ((size_t)(t0 + r_hi) * n_heads + h) * DH + ks * 16 + 2 * qd;
-        bool vl = r_lo < lq, vh = r_hi < lq;
-        qh[ks][0] = vl ? pack_bf16x2(pl[0], pl[1]) : 0u;
-        qh[ks][1] = vh ? pack_bf16x2(ph[0], ph[1]) : 0u;
-        qh[ks][2] = vl ? pack_bf16x2(pl[8], pl[9]) : 0u;
-        qh[ks][3] = vh ? pack_bf16x2(ph[8], ph[9]) : 0u;
+        for (int ks = 0; ks < KS; ks++) {
+            qh[ks][0] = vl ? pack_bf16x2(pl[ks * 16], pl[ks * 16 + 1]) : 0u;
+            qh[ks][1] = vh ? pack_bf16x2(ph[ks * 16], ph[ks * 16 + 1]) : 0u;
+            qh[ks][2] = vl ? pack_bf16x2(pl[ks * 16 + 8], pl[ks * 16 + 9]) : 0u;
+            qh[ks][3] = vh ? pack_bf16x2(ph[ks * 16 + 8], ph[ks * 16 + 9]) : 0u;
+        }
     }
-    const int qpos_lo = p0 + r_lo, qpos_hi = p0 + r_hi;
+    /* the last key each row sees (causal, inside the cache); the warp's range of them */
+    const int lim_lo = min(p0 + tk_lo, kv_len - 1), lim_hi = min(p0 + tk_hi, kv_len - 1);
+    const bool live = fw < n_rows;
+    const int w_first = min(p0 + fw / G, kv_len - 1);
+    const int w_last = min(p0 + (min(fw + 15, n_rows - 1)) / G, kv_len - 1);
+
+    /* loader: key rows ld_key + r KPR of a tile, units u TPK + ld_e of each */
+    const int ld_key = threadIdx.x / TPK, ld_e = threadIdx.x % TPK;
+    const uint8_t *kg = static_cast<const uint8_t *>(kv.k),
+                  *vg = static_cast<const uint8_t *>(kv.v);
+    int rows[ROUNDS]; /* cache rows of the next tile to load; -1 past key_end */
+    auto lookup = [&](int tile) {
+#pragma unroll
+        for (int r = 0; r < ROUNDS; r++) {
+            const int p = tile * FA_KEYS + r * KPR + ld_key;
+            rows[r] = p < key_end ? (table[p / kv.block_size] * kv.n_kv_heads + g) * kv.block_size +
+                                        p % kv.block_size
+                                  : -1;
+        }
+    };
+    /* FP8: the next tile's codes, in registers during the mma work */
+    uint4 kraw[FP8 ? ROUNDS : 1][UPK], vraw[FP8 ? ROUNDS : 1][UPK];
+    auto fetch = [&](int buf) {
+#pragma unroll
+        for (int r = 0; r < ROUNDS; r++) {
+            const size_t at = (size_t)max(rows[r], 0) * RB;
+#pragma unroll
+            for (int u = 0; u < UPK; u++) {
+                const int off = (u * TPK + ld_e) * 16;
+                if constexpr (FP8) {
+                    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+                    kraw[r][u] = rows[r] >= 0 ? ldg_stream(kg + at + off) : zero;
+                    vraw[r][u] = rows[r] >= 0 ? ldg_stream(vg + at + off) : zero;
+                } else {
+                    const int i = (buf * FA_KEYS + r * KPR + ld_key) * LD * 2 + off;
+                    cp_async16_zfill(reinterpret_cast<uint8_t *>(Ks) + i, kg + at + off,
+                                     rows[r] >= 0);
+                    cp_async16_zfill(reinterpret_cast<uint8_t *>(Vs) + i, vg + at + off,
+                                     rows[r] >= 0);
+                }
+            }
+        }
+        if constexpr (!FP8) cp_async_commit();
+    };
+    /* FP8: the fetched codes as bf16 into half buf (a unit of 16 codes = 2 x 16 bytes) */
+    auto put = [&](int buf) {
+        if constexpr (FP8) {
+#pragma unroll
+            for (int r = 0; r < ROUNDS; r++)
+#pragma unroll
+                for (int u = 0; u < UPK; u++) {
+                    const int i = (buf * FA_KEYS + r * KPR + ld_key) * LD + (u * TPK + ld_e) * 16;
+                    uint4 lo, hi;
+                    e4m3x16_to_bf16(kraw[r][u], lo, hi);
+                    *reinterpret_cast<uint4 *>(Ks + i) = lo;
+                    *reinterpret_cast<uint4 *>(Ks + i + 8) = hi;
+                    e4m3x16_to_bf16(vraw[r][u], lo, hi);
+                    *reinterpret_cast<uint4 *>(Vs + i) = lo;
+                    *reinterpret_cast<uint4 *>(Vs + i + 8) = hi;
+                }
+        } else {
+            (void)buf;
+        }
+    };
 
     float o[DT][4];
 #pragma unroll
     for (int i = 0; i < DT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
 
-    for (int k0 = 0; k0 < key_end; k0 += FA_KEYS) {
-        __syncthreads();
-        /* K and V rows [k0, k0 + 64) as bf16 (row-major), 16 elements per item */
-        for (int c = threadIdx.x; c < FA_KEYS * (DH / 16); c += FA_THREADS) {
-            int key = c / (DH / 16), d0 = (c % (DH / 16)) * 16, p = k0 + key;
-            uint4 klo = make_uint4(0, 0, 0, 0), khi = klo, vlo = klo, vhi = klo;
-            if (p < key_end) {
-                size_t idx = cache_index(kv, table, p, kv_g) + d0;
-                load16_bf16(kv, kv.k, idx, klo, khi);
-                load16_bf16(kv, kv.v, idx, vlo, vhi);
+    lookup(0);
+    fetch(0);
+    put(0);
+    lookup(1);
+    if constexpr (!FP8) cp_async_wait<0>();
+    __syncthreads();
+    for (int it = 0; it < n_tiles; it++) {
+        const int k0 = it * FA_KEYS, buf = it & 1;
+        const bool more = it + 1 < n_tiles;
+        if (more) {
+            fetch(buf ^ 1);
+            lookup(it + 2);
+        }
+        if (live && k0 <= w_last) {
+            const uint16_t *Kt = Ks + buf * FA_KEYS * LD, *Vt = Vs + buf * FA_KEYS * LD;
+            /* S (16 x 64) = Q K^T for this warp's rows; ldmatrix x4 = B of k-steps ks, ks + 1 */
+            float sc[8][4];
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+                const uint16_t *kr = Kt + (nt * 8 + (lane & 7)) * LD + (lane >> 3) * 8;
+#pragma unroll
+                for (int ks = 0; ks < KS; ks += 2) {
+                    uint32_t kb[4];
+                    ldmatrix_x4(kb, kr + ks * 16);
+                    mma_bf16_16x8x16(sc[nt], qh[ks], kb[0], kb[1]);
+                    mma_bf16_16x8x16(sc[nt], qh[ks + 1], kb[2], kb[3]);
+                }
             }
-            *reinterpret_cast<uint4 *>(Ks + key * LD + d0) = klo;
-            *reinterpret_cast<uint4 *>(Ks + key * LD + d0 + 8) = khi;
-            *reinterpret_cast<uint4 *>(Vs + key * LD + d0) = vlo;
-            *reinterpret_cast<uint4 *>(Vs + key * LD + d0 + 8) = vhi;
-        }
-        __syncthreads();
-
-        /* S (16 x 64) = Q K^T for this warp's rows */
-        float sc[8][4];
+            /* scale, causal mask (only where some key passes the warp's first row), row max */
+            const bool mask = k0 + FA_KEYS - 1 > w_first;
+            float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-            sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-            const uint16_t *kr = Ks + (nt * 8 + gq) * LD + 2 * qd;
+            for (int nt = 0; nt < 8; nt++) {
 #pragma unroll
-            for (int ks = 0; ks < KS; ks++) {
-                uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + ks * 16);
-                uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + ks * 16 + 8);
-                mma_bf16_16x8x16(sc[nt], qh[ks], b0, b1);
+                for (int c = 0; c < 4; c++) {
+                    const int key = k0 + nt * 8 + 2 * qd + (c & 1);
+                    const bool ok = !mask || key <= (c < 2 ? lim_lo : lim_hi);
+                    const float v = ok ? sc[nt][c] * scale_log2 : -INFINITY;
+                    sc[nt][c] = v;
+                    if (c < 2)
+                        mx_lo = fmaxf(mx_lo, v);
+                    else
+                        mx_hi = fmaxf(mx_hi, v);
+                }
+            }
+            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+            const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+            const float base_lo = mn_lo == -INFINITY ? 0.0f : mn_lo;
+            const float base_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
+            const float corr_lo = exp2f(m_lo - base_lo), corr_hi = exp2f(m_hi - base_hi);
+            m_lo = mn_lo, m_hi = mn_hi;
+            float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                sc[nt][0] = exp2f(sc[nt][0] - base_lo), sc[nt][1] = exp2f(sc[nt][1] - base_lo);
+                sc[nt][2] = exp2f(sc[nt][2] - base_hi), sc[nt][3] = exp2f(sc[nt][3] - base_hi);
+                sum_lo += sc[nt][0] + sc[nt][1];
+                sum_hi += sc[nt][2] + sc[nt][3];
+            }
+            l_lo = l_lo * corr_lo + sum_lo;
+            l_hi = l_hi * corr_hi + sum_hi;
+#pragma unroll
+            for (int i = 0; i < DT; i++) {
+                o[i][0] *= corr_lo, o[i][1] *= corr_lo;
+                o[i][2] *= corr_hi, o[i][3] *= corr_hi;
+            }
+            /* O += P V with P as bf16; P's accumulator layout is the A-fragment layout of the
+             * next mma; V's B fragments come transposed from row-major Vs through ldmatrix */
+#pragma unroll
+            for (int kt = 0; kt < 4; kt++) {
+                uint32_t ph[4] = {pack_bf16x2(sc[2 * kt][0], sc[2 * kt][1]),
+                                  pack_bf16x2(sc[2 * kt][2], sc[2 * kt][3]),
+                                  pack_bf16x2(sc[2 * kt + 1][0], sc[2 * kt + 1][1]),
+                                  pack_bf16x2(sc[2 * kt + 1][2], sc[2 * kt + 1][3])};
+                const int key_row = kt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+                for (int dt = 0; dt < DT; dt += 2) {
+                    uint32_t vb[4];
+                    ldmatrix_x4_trans(vb, Vt + key_row * LD + (dt + (lane >> 4)) * 8);
+                    mma_bf16_16x8x16(o[dt], ph, vb[0], vb[1]);
+                    mma_bf16_16x8x16(o[dt + 1], ph, vb[2], vb[3]);
+                }
             }
         }
-        /* scale, causal mask, tile row max */
-        float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-#pragma unroll
-            for (int c = 0; c < 4; c++) {
-                int key = k0 + nt * 8 + 2 * qd + (c & 1);
-                int qp = c < 2 ? qpos_lo : qpos_hi;
-                float v = (key <= qp && key < key_end) ? sc[nt][c] * scale_log2 : -INFINITY;
-                sc[nt][c] = v;
-                if (c < 2)
-                    mx_lo = fmaxf(mx_lo, v);
-                else
-                    mx_hi = fmaxf(mx_hi, v);
-            }
-        }
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-        float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
-        float base_lo = mn_lo == -INFINITY ? 0.0f : mn_lo;
-        float base_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
-        float corr_lo = exp2f(m_lo - base_lo), corr_hi = exp2f(m_hi - base_hi);
-        m_lo = mn_lo, m_hi = mn_hi;
-        float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-            sc[nt][0] = exp2f(sc[nt][0] - base_lo), sc[nt][1] = exp2f(sc[nt][1] - base_lo);
-            sc[nt][2] = exp2f(sc[nt][2] - base_hi), sc[nt][3] = exp2f(sc[nt][3] - base_hi);
-            sum_lo += sc[nt][0] + sc[nt][1];
-            sum_hi += sc[nt][2] + sc[nt][3];
-        }
-        l_lo = l_lo * corr_lo + sum_lo;
-        l_hi = l_hi * corr_hi + sum_hi;
-#pragma unroll
-        for (int i = 0; i < DT; i++) {
-            o[i][0] *= corr_lo, o[i][1] *= corr_lo;
-            o[i][2] *= corr_hi, o[i][3] *= corr_hi;
-        }
-        /* O += P V with P as bf16; P's accumulator layout is the A-fragment layout of the next
-         * mma; V's B fragments come transposed from row-major Vs through ldmatrix */
-#pragma unroll
-        for (int kt = 0; kt < 4; kt++) {
-            uint32_t ph[4] = {pack_bf16x2(sc[2 * kt][0], sc[2 * kt][1]),
-                              pack_bf16x2(sc[2 * kt][2], sc[2 * kt][3]),
-                              pack_bf16x2(sc[2 * kt + 1][0], sc[2 * kt + 1][1]),
-                              pack_bf16x2(sc[2 * kt + 1][2], sc[2 * kt + 1][3])};
-            const int key_row = kt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-#pragma unroll
-            for (int dt = 0; dt < DT; dt += 2) {
-                uint32_t vb[4];
-                ldmatrix_x4_trans(vb, Vs + key_row * LD + (dt + (lane >> 4)) * 8);
-                mma_bf16_16x8x16(o[dt], ph, vb[0], vb[1]);
-                mma_bf16_16x8x16(o[dt + 1], ph, vb[2], vb[3]);
-            }
-        }
+        if (more) put(buf ^ 1);
+        if constexpr (!FP8) cp_async_wait<0>();
+        __syncthreads(); /* tile it + 1 is in place; every warp is done with tile it */
     }
+    if (!live) return;
 
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
     const float inv_out = 1.0f / out_scale;
-    const float f_lo = kv.v_scale / l_lo, f_hi = kv.v_scale / l_hi;
+    const float f_lo_s = kv.v_scale / l_lo, f_hi_s = kv.v_scale / l_hi;
+    uint8_t *dst_lo = out8 + ((size_t)(t0 + tk_lo) * n_heads + h_lo) * DH + 2 * qd;
+    uint8_t *dst_hi = out8 + ((size_t)(t0 + tk_hi) * n_heads + h_hi) * DH + 2 * qd;
 #pragma unroll
     for (int dt = 0; dt < DT; dt++) {
-        int dim = dt * 8 + 2 * qd;
-        if (r_lo < lq) {
-            uint8_t *dst = out8 + (size_t)(t0 + r_lo) * n_heads * DH + h * DH + dim;
-            dst[0] = to_e4m3(o[dt][0] * f_lo * inv_out);
-            dst[1] = to_e4m3(o[dt][1] * f_lo * inv_out);
-        }
-        if (r_hi < lq) {
-            uint8_t *dst = out8 + (size_t)(t0 + r_hi) * n_heads * DH + h * DH + dim;
-            dst[0] = to_e4m3(o[dt][2] * f_hi * inv_out);
-            dst[1] = to_e4m3(o[dt][3] * f_hi * inv_out);
-        }
+        if (f_lo < n_rows)
+            *reinterpret_cast<uint16_t *>(dst_lo + dt * 8) =
+                (uint16_t)(to_e4m3(o[dt][0] * f_lo_s * inv_out) |
+                           to_e4m3(o[dt][1] * f_lo_s * inv_out) << 8);
+        if (f_hi < n_rows)
+            *reinterpret_cast<uint16_t *>(dst_hi + dt * 8) =
+                (uint16_t)(to_e4m3(o[dt][2] * f_hi_s * inv_out) |
+                           to_e4m3(o[dt][3] * f_hi_s * inv_out) << 8);
     }
+}
+
+template <int DH, bool FP8>
+static cudaError_t fa_launch(dim3 grid, const float *q, const kiln_cuda_batch &b,
+                             const int32_t *seqs, const kiln_cuda_kv &kv, int n_heads,
+                             float out_scale, uint8_t *out8, cudaStream_t stream)
+{
+    static bool granted; /* above 48 KB the limit is raised once (no call in a captured replay) */
+    const size_t smem = fa_smem_bytes(DH);
+    if (smem > 48 * 1024 && !granted) {
+        cudaError_t e = cudaFuncSetAttribute(
+            k_attn_prefill<DH, FP8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e) return e;
+        granted = true;
+    }
+    k_attn_prefill<DH, FP8>
+        <<<grid, FA_THREADS, smem, stream>>>(q, b, seqs, kv, n_heads, out_scale, out8);
+    return cudaGetLastError();
 }
 
 extern "C" int kiln_cuda_attention_prefill(const float *q, struct kiln_cuda_batch b,
@@ -928,14 +1059,19 @@ extern "C" int kiln_cuda_attention_prefill(const float *q, struct kiln_cuda_batc
                                            struct kiln_cuda_kv kv, int n_heads, float out_scale,
                                            uint8_t *out8, kiln_stream stream)
 {
-    dim3 grid((max_q + FA_ROWS - 1) / FA_ROWS, n_heads, n_list);
-    if (kv.head_dim == 128)
-        k_attn_prefill<128>
-            <<<grid, FA_THREADS, 0, stream>>>(q, b, seqs, kv, n_heads, out_scale, out8);
-    else if (kv.head_dim == 64)
-        k_attn_prefill<64>
-            <<<grid, FA_THREADS, 0, stream>>>(q, b, seqs, kv, n_heads, out_scale, out8);
-    else
+    if (kv.n_kv_heads < 1 || n_heads < kv.n_kv_heads || n_heads % kv.n_kv_heads != 0 ||
+        kv.block_size < 1)
         return cudaErrorInvalidValue;
-    return cudaGetLastError();
+    if (n_list == 0 || max_q == 0) return cudaSuccess;
+    const int G = n_heads / kv.n_kv_heads;
+    dim3 grid((unsigned)(((long)max_q * G + FA_ROWS - 1) / FA_ROWS), kv.n_kv_heads, n_list);
+    if (kv.head_dim == 128 && kv.fp8)
+        return fa_launch<128, true>(grid, q, b, seqs, kv, n_heads, out_scale, out8, stream);
+    if (kv.head_dim == 128)
+        return fa_launch<128, false>(grid, q, b, seqs, kv, n_heads, out_scale, out8, stream);
+    if (kv.head_dim == 64 && kv.fp8)
+        return fa_launch<64, true>(grid, q, b, seqs, kv, n_heads, out_scale, out8, stream);
+    if (kv.head_dim == 64)
+        return fa_launch<64, false>(grid, q, b, seqs, kv, n_heads, out_scale, out8, stream);
+    return cudaErrorInvalidValue;
 }
