@@ -203,9 +203,11 @@ probe() {
 
 sanitize() {
   step "compute-sanitizer memcheck on the kernel tests"
-  timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$B/test_cuda_ops" \
-    >"$OUT/memcheck.log" 2>&1
-  note "memcheck: exit $? ($(grep -c 'Invalid' "$OUT/memcheck.log") invalid accesses)"
+  local t
+  for t in test_cuda_ops test_cuda_sample; do
+    timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$B/$t" >"$OUT/memcheck-$t.log" 2>&1
+    note "memcheck $t: exit $? ($(grep -c 'Invalid' "$OUT/memcheck-$t.log") invalid accesses)"
+  done
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

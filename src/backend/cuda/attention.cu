@@ -145,6 +145,8 @@ __global__ void __launch_bounds__(DEC_THREADS)
     __shared__ float sc[DEC_ROWS][DEC_SPLIT_MAX];
     __shared__ float sm_m[DEC_ROWS], sm_l[DEC_ROWS];
     __shared__ float red[GROUPS][DEC_ROWS][DH];
+    pdl_wait(); /* q and this step's K/V rows come from the q|k|v GEMV before */
+    pdl_trigger();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = threadIdx.x / LPP, sub = threadIdx.x % LPP;
     const int row_groups = (max_q * (n_heads / kv.n_kv_heads) + DEC_ROWS - 1) / DEC_ROWS;
@@ -288,6 +290,8 @@ __global__ void k_attn_combine(const float *part, kiln_cuda_batch b, const int32
                                int n_heads, int n_splits, float v_scale, float out_scale,
                                uint8_t *out8)
 {
+    pdl_wait();
+    pdl_trigger();
     int item = blockIdx.x; /* (list, tq, h) */
     int h = item % n_heads, tq = (item / n_heads) % max_q, li = item / n_heads / max_q;
     int s = seqs[li];
@@ -324,20 +328,14 @@ extern "C" int kiln_cuda_attention_decode(const float *q, struct kiln_cuda_batch
     int row_groups = (max_q_per_seq * G + DEC_ROWS - 1) / DEC_ROWS;
     dim3 grid(n_splits, kv.n_kv_heads * row_groups, n_list);
 #define DEC_LAUNCH(DH, FP8)                                                                        \
-    k_attn_decode<DH, FP8><<<grid, DEC_THREADS, 0, stream>>>(                                      \
-        q, b, seqs, max_q_per_seq, kv, n_heads, split_len, part, out_scale, out8)
-    if (kv.head_dim == 128 && kv.fp8)
-        DEC_LAUNCH(128, true);
-    else if (kv.head_dim == 128)
-        DEC_LAUNCH(128, false);
-    else if (kv.head_dim == 64 && kv.fp8)
-        DEC_LAUNCH(64, true);
-    else if (kv.head_dim == 64)
-        DEC_LAUNCH(64, false);
-    else
-        return cudaErrorInvalidValue;
+    return launch_pdl(k_attn_decode<DH, FP8>, grid, DEC_THREADS, 0, stream, q, b, seqs,            \
+                      max_q_per_seq, kv, n_heads, split_len, part, out_scale, out8)
+    if (kv.head_dim == 128 && kv.fp8) DEC_LAUNCH(128, true);
+    if (kv.head_dim == 128) DEC_LAUNCH(128, false);
+    if (kv.head_dim == 64 && kv.fp8) DEC_LAUNCH(64, true);
+    if (kv.head_dim == 64) DEC_LAUNCH(64, false);
 #undef DEC_LAUNCH
-    return cudaGetLastError();
+    return cudaErrorInvalidValue;
 }
 
 extern "C" int kiln_cuda_attention_combine(const float *part, struct kiln_cuda_batch b,
@@ -347,14 +345,12 @@ extern "C" int kiln_cuda_attention_combine(const float *part, struct kiln_cuda_b
 {
     unsigned grid = (unsigned)(n_list * max_q_per_seq * n_heads);
     if (head_dim == 128)
-        k_attn_combine<128><<<grid, 128, 0, stream>>>(part, b, seqs, max_q_per_seq, n_heads,
-                                                      n_splits, v_scale, out_scale, out8);
-    else if (head_dim == 64)
-        k_attn_combine<64><<<grid, 64, 0, stream>>>(part, b, seqs, max_q_per_seq, n_heads, n_splits,
-                                                    v_scale, out_scale, out8);
-    else
-        return cudaErrorInvalidValue;
-    return cudaGetLastError();
+        return launch_pdl(k_attn_combine<128>, grid, 128, 0, stream, part, b, seqs, max_q_per_seq,
+                          n_heads, n_splits, v_scale, out_scale, out8);
+    if (head_dim == 64)
+        return launch_pdl(k_attn_combine<64>, grid, 64, 0, stream, part, b, seqs, max_q_per_seq,
+                          n_heads, n_splits, v_scale, out_scale, out8);
+    return cudaErrorInvalidValue;
 }
 
 /* ---- decode for big batches: flash-decoding on f16 / bf16 tensor cores ---- */
