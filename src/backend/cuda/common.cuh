@@ -209,6 +209,14 @@ __device__ __forceinline__ void mbar_expect(uint64_t *bar, unsigned bytes)
 #endif
 }
 
+/* One arrival on the barrier (a consumer releasing a ring slot). */
+__device__ __forceinline__ void mbar_arrive(uint64_t *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+#endif
+}
+
 /* Waits until the barrier's phase with this parity has completed. */
 __device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity)
 {

@@ -33,7 +33,16 @@
 #define GEMV_WARPS    8
 #define GEMV_THREADS  (GEMV_WARPS * 32)
 #define GEMV_PAD      64
+#define TMA_THREADS   (GEMV_THREADS + 32) /* 8 compute warps and a producer warp */
 #define GEMV_BARRIERS 128 /* bytes for the TMA ring's mbarriers (keeps what follows aligned) */
+
+/* A barrier of the block's 256 compute threads (named barrier 1): the whole block in the
+ * register kernel; in the TMA kernel it leaves out the producer warp, which keeps issuing weight
+ * copies while the others reduce and run epilogues. */
+__device__ __forceinline__ void consumer_sync()
+{
+    asm volatile("bar.sync 1, %0;\n" ::"n"(GEMV_THREADS) : "memory");
+}
 
 template <bool BF16>
 __device__ __forceinline__ void mma_tile(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
@@ -71,7 +80,7 @@ template <bool BF16> __device__ void stage_x(const kiln_gemv_args &a, uint8_t *x
         }
         if (lane == 0)
             for (int t = 0; t < 8; t++) part[warp][t] = ss[t];
-        __syncthreads();
+        consumer_sync();
         const float inv = 1.0f / a.in_scale;
         for (int t = 0; t < a.n; t++) {
             float tot = 0.0f;
@@ -209,7 +218,7 @@ __device__ __forceinline__ void finish_tile(const kiln_gemv_args &a, const float
     mine[g * 8 + 2 * q + 1] = acc[1];
     mine[(g + 8) * 8 + 2 * q] = acc[2];
     mine[(g + 8) * 8 + 2 * q + 1] = acc[3];
-    __syncthreads();
+    consumer_sync();
     float *fin = red + GEMV_WARPS * 128; /* (16, 8) summed */
     if (threadIdx.x < 128) {
         float sum = 0.0f;
@@ -217,7 +226,7 @@ __device__ __forceinline__ void finish_tile(const kiln_gemv_args &a, const float
         for (int wi = 0; wi < GEMV_WARPS; wi++) sum += red[wi * 128 + threadIdx.x];
         fin[threadIdx.x] = sum * a.out_scale;
     }
-    __syncthreads();
+    consumer_sync();
 
     const int r = threadIdx.x >> 3, t = threadIdx.x & 7; /* (row, token) per thread */
     if (threadIdx.x < 128 && t < a.n) {
@@ -316,18 +325,23 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) k_gemv(const kiln_gemv_args a
 }
 
 /* ---- Hopper: the weight stream through TMA bulk copies into a shared-memory ring ----
- * One lane per row copies KC bytes of each of the tile's 16 rows per stage (cp.async.bulk,
- * completed on an mbarrier), `stages` stages ahead, so the bytes in flight are set by shared
- * memory, not registers (80 registers a thread). The stream runs across tiles: the next tile's
- * stages load while this one's reduction and epilogue run, and the first stages are issued
- * before waiting on the previous kernel. Stage rows are padded by 16 bytes, so the 16-byte
- * fragment reads of a warp (rows g and g+8 at offset 16q) spread over all banks.
- * Measured on an H100 (batch-1 decode, 8B shape, tok/s; same machine, one run): register kernel
- * 263; ring of 2 x 4 KB-per-row stages 270, 2 x 8 KB 271, 3 x 4 KB 266, 4 x 1 KB 249, 6 x 512 B
- * 183 -- few large stages win: each stage costs a block-wide barrier before its refill. With
- * programmatic dependent launch off the best ring ran at 249. Bulk L2 prefetches were slower
- * each time: of the rounds ahead in the register kernel (243 against 264), and of the next
- * GEMV's first rows during a ring kernel's last tile (266 against 270). */
+ * A producer warp copies KC bytes of each of a tile's 16 rows per stage (cp.async.bulk, one lane
+ * per row, completed on a "full" mbarrier) into a ring of `stages` slots, refilling a slot as
+ * soon as the 8 compute warps have released it (an "empty" mbarrier each), so the bytes in
+ * flight are set by shared memory, not registers, and never wait on a block-wide barrier. The
+ * stream runs across tiles (the next tile's stages load during this one's reduction and
+ * epilogue, which synchronize the compute warps only: consumer_sync) and starts before the
+ * wait on the previous kernel. Stage rows are padded by 16 bytes, so the 16-byte fragment
+ * reads of a warp (rows g and g+8 at offset 16q) spread over all banks.
+ * Measured on an H100 (batch-1 decode, 8B shape, tok/s, each group one run on one machine):
+ *   - first version, every warp refilling after a block-wide barrier per stage: register
+ *     kernel 263; ring of 2 x 4 KB-per-row stages 270, 2 x 8 KB 271, 3 x 4 KB 266, 4 x 1 KB
+ *     249, 6 x 512 B 183; with programmatic dependent launch off the best ring ran at 249;
+ *   - with the producer warp: register kernel 263; 2 x 4 KB 279; 4 x 2 KB 278-282; 5 x 2 KB
+ *     279; 3 x 4 KB 274; 8 x 1 KB 268.
+ * Bulk L2 prefetches were slower each time: of the rounds ahead in the register kernel (243
+ * against 264), and of the next GEMV's first rows during a ring kernel's last tile (266 against
+ * 270). */
 #define TMA_KC     8192 /* bytes of each row per stage, at most (whole rows of K = 4096 FP8) */
 #define TMA_STAGES 2
 
@@ -340,7 +354,7 @@ __host__ __device__ inline int tma_kc(int row_bytes, int kc_max)
 }
 
 template <bool BF16>
-__global__ void __launch_bounds__(GEMV_THREADS, 3)
+__global__ void __launch_bounds__(TMA_THREADS, 1)
     k_gemv_tma(const kiln_gemv_args a, int kc, int n_stages)
 {
     extern __shared__ __align__(16) uint8_t smem[];
@@ -350,41 +364,51 @@ __global__ void __launch_bounds__(GEMV_THREADS, 3)
     const int lds = kc + 16; /* kc: bytes of each row per stage, dividing the row */
     uint8_t *stages = smem;  /* (S, 16, lds) */
     uint64_t *full = reinterpret_cast<uint64_t *>(smem + (size_t)n_stages * 16 * lds); /* (S,) */
+    uint64_t *empty = full + n_stages;                                                 /* (S,) */
     uint8_t *xs = smem + (size_t)n_stages * 16 * lds + GEMV_BARRIERS;
     float *red = reinterpret_cast<float *>(xs + (size_t)a.n * ldx); /* (warps + 1, 16, 8) */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, q = lane & 3;
     const uint8_t *w = static_cast<const uint8_t *>(a.w);
-    const bool has_x = g < a.n;
-    const uint8_t *xr = xs + (size_t)g * ldx + q * 16;
     const int n_tiles = a.M / 16;
     const int per_tile = row_bytes / kc;
     const int my_tiles = (n_tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
     const int total = my_tiles * per_tile; /* stages this block streams */
 
-    /* warp 0: stage i = (tile j of this block, k piece kk) into ring slot i % n_stages */
-    auto issue = [&](int i) {
-        const int j = i / per_tile, kk = i % per_tile, slot = i % n_stages;
-        const int tile = blockIdx.x + j * gridDim.x;
-        if (lane == 0) mbar_expect(&full[slot], 16u * kc);
-        __syncwarp();
-        if (lane < 16)
-            bulk_copy(stages + ((size_t)slot * 16 + lane) * lds,
-                      w + (size_t)(tile * 16 + lane) * row_bytes + (size_t)kk * kc, kc,
-                      &full[slot]);
-    };
-    /* the weights depend on nothing the previous kernel writes: start streaming them before
-     * waiting for it (programmatic dependent launch) */
-    if (warp == 0) {
-        if (lane < n_stages) mbar_init(&full[lane], 1);
-        __syncwarp();
-        for (int i = 0; i < n_stages && i < total; i++) issue(i);
+    if (warp == GEMV_WARPS && lane == 0)
+        for (int s = 0; s < n_stages; s++) {
+            mbar_init(&full[s], 1);
+            mbar_init(&empty[s], GEMV_WARPS);
+        }
+    __syncthreads();
+
+    if (warp == GEMV_WARPS) {
+        /* The producer warp: stage i = (tile j of this block, k piece kk) into ring slot
+         * i % S, as soon as the compute warps have released the slot. The weights depend on
+         * nothing the previous kernel writes, so it never waits for it (programmatic dependent
+         * launch): the first S stages stream while the previous kernel drains. */
+        for (int i = 0; i < total; i++) { /* lane r copies row r of the stage */
+            const int j = i / per_tile, kk = i % per_tile, slot = i % n_stages;
+            const int tile = blockIdx.x + j * gridDim.x;
+            if (lane == 0) {
+                if (i >= n_stages) mbar_wait(&empty[slot], (unsigned)(i / n_stages - 1) & 1u);
+                mbar_expect(&full[slot], 16u * kc);
+            }
+            __syncwarp();
+            if (lane < 16)
+                bulk_copy(stages + ((size_t)slot * 16 + lane) * lds,
+                          w + (size_t)(tile * 16 + lane) * row_bytes + (size_t)kk * kc, kc,
+                          &full[slot]);
+        }
+        return;
     }
+
     pdl_wait();
     pdl_trigger();
     stage_x<BF16>(a, xs, ldx);
-    __syncthreads();
-
+    consumer_sync();
+    const bool has_x = g < a.n;
+    const uint8_t *xr = xs + (size_t)g * ldx + q * 16;
     int i = 0;
     for (int tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -404,11 +428,11 @@ __global__ void __launch_bounds__(GEMV_THREADS, 3)
                 mma_tile<BF16>(acc, s0, xv.x, xv.y);
                 mma_tile<BF16>(acc, s1, xv.z, xv.w);
             }
-            __syncthreads(); /* every warp is done with the slot: refill it */
-            if (warp == 0 && i + n_stages < total) issue(i + n_stages);
+            __syncwarp();
+            if (lane == 0) mbar_arrive(&empty[slot]); /* this warp is done with the slot */
         }
         finish_tile(a, acc, red, tile);
-        __syncthreads(); /* red is reused by the next tile */
+        consumer_sync(); /* red is reused by the next tile */
     }
 }
 
@@ -427,7 +451,8 @@ struct gemv_kernel {
     int blocks_per_sm;
 };
 
-template <typename Kernel> static cudaError_t prepare(Kernel kernel, size_t smem, gemv_kernel &k)
+template <typename Kernel>
+static cudaError_t prepare(Kernel kernel, int threads, size_t smem, gemv_kernel &k)
 {
     cudaError_t e;
     if (smem > 48 * 1024 && smem > k.granted) {
@@ -437,8 +462,8 @@ template <typename Kernel> static cudaError_t prepare(Kernel kernel, size_t smem
         k.granted = smem;
     }
     if (k.occupancy_for != smem) {
-        if ((e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k.blocks_per_sm, kernel,
-                                                               GEMV_THREADS, smem)))
+        if ((e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k.blocks_per_sm, kernel, threads,
+                                                               smem)))
             return e;
         if (k.blocks_per_sm < 1) k.blocks_per_sm = 1;
         k.occupancy_for = smem;
@@ -492,16 +517,16 @@ extern "C" int kiln_cuda_gemv(const struct kiln_gemv_args *a, kiln_stream stream
     }
     switch (which) {
     case 0:
-        e = prepare(k_gemv<false>, smem, kernels[0]);
+        e = prepare(k_gemv<false>, GEMV_THREADS, smem, kernels[0]);
         break;
     case 1:
-        e = prepare(k_gemv<true>, smem, kernels[1]);
+        e = prepare(k_gemv<true>, GEMV_THREADS, smem, kernels[1]);
         break;
     case 2:
-        e = prepare(k_gemv_tma<false>, smem, kernels[2]);
+        e = prepare(k_gemv_tma<false>, TMA_THREADS, smem, kernels[2]);
         break;
     default:
-        e = prepare(k_gemv_tma<true>, smem, kernels[3]);
+        e = prepare(k_gemv_tma<true>, TMA_THREADS, smem, kernels[3]);
         break;
     }
     if (e) return e;
@@ -514,11 +539,10 @@ extern "C" int kiln_cuda_gemv(const struct kiln_gemv_args *a, kiln_stream stream
     case 1:
         return launch_pdl(k_gemv<true>, grid, GEMV_THREADS, smem, stream, *a);
     case 2:
-        return launch_pdl(k_gemv_tma<false>, grid, GEMV_THREADS, smem, stream, *a, kc_launch,
+        return launch_pdl(k_gemv_tma<false>, grid, TMA_THREADS, smem, stream, *a, kc_launch,
                           stages);
     default:
-        return launch_pdl(k_gemv_tma<true>, grid, GEMV_THREADS, smem, stream, *a, kc_launch,
-                          stages);
+        return launch_pdl(k_gemv_tma<true>, grid, TMA_THREADS, smem, stream, *a, kc_launch, stages);
     }
 }
 
