@@ -204,10 +204,22 @@ __device__ __forceinline__ void mma_round(float (&acc)[4], const uint8_t *xr, bo
     }
 }
 
+/* The residual a RESIDUAL epilogue adds to, for this thread's (row, token) of a tile, read when
+ * the tile starts so that its latency hides behind the tile's weight stream (a read at the end
+ * cost one L2 round trip per tile on the critical path). Rows are owned by one tile: nobody
+ * else writes them during the kernel. */
+__device__ __forceinline__ float residual_of(const kiln_gemv_args &a, int tile)
+{
+    const int r = threadIdx.x >> 3, t = threadIdx.x & 7;
+    if (a.epilogue != KILN_EPI_RESIDUAL || threadIdx.x >= 128 || t >= a.n) return 0.0f;
+    return a.y[(size_t)t * a.ldy + tile * 16 + r];
+}
+
 /* The end of one 16-row tile: the warps' partial 16x8 tiles are summed through shared memory
- * (red: (warps + 1, 16, 8) floats) and one thread per (row, token) runs the epilogue. */
+ * (red: (warps + 1, 16, 8) floats) and one thread per (row, token) runs the epilogue (resid:
+ * residual_of, read when the tile started). */
 __device__ __forceinline__ void finish_tile(const kiln_gemv_args &a, const float (&acc)[4],
-                                            float *red, int tile)
+                                            float *red, int tile, float resid)
 {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, q = lane & 3;
@@ -236,7 +248,7 @@ __device__ __forceinline__ void finish_tile(const kiln_gemv_args &a, const float
             a.y[(size_t)t * a.ldy + row0 + r] = v;
             break;
         case KILN_EPI_RESIDUAL:
-            a.y[(size_t)t * a.ldy + row0 + r] += v;
+            a.y[(size_t)t * a.ldy + row0 + r] = resid + v;
             break;
         case KILN_EPI_SWIGLU:
             if (r < 8) {
@@ -294,6 +306,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) k_gemv(const kiln_gemv_args a
         const int next = tile + gridDim.x;
         const uint8_t *nr0 = w + (size_t)(next * 16 + g) * row_bytes + q * 16;
         const uint8_t *nr1 = nr0 + (size_t)8 * row_bytes;
+        const float resid = residual_of(a, tile);
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         /* Rounds of U chunks per warp, double-buffered in registers: the loads of round r + 1
          * are issued before round r is multiplied, so the weight stream never waits on the
@@ -319,7 +332,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) k_gemv(const kiln_gemv_args a
             mma_round<BF16>(acc, xr, has_x, warp, n_chunks, r + 1, b0, b1);
         }
 
-        finish_tile(a, acc, red, tile);
+        finish_tile(a, acc, red, tile, resid);
         __syncthreads(); /* red is reused by the next tile */
     }
 }
@@ -411,6 +424,7 @@ __global__ void __launch_bounds__(TMA_THREADS, 1)
     const uint8_t *xr = xs + (size_t)g * ldx + q * 16;
     int i = 0;
     for (int tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+        const float resid = residual_of(a, tile);
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int kk = 0; kk < per_tile; kk++, i++) {
             const int slot = i % n_stages;
@@ -431,7 +445,7 @@ __global__ void __launch_bounds__(TMA_THREADS, 1)
             __syncwarp();
             if (lane == 0) mbar_arrive(&empty[slot]); /* this warp is done with the slot */
         }
-        finish_tile(a, acc, red, tile);
+        finish_tile(a, acc, red, tile, resid);
         consumer_sync(); /* red is reused by the next tile */
     }
 }
