@@ -116,6 +116,7 @@ struct cuda_state {
     const struct kiln_engine_meta *tuned; /* an engine's timed algorithms, when valid here */
     bool batch_invariant;                 /* opt.batch_invariant: one algorithm per shape */
     int max_tokens;                       /* opt.max_tokens: the step size it is chosen at */
+    int sms;                              /* the GPU's multiprocessors */
 
     uint16_t *embed, *final_norm;
     struct cuda_linear head;
@@ -410,10 +411,7 @@ static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_b
          * rows alone give every SM two blocks, or always when batch-invariant (a split length
          * that depends on the batch would change the sums), as few TC_SPLIT_LEN splits as the
          * longest context needs; they fit `part`, which is sized for SPLIT_LEN splits */
-        int dev = 0, sms = 0;
-        CUDA_TRY(cudaGetDevice(&dev));
-        CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-        if ((long)n_dec * b->model->cfg.n_kv_heads >= 2L * sms || b->opt.batch_invariant) {
+        if ((long)n_dec * b->model->cfg.n_kv_heads >= 2L * s->sms || b->opt.batch_invariant) {
             st->split_len = TC_SPLIT_LEN;
             st->n_splits = (max_dec_kv + TC_SPLIT_LEN - 1) / TC_SPLIT_LEN;
             KILN_ASSERT(st->n_splits <= s->max_splits);
@@ -845,6 +843,7 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
     LT_TRY(cublasLtCreate(&s->lt));
     s->batch_invariant = opt->batch_invariant;
     s->max_tokens = opt->max_tokens;
+    CUDA_TRY(cudaDeviceGetAttribute(&s->sms, cudaDevAttrMultiProcessorCount, opt->device));
     CUDA_TRY(cudaMalloc(&s->lt_ws, LT_WORKSPACE));
     /* every size below comes from the plan kiln build prints and checks */
     struct kiln_cuda_plan p;

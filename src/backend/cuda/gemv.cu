@@ -54,6 +54,19 @@ __device__ __forceinline__ void mma_tile(float (&d)[4], const uint32_t (&a)[4], 
         mma_e4m3_16x8x32(d, a, b0, b1);
 }
 
+/* One 64-byte chunk: this thread's 16 bytes of rows g (w0) and g + 8 (w1) and of x at the same
+ * offsets, as two mma steps. Slots: step 0 takes bytes [0, 8) of each 16-byte piece, step 1
+ * bytes [8, 16): a0 = row g lo word, a1 = row g+8 lo word, a2 = row g hi, a3 = row g+8 hi;
+ * b0 / b1 = x's words at the same offsets. */
+template <bool BF16>
+__device__ __forceinline__ void mma_chunk(float (&acc)[4], uint4 w0, uint4 w1, uint4 xv)
+{
+    uint32_t s0[4] = {w0.x, w1.x, w0.y, w1.y};
+    uint32_t s1[4] = {w0.z, w1.z, w0.w, w1.w};
+    mma_tile<BF16>(acc, s0, xv.x, xv.y);
+    mma_tile<BF16>(acc, s1, xv.z, xv.w);
+}
+
 /* Stage the activations: rows [0, n) of xs (stride ldx bytes). */
 template <bool BF16> __device__ void stage_x(const kiln_gemv_args &a, uint8_t *xs, int ldx)
 {
@@ -194,13 +207,7 @@ __device__ __forceinline__ void mma_round(float (&acc)[4], const uint8_t *xr, bo
         int c = warp + (r * U + u) * GEMV_WARPS;
         uint4 xv = c < n_chunks && has_x ? *reinterpret_cast<const uint4 *>(xr + c * 64)
                                          : make_uint4(0, 0, 0, 0);
-        /* slots: step 0 takes bytes [0, 8) of each 16-byte piece, step 1 bytes [8, 16):
-         *   a0 = row g lo word, a1 = row g+8 lo word, a2 = row g hi, a3 = row g+8 hi;
-         *   b0 / b1 = x's words at the same offsets. */
-        uint32_t s0[4] = {w0[u].x, w1[u].x, w0[u].y, w1[u].y};
-        uint32_t s1[4] = {w0[u].z, w1[u].z, w0[u].w, w1[u].w};
-        mma_tile<BF16>(acc, s0, xv.x, xv.y);
-        mma_tile<BF16>(acc, s1, xv.z, xv.w);
+        mma_chunk<BF16>(acc, w0[u], w1[u], xv);
     }
 }
 
@@ -436,11 +443,7 @@ __global__ void __launch_bounds__(TMA_THREADS, 1)
                 uint4 w1 = *reinterpret_cast<const uint4 *>(st + (g + 8) * lds + c * 64);
                 uint4 xv =
                     has_x ? *reinterpret_cast<const uint4 *>(xk + c * 64) : make_uint4(0, 0, 0, 0);
-                /* the slot mapping of mma_round */
-                uint32_t s0[4] = {w0.x, w1.x, w0.y, w1.y};
-                uint32_t s1[4] = {w0.z, w1.z, w0.w, w1.w};
-                mma_tile<BF16>(acc, s0, xv.x, xv.y);
-                mma_tile<BF16>(acc, s1, xv.z, xv.w);
+                mma_chunk<BF16>(acc, w0, w1, xv);
             }
             __syncwarp();
             if (lane == 0) mbar_arrive(&empty[slot]); /* this warp is done with the slot */
