@@ -3,7 +3,7 @@
 # bench/gpu-prepare.sh in .devcarry/. Builds nothing; checks correctness, then times; the last
 # lines printed are a short summary table. Logs go to $OUT (returned by the device tool).
 #   bench/gpu-run.sh [all|quick|correct|bench|profile|tprof|compare|sanitize|probe|engine|
-#                     throughput|pipeline|serving]...
+#                     throughput|pipeline|serving|ab]...
 set -uo pipefail
 B=$PWD/.devcarry
 export LD_LIBRARY_PATH="$B${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" # carried libcmocka
@@ -201,6 +201,24 @@ probe() {
     grep -oE "(LDG\S*|HMMA\S*|QMMA\S*|IMMA\S*|LDS\S*)" | uniq -c | head -20
 }
 
+# Batch-1 decode at context 128 under several environments, interleaved, each twice:
+# KILN_AB="label=ENV=1 ENV2=2;label2=..." (an empty environment is the default build).
+ab() {
+  model llama8b llama-3.1-8b --fp8-kv-cache
+  step "A/B: batch-1 decode, context ${KILN_AB_CTX:-128}"
+  local IFS_=$IFS cfgs rep cfg label envs
+  IFS=';' read -ra cfgs <<<"${KILN_AB:-base=}"
+  IFS=$IFS_
+  for rep in 1 2; do
+    for cfg in "${cfgs[@]}"; do
+      label=${cfg%%=*}; envs=${cfg#*=}
+      env $envs "$B/kiln" bench "$M/llama8b" --contexts "${KILN_AB_CTX:-128}" --prompts none \
+        --batches "${KILN_AB_BATCHES:-none}" --steps 128 2>&1 | tee -a "$OUT/ab.log" |
+        grep -E "^decode" | while read -r l; do note "ab $label #$rep: $l"; done
+    done
+  done
+}
+
 sanitize() {
   step "compute-sanitizer memcheck on the kernel tests"
   local t
@@ -214,7 +232,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for what in "${@:-all}"; do
   case $what in
     all) correct; bench; compare; sanitize ;;
-    quick|correct|bench|profile|tprof|compare|sanitize|probe|engine|throughput|pipeline|serving) $what ;;
+    quick|correct|bench|profile|tprof|compare|sanitize|probe|engine|throughput|pipeline|serving|ab) $what ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done

@@ -627,17 +627,24 @@ static void attention_case(int H, int Hkv, int Dh, bool fp8_kv, int bs, const in
     } else {
         int max_ctx = 0;
         for (int s = 0; s < ns; s++) max_ctx = ctx[s] > max_ctx ? ctx[s] : max_ctx;
-        int split_len = 256, n_splits = (max_ctx + split_len - 1) / split_len;
-        long pf = kiln_cuda_attention_part_floats(ns, max_q, H, Dh, n_splits);
-        float *dpart = dev(NULL, (size_t)pf * 4);
-        CK(kiln_cuda_attention_decode(dq, db.kb, dseqs, ns, max_q, kv, H, n_splits, split_len,
-                                      dpart, out_scale, dout, NULL));
-        if (n_splits > 1)
-            CK(kiln_cuda_attention_combine(dpart, db.kb, dseqs, ns, max_q, H, Dh, n_splits, vs,
-                                           out_scale, dout, NULL));
-        back(got, dout, (size_t)n * H * Dh);
-        report_codes("attention decode", shape, got, want, (size_t)n * H * Dh);
-        cudaFree(dpart);
+        /* the fused path's split, and shorter ones (more partials for the combine kernel) */
+        static const int lens[] = {256, 16, 64};
+        for (int k = 0; k < 3; k++) {
+            int split_len = lens[k], n_splits = (max_ctx + split_len - 1) / split_len;
+            long pf = kiln_cuda_attention_part_floats(ns, max_q, H, Dh, n_splits);
+            float *dpart = dev(NULL, (size_t)pf * 4);
+            CK(cudaMemset(dout, 0, (size_t)n * H * Dh));
+            CK(kiln_cuda_attention_decode(dq, db.kb, dseqs, ns, max_q, kv, H, n_splits, split_len,
+                                          dpart, out_scale, dout, NULL, NULL));
+            if (n_splits > 1)
+                CK(kiln_cuda_attention_combine(dpart, db.kb, dseqs, ns, max_q, H, Dh, n_splits, vs,
+                                               out_scale, dout, NULL));
+            back(got, dout, (size_t)n * H * Dh);
+            char what[48];
+            snprintf(what, sizeof what, "attention decode (split %d)", split_len);
+            report_codes(what, shape, got, want, (size_t)n * H * Dh);
+            cudaFree(dpart);
+        }
     }
     free_dev_batch(&db);
     free_test_batch(&tb);
@@ -846,7 +853,7 @@ static void time_attention_tc(void)
                                                  lens[k], dpart, 0.004f, t.dout, NULL));
             else
                 CK(kiln_cuda_attention_decode(t.dq, t.db.kb, t.dseqs, NS, 1, t.kv, H, n_splits,
-                                              lens[k], dpart, 0.004f, t.dout, NULL));
+                                              lens[k], dpart, 0.004f, t.dout, NULL, NULL));
             if (n_splits > 1)
                 CK(kiln_cuda_attention_combine(dpart, t.db.kb, t.dseqs, NS, 1, H, DH, n_splits,
                                                t.kv.v_scale, 0.004f, t.dout, NULL));

@@ -2,14 +2,11 @@
  *
  * Decode (few query tokens per sequence, possibly long context): flash-decoding. A block owns
  * (split of <= 256 positions, KV head, sequence) and up to 4 query rows (query tokens x the
- * GQA heads sharing this KV head), so each K/V row is read once for all of them. Three
- * phases with no sequential chain per position: (1) Dh/8 lanes per position compute the
- * scores of all rows (8 dims per lane from one 8-byte K load, q in registers, a short shuffle)
- * into shared memory; (2) one warp per row takes the split's max and sum; (3) the same lane
- * groups accumulate the weighted V rows, and the groups are summed through shared memory.
- * The block writes the FP8 output (one split) or a partial (m, l, acc) that
- * kiln_cuda_attention_combine merges. (Versions with an online softmax walking positions one
- * after another cost 20-27 us per layer at context 128: a chain of shuffles and exps.)
+ * GQA heads sharing this KV head), so each K/V row is read once for all of them; see
+ * k_attn_decode for its phases. The block writes the FP8 output (one split) or a partial
+ * (m, l, acc) that kiln_cuda_attention_combine merges.
+ * (Versions with an online softmax walking positions one after another cost 20-27 us per layer
+ * at context 128: a chain of shuffles and exps.)
  * Bytes per step: kv_len * Hkv * Dh * 2 * elem per sequence and layer -- at 8K context and batch
  * 1, 512 MB per token for the 8B model, which is why long contexts split over many blocks.
  * That kernel is exact (f32) but issue-bound: at 256 sequences it reads the cache at ~1 TB/s.
@@ -39,78 +36,6 @@
 #define DEC_ROWS      4
 #define DEC_SPLIT_MAX 256 /* split_len must not exceed it */
 
-__device__ __forceinline__ size_t cache_index(const kiln_cuda_kv &kv, const int32_t *table, int p,
-                                              int g)
-{
-    int blk = table[p / kv.block_size];
-    return (((size_t)blk * kv.n_kv_heads + g) * kv.block_size + p % kv.block_size) * kv.head_dim;
-}
-
-/* DPL dims per lane of a K or V row as floats (codes; scales applied by the caller). */
-/* DPL consecutive K or V elements at element index idx + lane * DPL, as floats (codes; the
- * scales are applied by the caller). */
-template <int DPL>
-__device__ __forceinline__ void load_dims(const kiln_cuda_kv &kv, const void *base, size_t idx,
-                                          int lane, float (&out)[DPL])
-{
-    idx += (size_t)lane * DPL;
-    if (kv.fp8) {
-        const uint8_t *p = static_cast<const uint8_t *>(base) + idx;
-        if constexpr (DPL == 16) {
-            uint4 w = *reinterpret_cast<const uint4 *>(p);
-            uint32_t words[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                float4 f = e4m3x4_to_float4(words[j]);
-                out[4 * j] = f.x, out[4 * j + 1] = f.y, out[4 * j + 2] = f.z, out[4 * j + 3] = f.w;
-            }
-        } else if constexpr (DPL == 8) {
-            uint2 w = *reinterpret_cast<const uint2 *>(p);
-            float4 a = e4m3x4_to_float4(w.x), c = e4m3x4_to_float4(w.y);
-            out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
-            out[4] = c.x, out[5] = c.y, out[6] = c.z, out[7] = c.w;
-        } else {
-#pragma unroll
-            for (int i = 0; i < DPL; i++) out[i] = e4m3x4_to_float4(p[i]).x;
-        }
-    } else {
-        const uint16_t *p = static_cast<const uint16_t *>(base) + idx;
-        if constexpr (DPL % 8 == 0) {
-#pragma unroll
-            for (int c = 0; c < DPL / 8; c++) {
-                uint4 w = reinterpret_cast<const uint4 *>(p)[c];
-                uint32_t words[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    out[8 * c + 2 * j] = bf16_bits_to_float(words[j] & 0xffff);
-                    out[8 * c + 2 * j + 1] = bf16_bits_to_float(words[j] >> 16);
-                }
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < DPL; i++) out[i] = bf16_bits_to_float(p[i]);
-        }
-    }
-}
-
-/* 8 cache elements (FP8 codes in a uint2, or bf16 in a uint4) -> floats (codes, unscaled). */
-template <bool FP8, typename T>
-__device__ __forceinline__ void raw_to_float(const T &w, float (&out)[8])
-{
-    if constexpr (FP8) {
-        float4 a = e4m3x4_to_float4(w.x), c = e4m3x4_to_float4(w.y);
-        out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
-        out[4] = c.x, out[5] = c.y, out[6] = c.z, out[7] = c.w;
-    } else {
-        uint32_t words[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            out[2 * j] = bf16_bits_to_float(words[j] & 0xffff);
-            out[2 * j + 1] = bf16_bits_to_float(words[j] >> 16);
-        }
-    }
-}
-
 struct dec_geom {
     int s, t0, lq, kv_len, G, rows, row0;
 };
@@ -131,107 +56,222 @@ __device__ __forceinline__ dec_geom dec_setup(const kiln_cuda_batch &b, const in
     return d;
 }
 
+/* Merges one (query row, head)'s split partials pp (n_splits x (m, l, acc[DH])) at dim: the FP8
+ * code of the output. The merge is a chain of L2 round trips, so the loads of 16 splits are
+ * issued together: up to 16 splits cost one round trip, not one per split. */
+template <int DH>
+__device__ __forceinline__ uint8_t combine_splits(const float *pp, int n_splits, float v_scale,
+                                                  float out_scale, int dim)
+{
+    constexpr int C = 16;
+    float m[C], l[C], a[C];
+    auto load = [&](int s0) {
+#pragma unroll
+        for (int i = 0; i < C; i++) {
+            const float *e = pp + (size_t)(s0 + i) * (DH + 2);
+            const bool live = s0 + i < n_splits;
+            m[i] = live ? __ldcg(e) : -INFINITY;
+            l[i] = live ? __ldcg(e + 1) : 0.0f;
+            a[i] = live ? __ldcg(e + 2 + dim) : 0.0f;
+        }
+    };
+    load(0);
+    float M = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < C; i++) M = fmaxf(M, m[i]);
+    for (int s0 = C; s0 < n_splits; s0++) M = fmaxf(M, __ldcg(pp + (size_t)s0 * (DH + 2)));
+    float L = 0.0f, A = 0.0f;
+    for (int s0 = 0; s0 < n_splits; s0 += C) {
+        if (s0) load(s0);
+#pragma unroll
+        for (int i = 0; i < C; i++) {
+            const float f = m[i] == -INFINITY ? 0.0f : expf(m[i] - M);
+            L += l[i] * f;
+            A += a[i] * f;
+        }
+    }
+    return to_e4m3(A / L * v_scale * (1.0f / out_scale));
+}
+
+/* Shared memory of k_attn_decode for split_len positions: K rows (sharing their space with the
+ * V-phase reduction), V rows, the scores and then softmax weights, the rows' cache offsets. */
+template <int DH, bool FP8> struct dec_smem {
+    static constexpr int ROW = DH * (FP8 ? 1 : 2);
+    int n;
+    __host__ __device__ dec_smem(int split_len) : n(split_len) {}
+    __host__ __device__ size_t k_bytes() const
+    {
+        size_t k = (size_t)n * ROW, r = (size_t)DEC_WARPS * DEC_ROWS * DH * sizeof(float);
+        return k > r ? k : r;
+    }
+    __host__ __device__ size_t v_off() const
+    {
+        return k_bytes();
+    }
+    __host__ __device__ size_t s_off() const
+    {
+        return v_off() + (size_t)n * ROW;
+    }
+    __host__ __device__ size_t rb_off() const
+    {
+        return s_off() + (size_t)DEC_ROWS * n * 4;
+    }
+    __host__ __device__ size_t bytes() const
+    {
+        return rb_off() + (size_t)n * sizeof(size_t);
+    }
+};
+
+/* DPV consecutive cache elements (FP8 codes or bf16) at p -> floats (unscaled). */
+template <bool FP8, int DPV>
+__device__ __forceinline__ void cache_to_float(const uint8_t *p, float (&out)[DPV])
+{
+    if constexpr (FP8 && DPV == 4) {
+        const float4 f = e4m3x4_to_float4(*reinterpret_cast<const uint32_t *>(p));
+        out[0] = f.x, out[1] = f.y, out[2] = f.z, out[3] = f.w;
+    } else if constexpr (FP8) {
+        const float4 f = e4m3x4_to_float4(*reinterpret_cast<const uint16_t *>(p));
+        out[0] = f.x, out[1] = f.y;
+    } else {
+#pragma unroll
+        for (int i = 0; i < DPV; i++)
+            out[i] = bf16_bits_to_float(reinterpret_cast<const uint16_t *>(p)[i]);
+    }
+}
+
+/* The sums of four values over a warp's 32 lanes, in 6 shuffles instead of 20: each exchange
+ * halves the values a lane carries. Returns row (lane >> 3) & 3's sum (lanes 8r .. 8r + 7). */
+__device__ __forceinline__ float warp_sum4(const float (&v)[4], int lane)
+{
+    const bool hi16 = lane & 16, hi8 = lane & 8;
+    float a = (hi16 ? v[2] : v[0]) + __shfl_xor_sync(0xffffffffu, hi16 ? v[0] : v[2], 16);
+    float b = (hi16 ? v[3] : v[1]) + __shfl_xor_sync(0xffffffffu, hi16 ? v[1] : v[3], 16);
+    float c = (hi8 ? b : a) + __shfl_xor_sync(0xffffffffu, hi8 ? a : b, 8);
+    c += __shfl_xor_sync(0xffffffffu, c, 4);
+    c += __shfl_xor_sync(0xffffffffu, c, 2);
+    c += __shfl_xor_sync(0xffffffffu, c, 1);
+    return c;
+}
+
+/* Decode attention, one block per (split, KV head and row group, sequence). The split's K and V
+ * rows are copied into shared memory (cp.async), those written by earlier steps before the
+ * wait on the q|k|v GEMV. Three phases: (1) warp w scores positions w, w + 8, ... against the
+ * block's (<= 4) query rows, a lane holding DH / 32 dims of each (q in registers, the four sums
+ * reduced together: warp_sum4); (2) warp r takes row r's max and sum over the split; (3) warp w
+ * sums the weighted V rows of its positions over the same dims, and the warps' sums are added
+ * through shared memory. The block writes the FP8 output (one split) or a partial (m, l, acc).
+ * Measured on an H100 (batch-1 decode, 8B shape, context 128, one block per KV head): 7-8 us a
+ * layer after the wait on the q|k|v GEMV, issue-latency-bound (~0.35 instructions a cycle per
+ * scheduler); the first version, each thread's K/V words in registers and its loops fully
+ * unrolled, took 8.5 us, and 293.5 against 297 tok/s. Spreading short contexts over 4-16
+ * splits (16-64 positions each) made each block's work ~2.5 us, but the merge of the partials,
+ * by the last block through a fence and an atomic or by the combine kernel, cost more than
+ * that under the o GEMV's weight stream (287-291 against 293-296 tok/s). */
 template <int DH, bool FP8>
 __global__ void __launch_bounds__(DEC_THREADS)
     k_attn_decode(const float *q, kiln_cuda_batch b, const int32_t *seqs, int max_q,
                   kiln_cuda_kv kv, int n_heads, int split_len, float *part, float out_scale,
-                  uint8_t *out8)
+                  uint8_t *out8, unsigned long long *trace)
 {
-    constexpr int DPL = 8;                    /* dims per lane: one 8-byte FP8 load */
-    constexpr int LPP = DH / DPL;             /* lanes per position */
-    constexpr int GROUPS = DEC_THREADS / LPP; /* positions handled at once */
-    __shared__ size_t rowbase[DEC_SPLIT_MAX]; /* element offset of each position's cache row */
-    __shared__ float sc[DEC_ROWS][DEC_SPLIT_MAX];
+    static_assert(DEC_ROWS == 4, "warp_sum4 reduces four rows");
+    using L = dec_smem<DH, FP8>;
+    constexpr int ESZ = FP8 ? 1 : 2, ROW = L::ROW, PIECES = ROW / 16;
+    constexpr int DPV = DH / 32; /* dims per lane */
+    extern __shared__ __align__(16) uint8_t smem[];
+    const L lay(split_len);
+    uint8_t *ks = smem;
+    float *red = reinterpret_cast<float *>(smem); /* (warps, rows, DH): after the scores */
+    uint8_t *vs = smem + lay.v_off();
+    float *sc = reinterpret_cast<float *>(smem + lay.s_off()); /* (DEC_ROWS, split_len) */
+    size_t *rowbase = reinterpret_cast<size_t *>(smem + lay.rb_off());
     __shared__ float sm_m[DEC_ROWS], sm_l[DEC_ROWS];
-    __shared__ float red[GROUPS][DEC_ROWS][DH];
-    pdl_wait(); /* q and this step's K/V rows come from the q|k|v GEMV before */
-    pdl_trigger();
+
+    trace_stamp(trace, 0);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int group = threadIdx.x / LPP, sub = threadIdx.x % LPP;
     const int row_groups = (max_q * (n_heads / kv.n_kv_heads) + DEC_ROWS - 1) / DEC_ROWS;
     const int g = blockIdx.y / row_groups;
+    /* the batch description is the step's (copied before the graph), not the previous kernel's */
     dec_geom d = dec_setup(b, seqs, n_heads, kv.n_kv_heads, max_q);
     if (d.rows <= 0) return; /* a padding row group of a shorter sequence: whole block exits */
     const int n_splits = gridDim.x, sp = blockIdx.x;
     const int p_begin = sp * split_len, p_end = min(d.kv_len, p_begin + split_len);
     const int n = p_end > p_begin ? p_end - p_begin : 0;
     const int32_t *table = b.block_table + (size_t)d.s * b.max_blocks;
-    const float qk_scale = kv.k_scale * rsqrtf((float)DH);
-    /* the split's cache rows, one position per thread: the loads below then cost no integer
-     * division (with a block-table lookup, a division and a modulo per load this kernel issued
-     * ~3,200 instructions a warp and took 11.5 us at context 128 on an H100) */
     for (int j = threadIdx.x; j < n; j += DEC_THREADS) {
         const int p = p_begin + j;
         rowbase[j] = (((size_t)table[p / kv.block_size] * kv.n_kv_heads + g) * kv.block_size +
                       p % kv.block_size) *
-                     DH;
+                     DH * ESZ;
     }
-
-    float qr[DEC_ROWS][DPL];
+    __syncthreads();
+    /* K/V rows into shared memory: positions before `fresh` (the sequence's first token of this
+     * step) were written by earlier steps and copy before the wait, the rest after it */
+    const int fresh = b.positions[d.t0];
+    const uint8_t *kg = static_cast<const uint8_t *>(kv.k),
+                  *vg = static_cast<const uint8_t *>(kv.v);
+    auto copy_rows = [&](bool old) {
+        for (int i = threadIdx.x; i < n * PIECES; i += DEC_THREADS) {
+            const int j = i / PIECES, c = i % PIECES;
+            if ((p_begin + j < fresh) != old) continue;
+            cp_async16(ks + (size_t)j * ROW + c * 16, kg + rowbase[j] + c * 16);
+            cp_async16(vs + (size_t)j * ROW + c * 16, vg + rowbase[j] + c * 16);
+        }
+        cp_async_commit();
+    };
+    copy_rows(true);
+    pdl_wait(); /* q and this step's K/V rows come from the q|k|v GEMV before */
+    pdl_trigger();
+    trace_stamp(trace, 1);
+    copy_rows(false);
+    float qr[DEC_ROWS][DPV];
     int qpos[DEC_ROWS];
 #pragma unroll
     for (int r = 0; r < DEC_ROWS; r++) {
-        int row = d.row0 + r, tq = row / d.G, h = g * d.G + row % d.G;
-        bool live = r < d.rows;
+        const int row = d.row0 + r, tq = row / d.G, h = g * d.G + row % d.G;
+        const bool live = r < d.rows;
         qpos[r] = live ? b.positions[d.t0 + tq] : -1;
-        const float *qp = q + ((size_t)(d.t0 + tq) * n_heads + h) * DH + sub * DPL;
+        const float *qp = q + ((size_t)(d.t0 + tq) * n_heads + h) * DH + lane * DPV;
 #pragma unroll
-        for (int i = 0; i < DPL; i++) qr[r][i] = live ? qp[i] : 0.0f;
+        for (int i = 0; i < DPV; i++) qr[r][i] = live ? qp[i] : 0.0f;
     }
+    cp_async_wait<0>();
     __syncthreads();
+    trace_stamp(trace, 3);
 
-    /* 1. scores: LPP lanes per position, every position independent. All of this thread's K
-     * and V words (<= KMAX positions) are loaded first, so a split costs one memory round trip
-     * (with the loads issued per iteration it cost ~10, and ~15 us per layer). The loops run
-     * the same number of times in every lane of a warp (the shuffles need all 32 lanes). */
-    using raw_t = typename std::conditional<FP8, uint2, uint4>::type; /* 8 elements */
-    constexpr int KMAX = DEC_SPLIT_MAX / GROUPS;
-    raw_t kraw[KMAX], vraw[KMAX];
-#pragma unroll
-    for (int k = 0; k < KMAX; k++) {
-        const int j = group + k * GROUPS;
-        if (j < n) {
-            const size_t idx = rowbase[j] + sub * DPL;
-            kraw[k] = *reinterpret_cast<const raw_t *>(static_cast<const uint8_t *>(kv.k) +
-                                                       idx * (FP8 ? 1 : 2));
-            vraw[k] = *reinterpret_cast<const raw_t *>(static_cast<const uint8_t *>(kv.v) +
-                                                       idx * (FP8 ? 1 : 2));
-        } else {
-            kraw[k] = raw_t{};
-            vraw[k] = raw_t{};
-        }
-    }
-#pragma unroll
-    for (int k = 0; k < KMAX; k++) {
-        const int j = group + k * GROUPS, p = p_begin + j;
-        if (group - lane / LPP + k * GROUPS >= n) break; /* uniform per warp: none of it is live */
-        const bool live = j < n;
-        float kd[DPL];
-        raw_to_float<FP8>(kraw[k], kd);
+    /* 1. scores */
+    const float qk_scale = kv.k_scale * rsqrtf((float)DH);
+#pragma unroll 4 /* independent positions: their shuffle chains overlap */
+    for (int j = warp; j < n; j += DEC_WARPS) {
+        float kd[DPV], dot[DEC_ROWS];
+        cache_to_float<FP8, DPV>(ks + (size_t)j * ROW + lane * DPV * ESZ, kd);
 #pragma unroll
         for (int r = 0; r < DEC_ROWS; r++) {
-            float dot = 0.0f;
+            dot[r] = 0.0f;
 #pragma unroll
-            for (int i = 0; i < DPL; i++) dot += qr[r][i] * kd[i];
-#pragma unroll
-            for (int off = 1; off < LPP; off <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-            if (sub == 0 && live)
-                sc[r][j] = r < d.rows && p <= qpos[r] ? dot * qk_scale : -INFINITY;
+            for (int i = 0; i < DPV; i++) dot[r] += qr[r][i] * kd[i];
         }
+        const float sum = warp_sum4(dot, lane);
+        const int r = (lane >> 3) & 3; /* the row this lane's sum is (a select, not an index) */
+        const int qp = r == 0 ? qpos[0] : r == 1 ? qpos[1] : r == 2 ? qpos[2] : qpos[3];
+        if ((lane & 7) == 0)
+            sc[r * split_len + j] = r < d.rows && p_begin + j <= qp ? sum * qk_scale : -INFINITY;
     }
     __syncthreads();
 
     /* 2. softmax statistics of the split: warp r owns row r */
     if (warp < DEC_ROWS) {
         const int r = warp;
+        float *row = sc + r * split_len;
         float mx = -INFINITY;
-        for (int j = lane; j < n; j += 32) mx = fmaxf(mx, sc[r][j]);
+#pragma unroll 4
+        for (int j = lane; j < n; j += 32) mx = fmaxf(mx, row[j]);
         mx = warp_max(mx);
         const float base = mx == -INFINITY ? 0.0f : mx;
         float sum = 0.0f;
+#pragma unroll 4
         for (int j = lane; j < n; j += 32) {
-            float w = expf(sc[r][j] - base);
-            sc[r][j] = w;
+            const float w = expf(row[j] - base);
+            row[j] = w;
             sum += w;
         }
         sum = warp_sum(sum);
@@ -239,41 +279,33 @@ __global__ void __launch_bounds__(DEC_THREADS)
     }
     __syncthreads();
 
-    /* 3. weighted V: each group sums its positions, then the groups are added up */
-    float acc[DEC_ROWS][DPL];
-#pragma unroll
-    for (int r = 0; r < DEC_ROWS; r++)
-#pragma unroll
-        for (int i = 0; i < DPL; i++) acc[r][i] = 0.0f;
-#pragma unroll
-    for (int k = 0; k < KMAX; k++) {
-        const int j = group + k * GROUPS;
-        if (j >= n) break;
-        float vd[DPL];
-        raw_to_float<FP8>(vraw[k], vd);
+    /* 3. weighted V: warp w takes positions w, w + 8, ...; lane owns dims [lane DPV, + DPV) */
+    float acc[DEC_ROWS][DPV] = {};
+#pragma unroll 4
+    for (int j = warp; j < n; j += DEC_WARPS) {
+        float vd[DPV];
+        cache_to_float<FP8, DPV>(vs + (size_t)j * ROW + lane * DPV * ESZ, vd);
 #pragma unroll
         for (int r = 0; r < DEC_ROWS; r++) {
-            const float w = sc[r][j];
+            const float w = sc[r * split_len + j];
 #pragma unroll
-            for (int i = 0; i < DPL; i++) acc[r][i] += w * vd[i];
+            for (int i = 0; i < DPV; i++) acc[r][i] += w * vd[i];
         }
     }
 #pragma unroll
     for (int r = 0; r < DEC_ROWS; r++)
 #pragma unroll
-        for (int i = 0; i < DPL; i++) red[group][r][sub * DPL + i] = acc[r][i];
+        for (int i = 0; i < DPV; i++) red[(warp * DEC_ROWS + r) * DH + lane * DPV + i] = acc[r][i];
     __syncthreads();
-    for (int e = threadIdx.x; e < d.rows * DH; e += DEC_THREADS) {
-        int r = e / DH, dim = e % DH;
+    for (int o = threadIdx.x; o < d.rows * DH; o += DEC_THREADS) {
+        const int r = o / DH, dim = o % DH;
         float A = 0.0f;
-#pragma unroll 8
-        for (int gi = 0; gi < GROUPS; gi++) A += red[gi][r][dim];
-        int row = d.row0 + r;
-        int tq = row / d.G, h = g * d.G + row % d.G;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; w++) A += red[(w * DEC_ROWS + r) * DH + dim];
+        const int row = d.row0 + r, tq = row / d.G, h = g * d.G + row % d.G;
         if (n_splits == 1) {
-            float o = A / sm_l[r] * kv.v_scale;
             out8[(size_t)(d.t0 + tq) * n_heads * DH + h * DH + dim] =
-                to_e4m3(o * (1.0f / out_scale));
+                to_e4m3(A / sm_l[r] * kv.v_scale * (1.0f / out_scale));
         } else {
             float *pp = part + ((((size_t)blockIdx.z * max_q + tq) * n_heads + h) * n_splits + sp) *
                                    (DH + 2);
@@ -281,6 +313,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
             pp[2 + dim] = A;
         }
     }
+    trace_stamp(trace, 2);
 }
 
 template <int DH>
@@ -296,17 +329,8 @@ __global__ void k_attn_combine(const float *part, kiln_cuda_batch b, const int32
     int t0 = b.seq_start[s];
     if (tq >= b.seq_start[s + 1] - t0) return;
     const float *pp = part + (((size_t)li * max_q + tq) * n_heads + h) * n_splits * (DH + 2);
-    float M = -INFINITY;
-    for (int sp = 0; sp < n_splits; sp++) M = fmaxf(M, pp[sp * (DH + 2)]);
-    float L = 0.0f, A = 0.0f;
-    for (int sp = 0; sp < n_splits; sp++) {
-        const float *e = pp + sp * (DH + 2);
-        float f = e[0] == -INFINITY ? 0.0f : expf(e[0] - M);
-        L += e[1] * f;
-        A += e[2 + threadIdx.x] * f;
-    }
-    float o = A / L * v_scale;
-    out8[(size_t)(t0 + tq) * n_heads * DH + h * DH + threadIdx.x] = to_e4m3(o * (1.0f / out_scale));
+    out8[(size_t)(t0 + tq) * n_heads * DH + h * DH + threadIdx.x] =
+        combine_splits<DH>(pp, n_splits, v_scale, out_scale, threadIdx.x);
 }
 
 extern "C" long kiln_cuda_attention_part_floats(int n_list, int max_q_per_seq, int n_heads,
@@ -319,15 +343,27 @@ extern "C" int kiln_cuda_attention_decode(const float *q, struct kiln_cuda_batch
                                           const int32_t *seqs, int n_list, int max_q_per_seq,
                                           struct kiln_cuda_kv kv, int n_heads, int n_splits,
                                           int split_len, float *part, float out_scale,
-                                          uint8_t *out8, kiln_stream stream)
+                                          uint8_t *out8, unsigned long long *trace,
+                                          kiln_stream stream)
 {
     if (split_len > DEC_SPLIT_MAX || split_len < 1) return cudaErrorInvalidValue;
     int G = n_heads / kv.n_kv_heads;
     int row_groups = (max_q_per_seq * G + DEC_ROWS - 1) / DEC_ROWS;
     dim3 grid(n_splits, kv.n_kv_heads * row_groups, n_list);
 #define DEC_LAUNCH(DH, FP8)                                                                        \
-    return launch_pdl(k_attn_decode<DH, FP8>, grid, DEC_THREADS, 0, stream, q, b, seqs,            \
-                      max_q_per_seq, kv, n_heads, split_len, part, out_scale, out8)
+    do {                                                                                           \
+        static bool raised; /* the limit for the longest split, once */                            \
+        if (!raised) {                                                                             \
+            cudaError_t e = cudaFuncSetAttribute(k_attn_decode<DH, FP8>,                           \
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,      \
+                                                 (int)dec_smem<DH, FP8>(DEC_SPLIT_MAX).bytes());   \
+            if (e) return e;                                                                       \
+            raised = true;                                                                         \
+        }                                                                                          \
+        size_t smem = dec_smem<DH, FP8>(split_len).bytes();                                        \
+        return launch_pdl(k_attn_decode<DH, FP8>, grid, DEC_THREADS, smem, stream, q, b, seqs,     \
+                          max_q_per_seq, kv, n_heads, split_len, part, out_scale, out8, trace);    \
+    } while (0)
     if (kv.head_dim == 128 && kv.fp8) DEC_LAUNCH(128, true);
     if (kv.head_dim == 128) DEC_LAUNCH(128, false);
     if (kv.head_dim == 64 && kv.fp8) DEC_LAUNCH(64, true);

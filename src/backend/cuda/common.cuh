@@ -8,6 +8,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "kernels.h" /* KILN_TRACE_BLOCKS */
+
 #define KILN_FP8_MAX_F 448.0f
 
 /* sat_e4m3(x): round to nearest even, saturate to +-448 (NaN stays NaN) -- the CPU twin is
@@ -252,12 +254,27 @@ __device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned b
  * weights), then pdl_wait() blocks until the previous grid has completed and its writes are
  * visible. pdl_trigger() lets the next kernel's blocks launch as soon as this grid's blocks
  * retire, so launch latency and load ramp-up overlap the tail of the previous kernel. Every read
- * of activations and every write must come after pdl_wait(). */
+ * of activations and every write must come after pdl_wait(); reads before it touch only what no
+ * kernel of this step writes (weights, the step's batch description, KV rows of earlier
+ * steps). */
 __device__ __forceinline__ void pdl_wait()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
+}
+
+/* KILN_TRACE: the block stamps %globaltimer into tr[4 * block + i] (i: 0 entry, 1 the wait on
+ * the previous kernel done, 2 end; blocks numbered x fastest, the first KILN_TRACE_BLOCKS);
+ * tr NULL when not tracing. */
+__device__ __forceinline__ void trace_stamp(unsigned long long *tr, int i)
+{
+    const unsigned block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    if (tr && threadIdx.x == 0 && block < KILN_TRACE_BLOCKS) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        tr[4 * block + i] = t;
+    }
 }
 
 __device__ __forceinline__ void pdl_trigger()

@@ -14,6 +14,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,6 +108,20 @@ struct prof {
     double ms[P_COUNT];
 };
 
+/* KILN_TRACE=1 (a measurement aid): every decode GEMV stamps %globaltimer per block (entry,
+ * wait on the previous kernel done, end); the 64th traced step is read back and summarized on
+ * stderr (trace_report). What lies between a q|k|v GEMV's end and the o GEMV's wait is the
+ * attention. */
+#define TRACE_KERNELS 256
+#define TRACE_BLOCKS  KILN_TRACE_BLOCKS
+struct trace {
+    unsigned long long *d, *h; /* (TRACE_KERNELS, TRACE_BLOCKS, 4) */
+    char what[TRACE_KERNELS];  /* q (q|k|v), a (attention), o, g (gate_up), d (down), h */
+    double bytes[TRACE_KERNELS];
+    int n, steps;
+    double sum[6][7]; /* per kind: span, dep, body, spread, count, entry, mid; over the steps */
+};
+
 struct cuda_state {
     cudaStream_t stream;
     cublasLtHandle_t lt;
@@ -138,6 +153,7 @@ struct cuda_state {
 
     int n_out;
     struct prof prof;
+    struct trace trace;
     /* decode graphs by (tokens, split bucket: the split count rounded up to a power of two) */
     struct graph_entry graphs[DECODE_MAX_TOKENS + 1][SPLIT_BUCKETS];
     void *kv_pool;
@@ -435,6 +451,81 @@ static int layers_to_run(const struct kiln_backend *b)
     return b->opt.n_layers > 0 && b->opt.n_layers < n ? b->opt.n_layers : n;
 }
 
+/* The next decode GEMV's stamp rows, or NULL when not tracing (or past TRACE_KERNELS). */
+static unsigned long long *trace_slot(struct cuda_state *s, char what, const struct cuda_linear *l)
+{
+    struct trace *t = &s->trace;
+    if (!t->d || t->n >= TRACE_KERNELS) return NULL;
+    t->what[t->n] = what;
+    t->bytes[t->n] = l ? (double)l->M * l->K * (l->fp8 ? 1 : 2) : 0;
+    return t->d + (size_t)t->n++ * TRACE_BLOCKS * 4;
+}
+
+/* Reads the stamps of steps 33..64 back (a synchronization each) and prints, per kind, the mean
+ * over layers and steps of: span (this kernel's last block end minus the previous kernel's:
+ * its marginal time in the chain), dep (the previous kernel's last end until this one's last
+ * block is past its wait), body (from there to its last end), spread (first to last block end)
+ * and the GB/s of its weights over the span. */
+static enum kiln_status trace_report(struct cuda_state *s, struct kiln_error *err)
+{
+    static const char kinds[] = "qaogdh";
+    struct trace *t = &s->trace;
+    if (++t->steps <= 32 || t->steps > 64) return KILN_OK;
+    CUDA_TRY(cudaStreamSynchronize(s->stream));
+    CUDA_TRY(cudaMemcpy(t->h, t->d, (size_t)t->n * TRACE_BLOCKS * 4 * sizeof *t->h,
+                        cudaMemcpyDeviceToHost));
+    double end_max[TRACE_KERNELS], end_min[TRACE_KERNELS], wait_max[TRACE_KERNELS],
+        entry_max[TRACE_KERNELS], mid[TRACE_KERNELS];
+    unsigned long long t0 = ~0ull;
+    for (int k = 0; k < t->n; k++) {
+        const unsigned long long *r = t->h + (size_t)k * TRACE_BLOCKS * 4;
+        unsigned long long emin = ~0ull, emax = 0, wmax = 0, nmax = 0;
+        double mid_sum = 0;
+        int mid_n = 0;
+        for (int i = 0; i < TRACE_BLOCKS; i++) {
+            if (!r[4 * i]) continue; /* no such block */
+            if (r[4 * i] < t0) t0 = r[4 * i];
+            if (r[4 * i] > nmax) nmax = r[4 * i];
+            if (r[4 * i + 3]) mid_sum += (double)(r[4 * i + 3] - r[4 * i + 1]), mid_n++;
+            if (r[4 * i + 1] > wmax) wmax = r[4 * i + 1];
+            if (r[4 * i + 2] < emin) emin = r[4 * i + 2];
+            if (r[4 * i + 2] > emax) emax = r[4 * i + 2];
+        }
+        wait_max[k] = (double)wmax;
+        entry_max[k] = (double)nmax;
+        mid[k] = mid_n ? mid_sum / mid_n : 0;
+        end_min[k] = (double)emin;
+        end_max[k] = (double)emax;
+    }
+    for (int k = 1; k < t->n; k++) {
+        double *m = t->sum[strchr(kinds, t->what[k]) - kinds];
+        m[0] += (end_max[k] - end_max[k - 1]) * 1e-3;
+        m[1] += (wait_max[k] - end_max[k - 1]) * 1e-3;
+        m[2] += (end_max[k] - wait_max[k]) * 1e-3;
+        m[3] += (end_max[k] - end_min[k]) * 1e-3;
+        m[4] += 1;
+        m[5] += (entry_max[k] - end_max[k - 1]) * 1e-3;
+        m[6] += mid[k] * 1e-3;
+    }
+    if (t->steps < 64) return KILN_OK;
+    fprintf(stderr,
+            "trace: %d traced kernels a step, %.1f us from the first entry to the last end\n", t->n,
+            (end_max[t->n - 1] - (double)t0) * 1e-3);
+    fprintf(stderr, "trace: kind  count   span us   dep us  body us  spread us   GB/s (span)  "
+                    "last entry us  wait-to-mark us\n");
+    for (int i = 0; kinds[i]; i++) {
+        const double *m = t->sum[i];
+        if (!m[4]) continue;
+        double bytes = 0;
+        for (int k = 0; k < t->n; k++)
+            if (t->what[k] == kinds[i]) bytes = t->bytes[k];
+        fprintf(stderr, "trace: %c     %5.0f  %8.2f %8.2f %8.2f  %9.2f  %9.0f  %12.2f  %14.2f\n",
+                kinds[i], m[4] / 32, m[0] / m[4], m[1] / m[4], m[2] / m[4], m[3] / m[4],
+                bytes / (m[0] / m[4]) * 1e-3, m[5] / m[4], m[6] / m[4]);
+    }
+    return KILN_OK;
+}
+
 static void mark(struct cuda_state *s, enum prof_cat cat)
 {
     if (!s->prof.on || s->prof.n >= PROF_MAX) return;
@@ -459,7 +550,8 @@ static enum kiln_status attention(struct kiln_backend *b, const struct step *st,
         else
             K_TRY(kiln_cuda_attention_decode(s->q, st->kb, st->dec_list, st->n_dec, st->dec_max_q,
                                              L->kv, c->n_heads, st->n_splits, st->split_len,
-                                             s->part, L->o.in_scale, s->x8, s->stream));
+                                             s->part, L->o.in_scale, s->x8,
+                                             trace_slot(s, 'a', NULL), s->stream));
         if (st->n_splits > 1)
             K_TRY(kiln_cuda_attention_combine(s->part, st->kb, st->dec_list, st->n_dec,
                                               st->dec_max_q, c->n_heads, c->head_dim, st->n_splits,
@@ -480,7 +572,8 @@ static enum kiln_status lm_head(struct kiln_backend *b, const struct step *st,
     const struct kiln_config *c = &b->model->cfg;
     if (st->n_out == 0) return KILN_OK;
     if (st->n_out <= DECODE_MAX_TOKENS && !b->opt.batch_invariant) {
-        struct kiln_gemv_args a = {.w = s->head.w,
+        struct kiln_gemv_args a = {.trace = trace_slot(s, 'h', &s->head),
+                                   .w = s->head.w,
                                    .M = s->head.M,
                                    .K = s->head.K,
                                    .n = st->n_out,
@@ -515,11 +608,13 @@ static enum kiln_status forward_decode(struct kiln_backend *b, const struct step
     struct cuda_state *s = b->impl;
     const struct kiln_config *c = &b->model->cfg;
     int n = st->kb.n_tokens, d = c->hidden_size;
+    s->trace.n = 0;
     K_TRY(kiln_cuda_embed(s->embed, st->kb.tokens, n, d, s->x, s->stream));
     mark(s, P_EMBED);
     for (int l = 0; l < layers_to_run(b); l++) {
         const struct cuda_layer *L = &s->layers[l];
-        struct kiln_gemv_args a = {.w = L->qkv.w,
+        struct kiln_gemv_args a = {.trace = trace_slot(s, 'q', &L->qkv),
+                                   .w = L->qkv.w,
                                    .M = L->qkv.M,
                                    .K = L->qkv.K,
                                    .n = n,
@@ -539,7 +634,8 @@ static enum kiln_status forward_decode(struct kiln_backend *b, const struct step
         enum kiln_status e = attention(b, st, L, err);
         if (e) return e;
         mark(s, P_ATTN);
-        a = (struct kiln_gemv_args){.w = L->o.w,
+        a = (struct kiln_gemv_args){.trace = trace_slot(s, 'o', &L->o),
+                                    .w = L->o.w,
                                     .M = L->o.M,
                                     .K = L->o.K,
                                     .n = n,
@@ -550,7 +646,8 @@ static enum kiln_status forward_decode(struct kiln_backend *b, const struct step
                                     .ldy = d};
         K_TRY(kiln_cuda_gemv(&a, s->stream));
         mark(s, P_O);
-        a = (struct kiln_gemv_args){.w = L->gate_up.w,
+        a = (struct kiln_gemv_args){.trace = trace_slot(s, 'g', &L->gate_up),
+                                    .w = L->gate_up.w,
                                     .M = L->gate_up.M,
                                     .K = L->gate_up.K,
                                     .n = n,
@@ -564,7 +661,8 @@ static enum kiln_status forward_decode(struct kiln_backend *b, const struct step
                                     .h_scale = L->down.in_scale};
         K_TRY(kiln_cuda_gemv(&a, s->stream));
         mark(s, P_GATE_UP);
-        a = (struct kiln_gemv_args){.w = L->down.w,
+        a = (struct kiln_gemv_args){.trace = trace_slot(s, 'd', &L->down),
+                                    .w = L->down.w,
                                     .M = L->down.M,
                                     .K = L->down.K,
                                     .n = n,
@@ -661,7 +759,7 @@ static enum kiln_status cuda_forward(struct kiln_backend *b, const struct kiln_b
             return KILN_OK; /* the eager run already computed this step */
         }
         CUDA_TRY(cudaGraphLaunch(g->exec, s->stream));
-        return KILN_OK;
+        return s->trace.d ? trace_report(s, err) : KILN_OK;
     }
     if (fused_path(b, n)) return forward_decode(b, &st, err);
     return forward_prefill(b, &st, err);
@@ -760,6 +858,8 @@ static void cuda_free(struct kiln_backend *b)
             }
             free(s->layers);
         }
+        cudaFree(s->trace.d);
+        cudaFreeHost(s->trace.h);
         cudaFree(s->kv_pool);
         cudaFree(s->embed);
         cudaFree(s->final_norm);
@@ -839,6 +939,13 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
     if (opt->profile) {
         for (int i = 0; i <= PROF_MAX; i++) CUDA_TRY(cudaEventCreate(&s->prof.ev[i]));
         s->prof.on = true;
+    }
+    const char *tr = getenv("KILN_TRACE");
+    if (tr && strcmp(tr, "1") == 0) {
+        size_t bytes = (size_t)TRACE_KERNELS * TRACE_BLOCKS * 4 * sizeof(unsigned long long);
+        CUDA_TRY(cudaMalloc((void **)&s->trace.d, bytes));
+        CUDA_TRY(cudaMemset(s->trace.d, 0, bytes));
+        CUDA_TRY(cudaMallocHost((void **)&s->trace.h, bytes));
     }
     LT_TRY(cublasLtCreate(&s->lt));
     s->batch_invariant = opt->batch_invariant;

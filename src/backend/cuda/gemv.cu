@@ -295,6 +295,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) k_gemv(const kiln_gemv_args a
     /* Weights depend on nothing the previous kernel writes: the first round is loaded before
      * waiting for it (programmatic dependent launch). (Bulk L2 prefetches of the rounds ahead
      * were measured slower: 243 against 264 tok/s at batch 1 on an H100.) */
+    trace_stamp(a.trace, 0);
     uint4 a0[U], a1[U], b0[U], b1[U];
     {
         const uint8_t *p0 = w + (size_t)(blockIdx.x * 16 + g) * row_bytes + q * 16;
@@ -302,6 +303,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) k_gemv(const kiln_gemv_args a
     }
     pdl_wait();
     pdl_trigger();
+    trace_stamp(a.trace, 1);
     stage_x<BF16>(a, xs, ldx);
     __syncthreads();
 
@@ -342,6 +344,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) k_gemv(const kiln_gemv_args a
         finish_tile(a, acc, red, tile, resid);
         __syncthreads(); /* red is reused by the next tile */
     }
+    trace_stamp(a.trace, 2);
 }
 
 /* ---- Hopper: the weight stream through TMA bulk copies into a shared-memory ring ----
@@ -361,7 +364,12 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) k_gemv(const kiln_gemv_args a
  *     279; 3 x 4 KB 274; 8 x 1 KB 268.
  * Bulk L2 prefetches were slower each time: of the rounds ahead in the register kernel (243
  * against 264), and of the next GEMV's first rows during a ring kernel's last tile (266 against
- * 270). */
+ * 270). Also measured and dropped (H100, 2026-11-26): a producer that waits for the previous
+ * kernel before streaming (282 against 297); at most half an SM's shared memory per block, one
+ * block per SM, so that the next GEMV's blocks become resident and stream while this one
+ * drains (278-285 against 296); tiles handed out by an atomic counter instead of a static share
+ * (the blocks of a 1792-tile GEMV end within 4.5 us instead of 13, but 285 against 288: the
+ * static share's early finishers let the next kernel's blocks start streaming sooner). */
 #define TMA_KC     8192 /* bytes of each row per stage, at most (whole rows of K = 4096 FP8) */
 #define TMA_STAGES 2
 
@@ -395,6 +403,7 @@ __global__ void __launch_bounds__(TMA_THREADS, 1)
     const int my_tiles = (n_tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
     const int total = my_tiles * per_tile; /* stages this block streams */
 
+    trace_stamp(a.trace, 0);
     if (warp == GEMV_WARPS && lane == 0)
         for (int s = 0; s < n_stages; s++) {
             mbar_init(&full[s], 1);
@@ -425,6 +434,7 @@ __global__ void __launch_bounds__(TMA_THREADS, 1)
 
     pdl_wait();
     pdl_trigger();
+    trace_stamp(a.trace, 1);
     stage_x<BF16>(a, xs, ldx);
     consumer_sync();
     const bool has_x = g < a.n;
@@ -451,6 +461,7 @@ __global__ void __launch_bounds__(TMA_THREADS, 1)
         finish_tile(a, acc, red, tile, resid);
         consumer_sync(); /* red is reused by the next tile */
     }
+    trace_stamp(a.trace, 2);
 }
 
 /* A tuning knob from the environment (for measurements), or its default. */

@@ -70,6 +70,8 @@ enum kiln_gemv_epilogue {
  * The activations xq come either from `xq` (FP8 codes / bf16, n rows) or, when `x` is set, from
  * RMSNorm of the f32 rows x[x_rows[t]] (or x[t]) with weight norm_w, quantized with in_scale
  * (FP8) or rounded to bf16 -- the CPU twin is kiln_cpu_rmsnorm + kiln_cpu_quant_fp8. */
+#define KILN_TRACE_BLOCKS 512
+
 struct kiln_gemv_args {
     const void *w; /* (M, K) e4m3 or bf16 */
     int M, K, n;
@@ -91,6 +93,9 @@ struct kiln_gemv_args {
     struct kiln_cuda_kv kv;
     int n_heads;
     float *q; /* (n, H, Dh) */
+    /* optional (KILN_TRACE): %globaltimer stamps per block (entry, wait done, end, -), for
+     * the first KILN_TRACE_BLOCKS blocks */
+    unsigned long long *trace;
 };
 int kiln_cuda_gemv(const struct kiln_gemv_args *a, kiln_stream stream);
 
@@ -117,11 +122,11 @@ int kiln_cuda_swiglu_quant(const float *gu, int n, int f, float h_scale, uint8_t
  * positions (chunks past a sequence's length are empty); with n_splits > 1 partial results go
  * to part (see attention.cu) and kiln_cuda_attention_combine finishes. A fixed split_len keeps
  * a sequence's result independent of the batch it runs in. Output: FP8 codes out8
- * (n_tokens, H Dh) with scale out_scale. */
+ * (n_tokens, H Dh) with scale out_scale. trace: KILN_TRACE stamps, or NULL. */
 int kiln_cuda_attention_decode(const float *q, struct kiln_cuda_batch b, const int32_t *seqs,
                                int n_list, int max_q_per_seq, struct kiln_cuda_kv kv, int n_heads,
                                int n_splits, int split_len, float *part, float out_scale,
-                               uint8_t *out8, kiln_stream stream);
+                               uint8_t *out8, unsigned long long *trace, kiln_stream stream);
 int kiln_cuda_attention_combine(const float *part, struct kiln_cuda_batch b, const int32_t *seqs,
                                 int n_list, int max_q_per_seq, int n_heads, int head_dim,
                                 int n_splits, float v_scale, float out_scale, uint8_t *out8,
