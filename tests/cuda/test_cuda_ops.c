@@ -907,6 +907,11 @@ int main(void)
     test_gemv_prologue(160, 4096, 7, false);
     test_gemv_prologue(16032, 4096, 2, true);
     test_gemv_prologue(64, 128, 5, true);
+    /* one token, K a multiple of 1024 up to 8192: the row stays in registers (gemv.cu) */
+    test_gemv_prologue(96, 4096, 1, false);
+    test_gemv_prologue(48, 2048, 1, true);
+    test_gemv_prologue(32, 8192, 1, false);
+    test_gemv_prologue(32, 3072, 1, false);
     test_swiglu(192, 128, 2);
     test_swiglu(1024, 4096, 8);
     test_rope_kv(4, 2, 64, 128, true);
@@ -917,6 +922,9 @@ int main(void)
         test_attention(8, 2, 128, true, chunk, ctx, 4, false);
         test_attention(8, 2, 128, false, chunk, ctx, 4, false);
         test_attention(4, 1, 64, true, chunk, ctx, 4, false);
+        int ctx1[4] = {1, 17, 130, 256}; /* one split of 256: the 8-warp kernel */
+        test_attention(8, 2, 128, true, chunk, ctx1, 4, false);
+        test_attention(4, 1, 64, false, chunk, ctx1, 4, false);
         int chunk2[3] = {3, 1, 5}, ctx2[3] = {3, 300, 520}; /* short chunks: the fused path */
         test_attention(8, 2, 128, true, chunk2, ctx2, 3, false);
         test_attention(4, 2, 64, false, chunk2, ctx2, 3, false);

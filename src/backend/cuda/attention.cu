@@ -31,10 +31,13 @@
 #include "common.cuh"
 #include "kernels.h"
 
-#define DEC_THREADS   512 /* 16 warps: 256 threads ran context 2048 at 263 tok/s, 512 at 271 */
-#define DEC_WARPS     (DEC_THREADS / 32)
-#define DEC_ROWS      4
-#define DEC_SPLIT_MAX 256 /* split_len must not exceed it */
+/* Warps of a decode block: 8 when one split covers the context (at context 128 on an H100,
+ * 8 warps gave 7.3 us a layer, 16 warps 8.5), 16 when there are several (context 2048: 263 tok/s
+ * with 8, 271 with 16) */
+#define DEC_WARPS_ONE  8
+#define DEC_WARPS_MANY 16
+#define DEC_ROWS       4
+#define DEC_SPLIT_MAX  256 /* split_len must not exceed it */
 
 struct dec_geom {
     int s, t0, lq, kv_len, G, rows, row0;
@@ -101,7 +104,7 @@ template <int DH, bool FP8> struct dec_smem {
     __host__ __device__ dec_smem(int split_len) : n(split_len) {}
     __host__ __device__ size_t k_bytes() const
     {
-        size_t k = (size_t)n * ROW, r = (size_t)DEC_WARPS * DEC_ROWS * DH * sizeof(float);
+        size_t k = (size_t)n * ROW, r = (size_t)DEC_WARPS_MANY * DEC_ROWS * DH * sizeof(float);
         return k > r ? k : r;
     }
     __host__ __device__ size_t v_off() const
@@ -155,7 +158,7 @@ __device__ __forceinline__ float warp_sum4(const float (&v)[4], int lane)
 
 /* Decode attention, one block per (split, KV head and row group, sequence). The split's K and V
  * rows are copied into shared memory (cp.async), those written by earlier steps before the
- * wait on the q|k|v GEMV. Three phases: (1) warp w scores positions w, w + 16, ... against the
+ * wait on the q|k|v GEMV. Three phases: (1) warp w scores positions w, w + WARPS, ... against the
  * block's (<= 4) query rows, a lane holding DH / 32 dims of each (q in registers, the four sums
  * reduced together: warp_sum4); (2) warp r takes row r's max and sum over the split; (3) warp w
  * sums the weighted V rows of its positions over the same dims, and the warps' sums are added
@@ -167,13 +170,14 @@ __device__ __forceinline__ float warp_sum4(const float (&v)[4], int lane)
  * splits (16-64 positions each) made each block's work ~2.5 us, but the merge of the partials,
  * by the last block through a fence and an atomic or by the combine kernel, cost more than
  * that under the o GEMV's weight stream (287-291 against 293-296 tok/s). */
-template <int DH, bool FP8>
-__global__ void __launch_bounds__(DEC_THREADS)
+template <int DH, bool FP8, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32)
     k_attn_decode(const float *q, kiln_cuda_batch b, const int32_t *seqs, int max_q,
                   kiln_cuda_kv kv, int n_heads, int split_len, float *part, float out_scale,
                   uint8_t *out8, unsigned long long *trace)
 {
     static_assert(DEC_ROWS == 4, "warp_sum4 reduces four rows");
+    constexpr int THREADS = WARPS * 32;
     using L = dec_smem<DH, FP8>;
     constexpr int ESZ = FP8 ? 1 : 2, ROW = L::ROW, PIECES = ROW / 16;
     constexpr int DPV = DH / 32; /* dims per lane */
@@ -197,7 +201,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
     const int p_begin = sp * split_len, p_end = min(d.kv_len, p_begin + split_len);
     const int n = p_end > p_begin ? p_end - p_begin : 0;
     const int32_t *table = b.block_table + (size_t)d.s * b.max_blocks;
-    for (int j = threadIdx.x; j < n; j += DEC_THREADS) {
+    for (int j = threadIdx.x; j < n; j += THREADS) {
         const int p = p_begin + j;
         rowbase[j] = (((size_t)table[p / kv.block_size] * kv.n_kv_heads + g) * kv.block_size +
                       p % kv.block_size) *
@@ -210,7 +214,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
     const uint8_t *kg = static_cast<const uint8_t *>(kv.k),
                   *vg = static_cast<const uint8_t *>(kv.v);
     auto copy_rows = [&](bool old) {
-        for (int i = threadIdx.x; i < n * PIECES; i += DEC_THREADS) {
+        for (int i = threadIdx.x; i < n * PIECES; i += THREADS) {
             const int j = i / PIECES, c = i % PIECES;
             if ((p_begin + j < fresh) != old) continue;
             cp_async16(ks + (size_t)j * ROW + c * 16, kg + rowbase[j] + c * 16);
@@ -241,7 +245,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
     /* 1. scores */
     const float qk_scale = kv.k_scale * rsqrtf((float)DH);
 #pragma unroll 4 /* independent positions: their shuffle chains overlap */
-    for (int j = warp; j < n; j += DEC_WARPS) {
+    for (int j = warp; j < n; j += WARPS) {
         float kd[DPV], dot[DEC_ROWS];
         cache_to_float<FP8, DPV>(ks + (size_t)j * ROW + lane * DPV * ESZ, kd);
 #pragma unroll
@@ -279,11 +283,11 @@ __global__ void __launch_bounds__(DEC_THREADS)
     }
     __syncthreads();
 
-    /* 3. weighted V: warp w takes positions w, w + DEC_WARPS, ...; lane owns dims [lane DPV, + DPV)
+    /* 3. weighted V: warp w takes positions w, w + WARPS, ...; lane owns dims [lane DPV, + DPV)
      */
     float acc[DEC_ROWS][DPV] = {};
 #pragma unroll 4
-    for (int j = warp; j < n; j += DEC_WARPS) {
+    for (int j = warp; j < n; j += WARPS) {
         float vd[DPV];
         cache_to_float<FP8, DPV>(vs + (size_t)j * ROW + lane * DPV * ESZ, vd);
 #pragma unroll
@@ -298,11 +302,11 @@ __global__ void __launch_bounds__(DEC_THREADS)
 #pragma unroll
         for (int i = 0; i < DPV; i++) red[(warp * DEC_ROWS + r) * DH + lane * DPV + i] = acc[r][i];
     __syncthreads();
-    for (int o = threadIdx.x; o < d.rows * DH; o += DEC_THREADS) {
+    for (int o = threadIdx.x; o < d.rows * DH; o += THREADS) {
         const int r = o / DH, dim = o % DH;
         float A = 0.0f;
 #pragma unroll
-        for (int w = 0; w < DEC_WARPS; w++) A += red[(w * DEC_ROWS + r) * DH + dim];
+        for (int w = 0; w < WARPS; w++) A += red[(w * DEC_ROWS + r) * DH + dim];
         const int row = d.row0 + r, tq = row / d.G, h = g * d.G + row % d.G;
         if (n_splits == 1) {
             out8[(size_t)(d.t0 + tq) * n_heads * DH + h * DH + dim] =
@@ -355,15 +359,24 @@ extern "C" int kiln_cuda_attention_decode(const float *q, struct kiln_cuda_batch
     do {                                                                                           \
         static bool raised; /* the limit for the longest split, once */                            \
         if (!raised) {                                                                             \
-            cudaError_t e = cudaFuncSetAttribute(k_attn_decode<DH, FP8>,                           \
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,      \
-                                                 (int)dec_smem<DH, FP8>(DEC_SPLIT_MAX).bytes());   \
+            int most = (int)dec_smem<DH, FP8>(DEC_SPLIT_MAX).bytes();                              \
+            cudaError_t e =                                                                        \
+                cudaFuncSetAttribute(k_attn_decode<DH, FP8, DEC_WARPS_ONE>,                        \
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, most);           \
+            if (!e)                                                                                \
+                e = cudaFuncSetAttribute(k_attn_decode<DH, FP8, DEC_WARPS_MANY>,                   \
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, most);       \
             if (e) return e;                                                                       \
             raised = true;                                                                         \
         }                                                                                          \
         size_t smem = dec_smem<DH, FP8>(split_len).bytes();                                        \
-        return launch_pdl(k_attn_decode<DH, FP8>, grid, DEC_THREADS, smem, stream, q, b, seqs,     \
-                          max_q_per_seq, kv, n_heads, split_len, part, out_scale, out8, trace);    \
+        if (n_splits == 1)                                                                         \
+            return launch_pdl(k_attn_decode<DH, FP8, DEC_WARPS_ONE>, grid, DEC_WARPS_ONE * 32,     \
+                              smem, stream, q, b, seqs, max_q_per_seq, kv, n_heads, split_len,     \
+                              part, out_scale, out8, trace);                                       \
+        return launch_pdl(k_attn_decode<DH, FP8, DEC_WARPS_MANY>, grid, DEC_WARPS_MANY * 32, smem, \
+                          stream, q, b, seqs, max_q_per_seq, kv, n_heads, split_len, part,         \
+                          out_scale, out8, trace);                                                 \
     } while (0)
     if (kv.head_dim == 128 && kv.fp8) DEC_LAUNCH(128, true);
     if (kv.head_dim == 128) DEC_LAUNCH(128, false);

@@ -35,6 +35,7 @@
 #define GEMV_PAD      64
 #define TMA_THREADS   (GEMV_THREADS + 32) /* 8 compute warps and a producer warp */
 #define GEMV_BARRIERS 128 /* bytes for the TMA ring's mbarriers (keeps what follows aligned) */
+#define XREG          8   /* float4s of the normalized row a thread keeps (K <= 8192, batch 1) */
 
 /* A barrier of the block's 256 compute threads (named barrier 1): the whole block in the
  * register kernel; in the TMA kernel it leaves out the producer warp, which keeps issuing weight
@@ -73,7 +74,54 @@ template <bool BF16> __device__ void stage_x(const kiln_gemv_args &a, uint8_t *x
     const int esz = BF16 ? 2 : 1;
     const int row_bytes = a.K * esz;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (a.x) {
+    if (a.x && a.n == 1 && a.K % (GEMV_THREADS * 4) == 0 && a.K <= GEMV_THREADS * 4 * XREG) {
+        /* one token (batch-1 decode): the row and the norm weights stay in registers, loaded in
+         * one round trip, instead of being read again after the sum (that second pass read the
+         * norm weights from L2 on the critical path of every RMSNorm GEMV). Same arithmetic, in
+         * the same order, as the general path below. */
+        __shared__ float part1[GEMV_WARPS];
+        const float *xr = a.x + (size_t)(a.x_rows ? a.x_rows[0] : 0) * a.K;
+        const int steps = a.K / (GEMV_THREADS * 4);
+        float4 v[XREG];
+        uint2 wb[XREG];
+#pragma unroll
+        for (int i = 0; i < XREG; i++)
+            if (i < steps) {
+                const int k = threadIdx.x * 4 + i * GEMV_THREADS * 4;
+                v[i] = *reinterpret_cast<const float4 *>(xr + k);
+                wb[i] = *reinterpret_cast<const uint2 *>(a.norm_w + k);
+            }
+        float acc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < XREG; i++)
+            if (i < steps)
+                acc += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+        acc = warp_sum(acc);
+        if (lane == 0) part1[warp] = acc;
+        consumer_sync();
+        float tot = 0.0f;
+#pragma unroll
+        for (int w = 0; w < GEMV_WARPS; w++) tot += part1[w];
+        const float r = 1.0f / sqrtf(tot / (float)a.K + a.eps), inv = 1.0f / a.in_scale;
+#pragma unroll
+        for (int i = 0; i < XREG; i++)
+            if (i < steps) {
+                const int k = threadIdx.x * 4 + i * GEMV_THREADS * 4;
+                float y0 = v[i].x * r * bf16_bits_to_float(wb[i].x & 0xffff);
+                float y1 = v[i].y * r * bf16_bits_to_float(wb[i].x >> 16);
+                float y2 = v[i].z * r * bf16_bits_to_float(wb[i].y & 0xffff);
+                float y3 = v[i].w * r * bf16_bits_to_float(wb[i].y >> 16);
+                if (BF16) {
+                    uint2 o = make_uint2(pack_bf16x2(y0, y1), pack_bf16x2(y2, y3));
+                    *reinterpret_cast<uint2 *>(xs + (size_t)k * 2) = o;
+                } else {
+                    uint32_t o = (uint32_t)to_e4m3(y0 * inv) | ((uint32_t)to_e4m3(y1 * inv) << 8) |
+                                 ((uint32_t)to_e4m3(y2 * inv) << 16) |
+                                 ((uint32_t)to_e4m3(y3 * inv) << 24);
+                    *reinterpret_cast<uint32_t *>(xs + k) = o;
+                }
+            }
+    } else if (a.x) {
         /* fused RMSNorm: all 256 threads sum the squares of each token (16-byte loads, four in
          * flight per thread), then normalize and quantize into xs. A version where one warp did
          * one token walked 16 KB with dependent loads and cost ~10 us per block. */
