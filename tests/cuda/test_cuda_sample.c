@@ -396,7 +396,7 @@ static void row_failure(int vocab, int r, const char *what, const struct kiln_sa
 }
 
 /* Runs n rows of one vocabulary on both backends and compares; returns exempt rows. */
-static int check_batch(int vocab, int n, int *n_sampled)
+static int check_batch(int vocab, int n, bool split, int *n_sampled)
 {
     float *l = xmalloc((size_t)n * vocab * 4), *back = xmalloc((size_t)n * vocab * 4);
     float *x = xmalloc((size_t)vocab * 4), *p = xmalloc((size_t)vocab * 4);
@@ -425,8 +425,13 @@ static int check_batch(int vocab, int n, int *n_sampled)
     CK(cudaMalloc((void **)&d_out, (size_t)n * sizeof *d_out));
     CK(cudaMemcpy(d_args, args, bytes, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(d_l, l, (size_t)n * vocab * 4, cudaMemcpyHostToDevice));
-    CK(kiln_cuda_sample(d_l, n, vocab, d_args, d_out, NULL));
+    /* the split first pass (the backend's for small steps), or one block per row */
+    struct kiln_cuda_sample_part *d_parts = NULL;
+    if (split)
+        CK(cudaMalloc((void **)&d_parts, (size_t)n * KILN_CUDA_SAMPLE_CHUNKS * sizeof *d_parts));
+    CK(kiln_cuda_sample(d_l, n, vocab, d_args, d_parts, d_out, NULL));
     CK(cudaDeviceSynchronize());
+    cudaFree(d_parts);
     CK(cudaMemcpy(got, d_out, (size_t)n * sizeof *got, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(back, d_l, (size_t)n * vocab * 4, cudaMemcpyDeviceToHost));
 
@@ -480,9 +485,11 @@ static int check_batch(int vocab, int n, int *n_sampled)
     }
     bool same = memcmp(back, l, (size_t)n * vocab * 4) == 0;
     if (!same) failures++;
-    printf("sample vocab=%-6d rows %d (sampled %d): exempt %d, tokens differing %d, failures %d, "
-           "logits restored: %s\n",
-           vocab, n, sampled, exempt, differ, failures - start, same ? "yes" : "NO (FAIL)");
+    printf(
+        "sample vocab=%-6d rows %3d%s (sampled %d): exempt %d, tokens differing %d, failures %d, "
+        "logits restored: %s\n",
+        vocab, n, split ? " split" : "", sampled, exempt, differ, failures - start,
+        same ? "yes" : "NO (FAIL)");
     *n_sampled = sampled;
 
     cudaFree(d_args), cudaFree(d_l), cudaFree(d_out);
@@ -494,8 +501,12 @@ static int check_batch(int vocab, int n, int *n_sampled)
 
 /* ---- timing ---- */
 
-static void time_config(const char *name, float *d_l, int n, int vocab, struct kiln_sampling *sp)
+static void time_config(const char *name, float *d_l, int n, int vocab, struct kiln_sampling *sp,
+                        bool split)
 {
+    struct kiln_cuda_sample_part *d_parts = NULL;
+    if (split)
+        CK(cudaMalloc((void **)&d_parts, (size_t)n * KILN_CUDA_SAMPLE_CHUNKS * sizeof *d_parts));
     size_t bytes = kiln_cuda_sample_args_bytes(sp, n);
     void *args = xmalloc(bytes), *d_args;
     struct kiln_cuda_sample_out *d_out;
@@ -506,17 +517,19 @@ static void time_config(const char *name, float *d_l, int n, int vocab, struct k
     cudaEvent_t a, b;
     CK(cudaEventCreate(&a));
     CK(cudaEventCreate(&b));
-    for (int i = 0; i < 3; i++) CK(kiln_cuda_sample(d_l, n, vocab, d_args, d_out, NULL));
+    for (int i = 0; i < 3; i++) CK(kiln_cuda_sample(d_l, n, vocab, d_args, d_parts, d_out, NULL));
     const int reps = 20;
     CK(cudaEventRecord(a, NULL));
-    for (int i = 0; i < reps; i++) CK(kiln_cuda_sample(d_l, n, vocab, d_args, d_out, NULL));
+    for (int i = 0; i < reps; i++)
+        CK(kiln_cuda_sample(d_l, n, vocab, d_args, d_parts, d_out, NULL));
     CK(cudaEventRecord(b, NULL));
     CK(cudaEventSynchronize(b));
     float ms = 0;
     CK(cudaEventElapsedTime(&ms, a, b));
     ms /= reps;
-    printf("sample time %-44s %3d x %d: %8.3f ms  (%6.1f GB/s as one read of the logits)\n", name,
-           n, vocab, ms, (double)n * vocab * 4 / (ms * 1e6));
+    printf("sample time %-44s %3d x %d%s: %8.3f ms  (%6.1f GB/s as one read of the logits)\n", name,
+           n, vocab, split ? "" : " (one block a row)", ms, (double)n * vocab * 4 / (ms * 1e6));
+    cudaFree(d_parts);
     cudaEventDestroy(a), cudaEventDestroy(b);
     cudaFree(d_args), cudaFree(d_out);
     free(args);
@@ -551,8 +564,12 @@ static void timing(void)
                 sp[r].n_logprobs = 5;
             }
         }
-        time_config(names[c], d_l, n, vocab, sp);
-        time_config(names[c], d_l, 1, vocab, sp);
+        time_config(names[c], d_l, n, vocab, sp, true);
+        time_config(names[c], d_l, 1, vocab, sp, true);
+        if (c == 0) {
+            time_config(names[c], d_l, n, vocab, sp, false);
+            time_config(names[c], d_l, 1, vocab, sp, false);
+        }
     }
     cudaFree(d_l);
     free(l), free(sp);
@@ -569,10 +586,15 @@ int main(void)
     static const int vocabs[3] = {128256, 1000, 37}, rows[3] = {600, 1600, 200};
     int exempt = 0, total = 0, sampled = 0;
     for (int v = 0; v < 3; v++) {
-        /* batches of up to 200 rows: one launch each */
-        for (int done = 0; done < rows[v]; done += 200) {
-            int n = rows[v] - done < 200 ? rows[v] - done : 200, s;
-            exempt += check_batch(vocabs[v], n, &s);
+        /* batches of up to 200 rows, one launch each, alternating with batches of up to
+         * KILN_CUDA_SAMPLE_SPLIT_ROWS rows that take the split first pass */
+        int b = 0;
+        for (int done = 0, n; done < rows[v]; done += n, b++) {
+            const bool split = b % 2 == 0;
+            const int most = split ? KILN_CUDA_SAMPLE_SPLIT_ROWS : 200;
+            int s;
+            n = rows[v] - done < most ? rows[v] - done : most;
+            exempt += check_batch(vocabs[v], n, split, &s);
             total += n;
             sampled += s;
         }

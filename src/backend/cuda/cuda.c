@@ -150,6 +150,7 @@ struct cuda_state {
     void *h_sample_args, *d_sample_args;
     size_t sample_cap;
     struct kiln_cuda_sample_out *h_sample_out, *d_sample_out;
+    struct kiln_cuda_sample_part *d_sample_parts; /* (max_seqs, KILN_CUDA_SAMPLE_CHUNKS) */
 
     int n_out;
     struct prof prof;
@@ -809,7 +810,11 @@ static enum kiln_status cuda_sample(struct kiln_backend *b, const struct kiln_sa
     kiln_cuda_sample_pack(params, n, s->h_sample_args);
     CUDA_TRY(cudaMemcpyAsync(s->d_sample_args, s->h_sample_args, bytes, cudaMemcpyHostToDevice,
                              s->stream));
-    K_TRY(kiln_cuda_sample(s->logits, n, vocab, s->d_sample_args, s->d_sample_out, s->stream));
+    /* KILN_SAMPLE_SPLIT=0 (a measurement knob): one block reads each row */
+    static int split = -1;
+    if (split < 0) split = !getenv("KILN_SAMPLE_SPLIT") || atoi(getenv("KILN_SAMPLE_SPLIT")) != 0;
+    K_TRY(kiln_cuda_sample(s->logits, n, vocab, s->d_sample_args, split ? s->d_sample_parts : NULL,
+                           s->d_sample_out, s->stream));
     CUDA_TRY(cudaMemcpyAsync(s->h_sample_out, s->d_sample_out, (size_t)n * sizeof *s->h_sample_out,
                              cudaMemcpyDeviceToHost, s->stream));
     CUDA_TRY(cudaStreamSynchronize(s->stream));
@@ -874,6 +879,7 @@ static void cuda_free(struct kiln_backend *b)
         cudaFree(s->d_meta);
         cudaFree(s->d_sample_args);
         cudaFree(s->d_sample_out);
+        cudaFree(s->d_sample_parts);
         cudaFreeHost(s->h_meta);
         cudaFreeHost(s->h_sample_args);
         cudaFreeHost(s->h_sample_out);
@@ -1037,12 +1043,14 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
     CUDA_TRY(cudaMallocHost((void **)&s->h_meta, s->meta_cap * 4));
     CUDA_TRY(cudaMalloc((void **)&s->d_meta, p.meta));
     size_t sample_out = (size_t)S * sizeof *s->d_sample_out;
-    KILN_ASSERT(p.sample == p.sample_args + sample_out);
+    size_t sample_parts = (size_t)S * KILN_CUDA_SAMPLE_CHUNKS * sizeof *s->d_sample_parts;
+    KILN_ASSERT(p.sample == p.sample_args + sample_out + sample_parts);
     s->sample_cap = p.sample_args;
     CUDA_TRY(cudaMallocHost(&s->h_sample_args, s->sample_cap));
     CUDA_TRY(cudaMalloc(&s->d_sample_args, s->sample_cap));
     CUDA_TRY(cudaMallocHost((void **)&s->h_sample_out, sample_out));
     CUDA_TRY(cudaMalloc((void **)&s->d_sample_out, sample_out));
+    CUDA_TRY(cudaMalloc((void **)&s->d_sample_parts, sample_parts));
 
     /* KV pool: what is asked, or a fraction of what is left */
     size_t elem = opt->kv_dtype == KILN_DTYPE_F8E4M3 ? 1 : 2;

@@ -193,11 +193,24 @@ size_t kiln_cuda_sample_args_bytes(const struct kiln_sampling *params, int n);
 /* Writes params (n,) into buf (kiln_cuda_sample_args_bytes(params, n) bytes). */
 void kiln_cuda_sample_pack(const struct kiln_sampling *params, int n, void *buf);
 
+/* Step 1 (the raw row's logsumexp and argmax) of a row in KILN_CUDA_SAMPLE_CHUNKS pieces, each
+ * read by its own block before the sampler runs (one block reading a whole row took 28 us at
+ * 128K logits on an H100) */
+#define KILN_CUDA_SAMPLE_CHUNKS     64
+#define KILN_CUDA_SAMPLE_SPLIT_ROWS 16 /* steps of more rows read each row in one block */
+struct kiln_cuda_sample_part {
+    float m, s; /* running max and sum of exp(x - m) */
+    float v;    /* the largest logit (NaN as -inf) */
+    int32_t i;  /* its first id */
+};
+
 /* logits (n, vocab) f32 -> out (n,): token, its log-probability and the top alternatives, as
  * kiln_sample_row. args: the packed buffer, on the device (the kernel writes its "saved" words).
- * The logits are modified while the kernel runs (penalties applied in place) and restored bit
- * for bit before it ends. */
-int kiln_cuda_sample(float *logits, int n, int vocab, void *args, struct kiln_cuda_sample_out *out,
+ * parts: n * KILN_CUDA_SAMPLE_CHUNKS of scratch for the split first pass (used for at most
+ * KILN_CUDA_SAMPLE_SPLIT_ROWS rows), or NULL (one block reads each row). The logits are modified
+ * while the kernel runs (penalties applied in place) and restored bit for bit before it ends. */
+int kiln_cuda_sample(float *logits, int n, int vocab, void *args,
+                     struct kiln_cuda_sample_part *parts, struct kiln_cuda_sample_out *out,
                      kiln_stream stream);
 
 /* y (n,) = sat_e4m3(x / scale) (computed as x * (1 / scale), as the CPU twin). */

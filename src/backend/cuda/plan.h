@@ -39,7 +39,7 @@ struct kiln_cuda_plan {
     uint64_t logits;      /* (S, vocab) f32 */
     uint64_t part;        /* flash-decoding partials */
     uint64_t meta;        /* batch description, int32 */
-    uint64_t sample;      /* sampler: arguments (sample_args) and results (S,) */
+    uint64_t sample;      /* sampler: arguments (sample_args), results (S,), first-pass pieces */
     uint64_t activations; /* the sum of the above */
     uint64_t workspace;   /* cuBLASLt */
     uint64_t kv_block;    /* one KV block: K and V of every layer */
@@ -110,7 +110,8 @@ static inline void kiln_cuda_plan(const struct kiln_model *m,
                          KILN_CUDA_SAMPLE_BIAS_WORDS * KILN_CUDA_SAMPLE_BIAS +
                          KILN_CUDA_SAMPLE_BANNED_WORDS * KILN_CUDA_SAMPLE_BANNED;
     p->sample_args = (size_t)(S * (sizeof(struct kiln_cuda_sample_row) + 4 * row_words));
-    p->sample = p->sample_args + S * sizeof(struct kiln_cuda_sample_out);
+    p->sample = p->sample_args + S * sizeof(struct kiln_cuda_sample_out) +
+                S * KILN_CUDA_SAMPLE_CHUNKS * sizeof(struct kiln_cuda_sample_part);
     p->activations =
         p->rope + p->x + p->big + p->q + p->x8 + p->logits + p->part + p->meta + p->sample;
     p->workspace = KILN_CUDA_LT_WORKSPACE;

@@ -5,7 +5,11 @@
  * batch):
  *  - step 1 is one online pass (running max and rescaled sum per thread, in float: ~126 terms,
  *    so the log-probabilities are within ~3e-5 of the CPU's double sum) that also yields the
- *    argmax: a greedy row without penalties, bias or bans is done after it.
+ *    argmax: a greedy row without penalties, bias or bans is done after it. With scratch for
+ *    it (the backend's case) the pass runs before, in KILN_CUDA_SAMPLE_CHUNKS pieces of the row
+ *    each read by a block of k_sample_scan, and the row's block merges the pieces: one block
+ *    reading a 128K row took 28 us on an H100, a quarter of a batch-1 token's time outside the
+ *    decode graph.
  *    The top-n alternatives: the n-th largest of the 1024 per-thread maxima bounds the n-th
  *    largest logit from below, so one more pass gathers every logit at or above it into shared
  *    memory (about n of them for real rows) and n block-wide argmax rounds with exclusion run
@@ -91,7 +95,8 @@ __device__ __forceinline__ lse_acc shfl_xor(lse_acc a, int o)
 
 /* Block-wide reduction; every thread gets the same result (the warps' partials are combined in
  * one fixed order by every thread). All threads must call it. scratch: 32 * 8 bytes. */
-template <typename T, typename Op> __device__ T block_reduce(T v, Op op, void *scratch)
+template <int NW = WARPS, typename T, typename Op>
+__device__ T block_reduce(T v, Op op, void *scratch)
 {
     T *sh = static_cast<T *>(scratch);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -100,8 +105,63 @@ template <typename T, typename Op> __device__ T block_reduce(T v, Op op, void *s
     if (lane == 0) sh[warp] = v;
     __syncthreads();
     T r = sh[0];
-    for (int w = 1; w < WARPS; w++) r = op(r, sh[w]);
+    for (int w = 1; w < NW; w++) r = op(r, sh[w]);
     return r;
+}
+
+/* Step 1's element update: the running logsumexp and the first argmax (ids ascend). */
+__device__ __forceinline__ void take(lse_acc &acc, arg_max &am, float v, int i)
+{
+    if (v > acc.m) {
+        acc.s = __fadd_rn(__fmul_rn(acc.s, expf(acc.m - v)), 1.0f);
+        acc.m = v;
+    } else if (v != -INFINITY) {
+        acc.s += expf(v - acc.m); /* NaN makes the sum NaN, as on the CPU */
+    }
+    float w = ninf_if_nan(v);
+    if (w > am.v || am.i == NO_ID) am = {w, i}; /* the first maximum stays */
+}
+
+/* Step 1 over row[begin, end) by `threads` threads (begin a multiple of 4). */
+__device__ __forceinline__ void take_range(const float *row, int begin, int end, int threads,
+                                           lse_acc &acc, arg_max &am)
+{
+    const int tid = threadIdx.x;
+    if (end % 4 == 0 && (reinterpret_cast<uintptr_t>(row) & 15) == 0) {
+        /* 16-byte loads, several in flight per thread (with one 4-byte load at a time one block
+         * reading a row was latency-bound: ~65 us for 128K logits) */
+        const float4 *row4 = reinterpret_cast<const float4 *>(row);
+#pragma unroll 4
+        for (int i4 = begin / 4 + tid; i4 < end / 4; i4 += threads) {
+            float4 v = row4[i4];
+            take(acc, am, v.x, 4 * i4), take(acc, am, v.y, 4 * i4 + 1);
+            take(acc, am, v.z, 4 * i4 + 2), take(acc, am, v.w, 4 * i4 + 3);
+        }
+    } else {
+        for (int i = begin + tid; i < end; i += threads) take(acc, am, row[i], i);
+    }
+}
+
+#define SCAN_THREADS 256
+
+/* Step 1 of row blockIdx.y, piece blockIdx.x of KILN_CUDA_SAMPLE_CHUNKS. */
+__global__ void __launch_bounds__(SCAN_THREADS)
+    k_sample_scan(const float *logits, int vocab, kiln_cuda_sample_part *parts)
+{
+    __shared__ __align__(8) unsigned char red[32 * 8];
+    const int chunk = ((vocab + KILN_CUDA_SAMPLE_CHUNKS - 1) / KILN_CUDA_SAMPLE_CHUNKS + 3) & ~3;
+    const int begin = min(vocab, (int)blockIdx.x * chunk), end = min(vocab, begin + chunk);
+    lse_acc acc = {-INFINITY, 0.0f};
+    arg_max am = {-INFINITY, NO_ID};
+    take_range(logits + (size_t)blockIdx.y * vocab, begin, end, SCAN_THREADS, acc, am);
+    constexpr int NW = SCAN_THREADS / 32;
+    lse_acc all = block_reduce<NW>(
+        acc, [](lse_acc a, lse_acc b) { return lse_merge(a, b); }, red);
+    arg_max best = block_reduce<NW>(
+        am, [](arg_max a, arg_max b) { return better(a, b); }, red);
+    if (threadIdx.x == 0)
+        parts[(size_t)blockIdx.y * KILN_CUDA_SAMPLE_CHUNKS + blockIdx.x] = {all.m, all.s, best.v,
+                                                                            best.i};
 }
 
 /* Block-wide exclusive prefix sum in thread order; *total gets the sum of all. */
@@ -310,7 +370,7 @@ __device__ __forceinline__ int32_t *list_entry(const kiln_cuda_sample_row &P, in
 
 __global__ void __launch_bounds__(THREADS)
     k_sample(float *logits, int vocab, const kiln_cuda_sample_row *rows, int32_t *words,
-             kiln_cuda_sample_out *out)
+             const kiln_cuda_sample_part *parts, kiln_cuda_sample_out *out)
 {
     /* the top-n buffers and the two histograms are used one after the other: 32 KiB */
     __shared__ union {
@@ -339,27 +399,17 @@ __global__ void __launch_bounds__(THREADS)
     /* ---- step 1: logsumexp and argmax of the raw row, one pass ---- */
     lse_acc acc = {-INFINITY, 0.0f};
     arg_max am = {-INFINITY, NO_ID}; /* over the row with NaN as -inf */
-    const auto take = [&](float v, int i) {
-        if (v > acc.m) {
-            acc.s = __fadd_rn(__fmul_rn(acc.s, expf(acc.m - v)), 1.0f);
-            acc.m = v;
-        } else if (v != -INFINITY) {
-            acc.s += expf(v - acc.m); /* NaN makes the sum NaN, as on the CPU */
-        }
-        float w = ninf_if_nan(v);
-        if (w > am.v || am.i == NO_ID) am = {w, i}; /* ids ascend: the first maximum stays */
-    };
-    if (vocab % 4 == 0 && (reinterpret_cast<uintptr_t>(row) & 15) == 0) {
-        /* 16-byte loads, several in flight per thread: one block reads a whole row, and with
-         * one 4-byte load at a time it was latency-bound (~65 us for 128K logits) */
-        const float4 *row4 = reinterpret_cast<const float4 *>(row);
-#pragma unroll 4
-        for (int i4 = tid; i4 < vocab / 4; i4 += THREADS) {
-            float4 v = row4[i4];
-            take(v.x, 4 * i4), take(v.y, 4 * i4 + 1), take(v.z, 4 * i4 + 2), take(v.w, 4 * i4 + 3);
+    if (parts) {
+        /* the pieces k_sample_scan took: a thread per piece, merged below as the threads' own
+         * partials would be (the top-n floor below then comes from the pieces' maxima) */
+        if (tid < KILN_CUDA_SAMPLE_CHUNKS) {
+            const kiln_cuda_sample_part pt =
+                parts[(size_t)blockIdx.x * KILN_CUDA_SAMPLE_CHUNKS + tid];
+            acc = {pt.m, pt.s};
+            am = {pt.v, pt.i};
         }
     } else {
-        for (int i = tid; i < vocab; i += THREADS) take(row[i], i);
+        take_range(row, 0, vocab, THREADS, acc, am);
     }
     const float own_max = acc.m; /* this thread's largest non-NaN logit */
     lse_acc all = block_reduce(
@@ -584,12 +634,22 @@ __global__ void __launch_bounds__(THREADS)
 }
 
 extern "C" int kiln_cuda_sample(float *logits, int n, int vocab, void *args,
+                                struct kiln_cuda_sample_part *parts,
                                 struct kiln_cuda_sample_out *out, kiln_stream stream)
 {
     if (n <= 0) return 0;
-    if (vocab <= 0) return cudaErrorInvalidValue;
+    if (vocab <= 0 || n > 65535) return cudaErrorInvalidValue;
     const kiln_cuda_sample_row *rows = static_cast<const kiln_cuda_sample_row *>(args);
     int32_t *words = reinterpret_cast<int32_t *>(static_cast<kiln_cuda_sample_row *>(args) + n);
-    k_sample<<<n, THREADS, 0, stream>>>(logits, vocab, rows, words, out);
+    /* the split pass pays off while one block per row leaves SMs idle: at 256 rows of 128K it
+     * took 0.133 ms against 0.075 (H100) */
+    if (n > KILN_CUDA_SAMPLE_SPLIT_ROWS) parts = NULL;
+    if (parts) {
+        k_sample_scan<<<dim3(KILN_CUDA_SAMPLE_CHUNKS, n), SCAN_THREADS, 0, stream>>>(logits, vocab,
+                                                                                     parts);
+        cudaError_t e = cudaGetLastError();
+        if (e) return e;
+    }
+    k_sample<<<n, THREADS, 0, stream>>>(logits, vocab, rows, words, parts, out);
     return cudaGetLastError();
 }
