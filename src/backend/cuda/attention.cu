@@ -44,18 +44,19 @@ struct dec_geom {
 };
 
 __device__ __forceinline__ dec_geom dec_setup(const kiln_cuda_batch &b, const int32_t *seqs,
-                                              int n_heads, int n_kv_heads, int max_q)
+                                              int n_heads, int n_kv_heads, int max_q,
+                                              int rows = DEC_ROWS)
 {
     dec_geom d;
     d.G = n_heads / n_kv_heads;
-    int row_groups = (max_q * d.G + DEC_ROWS - 1) / DEC_ROWS;
+    int row_groups = (max_q * d.G + rows - 1) / rows;
     int g_and_rg = blockIdx.y;
-    d.row0 = (g_and_rg % row_groups) * DEC_ROWS;
+    d.row0 = (g_and_rg % row_groups) * rows;
     d.s = seqs[blockIdx.z];
     d.t0 = b.seq_start[d.s];
     d.lq = b.seq_start[d.s + 1] - d.t0;
     d.kv_len = b.kv_len[d.s];
-    d.rows = min(DEC_ROWS, d.lq * d.G - d.row0);
+    d.rows = min(rows, d.lq * d.G - d.row0);
     return d;
 }
 
@@ -169,14 +170,16 @@ __device__ __forceinline__ float warp_sum4(const float (&v)[4], int lane)
  * unrolled, took 8.5 us, and 293.5 against 297 tok/s. Spreading short contexts over 4-16
  * splits (16-64 positions each) made each block's work ~2.5 us, but the merge of the partials,
  * by the last block through a fence and an atomic or by the combine kernel, cost more than
- * that under the o GEMV's weight stream (287-291 against 293-296 tok/s). */
-template <int DH, bool FP8, int WARPS>
+ * that under the o GEMV's weight stream (287-291 against 293-296 tok/s); so did a cluster of 2-8
+ * blocks sharing the split and merging through distributed shared memory (308 against 311).
+ * ROWS: the query rows a block takes, 4 (a GQA group) or 1 (one query head). */
+template <int DH, bool FP8, int WARPS, int ROWS>
 __global__ void __launch_bounds__(WARPS * 32)
     k_attn_decode(const float *q, kiln_cuda_batch b, const int32_t *seqs, int max_q,
                   kiln_cuda_kv kv, int n_heads, int split_len, float *part, float out_scale,
                   uint8_t *out8, unsigned long long *trace)
 {
-    static_assert(DEC_ROWS == 4, "warp_sum4 reduces four rows");
+    static_assert(ROWS == 4 || ROWS == 1, "warp_sum4 reduces four rows, warp_sum one");
     constexpr int THREADS = WARPS * 32;
     using L = dec_smem<DH, FP8>;
     constexpr int ESZ = FP8 ? 1 : 2, ROW = L::ROW, PIECES = ROW / 16;
@@ -186,16 +189,16 @@ __global__ void __launch_bounds__(WARPS * 32)
     uint8_t *ks = smem;
     float *red = reinterpret_cast<float *>(smem); /* (warps, rows, DH): after the scores */
     uint8_t *vs = smem + lay.v_off();
-    float *sc = reinterpret_cast<float *>(smem + lay.s_off()); /* (DEC_ROWS, split_len) */
+    float *sc = reinterpret_cast<float *>(smem + lay.s_off()); /* (ROWS, split_len) */
     size_t *rowbase = reinterpret_cast<size_t *>(smem + lay.rb_off());
-    __shared__ float sm_m[DEC_ROWS], sm_l[DEC_ROWS];
+    __shared__ float sm_m[ROWS], sm_l[ROWS];
 
     trace_stamp(trace, 0);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int row_groups = (max_q * (n_heads / kv.n_kv_heads) + DEC_ROWS - 1) / DEC_ROWS;
+    const int row_groups = (max_q * (n_heads / kv.n_kv_heads) + ROWS - 1) / ROWS;
     const int g = blockIdx.y / row_groups;
     /* the batch description is the step's (copied before the graph), not the previous kernel's */
-    dec_geom d = dec_setup(b, seqs, n_heads, kv.n_kv_heads, max_q);
+    dec_geom d = dec_setup(b, seqs, n_heads, kv.n_kv_heads, max_q, ROWS);
     if (d.rows <= 0) return; /* a padding row group of a shorter sequence: whole block exits */
     const int n_splits = gridDim.x, sp = blockIdx.x;
     const int p_begin = sp * split_len, p_end = min(d.kv_len, p_begin + split_len);
@@ -227,10 +230,10 @@ __global__ void __launch_bounds__(WARPS * 32)
     pdl_trigger();
     trace_stamp(trace, 1);
     copy_rows(false);
-    float qr[DEC_ROWS][DPV];
-    int qpos[DEC_ROWS];
+    float qr[ROWS][DPV];
+    int qpos[ROWS];
 #pragma unroll
-    for (int r = 0; r < DEC_ROWS; r++) {
+    for (int r = 0; r < ROWS; r++) {
         const int row = d.row0 + r, tq = row / d.G, h = g * d.G + row % d.G;
         const bool live = r < d.rows;
         qpos[r] = live ? b.positions[d.t0 + tq] : -1;
@@ -246,24 +249,31 @@ __global__ void __launch_bounds__(WARPS * 32)
     const float qk_scale = kv.k_scale * rsqrtf((float)DH);
 #pragma unroll 4 /* independent positions: their shuffle chains overlap */
     for (int j = warp; j < n; j += WARPS) {
-        float kd[DPV], dot[DEC_ROWS];
+        float kd[DPV], dot[ROWS];
         cache_to_float<FP8, DPV>(ks + (size_t)j * ROW + lane * DPV * ESZ, kd);
 #pragma unroll
-        for (int r = 0; r < DEC_ROWS; r++) {
+        for (int r = 0; r < ROWS; r++) {
             dot[r] = 0.0f;
 #pragma unroll
             for (int i = 0; i < DPV; i++) dot[r] += qr[r][i] * kd[i];
         }
-        const float sum = warp_sum4(dot, lane);
-        const int r = (lane >> 3) & 3; /* the row this lane's sum is (a select, not an index) */
-        const int qp = r == 0 ? qpos[0] : r == 1 ? qpos[1] : r == 2 ? qpos[2] : qpos[3];
-        if ((lane & 7) == 0)
-            sc[r * split_len + j] = r < d.rows && p_begin + j <= qp ? sum * qk_scale : -INFINITY;
+        if constexpr (ROWS == 4) {
+            const float sum = warp_sum4(dot, lane);
+            const int r = (lane >> 3) & 3; /* the row this lane's sum is (a select, not an index) */
+            const int qp = r == 0 ? qpos[0] : r == 1 ? qpos[1] : r == 2 ? qpos[2] : qpos[3];
+            if ((lane & 7) == 0)
+                sc[r * split_len + j] =
+                    r < d.rows && p_begin + j <= qp ? sum * qk_scale : -INFINITY;
+        } else {
+            const float sum = warp_sum(dot[0]);
+            if (lane == 0)
+                sc[j] = d.rows > 0 && p_begin + j <= qpos[0] ? sum * qk_scale : -INFINITY;
+        }
     }
     __syncthreads();
 
     /* 2. softmax statistics of the split: warp r owns row r */
-    if (warp < DEC_ROWS) {
+    if (warp < ROWS) {
         const int r = warp;
         float *row = sc + r * split_len;
         float mx = -INFINITY;
@@ -285,28 +295,28 @@ __global__ void __launch_bounds__(WARPS * 32)
 
     /* 3. weighted V: warp w takes positions w, w + WARPS, ...; lane owns dims [lane DPV, + DPV)
      */
-    float acc[DEC_ROWS][DPV] = {};
+    float acc[ROWS][DPV] = {};
 #pragma unroll 4
     for (int j = warp; j < n; j += WARPS) {
         float vd[DPV];
         cache_to_float<FP8, DPV>(vs + (size_t)j * ROW + lane * DPV * ESZ, vd);
 #pragma unroll
-        for (int r = 0; r < DEC_ROWS; r++) {
+        for (int r = 0; r < ROWS; r++) {
             const float w = sc[r * split_len + j];
 #pragma unroll
             for (int i = 0; i < DPV; i++) acc[r][i] += w * vd[i];
         }
     }
 #pragma unroll
-    for (int r = 0; r < DEC_ROWS; r++)
+    for (int r = 0; r < ROWS; r++)
 #pragma unroll
-        for (int i = 0; i < DPV; i++) red[(warp * DEC_ROWS + r) * DH + lane * DPV + i] = acc[r][i];
+        for (int i = 0; i < DPV; i++) red[(warp * ROWS + r) * DH + lane * DPV + i] = acc[r][i];
     __syncthreads();
     for (int o = threadIdx.x; o < d.rows * DH; o += THREADS) {
         const int r = o / DH, dim = o % DH;
         float A = 0.0f;
 #pragma unroll
-        for (int w = 0; w < WARPS; w++) A += red[(w * DEC_ROWS + r) * DH + dim];
+        for (int w = 0; w < WARPS; w++) A += red[(w * ROWS + r) * DH + dim];
         const int row = d.row0 + r, tq = row / d.G, h = g * d.G + row % d.G;
         if (n_splits == 1) {
             out8[(size_t)(d.t0 + tq) * n_heads * DH + h * DH + dim] =
@@ -352,8 +362,13 @@ extern "C" int kiln_cuda_attention_decode(const float *q, struct kiln_cuda_batch
                                           kiln_stream stream)
 {
     if (split_len > DEC_SPLIT_MAX || split_len < 1) return cudaErrorInvalidValue;
+    /* one split (short contexts): a block per query head, 4x the blocks of the GQA-shared kind
+     * with a quarter of the dot products each (H100, batch-1 decode at context 128: attention
+     * 7.5 -> 6.1 us a layer, 312 -> 313.6 tok/s); several splits: a block per group of 4 query
+     * heads sharing a KV head, which reads each K/V row once for all of them */
+    const int rows = n_splits == 1 ? 1 : DEC_ROWS;
     int G = n_heads / kv.n_kv_heads;
-    int row_groups = (max_q_per_seq * G + DEC_ROWS - 1) / DEC_ROWS;
+    int row_groups = (max_q_per_seq * G + rows - 1) / rows;
     dim3 grid(n_splits, kv.n_kv_heads * row_groups, n_list);
 #define DEC_LAUNCH(DH, FP8)                                                                        \
     do {                                                                                           \
@@ -361,22 +376,22 @@ extern "C" int kiln_cuda_attention_decode(const float *q, struct kiln_cuda_batch
         if (!raised) {                                                                             \
             int most = (int)dec_smem<DH, FP8>(DEC_SPLIT_MAX).bytes();                              \
             cudaError_t e =                                                                        \
-                cudaFuncSetAttribute(k_attn_decode<DH, FP8, DEC_WARPS_ONE>,                        \
+                cudaFuncSetAttribute(k_attn_decode<DH, FP8, DEC_WARPS_ONE, 1>,                     \
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, most);           \
             if (!e)                                                                                \
-                e = cudaFuncSetAttribute(k_attn_decode<DH, FP8, DEC_WARPS_MANY>,                   \
+                e = cudaFuncSetAttribute(k_attn_decode<DH, FP8, DEC_WARPS_MANY, DEC_ROWS>,         \
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, most);       \
             if (e) return e;                                                                       \
             raised = true;                                                                         \
         }                                                                                          \
         size_t smem = dec_smem<DH, FP8>(split_len).bytes();                                        \
         if (n_splits == 1)                                                                         \
-            return launch_pdl(k_attn_decode<DH, FP8, DEC_WARPS_ONE>, grid, DEC_WARPS_ONE * 32,     \
+            return launch_pdl(k_attn_decode<DH, FP8, DEC_WARPS_ONE, 1>, grid, DEC_WARPS_ONE * 32,  \
                               smem, stream, q, b, seqs, max_q_per_seq, kv, n_heads, split_len,     \
                               part, out_scale, out8, trace);                                       \
-        return launch_pdl(k_attn_decode<DH, FP8, DEC_WARPS_MANY>, grid, DEC_WARPS_MANY * 32, smem, \
-                          stream, q, b, seqs, max_q_per_seq, kv, n_heads, split_len, part,         \
-                          out_scale, out8, trace);                                                 \
+        return launch_pdl(k_attn_decode<DH, FP8, DEC_WARPS_MANY, DEC_ROWS>, grid,                  \
+                          DEC_WARPS_MANY * 32, smem, stream, q, b, seqs, max_q_per_seq, kv,        \
+                          n_heads, split_len, part, out_scale, out8, trace);                       \
     } while (0)
     if (kv.head_dim == 128 && kv.fp8) DEC_LAUNCH(128, true);
     if (kv.head_dim == 128) DEC_LAUNCH(128, false);
