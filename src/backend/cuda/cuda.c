@@ -108,10 +108,10 @@ struct prof {
     double ms[P_COUNT];
 };
 
-/* KILN_TRACE=1 (a measurement aid): every decode GEMV stamps %globaltimer per block (entry,
- * wait on the previous kernel done, end); the 64th traced step is read back and summarized on
- * stderr (trace_report). What lies between a q|k|v GEMV's end and the o GEMV's wait is the
- * attention. */
+/* KILN_TRACE=1 (a measurement aid): every decode GEMV and the exact decode attention stamp
+ * %globaltimer per block (entry, wait on the previous kernel done, end); steps 33 to 64 are
+ * read back (a synchronization each) and their means printed on stderr (trace_report). The
+ * split-merging combine kernel and the embedding are not stamped. */
 #define TRACE_KERNELS 256
 #define TRACE_BLOCKS  KILN_TRACE_BLOCKS
 struct trace {
