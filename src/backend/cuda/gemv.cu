@@ -68,6 +68,26 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[4], uint4 w0, uint4 w1, u
     mma_tile<BF16>(acc, s1, xv.z, xv.w);
 }
 
+/* RMSNorm's last step for 4 elements at k: v * r * w (w: 4 bf16 norm weights), quantized into
+ * the staged row dst (FP8 codes with inv = 1 / in_scale, or bf16). */
+template <bool BF16>
+__device__ __forceinline__ void norm_quant4(float4 v, uint2 wb, float r, float inv, uint8_t *dst,
+                                            int k)
+{
+    float y0 = v.x * r * bf16_bits_to_float(wb.x & 0xffff);
+    float y1 = v.y * r * bf16_bits_to_float(wb.x >> 16);
+    float y2 = v.z * r * bf16_bits_to_float(wb.y & 0xffff);
+    float y3 = v.w * r * bf16_bits_to_float(wb.y >> 16);
+    if (BF16) {
+        uint2 o = make_uint2(pack_bf16x2(y0, y1), pack_bf16x2(y2, y3));
+        *reinterpret_cast<uint2 *>(dst + (size_t)k * 2) = o;
+    } else {
+        uint32_t o = (uint32_t)to_e4m3(y0 * inv) | ((uint32_t)to_e4m3(y1 * inv) << 8) |
+                     ((uint32_t)to_e4m3(y2 * inv) << 16) | ((uint32_t)to_e4m3(y3 * inv) << 24);
+        *reinterpret_cast<uint32_t *>(dst + k) = o;
+    }
+}
+
 /* Stage the activations: rows [0, n) of xs (stride ldx bytes). */
 template <bool BF16> __device__ void stage_x(const kiln_gemv_args &a, uint8_t *xs, int ldx)
 {
@@ -105,22 +125,8 @@ template <bool BF16> __device__ void stage_x(const kiln_gemv_args &a, uint8_t *x
         const float r = 1.0f / sqrtf(tot / (float)a.K + a.eps), inv = 1.0f / a.in_scale;
 #pragma unroll
         for (int i = 0; i < XREG; i++)
-            if (i < steps) {
-                const int k = threadIdx.x * 4 + i * GEMV_THREADS * 4;
-                float y0 = v[i].x * r * bf16_bits_to_float(wb[i].x & 0xffff);
-                float y1 = v[i].y * r * bf16_bits_to_float(wb[i].x >> 16);
-                float y2 = v[i].z * r * bf16_bits_to_float(wb[i].y & 0xffff);
-                float y3 = v[i].w * r * bf16_bits_to_float(wb[i].y >> 16);
-                if (BF16) {
-                    uint2 o = make_uint2(pack_bf16x2(y0, y1), pack_bf16x2(y2, y3));
-                    *reinterpret_cast<uint2 *>(xs + (size_t)k * 2) = o;
-                } else {
-                    uint32_t o = (uint32_t)to_e4m3(y0 * inv) | ((uint32_t)to_e4m3(y1 * inv) << 8) |
-                                 ((uint32_t)to_e4m3(y2 * inv) << 16) |
-                                 ((uint32_t)to_e4m3(y3 * inv) << 24);
-                    *reinterpret_cast<uint32_t *>(xs + k) = o;
-                }
-            }
+            if (i < steps)
+                norm_quant4<BF16>(v[i], wb[i], r, inv, xs, threadIdx.x * 4 + i * GEMV_THREADS * 4);
     } else if (a.x) {
         /* fused RMSNorm: all 256 threads sum the squares of each token (16-byte loads, four in
          * flight per thread), then normalize and quantize into xs. A version where one warp did
@@ -150,23 +156,9 @@ template <bool BF16> __device__ void stage_x(const kiln_gemv_args &a, uint8_t *x
             const float r = 1.0f / sqrtf(tot / (float)a.K + a.eps);
             const float *xr = a.x + (size_t)(a.x_rows ? a.x_rows[t] : t) * a.K;
             uint8_t *dst = xs + (size_t)t * ldx;
-            for (int k = threadIdx.x * 4; k < a.K; k += GEMV_THREADS * 4) {
-                float4 v = *reinterpret_cast<const float4 *>(xr + k);
-                uint2 wb = *reinterpret_cast<const uint2 *>(a.norm_w + k);
-                float y0 = v.x * r * bf16_bits_to_float(wb.x & 0xffff);
-                float y1 = v.y * r * bf16_bits_to_float(wb.x >> 16);
-                float y2 = v.z * r * bf16_bits_to_float(wb.y & 0xffff);
-                float y3 = v.w * r * bf16_bits_to_float(wb.y >> 16);
-                if (BF16) {
-                    uint2 o = make_uint2(pack_bf16x2(y0, y1), pack_bf16x2(y2, y3));
-                    *reinterpret_cast<uint2 *>(dst + (size_t)k * 2) = o;
-                } else {
-                    uint32_t o = (uint32_t)to_e4m3(y0 * inv) | ((uint32_t)to_e4m3(y1 * inv) << 8) |
-                                 ((uint32_t)to_e4m3(y2 * inv) << 16) |
-                                 ((uint32_t)to_e4m3(y3 * inv) << 24);
-                    *reinterpret_cast<uint32_t *>(dst + k) = o;
-                }
-            }
+            for (int k = threadIdx.x * 4; k < a.K; k += GEMV_THREADS * 4)
+                norm_quant4<BF16>(*reinterpret_cast<const float4 *>(xr + k),
+                                  *reinterpret_cast<const uint2 *>(a.norm_w + k), r, inv, dst, k);
         }
     } else {
         const uint8_t *src = static_cast<const uint8_t *>(a.xq);
