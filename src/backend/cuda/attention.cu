@@ -44,8 +44,7 @@ struct dec_geom {
 };
 
 __device__ __forceinline__ dec_geom dec_setup(const kiln_cuda_batch &b, const int32_t *seqs,
-                                              int n_heads, int n_kv_heads, int max_q,
-                                              int rows = DEC_ROWS)
+                                              int n_heads, int n_kv_heads, int max_q, int rows)
 {
     dec_geom d;
     d.G = n_heads / n_kv_heads;
