@@ -2,7 +2,7 @@
 # The GPU session: run on the GPU machine from the repository root, with the binaries of
 # bench/gpu-prepare.sh in .devcarry/. Builds nothing; checks correctness, then times; the last
 # lines printed are a short summary table. Logs go to $OUT (returned by the device tool).
-#   bench/gpu-run.sh [all|quick|correct|bench|profile|tprof|compare|sanitize|probe|engine|
+#   bench/gpu-run.sh [all|quick|tests|correct|bench|profile|tprof|compare|sanitize|probe|engine|
 #                     throughput|pipeline|serving|ab]...
 set -uo pipefail
 B=$PWD/.devcarry
@@ -49,6 +49,22 @@ correct() {
   PYTHONUNBUFFERED=1 timeout 300 python3 tools/reference/make_fixtures.py "$OUT/reference_tiny.json" \
     tiny="$M/tiny" tiny-fp8kv="$M/tiny-fp8kv" 2>&1 | tail -n 8
   note "fixtures: $(ls -la "$OUT/reference_tiny.json" 2>&1 | awk '{print $5}') bytes"
+}
+
+# correct() without regenerating the PyTorch fixtures
+tests() {
+  step "models"
+  model tiny tiny; model tiny-fp8kv tiny --fp8-kv-cache; model small small --fp8-kv-cache
+  step "kernel tests vs CPU twins"
+  timeout 90 "$B/test_cuda_ops" 2>&1 | tee "$OUT/test_cuda_ops.log" | grep -E "FAIL|passed"
+  note "test_cuda_ops: $(tail -n 1 "$OUT/test_cuda_ops.log")"
+  timeout 90 "$B/test_cuda_sample" 2>&1 | tee "$OUT/test_cuda_sample.log" | grep -E "FAIL|exempt rows|passed"
+  note "test_cuda_sample: $(tail -n 1 "$OUT/test_cuda_sample.log")"
+  for spec in "tiny fp8 strict" "tiny bf16 strict" "tiny-fp8kv fp8 strict" "small fp8"; do
+    set -- $spec
+    timeout 90 "$B/test_cuda_model" "$M/$1" "$2" ${3:-} ${4:-} >"$OUT/test_cuda_model-$1-$2.log" 2>&1
+    note "test_cuda_model $1 $2: $(tail -n 1 "$OUT/test_cuda_model-$1-$2.log")"
+  done
 }
 
 bench() {
@@ -202,7 +218,8 @@ probe() {
 }
 
 # Batch-1 decode at context 128 under several environments, interleaved, each twice:
-# KILN_AB="label=ENV=1 ENV2=2;label2=..." (an empty environment is the default build).
+# KILN_AB="label=ENV=1 ENV2=2;label2=..." (an empty environment is the default build; KILN_BIN=
+# NAME in an environment runs $B/NAME instead of $B/kiln, e.g. an older build carried beside).
 ab() {
   model llama8b llama-3.1-8b --fp8-kv-cache
   step "A/B: batch-1 decode, context ${KILN_AB_CTX:-128}"
@@ -212,7 +229,9 @@ ab() {
   for rep in 1 2; do
     for cfg in "${cfgs[@]}"; do
       label=${cfg%%=*}; envs=${cfg#*=}
-      env $envs "$B/kiln" bench "$M/llama8b" --contexts "${KILN_AB_CTX:-128}" --prompts none \
+      local bin=kiln kv
+      for kv in $envs; do [[ $kv == KILN_BIN=* ]] && bin=${kv#KILN_BIN=}; done
+      env $envs "$B/$bin" bench "$M/llama8b" --contexts "${KILN_AB_CTX:-128}" --prompts none \
         --batches "${KILN_AB_BATCHES:-none}" --steps 128 2>&1 | tee -a "$OUT/ab.log" |
         grep -E "^decode" | while read -r l; do note "ab $label #$rep: $l"; done
     done
@@ -232,7 +251,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for what in "${@:-all}"; do
   case $what in
     all) correct; bench; compare; sanitize ;;
-    quick|correct|bench|profile|tprof|compare|sanitize|probe|engine|throughput|pipeline|serving|ab) $what ;;
+    quick|tests|correct|bench|profile|tprof|compare|sanitize|probe|engine|throughput|pipeline|serving|ab) $what ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done

@@ -129,10 +129,13 @@ static uint8_t *permute_rows(const uint8_t *w, int M, int row_bytes, enum kiln_r
     return p;
 }
 
-static void test_gemv_fp8(int M, int K, int n, bool residual)
+/* l2: the launch also asks L2 for a next GEMV's first stages (a hint that must change nothing;
+ * the Hopper ring kernel's path for it runs). */
+static void test_gemv_fp8(int M, int K, int n, bool residual, bool l2)
 {
     char shape[64];
-    snprintf(shape, sizeof shape, "M=%d K=%d n=%d%s", M, K, n, residual ? " +res" : "");
+    snprintf(shape, sizeof shape, "M=%d K=%d n=%d%s%s", M, K, n, residual ? " +res" : "",
+             l2 ? " +L2" : "");
     uint8_t *w = malloc((size_t)M * K), *x8 = malloc((size_t)n * K);
     float *y = malloc((size_t)n * M * 4), *ref = malloc((size_t)n * M * 4);
     float *y0 = malloc((size_t)n * M * 4);
@@ -154,10 +157,34 @@ static void test_gemv_fp8(int M, int K, int n, bool residual)
                                .epilogue = residual ? KILN_EPI_RESIDUAL : KILN_EPI_STORE,
                                .y = dy,
                                .ldy = M};
+    /* the next GEMV: bf16, other rows and K (its ring's pieces differ) */
+    const int nM = M + 48, nK = 2 * K + 64;
+    void *dnext = NULL;
+    if (l2) {
+        CK(cudaMalloc(&dnext, (size_t)nM * nK * 2));
+        a.pf_w = dnext;
+        a.pf_M = nM;
+        a.pf_K = nK;
+        a.pf_bf16 = 1;
+        a.pf_first = KILN_PF_PAST_RING;
+        a.pf_count = 4;
+        struct kiln_gemv_args bad = a;
+        bad.pf_count = -1;
+        if (kiln_cuda_gemv(&bad, NULL) != cudaErrorInvalidValue) {
+            printf("FAIL gemv fp8 %s: a negative prefetch count was accepted\n", shape);
+            failures++;
+        }
+        bad = a;
+        bad.pf_M = nM + 8; /* not a multiple of 16 */
+        if (kiln_cuda_gemv(&bad, NULL) != cudaErrorInvalidValue) {
+            printf("FAIL gemv fp8 %s: a bad next shape was accepted\n", shape);
+            failures++;
+        }
+    }
     CK(kiln_cuda_gemv(&a, NULL));
     back(y, dy, (size_t)n * M * 4);
     report("gemv fp8", shape, rel_l2(y, ref, (size_t)n * M), 1e-5);
-    cudaFree(dw), cudaFree(dx), cudaFree(dy);
+    cudaFree(dw), cudaFree(dx), cudaFree(dy), cudaFree(dnext);
     free(w), free(x8), free(y), free(ref), free(y0);
 }
 
@@ -898,11 +925,11 @@ int main(void)
         printf("no CUDA GPU: skipped\n");
         return 77;
     }
-    test_gemv_fp8(48, 192, 1, false);
-    test_gemv_fp8(64, 320, 3, true);
-    test_gemv_fp8(256, 4096, 8, false);
-    test_gemv_fp8(4096, 4096, 1, true);
-    test_gemv_fp8(32, 14336, 5, false);
+    test_gemv_fp8(48, 192, 1, false, false);
+    test_gemv_fp8(64, 320, 3, true, false);
+    test_gemv_fp8(256, 4096, 8, false, false);
+    test_gemv_fp8(4096, 4096, 1, true, false);
+    test_gemv_fp8(32, 14336, 5, false, false);
     test_gemv_prologue(96, 512, 1, false);
     test_gemv_prologue(160, 4096, 7, false);
     test_gemv_prologue(16032, 4096, 2, true);
@@ -981,6 +1008,10 @@ int main(void)
         attention_case(16, 2, 64, true, 16, c3, x3, 2, true, true);
         time_attention_prefill();
     }
+    /* L2 prefetch hints (last: the random inputs of the tests above stay as they were) */
+    test_gemv_fp8(4096, 4096, 1, true, true);
+    test_gemv_fp8(6144, 4096, 2, false, true);
+    test_gemv_fp8(4096, 14336, 1, true, true);
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "passed", failures);
     return failures ? 1 : 0;
 }

@@ -125,11 +125,38 @@ template <int DH, bool FP8> struct dec_smem {
     }
 };
 
-/* DPV consecutive cache elements (FP8 codes or bf16) at p -> floats (unscaled). */
+/* DPV consecutive cache elements (FP8 codes or bf16) at p -> floats (unscaled); 16-byte reads
+ * where DPV elements fill them (p is then 16-byte aligned), else 8, 4 or 2. */
 template <bool FP8, int DPV>
 __device__ __forceinline__ void cache_to_float(const uint8_t *p, float (&out)[DPV])
 {
-    if constexpr (FP8 && DPV == 4) {
+    constexpr int BYTES = DPV * (FP8 ? 1 : 2);
+    if constexpr (BYTES % 8 == 0) {
+        constexpr int W = BYTES % 16 == 0 ? 16 : 8; /* bytes a read */
+#pragma unroll
+        for (int c = 0; c < BYTES / W; c++) {
+            uint32_t u[W / 4];
+            if constexpr (W == 16) {
+                const uint4 v = *reinterpret_cast<const uint4 *>(p + c * W);
+                u[0] = v.x, u[1] = v.y, u[2] = v.z, u[3] = v.w;
+            } else {
+                const uint2 v = *reinterpret_cast<const uint2 *>(p + c * W);
+                u[0] = v.x, u[1] = v.y;
+            }
+#pragma unroll
+            for (int i = 0; i < W / 4; i++) {
+                if constexpr (FP8) {
+                    const float4 f = e4m3x4_to_float4(u[i]);
+                    float *o = out + c * W + 4 * i;
+                    o[0] = f.x, o[1] = f.y, o[2] = f.z, o[3] = f.w;
+                } else {
+                    float *o = out + c * (W / 2) + 2 * i;
+                    o[0] = bf16_bits_to_float(u[i] & 0xffff);
+                    o[1] = bf16_bits_to_float(u[i] >> 16);
+                }
+            }
+        }
+    } else if constexpr (FP8 && DPV == 4) {
         const float4 f = e4m3x4_to_float4(*reinterpret_cast<const uint32_t *>(p));
         out[0] = f.x, out[1] = f.y, out[2] = f.z, out[3] = f.w;
     } else if constexpr (FP8) {
@@ -158,11 +185,14 @@ __device__ __forceinline__ float warp_sum4(const float (&v)[4], int lane)
 
 /* Decode attention, one block per (split, KV head and row group, sequence). The split's K and V
  * rows are copied into shared memory (cp.async), those written by earlier steps before the
- * wait on the q|k|v GEMV. Three phases: (1) warp w scores positions w, w + WARPS, ... against the
- * block's (<= 4) query rows, a lane holding DH / 32 dims of each (q in registers, the four sums
- * reduced together: warp_sum4); (2) warp r takes row r's max and sum over the split; (3) warp w
- * sums the weighted V rows of its positions over the same dims, and the warps' sums are added
- * through shared memory. The block writes the FP8 output (one split) or a partial (m, l, acc).
+ * wait on the q|k|v GEMV. Three phases: (1) scores: with 4 query rows, warp w scores positions
+ * w, w + WARPS, ... against all of them, a lane holding DH / 32 dims of each (q in registers,
+ * the four sums reduced together: warp_sum4); with 1 row, 8 lanes take a position (DH / 8 dims
+ * each), 4 positions a warp at a time; (2) softmax: with 4 rows warp r takes row r's max and
+ * sum, with 1 row every thread takes its positions after a max over the warps' maxima;
+ * (3) warp w sums the weighted V rows of positions w, w + WARPS, ... (a lane holding DH / 32
+ * dims), and the warps' sums are added through shared memory. The block writes the FP8 output
+ * (one split) or a partial (m, l, acc).
  * Measured on an H100 (batch-1 decode, 8B shape, context 128, one block per KV head): 7-8 us a
  * layer after the wait on the q|k|v GEMV, issue-latency-bound (~0.35 instructions a cycle per
  * scheduler); the first version, each thread's K/V words in registers and its loops fully
@@ -193,6 +223,10 @@ __global__ void __launch_bounds__(WARPS * 32)
     __shared__ float sm_m[ROWS], sm_l[ROWS];
 
     trace_stamp(trace, 0);
+    /* The next kernel (the o GEMV, or the combine) may launch now: its blocks become resident as
+     * the q|k|v GEMV's leave, and stream their weights while this one runs. (Triggered after the
+     * wait, the o GEMV's blocks entered ~3 us after the q|k|v GEMV ended: H100, batch 1.) */
+    pdl_trigger();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int row_groups = (max_q * (n_heads / kv.n_kv_heads) + ROWS - 1) / ROWS;
     const int g = blockIdx.y / row_groups;
@@ -226,71 +260,139 @@ __global__ void __launch_bounds__(WARPS * 32)
     };
     copy_rows(true);
     pdl_wait(); /* q and this step's K/V rows come from the q|k|v GEMV before */
-    pdl_trigger();
     trace_stamp(trace, 1);
     copy_rows(false);
-    float qr[ROWS][DPV];
+    /* ROWS 4: lane holds dims [lane DPV, + DPV) of each row; ROWS 1: lane holds dims
+     * [sub DPS, + DPS) of the row, sub = lane % 8 (the scores' layout, below) */
+    constexpr int DPS = DH / 8;
+    constexpr int QN = ROWS == 1 ? DPS : DPV;
+    float qr[ROWS][QN];
     int qpos[ROWS];
+    const int qoff = ROWS == 1 ? (lane & 7) * DPS : lane * DPV;
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         const int row = d.row0 + r, tq = row / d.G, h = g * d.G + row % d.G;
         const bool live = r < d.rows;
         qpos[r] = live ? b.positions[d.t0 + tq] : -1;
-        const float *qp = q + ((size_t)(d.t0 + tq) * n_heads + h) * DH + lane * DPV;
+        const float *qp = q + ((size_t)(d.t0 + tq) * n_heads + h) * DH + qoff;
+        if constexpr (QN % 4 == 0) {
 #pragma unroll
-        for (int i = 0; i < DPV; i++) qr[r][i] = live ? qp[i] : 0.0f;
+            for (int i = 0; i < QN; i += 4) {
+                const float4 v = live ? *reinterpret_cast<const float4 *>(qp + i) : float4{};
+                qr[r][i] = v.x, qr[r][i + 1] = v.y, qr[r][i + 2] = v.z, qr[r][i + 3] = v.w;
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < QN; i++) qr[r][i] = live ? qp[i] : 0.0f;
+        }
     }
     cp_async_wait<0>();
     __syncthreads();
     trace_stamp(trace, 3);
 
-    /* 1. scores */
     const float qk_scale = kv.k_scale * rsqrtf((float)DH);
-#pragma unroll 4 /* independent positions: their shuffle chains overlap */
-    for (int j = warp; j < n; j += WARPS) {
-        float kd[DPV], dot[ROWS];
-        cache_to_float<FP8, DPV>(ks + (size_t)j * ROW + lane * DPV * ESZ, kd);
+    float one_m = 0.0f, one_l = 0.0f; /* ROWS 1: the row's softmax max and sum (else sm_m, sm_l) */
+    if constexpr (ROWS == 1) {
+        /* 1. scores: 8 lanes a position (DPS dims each, 16-byte reads of the row), a warp's
+         * four lane groups on positions 4w .. 4w + 3, then 4w + 4 WARPS, ...; a position's sum
+         * takes 3 shuffles (a warp per position took 5, for a quarter of the dims each: H100,
+         * context ~190, 2.9 us a layer for this phase) */
+        __shared__ float wmax[WARPS], wsum[WARPS];
+        const int pg = lane >> 3, sub = lane & 7;
+        float mx = -INFINITY;
+#pragma unroll 2
+        for (int j0 = warp * 4; j0 < n; j0 += WARPS * 4) {
+            const int j = j0 + pg;
+            float kd[DPS];
+            if (j < n)
+                cache_to_float<FP8, DPS>(ks + (size_t)j * ROW + sub * DPS * ESZ, kd);
+            else
 #pragma unroll
-        for (int r = 0; r < ROWS; r++) {
-            dot[r] = 0.0f;
+                for (int i = 0; i < DPS; i++) kd[i] = 0.0f;
+            float d0 = 0.0f, d1 = 0.0f;
 #pragma unroll
-            for (int i = 0; i < DPV; i++) dot[r] += qr[r][i] * kd[i];
+            for (int i = 0; i < DPS; i += 2) {
+                d0 += qr[0][i] * kd[i];
+                d1 += qr[0][i + 1] * kd[i + 1];
+            }
+            float dot = d0 + d1;
+            dot += __shfl_xor_sync(0xffffffffu, dot, 4);
+            dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+            dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+            const float sv =
+                j < n && d.rows > 0 && p_begin + j <= qpos[0] ? dot * qk_scale : -INFINITY;
+            if (sub == 0 && j < n) sc[j] = sv;
+            mx = fmaxf(mx, sv);
         }
-        if constexpr (ROWS == 4) {
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+        if (lane == 0) wmax[warp] = mx;
+        __syncthreads();
+        trace_stamp(trace, 4);
+
+        /* 2. softmax weights: every thread takes positions tid, tid + THREADS, ... */
+        mx = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) mx = fmaxf(mx, wmax[w]);
+        const float base = mx == -INFINITY ? 0.0f : mx;
+        float sum = 0.0f;
+        for (int j = threadIdx.x; j < n; j += THREADS) {
+            const float w = expf(sc[j] - base);
+            sc[j] = w;
+            sum += w;
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) wsum[warp] = sum;
+        __syncthreads();
+        sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) sum += wsum[w];
+        one_m = mx;
+        one_l = sum;
+    } else {
+        /* 1. scores */
+#pragma unroll 4 /* independent positions: their shuffle chains overlap */
+        for (int j = warp; j < n; j += WARPS) {
+            float kd[DPV], dot[ROWS];
+            cache_to_float<FP8, DPV>(ks + (size_t)j * ROW + lane * DPV * ESZ, kd);
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) {
+                dot[r] = 0.0f;
+#pragma unroll
+                for (int i = 0; i < DPV; i++) dot[r] += qr[r][i] * kd[i];
+            }
             const float sum = warp_sum4(dot, lane);
             const int r = (lane >> 3) & 3; /* the row this lane's sum is (a select, not an index) */
             const int qp = r == 0 ? qpos[0] : r == 1 ? qpos[1] : r == 2 ? qpos[2] : qpos[3];
             if ((lane & 7) == 0)
                 sc[r * split_len + j] =
                     r < d.rows && p_begin + j <= qp ? sum * qk_scale : -INFINITY;
-        } else {
-            const float sum = warp_sum(dot[0]);
-            if (lane == 0)
-                sc[j] = d.rows > 0 && p_begin + j <= qpos[0] ? sum * qk_scale : -INFINITY;
         }
-    }
-    __syncthreads();
+        __syncthreads();
+        trace_stamp(trace, 4);
 
-    /* 2. softmax statistics of the split: warp r owns row r */
-    if (warp < ROWS) {
-        const int r = warp;
-        float *row = sc + r * split_len;
-        float mx = -INFINITY;
+        /* 2. softmax statistics of the split: warp r owns row r */
+        if (warp < ROWS) {
+            const int r = warp;
+            float *row = sc + r * split_len;
+            float mx = -INFINITY;
 #pragma unroll 4
-        for (int j = lane; j < n; j += 32) mx = fmaxf(mx, row[j]);
-        mx = warp_max(mx);
-        const float base = mx == -INFINITY ? 0.0f : mx;
-        float sum = 0.0f;
+            for (int j = lane; j < n; j += 32) mx = fmaxf(mx, row[j]);
+            mx = warp_max(mx);
+            const float base = mx == -INFINITY ? 0.0f : mx;
+            float sum = 0.0f;
 #pragma unroll 4
-        for (int j = lane; j < n; j += 32) {
-            const float w = expf(row[j] - base);
-            row[j] = w;
-            sum += w;
+            for (int j = lane; j < n; j += 32) {
+                const float w = expf(row[j] - base);
+                row[j] = w;
+                sum += w;
+            }
+            sum = warp_sum(sum);
+            if (lane == 0) sm_m[r] = mx, sm_l[r] = sum;
         }
-        sum = warp_sum(sum);
-        if (lane == 0) sm_m[r] = mx, sm_l[r] = sum;
+        __syncthreads();
     }
-    __syncthreads();
+    trace_stamp(trace, 5);
 
     /* 3. weighted V: warp w takes positions w, w + WARPS, ...; lane owns dims [lane DPV, + DPV)
      */
@@ -311,6 +413,7 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
         for (int i = 0; i < DPV; i++) red[(warp * ROWS + r) * DH + lane * DPV + i] = acc[r][i];
     __syncthreads();
+    trace_stamp(trace, 6);
     for (int o = threadIdx.x; o < d.rows * DH; o += THREADS) {
         const int r = o / DH, dim = o % DH;
         float A = 0.0f;
@@ -319,11 +422,11 @@ __global__ void __launch_bounds__(WARPS * 32)
         const int row = d.row0 + r, tq = row / d.G, h = g * d.G + row % d.G;
         if (n_splits == 1) {
             out8[(size_t)(d.t0 + tq) * n_heads * DH + h * DH + dim] =
-                to_e4m3(A / sm_l[r] * kv.v_scale * (1.0f / out_scale));
+                to_e4m3(A / (ROWS == 1 ? one_l : sm_l[r]) * kv.v_scale * (1.0f / out_scale));
         } else {
             float *pp = part + ((((size_t)blockIdx.z * max_q + tq) * n_heads + h) * n_splits + sp) *
                                    (DH + 2);
-            if (dim == 0) pp[0] = sm_m[r], pp[1] = sm_l[r];
+            if (dim == 0) pp[0] = ROWS == 1 ? one_m : sm_m[r], pp[1] = ROWS == 1 ? one_l : sm_l[r];
             pp[2 + dim] = A;
         }
     }
@@ -335,8 +438,8 @@ __global__ void k_attn_combine(const float *part, kiln_cuda_batch b, const int32
                                int n_heads, int n_splits, float v_scale, float out_scale,
                                uint8_t *out8)
 {
+    pdl_trigger(); /* the o GEMV's blocks may enter as soon as these have */
     pdl_wait();
-    pdl_trigger();
     int item = blockIdx.x; /* (list, tq, h) */
     int h = item % n_heads, tq = (item / n_heads) % max_q, li = item / n_heads / max_q;
     int s = seqs[li];

@@ -248,6 +248,29 @@ __device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned b
 #endif
 }
 
+/* bulk_copy whose lines L2 evicts first (weights streamed once a step). */
+__device__ __forceinline__ void bulk_copy_evict_first(void *dst, const void *src, unsigned bytes,
+                                                      uint64_t *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
+                 "[%0], [%1], %2, [%3], %4;\n" ::"r"(smem_u32(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(policy)
+                 : "memory");
+#endif
+}
+
+/* Asks L2 to fetch `bytes` (a multiple of 16, 16-byte aligned) from global memory: a hint,
+ * nothing waits for it and it lands in no shared memory. */
+__device__ __forceinline__ void l2_prefetch(const void *src, unsigned bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
+#endif
+}
+
 /* ---- programmatic dependent launch (sm_90+; no-ops on sm_89) ----
  * A kernel launched with launch_pdl may start while the kernel before it in the stream is still
  * running: it first does work that depends on nothing that kernel writes (prefetching its
@@ -264,16 +287,16 @@ __device__ __forceinline__ void pdl_wait()
 #endif
 }
 
-/* KILN_TRACE: the block stamps %globaltimer into tr[4 * block + i] (i: 0 entry, 1 the wait on
- * the previous kernel done, 2 end; blocks numbered x fastest, the first KILN_TRACE_BLOCKS);
- * tr NULL when not tracing. */
+/* KILN_TRACE: the block stamps %globaltimer into tr[KILN_TRACE_SLOTS * block + i] (i: 0 entry,
+ * 1 the wait on the previous kernel done, 2 end, 3.. marks of the kernel's phases; blocks
+ * numbered x fastest, the first KILN_TRACE_BLOCKS); tr NULL when not tracing. */
 __device__ __forceinline__ void trace_stamp(unsigned long long *tr, int i)
 {
     const unsigned block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
     if (tr && threadIdx.x == 0 && block < KILN_TRACE_BLOCKS) {
         unsigned long long t;
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-        tr[4 * block + i] = t;
+        tr[KILN_TRACE_SLOTS * block + i] = t;
     }
 }
 

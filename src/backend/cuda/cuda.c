@@ -109,17 +109,30 @@ struct prof {
 };
 
 /* KILN_TRACE=1 (a measurement aid): every decode GEMV and the exact decode attention stamp
- * %globaltimer per block (entry, wait on the previous kernel done, end); steps 33 to 64 are
- * read back (a synchronization each) and their means printed on stderr (trace_report). The
+ * %globaltimer per block (entry, wait on the previous kernel done, end, and marks inside: the
+ * ring GEMV at 3 x staged, 4 first tile done, 5 first stage past the ring arrived; attention at
+ * 3 K/V rows and q loaded, 4 scores, 5 softmax, 6 weighted V summed per warp); steps 33 to 64
+ * are read back (a synchronization each) and their means printed on stderr (trace_report). The
  * split-merging combine kernel and the embedding are not stamped. */
 #define TRACE_KERNELS 256
 #define TRACE_BLOCKS  KILN_TRACE_BLOCKS
+#define TRACE_SLOTS   KILN_TRACE_SLOTS
 struct trace {
-    unsigned long long *d, *h; /* (TRACE_KERNELS, TRACE_BLOCKS, 4) */
+    unsigned long long *d, *h; /* (TRACE_KERNELS, TRACE_BLOCKS, TRACE_SLOTS) */
     char what[TRACE_KERNELS];  /* q (q|k|v), a (attention), o, g (gate_up), d (down), h */
     double bytes[TRACE_KERNELS];
     int n, steps;
-    double sum[6][7]; /* per kind: span, dep, body, spread, count, entry, mid; over the steps */
+    /* per kind, over the steps: span, dep, body, spread, count, entry, then the block means of
+     * marks 3 .. TRACE_SLOTS - 1 and of the end, after the block's wait */
+    double sum[6][6 + TRACE_SLOTS - 2];
+};
+
+/* Which decode GEMVs ask L2 for the next GEMV's weights (kiln_gemv_args' pf_* fields), in
+ * ring stages; each KILN_L2_* variable overrides its default (a measurement knob). */
+struct l2_policy {
+    int o_next;    /* o: the first stages of gate_up's blocks, asked during the attention gap */
+    int gu_next;   /* gate_up: down's first stages */
+    int down_next; /* down: the next q|k|v's stages past its ring (or lm_head's) */
 };
 
 struct cuda_state {
@@ -155,6 +168,7 @@ struct cuda_state {
     int n_out;
     struct prof prof;
     struct trace trace;
+    struct l2_policy l2;
     /* decode graphs by (tokens, split bucket: the split count rounded up to a power of two) */
     struct graph_entry graphs[DECODE_MAX_TOKENS + 1][SPLIT_BUCKETS];
     void *kv_pool;
@@ -459,7 +473,7 @@ static unsigned long long *trace_slot(struct cuda_state *s, char what, const str
     if (!t->d || t->n >= TRACE_KERNELS) return NULL;
     t->what[t->n] = what;
     t->bytes[t->n] = l ? (double)l->M * l->K * (l->fp8 ? 1 : 2) : 0;
-    return t->d + (size_t)t->n++ * TRACE_BLOCKS * 4;
+    return t->d + (size_t)t->n++ * TRACE_BLOCKS * TRACE_SLOTS;
 }
 
 /* Reads the stamps of steps 33..64 back (a synchronization each) and prints, per kind, the mean
@@ -473,28 +487,31 @@ static enum kiln_status trace_report(struct cuda_state *s, struct kiln_error *er
     struct trace *t = &s->trace;
     if (++t->steps <= 32 || t->steps > 64) return KILN_OK;
     CUDA_TRY(cudaStreamSynchronize(s->stream));
-    CUDA_TRY(cudaMemcpy(t->h, t->d, (size_t)t->n * TRACE_BLOCKS * 4 * sizeof *t->h,
+    CUDA_TRY(cudaMemcpy(t->h, t->d, (size_t)t->n * TRACE_BLOCKS * TRACE_SLOTS * sizeof *t->h,
                         cudaMemcpyDeviceToHost));
     double end_max[TRACE_KERNELS], end_min[TRACE_KERNELS], wait_max[TRACE_KERNELS],
-        entry_max[TRACE_KERNELS], mid[TRACE_KERNELS];
+        entry_max[TRACE_KERNELS], marks[TRACE_KERNELS][TRACE_SLOTS - 2];
     unsigned long long t0 = ~0ull;
     for (int k = 0; k < t->n; k++) {
-        const unsigned long long *r = t->h + (size_t)k * TRACE_BLOCKS * 4;
+        const unsigned long long *r = t->h + (size_t)k * TRACE_BLOCKS * TRACE_SLOTS;
         unsigned long long emin = ~0ull, emax = 0, wmax = 0, nmax = 0;
-        double mid_sum = 0;
-        int mid_n = 0;
+        double mark_sum[TRACE_SLOTS - 2] = {0};
+        int mark_n[TRACE_SLOTS - 2] = {0};
         for (int i = 0; i < TRACE_BLOCKS; i++) {
-            if (!r[4 * i]) continue; /* no such block */
-            if (r[4 * i] < t0) t0 = r[4 * i];
-            if (r[4 * i] > nmax) nmax = r[4 * i];
-            if (r[4 * i + 3]) mid_sum += (double)(r[4 * i + 3] - r[4 * i + 1]), mid_n++;
-            if (r[4 * i + 1] > wmax) wmax = r[4 * i + 1];
-            if (r[4 * i + 2] < emin) emin = r[4 * i + 2];
-            if (r[4 * i + 2] > emax) emax = r[4 * i + 2];
+            const unsigned long long *b = r + (size_t)TRACE_SLOTS * i;
+            if (!b[0]) continue; /* no such block */
+            if (b[0] < t0) t0 = b[0];
+            if (b[0] > nmax) nmax = b[0];
+            for (int m = 2; m < TRACE_SLOTS; m++) /* the end (slot 2), then marks 3.. */
+                if (b[m] > b[1]) mark_sum[m - 2] += (double)(b[m] - b[1]), mark_n[m - 2]++;
+            if (b[1] > wmax) wmax = b[1];
+            if (b[2] < emin) emin = b[2];
+            if (b[2] > emax) emax = b[2];
         }
         wait_max[k] = (double)wmax;
         entry_max[k] = (double)nmax;
-        mid[k] = mid_n ? mid_sum / mid_n : 0;
+        for (int m = 0; m < TRACE_SLOTS - 2; m++)
+            marks[k][m] = mark_n[m] ? mark_sum[m] / mark_n[m] : 0;
         end_min[k] = (double)emin;
         end_max[k] = (double)emax;
     }
@@ -506,23 +523,32 @@ static enum kiln_status trace_report(struct cuda_state *s, struct kiln_error *er
         m[3] += (end_max[k] - end_min[k]) * 1e-3;
         m[4] += 1;
         m[5] += (entry_max[k] - end_max[k - 1]) * 1e-3;
-        m[6] += mid[k] * 1e-3;
+        for (int i = 0; i < TRACE_SLOTS - 2; i++) m[6 + i] += marks[k][i] * 1e-3;
     }
     if (t->steps < 64) return KILN_OK;
     fprintf(stderr,
             "trace: %d traced kernels a step, %.1f us from the first entry to the last end\n", t->n,
             (end_max[t->n - 1] - (double)t0) * 1e-3);
     fprintf(stderr, "trace: kind  count   span us   dep us  body us  spread us   GB/s (span)  "
-                    "last entry us  wait-to-mark us\n");
+                    "last entry us\n");
     for (int i = 0; kinds[i]; i++) {
         const double *m = t->sum[i];
         if (!m[4]) continue;
         double bytes = 0;
         for (int k = 0; k < t->n; k++)
             if (t->what[k] == kinds[i]) bytes = t->bytes[k];
-        fprintf(stderr, "trace: %c     %5.0f  %8.2f %8.2f %8.2f  %9.2f  %9.0f  %12.2f  %14.2f\n",
-                kinds[i], m[4] / 32, m[0] / m[4], m[1] / m[4], m[2] / m[4], m[3] / m[4],
-                bytes / (m[0] / m[4]) * 1e-3, m[5] / m[4], m[6] / m[4]);
+        fprintf(stderr, "trace: %c     %5.0f  %8.2f %8.2f %8.2f  %9.2f  %9.0f  %12.2f\n", kinds[i],
+                m[4] / 32, m[0] / m[4], m[1] / m[4], m[2] / m[4], m[3] / m[4],
+                bytes / (m[0] / m[4]) * 1e-3, m[5] / m[4]);
+    }
+    fprintf(stderr, "trace: kind  block means after the block's wait, us: end, marks 3..%d\n",
+            TRACE_SLOTS - 1);
+    for (int i = 0; kinds[i]; i++) {
+        const double *m = t->sum[i];
+        if (!m[4]) continue;
+        fprintf(stderr, "trace: %c   ", kinds[i]);
+        for (int j = 0; j < TRACE_SLOTS - 2; j++) fprintf(stderr, " %7.2f", m[6 + j] / m[4]);
+        fprintf(stderr, "\n");
     }
     return KILN_OK;
 }
@@ -564,6 +590,12 @@ static enum kiln_status attention(struct kiln_backend *b, const struct step *st,
     return KILN_OK;
 }
 
+/* Whether the step's lm_head runs as the fused GEMV. */
+static bool head_by_gemv(const struct kiln_backend *b, const struct step *st)
+{
+    return st->n_out <= DECODE_MAX_TOKENS && !b->opt.batch_invariant;
+}
+
 /* Final RMSNorm and lm_head for the batch's output rows: the fused GEMV (norm prologue) for up
  * to 8 rows -- so decode graphs contain no cuBLASLt call --, else RMSNorm + cuBLASLt. */
 static enum kiln_status lm_head(struct kiln_backend *b, const struct step *st,
@@ -572,7 +604,7 @@ static enum kiln_status lm_head(struct kiln_backend *b, const struct step *st,
     struct cuda_state *s = b->impl;
     const struct kiln_config *c = &b->model->cfg;
     if (st->n_out == 0) return KILN_OK;
-    if (st->n_out <= DECODE_MAX_TOKENS && !b->opt.batch_invariant) {
+    if (head_by_gemv(b, st)) {
         struct kiln_gemv_args a = {.trace = trace_slot(s, 'h', &s->head),
                                    .w = s->head.w,
                                    .M = s->head.M,
@@ -600,6 +632,19 @@ static enum kiln_status lm_head(struct kiln_backend *b, const struct step *st,
     if (e) return e;
     mark(s, P_HEAD);
     return KILN_OK;
+}
+
+/* Sets a's L2 prefetch of `count` stages of the next GEMV `next`, from stage `first` of each of
+ * its blocks' streams (or KILN_PF_PAST_RING). */
+static void l2_next(struct kiln_gemv_args *a, const struct cuda_linear *next, int first, int count)
+{
+    if (count <= 0) return;
+    a->pf_w = next->w;
+    a->pf_M = next->M;
+    a->pf_K = next->K;
+    a->pf_bf16 = !next->fp8;
+    a->pf_first = first;
+    a->pf_count = count;
 }
 
 /* n_tokens <= 8: fused skinny-GEMM path (graph-capturable: no host sync, no cuBLASLt). */
@@ -645,6 +690,7 @@ static enum kiln_status forward_decode(struct kiln_backend *b, const struct step
                                     .epilogue = KILN_EPI_RESIDUAL,
                                     .y = s->x,
                                     .ldy = d};
+        l2_next(&a, &L->gate_up, 0, s->l2.o_next);
         K_TRY(kiln_cuda_gemv(&a, s->stream));
         mark(s, P_O);
         a = (struct kiln_gemv_args){.trace = trace_slot(s, 'g', &L->gate_up),
@@ -660,6 +706,7 @@ static enum kiln_status forward_decode(struct kiln_backend *b, const struct step
                                     .epilogue = KILN_EPI_SWIGLU,
                                     .h8 = s->x8,
                                     .h_scale = L->down.in_scale};
+        l2_next(&a, &L->down, 0, s->l2.gu_next);
         K_TRY(kiln_cuda_gemv(&a, s->stream));
         mark(s, P_GATE_UP);
         a = (struct kiln_gemv_args){.trace = trace_slot(s, 'd', &L->down),
@@ -672,6 +719,11 @@ static enum kiln_status forward_decode(struct kiln_backend *b, const struct step
                                     .epilogue = KILN_EPI_RESIDUAL,
                                     .y = s->x,
                                     .ldy = d};
+        /* past the ring the next kernel fills before its wait */
+        if (l + 1 < layers_to_run(b))
+            l2_next(&a, &s->layers[l + 1].qkv, KILN_PF_PAST_RING, s->l2.down_next);
+        else if (st->n_out && head_by_gemv(b, st))
+            l2_next(&a, &s->head, KILN_PF_PAST_RING, s->l2.down_next);
         K_TRY(kiln_cuda_gemv(&a, s->stream));
         mark(s, P_DOWN);
     }
@@ -932,6 +984,15 @@ static enum kiln_status check_model(const struct kiln_model *m, struct kiln_erro
     return KILN_OK;
 }
 
+/* A count from the environment (0 to 64), or dflt when unset or not such a number. */
+static int env_count(const char *name, int dflt)
+{
+    const char *e = getenv(name);
+    char *end;
+    long v = e ? strtol(e, &end, 10) : -1;
+    return e && *e && !*end && v >= 0 && v <= 64 ? (int)v : dflt;
+}
+
 static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend_options *opt,
                                struct kiln_error *err)
 {
@@ -946,9 +1007,13 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
         for (int i = 0; i <= PROF_MAX; i++) CUDA_TRY(cudaEventCreate(&s->prof.ev[i]));
         s->prof.on = true;
     }
+    s->l2 = (struct l2_policy){.o_next = env_count("KILN_L2_O", 2),
+                               .gu_next = env_count("KILN_L2_GU", 0),
+                               .down_next = env_count("KILN_L2_DOWN", 0)};
     const char *tr = getenv("KILN_TRACE");
     if (tr && strcmp(tr, "1") == 0) {
-        size_t bytes = (size_t)TRACE_KERNELS * TRACE_BLOCKS * 4 * sizeof(unsigned long long);
+        size_t bytes =
+            (size_t)TRACE_KERNELS * TRACE_BLOCKS * TRACE_SLOTS * sizeof(unsigned long long);
         CUDA_TRY(cudaMalloc((void **)&s->trace.d, bytes));
         CUDA_TRY(cudaMemset(s->trace.d, 0, bytes));
         CUDA_TRY(cudaMallocHost((void **)&s->trace.h, bytes));

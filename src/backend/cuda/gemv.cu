@@ -438,7 +438,16 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) k_gemv(const kiln_gemv_args a
  * block per SM, so that the next GEMV's blocks become resident and stream while this one
  * drains (278-285 against 296); tiles handed out by an atomic counter instead of a static share
  * (the blocks of a 1792-tile GEMV end within 4.5 us instead of 13, but 285 against 288: the
- * static share's early finishers let the next kernel's blocks start streaming sooner). */
+ * static share's early finishers let the next kernel's blocks start streaming sooner).
+ * The copies carry L2's evict-first policy: weights are read once a step, and with the normal
+ * policy they pushed out what is read again (activations, KV rows, prefetched lines): H100
+ * batch-1 decode 318.6 / 318.2 -> 322.4 / 321.9 tok/s (KILN_GEMV_EVICT_FIRST=2 turns it off).
+ * A block whose weights have all arrived may ask L2 for the next GEMV's first stages (l2_next,
+ * kiln_gemv_args' pf_*): cuda.c has the o GEMV do it for gate_up, whose blocks cannot enter
+ * before o's leave (313.8-314.3 against 309.9-311.3). Also measured there and dropped: the
+ * q|k|v GEMV asking L2 for its own third tile at once (307.6-310.0 against 313.8-314.3, and
+ * 317-318 against 322 with evict-first), or holding all three in a 3-stage ring (311 against
+ * 318.6); down asking for the next q|k|v's third tile (306 against 310-311). */
 #define TMA_KC     8192 /* bytes of each row per stage, at most (whole rows of K = 4096 FP8) */
 #define TMA_STAGES 2
 
@@ -450,9 +459,31 @@ __host__ __device__ inline int tma_kc(int row_bytes, int kc_max)
         if (row_bytes % d == 0 && (row_bytes / d) % 64 == 0) return row_bytes / d;
 }
 
+/* Where row `lane` (< 16) of stage i of block `blk`'s weight stream starts: stage i is piece
+ * i % per_tile (kc bytes of each row) of the block's tile i / per_tile, tiles dealt round-robin
+ * over `grid` blocks; NULL past the weights' last tile. */
+struct ring_stream {
+    const uint8_t *w;
+    int row_bytes, n_tiles, kc, grid;
+};
+
+__device__ __forceinline__ const uint8_t *stage_row(const ring_stream &r, int blk, int i, int lane)
+{
+    const int per_tile = r.row_bytes / r.kc;
+    const int tile = blk + (i / per_tile) * r.grid;
+    if (tile >= r.n_tiles) return nullptr;
+    return r.w + (size_t)(tile * 16 + lane) * r.row_bytes + (size_t)(i % per_tile) * r.kc;
+}
+
+/* The next GEMV's stream and the stages of each of its blocks to ask L2 for (count 0: none). */
+struct l2_next {
+    ring_stream s;
+    int first, count;
+};
+
 template <bool BF16>
 __global__ void __launch_bounds__(TMA_THREADS, 1)
-    k_gemv_tma(const kiln_gemv_args a, int kc, int n_stages)
+    k_gemv_tma(const kiln_gemv_args a, int kc, int n_stages, l2_next nx, int evict_first)
 {
     extern __shared__ __align__(16) uint8_t smem[];
     const int esz = BF16 ? 2 : 1;
@@ -495,21 +526,35 @@ __global__ void __launch_bounds__(TMA_THREADS, 1)
                                       rope_prefetch(a, pre, lane, 32);
                                       mbar_arrive(pre_ready);
         };
+        const ring_stream mine = {w, row_bytes, n_tiles, kc, (int)gridDim.x};
         for (int i = 0; i < total; i++) {          /* lane r copies row r of the stage */
             if (rope && i == n_stages) prefetch(); /* the ring is full: time to spare */
-            const int j = i / per_tile, kk = i % per_tile, slot = i % n_stages;
-            const int tile = blockIdx.x + j * gridDim.x;
+            const int slot = i % n_stages;
             if (lane == 0) {
                 if (i >= n_stages) mbar_wait(&empty[slot], (unsigned)(i / n_stages - 1) & 1u);
                 mbar_expect(&full[slot], 16u * kc);
             }
             __syncwarp();
-            if (lane < 16)
-                bulk_copy(stages + ((size_t)slot * 16 + lane) * lds,
-                          w + (size_t)(tile * 16 + lane) * row_bytes + (size_t)kk * kc, kc,
-                          &full[slot]);
+            if (lane < 16) {
+                if (evict_first)
+                    bulk_copy_evict_first(stages + ((size_t)slot * 16 + lane) * lds,
+                                          stage_row(mine, blockIdx.x, i, lane), kc, &full[slot]);
+                else
+                    bulk_copy(stages + ((size_t)slot * 16 + lane) * lds,
+                              stage_row(mine, blockIdx.x, i, lane), kc, &full[slot]);
+            }
         }
         if (rope && total <= n_stages) prefetch();
+        if (nx.count > 0 && total > 0) {
+            /* this block's weights have all arrived: its share of the next GEMV's first stages
+             * goes to L2 while the kernels in between run */
+            if (lane == 0)
+                mbar_wait(&full[(total - 1) % n_stages], (unsigned)((total - 1) / n_stages) & 1u);
+            __syncwarp();
+            for (int b = blockIdx.x; b < nx.s.grid && lane < 16; b += gridDim.x)
+                for (int i = nx.first; i < nx.first + nx.count; i++)
+                    if (const uint8_t *src = stage_row(nx.s, b, i, lane)) l2_prefetch(src, nx.s.kc);
+        }
         return;
     }
 
@@ -518,6 +563,7 @@ __global__ void __launch_bounds__(TMA_THREADS, 1)
     trace_stamp(a.trace, 1);
     stage_x<BF16>(a, xs, ldx);
     consumer_sync();
+    trace_stamp(a.trace, 3);
     const bool has_x = g < a.n;
     const uint8_t *xr = xs + (size_t)g * ldx + q * 16;
     int i = 0;
@@ -527,6 +573,7 @@ __global__ void __launch_bounds__(TMA_THREADS, 1)
         for (int kk = 0; kk < per_tile; kk++, i++) {
             const int slot = i % n_stages;
             mbar_wait(&full[slot], (unsigned)(i / n_stages) & 1u);
+            if (i == n_stages) trace_stamp(a.trace, 5); /* the first stage past the ring */
             const uint8_t *st = stages + (size_t)slot * 16 * lds + q * 16;
             const uint8_t *xk = xr + (size_t)kk * kc;
             for (int c = warp; c < kc / 64; c += GEMV_WARPS) {
@@ -541,7 +588,8 @@ __global__ void __launch_bounds__(TMA_THREADS, 1)
         }
         if (rope && tile == (int)blockIdx.x) mbar_wait(pre_ready, 0);
         finish_tile(a, acc, red, tile, resid, pre);
-        consumer_sync(); /* red is reused by the next tile */
+        consumer_sync();                                      /* red is reused by the next tile */
+        if (tile == (int)blockIdx.x) trace_stamp(a.trace, 4); /* the first tile done */
     }
     trace_stamp(a.trace, 2);
 }
@@ -553,16 +601,19 @@ static int env_int(const char *name, int dflt)
     return e && atoi(e) > 0 ? atoi(e) : dflt;
 }
 
-/* Per kernel: the shared memory limit granted and the occupancy at the last size. The limit is
- * raised, and the occupancy asked, only when a launch needs a new size: a captured replay makes
- * no such calls. */
+/* Per kernel: the shared memory limit granted and the occupancy at the last few sizes (a layer
+ * launches a handful, and a launch also plans the GEMV after it). The limit is raised, and the
+ * occupancy asked, only for a new size: a captured replay makes no such calls. */
+#define OCC_SIZES 4
 struct gemv_kernel {
-    size_t granted, occupancy_for;
-    int blocks_per_sm;
+    size_t granted;
+    size_t occ_smem[OCC_SIZES];
+    int occ[OCC_SIZES], next;
 };
 
 template <typename Kernel>
-static cudaError_t prepare(Kernel kernel, int threads, size_t smem, gemv_kernel &k)
+static cudaError_t prepare(Kernel kernel, int threads, size_t smem, gemv_kernel &k,
+                           int &blocks_per_sm)
 {
     cudaError_t e;
     if (smem > 48 * 1024 && smem > k.granted) {
@@ -571,90 +622,139 @@ static cudaError_t prepare(Kernel kernel, int threads, size_t smem, gemv_kernel 
             return e;
         k.granted = smem;
     }
-    if (k.occupancy_for != smem) {
-        if ((e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k.blocks_per_sm, kernel, threads,
-                                                               smem)))
-            return e;
-        if (k.blocks_per_sm < 1) k.blocks_per_sm = 1;
-        k.occupancy_for = smem;
-    }
+    for (int i = 0; i < OCC_SIZES; i++)
+        if (k.occ[i] > 0 && k.occ_smem[i] == smem) {
+            blocks_per_sm = k.occ[i];
+            return cudaSuccess;
+        }
+    if ((e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, threads, smem)))
+        return e;
+    if (blocks_per_sm < 1) blocks_per_sm = 1;
+    k.occ_smem[k.next] = smem;
+    k.occ[k.next] = blocks_per_sm;
+    k.next = (k.next + 1) % OCC_SIZES;
     return cudaSuccess;
 }
 
-extern "C" int kiln_cuda_gemv(const struct kiln_gemv_args *a, kiln_stream stream)
+/* The device's facts and the measurement knobs, read at the first launch. */
+struct gemv_config {
+    bool ready, tma;
+    int sms, kc_max, n_stages, bps, smem_max, evict_first;
+};
+
+static cudaError_t gemv_config_get(gemv_config &c)
 {
-    if (a->n < 1 || a->n > 8 || a->M % 16 || (a->K * (a->bf16 ? 2 : 1)) % 64)
-        return cudaErrorInvalidValue;
-    static int sms, tma = -1, kc_max, n_stages, bps, smem_max;
-    static gemv_kernel kernels[4]; /* (register | TMA) x (FP8 | BF16) */
+    if (c.ready) return cudaSuccess;
     cudaError_t e;
-    if (tma < 0) {
-        int dev, major;
-        if ((e = cudaGetDevice(&dev))) return e;
-        if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev))) return e;
-        if ((e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev))) return e;
-        if ((e = cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)))
-            return e;
-        /* measurement knobs: KILN_GEMV_TMA=2 selects the register kernel on Hopper too,
-         * KILN_GEMV_KC / _STAGES / _BPS the ring's piece size, depth and blocks per SM */
-        tma = major >= 9 && env_int("KILN_GEMV_TMA", 1) == 1;
-        kc_max = env_int("KILN_GEMV_KC", TMA_KC);
-        n_stages = env_int("KILN_GEMV_STAGES", TMA_STAGES);
-        if (n_stages > 8) n_stages = 8; /* the barriers' space: 2 per stage and pre_ready */
-        /* at most two blocks per SM (the register kernel's best; the ring's stages fit one) */
-        bps = env_int("KILN_GEMV_BPS", 2);
-    }
-    const int row_bytes = a->K * (a->bf16 ? 2 : 1);
-    const size_t tail = (size_t)a->n * (row_bytes + GEMV_PAD) +
+    int dev, major;
+    if ((e = cudaGetDevice(&dev))) return e;
+    if ((e = cudaDeviceGetAttribute(&c.sms, cudaDevAttrMultiProcessorCount, dev))) return e;
+    if ((e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev))) return e;
+    if ((e = cudaDeviceGetAttribute(&c.smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)))
+        return e;
+    /* measurement knobs: KILN_GEMV_TMA=2 selects the register kernel on Hopper too,
+     * KILN_GEMV_KC / _STAGES / _BPS the ring's piece size, depth and blocks per SM,
+     * KILN_GEMV_EVICT_FIRST=2 the normal L2 policy for the weight copies */
+    c.tma = major >= 9 && env_int("KILN_GEMV_TMA", 1) == 1;
+    c.kc_max = env_int("KILN_GEMV_KC", TMA_KC);
+    c.n_stages = env_int("KILN_GEMV_STAGES", TMA_STAGES);
+    if (c.n_stages > 8) c.n_stages = 8; /* the barriers' space: 2 per stage and pre_ready */
+    /* at most two blocks per SM (the register kernel's best; the ring's stages fit one) */
+    c.bps = env_int("KILN_GEMV_BPS", 2);
+    c.evict_first = env_int("KILN_GEMV_EVICT_FIRST", 1) == 1;
+    c.ready = true;
+    return cudaSuccess;
+}
+
+/* One launch's shape: kernel (register | TMA) x (FP8 | BF16), shared memory, grid, and the
+ * ring's piece size and depth (TMA). */
+struct gemv_launch {
+    int which, kc, stages, grid;
+    size_t smem;
+};
+
+static cudaError_t gemv_plan(const gemv_config &c, int M, int K, int bf16, int n, gemv_launch &p)
+{
+    static gemv_kernel kernels[4];
+    const int row_bytes = K * (bf16 ? 2 : 1);
+    const size_t tail = (size_t)n * (row_bytes + GEMV_PAD) +
                         (GEMV_WARPS + 1) * 128 * sizeof(float); /* x rows, reduction */
-    const int which = (tma ? 2 : 0) + (a->bf16 ? 1 : 0);
-    int kc_launch = 0;
-    size_t smem = tail;
-    int stages = n_stages;
-    if (tma) {
+    p.which = (c.tma ? 2 : 0) + (bf16 ? 1 : 0);
+    p.kc = 0;
+    p.smem = tail;
+    p.stages = c.n_stages;
+    if (c.tma) {
         /* as many stages as asked, down to two, then smaller pieces, within shared memory */
-        int kc = tma_kc(row_bytes, kc_max);
+        int kc = tma_kc(row_bytes, c.kc_max);
         /* the kernel's static shared memory (rope_pre, the reduction's partials) comes on top */
-        const size_t room = (size_t)smem_max - sizeof(rope_pre) - 1024;
-        while (tail + (size_t)stages * 16 * (kc + 16) + GEMV_BARRIERS > room) {
-            if (stages > 2)
-                stages--;
+        const size_t room = (size_t)c.smem_max - sizeof(rope_pre) - 1024;
+        while (tail + (size_t)p.stages * 16 * (kc + 16) + GEMV_BARRIERS > room) {
+            if (p.stages > 2)
+                p.stages--;
             else if (kc > 64)
                 kc = tma_kc(row_bytes, kc - 64);
             else
                 return cudaErrorInvalidValue; /* the activations alone do not fit */
         }
-        smem += (size_t)stages * 16 * (kc + 16) + GEMV_BARRIERS;
-        kc_launch = kc;
+        p.smem += (size_t)p.stages * 16 * (kc + 16) + GEMV_BARRIERS;
+        p.kc = kc;
     }
-    switch (which) {
+    cudaError_t e;
+    int occ;
+    switch (p.which) {
     case 0:
-        e = prepare(k_gemv<false>, GEMV_THREADS, smem, kernels[0]);
+        e = prepare(k_gemv<false>, GEMV_THREADS, p.smem, kernels[0], occ);
         break;
     case 1:
-        e = prepare(k_gemv<true>, GEMV_THREADS, smem, kernels[1]);
+        e = prepare(k_gemv<true>, GEMV_THREADS, p.smem, kernels[1], occ);
         break;
     case 2:
-        e = prepare(k_gemv_tma<false>, TMA_THREADS, smem, kernels[2]);
+        e = prepare(k_gemv_tma<false>, TMA_THREADS, p.smem, kernels[2], occ);
         break;
     default:
-        e = prepare(k_gemv_tma<true>, TMA_THREADS, smem, kernels[3]);
+        e = prepare(k_gemv_tma<true>, TMA_THREADS, p.smem, kernels[3], occ);
         break;
     }
     if (e) return e;
-    int per_sm = kernels[which].blocks_per_sm < bps ? kernels[which].blocks_per_sm : bps;
-    int tiles = a->M / 16, grid = sms * per_sm;
-    if (grid > tiles) grid = tiles;
-    switch (which) {
+    const int per_sm = occ < c.bps ? occ : c.bps;
+    p.grid = c.sms * per_sm < M / 16 ? c.sms * per_sm : M / 16;
+    return cudaSuccess;
+}
+
+static bool gemv_shape_ok(int M, int K, int bf16, int n)
+{
+    return n >= 1 && n <= 8 && M % 16 == 0 && M > 0 && (K * (bf16 ? 2 : 1)) % 64 == 0 && K > 0;
+}
+
+extern "C" int kiln_cuda_gemv(const struct kiln_gemv_args *a, kiln_stream stream)
+{
+    if (!gemv_shape_ok(a->M, a->K, a->bf16, a->n) || a->pf_first < KILN_PF_PAST_RING ||
+        a->pf_count < 0 || (a->pf_w && !gemv_shape_ok(a->pf_M, a->pf_K, a->pf_bf16, a->n)))
+        return cudaErrorInvalidValue;
+    static gemv_config cfg;
+    cudaError_t e;
+    gemv_launch p;
+    if ((e = gemv_config_get(cfg)) || (e = gemv_plan(cfg, a->M, a->K, a->bf16, a->n, p))) return e;
+    l2_next nx = {};
+    if (cfg.tma && a->pf_w && a->pf_count > 0) {
+        gemv_launch np;
+        if ((e = gemv_plan(cfg, a->pf_M, a->pf_K, a->pf_bf16, a->n, np))) return e;
+        nx = {{static_cast<const uint8_t *>(a->pf_w), a->pf_K * (a->pf_bf16 ? 2 : 1), a->pf_M / 16,
+               np.kc, np.grid},
+              a->pf_first == KILN_PF_PAST_RING ? np.stages : a->pf_first,
+              a->pf_count};
+    }
+    switch (p.which) {
     case 0:
-        return launch_pdl(k_gemv<false>, grid, GEMV_THREADS, smem, stream, *a);
+        return launch_pdl(k_gemv<false>, p.grid, GEMV_THREADS, p.smem, stream, *a);
     case 1:
-        return launch_pdl(k_gemv<true>, grid, GEMV_THREADS, smem, stream, *a);
+        return launch_pdl(k_gemv<true>, p.grid, GEMV_THREADS, p.smem, stream, *a);
     case 2:
-        return launch_pdl(k_gemv_tma<false>, grid, TMA_THREADS, smem, stream, *a, kc_launch,
-                          stages);
+        return launch_pdl(k_gemv_tma<false>, p.grid, TMA_THREADS, p.smem, stream, *a, p.kc,
+                          p.stages, nx, cfg.evict_first);
     default:
-        return launch_pdl(k_gemv_tma<true>, grid, TMA_THREADS, smem, stream, *a, kc_launch, stages);
+        return launch_pdl(k_gemv_tma<true>, p.grid, TMA_THREADS, p.smem, stream, *a, p.kc, p.stages,
+                          nx, cfg.evict_first);
     }
 }
 

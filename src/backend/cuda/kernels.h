@@ -71,6 +71,8 @@ enum kiln_gemv_epilogue {
  * RMSNorm of the f32 rows x[x_rows[t]] (or x[t]) with weight norm_w, quantized with in_scale
  * (FP8) or rounded to bf16 -- the CPU twin is kiln_cpu_rmsnorm + kiln_cpu_quant_fp8. */
 #define KILN_TRACE_BLOCKS 512
+#define KILN_TRACE_SLOTS  8 /* stamps a block: entry, wait done, end, marks 3..7 */
+#define KILN_PF_PAST_RING (-1)
 
 struct kiln_gemv_args {
     const void *w; /* (M, K) e4m3 or bf16 */
@@ -93,9 +95,17 @@ struct kiln_gemv_args {
     struct kiln_cuda_kv kv;
     int n_heads;
     float *q; /* (n, H, Dh) */
-    /* optional (KILN_TRACE): %globaltimer stamps per block (entry, wait done, end, -), for
-     * the first KILN_TRACE_BLOCKS blocks */
+    /* optional (KILN_TRACE): %globaltimer stamps per block (entry, wait done, end, phase
+     * marks), for the first KILN_TRACE_BLOCKS blocks */
     unsigned long long *trace;
+    /* optional: an L2 prefetch, a hint for the Hopper ring kernel (ignored elsewhere) that keeps
+     * the weight stream going where it would pause. pf_w (pf_M, pf_K, pf_bf16) is the next
+     * GEMV of the stream, at the same n: stages [pf_first, pf_first + pf_count) of each of its
+     * blocks' streams are asked for once this block's own weights have all arrived;
+     * pf_first KILN_PF_PAST_RING: the first stage past the ring that kernel fills before its
+     * wait. */
+    const void *pf_w;
+    int pf_M, pf_K, pf_bf16, pf_first, pf_count;
 };
 int kiln_cuda_gemv(const struct kiln_gemv_args *a, kiln_stream stream);
 
