@@ -446,8 +446,11 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) k_gemv(const kiln_gemv_args a
  * kiln_gemv_args' pf_*): cuda.c has the o GEMV do it for gate_up, whose blocks cannot enter
  * before o's leave (313.8-314.3 against 309.9-311.3). Also measured there and dropped: the
  * q|k|v GEMV asking L2 for its own third tile at once (307.6-310.0 against 313.8-314.3, and
- * 317-318 against 322 with evict-first), or holding all three in a 3-stage ring (311 against
- * 318.6); down asking for the next q|k|v's third tile (306 against 310-311). */
+ * 317-318 against 322 with evict-first) or right after its wait (312 against 321: a block's 16
+ * prefetch instructions held the issuing warp ~3 us), or holding all three in a 3-stage ring
+ * (311 against 318.6); down asking for the next q|k|v's third tile (306 against 310-311); the
+ * compute warps sleeping on the first stage's barrier before griddepcontrol.wait (307 against
+ * 319). */
 #define TMA_KC     8192 /* bytes of each row per stage, at most (whole rows of K = 4096 FP8) */
 #define TMA_STAGES 2
 
