@@ -138,94 +138,76 @@ static void print_profile(struct bench *B, const char *what)
     printf("  per-op time, %s:\n%s", what, buf);
 }
 
+enum {
+    O_CTX = 256,
+    O_PROMPTS,
+    O_BATCHES,
+    O_STEPS,
+    O_MNT,
+    O_MSL,
+    O_MBS,
+    O_BCTX,
+    O_PROFILE,
+    O_JSON,
+    O_HELP
+};
+
+static const struct option long_opts[] = {
+    {"contexts", required_argument, 0, O_CTX},
+    {"prompts", required_argument, 0, O_PROMPTS},
+    {"batches", required_argument, 0, O_BATCHES},
+    {"steps", required_argument, 0, O_STEPS},
+    {"max-num-tokens", required_argument, 0, O_MNT},
+    {"max-seq-len", required_argument, 0, O_MSL},
+    {"max-batch-size", required_argument, 0, O_MBS},
+    {"batch-context", required_argument, 0, O_BCTX},
+    {"profile", no_argument, 0, O_PROFILE},
+    {"json", no_argument, 0, O_JSON},
+    {"help", no_argument, 0, O_HELP},
+    KILN_CLI_BACKEND_OPTIONS,
+    {0, 0, 0, 0},
+};
+
+static bool option(int id, const char *arg, void *ctx)
+{
+    struct lat_args *a = ctx;
+    switch (id) {
+    case O_CTX:
+        return parse_list(arg, &a->contexts);
+    case O_PROMPTS:
+        return parse_list(arg, &a->prompts);
+    case O_BATCHES:
+        return parse_list(arg, &a->batches);
+    case O_STEPS:
+        return kiln_cli_int(arg, 1, 100000, &a->steps);
+    case O_MNT:
+        return kiln_cli_int(arg, 1, 1 << 20, &a->max_num_tokens);
+    case O_MSL:
+        return kiln_cli_int(arg, 1, 1 << 22, &a->max_seq_len);
+    case O_MBS:
+        return kiln_cli_int(arg, 1, 4096, &a->max_batch);
+    case O_BCTX:
+        return kiln_cli_int(arg, 1, 1 << 20, &a->batch_ctx);
+    case O_PROFILE:
+        a->profile = true;
+        return true;
+    case O_JSON:
+        a->json = true;
+        return true;
+    }
+    return false;
+}
+
 int kiln_bench_latency(int argc, char **argv)
 {
-    enum {
-        O_CTX = 256,
-        O_PROMPTS,
-        O_BATCHES,
-        O_STEPS,
-        O_MNT,
-        O_MSL,
-        O_MBS,
-        O_BCTX,
-        O_PROFILE,
-        O_JSON,
-        O_HELP
-    };
-    static const struct option long_opts[] = {
-        {"contexts", required_argument, 0, O_CTX},
-        {"prompts", required_argument, 0, O_PROMPTS},
-        {"batches", required_argument, 0, O_BATCHES},
-        {"steps", required_argument, 0, O_STEPS},
-        {"max-num-tokens", required_argument, 0, O_MNT},
-        {"max-seq-len", required_argument, 0, O_MSL},
-        {"max-batch-size", required_argument, 0, O_MBS},
-        {"batch-context", required_argument, 0, O_BCTX},
-        {"profile", no_argument, 0, O_PROFILE},
-        {"json", no_argument, 0, O_JSON},
-        {"help", no_argument, 0, O_HELP},
-        KILN_CLI_BACKEND_OPTIONS,
-        {0, 0, 0, 0},
-    };
+    static const struct kiln_cli_command cmd = {"bench", "", long_opts, usage, option};
     struct lat_args a = {.steps = 64, .max_num_tokens = 2048, .batch_ctx = 128};
     parse_list("128,2048,8192", &a.contexts);
     parse_list("128,512,2048", &a.prompts);
     parse_list("8,32,128", &a.batches);
     kiln_cli_backend_defaults(&a.backend);
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "", long_opts, NULL)) != -1) {
-        bool ok = true;
-        switch (c) {
-        case O_CTX:
-            ok = parse_list(optarg, &a.contexts);
-            break;
-        case O_PROMPTS:
-            ok = parse_list(optarg, &a.prompts);
-            break;
-        case O_BATCHES:
-            ok = parse_list(optarg, &a.batches);
-            break;
-        case O_STEPS:
-            ok = kiln_cli_int(optarg, 1, 100000, &a.steps);
-            break;
-        case O_MNT:
-            ok = kiln_cli_int(optarg, 1, 1 << 20, &a.max_num_tokens);
-            break;
-        case O_MSL:
-            ok = kiln_cli_int(optarg, 1, 1 << 22, &a.max_seq_len);
-            break;
-        case O_MBS:
-            ok = kiln_cli_int(optarg, 1, 4096, &a.max_batch);
-            break;
-        case O_BCTX:
-            ok = kiln_cli_int(optarg, 1, 1 << 20, &a.batch_ctx);
-            break;
-        case O_PROFILE:
-            a.profile = true;
-            break;
-        case O_JSON:
-            a.json = true;
-            break;
-        case O_HELP:
-            usage(stdout);
-            return 0;
-        default:
-            if (kiln_cli_backend_option(c, optarg, &a.backend, &ok)) break;
-            usage(stderr);
-            return 2;
-        }
-        if (!ok) {
-            fprintf(stderr, "kiln bench: bad value '%s' for %s\n", optarg, argv[optind - 1]);
-            return 2;
-        }
-    }
-    if (optind != argc - 1) {
-        usage(stderr);
-        return 2;
-    }
-    a.model_dir = argv[optind];
+    int prc = kiln_cli_parse(&cmd, argc, argv, &a, &a.backend, &a.model_dir);
+    if (prc != KILN_CLI_GO_ON) return prc;
 
     struct kiln_error err = {0};
     struct kiln_model *m = NULL;

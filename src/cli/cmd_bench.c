@@ -69,97 +69,63 @@ static void usage(FILE *f)
         "without --throughput: the latency benchmark (kiln bench MODEL --help)\n");
 }
 
+enum { O_N = 1, O_IN, O_OUT, O_CONC, O_WARM, O_MBS, O_MNT, O_BLOCKS, O_SEED, O_JSON, O_TP, O_HELP };
+
+static const struct option long_opts[] = {
+    {"throughput", no_argument, 0, O_TP},
+    {"num-requests", required_argument, 0, O_N},
+    {"input-len", required_argument, 0, O_IN},
+    {"output-len", required_argument, 0, O_OUT},
+    {"concurrency", required_argument, 0, O_CONC},
+    {"warmup", required_argument, 0, O_WARM},
+    {"max-batch-size", required_argument, 0, O_MBS},
+    {"max-num-tokens", required_argument, 0, O_MNT},
+    {"kv-blocks", required_argument, 0, O_BLOCKS},
+    {"seed", required_argument, 0, O_SEED},
+    {"json", no_argument, 0, O_JSON},
+    {"help", no_argument, 0, O_HELP},
+    KILN_CLI_BACKEND_OPTIONS,
+    {0, 0, 0, 0},
+};
+
+static bool option(int id, const char *arg, void *ctx)
+{
+    struct tp_args *a = ctx;
+    switch (id) {
+    case O_TP:
+        return true;
+    case O_N:
+        return kiln_cli_int(arg, 1, 10000000, &a->num_requests);
+    case O_IN:
+        return kiln_cli_int(arg, 1, 1 << 22, &a->input_len);
+    case O_OUT:
+        return kiln_cli_int(arg, 1, 1 << 22, &a->output_len);
+    case O_CONC:
+        return kiln_cli_int(arg, 1, 1 << 20, &a->concurrency);
+    case O_WARM:
+        return kiln_cli_int(arg, 0, 1000, &a->warmup);
+    case O_MBS:
+        return kiln_cli_int(arg, 1, 1 << 16, &a->max_batch);
+    case O_MNT:
+        return kiln_cli_int(arg, 1, 1 << 22, &a->max_num_tokens);
+    case O_BLOCKS:
+        return kiln_cli_int(arg, 1, 1 << 28, &a->kv_blocks);
+    case O_SEED:
+        return kiln_cli_u64(arg, &a->seed);
+    case O_JSON:
+        a->json = true;
+        return true;
+    }
+    return false;
+}
+
 static int parse(int argc, char **argv, struct tp_args *a)
 {
-    enum {
-        O_N = 1,
-        O_IN,
-        O_OUT,
-        O_CONC,
-        O_WARM,
-        O_MBS,
-        O_MNT,
-        O_BLOCKS,
-        O_SEED,
-        O_JSON,
-        O_TP,
-        O_HELP
-    };
-    static const struct option long_opts[] = {
-        {"throughput", no_argument, 0, O_TP},
-        {"num-requests", required_argument, 0, O_N},
-        {"input-len", required_argument, 0, O_IN},
-        {"output-len", required_argument, 0, O_OUT},
-        {"concurrency", required_argument, 0, O_CONC},
-        {"warmup", required_argument, 0, O_WARM},
-        {"max-batch-size", required_argument, 0, O_MBS},
-        {"max-num-tokens", required_argument, 0, O_MNT},
-        {"kv-blocks", required_argument, 0, O_BLOCKS},
-        {"seed", required_argument, 0, O_SEED},
-        {"json", no_argument, 0, O_JSON},
-        {"help", no_argument, 0, O_HELP},
-        KILN_CLI_BACKEND_OPTIONS,
-        {0, 0, 0, 0},
-    };
+    static const struct kiln_cli_command cmd = {"bench", "", long_opts, usage, option};
     *a = (struct tp_args){
         .num_requests = 100, .input_len = 128, .output_len = 128, .warmup = 2, .seed = 1};
     kiln_cli_backend_defaults(&a->backend);
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "", long_opts, NULL)) != -1) {
-        bool ok = true;
-        switch (c) {
-        case O_TP:
-            break;
-        case O_N:
-            ok = kiln_cli_int(optarg, 1, 10000000, &a->num_requests);
-            break;
-        case O_IN:
-            ok = kiln_cli_int(optarg, 1, 1 << 22, &a->input_len);
-            break;
-        case O_OUT:
-            ok = kiln_cli_int(optarg, 1, 1 << 22, &a->output_len);
-            break;
-        case O_CONC:
-            ok = kiln_cli_int(optarg, 1, 1 << 20, &a->concurrency);
-            break;
-        case O_WARM:
-            ok = kiln_cli_int(optarg, 0, 1000, &a->warmup);
-            break;
-        case O_MBS:
-            ok = kiln_cli_int(optarg, 1, 1 << 16, &a->max_batch);
-            break;
-        case O_MNT:
-            ok = kiln_cli_int(optarg, 1, 1 << 22, &a->max_num_tokens);
-            break;
-        case O_BLOCKS:
-            ok = kiln_cli_int(optarg, 1, 1 << 28, &a->kv_blocks);
-            break;
-        case O_SEED:
-            ok = kiln_cli_u64(optarg, &a->seed);
-            break;
-        case O_JSON:
-            a->json = true;
-            break;
-        case O_HELP:
-            usage(stdout);
-            return 0;
-        default:
-            if (kiln_cli_backend_option(c, optarg, &a->backend, &ok)) break;
-            usage(stderr);
-            return 2;
-        }
-        if (!ok) {
-            fprintf(stderr, "kiln bench: bad value '%s' for %s\n", optarg, argv[optind - 1]);
-            return 2;
-        }
-    }
-    if (optind != argc - 1) {
-        usage(stderr);
-        return 2;
-    }
-    a->model_dir = argv[optind];
-    return -1;
+    return kiln_cli_parse(&cmd, argc, argv, a, &a->backend, &a->model_dir);
 }
 
 static int cmp_double(const void *pa, const void *pb)
@@ -365,6 +331,6 @@ int kiln_cmd_bench(int argc, char **argv)
     if (!tp) return kiln_bench_latency(argc, argv);
     struct tp_args a;
     int rc = parse(argc, argv, &a);
-    if (rc >= 0) return rc;
+    if (rc != KILN_CLI_GO_ON) return rc;
     return throughput(&a);
 }

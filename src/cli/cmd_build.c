@@ -74,96 +74,80 @@ static void usage(FILE *f)
             AUTO_MAX_BATCH, NO_GPU_BATCH, DEFAULT_MAX_SEQ);
 }
 
+enum {
+    O_BATCH = 256,
+    O_INPUT,
+    O_SEQ,
+    O_TOKENS,
+    O_KV,
+    O_BLOCK,
+    O_MEM,
+    O_DEVICE,
+    O_CAND,
+    O_FORCE,
+    O_HELP
+};
+
+static const struct option opts[] = {{"output", required_argument, 0, 'o'},
+                                     {"max-batch-size", required_argument, 0, O_BATCH},
+                                     {"max-input-len", required_argument, 0, O_INPUT},
+                                     {"max-seq-len", required_argument, 0, O_SEQ},
+                                     {"max-num-tokens", required_argument, 0, O_TOKENS},
+                                     {"kv-dtype", required_argument, 0, O_KV},
+                                     {"tokens-per-block", required_argument, 0, O_BLOCK},
+                                     {"gpu-memory", required_argument, 0, O_MEM},
+                                     {"device", required_argument, 0, O_DEVICE},
+                                     {"gemm-candidates", required_argument, 0, O_CAND},
+                                     {"force", no_argument, 0, O_FORCE},
+                                     {"help", no_argument, 0, O_HELP},
+                                     {0, 0, 0, 0}};
+
+static bool option(int id, const char *arg, void *ctx)
+{
+    struct build_args *a = ctx;
+    switch (id) {
+    case 'o':
+        a->out = arg;
+        return true;
+    case O_BATCH:
+        return kiln_cli_int(arg, 1, 1 << 16, &a->max_batch);
+    case O_INPUT:
+        return kiln_cli_int(arg, 1, 1 << 24, &a->max_input);
+    case O_SEQ:
+        return kiln_cli_int(arg, 2, 1 << 24, &a->max_seq);
+    case O_TOKENS:
+        return kiln_cli_int(arg, 1, 1 << 24, &a->max_tokens);
+    case O_KV:
+        a->kv_dtype = !strcmp(arg, "fp8") ? KILN_DTYPE_F8E4M3 : KILN_DTYPE_BF16;
+        return !strcmp(arg, "fp8") || !strcmp(arg, "bf16");
+    case O_BLOCK:
+        return kiln_cli_int(arg, 1, 4096, &a->block);
+    case O_MEM:
+        return kiln_cli_size(arg, &a->gpu_memory);
+    case O_DEVICE:
+        a->device = !strcmp(arg, "cpu")    ? KILN_CLI_DEVICE_CPU
+                    : !strcmp(arg, "cuda") ? KILN_CLI_DEVICE_CUDA
+                                           : KILN_CLI_DEVICE_AUTO;
+        return !strcmp(arg, "auto") || !strcmp(arg, "cpu") || !strcmp(arg, "cuda");
+    case O_CAND:
+        return kiln_cli_int(arg, 1, 32, &a->candidates);
+    case O_FORCE:
+        a->force = true;
+        return true;
+    }
+    return false;
+}
+
 static int parse(int argc, char **argv, struct build_args *a)
 {
-    enum {
-        O_BATCH = 256,
-        O_INPUT,
-        O_SEQ,
-        O_TOKENS,
-        O_KV,
-        O_BLOCK,
-        O_MEM,
-        O_DEVICE,
-        O_CAND,
-        O_FORCE,
-        O_HELP
-    };
-    static const struct option opts[] = {{"output", required_argument, 0, 'o'},
-                                         {"max-batch-size", required_argument, 0, O_BATCH},
-                                         {"max-input-len", required_argument, 0, O_INPUT},
-                                         {"max-seq-len", required_argument, 0, O_SEQ},
-                                         {"max-num-tokens", required_argument, 0, O_TOKENS},
-                                         {"kv-dtype", required_argument, 0, O_KV},
-                                         {"tokens-per-block", required_argument, 0, O_BLOCK},
-                                         {"gpu-memory", required_argument, 0, O_MEM},
-                                         {"device", required_argument, 0, O_DEVICE},
-                                         {"gemm-candidates", required_argument, 0, O_CAND},
-                                         {"force", no_argument, 0, O_FORCE},
-                                         {"help", no_argument, 0, O_HELP},
-                                         {0, 0, 0, 0}};
+    static const struct kiln_cli_command cmd = {"build", "o:h", opts, usage, option};
     *a = (struct build_args){.kv_dtype = -1, .block = 16, .candidates = 8};
-    optind = 1;
-    int c, li = 0;
-    while ((c = getopt_long(argc, argv, "o:h", opts, &li)) != -1) {
-        bool ok = true;
-        switch (c) {
-        case 'o':
-            a->out = optarg;
-            break;
-        case O_BATCH:
-            ok = kiln_cli_int(optarg, 1, 1 << 16, &a->max_batch);
-            break;
-        case O_INPUT:
-            ok = kiln_cli_int(optarg, 1, 1 << 24, &a->max_input);
-            break;
-        case O_SEQ:
-            ok = kiln_cli_int(optarg, 2, 1 << 24, &a->max_seq);
-            break;
-        case O_TOKENS:
-            ok = kiln_cli_int(optarg, 1, 1 << 24, &a->max_tokens);
-            break;
-        case O_KV:
-            ok = !strcmp(optarg, "fp8") || !strcmp(optarg, "bf16");
-            a->kv_dtype = !strcmp(optarg, "fp8") ? KILN_DTYPE_F8E4M3 : KILN_DTYPE_BF16;
-            break;
-        case O_BLOCK:
-            ok = kiln_cli_int(optarg, 1, 4096, &a->block);
-            break;
-        case O_MEM:
-            ok = kiln_cli_size(optarg, &a->gpu_memory);
-            break;
-        case O_DEVICE:
-            ok = !strcmp(optarg, "auto") || !strcmp(optarg, "cpu") || !strcmp(optarg, "cuda");
-            a->device = !strcmp(optarg, "cpu")    ? KILN_CLI_DEVICE_CPU
-                        : !strcmp(optarg, "cuda") ? KILN_CLI_DEVICE_CUDA
-                                                  : KILN_CLI_DEVICE_AUTO;
-            break;
-        case O_CAND:
-            ok = kiln_cli_int(optarg, 1, 32, &a->candidates);
-            break;
-        case O_FORCE:
-            a->force = true;
-            break;
-        case 'h':
-        case O_HELP:
-            usage(stdout);
-            return -1;
-        default:
-            usage(stderr);
-            return 2;
-        }
-        if (!ok) {
-            fprintf(stderr, "kiln build: bad value '%s' for --%s\n", optarg, opts[li].name);
-            return 2;
-        }
-    }
-    if (optind != argc - 1 || !a->out) {
+    int rc = kiln_cli_parse(&cmd, argc, argv, a, NULL, &a->src);
+    if (rc == KILN_CLI_GO_ON && !a->out) {
         usage(stderr);
         return 2;
     }
-    a->src = argv[optind];
-    return 0;
+    return rc;
 }
 
 /* ---- limits and the memory plan ---- */
@@ -534,7 +518,7 @@ int kiln_cmd_build(int argc, char **argv)
 {
     struct build_args a;
     int rc = parse(argc, argv, &a);
-    if (rc) return rc < 0 ? 0 : rc;
+    if (rc != KILN_CLI_GO_ON) return rc;
     struct kiln_error err = {0};
     return kiln_cli_pipeline_exit("build", a.out, build(&a, &err), &err);
 }

@@ -17,7 +17,7 @@
 
 struct chat_args {
     const char *model_dir, *tokenizer_dir, *system;
-    int max_tokens;
+    int max_tokens, max_seq_len;
     float temperature, top_p;
     struct kiln_cli_backend backend;
 };
@@ -107,64 +107,50 @@ static enum kiln_status reply(struct kiln_engine *e, const struct chat_args *a, 
     return st;
 }
 
+enum { O_SYSTEM = 256, O_MAX, O_TEMP, O_TOPP, O_TOK, O_MSL, O_HELP };
+
+static const struct option long_opts[] = {
+    {"system", required_argument, 0, O_SYSTEM},
+    {"max-tokens", required_argument, 0, O_MAX},
+    {"temperature", required_argument, 0, O_TEMP},
+    {"top-p", required_argument, 0, O_TOPP},
+    {"tokenizer", required_argument, 0, O_TOK},
+    {"max-seq-len", required_argument, 0, O_MSL},
+    {"help", no_argument, 0, O_HELP},
+    KILN_CLI_BACKEND_OPTIONS,
+    {0, 0, 0, 0},
+};
+
+static bool option(int id, const char *arg, void *ctx)
+{
+    struct chat_args *a = ctx;
+    switch (id) {
+    case O_SYSTEM:
+        a->system = arg;
+        return true;
+    case O_MAX:
+        return kiln_cli_int(arg, 1, 1 << 20, &a->max_tokens);
+    case O_TEMP:
+        return kiln_cli_float(arg, 0.0f, 100.0f, &a->temperature);
+    case O_TOPP:
+        return kiln_cli_float(arg, 1e-6f, 1.0f, &a->top_p);
+    case O_TOK:
+        a->tokenizer_dir = arg;
+        return true;
+    case O_MSL:
+        return kiln_cli_int(arg, 16, 1 << 22, &a->max_seq_len);
+    }
+    return false;
+}
+
 int kiln_cmd_chat(int argc, char **argv)
 {
-    enum { O_SYSTEM = 256, O_MAX, O_TEMP, O_TOPP, O_TOK, O_MSL, O_HELP };
-    static const struct option long_opts[] = {
-        {"system", required_argument, 0, O_SYSTEM},
-        {"max-tokens", required_argument, 0, O_MAX},
-        {"temperature", required_argument, 0, O_TEMP},
-        {"top-p", required_argument, 0, O_TOPP},
-        {"tokenizer", required_argument, 0, O_TOK},
-        {"max-seq-len", required_argument, 0, O_MSL},
-        {"help", no_argument, 0, O_HELP},
-        KILN_CLI_BACKEND_OPTIONS,
-        {0, 0, 0, 0},
-    };
-    struct chat_args a = {.max_tokens = 512, .temperature = -1, .top_p = -1};
-    int max_seq_len = 4096;
+    static const struct kiln_cli_command cmd = {"chat", "", long_opts, usage, option};
+    struct chat_args a = {.max_tokens = 512, .max_seq_len = 4096, .temperature = -1, .top_p = -1};
     kiln_cli_backend_defaults(&a.backend);
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "", long_opts, NULL)) != -1) {
-        bool ok = true;
-        switch (c) {
-        case O_SYSTEM:
-            a.system = optarg;
-            break;
-        case O_MAX:
-            ok = kiln_cli_int(optarg, 1, 1 << 20, &a.max_tokens);
-            break;
-        case O_TEMP:
-            ok = kiln_cli_float(optarg, 0.0f, 100.0f, &a.temperature);
-            break;
-        case O_TOPP:
-            ok = kiln_cli_float(optarg, 1e-6f, 1.0f, &a.top_p);
-            break;
-        case O_TOK:
-            a.tokenizer_dir = optarg;
-            break;
-        case O_MSL:
-            ok = kiln_cli_int(optarg, 16, 1 << 22, &max_seq_len);
-            break;
-        case O_HELP:
-            usage(stdout);
-            return 0;
-        default:
-            if (kiln_cli_backend_option(c, optarg, &a.backend, &ok)) break;
-            usage(stderr);
-            return 2;
-        }
-        if (!ok) {
-            fprintf(stderr, "kiln chat: bad value '%s' for %s\n", optarg, argv[optind - 1]);
-            return 2;
-        }
-    }
-    if (optind != argc - 1) {
-        usage(stderr);
-        return 2;
-    }
-    a.model_dir = argv[optind];
+    int prc = kiln_cli_parse(&cmd, argc, argv, &a, &a.backend, &a.model_dir);
+    if (prc != KILN_CLI_GO_ON) return prc;
+    const int max_seq_len = a.max_seq_len;
 
     struct kiln_error err = {0};
     struct kiln_model *m = NULL;

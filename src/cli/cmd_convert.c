@@ -108,58 +108,52 @@ static void usage(FILE *f)
         "  --force               replace CKPT if it exists\n");
 }
 
+enum { O_FP8 = 256, O_KV, O_TEXT, O_NTOK, O_FORCE, O_HELP };
+
+static const struct option opts[] = {{"output", required_argument, 0, 'o'},
+                                     {"fp8", no_argument, 0, O_FP8},
+                                     {"fp8-kv-cache", no_argument, 0, O_KV},
+                                     {"calib-text", required_argument, 0, O_TEXT},
+                                     {"calib-tokens", required_argument, 0, O_NTOK},
+                                     {"force", no_argument, 0, O_FORCE},
+                                     {"help", no_argument, 0, O_HELP},
+                                     {0, 0, 0, 0}};
+
+static bool option(int id, const char *arg, void *ctx)
+{
+    struct convert_args *a = ctx;
+    switch (id) {
+    case 'o':
+        a->out = arg;
+        return true;
+    case O_FP8:
+        a->fp8 = true;
+        return true;
+    case O_KV:
+        a->fp8_kv = true;
+        return true;
+    case O_TEXT:
+        a->calib_text = arg;
+        return true;
+    case O_NTOK:
+        return kiln_cli_int(arg, 1, 1 << 20, &a->calib_tokens);
+    case O_FORCE:
+        a->force = true;
+        return true;
+    }
+    return false;
+}
+
 static int parse(int argc, char **argv, struct convert_args *a)
 {
-    enum { O_FP8 = 256, O_KV, O_TEXT, O_NTOK, O_FORCE, O_HELP };
-    static const struct option opts[] = {{"output", required_argument, 0, 'o'},
-                                         {"fp8", no_argument, 0, O_FP8},
-                                         {"fp8-kv-cache", no_argument, 0, O_KV},
-                                         {"calib-text", required_argument, 0, O_TEXT},
-                                         {"calib-tokens", required_argument, 0, O_NTOK},
-                                         {"force", no_argument, 0, O_FORCE},
-                                         {"help", no_argument, 0, O_HELP},
-                                         {0, 0, 0, 0}};
+    static const struct kiln_cli_command cmd = {"convert", "o:h", opts, usage, option};
     *a = (struct convert_args){.calib_tokens = 512};
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'o':
-            a->out = optarg;
-            break;
-        case O_FP8:
-            a->fp8 = true;
-            break;
-        case O_KV:
-            a->fp8_kv = true;
-            break;
-        case O_TEXT:
-            a->calib_text = optarg;
-            break;
-        case O_NTOK:
-            if (!kiln_cli_int(optarg, 1, 1 << 20, &a->calib_tokens)) {
-                fprintf(stderr, "kiln convert: bad value '%s' for --calib-tokens\n", optarg);
-                return 2;
-            }
-            break;
-        case O_FORCE:
-            a->force = true;
-            break;
-        case 'h':
-        case O_HELP:
-            usage(stdout);
-            return -1;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (optind != argc - 1 || !a->out) {
+    int rc = kiln_cli_parse(&cmd, argc, argv, a, NULL, &a->src);
+    if (rc == KILN_CLI_GO_ON && !a->out) {
         usage(stderr);
         return 2;
     }
-    a->src = argv[optind];
-    return 0;
+    return rc;
 }
 
 /* ---- quantization (--fp8) ---- */
@@ -505,7 +499,7 @@ int kiln_cmd_convert(int argc, char **argv)
 {
     struct convert_args a;
     int rc = parse(argc, argv, &a);
-    if (rc) return rc < 0 ? 0 : rc;
+    if (rc != KILN_CLI_GO_ON) return rc;
     struct kiln_error err = {0};
     return kiln_cli_pipeline_exit("convert", a.out, convert(&a, &err), &err);
 }

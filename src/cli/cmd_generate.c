@@ -44,96 +44,81 @@ static void usage(FILE *f)
                "Prints the generated ids on stdout and tokens/s on stderr.\n");
 }
 
+enum {
+    O_IDS = 256,
+    O_MAX,
+    O_TEMP,
+    O_TOPP,
+    O_TOPK,
+    O_SEED,
+    O_IGNORE,
+    O_DUMP,
+    O_PROMPT,
+    O_TOK,
+    O_HELP
+};
+
+static const struct option long_opts[] = {
+    {"prompt-ids", required_argument, 0, O_IDS},
+    {"prompt", required_argument, 0, O_PROMPT},
+    {"tokenizer", required_argument, 0, O_TOK},
+    {"max-tokens", required_argument, 0, O_MAX},
+    {"temperature", required_argument, 0, O_TEMP},
+    {"top-p", required_argument, 0, O_TOPP},
+    {"top-k", required_argument, 0, O_TOPK},
+    {"seed", required_argument, 0, O_SEED},
+    {"ignore-eos", no_argument, 0, O_IGNORE},
+    {"dump-logits", required_argument, 0, O_DUMP},
+    {"help", no_argument, 0, O_HELP},
+    KILN_CLI_BACKEND_OPTIONS,
+    {0, 0, 0, 0},
+};
+
+static bool option(int id, const char *arg, void *ctx)
+{
+    struct gen_args *a = ctx;
+    switch (id) {
+    case O_IDS:
+        a->prompt_ids = arg;
+        return true;
+    case O_PROMPT:
+        a->prompt = arg;
+        return true;
+    case O_TOK:
+        a->tokenizer_dir = arg;
+        return true;
+    case O_MAX:
+        return kiln_cli_int(arg, 1, 1 << 20, &a->max_tokens);
+    case O_TEMP:
+        return kiln_cli_float(arg, 0.0f, 100.0f, &a->temperature);
+    case O_TOPP:
+        return kiln_cli_float(arg, 1e-6f, 1.0f, &a->top_p);
+    case O_TOPK:
+        return kiln_cli_int(arg, 0, 1 << 30, &a->top_k);
+    case O_SEED:
+        return kiln_cli_u64(arg, &a->seed);
+    case O_IGNORE:
+        a->ignore_eos = true;
+        return true;
+    case O_DUMP:
+        a->dump_logits = arg;
+        return true;
+    }
+    return false;
+}
+
 static int parse(int argc, char **argv, struct gen_args *a)
 {
-    enum {
-        O_IDS = 256,
-        O_MAX,
-        O_TEMP,
-        O_TOPP,
-        O_TOPK,
-        O_SEED,
-        O_IGNORE,
-        O_DUMP,
-        O_PROMPT,
-        O_TOK,
-        O_HELP
-    };
-    static const struct option long_opts[] = {
-        {"prompt-ids", required_argument, 0, O_IDS},
-        {"prompt", required_argument, 0, O_PROMPT},
-        {"tokenizer", required_argument, 0, O_TOK},
-        {"max-tokens", required_argument, 0, O_MAX},
-        {"temperature", required_argument, 0, O_TEMP},
-        {"top-p", required_argument, 0, O_TOPP},
-        {"top-k", required_argument, 0, O_TOPK},
-        {"seed", required_argument, 0, O_SEED},
-        {"ignore-eos", no_argument, 0, O_IGNORE},
-        {"dump-logits", required_argument, 0, O_DUMP},
-        {"help", no_argument, 0, O_HELP},
-        KILN_CLI_BACKEND_OPTIONS,
-        {0, 0, 0, 0},
-    };
+    static const struct kiln_cli_command cmd = {"generate", "", long_opts, usage, option};
     *a = (struct gen_args){.max_tokens = 32, .top_p = 1.0f};
     kiln_cli_backend_defaults(&a->backend);
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", long_opts, NULL)) != -1) {
-        bool ok = true;
-        switch (c) {
-        case O_IDS:
-            a->prompt_ids = optarg;
-            break;
-        case O_PROMPT:
-            a->prompt = optarg;
-            break;
-        case O_TOK:
-            a->tokenizer_dir = optarg;
-            break;
-        case O_MAX:
-            ok = kiln_cli_int(optarg, 1, 1 << 20, &a->max_tokens);
-            break;
-        case O_TEMP:
-            ok = kiln_cli_float(optarg, 0.0f, 100.0f, &a->temperature);
-            break;
-        case O_TOPP:
-            ok = kiln_cli_float(optarg, 1e-6f, 1.0f, &a->top_p);
-            break;
-        case O_TOPK:
-            ok = kiln_cli_int(optarg, 0, 1 << 30, &a->top_k);
-            break;
-        case O_SEED:
-            ok = kiln_cli_u64(optarg, &a->seed);
-            break;
-        case O_IGNORE:
-            a->ignore_eos = true;
-            break;
-        case O_DUMP:
-            a->dump_logits = optarg;
-            break;
-        case O_HELP:
-            usage(stdout);
-            return -1;
-        default:
-            if (kiln_cli_backend_option(c, optarg, &a->backend, &ok)) break;
-            usage(stderr);
-            return 2;
-        }
-        if (!ok) {
-            fprintf(stderr, "kiln generate: bad value '%s' for %s\n", optarg, argv[optind - 1]);
-            return 2;
-        }
-    }
-    if (optind != argc - 1) {
-        usage(stderr);
-        return 2;
-    }
-    a->model_dir = argv[optind];
+    int rc = kiln_cli_parse(&cmd, argc, argv, a, &a->backend, &a->model_dir);
+    if (rc != KILN_CLI_GO_ON) return rc;
     if (!a->prompt_ids == !a->prompt) {
         fprintf(stderr, "kiln generate: give --prompt TEXT or --prompt-ids LIST\n");
         return 2;
     }
-    return 0;
+    return KILN_CLI_GO_ON;
 }
 
 static enum kiln_status write_logits(struct kiln_backend *be, const char *path, int rows,
@@ -152,7 +137,7 @@ int kiln_cmd_generate(int argc, char **argv)
 {
     struct gen_args a;
     int rc = parse(argc, argv, &a);
-    if (rc) return rc < 0 ? 0 : rc;
+    if (rc != KILN_CLI_GO_ON) return rc;
 
     struct kiln_error err = {0};
     int32_t *prompt = NULL;

@@ -27,6 +27,7 @@
 
 #include "backend/cpu/cpu.h"
 #include "cli.h"
+#include "common.h"
 #include "core/file.h"
 #include "core/log.h"
 #include "core/thread.h"
@@ -740,91 +741,66 @@ static bool parse_size(const char *s, uint64_t *out)
     return false;
 }
 
+enum { OPT_PRESET = 1, OPT_DTYPE, OPT_SEED, OPT_FP8KV, OPT_SHARD, OPT_TOK, OPT_FORCE, OPT_HELP };
+
+static const struct option longopts[] = {{"preset", required_argument, 0, OPT_PRESET},
+                                         {"dtype", required_argument, 0, OPT_DTYPE},
+                                         {"seed", required_argument, 0, OPT_SEED},
+                                         {"fp8-kv-cache", no_argument, 0, OPT_FP8KV},
+                                         {"shard-size", required_argument, 0, OPT_SHARD},
+                                         {"tokenizer", required_argument, 0, OPT_TOK},
+                                         {"force", no_argument, 0, OPT_FORCE},
+                                         {"help", no_argument, 0, OPT_HELP},
+                                         {0, 0, 0, 0}};
+
+static bool option(int id, const char *arg, void *ctx)
+{
+    struct mk_opts *o = ctx;
+    unsigned long long seed;
+    switch (id) {
+    case OPT_PRESET:
+        for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
+            if (!strcmp(arg, presets[i].name)) {
+                o->preset = &presets[i];
+                return true;
+            }
+        return false;
+    case OPT_DTYPE:
+        o->fp8 = !strcmp(arg, "fp8");
+        return !strcmp(arg, "fp8") || !strcmp(arg, "bf16");
+    case OPT_SEED:
+        if (!kiln_cli_u64(arg, &seed)) return false;
+        o->seed = seed;
+        return true;
+    case OPT_FP8KV:
+        o->fp8_kv = true;
+        return true;
+    case OPT_SHARD:
+        return parse_size(arg, &o->shard_size);
+    case OPT_TOK:
+        o->tokenizer = arg;
+        return true;
+    case OPT_FORCE:
+        o->force = true;
+        return true;
+    }
+    return false;
+}
+
 int kiln_cmd_mkmodel(int argc, char **argv)
 {
-    enum {
-        OPT_PRESET = 1,
-        OPT_DTYPE,
-        OPT_SEED,
-        OPT_FP8KV,
-        OPT_SHARD,
-        OPT_TOK,
-        OPT_FORCE,
-        OPT_HELP
-    };
-    static const struct option longopts[] = {{"preset", required_argument, 0, OPT_PRESET},
-                                             {"dtype", required_argument, 0, OPT_DTYPE},
-                                             {"seed", required_argument, 0, OPT_SEED},
-                                             {"fp8-kv-cache", no_argument, 0, OPT_FP8KV},
-                                             {"shard-size", required_argument, 0, OPT_SHARD},
-                                             {"tokenizer", required_argument, 0, OPT_TOK},
-                                             {"force", no_argument, 0, OPT_FORCE},
-                                             {"help", no_argument, 0, OPT_HELP},
-                                             {0, 0, 0, 0}};
+    static const struct kiln_cli_command cmd = {"mkmodel", "h", longopts, usage, option};
     struct mk_opts o = {.preset = &presets[0], .fp8 = true, .shard_size = DEFAULT_SHARD};
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        bool ok = true;
-        switch (c) {
-        case OPT_PRESET:
-            ok = false;
-            for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
-                if (!strcmp(optarg, presets[i].name)) {
-                    o.preset = &presets[i];
-                    ok = true;
-                }
-            break;
-        case OPT_DTYPE:
-            ok = !strcmp(optarg, "fp8") || !strcmp(optarg, "bf16");
-            o.fp8 = !strcmp(optarg, "fp8");
-            break;
-        case OPT_SEED: {
-            unsigned long long v;
-            char *end;
-            errno = 0;
-            v = strtoull(optarg, &end, 10);
-            ok = !errno && end != optarg && !*end && *optarg != '-';
-            o.seed = v;
-            break;
-        }
-        case OPT_FP8KV:
-            o.fp8_kv = true;
-            break;
-        case OPT_SHARD:
-            ok = parse_size(optarg, &o.shard_size);
-            break;
-        case OPT_TOK:
-            o.tokenizer = optarg;
-            break;
-        case OPT_FORCE:
-            o.force = true;
-            break;
-        case OPT_HELP:
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-        if (!ok) {
-            fprintf(stderr, "kiln mkmodel: bad value '%s' for --%s\n", optarg,
-                    longopts[c - 1].name);
-            return 2;
-        }
-    }
-    if (optind != argc - 1) {
-        usage(stderr);
-        return 2;
-    }
+    const char *dir;
+    int rc = kiln_cli_parse(&cmd, argc, argv, &o, NULL, &dir);
+    if (rc != KILN_CLI_GO_ON) return rc;
     if (o.fp8_kv && !o.fp8) {
         fprintf(stderr, "kiln mkmodel: --fp8-kv-cache needs --dtype fp8\n");
         return 2;
     }
     /* "out/" and "out" name the same folder; the temporary folder goes next to it */
     char out[4096];
-    snprintf(out, sizeof out, "%s", argv[optind]);
+    snprintf(out, sizeof out, "%s", dir);
     for (size_t n = strlen(out); n > 1 && out[n - 1] == '/'; n--) out[n - 1] = 0;
     if (!*out) {
         usage(stderr);

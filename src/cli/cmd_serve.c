@@ -25,6 +25,7 @@ struct serve_args {
     const char *model_dir;
     const char *tokenizer_dir;
     const char *chat_template;
+    const char *served_name; /* --served-model-name, or NULL */
     char model_name[256];
     struct kiln_server_options srv;
     int max_batch, max_num_tokens, max_queue, max_seq_len, max_input_len, kv_blocks;
@@ -66,141 +67,122 @@ static void usage(FILE *f)
         "                        that stop reading a reply (default 60)\n" KILN_CLI_BACKEND_HELP);
 }
 
+enum {
+    O_HOST = 256,
+    O_PORT,
+    O_TOKENIZER,
+    O_NAME,
+    O_KEY,
+    O_TEMPLATE,
+    O_BATCH,
+    O_TOKENS,
+    O_QUEUE,
+    O_SEQ,
+    O_INPUT,
+    O_BLOCKS,
+    O_NO_PREFIX,
+    O_SHUTDOWN,
+    O_BODY,
+    O_HEADER,
+    O_MAXN,
+    O_IDLE,
+    O_HELP
+};
+
+static const struct option long_opts[] = {
+    {"host", required_argument, 0, O_HOST},
+    {"port", required_argument, 0, O_PORT},
+    {"tokenizer", required_argument, 0, O_TOKENIZER},
+    {"served-model-name", required_argument, 0, O_NAME},
+    {"api-key", required_argument, 0, O_KEY},
+    {"chat-template", required_argument, 0, O_TEMPLATE},
+    {"max-batch-size", required_argument, 0, O_BATCH},
+    {"max-num-tokens", required_argument, 0, O_TOKENS},
+    {"max-queue", required_argument, 0, O_QUEUE},
+    {"max-seq-len", required_argument, 0, O_SEQ},
+    {"max-input-len", required_argument, 0, O_INPUT},
+    {"kv-blocks", required_argument, 0, O_BLOCKS},
+    {"no-prefix-caching", no_argument, 0, O_NO_PREFIX},
+    {"shutdown-timeout", required_argument, 0, O_SHUTDOWN},
+    {"max-body-bytes", required_argument, 0, O_BODY},
+    {"max-header-bytes", required_argument, 0, O_HEADER},
+    {"max-n", required_argument, 0, O_MAXN},
+    {"idle-timeout", required_argument, 0, O_IDLE},
+    {"help", no_argument, 0, O_HELP},
+    KILN_CLI_BACKEND_OPTIONS,
+    {0, 0, 0, 0},
+};
+
+static bool option(int id, const char *arg, void *ctx)
+{
+    struct serve_args *a = ctx;
+    int n;
+    float f;
+    switch (id) {
+    case O_HOST:
+        a->srv.host = arg;
+        return true;
+    case O_PORT:
+        return kiln_cli_int(arg, 0, 65535, &a->srv.port);
+    case O_TOKENIZER:
+        a->tokenizer_dir = arg;
+        return true;
+    case O_NAME:
+        a->served_name = arg;
+        return true;
+    case O_KEY:
+        a->srv.api_key = arg;
+        return true;
+    case O_TEMPLATE:
+        a->chat_template = arg;
+        return true;
+    case O_BATCH:
+        return kiln_cli_int(arg, 1, 1 << 16, &a->max_batch);
+    case O_TOKENS:
+        return kiln_cli_int(arg, 1, 1 << 24, &a->max_num_tokens);
+    case O_QUEUE:
+        return kiln_cli_int(arg, 1, 1 << 24, &a->max_queue);
+    case O_SEQ:
+        return kiln_cli_int(arg, 2, 1 << 24, &a->max_seq_len);
+    case O_INPUT:
+        return kiln_cli_int(arg, 1, 1 << 24, &a->max_input_len);
+    case O_BLOCKS:
+        return kiln_cli_int(arg, 1, 1 << 30, &a->kv_blocks);
+    case O_NO_PREFIX:
+        a->no_prefix_caching = true;
+        return true;
+    case O_SHUTDOWN:
+        if (!kiln_cli_float(arg, 0.0f, 86400.0f, &f)) return false;
+        a->srv.shutdown_timeout_s = f;
+        return true;
+    case O_BODY:
+        if (!kiln_cli_int(arg, 64, 1 << 30, &n)) return false;
+        a->srv.max_body_bytes = (size_t)n;
+        return true;
+    case O_HEADER:
+        if (!kiln_cli_int(arg, 256, 1 << 20, &n)) return false;
+        a->srv.max_header_bytes = (size_t)n;
+        return true;
+    case O_MAXN:
+        return kiln_cli_int(arg, 1, 1024, &a->srv.max_n);
+    case O_IDLE:
+        return kiln_cli_int(arg, 1, 86400, &a->srv.idle_timeout_s);
+    }
+    return false;
+}
+
 static int parse(int argc, char **argv, struct serve_args *a)
 {
-    enum {
-        O_HOST = 256,
-        O_PORT,
-        O_TOKENIZER,
-        O_NAME,
-        O_KEY,
-        O_TEMPLATE,
-        O_BATCH,
-        O_TOKENS,
-        O_QUEUE,
-        O_SEQ,
-        O_INPUT,
-        O_BLOCKS,
-        O_NO_PREFIX,
-        O_SHUTDOWN,
-        O_BODY,
-        O_HEADER,
-        O_MAXN,
-        O_IDLE,
-        O_HELP
-    };
-    static const struct option long_opts[] = {
-        {"host", required_argument, 0, O_HOST},
-        {"port", required_argument, 0, O_PORT},
-        {"tokenizer", required_argument, 0, O_TOKENIZER},
-        {"served-model-name", required_argument, 0, O_NAME},
-        {"api-key", required_argument, 0, O_KEY},
-        {"chat-template", required_argument, 0, O_TEMPLATE},
-        {"max-batch-size", required_argument, 0, O_BATCH},
-        {"max-num-tokens", required_argument, 0, O_TOKENS},
-        {"max-queue", required_argument, 0, O_QUEUE},
-        {"max-seq-len", required_argument, 0, O_SEQ},
-        {"max-input-len", required_argument, 0, O_INPUT},
-        {"kv-blocks", required_argument, 0, O_BLOCKS},
-        {"no-prefix-caching", no_argument, 0, O_NO_PREFIX},
-        {"shutdown-timeout", required_argument, 0, O_SHUTDOWN},
-        {"max-body-bytes", required_argument, 0, O_BODY},
-        {"max-header-bytes", required_argument, 0, O_HEADER},
-        {"max-n", required_argument, 0, O_MAXN},
-        {"idle-timeout", required_argument, 0, O_IDLE},
-        {"help", no_argument, 0, O_HELP},
-        KILN_CLI_BACKEND_OPTIONS,
-        {0, 0, 0, 0},
-    };
+    static const struct kiln_cli_command cmd = {"serve", "h", long_opts, usage, option};
     memset(a, 0, sizeof *a);
     kiln_server_options_default(&a->srv);
     a->max_queue = 1024;
     kiln_cli_backend_defaults(&a->backend);
     const char *env_key = getenv("KILN_API_KEY");
     if (env_key && *env_key) a->srv.api_key = env_key;
-    const char *name = NULL;
-    int c, n, li = 0;
-    float f;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", long_opts, &li)) != -1) {
-        bool ok = true;
-        switch (c) {
-        case O_HOST:
-            a->srv.host = optarg;
-            break;
-        case O_PORT:
-            ok = kiln_cli_int(optarg, 0, 65535, &a->srv.port);
-            break;
-        case O_TOKENIZER:
-            a->tokenizer_dir = optarg;
-            break;
-        case O_NAME:
-            name = optarg;
-            break;
-        case O_KEY:
-            a->srv.api_key = optarg;
-            break;
-        case O_TEMPLATE:
-            a->chat_template = optarg;
-            break;
-        case O_BATCH:
-            ok = kiln_cli_int(optarg, 1, 1 << 16, &a->max_batch);
-            break;
-        case O_TOKENS:
-            ok = kiln_cli_int(optarg, 1, 1 << 24, &a->max_num_tokens);
-            break;
-        case O_QUEUE:
-            ok = kiln_cli_int(optarg, 1, 1 << 24, &a->max_queue);
-            break;
-        case O_SEQ:
-            ok = kiln_cli_int(optarg, 2, 1 << 24, &a->max_seq_len);
-            break;
-        case O_INPUT:
-            ok = kiln_cli_int(optarg, 1, 1 << 24, &a->max_input_len);
-            break;
-        case O_BLOCKS:
-            ok = kiln_cli_int(optarg, 1, 1 << 30, &a->kv_blocks);
-            break;
-        case O_NO_PREFIX:
-            a->no_prefix_caching = true;
-            break;
-        case O_SHUTDOWN:
-            ok = kiln_cli_float(optarg, 0.0f, 86400.0f, &f);
-            a->srv.shutdown_timeout_s = f;
-            break;
-        case O_BODY:
-            ok = kiln_cli_int(optarg, 64, 1 << 30, &n);
-            a->srv.max_body_bytes = (size_t)n;
-            break;
-        case O_HEADER:
-            ok = kiln_cli_int(optarg, 256, 1 << 20, &n);
-            a->srv.max_header_bytes = (size_t)n;
-            break;
-        case O_MAXN:
-            ok = kiln_cli_int(optarg, 1, 1024, &a->srv.max_n);
-            break;
-        case O_IDLE:
-            ok = kiln_cli_int(optarg, 1, 86400, &a->srv.idle_timeout_s);
-            break;
-        case 'h':
-        case O_HELP:
-            usage(stdout);
-            return -1;
-        default:
-            if (kiln_cli_backend_option(c, optarg, &a->backend, &ok)) break;
-            usage(stderr);
-            return 2;
-        }
-        if (!ok) {
-            fprintf(stderr, "kiln serve: bad value '%s' for --%s\n", optarg, long_opts[li].name);
-            return 2;
-        }
-    }
-    if (optind != argc - 1) {
-        usage(stderr);
-        return 2;
-    }
-    a->model_dir = argv[optind];
+    int rc = kiln_cli_parse(&cmd, argc, argv, a, &a->backend, &a->model_dir);
+    if (rc != KILN_CLI_GO_ON) return rc;
+    const char *name = a->served_name;
     if (!name) {
         /* The folder's name, so the seed's "model": "llama_3.1_8b_engine_fp8" works when
          * serving a folder of that name. */
@@ -214,7 +196,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
         snprintf(a->model_name, sizeof a->model_name, "%s", name);
     }
     a->srv.model_name = a->model_name;
-    return 0;
+    return KILN_CLI_GO_ON;
 }
 
 struct loader {
@@ -309,7 +291,7 @@ int kiln_cmd_serve(int argc, char **argv)
 {
     struct serve_args a;
     int rc = parse(argc, argv, &a);
-    if (rc) return rc < 0 ? 0 : rc;
+    if (rc != KILN_CLI_GO_ON) return rc;
     if (!kiln_dir_exists(a.model_dir)) {
         fprintf(stderr, "kiln serve: %s: not a directory\n", a.model_dir);
         return 2;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "common.h"
 #include "core/file.h"
 #include "tokenizer/tokenizer.h"
 
@@ -18,33 +19,30 @@ static const char usage_text[] =
     "  the prompt the model's chat template renders (other keys become template variables)\n"
     "  --chat-template FILE  use this Jinja template instead of the model's\n";
 
+static void usage(FILE *f)
+{
+    fputs(usage_text, f);
+}
+
+static const struct option opts[] = {
+    {"chat-template", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+
+static bool option(int id, const char *arg, void *ctx)
+{
+    if (id != 't') return false;
+    *(const char **)ctx = arg;
+    return true;
+}
+
 int kiln_cmd_template(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"chat-template", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *tpl_path = NULL;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 't':
-            tpl_path = optarg;
-            break;
-        case 'h':
-            fputs(usage_text, stdout);
-            return 0;
-        default:
-            fputs(usage_text, stderr);
-            return 2;
-        }
-    }
-    if (optind != argc - 1) {
-        fputs(usage_text, stderr);
-        return 2;
-    }
+    static const struct kiln_cli_command cmd = {"template", "h", opts, usage, option};
+    const char *tpl_path = NULL, *dir;
+    int prc = kiln_cli_parse(&cmd, argc, argv, &tpl_path, NULL, &dir);
+    if (prc != KILN_CLI_GO_ON) return prc;
     struct kiln_tokenizer *tok;
     struct kiln_error err = {0};
-    if (kiln_tokenizer_load(argv[optind], &tok, &err)) {
+    if (kiln_tokenizer_load(dir, &tok, &err)) {
         fprintf(stderr, "kiln template: %s\n", err.msg);
         return 1;
     }
@@ -61,7 +59,7 @@ int kiln_cmd_template(int argc, char **argv)
     }
     if (!kiln_tokenizer_has_chat_template(tok)) {
         fprintf(stderr, "kiln template: %s has no chat template (pass --chat-template FILE)\n",
-                argv[optind]);
+                dir);
         goto done;
     }
     json_error_t je;

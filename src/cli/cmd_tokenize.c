@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "common.h"
 #include "tokenizer/tokenizer.h"
 
 static const char usage_text[] =
@@ -104,44 +105,52 @@ static int decode_one(const struct kiln_tokenizer *tok, const char *line, size_t
     return 0;
 }
 
+static void usage(FILE *f)
+{
+    fputs(usage_text, f);
+}
+
+struct tokenize_args {
+    bool jsonl, special, decode, skip;
+};
+
+static const struct option opts[] = {
+    {"jsonl", no_argument, 0, 'j'},  {"no-special", no_argument, 0, 'n'},
+    {"decode", no_argument, 0, 'd'}, {"skip-special", no_argument, 0, 's'},
+    {"help", no_argument, 0, 'h'},   {0, 0, 0, 0}};
+
+static bool option(int id, const char *arg, void *ctx)
+{
+    (void)arg;
+    struct tokenize_args *a = ctx;
+    switch (id) {
+    case 'j':
+        a->jsonl = true;
+        return true;
+    case 'n':
+        a->special = false;
+        return true;
+    case 'd':
+        a->decode = true;
+        return true;
+    case 's':
+        a->skip = true;
+        return true;
+    }
+    return false;
+}
+
 int kiln_cmd_tokenize(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"jsonl", no_argument, 0, 'j'},  {"no-special", no_argument, 0, 'n'},
-        {"decode", no_argument, 0, 'd'}, {"skip-special", no_argument, 0, 's'},
-        {"help", no_argument, 0, 'h'},   {0, 0, 0, 0}};
-    bool jsonl = false, special = true, decode = false, skip = false;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'j':
-            jsonl = true;
-            break;
-        case 'n':
-            special = false;
-            break;
-        case 'd':
-            decode = true;
-            break;
-        case 's':
-            skip = true;
-            break;
-        case 'h':
-            fputs(usage_text, stdout);
-            return 0;
-        default:
-            fputs(usage_text, stderr);
-            return 2;
-        }
-    }
-    if (optind != argc - 1) {
-        fputs(usage_text, stderr);
-        return 2;
-    }
+    static const struct kiln_cli_command cmd = {"tokenize", "h", opts, usage, option};
+    struct tokenize_args a = {.special = true};
+    const char *dir;
+    int prc = kiln_cli_parse(&cmd, argc, argv, &a, NULL, &dir);
+    if (prc != KILN_CLI_GO_ON) return prc;
+    const bool jsonl = a.jsonl, special = a.special, decode = a.decode, skip = a.skip;
     struct kiln_tokenizer *tok;
     struct kiln_error err = {0};
-    if (kiln_tokenizer_load(argv[optind], &tok, &err)) {
+    if (kiln_tokenizer_load(dir, &tok, &err)) {
         fprintf(stderr, "kiln tokenize: %s\n", err.msg);
         return 1;
     }

@@ -67,6 +67,44 @@ enum kiln_status kiln_cli_parse_ids(const char *s, int32_t **ids, int *n, struct
     return KILN_OK;
 }
 
+int kiln_cli_parse(const struct kiln_cli_command *cmd, int argc, char **argv, void *ctx,
+                   struct kiln_cli_backend *backend, const char **positional)
+{
+    int help = 'h';
+    for (const struct option *o = cmd->opts; o->name; o++)
+        if (!strcmp(o->name, "help")) help = o->val;
+    optind = 1;
+    int c, li;
+    while (li = -1, (c = getopt_long(argc, argv, cmd->shorts, cmd->opts, &li)) != -1) {
+        if (c == help || c == 'h') {
+            cmd->usage(stdout);
+            return 0;
+        }
+        if (c == '?' || c == ':') { /* getopt has said what was wrong */
+            cmd->usage(stderr);
+            return 2;
+        }
+        bool ok = true;
+        if (!backend || !kiln_cli_backend_option(c, optarg, backend, &ok))
+            ok = cmd->option(c, optarg, ctx);
+        if (!ok) {
+            if (li >= 0)
+                fprintf(stderr, "kiln %s: bad value '%s' for --%s\n", cmd->name,
+                        optarg ? optarg : "", cmd->opts[li].name);
+            else
+                fprintf(stderr, "kiln %s: bad value '%s' for -%c\n", cmd->name,
+                        optarg ? optarg : "", c);
+            return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        cmd->usage(stderr);
+        return 2;
+    }
+    *positional = argv[optind];
+    return KILN_CLI_GO_ON;
+}
+
 void kiln_cli_backend_defaults(struct kiln_cli_backend *b)
 {
     *b = (struct kiln_cli_backend){

@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "backend/backend.h"
 #include "model/model.h"
@@ -57,6 +58,28 @@ enum {
     "  --kv-cache-fraction F share of free GPU memory for the KV cache (default 0.9)\n"            \
     "  --no-cuda-graphs      launch decode steps without CUDA graphs\n"                            \
     "  --batch-invariant     CUDA: results independent of the batch a request runs in (slower)\n"
+
+/* A subcommand's command line: its long options, its short ones (getopt's string; 'h' is help),
+ * its usage text, and a handler for each of its own options that returns false for a bad
+ * value (ctx: the command's arguments). */
+struct kiln_cli_command {
+    const char *name;          /* messages read "kiln NAME: ..." */
+    const char *shorts;        /* "" for none */
+    const struct option *opts; /* a zero entry last; "help", maybe KILN_CLI_BACKEND_OPTIONS */
+    void (*usage)(FILE *f);
+    bool (*option)(int id, const char *arg, void *ctx);
+};
+
+#define KILN_CLI_GO_ON (-1)
+
+/* The option loop of every subcommand, over argv (argv[0] the subcommand's name). --help
+ * prints the usage on stdout and returns 0. An unknown option or a missing argument prints the
+ * usage on stderr and returns 2, as does anything but exactly one positional argument; a bad
+ * value is named in the message and returns 2. The backend options go to `backend` (NULL: the
+ * command takes none), the others to cmd->option. Else *positional is the positional argument
+ * and the result KILN_CLI_GO_ON. */
+int kiln_cli_parse(const struct kiln_cli_command *cmd, int argc, char **argv, void *ctx,
+                   struct kiln_cli_backend *backend, const char **positional);
 
 void kiln_cli_backend_defaults(struct kiln_cli_backend *b);
 /* Handles one of the KILN_CLI_BACKEND_OPTIONS; returns false when c is not one of them. */
