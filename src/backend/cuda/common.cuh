@@ -300,6 +300,17 @@ __device__ __forceinline__ void trace_stamp(unsigned long long *tr, int i)
     }
 }
 
+/* KILN_TRACE: the block's multiprocessor (+ 1, so 0 stays "no block") into its last slot. */
+__device__ __forceinline__ void trace_smid(unsigned long long *tr)
+{
+    const unsigned block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    if (tr && threadIdx.x == 0 && block < KILN_TRACE_BLOCKS) {
+        unsigned sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        tr[KILN_TRACE_SLOTS * block + KILN_TRACE_SLOTS - 1] = sm + 1;
+    }
+}
+
 __device__ __forceinline__ void pdl_trigger()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -111,20 +111,28 @@ struct prof {
 /* KILN_TRACE=1 (a measurement aid): every decode GEMV and the exact decode attention stamp
  * %globaltimer per block (entry, wait on the previous kernel done, end, and marks inside: the
  * ring GEMV at 3 x staged, 4 first tile done, 5 first stage past the ring arrived; attention at
- * 3 K/V rows and q loaded, 4 scores, 5 softmax, 6 weighted V summed per warp); steps 33 to 64
- * are read back (a synchronization each) and their means printed on stderr (trace_report). The
- * split-merging combine kernel and the embedding are not stamped. */
+ * 3 K/V rows and q loaded, 4 scores, 5 softmax, 6 weighted V summed per warp; a ring GEMV's
+ * last slot holds its multiprocessor); steps 33 to 64 are read back (a synchronization each)
+ * and their means printed on stderr (trace_report), with how the GEMV blocks' ends per tile
+ * vary over the multiprocessors. The split-merging combine kernel and the embedding are not
+ * stamped. */
 #define TRACE_KERNELS 256
 #define TRACE_BLOCKS  KILN_TRACE_BLOCKS
 #define TRACE_SLOTS   KILN_TRACE_SLOTS
+#define TRACE_SMS     256
 struct trace {
     unsigned long long *d, *h; /* (TRACE_KERNELS, TRACE_BLOCKS, TRACE_SLOTS) */
     char what[TRACE_KERNELS];  /* q (q|k|v), a (attention), o, g (gate_up), d (down), h */
     double bytes[TRACE_KERNELS];
+    int tiles[TRACE_KERNELS]; /* a GEMV's 16-row tiles */
     int n, steps;
     /* per kind, over the steps: span, dep, body, spread, count, entry, then the block means of
      * marks 3 .. TRACE_SLOTS - 1 and of the end, after the block's wait */
     double sum[6][6 + TRACE_SLOTS - 2];
+    /* ring GEMVs (q, o, g, d): per multiprocessor (a block's last slot), the sum and count of
+     * its block's end after the kernel's first wait, per tile of the block, over even and odd
+     * steps apart */
+    double sm_end[2][4][TRACE_SMS], sm_n[2][4][TRACE_SMS];
 };
 
 /* Which decode GEMVs ask L2 for the next GEMV's weights (kiln_gemv_args' pf_* fields), in
@@ -473,6 +481,7 @@ static unsigned long long *trace_slot(struct cuda_state *s, char what, const str
     if (!t->d || t->n >= TRACE_KERNELS) return NULL;
     t->what[t->n] = what;
     t->bytes[t->n] = l ? (double)l->M * l->K * (l->fp8 ? 1 : 2) : 0;
+    t->tiles[t->n] = l ? l->M / 16 : 0;
     return t->d + (size_t)t->n++ * TRACE_BLOCKS * TRACE_SLOTS;
 }
 
@@ -515,6 +524,27 @@ static enum kiln_status trace_report(struct cuda_state *s, struct kiln_error *er
         end_min[k] = (double)emin;
         end_max[k] = (double)emax;
     }
+    for (int k = 0; k < t->n; k++) { /* which multiprocessors end late */
+        const char *gk = strchr("qogd", t->what[k]);
+        if (!gk) continue;
+        const unsigned long long *r = t->h + (size_t)k * TRACE_BLOCKS * TRACE_SLOTS;
+        unsigned long long w0 = ~0ull;
+        int grid = 0;
+        for (int i = 0; i < TRACE_BLOCKS; i++)
+            if (r[(size_t)TRACE_SLOTS * i]) {
+                grid = i + 1;
+                if (r[(size_t)TRACE_SLOTS * i + 1] < w0) w0 = r[(size_t)TRACE_SLOTS * i + 1];
+            }
+        for (int i = 0; i < TRACE_BLOCKS; i++) {
+            const unsigned long long *b = r + (size_t)TRACE_SLOTS * i;
+            if (!b[0] || !b[TRACE_SLOTS - 1] || b[TRACE_SLOTS - 1] > TRACE_SMS) continue;
+            const int sm = (int)b[TRACE_SLOTS - 1] - 1;
+            const int mine = (t->tiles[k] - i + grid - 1) / grid; /* the block's tiles */
+            if (mine < 1) continue;
+            t->sm_end[t->steps & 1][gk - "qogd"][sm] += (double)(b[2] - w0) * 1e-3 / mine;
+            t->sm_n[t->steps & 1][gk - "qogd"][sm] += 1;
+        }
+    }
     for (int k = 1; k < t->n; k++) {
         double *m = t->sum[strchr(kinds, t->what[k]) - kinds];
         m[0] += (end_max[k] - end_max[k - 1]) * 1e-3;
@@ -549,6 +579,34 @@ static enum kiln_status trace_report(struct cuda_state *s, struct kiln_error *er
         fprintf(stderr, "trace: %c   ", kinds[i]);
         for (int j = 0; j < TRACE_SLOTS - 2; j++) fprintf(stderr, " %7.2f", m[6 + j] / m[4]);
         fprintf(stderr, "\n");
+    }
+    /* per multiprocessor: the mean block end per tile over even steps against odd ones; a
+     * correlation near 1 says the same SMs are slow every time */
+    fprintf(stderr, "trace: kind  SMs  end/tile us  sd across SMs  min  max  even/odd corr\n");
+    for (int g = 0; g < 4; g++) {
+        double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0, lo = 1e30, hi = -1e30;
+        int n = 0;
+        for (int sm = 0; sm < TRACE_SMS; sm++) {
+            if (!t->sm_n[0][g][sm] || !t->sm_n[1][g][sm]) continue;
+            const double x = t->sm_end[0][g][sm] / t->sm_n[0][g][sm],
+                         y = t->sm_end[1][g][sm] / t->sm_n[1][g][sm], v = (x + y) / 2;
+            sx += x, sy += y, sxx += x * x, syy += y * y, sxy += x * y, n++;
+            lo = v < lo ? v : lo, hi = v > hi ? v : hi;
+        }
+        if (n < 2) continue;
+        const double cx = sxx / n - (sx / n) * (sx / n), cy = syy / n - (sy / n) * (sy / n);
+        const double corr = (sxy / n - (sx / n) * (sy / n)) / sqrt(cx * cy + 1e-30);
+        const double mean = (sx + sy) / (2 * n);
+        double var = 0;
+        for (int sm = 0; sm < TRACE_SMS; sm++) {
+            if (!t->sm_n[0][g][sm] || !t->sm_n[1][g][sm]) continue;
+            const double v = (t->sm_end[0][g][sm] / t->sm_n[0][g][sm] +
+                              t->sm_end[1][g][sm] / t->sm_n[1][g][sm]) /
+                             2;
+            var += (v - mean) * (v - mean);
+        }
+        fprintf(stderr, "trace: %c     %3d  %11.2f  %13.2f  %5.2f  %5.2f  %6.3f\n", "qogd"[g], n,
+                mean, sqrt(var / n), lo, hi, corr);
     }
     return KILN_OK;
 }

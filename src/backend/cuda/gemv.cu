@@ -438,7 +438,12 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) k_gemv(const kiln_gemv_args a
  * block per SM, so that the next GEMV's blocks become resident and stream while this one
  * drains (278-285 against 296); tiles handed out by an atomic counter instead of a static share
  * (the blocks of a 1792-tile GEMV end within 4.5 us instead of 13, but 285 against 288: the
- * static share's early finishers let the next kernel's blocks start streaming sooner).
+ * static share's early finishers let the next kernel's blocks start streaming sooner). The
+ * spread is the SMs': KILN_TRACE's per-SM table gives gate_up 2.3 to 3.0 us a tile (sd 7%),
+ * the same SMs slow every step (even/odd correlation 0.999). Handing out only the tail by a
+ * counter (the last partial round and 0-4 full ones), with the producer claiming ahead, cut
+ * gate_up's spread from 11.3 to 3.4 us and gained it 0.6 us, but down lost 1.6 (its blocks
+ * enter later): 309-311 against 312-313 tok/s (2026-11-26).
  * The copies carry L2's evict-first policy: weights are read once a step, and with the normal
  * policy they pushed out what is read again (activations, KV rows, prefetched lines): H100
  * batch-1 decode 318.6 / 318.2 -> 322.4 / 321.9 tok/s (KILN_GEMV_EVICT_FIRST=2 turns it off).
@@ -595,6 +600,7 @@ __global__ void __launch_bounds__(TMA_THREADS, 1)
         if (tile == (int)blockIdx.x) trace_stamp(a.trace, 4); /* the first tile done */
     }
     trace_stamp(a.trace, 2);
+    trace_smid(a.trace);
 }
 
 /* A tuning knob from the environment (for measurements), or its default. */
