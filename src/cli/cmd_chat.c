@@ -150,7 +150,6 @@ int kiln_cmd_chat(int argc, char **argv)
     kiln_cli_backend_defaults(&a.backend);
     int prc = kiln_cli_parse(&cmd, argc, argv, &a, &a.backend, &a.model_dir);
     if (prc != KILN_CLI_GO_ON) return prc;
-    const int max_seq_len = a.max_seq_len;
 
     struct kiln_error err = {0};
     struct kiln_model *m = NULL;
@@ -174,9 +173,9 @@ int kiln_cmd_chat(int argc, char **argv)
     struct kiln_backend_options opt;
     kiln_cli_backend_options(&a.backend, m, &opt);
     opt.max_seqs = 1;
-    opt.max_seq_len = max_seq_len;
-    opt.max_tokens = max_seq_len < 2048 ? max_seq_len : 2048;
-    opt.n_blocks = (max_seq_len + opt.block_size - 1) / opt.block_size + 1;
+    opt.max_seq_len = a.max_seq_len;
+    opt.max_tokens = a.max_seq_len < 2048 ? a.max_seq_len : 2048;
+    opt.n_blocks = (a.max_seq_len + opt.block_size - 1) / opt.block_size + 1;
     if (kiln_cli_backend_create(&a.backend, m, &opt, &be, &err)) goto fail;
     struct kiln_engine_options eo = {.prefix_caching = true};
     if (kiln_engine_create(be, tok, &eo, &e, &err)) goto fail;

@@ -183,18 +183,16 @@ static int parse(int argc, char **argv, struct serve_args *a)
     int rc = kiln_cli_parse(&cmd, argc, argv, a, &a->backend, &a->model_dir);
     if (rc != KILN_CLI_GO_ON) return rc;
     const char *name = a->served_name;
+    char copy[1024];
     if (!name) {
         /* The folder's name, so the seed's "model": "llama_3.1_8b_engine_fp8" works when
          * serving a folder of that name. */
-        char copy[1024];
         snprintf(copy, sizeof copy, "%s", a->model_dir);
         size_t len = strlen(copy);
         while (len > 1 && copy[len - 1] == '/') copy[--len] = 0;
         name = basename(copy);
-        snprintf(a->model_name, sizeof a->model_name, "%s", name);
-    } else {
-        snprintf(a->model_name, sizeof a->model_name, "%s", name);
     }
+    snprintf(a->model_name, sizeof a->model_name, "%s", name);
     a->srv.model_name = a->model_name;
     return KILN_CLI_GO_ON;
 }

@@ -147,7 +147,6 @@ int kiln_cmd_tokenize(int argc, char **argv)
     const char *dir;
     int prc = kiln_cli_parse(&cmd, argc, argv, &a, NULL, &dir);
     if (prc != KILN_CLI_GO_ON) return prc;
-    const bool jsonl = a.jsonl, special = a.special, decode = a.decode, skip = a.skip;
     struct kiln_tokenizer *tok;
     struct kiln_error err = {0};
     if (kiln_tokenizer_load(dir, &tok, &err)) {
@@ -160,8 +159,9 @@ int kiln_cmd_tokenize(int argc, char **argv)
     if (!in) {
         fprintf(stderr, "kiln tokenize: out of memory reading stdin\n");
         rc = 1;
-    } else if (!jsonl) {
-        rc = decode ? decode_one(tok, in, len, skip, false) : encode_one(tok, in, len, special);
+    } else if (!a.jsonl) {
+        rc = a.decode ? decode_one(tok, in, len, a.skip, false)
+                      : encode_one(tok, in, len, a.special);
     } else {
         for (size_t i = 0; i < len && rc == 0;) {
             size_t j = i;
@@ -169,8 +169,8 @@ int kiln_cmd_tokenize(int argc, char **argv)
             size_t k = j;
             if (k > i && in[k - 1] == '\r') k--;
             if (k > i) {
-                if (decode)
-                    rc = decode_one(tok, in + i, k - i, skip, true);
+                if (a.decode)
+                    rc = decode_one(tok, in + i, k - i, a.skip, true);
                 else {
                     json_error_t je;
                     json_t *s = json_loadb(in + i, k - i, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
@@ -179,7 +179,8 @@ int kiln_cmd_tokenize(int argc, char **argv)
                                 in + i);
                         rc = 1;
                     } else {
-                        rc = encode_one(tok, json_string_value(s), json_string_length(s), special);
+                        rc =
+                            encode_one(tok, json_string_value(s), json_string_length(s), a.special);
                     }
                     json_decref(s);
                 }

@@ -503,16 +503,18 @@ static enum kiln_status trace_report(struct cuda_state *s, struct kiln_error *er
     unsigned long long t0 = ~0ull;
     for (int k = 0; k < t->n; k++) {
         const unsigned long long *r = t->h + (size_t)k * TRACE_BLOCKS * TRACE_SLOTS;
-        unsigned long long emin = ~0ull, emax = 0, wmax = 0, nmax = 0;
+        unsigned long long emin = ~0ull, emax = 0, wmin = ~0ull, wmax = 0, nmax = 0;
         double mark_sum[TRACE_SLOTS - 2] = {0};
-        int mark_n[TRACE_SLOTS - 2] = {0};
+        int mark_n[TRACE_SLOTS - 2] = {0}, grid = 0;
         for (int i = 0; i < TRACE_BLOCKS; i++) {
             const unsigned long long *b = r + (size_t)TRACE_SLOTS * i;
             if (!b[0]) continue; /* no such block */
+            grid = i + 1;
             if (b[0] < t0) t0 = b[0];
             if (b[0] > nmax) nmax = b[0];
             for (int m = 2; m < TRACE_SLOTS; m++) /* the end (slot 2), then marks 3.. */
                 if (b[m] > b[1]) mark_sum[m - 2] += (double)(b[m] - b[1]), mark_n[m - 2]++;
+            if (b[1] < wmin) wmin = b[1];
             if (b[1] > wmax) wmax = b[1];
             if (b[2] < emin) emin = b[2];
             if (b[2] > emax) emax = b[2];
@@ -523,25 +525,15 @@ static enum kiln_status trace_report(struct cuda_state *s, struct kiln_error *er
             marks[k][m] = mark_n[m] ? mark_sum[m] / mark_n[m] : 0;
         end_min[k] = (double)emin;
         end_max[k] = (double)emax;
-    }
-    for (int k = 0; k < t->n; k++) { /* which multiprocessors end late */
+        /* a ring GEMV: which multiprocessors end late (its last slot), per tile of the block */
         const char *gk = strchr("qogd", t->what[k]);
-        if (!gk) continue;
-        const unsigned long long *r = t->h + (size_t)k * TRACE_BLOCKS * TRACE_SLOTS;
-        unsigned long long w0 = ~0ull;
-        int grid = 0;
-        for (int i = 0; i < TRACE_BLOCKS; i++)
-            if (r[(size_t)TRACE_SLOTS * i]) {
-                grid = i + 1;
-                if (r[(size_t)TRACE_SLOTS * i + 1] < w0) w0 = r[(size_t)TRACE_SLOTS * i + 1];
-            }
-        for (int i = 0; i < TRACE_BLOCKS; i++) {
+        for (int i = 0; gk && i < grid; i++) {
             const unsigned long long *b = r + (size_t)TRACE_SLOTS * i;
-            if (!b[0] || !b[TRACE_SLOTS - 1] || b[TRACE_SLOTS - 1] > TRACE_SMS) continue;
-            const int sm = (int)b[TRACE_SLOTS - 1] - 1;
             const int mine = (t->tiles[k] - i + grid - 1) / grid; /* the block's tiles */
-            if (mine < 1) continue;
-            t->sm_end[t->steps & 1][gk - "qogd"][sm] += (double)(b[2] - w0) * 1e-3 / mine;
+            if (!b[0] || !b[TRACE_SLOTS - 1] || b[TRACE_SLOTS - 1] > TRACE_SMS || mine < 1)
+                continue;
+            const int sm = (int)b[TRACE_SLOTS - 1] - 1;
+            t->sm_end[t->steps & 1][gk - "qogd"][sm] += (double)(b[2] - wmin) * 1e-3 / mine;
             t->sm_n[t->steps & 1][gk - "qogd"][sm] += 1;
         }
     }
@@ -584,29 +576,21 @@ static enum kiln_status trace_report(struct cuda_state *s, struct kiln_error *er
      * correlation near 1 says the same SMs are slow every time */
     fprintf(stderr, "trace: kind  SMs  end/tile us  sd across SMs  min  max  even/odd corr\n");
     for (int g = 0; g < 4; g++) {
-        double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0, lo = 1e30, hi = -1e30;
+        double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0, svv = 0, lo = 1e30, hi = -1e30;
         int n = 0;
         for (int sm = 0; sm < TRACE_SMS; sm++) {
             if (!t->sm_n[0][g][sm] || !t->sm_n[1][g][sm]) continue;
             const double x = t->sm_end[0][g][sm] / t->sm_n[0][g][sm],
                          y = t->sm_end[1][g][sm] / t->sm_n[1][g][sm], v = (x + y) / 2;
-            sx += x, sy += y, sxx += x * x, syy += y * y, sxy += x * y, n++;
+            sx += x, sy += y, sxx += x * x, syy += y * y, sxy += x * y, svv += v * v, n++;
             lo = v < lo ? v : lo, hi = v > hi ? v : hi;
         }
         if (n < 2) continue;
         const double cx = sxx / n - (sx / n) * (sx / n), cy = syy / n - (sy / n) * (sy / n);
         const double corr = (sxy / n - (sx / n) * (sy / n)) / sqrt(cx * cy + 1e-30);
-        const double mean = (sx + sy) / (2 * n);
-        double var = 0;
-        for (int sm = 0; sm < TRACE_SMS; sm++) {
-            if (!t->sm_n[0][g][sm] || !t->sm_n[1][g][sm]) continue;
-            const double v = (t->sm_end[0][g][sm] / t->sm_n[0][g][sm] +
-                              t->sm_end[1][g][sm] / t->sm_n[1][g][sm]) /
-                             2;
-            var += (v - mean) * (v - mean);
-        }
+        const double mean = (sx + sy) / (2 * n), var = svv / n - mean * mean;
         fprintf(stderr, "trace: %c     %3d  %11.2f  %13.2f  %5.2f  %5.2f  %6.3f\n", "qogd"[g], n,
-                mean, sqrt(var / n), lo, hi, corr);
+                mean, sqrt(var > 0 ? var : 0), lo, hi, corr);
     }
     return KILN_OK;
 }
