@@ -6,12 +6,10 @@
  * engine's events come back through generate_on_notify on the loop thread and are either
  * streamed at once (SSE) or collected until every choice has finished.
  *
- * A client that goes away is noticed two ways: evhttp's close callback (a failed write) and an
- * EV_CLOSED watch on the socket (EPOLLRDHUP), which also catches a non-streaming client that
- * hangs up while its answer is still being generated, when evhttp is not reading. Either way
- * its engine requests are cancelled, which frees their KV blocks within one engine step. */
+ * A client that goes away (reset, hang-up, or a stream it stopped reading for --idle-timeout
+ * seconds) is reported by the transport's gone callback, streaming or not; its engine requests
+ * are cancelled at once, which frees their KV blocks within one engine step. */
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -37,8 +35,6 @@ struct call {
     struct kiln_server *s;
     struct call *prev, *next;
     struct http_ctx h; /* h.req NULL once the reply is sent or the client left */
-    struct evhttp_connection *evcon;
-    struct event *ev_closed;
     enum kiln_api_kind kind;
     bool stream, include_usage, echo;
     int logprobs;
@@ -80,7 +76,6 @@ static void call_free(struct call *c)
     free(c->echo_len);
     free(c->prompt_len);
     free(c->choices);
-    if (c->ev_closed) event_free(c->ev_closed);
     free(c);
     server_maybe_exit(s);
 }
@@ -88,12 +83,7 @@ static void call_free(struct call *c)
 /* Stops watching the client (before the final reply, or when it is gone). */
 static void call_detach(struct call *c)
 {
-    if (c->evcon) evhttp_connection_set_closecb(c->evcon, NULL, NULL);
-    if (c->ev_closed) {
-        event_free(c->ev_closed);
-        c->ev_closed = NULL;
-    }
-    c->evcon = NULL;
+    if (c->h.req) server_watch_client(c->h.req, NULL, NULL);
     c->h.req = NULL;
     c->s->metrics.in_flight--;
 }
@@ -117,52 +107,22 @@ static void call_abandon(struct call *c)
     }
 }
 
-static void on_connection_close(struct evhttp_connection *evcon, void *arg)
+/* The transport frees the request when this returns. */
+static void on_client_gone(void *arg)
 {
-    (void)evcon;
-    struct call *c = arg;
-    struct evhttp_request *req = c->h.req;
-    /* When a connection fails (EOF, timeout, a failed write) evhttp detaches a request the
-     * user has not finished and leaves it to the user to free (http.c,
-     * evhttp_connection_incoming_fail); one still attached is freed with the connection. */
-    bool detached = req && !evhttp_request_get_connection(req);
-    call_abandon(c);
-    if (detached) evhttp_request_free(req);
-}
-
-static void on_peer_closed(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct call *c = arg;
-    struct evhttp_connection *evcon = c->evcon;
-    call_abandon(c);
-    /* The peer hung up: nothing more can be delivered, and evhttp (not reading while a reply
-     * is pending) would not notice until it writes. */
-    evhttp_connection_free(evcon);
+    call_abandon(arg);
 }
 
 static void watch_client(struct call *c)
 {
-    c->evcon = evhttp_request_get_connection(c->h.req);
-    if (!c->evcon) return;
-    evhttp_connection_set_closecb(c->evcon, on_connection_close, c);
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
-    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-    if (fd < 0 || !(event_base_get_features(c->s->base) & EV_FEATURE_EARLY_CLOSE)) return;
-    c->ev_closed = event_new(c->s->base, fd, EV_CLOSED, on_peer_closed, c);
-    if (c->ev_closed) event_add(c->ev_closed, NULL);
+    server_watch_client(c->h.req, on_client_gone, c);
 }
 
 /* ---- streaming ---- */
 
 static void send_chunk_text(struct call *c, const char *data, size_t len)
 {
-    struct evbuffer *buf = evbuffer_new();
-    if (!buf) return;
-    evbuffer_add(buf, data, len);
-    evhttp_send_reply_chunk(c->h.req, buf);
-    evbuffer_free(buf);
+    if (c->h.req) server_stream_chunk(c->h.req, data, len);
 }
 
 static void send_chunk(struct call *c, json_t *obj)
@@ -209,26 +169,11 @@ static void stream_choice(struct call *c, const struct choice *ch, const char *t
                                     choices, NULL));
 }
 
-/* evhttp keeps reading while it writes (to see a close) with the connection's idle timeout,
- * which would cut any stream longer than that: a stream has no read timeout (the EV_CLOSED
- * watch sees hang-ups), and the write timeout still drops a client that stops reading. */
-static void stream_read_timeout(struct call *c, bool on)
-{
-    struct bufferevent *bev = c->evcon ? evhttp_connection_get_bufferevent(c->evcon) : NULL;
-    if (!bev) return;
-    struct timeval tv = {c->s->opt.idle_timeout_s, 0};
-    bufferevent_set_timeouts(bev, on ? &tv : NULL, &tv);
-}
-
 static void stream_start(struct call *c)
 {
-    struct evkeyvalq *out = evhttp_request_get_output_headers(c->h.req);
-    evhttp_add_header(out, "Content-Type", "text/event-stream");
-    evhttp_add_header(out, "Cache-Control", "no-cache");
-    evhttp_add_header(out, "X-Accel-Buffering", "no");
-    if (c->s->state == SERVER_DRAINING) evhttp_add_header(out, "Connection", "close");
-    evhttp_send_reply_start(c->h.req, 200, "OK");
-    stream_read_timeout(c, false);
+    server_add_header(c->h.req, "Cache-Control", "no-cache");
+    server_add_header(c->h.req, "X-Accel-Buffering", "no");
+    server_stream_start(c->h.req, 200, "text/event-stream");
     for (int i = 0; i < c->n_choices; i++) {
         struct choice *ch = &c->choices[i];
         if (c->kind == KILN_API_CHAT)
@@ -340,12 +285,11 @@ static void reply_complete(struct call *c)
                                             json_array(), &usage));
         }
         send_chunk_text(c, "data: [DONE]\n\n", 14);
-        stream_read_timeout(c, true);
         call_detach(c);
         server_log_request(&h, err.status ? err.status : 200, usage.prompt_tokens,
                            usage.completion_tokens);
         server_track_reply(s, h.req);
-        evhttp_send_reply_end(h.req);
+        server_stream_end(h.req);
         return;
     }
     call_detach(c);
