@@ -391,11 +391,12 @@ void generate_on_notify(evutil_socket_t fd, short what, void *arg)
 static enum kiln_status context_error(struct kiln_api_error *err, int limit, int prompt,
                                       int completion, bool chat)
 {
+    /* max_tokens may be up to INT32_MAX: the sum in 64 bits. */
     return kiln_api_errorf(
         err, 400, "context_length_exceeded", chat ? "messages" : "prompt",
-        "This model's maximum context length is %d tokens. However, you requested %d tokens (%d "
+        "This model's maximum context length is %d tokens. However, you requested %lld tokens (%d "
         "in the %s, %d in the completion). Please reduce the length of the %s or completion.",
-        limit, prompt + completion, prompt, chat ? "messages" : "prompt", completion,
+        limit, (long long)prompt + completion, prompt, chat ? "messages" : "prompt", completion,
         chat ? "messages" : "prompt");
 }
 
