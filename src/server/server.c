@@ -31,7 +31,8 @@ void kiln_server_options_default(struct kiln_server_options *opt)
                                         .max_n = 16,
                                         .max_choices = 128,
                                         .shutdown_timeout_s = 30.0,
-                                        .idle_timeout_s = 60};
+                                        .idle_timeout_s = 60,
+                                        .web_ui = true};
 }
 
 /* Compares every byte of the expected key whatever the input, so the time taken says nothing
@@ -58,6 +59,8 @@ static const char *reason_phrase(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 304:
+        return "Not Modified";
     case 400:
         return "Bad Request";
     case 401:
@@ -125,17 +128,45 @@ static void add_common_headers(struct kiln_server *s, struct evhttp_request *req
     if (s->state == SERVER_DRAINING) evhttp_add_header(out, "Connection", "close");
 }
 
-void server_reply_json(struct http_ctx *h, int status, const char *body, size_t len,
-                       int prompt_tokens, int completion_tokens)
+static void reply_bytes(struct http_ctx *h, int status, const char *content_type,
+                        const char *const *headers, const void *body, size_t len, int prompt_tokens,
+                        int completion_tokens)
 {
-    struct evbuffer *buf = evbuffer_new();
     struct evkeyvalq *out = evhttp_request_get_output_headers(h->req);
-    evhttp_add_header(out, "Content-Type", "application/json");
+    if (content_type) evhttp_add_header(out, "Content-Type", content_type);
+    for (const char *const *kv = headers; kv && kv[0]; kv += 2)
+        evhttp_add_header(out, kv[0], kv[1]);
     add_common_headers(h->s, h->req);
-    if (buf) evbuffer_add(buf, body, len);
+    struct evbuffer *buf = NULL;
+    if (evhttp_request_get_command(h->req) == EVHTTP_REQ_HEAD) {
+        /* evhttp sends no body and no length for HEAD: give the length GET would have. */
+        char n[32];
+        snprintf(n, sizeof n, "%zu", len);
+        if (status != 304) evhttp_add_header(out, "Content-Length", n);
+    } else if (body && len) {
+        buf = evbuffer_new();
+        if (buf) evbuffer_add(buf, body, len);
+    }
     server_log_request(h, status, prompt_tokens, completion_tokens);
     evhttp_send_reply(h->req, status, reason_phrase(status), buf);
     if (buf) evbuffer_free(buf);
+}
+
+void server_reply_bytes(struct http_ctx *h, int status, const char *content_type,
+                        const char *const *headers, const void *body, size_t len)
+{
+    reply_bytes(h, status, content_type, headers, body, len, 0, 0);
+}
+
+const char *server_request_header(struct http_ctx *h, const char *name)
+{
+    return evhttp_find_header(evhttp_request_get_input_headers(h->req), name);
+}
+
+void server_reply_json(struct http_ctx *h, int status, const char *body, size_t len,
+                       int prompt_tokens, int completion_tokens)
+{
+    reply_bytes(h, status, "application/json", NULL, body, len, prompt_tokens, completion_tokens);
 }
 
 void server_reply_error(struct http_ctx *h, const struct kiln_api_error *err)
@@ -385,13 +416,20 @@ static void h_chat(struct http_ctx *h, const char *body, size_t len)
     generate_handle(h, KILN_API_CHAT, body, len);
 }
 
+static void h_web(struct http_ctx *h, const char *body, size_t len)
+{
+    (void)body;
+    (void)len;
+    web_handle(h);
+}
+
 /* ---- routing ---- */
 
 struct route {
     const char *path;
-    enum evhttp_cmd_type method;
-    bool prefix;     /* path is a prefix (GET /v1/models/{id}) */
-    bool protected_; /* needs the API key */
+    unsigned methods; /* enum evhttp_cmd_type bits */
+    bool prefix;      /* path is a prefix (GET /v1/models/{id}) */
+    bool protected_;  /* needs the API key */
     bool needs_model;
     void (*fn)(struct http_ctx *h, const char *body, size_t len);
 };
@@ -406,6 +444,9 @@ static const struct route routes[] = {
     {"/v1/chat/completions", EVHTTP_REQ_POST, false, true, true, h_chat},
     {"/tokenize", EVHTTP_REQ_POST, false, true, true, h_tokenize},
     {"/detokenize", EVHTTP_REQ_POST, false, true, true, h_detokenize},
+    /* The chat page (web.c; --no-web-ui leaves these out): public, the page asks for the key. */
+    {"/", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, false, false, false, h_web},
+    {"/assets/", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, true, false, false, h_web},
 };
 
 /* Bytes of the request line and headers as they came on the wire (give or take whitespace). */
@@ -435,11 +476,12 @@ static void on_request(struct evhttp_request *req, void *arg)
 {
     struct kiln_server *s = arg;
     set_nodelay(req);
-    struct http_ctx h = {.s = s, .req = req, .endpoint = "other", .t0 = kiln_now()};
+    struct http_ctx h = {.s = s, .req = req, .endpoint = "other", .path = "/", .t0 = kiln_now()};
     struct kiln_api_error err;
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!path || !*path) path = "/";
+    h.path = path;
 
     const struct route *r = NULL;
     bool path_known = false;
@@ -447,11 +489,11 @@ static void on_request(struct evhttp_request *req, void *arg)
         bool match = routes[i].prefix ? !strncmp(path, routes[i].path, strlen(routes[i].path)) &&
                                             path[strlen(routes[i].path)]
                                       : !strcmp(path, routes[i].path);
-        if (!match) continue;
+        if (!match || (routes[i].fn == h_web && !s->opt.web_ui)) continue;
         path_known = true;
-        if (evhttp_request_get_command(req) == routes[i].method) r = &routes[i];
+        if (evhttp_request_get_command(req) & routes[i].methods) r = &routes[i];
     }
-    if (r) h.endpoint = r->prefix ? "/v1/models/{model}" : r->path;
+    if (r) h.endpoint = r->prefix && r->fn != h_web ? "/v1/models/{model}" : r->path;
 
     if (header_bytes(req) > s->opt.max_header_bytes) {
         kiln_api_errorf(&err, 431, "request_header_fields_too_large", NULL,

@@ -51,6 +51,7 @@ struct http_ctx {
     struct kiln_server *s;
     struct evhttp_request *req;
     const char *endpoint; /* route, for metrics */
+    const char *path;     /* the request's path ("/" when empty) */
     double t0;            /* kiln_now() when the request arrived */
 };
 
@@ -58,6 +59,13 @@ struct http_ctx {
 void server_reply_json(struct http_ctx *h, int status, const char *body, size_t len,
                        int prompt_tokens, int completion_tokens);
 void server_reply_error(struct http_ctx *h, const struct kiln_api_error *err);
+/* Replies with any body (copied; NULL for none), logs the request and counts it. headers: NULL
+ * or name, value pairs ended by a NULL name. A HEAD request gets the headers and the length
+ * only. content_type NULL: none (a 304). */
+void server_reply_bytes(struct http_ctx *h, int status, const char *content_type,
+                        const char *const *headers, const void *body, size_t len);
+/* A request header's value, or NULL. */
+const char *server_request_header(struct http_ctx *h, const char *name);
 void server_log_request(struct http_ctx *h, int status, int prompt_tokens, int completion_tokens);
 /* Counts a final reply until evhttp has written it, so a drain does not exit under it. */
 void server_track_reply(struct kiln_server *s, struct evhttp_request *req);
@@ -68,6 +76,9 @@ void server_make_id(struct kiln_server *s, const char *prefix, char *out, size_t
 /* NULL model (absent in the request) or the served name; else a 404 in err. */
 enum kiln_status server_check_model(struct kiln_server *s, const char *model,
                                     struct kiln_api_error *err);
+
+/* web.c: GET/HEAD of the chat page and its assets (h->path). */
+void web_handle(struct http_ctx *h);
 
 /* generate.c */
 void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len);
