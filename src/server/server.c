@@ -25,7 +25,8 @@ void kiln_server_options_default(struct kiln_server_options *opt)
                                         .max_n = 16,
                                         .max_choices = 128,
                                         .shutdown_timeout_s = 30.0,
-                                        .idle_timeout_s = 60};
+                                        .idle_timeout_s = 60,
+                                        .web_ui = true};
 }
 
 /* Compares every byte of the expected key whatever the input, so the time taken says nothing
@@ -57,19 +58,34 @@ void server_log_request(struct http_ctx *h, int status, int prompt_tokens, int c
               server_req_target(h->req), status, prompt_tokens, completion_tokens, dt);
 }
 
-/* While draining, replies carry Connection: close (the transport adds it). */
+/* Replies with any body: headers (name, value pairs ended by a NULL name, may be NULL) first.
+ * While draining, replies carry Connection: close (the transport adds it); a HEAD request gets
+ * the headers and the length GET would have (the transport leaves the body out). */
+static void reply_bytes(struct http_ctx *h, int status, const char *content_type,
+                        const char *const *headers, const void *body, size_t len, int prompt_tokens,
+                        int completion_tokens)
+{
+    for (const char *const *kv = headers; kv && kv[0]; kv += 2)
+        server_add_header(h->req, kv[0], kv[1]);
+    server_log_request(h, status, prompt_tokens, completion_tokens);
+    server_send(h->req, status, content_type, body, len);
+}
+
 void server_reply_json(struct http_ctx *h, int status, const char *body, size_t len,
                        int prompt_tokens, int completion_tokens)
 {
-    server_log_request(h, status, prompt_tokens, completion_tokens);
-    server_send(h->req, status, "application/json", body, len);
+    reply_bytes(h, status, "application/json", NULL, body, len, prompt_tokens, completion_tokens);
 }
 
-void server_reply_content(struct http_ctx *h, int status, const char *content_type,
-                          const char *body, size_t len)
+void server_reply_bytes(struct http_ctx *h, int status, const char *content_type,
+                        const char *const *headers, const void *body, size_t len)
 {
-    server_log_request(h, status, 0, 0);
-    server_send(h->req, status, content_type, body, len);
+    reply_bytes(h, status, content_type, headers, body, len, 0, 0);
+}
+
+const char *server_request_header(struct http_ctx *h, const char *name)
+{
+    return server_req_header(h->req, name);
 }
 
 void server_reply_error(struct http_ctx *h, const struct kiln_api_error *err)
@@ -313,13 +329,20 @@ static void h_chat(struct http_ctx *h, const char *body, size_t len)
     generate_handle(h, KILN_API_CHAT, body, len);
 }
 
+static void h_web(struct http_ctx *h, const char *body, size_t len)
+{
+    (void)body;
+    (void)len;
+    web_handle(h);
+}
+
 /* ---- routing ---- */
 
 struct route {
     const char *path;
-    enum evhttp_cmd_type method;
-    bool prefix;     /* path is a prefix (GET /v1/models/{id}) */
-    bool protected_; /* needs the API key */
+    unsigned methods; /* enum evhttp_cmd_type bits */
+    bool prefix;      /* path is a prefix (GET /v1/models/{id}) */
+    bool protected_;  /* needs the API key */
     bool needs_model;
     void (*fn)(struct http_ctx *h, const char *body, size_t len);
 };
@@ -334,14 +357,18 @@ static const struct route routes[] = {
     {"/v1/chat/completions", EVHTTP_REQ_POST, false, true, true, h_chat},
     {"/tokenize", EVHTTP_REQ_POST, false, true, true, h_tokenize},
     {"/detokenize", EVHTTP_REQ_POST, false, true, true, h_detokenize},
+    /* The chat page (web.c; --no-web-ui leaves these out): public, the page asks for the key. */
+    {"/", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, false, false, false, h_web},
+    {"/assets/", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, true, false, false, h_web},
 };
 
 void server_dispatch(struct http_req *req)
 {
     struct kiln_server *s = server_req_server(req);
-    struct http_ctx h = {.s = s, .req = req, .endpoint = "other", .t0 = kiln_now()};
-    struct kiln_api_error err;
     const char *path = server_req_path(req);
+    if (!*path) path = "/";
+    struct http_ctx h = {.s = s, .req = req, .endpoint = "other", .path = path, .t0 = kiln_now()};
+    struct kiln_api_error err;
 
     const struct route *r = NULL;
     bool path_known = false;
@@ -349,11 +376,11 @@ void server_dispatch(struct http_req *req)
         bool match = routes[i].prefix ? !strncmp(path, routes[i].path, strlen(routes[i].path)) &&
                                             path[strlen(routes[i].path)]
                                       : !strcmp(path, routes[i].path);
-        if (!match) continue;
+        if (!match || (routes[i].fn == h_web && !s->opt.web_ui)) continue;
         path_known = true;
-        if (server_req_command(req) == routes[i].method) r = &routes[i];
+        if (server_req_command(req) & routes[i].methods) r = &routes[i];
     }
-    if (r) h.endpoint = r->prefix ? "/v1/models/{model}" : r->path;
+    if (r) h.endpoint = r->prefix && r->fn != h_web ? "/v1/models/{model}" : r->path;
 
     if (!r) {
         if (path_known)
