@@ -125,6 +125,32 @@ static void add_common_headers(struct kiln_server *s, struct evhttp_request *req
     if (s->state == SERVER_DRAINING) evhttp_add_header(out, "Connection", "close");
 }
 
+void server_add_header(struct http_ctx *h, const char *key, const char *value)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(h->req), key, value);
+}
+
+const char *server_get_header(struct http_ctx *h, const char *key)
+{
+    return evhttp_find_header(evhttp_request_get_input_headers(h->req), key);
+}
+
+/* X-Request-Id: the client's when it is a sane token (1-128 characters of [A-Za-z0-9._:-]),
+ * else a fresh one, so a log line and a client report can be matched. */
+static void set_request_id(struct http_ctx *h)
+{
+    const char *given = server_get_header(h, "X-Request-Id");
+    size_t n = given ? strspn(given, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                     "0123456789._:-")
+                     : 0;
+    char id[48];
+    if (!given || !n || n > 128 || given[n]) {
+        server_make_id(h->s, "req-", id, sizeof id);
+        given = id;
+    }
+    server_add_header(h, "X-Request-Id", given);
+}
+
 void server_reply_json(struct http_ctx *h, int status, const char *body, size_t len,
                        int prompt_tokens, int completion_tokens)
 {
@@ -452,6 +478,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         if (evhttp_request_get_command(req) == routes[i].method) r = &routes[i];
     }
     if (r) h.endpoint = r->prefix ? "/v1/models/{model}" : r->path;
+    set_request_id(&h);
 
     if (header_bytes(req) > s->opt.max_header_bytes) {
         kiln_api_errorf(&err, 431, "request_header_fields_too_large", NULL,

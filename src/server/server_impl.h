@@ -54,6 +54,9 @@ struct http_ctx {
     double t0;            /* kiln_now() when the request arrived */
 };
 
+/* A response header (before the reply starts) and a request header (NULL when absent). */
+void server_add_header(struct http_ctx *h, const char *key, const char *value);
+const char *server_get_header(struct http_ctx *h, const char *key);
 /* Replies with a JSON body (takes nothing), logs the request and counts it. */
 void server_reply_json(struct http_ctx *h, int status, const char *body, size_t len,
                        int prompt_tokens, int completion_tokens);
