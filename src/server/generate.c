@@ -18,6 +18,7 @@
 
 #include "core/log.h"
 #include "server_impl.h"
+#include "responses.h"
 #include "tools.h"
 
 struct choice {
@@ -52,10 +53,11 @@ struct call {
     size_t *echo_len;
     struct choice *choices; /* (n_choices,) */
     bool first_token;
-    bool tools;          /* chat output is parsed for tool calls (tools.c) */
-    bool parallel_tools; /* more than one call per answer */
-    bool legacy_fn;      /* legacy functions: message.function_call */
-    bool failed;         /* an engine error: 500 */
+    bool tools;                  /* chat output is parsed for tool calls (tools.c) */
+    bool parallel_tools;         /* more than one call per answer */
+    bool legacy_fn;              /* legacy functions: message.function_call */
+    bool failed;                 /* an engine error: 500 */
+    struct kiln_responses *resp; /* POST /v1/responses: its output items (responses.c) */
     char fail_msg[256];
 };
 
@@ -86,6 +88,7 @@ static void call_free(struct call *c)
     free(c->echo_len);
     free(c->prompt_len);
     free(c->choices);
+    kiln_responses_free(c->resp);
     if (c->ev_closed) event_free(c->ev_closed);
     free(c);
     server_maybe_exit(s);
@@ -300,6 +303,10 @@ static void stream_start(struct call *c)
     if (c->s->state == SERVER_DRAINING) evhttp_add_header(out, "Connection", "close");
     evhttp_send_reply_start(c->h.req, 200, "OK");
     stream_read_timeout(c, false);
+    if (c->resp) {
+        kiln_responses_start(c->resp);
+        return;
+    }
     for (int i = 0; i < c->n_choices; i++) {
         struct choice *ch = &c->choices[i];
         if (c->kind == KILN_API_CHAT)
@@ -350,7 +357,10 @@ static void deliver(struct call *c, struct choice *ch, const struct kiln_event *
     enum kiln_finish fin = ev->finish == KILN_FINISH_STOP || ev->finish == KILN_FINISH_LENGTH
                                ? ev->finish
                                : KILN_FINISH_NONE;
-    if (c->stream && ch->tools) {
+    if (c->resp) {
+        if (len) kiln_responses_text(c->resp, text, len);
+        json_decref(lp);
+    } else if (c->stream && ch->tools) {
         stream_tools(c, ch, text, len, lp, fin);
     } else if (c->stream) {
         if (len || lp || fin != KILN_FINISH_NONE)
@@ -430,7 +440,12 @@ static void reply_complete(struct call *c)
     else if (cancelled)
         kiln_api_errorf(&err, 503, "shutting_down", NULL,
                         "The server is shutting down; the request was stopped");
-    if (c->stream) {
+    if (c->stream && c->resp) {
+        if (err.status)
+            kiln_responses_error(c->resp, &err);
+        else
+            kiln_responses_finish(c->resp, c->choices[0].finish, &usage);
+    } else if (c->stream) {
         if (err.status) {
             char *body = kiln_api_error_body(&err);
             char *sse = body ? malloc(strlen(body) + 9) : NULL;
@@ -444,7 +459,9 @@ static void reply_complete(struct call *c)
             send_chunk(c, kiln_api_envelope(c->id, object_name(c, true), c->created, s->model_name,
                                             json_array(), &usage));
         }
-        send_chunk_text(c, "data: [DONE]\n\n", 14);
+    }
+    if (c->stream) {
+        if (!c->resp) send_chunk_text(c, "data: [DONE]\n\n", 14);
         stream_read_timeout(c, true);
         call_detach(c);
         server_log_request(&h, err.status ? err.status : 200, usage.prompt_tokens,
@@ -457,6 +474,18 @@ static void reply_complete(struct call *c)
     server_track_reply(s, h.req);
     if (err.status) {
         server_reply_error(&h, &err);
+        return;
+    }
+    if (c->resp) {
+        char *body = kiln_responses_finish(c->resp, c->choices[0].finish, &usage);
+        if (body) {
+            server_reply_json(&h, 200, body, strlen(body), usage.prompt_tokens,
+                              usage.completion_tokens);
+        } else {
+            kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
+            server_reply_error(&h, &err);
+        }
+        free(body);
         return;
     }
     json_t *choices = json_array();
@@ -673,8 +702,13 @@ static int submit_status(enum kiln_submit_error why, const char **code)
     }
 }
 
+static void resp_write(void *arg, const char *data, size_t len)
+{
+    send_chunk_text(arg, data, len);
+}
+
 static struct call *call_new(struct kiln_server *s, const struct http_ctx *h,
-                             const struct kiln_api_request *r)
+                             const struct kiln_api_request *r, json_t *echo)
 {
     struct call *c = calloc(1, sizeof *c);
     if (!c) return NULL;
@@ -689,12 +723,23 @@ static struct call *call_new(struct kiln_server *s, const struct http_ctx *h,
     c->parallel_tools = r->parallel_tool_calls;
     c->legacy_fn = r->legacy_functions;
     c->created = (long long)time(NULL);
-    server_make_id(s, r->kind == KILN_API_CHAT ? "chatcmpl-" : "cmpl-", c->id, sizeof c->id);
+    server_make_id(s,
+                   echo                       ? "resp_"
+                   : r->kind == KILN_API_CHAT ? "chatcmpl-"
+                                              : "cmpl-",
+                   c->id, sizeof c->id);
     c->n_prompts = r->kind == KILN_API_CHAT ? 1 : r->n_prompts;
     c->n_choices = c->n_prompts * r->n;
     c->prompt_len = calloc((size_t)c->n_prompts, sizeof *c->prompt_len);
     c->choices = calloc((size_t)c->n_choices, sizeof *c->choices);
     bool ok = c->prompt_len && c->choices;
+    if (ok && echo) {
+        c->resp = kiln_responses_new(s, r, echo, c->id, c->created, s->model_name, resp_write, c);
+        echo = NULL;
+        c->tools = false; /* responses.c parses the calls */
+        ok = c->resp != NULL;
+    }
+    json_decref(echo);
     if (ok && r->echo) {
         c->echo_text = calloc((size_t)c->n_prompts, sizeof *c->echo_text);
         c->echo_len = calloc((size_t)c->n_prompts, sizeof *c->echo_len);
@@ -705,7 +750,7 @@ static struct call *call_new(struct kiln_server *s, const struct http_ctx *h,
         ch->call = c;
         ch->index = i;
         ch->prompt = i / r->n;
-        if (r->stream && c->tools) {
+        if (r->stream && c->tools && !c->resp) {
             ch->tools = kiln_tool_parser_new(c->parallel_tools);
             ok = ch->tools != NULL;
         }
@@ -759,13 +804,21 @@ static enum kiln_status echo_prompts(struct call *c, const struct kiln_api_reque
 
 void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len)
 {
-    struct kiln_server *s = h->s;
     struct kiln_api_request r;
     struct kiln_api_error err;
-    if (kiln_api_parse(kind, body, len, &s->limits, &r, &err)) {
+    if (kiln_api_parse(kind, body, len, &h->s->limits, &r, &err)) {
         server_reply_error(h, &err);
         return;
     }
+    generate_start(h, &r, NULL);
+}
+
+void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *responses_echo)
+{
+    struct kiln_server *s = h->s;
+    struct kiln_api_request r = *req;
+    enum kiln_api_kind kind = r.kind;
+    struct kiln_api_error err;
     int n_prompts = kind == KILN_API_CHAT ? 1 : r.n_prompts;
     int32_t **ids = calloc((size_t)n_prompts, sizeof *ids);
     size_t *n = calloc((size_t)n_prompts, sizeof *n);
@@ -808,7 +861,8 @@ void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *bo
         }
     }
     if (!st) {
-        c = call_new(s, h, &r);
+        c = call_new(s, h, &r, responses_echo);
+        responses_echo = NULL;
         if (!c) st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
     }
     if (!st && r.echo && echo_prompts(c, &r, ids, n))
@@ -855,6 +909,7 @@ void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *bo
     free(ids);
     free(n);
     free(max_tokens);
+    json_decref(responses_echo);
     kiln_api_request_free(&r);
 }
 

@@ -430,6 +430,7 @@ static const struct route routes[] = {
     {"/v1/models/", EVHTTP_REQ_GET, true, true, true, h_model},
     {"/v1/completions", EVHTTP_REQ_POST, false, true, true, h_completions},
     {"/v1/chat/completions", EVHTTP_REQ_POST, false, true, true, h_chat},
+    {"/v1/responses", EVHTTP_REQ_POST, false, true, true, responses_handle},
     {"/tokenize", EVHTTP_REQ_POST, false, true, true, h_tokenize},
     {"/detokenize", EVHTTP_REQ_POST, false, true, true, h_detokenize},
 };

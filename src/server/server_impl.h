@@ -74,6 +74,11 @@ enum kiln_status server_check_model(struct kiln_server *s, const char *model,
 
 /* generate.c */
 void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len);
+/* A parsed request (taken: freed here) from tokenization on; responses_echo non-NULL (taken)
+ * makes it a /v1/responses call whose output responses.c shapes. */
+void generate_start(struct http_ctx *h, struct kiln_api_request *r, json_t *responses_echo);
+/* POST /v1/responses (responses.c) */
+void responses_handle(struct http_ctx *h, const char *body, size_t len);
 void generate_on_notify(evutil_socket_t fd, short what, void *arg);
 /* Shutdown: cancel every live generation (their clients get a 503 / an error event). */
 void generate_cancel_all(struct kiln_server *s);
