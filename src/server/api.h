@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "grammar/grammar.h"
 #include "runtime/engine.h"
 
 #define KILN_API_MAX_LOGPROBS KILN_MAX_LOGPROBS
@@ -64,6 +65,17 @@ enum kiln_api_tool_choice {
     KILN_TOOL_CHOICE_NAMED,    /* exactly the named function, constrained */
 };
 
+/* Structured output asked for (api_constraint.c): kind and text as the constraint engine takes
+ * them (struct kiln_constraint_spec; text is NUL-terminated, len bytes). param names the
+ * request field it came from (a static string such as "guided_json"), for the 400 a compile
+ * error gets. Tool calling sets it too (the server compiles it the same way). */
+struct kiln_api_constraint {
+    enum kiln_constraint_kind kind; /* KILN_CONSTRAINT_NONE: unconstrained */
+    char *text;
+    size_t len;
+    const char *param;
+};
+
 struct kiln_api_request {
     enum kiln_api_kind kind;
     char *model; /* NULL when absent */
@@ -104,6 +116,7 @@ struct kiln_api_request {
     int n_bias;
     bool ignore_eos, skip_special_tokens;
     bool add_special_tokens; /* tokenize with BOS: completions true, chat false (as vLLM) */
+    struct kiln_api_constraint constraint;
 };
 
 /* body (len bytes, untrusted) -> *out. On failure err says what to answer (always a 4xx for
@@ -112,6 +125,13 @@ enum kiln_status kiln_api_parse(enum kiln_api_kind kind, const char *body, size_
                                 const struct kiln_api_limits *lim, struct kiln_api_request *out,
                                 struct kiln_api_error *err);
 void kiln_api_request_free(struct kiln_api_request *r);
+
+/* The structured-output fields of a request body (response_format, guided_*,
+ * structured_outputs) -> *c; more than one form, an unknown type or a malformed value is a 400
+ * naming the field. On failure *c holds nothing to free. */
+enum kiln_status kiln_api_parse_constraint(const json_t *root, struct kiln_api_constraint *c,
+                                           struct kiln_api_error *err);
+void kiln_api_constraint_free(struct kiln_api_constraint *c);
 
 /* POST /tokenize: {"prompt": "..."} or {"messages": [...]}, plus add_special_tokens
  * (default true for a prompt, false for messages) and add_generation_prompt (default true). */

@@ -676,15 +676,6 @@ static enum kiln_status refuse_unsupported(const json_t *root, struct kiln_api_r
             return bad(err, "suffix", "'suffix' is not supported");
         if (r->echo && r->logprobs >= 0)
             return bad(err, "echo", "'echo' together with 'logprobs' is not supported");
-    } else {
-        v = json_object_get(root, "response_format");
-        if (v && !json_is_null(v)) {
-            const json_t *type = json_object_get(v, "type");
-            if (!json_is_object(v) || !json_is_string(type) ||
-                strcmp(json_string_value(type), "text"))
-                return bad(err, "response_format",
-                           "only 'response_format': {\"type\": \"text\"} is supported");
-        }
     }
     return KILN_OK;
 }
@@ -727,6 +718,7 @@ enum kiln_status kiln_api_parse(enum kiln_api_kind kind, const char *body, size_
     if (!st) st = parse_logprobs(root, r, err);
     if (!st) st = refuse_unsupported(root, r, err);
     if (!st) st = refuse_fields(root, r, err);
+    if (!st) st = kiln_api_parse_constraint(root, &r->constraint, err);
     if (!st && (long long)r->n * (r->n_prompts ? r->n_prompts : 1) > lim->max_choices)
         st = bad(err, "n", "prompts x n must be at most %d", lim->max_choices);
     const json_t *user = json_object_get(root, "user");
@@ -755,6 +747,7 @@ void kiln_api_request_free(struct kiln_api_request *r)
     free(r->stop_ids);
     free(r->bias_ids);
     free(r->bias_vals);
+    kiln_api_constraint_free(&r->constraint);
     request_defaults(r->kind, r);
 }
 
