@@ -719,6 +719,7 @@ enum kiln_status kiln_api_parse(enum kiln_api_kind kind, const char *body, size_
     if (!st) st = refuse_unsupported(root, r, err);
     if (!st) st = refuse_fields(root, r, err);
     if (!st) st = kiln_api_parse_constraint(root, &r->constraint, err);
+    if (!st && kind == KILN_API_CHAT) st = kiln_api_tools_constraint(r, err);
     if (!st && (long long)r->n * (r->n_prompts ? r->n_prompts : 1) > lim->max_choices)
         st = bad(err, "n", "prompts x n must be at most %d", lim->max_choices);
     const json_t *user = json_object_get(root, "user");

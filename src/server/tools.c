@@ -9,6 +9,13 @@
 
 #include "core/json.h"
 
+static char *realloc_or_free(char *p, size_t n)
+{
+    char *q = realloc(p, n);
+    if (!q) free(p);
+    return q;
+}
+
 static enum kiln_status nomem(struct kiln_api_error *err)
 {
     return kiln_api_errorf(err, 500, NULL, NULL, "out of memory");
@@ -301,38 +308,91 @@ enum kiln_status kiln_tools_continue_final(const char *messages_json, char *rend
     return KILN_OK;
 }
 
-enum kiln_status kiln_tools_call_schema(const struct kiln_api_request *r, char **out)
+/* {"name": <name>, "parameters": <its parameters schema>} as a JSON Schema */
+static json_t *call_schema(const json_t *fn)
+{
+    const json_t *params = json_object_get(fn, "parameters");
+    json_t *p = params ? json_deep_copy(params) : json_pack("{s:s}", "type", "object");
+    return json_pack("{s:s,s:{s:{s:O},s:o},s:[s,s],s:b}", "type", "object", "properties", "name",
+                     "const", json_object_get(fn, "name"), "parameters", p, "required", "name",
+                     "parameters", "additionalProperties", 0);
+}
+
+enum kiln_status kiln_tools_constraint(const struct kiln_api_request *r, char **out)
 {
     *out = NULL;
-    if (r->tool_choice != KILN_TOOL_CHOICE_REQUIRED && r->tool_choice != KILN_TOOL_CHOICE_NAMED)
-        return KILN_OK;
-    json_t *tools = json_loads(r->tools_json ? r->tools_json : "[]", 0, NULL);
-    json_t *alts = json_array();
+    if (r->tool_choice == KILN_TOOL_CHOICE_NONE || !r->tools_json) return KILN_OK;
+    json_t *tools = json_loads(r->tools_json, 0, NULL);
+    if (!tools) return KILN_ERR_NOMEM;
+    /* rules t0, t1, ...: one call object per tool */
+    size_t cap = 256, len = 0;
+    char *g = malloc(cap);
+    bool ok = g != NULL;
+    int n = 0;
+    char head[96];
     size_t i;
     json_t *t;
     json_array_foreach(tools, i, t)
     {
         json_t *fn = json_object_get(t, "function");
         const char *name = json_string_value(json_object_get(fn, "name"));
-        if (!name ||
+        if (!ok || !name ||
             (r->tool_choice == KILN_TOOL_CHOICE_NAMED && strcmp(name, r->tool_choice_name)))
             continue;
-        json_t *params = json_object_get(fn, "parameters");
-        json_t *one = json_pack("{s:s,s:{s:{s:s},s:O},s:[s,s],s:b}", "type", "object", "properties",
-                                "name", "const", name, "parameters",
-                                params ? params : json_pack("{s:s}", "type", "object"), "required",
-                                "name", "parameters", "additionalProperties", 0);
-        if (!params) json_decref(json_object_get(json_object_get(one, "properties"), "parameters"));
-        json_array_append_new(alts, one);
+        json_t *sc = call_schema(fn);
+        char *text = sc ? json_dumps(sc, JSON_COMPACT) : NULL;
+        json_decref(sc);
+        int hl = snprintf(head, sizeof head, "t%d ::= %%json ", n++);
+        size_t need = len + (size_t)hl + (text ? strlen(text) : 0) + 2;
+        if (!text || (need > cap && !(g = realloc_or_free(g, cap = need * 2)))) {
+            free(text);
+            ok = false;
+            continue;
+        }
+        len += (size_t)sprintf(g + len, "%s%s\n", head, text);
+        free(text);
     }
-    json_t *schema = json_array_size(alts) == 1 ? json_incref(json_array_get(alts, 0))
-                                                : json_pack("{s:O}", "anyOf", alts);
-    *out = schema && json_array_size(alts) ? json_dumps(schema, JSON_COMPACT) : NULL;
-    bool ok = *out || !json_array_size(alts);
-    json_decref(schema);
-    json_decref(alts);
     json_decref(tools);
-    return ok ? KILN_OK : KILN_ERR_NOMEM;
+    /* root: one call, or calls joined by ';' as Llama 3.1 writes parallel calls; under auto the
+     * alternative is free text that does not open a call (so a '{' commits to one) */
+    const char *calls = r->parallel_tool_calls && r->tool_choice != KILN_TOOL_CHOICE_NAMED
+                            ? "call (\"; \" call)*"
+                            : "call";
+    size_t need = len + (size_t)n * 8 + 160;
+    if (ok && n && need > cap) g = realloc_or_free(g, cap = need);
+    if (!ok || !n || !g) {
+        free(g);
+        return ok && n ? KILN_ERR_NOMEM : ok ? KILN_OK : KILN_ERR_NOMEM;
+    }
+    len += (size_t)sprintf(g + len, "call ::= t0");
+    for (int k = 1; k < n; k++) len += (size_t)sprintf(g + len, " | t%d", k);
+    if (r->tool_choice == KILN_TOOL_CHOICE_AUTO)
+        sprintf(g + len, "\nroot ::= %s | free\nfree ::= ([^{ \\t\\n\\r] .*)?\n", calls);
+    else
+        sprintf(g + len, "\nroot ::= %s\n", calls);
+    *out = g;
+    return KILN_OK;
+}
+
+enum kiln_status kiln_api_tools_constraint(struct kiln_api_request *r, struct kiln_api_error *err)
+{
+    bool forced =
+        r->tool_choice == KILN_TOOL_CHOICE_REQUIRED || r->tool_choice == KILN_TOOL_CHOICE_NAMED;
+    if (r->constraint.kind != KILN_CONSTRAINT_NONE) {
+        /* auto with response_format: the format holds, calls are still parsed if it allows */
+        if (!forced) return KILN_OK;
+        return kiln_api_errorf(err, 400, NULL, "tool_choice",
+                               "'tool_choice' %s cannot be combined with '%s': both constrain "
+                               "the whole output",
+                               r->tool_choice == KILN_TOOL_CHOICE_NAMED ? "naming a function"
+                                                                        : "'required'",
+                               r->constraint.param ? r->constraint.param : "response_format");
+    }
+    char *g;
+    if (kiln_tools_constraint(r, &g)) return nomem(err);
+    if (!g) return KILN_OK;
+    r->constraint = (struct kiln_api_constraint){KILN_CONSTRAINT_GRAMMAR, g, strlen(g), "tools"};
+    return KILN_OK;
 }
 
 /* ---- output parser ---- */

@@ -39,10 +39,17 @@ enum kiln_status kiln_tools_template_vars(const struct kiln_api_request *r, char
 enum kiln_status kiln_tools_continue_final(const char *messages_json, char *rendered, size_t *len,
                                            struct kiln_api_error *err);
 
-/* The constraint for tool_choice required / named: a JSON Schema of one call object
- * {"name": <a declared name>, "parameters": <that tool's parameters schema>}. *out NULL for
- * none / auto. malloc'ed. */
-enum kiln_status kiln_tools_call_schema(const struct kiln_api_request *r, char **out);
+/* The constraint of a tool request as a GRAMMAR (grammar.h): each call a JSON object
+ * {"name": <a declared name>, "parameters": <valid against that tool's parameters schema>}
+ * (a `%json` rule per tool); required: one call, or several joined by "; " with parallel calls;
+ * named: that function's call; auto: those calls or free text that does not begin with '{' or
+ * whitespace, so an output that opens a call is held to a valid one. *out NULL for none / no
+ * tools. malloc'ed. */
+enum kiln_status kiln_tools_constraint(const struct kiln_api_request *r, char **out);
+
+/* Sets r->constraint from the tools (kiln_api_parse, after response_format and guided_*): a
+ * forced call together with another constraint is a 400. */
+enum kiln_status kiln_api_tools_constraint(struct kiln_api_request *r, struct kiln_api_error *err);
 
 /* ---- output parser ---- */
 

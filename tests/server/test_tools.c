@@ -1,6 +1,7 @@
 /* Tool calling and the chat-template inputs of a request (src/server/tools.c): tools /
  * tool_choice / functions validation, developer and function roles, the refused fields,
- * chat_template_kwargs, continue_final_message, the call constraint's JSON Schema, and the
+ * chat_template_kwargs, continue_final_message, the call constraint (compiled by the engine
+ * with the Llama 3.1 tokenizer: what it takes and refuses), and the
  * output parser, fed whole and one byte at a time. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 
 #include "server/tools.h"
+#include "tokenizer/tk_util.h"
 
 static const struct kiln_api_limits lim = {
     .vocab_size = 1000, .max_n = 4, .max_choices = 8, .max_stop = 4};
@@ -164,34 +166,89 @@ static void roles_and_template_inputs(void **state)
     kiln_api_request_free(&r);
 }
 
-static void call_schema(void **state)
+static struct kiln_tokenizer *tok;
+static struct kiln_grammar_vocab *vocab;
+
+static int setup(void **state)
 {
     (void)state;
+    tok = tk_test_load("llama3_1");
+    struct kiln_error err = {0};
+    if (kiln_grammar_vocab_create(tok, &vocab, &err)) fail_msg("vocab: %s", err.msg);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    kiln_grammar_vocab_free(vocab);
+    kiln_tokenizer_free(tok);
+    return 0;
+}
+
+/* Does the request's constraint (compiled by the engine, flexible JSON whitespace) take text
+ * whole, as a complete output? */
+static bool takes(const struct kiln_api_request *r, const char *text)
+{
+    struct kiln_constraint_spec spec = {r->constraint.kind, r->constraint.text, r->constraint.len};
+    struct kiln_grammar_options o = {KILN_GRAMMAR_WS_FLEXIBLE};
+    struct kiln_grammar *g = NULL;
+    struct kiln_error err = {0};
+    if (kiln_grammar_compile_opts(&spec, vocab, &o, &g, &err))
+        fail_msg("compile %s: %s", r->constraint.text, err.msg);
+    struct kiln_matcher *m;
+    assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
+    bool ok = kiln_matcher_accept_bytes(m, text, strlen(text)) && kiln_matcher_is_complete(m);
+    kiln_matcher_free(m);
+    kiln_grammar_unref(g);
+    return ok;
+}
+
+static void call_constraint(void **state)
+{
+    (void)state;
+    const char *paris = "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}";
+    const char *now = "{\"name\": \"now\", \"parameters\": {}}";
     struct kiln_api_request r =
         ok("{" MSGS ",\"tools\":[" TOOL1 "," TOOL2 "],\"tool_choice\":\"required\"}");
-    char *s;
-    assert_int_equal(kiln_tools_call_schema(&r, &s), KILN_OK);
-    assert_string_equal(
-        s, "{\"anyOf\":[{\"type\":\"object\",\"properties\":{\"name\":{\"const\":\"get_weather\"},"
-           "\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},"
-           "\"required\":[\"city\"]}},\"required\":[\"name\",\"parameters\"],"
-           "\"additionalProperties\":false},{\"type\":\"object\",\"properties\":{\"name\":{"
-           "\"const\":\"now\"},\"parameters\":{\"type\":\"object\"}},\"required\":[\"name\","
-           "\"parameters\"],\"additionalProperties\":false}]}");
-    free(s);
+    assert_int_equal(r.constraint.kind, KILN_CONSTRAINT_GRAMMAR);
+    assert_string_equal(r.constraint.param, "tools");
+    assert_true(takes(&r, paris));
+    assert_true(takes(&r, now));
+    char two[256];
+    snprintf(two, sizeof two, "%s; %s", paris, now);
+    assert_true(takes(&r, two));                                                /* parallel calls */
+    assert_false(takes(&r, "{\"name\": \"get_weather\", \"parameters\": {}}")); /* city */
+    assert_false(takes(&r, "{\"name\": \"get_weather\", \"parameters\": {\"city\": 3}}"));
+    assert_false(takes(&r, "{\"name\": \"other\", \"parameters\": {}}"));
+    assert_false(takes(&r, "Sure! Here is the weather."));
+    assert_false(takes(&r, ""));
+    kiln_api_request_free(&r);
+    r = ok("{" MSGS ",\"tools\":[" TOOL1 "," TOOL2 "],\"tool_choice\":\"required\","
+           "\"parallel_tool_calls\":false}");
+    assert_false(takes(&r, two));
+    assert_true(takes(&r, paris));
     kiln_api_request_free(&r);
     r = ok("{" MSGS ",\"tools\":[" TOOL1 "," TOOL2 "],\"tool_choice\":{\"type\":\"function\","
            "\"function\":{\"name\":\"now\"}}}");
-    assert_int_equal(kiln_tools_call_schema(&r, &s), KILN_OK);
-    assert_string_equal(s, "{\"type\":\"object\",\"properties\":{\"name\":{\"const\":\"now\"},"
-                           "\"parameters\":{\"type\":\"object\"}},\"required\":[\"name\","
-                           "\"parameters\"],\"additionalProperties\":false}");
-    free(s);
+    assert_true(takes(&r, now));
+    assert_false(takes(&r, paris));
     kiln_api_request_free(&r);
+    /* auto: text, or a call held to the tools once it opens */
     r = ok("{" MSGS ",\"tools\":[" TOOL1 "]}");
-    assert_int_equal(kiln_tools_call_schema(&r, &s), KILN_OK);
-    assert_null(s); /* auto: unconstrained */
+    assert_true(takes(&r, paris));
+    assert_true(takes(&r, "It is sunny {really}.\nYes."));
+    assert_true(takes(&r, ""));
+    assert_false(takes(&r, "{\"name\": \"get_weather\", \"parameters\": {\"town\": 1}}"));
+    assert_false(takes(&r, "{\"answer\": 42}"));
     kiln_api_request_free(&r);
+    /* none: unconstrained; a forced call with response_format: refused */
+    r = ok("{" MSGS ",\"tools\":[" TOOL1 "],\"tool_choice\":\"none\"}");
+    assert_int_equal(r.constraint.kind, KILN_CONSTRAINT_NONE);
+    kiln_api_request_free(&r);
+    bad("{" MSGS ",\"tools\":[" TOOL1 "],\"tool_choice\":\"required\",\"response_format\":"
+        "{\"type\":\"json_object\"}}",
+        "tool_choice", "response_format");
 }
 
 /* Events rendered as text: T(...) text, S<i>(name) start, A<i>(...) args, E<i>| end. */
@@ -311,9 +368,9 @@ static void whole_output(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(tool_requests), cmocka_unit_test(roles_and_template_inputs),
-        cmocka_unit_test(call_schema),   cmocka_unit_test(output_parser),
+        cmocka_unit_test(tool_requests),   cmocka_unit_test(roles_and_template_inputs),
+        cmocka_unit_test(call_constraint), cmocka_unit_test(output_parser),
         cmocka_unit_test(whole_output),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, setup, teardown);
 }
