@@ -671,6 +671,28 @@ static void fill_request(const struct kiln_api_request *r, struct kiln_request *
     kr->detokenize = true;
 }
 
+/* The request's constraint, compiled (through the cache) into *g; NULL when there is none. */
+static enum kiln_status compile_constraint(struct kiln_server *s,
+                                           const struct kiln_api_constraint *c,
+                                           struct kiln_grammar **g, struct kiln_api_error *err)
+{
+    *g = NULL;
+    if (c->kind == KILN_CONSTRAINT_NONE) return KILN_OK;
+    if (!s->grammars)
+        return kiln_api_errorf(err, 400, NULL, c->param,
+                               "structured output is not available for this model's tokenizer "
+                               "(see the server log)");
+    struct kiln_constraint_spec spec = {.kind = c->kind, .text = c->text, .len = c->len};
+    struct kiln_error e = {0};
+    enum kiln_status st = kiln_grammar_cache_get(s->grammars, &spec, g, &e);
+    if (st) {
+        *g = NULL;
+        if (st == KILN_ERR_NOMEM) return kiln_api_errorf(err, 500, NULL, NULL, "%s", e.msg);
+        return kiln_api_errorf(err, 400, NULL, c->param, "'%s': %s", c->param, e.msg);
+    }
+    return KILN_OK;
+}
+
 static uint64_t mix_seed(uint64_t seed, int j)
 {
     /* Choice 0 keeps the request's seed (n = 1 matches a single request); the others get
@@ -824,9 +846,11 @@ void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *re
     size_t *n = calloc((size_t)n_prompts, sizeof *n);
     int *max_tokens = calloc((size_t)n_prompts, sizeof *max_tokens);
     struct call *c = NULL;
+    struct kiln_grammar *grammar = NULL;
     enum kiln_status st = KILN_OK;
     if (!ids || !n || !max_tokens) st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
     if (!st) st = server_check_model(s, r.model, &err);
+    if (!st) st = compile_constraint(s, &r.constraint, &grammar, &err);
     if (!st) st = tokenize_prompts(s, &r, ids, n, &err);
     for (int p = 0; !st && p < n_prompts; p++) {
         int limit = s->m.max_seq_len, prompt = (int)n[p];
@@ -877,6 +901,7 @@ void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *re
         kr.max_tokens = max_tokens[ch->prompt];
         kr.has_seed = r.has_seed;
         kr.seed = r.has_seed ? mix_seed(r.seed, i % r.n) : 0;
+        kr.grammar = grammar; /* each choice gets its own matcher */
         kr.user = ch;
         enum kiln_submit_error why = KILN_SUBMIT_OK;
         struct kiln_error e;
@@ -910,6 +935,7 @@ void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *re
     free(n);
     free(max_tokens);
     json_decref(responses_echo);
+    if (grammar) kiln_grammar_unref(grammar); /* the engine holds its own references */
     kiln_api_request_free(&r);
 }
 

@@ -567,7 +567,26 @@ void kiln_server_notify(void *server)
 
 void kiln_server_ready(struct kiln_server *s, const struct kiln_server_model *m)
 {
+    /* The constraint engine's view of the vocabulary, once per model, on the loading thread.
+     * Without it the model is still served; constrained requests then get a 400. */
+    struct kiln_grammar_vocab *v = NULL;
+    struct kiln_grammar_cache *c = NULL;
+    struct kiln_error err;
+    double t0 = kiln_now();
+    if (kiln_grammar_vocab_create(m->tok, &v, &err)) {
+        KILN_WARN("structured output disabled: %s", err.msg);
+        v = NULL;
+    } else if (!(c = kiln_grammar_cache_create(v, GRAMMAR_CACHE_ENTRIES))) {
+        KILN_WARN("structured output disabled: out of memory for the grammar cache");
+        kiln_grammar_vocab_free(v);
+        v = NULL;
+    } else {
+        KILN_INFO("structured output: vocabulary of %d tokens indexed in %.0f ms",
+                  kiln_grammar_vocab_size(v), (kiln_now() - t0) * 1e3);
+    }
     pthread_mutex_lock(&s->handoff_mu);
+    s->grammar_vocab = v;
+    s->grammars = c;
     s->handoff = *m;
     s->handoff_ready = true;
     pthread_mutex_unlock(&s->handoff_mu);
@@ -741,6 +760,9 @@ void kiln_server_free(struct kiln_server *s)
     if (s->ev_deadline) event_free(s->ev_deadline);
     if (s->base) event_base_free(s->base);
     pthread_mutex_destroy(&s->handoff_mu);
+    /* the engine (and its matchers) is gone already */
+    if (s->grammars) kiln_grammar_cache_free(s->grammars);
+    if (s->grammar_vocab) kiln_grammar_vocab_free(s->grammar_vocab);
     free(s->host);
     free(s->model_name);
     free(s->api_key);

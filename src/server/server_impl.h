@@ -14,6 +14,8 @@
 
 enum server_state { SERVER_LOADING, SERVER_READY, SERVER_DRAINING, SERVER_FAILED };
 
+#define GRAMMAR_CACHE_ENTRIES 256 /* compiled constraints kept for reuse */
+
 struct call;
 
 struct kiln_server {
@@ -37,6 +39,10 @@ struct kiln_server {
     char fail_msg[512];
 
     struct kiln_server_model m; /* valid from SERVER_READY on */
+    /* structured output: the tokenizer's vocabulary for the constraint engine and the compiled
+     * constraints (built by kiln_server_ready; valid from SERVER_READY on) */
+    struct kiln_grammar_vocab *grammar_vocab;
+    struct kiln_grammar_cache *grammars;
     struct kiln_api_limits limits;
     struct kiln_metrics metrics;
     struct call *calls; /* generation calls still alive (doubly linked) */
