@@ -71,6 +71,22 @@ static void reply_bytes(struct http_ctx *h, int status, const char *content_type
     server_send(h->req, status, content_type, body, len);
 }
 
+/* X-Request-Id: the client's when it is a sane token (1-128 characters of [A-Za-z0-9._:-]),
+ * else a fresh one, so a log line and a client report can be matched. */
+static void set_request_id(struct http_ctx *h)
+{
+    const char *given = server_req_header(h->req, "X-Request-Id");
+    size_t n = given ? strspn(given, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                     "0123456789._:-")
+                     : 0;
+    char id[48];
+    if (!given || !n || n > 128 || given[n]) {
+        server_make_id(h->s, "req-", id, sizeof id);
+        given = id;
+    }
+    server_add_header(h->req, "X-Request-Id", given);
+}
+
 void server_reply_json(struct http_ctx *h, int status, const char *body, size_t len,
                        int prompt_tokens, int completion_tokens)
 {
@@ -355,6 +371,7 @@ static const struct route routes[] = {
     {"/v1/models/", EVHTTP_REQ_GET, true, true, true, h_model},
     {"/v1/completions", EVHTTP_REQ_POST, false, true, true, h_completions},
     {"/v1/chat/completions", EVHTTP_REQ_POST, false, true, true, h_chat},
+    {"/v1/responses", EVHTTP_REQ_POST, false, true, true, responses_handle},
     {"/tokenize", EVHTTP_REQ_POST, false, true, true, h_tokenize},
     {"/detokenize", EVHTTP_REQ_POST, false, true, true, h_detokenize},
     /* The chat page (web.c; --no-web-ui leaves these out): public, the page asks for the key. */
@@ -381,6 +398,7 @@ void server_dispatch(struct http_req *req)
         if (server_req_command(req) & routes[i].methods) r = &routes[i];
     }
     if (r) h.endpoint = r->prefix && r->fn != h_web ? "/v1/models/{model}" : r->path;
+    set_request_id(&h);
 
     if (!r) {
         if (path_known)
@@ -467,7 +485,26 @@ void kiln_server_notify(void *server)
 
 void kiln_server_ready(struct kiln_server *s, const struct kiln_server_model *m)
 {
+    /* The constraint engine's view of the vocabulary, once per model, on the loading thread.
+     * Without it the model is still served; constrained requests then get a 400. */
+    struct kiln_grammar_vocab *v = NULL;
+    struct kiln_grammar_cache *c = NULL;
+    struct kiln_error err;
+    double t0 = kiln_now();
+    if (kiln_grammar_vocab_create(m->tok, &v, &err)) {
+        KILN_WARN("structured output disabled: %s", err.msg);
+        v = NULL;
+    } else if (!(c = kiln_grammar_cache_create(v, GRAMMAR_CACHE_ENTRIES))) {
+        KILN_WARN("structured output disabled: out of memory for the grammar cache");
+        kiln_grammar_vocab_free(v);
+        v = NULL;
+    } else {
+        KILN_INFO("structured output: vocabulary of %d tokens indexed in %.0f ms",
+                  kiln_grammar_vocab_size(v), (kiln_now() - t0) * 1e3);
+    }
     pthread_mutex_lock(&s->handoff_mu);
+    s->grammar_vocab = v;
+    s->grammars = c;
     s->handoff = *m;
     s->handoff_ready = true;
     pthread_mutex_unlock(&s->handoff_mu);
@@ -606,6 +643,9 @@ void kiln_server_free(struct kiln_server *s)
     if (s->ev_deadline) event_free(s->ev_deadline);
     if (s->base) event_base_free(s->base);
     pthread_mutex_destroy(&s->handoff_mu);
+    /* the engine (and its matchers) is gone already */
+    if (s->grammars) kiln_grammar_cache_free(s->grammars);
+    if (s->grammar_vocab) kiln_grammar_vocab_free(s->grammar_vocab);
     free(s->host);
     free(s->model_name);
     free(s->api_key);

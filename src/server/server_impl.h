@@ -14,6 +14,8 @@
 
 enum server_state { SERVER_LOADING, SERVER_READY, SERVER_DRAINING, SERVER_FAILED };
 
+#define GRAMMAR_CACHE_ENTRIES 256 /* compiled constraints kept for reuse */
+
 struct call;
 struct http_conn;
 struct http_req; /* one request on a client connection (transport.c) */
@@ -43,6 +45,10 @@ struct kiln_server {
     char fail_msg[512];
 
     struct kiln_server_model m; /* valid from SERVER_READY on */
+    /* structured output: the tokenizer's vocabulary for the constraint engine and the compiled
+     * constraints (built by kiln_server_ready; valid from SERVER_READY on) */
+    struct kiln_grammar_vocab *grammar_vocab;
+    struct kiln_grammar_cache *grammars;
     struct kiln_api_limits limits;
     struct kiln_metrics metrics;
     struct call *calls; /* generation calls still alive (doubly linked) */
@@ -118,6 +124,11 @@ void web_handle(struct http_ctx *h);
 
 /* generate.c */
 void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len);
+/* A parsed request (taken: freed here) from tokenization on; responses_echo non-NULL (taken)
+ * makes it a /v1/responses call whose output responses.c shapes. */
+void generate_start(struct http_ctx *h, struct kiln_api_request *r, json_t *responses_echo);
+/* POST /v1/responses (responses.c) */
+void responses_handle(struct http_ctx *h, const char *body, size_t len);
 void generate_on_notify(evutil_socket_t fd, short what, void *arg);
 /* Shutdown: cancel every live generation (their clients get a 503 / an error event). */
 void generate_cancel_all(struct kiln_server *s);
