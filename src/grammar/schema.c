@@ -491,9 +491,10 @@ static struct gx *notin(struct js *j, struct ktrie *t)
             uint32_t e = c;
             bool excl = c < 128 && (t->kid[c] || c == '"' || c == '\\');
             if (!excl) {
-                while (e + 1 <= hi &&
-                       !(e + 1 < 128 && (t->kid[e + 1] || e + 1 == '"' || e + 1 == '\\')))
+                while (e + 1 <= hi && e + 1 < 128 &&
+                       !(t->kid[e + 1] || e + 1 == '"' || e + 1 == '\\'))
                     e++;
+                if (e + 1 >= 128) e = hi;
                 cps_add(&o2, c, e);
             }
             c = e + 1;
