@@ -152,4 +152,10 @@ struct kiln_grammar_vocab {
     int maxdepth;
 };
 
+/* A vocabulary from raw byte strings (tests and fuzzers; no tokenizer: no forced tokens);
+ * eos: the one EOS id (its string is ignored), -1 for none. */
+enum kiln_status gr_vocab_from_strings(const char *const *toks, const size_t *lens, int32_t n,
+                                       int32_t eos, struct kiln_grammar_vocab **out,
+                                       struct kiln_error *err);
+
 #endif

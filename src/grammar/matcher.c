@@ -121,42 +121,19 @@ static bool is_plain(const unsigned char *s, uint32_t n)
     return true;
 }
 
-enum kiln_status kiln_grammar_vocab_create(const struct kiln_tokenizer *tok,
-                                           struct kiln_grammar_vocab **out, struct kiln_error *err)
+/* v->n, v->bytes and v->len filled (NULL bytes: never allowed): sorts, builds the tries */
+static enum kiln_status vocab_finish(struct kiln_grammar_vocab *v, struct kiln_error *err)
 {
-    *out = NULL;
-    struct kiln_grammar_vocab *v = calloc(1, sizeof *v);
-    if (!v) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory building the vocabulary trie");
-    v->tok = tok;
-    v->n = kiln_tokenizer_vocab_size(tok);
-    const int32_t *eos;
-    v->neos = kiln_tokenizer_eos(tok, &eos);
-    v->eos = malloc(((size_t)v->neos + 1) * sizeof *v->eos);
-    v->bytes = calloc((size_t)v->n, sizeof *v->bytes);
-    v->len = calloc((size_t)v->n, sizeof *v->len);
-    int32_t *toks = malloc((size_t)v->n * sizeof *toks);
-    int32_t *np = malloc((size_t)v->n * sizeof *np);
-    v->plain_mask = calloc(((size_t)v->n + 31) / 32, sizeof *v->plain_mask);
-    if (!v->eos || !v->bytes || !v->len || !toks || !np || !v->plain_mask) {
+    int32_t *toks = malloc(((size_t)v->n + 1) * sizeof *toks);
+    int32_t *np = malloc(((size_t)v->n + 1) * sizeof *np);
+    v->plain_mask = calloc(((size_t)v->n + 31) / 32 + 1, sizeof *v->plain_mask);
+    if (!toks || !np || !v->plain_mask) {
         free(toks), free(np);
         goto oom;
     }
-    if (v->neos) memcpy(v->eos, eos, (size_t)v->neos * sizeof *eos);
     int32_t nt = 0, nnp = 0;
-    for (int32_t id = 0; id < v->n; id++) {
-        if (kiln_tokenizer_is_special(tok, id)) continue;
-        size_t n;
-        const char *s = kiln_tokenizer_token_bytes(tok, id, &n);
-        if (!s || n == 0 || n > 65535) continue;
-        v->bytes[id] = malloc(n);
-        if (!v->bytes[id]) {
-            free(toks), free(np);
-            goto oom;
-        }
-        memcpy(v->bytes[id], s, n);
-        v->len[id] = (uint32_t)n;
-        toks[nt++] = id;
-    }
+    for (int32_t id = 0; id < v->n; id++)
+        if (v->bytes[id]) toks[nt++] = id;
     pthread_mutex_lock(&sort_lock);
     sort_vocab = v;
     qsort(toks, (size_t)nt, sizeof *toks, cmp_tok);
@@ -170,12 +147,76 @@ enum kiln_status kiln_grammar_vocab_create(const struct kiln_tokenizer *tok,
     }
     bool ok1 = trie_build(v, &v->all, toks, nt);
     bool ok2 = trie_build(v, &v->nonplain, np, nnp);
-    if (!ok1 || !ok2) goto oom;
+    if (ok1 && ok2) return KILN_OK;
+oom:
+    return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory building the vocabulary trie");
+}
+
+enum kiln_status kiln_grammar_vocab_create(const struct kiln_tokenizer *tok,
+                                           struct kiln_grammar_vocab **out, struct kiln_error *err)
+{
+    *out = NULL;
+    struct kiln_grammar_vocab *v = calloc(1, sizeof *v);
+    if (!v) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory building the vocabulary trie");
+    v->tok = tok;
+    v->n = kiln_tokenizer_vocab_size(tok);
+    const int32_t *eos;
+    v->neos = kiln_tokenizer_eos(tok, &eos);
+    v->eos = malloc(((size_t)v->neos + 1) * sizeof *v->eos);
+    v->bytes = calloc((size_t)v->n + 1, sizeof *v->bytes);
+    v->len = calloc((size_t)v->n + 1, sizeof *v->len);
+    if (!v->eos || !v->bytes || !v->len) goto oom;
+    if (v->neos) memcpy(v->eos, eos, (size_t)v->neos * sizeof *eos);
+    for (int32_t id = 0; id < v->n; id++) {
+        if (kiln_tokenizer_is_special(tok, id)) continue;
+        size_t n;
+        const char *s = kiln_tokenizer_token_bytes(tok, id, &n);
+        if (!s || n == 0 || n > 65535) continue;
+        v->bytes[id] = malloc(n);
+        if (!v->bytes[id]) goto oom;
+        memcpy(v->bytes[id], s, n);
+        v->len[id] = (uint32_t)n;
+    }
+    if (vocab_finish(v, err)) {
+        kiln_grammar_vocab_free(v);
+        return KILN_ERR_NOMEM;
+    }
     *out = v;
     return KILN_OK;
 oom:
     kiln_grammar_vocab_free(v);
     return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory building the vocabulary trie");
+}
+
+enum kiln_status gr_vocab_from_strings(const char *const *toks, const size_t *lens, int32_t n,
+                                       int32_t eos, struct kiln_grammar_vocab **out,
+                                       struct kiln_error *err)
+{
+    *out = NULL;
+    struct kiln_grammar_vocab *v = calloc(1, sizeof *v);
+    if (!v) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
+    v->n = n;
+    v->eos = malloc(sizeof *v->eos);
+    v->bytes = calloc((size_t)n + 1, sizeof *v->bytes);
+    v->len = calloc((size_t)n + 1, sizeof *v->len);
+    if (!v->eos || !v->bytes || !v->len) goto oom;
+    v->eos[0] = eos;
+    v->neos = eos >= 0;
+    for (int32_t id = 0; id < n; id++) {
+        if (id == eos || !toks[id] || !lens[id] || lens[id] > 65535) continue;
+        if (!(v->bytes[id] = malloc(lens[id]))) goto oom;
+        memcpy(v->bytes[id], toks[id], lens[id]);
+        v->len[id] = (uint32_t)lens[id];
+    }
+    if (vocab_finish(v, err)) {
+        kiln_grammar_vocab_free(v);
+        return KILN_ERR_NOMEM;
+    }
+    *out = v;
+    return KILN_OK;
+oom:
+    kiln_grammar_vocab_free(v);
+    return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
 }
 
 /* ---- matcher ---- */
@@ -667,7 +708,7 @@ int kiln_matcher_forced(struct kiln_matcher *m, int32_t *tokens, int max)
         buf[n++] = (char)only;
         c = next;
     }
-    if (n == 0 || max <= 0) return 0;
+    if (n == 0 || max <= 0 || !m->g->vocab->tok) return 0;
     bool finished = c >= 0 && m->ccomplete[c] && m->clen[c] == 0;
     int32_t *ids;
     size_t nid;
