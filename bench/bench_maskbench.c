@@ -6,6 +6,8 @@
  * invalid one accepted an invalidation error. JSON whitespace is flexible here (LLGuidance's
  * default, which the instances' spacing needs); the server's default is compact.
  *   bench_maskbench TOKENIZER_DIR DATA_DIR [--limit N] [--verbose] [--list-errors] [--slow US]
+ *                   [--shard I/N --dump FILE]     (every N-th file from the I-th; raw times to
+ * FILE) bench_maskbench --merge FILE...               (the table over shards' dumps)
  * (--slow: print where a mask took longer than US microseconds)
  * DATA_DIR comes from bench/maskbench-extract.sh. */
 #include <dirent.h>
@@ -17,10 +19,11 @@
 
 #include "grammar/grammar.h"
 
+/* thread CPU time: the development machine is shared, wall time would count other processes */
 static double now_us(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
@@ -57,6 +60,46 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+static size_t missing_in(const char *dir)
+{
+    char path[4096];
+    size_t missing = 0;
+    snprintf(path, sizeof path, "%s/.missing", dir);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        for (int c; (c = fgetc(f)) != EOF;) missing += c == '\n';
+        fclose(f);
+    }
+    return missing;
+}
+
+/* tot: schemas, passing, compile errors, unreadable, validation errors, invalidation errors,
+ * tests, tokens */
+static int report(const size_t *tot, struct vec *masks, struct vec *compiles, size_t missing)
+{
+    qsort(masks->p, masks->n, sizeof *masks->p, cmp_d);
+    qsort(compiles->p, compiles->n, sizeof *compiles->p, cmp_d);
+    double sum = 0;
+    for (size_t k = 0; k < masks->n; k++) sum += masks->p[k];
+    printf("MaskBench, kiln constraint engine, Llama 3.1 tokenizer, single thread (thread CPU "
+           "time)\n");
+    printf("schemas              %zu (+%zu missing from the mirror, counted as failing)\n", tot[0],
+           missing);
+    printf("passing              %zu of %zu\n", tot[1], tot[0] + missing);
+    printf("compile errors       %zu\n", tot[2]);
+    printf("unreadable (jansson) %zu\n", tot[3]);
+    printf("validation errors    %zu (valid instance rejected)\n", tot[4]);
+    printf("invalidation errors  %zu (invalid instance accepted)\n", tot[5]);
+    printf("tests %zu, tokens %zu\n", tot[6], tot[7]);
+    printf("mask us: avg %.1f p50 %.1f p75 %.1f p90 %.1f p95 %.1f p99 %.1f p99.9 %.1f max %.1f\n",
+           masks->n ? sum / (double)masks->n : 0, pct(masks, .5), pct(masks, .75), pct(masks, .9),
+           pct(masks, .95), pct(masks, .99), pct(masks, .999),
+           masks->n ? masks->p[masks->n - 1] : 0);
+    printf("compile us: p50 %.1f p75 %.1f p99 %.1f max %.1f\n", pct(compiles, .5),
+           pct(compiles, .75), pct(compiles, .99), compiles->n ? compiles->p[compiles->n - 1] : 0);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -67,17 +110,43 @@ int main(int argc, char **argv)
         return 2;
     }
     long limit = -1;
+    long shard = 0, nshards = 1;
+    const char *dump = NULL;
     bool verbose = false, list = false;
     double slow = 0;
     for (int i = 3; i < argc; i++) {
         if (!strcmp(argv[i], "--limit") && i + 1 < argc)
             limit = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--shard") && i + 1 < argc)
+            sscanf(argv[++i], "%ld/%ld", &shard, &nshards);
+        else if (!strcmp(argv[i], "--dump") && i + 1 < argc)
+            dump = argv[++i];
         else if (!strcmp(argv[i], "--slow") && i + 1 < argc)
             slow = atof(argv[++i]);
         else if (!strcmp(argv[i], "--verbose"))
             verbose = true;
         else if (!strcmp(argv[i], "--list-errors"))
             list = true;
+    }
+    if (!strcmp(argv[1], "--merge")) {
+        size_t tot[10] = {0};
+        struct vec mm = {0}, cc = {0};
+        for (int i = 2; i < argc; i++) {
+            FILE *f = fopen(argv[i], "rb");
+            size_t hdr[10];
+            if (!f || fread(hdr, sizeof hdr, 1, f) != 1) {
+                perror(argv[i]);
+                return 1;
+            }
+            for (int k = 0; k < 8; k++) tot[k] += hdr[k];
+            for (size_t k = 0; k < hdr[8] + hdr[9]; k++) {
+                double x;
+                if (fread(&x, sizeof x, 1, f) != 1) return 1;
+                push(k < hdr[8] ? &mm : &cc, x);
+            }
+            fclose(f);
+        }
+        return report(tot, &mm, &cc, 0);
     }
     struct kiln_error err = {0};
     struct kiln_tokenizer *tok;
@@ -105,16 +174,7 @@ int main(int argc, char **argv)
     }
     closedir(d);
     qsort(names, nn, sizeof *names, cmp_str);
-    size_t missing = 0;
-    {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/.missing", argv[2]);
-        FILE *f = fopen(path, "r");
-        if (f) {
-            for (int c; (c = fgetc(f)) != EOF;) missing += c == '\n';
-            fclose(f);
-        }
-    }
+    size_t missing = shard == 0 ? missing_in(argv[2]) : 0;
     int32_t nv = kiln_grammar_vocab_size(vocab);
     uint32_t *mask = malloc(((size_t)nv + 31) / 32 * sizeof *mask);
     struct vec masks = {0}, compiles = {0};
@@ -123,18 +183,22 @@ int main(int argc, char **argv)
     struct kiln_grammar_options opts = {KILN_GRAMMAR_WS_FLEXIBLE};
     double t_start = now_us();
     for (size_t fi = 0; fi < nn && (limit < 0 || (long)fi < limit); fi++) {
+        if ((long)fi % nshards != shard) continue;
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", argv[2], names[fi]);
         json_error_t je;
-        json_t *root = json_load_file(path, 0, &je);
+        json_t *root = json_load_file(path, JSON_ALLOW_NUL, &je);
         schemas++;
         if (!root) {
             unreadable++;
             if (list) printf("UNREADABLE %s: %s\n", names[fi], je.text);
             continue;
         }
-        char *text = json_dumps(json_object_get(root, "schema"), JSON_ENCODE_ANY | JSON_COMPACT);
-        struct kiln_constraint_spec spec = {KILN_CONSTRAINT_JSON_SCHEMA, text, strlen(text)};
+        size_t text_len =
+            json_dumpb(json_object_get(root, "schema"), NULL, 0, JSON_ENCODE_ANY | JSON_COMPACT);
+        char *text = malloc(text_len + 1);
+        json_dumpb(json_object_get(root, "schema"), text, text_len, JSON_ENCODE_ANY | JSON_COMPACT);
+        struct kiln_constraint_spec spec = {KILN_CONSTRAINT_JSON_SCHEMA, text, text_len};
         struct kiln_grammar *g = NULL;
         double t0 = now_us();
         enum kiln_status st = kiln_grammar_compile_opts(&spec, vocab, &opts, &g, &err);
@@ -153,10 +217,14 @@ int main(int argc, char **argv)
         json_array_foreach(json_object_get(root, "tests"), i, t)
         {
             bool valid = json_is_true(json_object_get(t, "valid"));
-            char *inst = json_dumps(json_object_get(t, "data"), JSON_ENCODE_ANY);
+            json_t *data = json_object_get(t, "data");
+            size_t inst_len = json_dumpb(data, NULL, 0, JSON_ENCODE_ANY);
+            char *inst = malloc(inst_len + 1);
+            json_dumpb(data, inst, inst_len, JSON_ENCODE_ANY);
+            inst[inst_len] = 0;
             int32_t *ids;
             size_t n;
-            if (kiln_tokenizer_encode(tok, inst, strlen(inst), false, &ids, &n, &err)) {
+            if (kiln_tokenizer_encode(tok, inst, inst_len, false, &ids, &n, &err)) {
                 free(inst);
                 continue;
             }
@@ -207,26 +275,19 @@ int main(int argc, char **argv)
         if (verbose && fi % 500 == 0)
             fprintf(stderr, "%zu/%zu schemas, %.0f s\n", fi, nn, (now_us() - t_start) / 1e6);
     }
-    qsort(masks.p, masks.n, sizeof *masks.p, cmp_d);
-    qsort(compiles.p, compiles.n, sizeof *compiles.p, cmp_d);
-    double sum = 0;
-    for (size_t k = 0; k < masks.n; k++) sum += masks.p[k];
-    printf("MaskBench, kiln constraint engine, Llama 3.1 tokenizer, single thread\n");
-    printf("schemas              %zu (+%zu missing from the mirror, counted as failing)\n", schemas,
-           missing);
-    printf("passing              %zu of %zu\n", passing, schemas + missing);
-    printf("compile errors       %zu\n", compile_err);
-    printf("unreadable (jansson) %zu\n", unreadable);
-    printf("validation errors    %zu (valid instance rejected)\n", val_err);
-    printf("invalidation errors  %zu (invalid instance accepted)\n", inval_err);
-    printf("tests %zu, tokens %zu\n", tests, tokens);
-    printf("mask us: avg %.1f p50 %.1f p75 %.1f p90 %.1f p95 %.1f p99 %.1f p99.9 %.1f max %.1f\n",
-           masks.n ? sum / (double)masks.n : 0, pct(&masks, .5), pct(&masks, .75), pct(&masks, .9),
-           pct(&masks, .95), pct(&masks, .99), pct(&masks, .999),
-           masks.n ? masks.p[masks.n - 1] : 0);
-    printf("compile us: p50 %.1f p75 %.1f p99 %.1f max %.1f\n", pct(&compiles, .5),
-           pct(&compiles, .75), pct(&compiles, .99), compiles.n ? compiles.p[compiles.n - 1] : 0);
-    printf("wall %.1f s\n", (now_us() - t_start) / 1e6);
+    if (dump) { /* counts and raw times, for --merge */
+        FILE *f = fopen(dump, "wb");
+        size_t hdr[10] = {schemas,   passing, compile_err, unreadable, val_err,
+                          inval_err, tests,   tokens,      masks.n,    compiles.n};
+        if (!f || fwrite(hdr, sizeof hdr, 1, f) != 1 ||
+            fwrite(masks.p, sizeof *masks.p, masks.n, f) != masks.n ||
+            fwrite(compiles.p, sizeof *compiles.p, compiles.n, f) != compiles.n)
+            perror(dump);
+        if (f) fclose(f);
+    }
+    size_t tot[8] = {schemas, passing, compile_err, unreadable, val_err, inval_err, tests, tokens};
+    report(tot, &masks, &compiles, missing);
+    printf("cpu %.1f s\n", (now_us() - t_start) / 1e6);
     for (size_t k = 0; k < nn; k++) free(names[k]);
     free(names);
     free(masks.p);
