@@ -385,7 +385,11 @@ static struct gx *bounded_number(struct js *j, bool has_lo, double lo, bool lox,
 
 static const char *format_regex(const char *f)
 {
-#define DATE "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+#define YEAR "[0-9]{4}"
+#define LEAP "([0-9]{2}(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)"
+#define DATE                                                                                       \
+    "(" YEAR "-(0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|" YEAR                                    \
+    "-(0[469]|11)-(0[1-9]|[12][0-9]|30)|" YEAR "-02-(0[1-9]|1[0-9]|2[0-8])|" LEAP "-02-29)"
 #define TIME                                                                                       \
     "([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?(Z|z|[+-]([01][0-9]|2[0-3]):[0-5]["  \
     "0-9])"
@@ -401,6 +405,8 @@ static const char *format_regex(const char *f)
         return "[a-zA-Z][a-zA-Z0-9+.-]*:[a-zA-Z0-9\\-._~:/?#@!$&'()*+,;=%\\[\\]]*";
     return NULL;
 #undef DATE
+#undef YEAR
+#undef LEAP
 #undef TIME
 }
 
@@ -419,10 +425,10 @@ static struct gx *js_string(struct js *j, json_t *s, const char *ptr)
     char where[300];
     if (fmt && json_is_string(fmt)) {
         re = format_regex(json_string_value(fmt));
-        if (!re) {
-            snprintf(where, sizeof where, "format '%s'", json_string_value(fmt));
-            return js_fail(j, "unsupported", where, ptr);
-        }
+        if (!re)
+            return gb_fail(b, KILN_ERR_UNSUPPORTED,
+                           "unsupported JSON Schema keyword 'format' (value '%s') at %s",
+                           json_string_value(fmt), *ptr ? ptr : "/");
     }
     if (pat) {
         if (!json_is_string(pat)) return js_bad(j, ptr, "pattern must be a string");
@@ -491,9 +497,10 @@ static struct gx *notin(struct js *j, struct ktrie *t)
             uint32_t e = c;
             bool excl = c < 128 && (t->kid[c] || c == '"' || c == '\\');
             if (!excl) {
-                while (e + 1 <= hi &&
-                       !(e + 1 < 128 && (t->kid[e + 1] || e + 1 == '"' || e + 1 == '\\')))
+                while (e + 1 <= hi && e + 1 < 128 &&
+                       !(t->kid[e + 1] || e + 1 == '"' || e + 1 == '\\'))
                     e++;
+                if (e + 1 >= 128) e = hi;
                 cps_add(&o2, c, e);
             }
             c = e + 1;
@@ -1308,7 +1315,8 @@ struct gx *gr_json_schema_value(struct gr_builder *b, void *json_root)
 struct gx *gr_json_schema(struct gr_builder *b, const char *text, size_t n)
 {
     json_error_t je;
-    json_t *root = json_loadb(text, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
+    json_t *root =
+        json_loadb(text, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
     if (!root)
         return gb_fail(b, KILN_ERR_INVALID,
                        "JSON Schema is not valid JSON: %s (line %d, column %d)", je.text, je.line,

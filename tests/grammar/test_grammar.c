@@ -174,7 +174,15 @@ static void test_schema_strings(void **state)
                                {"\"2024-01-01\"", false},
                                {NULL, false}});
     check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"date\"}",
-                (struct cas[]){{"\"2024-01-31\"", true}, {"\"2024-1-31\"", false}, {NULL, false}});
+                (struct cas[]){{"\"2024-01-31\"", true},
+                               {"\"2024-1-31\"", false},
+                               {"\"2024-02-29\"", true},
+                               {"\"2000-02-29\"", true},
+                               {"\"2023-02-29\"", false},
+                               {"\"1900-02-29\"", false},
+                               {"\"2020-04-31\"", false},
+                               {"\"2020-02-31\"", false},
+                               {NULL, false}});
     check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"time\"}",
                 (struct cas[]){{"\"23:59:59Z\"", true}, {"\"24:00:00Z\"", false}, {NULL, false}});
     check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"uuid\"}",
