@@ -221,6 +221,8 @@ static void call_constraint(void **state)
     assert_false(takes(&r, "{\"name\": \"get_weather\", \"parameters\": {}}")); /* city */
     assert_false(takes(&r, "{\"name\": \"get_weather\", \"parameters\": {\"city\": 3}}"));
     assert_false(takes(&r, "{\"name\": \"other\", \"parameters\": {}}"));
+    assert_false(takes(&r, "{\"name\": \"now\", \"parameters\": {}, \"x\": 1}"));
+    assert_false(takes(&r, "{\"name\": \"now\"}"));
     assert_false(takes(&r, "Sure! Here is the weather."));
     assert_false(takes(&r, ""));
     kiln_api_request_free(&r);
