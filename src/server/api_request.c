@@ -565,6 +565,10 @@ static enum kiln_status parse_stream(const json_t *root, struct kiln_api_request
                    kiln_json_type_name(so));
     if (!r->stream)
         return bad(err, "stream_options", "'stream_options' is only allowed with stream: true");
+    if (json_is_true(json_object_get(so, "continuous_usage_stats")))
+        return bad(err, "stream_options",
+                   "'stream_options.continuous_usage_stats' is not supported (usage comes in the "
+                   "last chunk)");
     return get_bool(so, "include_usage", &r->include_usage, err);
 }
 
@@ -619,6 +623,7 @@ static const struct refused_field refused_fields[] = {
     {"chat_template", NULL, 2, "set the template with `kiln serve --chat-template FILE`"},
     {"structural_tag", NULL, 2, "use response_format or tools"},
     {"prompt_embeds", NULL, 1, "prompt embeddings are not accepted"},
+    {"echo", "false", 2, "the chat API does not echo the last message"},
 };
 
 /* value equals the neutral JSON (numbers by value: 1 == 1.0) */
@@ -674,11 +679,20 @@ static enum kiln_status parse_template_options(const json_t *root, struct kiln_a
                        "'continue_final_message' needs an assistant message last");
     }
     const json_t *kw = json_object_get(root, "chat_template_kwargs");
-    if (!kw || json_is_null(kw)) return KILN_OK;
-    if (!json_is_object(kw))
+    const json_t *docs = json_object_get(root, "documents");
+    if (docs && !json_is_null(docs) && !json_is_array(docs))
+        return bad(err, "documents", "'documents' must be a list of objects, got %s",
+                   kiln_json_type_name(docs));
+    if ((!kw || json_is_null(kw)) && !json_is_array(docs)) return KILN_OK;
+    if (kw && !json_is_null(kw) && !json_is_object(kw))
         return bad(err, "chat_template_kwargs", "'chat_template_kwargs' must be an object, got %s",
                    kiln_json_type_name(kw));
-    r->template_kwargs_json = json_dumps(kw, JSON_COMPACT);
+    /* vLLM's documents (RAG templates) are one more template variable */
+    json_t *vars = json_is_object(kw) ? json_deep_copy(kw) : json_object();
+    if (vars && json_is_array(docs) && !json_object_get(vars, "documents"))
+        json_object_set(vars, "documents", (json_t *)docs);
+    r->template_kwargs_json = vars ? json_dumps(vars, JSON_COMPACT) : NULL;
+    json_decref(vars);
     return r->template_kwargs_json ? KILN_OK : nomem(err);
 }
 

@@ -147,12 +147,32 @@ static enum kiln_status refuse(const json_t *root, struct kiln_api_error *err)
         !(json_is_string(tr) && !strcmp(json_string_value(tr), "disabled")))
         return bad(err, "truncation",
                    "only 'truncation': \"disabled\" is supported (prompts are never truncated)");
+    return KILN_OK;
+}
+
+/* text.format -> chat's response_format: {"type":"json_schema","name","schema","strict"} is
+ * the flat form of {"type":"json_schema","json_schema":{...}}; json_object and text as they are. */
+static enum kiln_status text_format(const json_t *root, json_t *chat, struct kiln_api_error *err)
+{
     const json_t *fmt = json_object_get(json_object_get(root, "text"), "format");
+    if (!fmt || json_is_null(fmt)) return KILN_OK;
     const char *ft = json_string_value(json_object_get(fmt, "type"));
-    if (fmt && !json_is_null(fmt) && (!ft || strcmp(ft, "text")))
-        return bad(err, "text.format",
-                   "only 'text.format' {\"type\": \"text\"} is supported until the structured "
-                   "output engine is available");
+    if (!json_is_object(fmt) || !ft)
+        return bad(err, "text.format", "'text.format' must be an object with a 'type'");
+    json_t *rf;
+    if (!strcmp(ft, "json_schema")) {
+        json_t *inner = json_deep_copy(fmt);
+        json_object_del(inner, "type");
+        rf = json_pack("{s:s,s:o}", "type", "json_schema", "json_schema", inner);
+    } else if (!strcmp(ft, "json_object") || !strcmp(ft, "text")) {
+        rf = json_pack("{s:s}", "type", ft);
+    } else {
+        return kiln_api_errorf(err, 400, NULL, "text.format",
+                               "'text.format' type '%s' is not supported (text, json_object, "
+                               "json_schema)",
+                               ft);
+    }
+    json_object_set_new(chat, "response_format", rf);
     return KILN_OK;
 }
 
@@ -208,6 +228,7 @@ enum kiln_status kiln_api_parse_responses(const char *body, size_t len,
         st = kiln_tools_normalize(rt, true, "tools", &tools, err);
         if (!st) json_object_set(chat, "tools", tools);
     }
+    if (!st) st = text_format(root, chat, err);
     /* tool_choice {"type":"function","name"} is understood by kiln_tools_choice as is */
     char *text = NULL;
     if (!st) {
@@ -221,6 +242,11 @@ enum kiln_status kiln_api_parse_responses(const char *body, size_t len,
             snprintf(err->param, sizeof err->param, "max_output_tokens");
         if (st && !strncmp(err->param, "messages", 8))
             snprintf(err->param, sizeof err->param, "input");
+        if (st && !strncmp(err->param, "response_format", 15))
+            snprintf(err->param, sizeof err->param, "text.format");
+        /* compile errors come later, named after the constraint's field */
+        if (!st && out->constraint.param && !strncmp(out->constraint.param, "response_format", 15))
+            out->constraint.param = "text.format";
     }
     if (!st) {
         /* what the response object echoes */

@@ -160,6 +160,15 @@ static void roles_and_template_inputs(void **state)
     bad("{" MSGS ",\"modalities\":[\"text\",\"audio\"]}", "modalities", NULL);
     bad("{" MSGS ",\"prompt_logprobs\":1}", "prompt_logprobs", NULL);
     bad("{" MSGS ",\"chat_template\":\"{{x}}\"}", "chat_template", "--chat-template");
+    bad("{" MSGS ",\"echo\":true}", "echo", NULL);
+    bad("{" MSGS ",\"stream\":true,\"stream_options\":{\"continuous_usage_stats\":true}}",
+        "stream_options", NULL);
+    bad("{" MSGS ",\"documents\":{}}", "documents", NULL);
+    r = ok("{" MSGS ",\"documents\":[{\"title\":\"t\",\"text\":\"x\"}]}");
+    assert_int_equal(kiln_tools_template_vars(&r, &vars), KILN_OK);
+    assert_string_equal(vars, "{\"documents\":[{\"title\":\"t\",\"text\":\"x\"}]}");
+    free(vars);
+    kiln_api_request_free(&r);
     r = ok("{" MSGS ",\"store\":false,\"use_beam_search\":false,\"length_penalty\":1.0,"
            "\"modalities\":[\"text\"],\"metadata\":{\"a\":\"b\"},\"service_tier\":\"auto\","
            "\"user\":\"u\",\"priority\":0}");
@@ -221,6 +230,8 @@ static void call_constraint(void **state)
     assert_false(takes(&r, "{\"name\": \"get_weather\", \"parameters\": {}}")); /* city */
     assert_false(takes(&r, "{\"name\": \"get_weather\", \"parameters\": {\"city\": 3}}"));
     assert_false(takes(&r, "{\"name\": \"other\", \"parameters\": {}}"));
+    assert_false(takes(&r, "{\"name\": \"now\", \"parameters\": {}, \"x\": 1}"));
+    assert_false(takes(&r, "{\"name\": \"now\"}"));
     assert_false(takes(&r, "Sure! Here is the weather."));
     assert_false(takes(&r, ""));
     kiln_api_request_free(&r);

@@ -219,6 +219,21 @@ test('responses.create: plain, streamed with the event sequence, with tools', as
     else assert.equal(item.type, 'message');
   }
   await assert.rejects(client.responses.create({ model, input: 'x', previous_response_id: 'resp_1' }), (e) => e.status === 400 && e.param === 'previous_response_id');
+
+  // text.format json_schema goes through the constraint engine
+  const schema = { type: 'object', properties: { ok: { type: 'boolean' }, n: { type: 'integer', minimum: 0, maximum: 9 } }, required: ['ok', 'n'], additionalProperties: false };
+  for (let i = 0; i < 3; i++) {
+    const j = await client.responses.create({ model, input: 'JSON please', text: { format: { type: 'json_schema', name: 'r', schema, strict: true } }, max_output_tokens: 40, seed: i });
+    assert.equal(j.status, 'completed');
+    const v = JSON.parse(j.output_text);
+    assert.equal(typeof v.ok, 'boolean');
+    assert.ok(Number.isInteger(v.n) && v.n >= 0 && v.n <= 9);
+    assert.deepEqual(Object.keys(v), ['ok', 'n']);
+  }
+  await assert.rejects(
+    client.responses.create({ model, input: 'x', text: { format: { type: 'json_schema', name: 'r', schema: { type: 'object', patternProperties: {} } } } }),
+    (e) => e.status === 400 && e.param === 'text.format',
+  );
 });
 
 test("the AI SDK's default OpenAI provider (the Responses API): generateText and streamText", async () => {
