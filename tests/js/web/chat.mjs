@@ -53,7 +53,8 @@ async function openPage(context = browser.defaultBrowserContext(), viewport = { 
 
 async function load(page, url) {
   await page.goto(url, { waitUntil: 'load' });
-  await page.waitForFunction(() => document.documentElement.dataset.ready === '1');
+  // Interactive (the page drawn, its controls bound) first; Markdown arrives right after.
+  await page.waitForFunction(() => document.documentElement.dataset.ready === '1' && document.documentElement.dataset.markdown === '1');
   return page.evaluate(() => performance.getEntriesByName('kiln-interactive')[0].startTime);
 }
 
