@@ -20,6 +20,7 @@ const check = process.argv.includes('--check');
 const LIMIT_GZIP = 300 * 1024; // issue 17: the page's assets at most 300 KB gzip'd
 
 const result = await esbuild.build({
+  absWorkingDir: here, // esbuild's hashes depend on paths relative to it: not on the caller's cwd
   entryPoints: [path.join(src, 'app.js'), path.join(src, 'style.css')],
   bundle: true,
   minify: true,
