@@ -880,14 +880,15 @@ static enum kiln_status cuda_sample(struct kiln_backend *b, const struct kiln_sa
         return kiln_errorf(err, KILN_ERR_INTERNAL, "sample: %d rows asked, %d computed", n,
                            s->n_out);
     if (n == 0) return KILN_OK;
-    size_t bytes = kiln_cuda_sample_args_bytes(params, n);
+    size_t bytes = kiln_cuda_sample_args_bytes(params, n, vocab);
     if (bytes > s->sample_cap) {
         /* lists longer than the plan holds (a history beyond max_seq_len, more than 1024 biases
-         * or 256 banned ids in one row): grow both buffers; the last step synchronized, so
-         * nothing in flight uses them */
+         * or 256 banned ids in one row, allowed-token masks of structured output): grow both
+         * buffers; the last step synchronized, so nothing in flight uses them */
         if (bytes > (size_t)INT32_MAX)
             return kiln_errorf(err, KILN_ERR_LIMIT,
-                               "sample: the rows' penalty, bias and banned lists take %zu bytes "
+                               "sample: the rows' penalty, bias, banned and mask lists take %zu "
+                               "bytes "
                                "(at most 2 GiB)",
                                bytes);
         size_t cap = bytes > s->sample_cap * 2 ? bytes : s->sample_cap * 2;
@@ -901,7 +902,7 @@ static enum kiln_status cuda_sample(struct kiln_backend *b, const struct kiln_sa
         CUDA_TRY(cudaMalloc(&s->d_sample_args, cap));
         s->sample_cap = cap;
     }
-    kiln_cuda_sample_pack(params, n, s->h_sample_args);
+    kiln_cuda_sample_pack(params, n, vocab, s->h_sample_args);
     CUDA_TRY(cudaMemcpyAsync(s->d_sample_args, s->h_sample_args, bytes, cudaMemcpyHostToDevice,
                              s->stream));
     /* KILN_SAMPLE_SPLIT=0 (a measurement knob): one block reads each row */
