@@ -20,6 +20,7 @@ const check = process.argv.includes('--check');
 const LIMIT_GZIP = 300 * 1024; // issue 17: the page's assets at most 300 KB gzip'd
 
 const result = await esbuild.build({
+  absWorkingDir: here, // esbuild's hashes depend on paths relative to it: not on the caller's cwd
   entryPoints: [path.join(src, 'app.js'), path.join(src, 'style.css')],
   bundle: true,
   minify: true,
@@ -27,6 +28,8 @@ const result = await esbuild.build({
   target: ['es2020', 'chrome100', 'firefox100', 'safari15'],
   outdir: path.join(dist, 'assets'),
   entryNames: '[name]-[hash]',
+  chunkNames: '[name]-[hash]',
+  splitting: true, // markdown.js (markdown-it, DOMPurify, highlight.js) is imported dynamically
   legalComments: 'eof',
   charset: 'utf8',
   write: false,
@@ -38,9 +41,17 @@ const names = {};
 for (const f of result.outputFiles) {
   const rel = path.relative(dist, f.path).split(path.sep).join('/');
   files.set(rel, Buffer.from(f.contents));
-  names[f.path.endsWith('.js') ? 'app.js' : 'app.css'] = `/${rel}`;
+  const base = path.basename(rel).replace(/-[A-Z0-9]{8}\./, '.');
+  names[base === 'style.css' ? 'app.css' : base] = `/${rel}`;
 }
 files.set('assets/favicon.svg', fs.readFileSync(path.join(src, 'favicon.svg')));
+// Every other module (the Markdown one, the chunk esbuild shares between them) is fetched at
+// once beside app.js rather than when its import is reached.
+names.modulepreload = Object.entries(names)
+  .filter(([k]) => k.endsWith('.js') && k !== 'app.js')
+  .sort()
+  .map(([, v]) => `<link rel="modulepreload" href="${v}">`)
+  .join('\n');
 let html = fs.readFileSync(path.join(src, 'index.html'), 'utf8');
 for (const [k, v] of Object.entries(names)) html = html.replace(`{{${k}}}`, v);
 if (html.includes('{{')) throw new Error('index.html: a placeholder was not filled');

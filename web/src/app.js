@@ -2,8 +2,15 @@
 // /v1/chat/completions, Markdown rendered safely (markdown.js). Model output only ever
 // reaches the DOM through renderMarkdown (sanitized) or textContent.
 import { ApiError, chatRequest, listModels, streamChat } from './api.js';
-import { renderMarkdown } from './markdown.js';
 import * as store from './store.js';
+
+// Markdown and highlighting are most of the page's code: they load beside the page, which is
+// usable before they arrive (replies show as plain text until then, and are redrawn).
+let renderMarkdown = null;
+const markdownReady = import('./markdown.js').then((m) => {
+  renderMarkdown = m.renderMarkdown;
+  document.documentElement.dataset.markdown = '1';
+});
 
 const $ = (id) => document.getElementById(id);
 
@@ -97,6 +104,10 @@ function renderHeader() {
 
 // Fills an assistant message body: sanitized Markdown, then a copy button per code block.
 function fillMarkdown(el, text) {
+  if (!renderMarkdown) {
+    el.textContent = text;
+    return;
+  }
   el.innerHTML = renderMarkdown(text);
   for (const pre of el.querySelectorAll('pre.code')) {
     const bar = h('div', { class: 'code-bar' },
@@ -518,6 +529,9 @@ function main() {
   document.documentElement.dataset.ready = '1';
   performance.mark('kiln-interactive');
   connect();
+  markdownReady.then(() => {
+    if (!state.busy) renderMessages();
+  });
 }
 
 main();

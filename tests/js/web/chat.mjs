@@ -46,14 +46,15 @@ async function openPage(context = browser.defaultBrowserContext(), viewport = { 
   page.dialogs = [];
   page.on('dialog', async (d) => {
     page.dialogs.push(`${d.type()}: ${d.message()}`);
-    await d.dismiss();
+    await (page.acceptDialogs ? d.accept() : d.dismiss());
   });
   return page;
 }
 
 async function load(page, url) {
   await page.goto(url, { waitUntil: 'load' });
-  await page.waitForFunction(() => document.documentElement.dataset.ready === '1');
+  // Interactive (the page drawn, its controls bound) first; Markdown arrives right after.
+  await page.waitForFunction(() => document.documentElement.dataset.ready === '1' && document.documentElement.dataset.markdown === '1');
   return page.evaluate(() => performance.getEntriesByName('kiln-interactive')[0].startTime);
 }
 
@@ -182,6 +183,57 @@ test('a reload finds the conversation', async () => {
   assert.equal(await page.$eval('#conv-list .active', (e) => e.textContent), 'Hello there');
   const system = await page.evaluate(() => JSON.parse(localStorage.getItem('kiln.conversations'))[0].system);
   assert.equal(system, 'You are terse.');
+});
+
+test('rename, export, import and delete a conversation', async () => {
+  await page.click('#new-chat');
+  await page.click('#rename-btn');
+  await page.keyboard.down('Control');
+  await page.keyboard.press('a');
+  await page.keyboard.up('Control');
+  await page.keyboard.type('Renamed chat');
+  await page.keyboard.press('Enter');
+  assert.equal(await page.$eval('#conv-list .active', (e) => e.textContent), 'Renamed chat');
+  // Export: catch the file handed to the download link (instead of saving it).
+  const exported = await page.evaluate(() => new Promise((resolve) => {
+    const create = URL.createObjectURL;
+    const click = HTMLAnchorElement.prototype.click;
+    let blob = null;
+    URL.createObjectURL = (b) => {
+      blob = b;
+      return create.call(URL, b);
+    };
+    HTMLAnchorElement.prototype.click = function () {
+      URL.createObjectURL = create;
+      HTMLAnchorElement.prototype.click = click;
+      blob.text().then((text) => resolve({ name: this.download, text }));
+    };
+    document.getElementById('export-btn').click();
+  }));
+  assert.equal(exported.name, 'Renamed_chat.json');
+  assert.equal(JSON.parse(exported.text).title, 'Renamed chat');
+  // Import it back as a file: a second conversation of that name.
+  const input = await page.$('#import-file');
+  const file = path.join(SHOTS, 'import.json');
+  fs.mkdirSync(SHOTS, { recursive: true });
+  fs.writeFileSync(file, JSON.stringify({ ...JSON.parse(exported.text), messages: [{ role: 'user', content: 'imported' }] }));
+  await input.uploadFile(file);
+  await page.waitForFunction(() => document.querySelectorAll('#conv-list button').length && document.querySelector('article.msg.user .body')?.textContent === 'imported');
+  const titles = await page.$$eval('#conv-list button', (els) => els.map((e) => e.textContent));
+  assert.equal(titles.filter((t) => t === 'Renamed chat').length, 2, `${titles}`);
+  // Delete asks first: dismissed keeps it, accepted removes it.
+  const n = titles.length;
+  await page.click('#delete-btn');
+  assert.equal((await page.$$('#conv-list button')).length, n);
+  assert.match(page.dialogs.pop(), /^confirm: Delete “Renamed chat”\?$/);
+  page.acceptDialogs = true;
+  await page.click('#delete-btn');
+  page.acceptDialogs = false;
+  page.dialogs.pop();
+  assert.equal((await page.$$('#conv-list button')).length, n - 1);
+  await page.click('#delete-btn');
+  assert.equal((await page.$$('#conv-list button')).length, n - 1, 'dismissed');
+  page.dialogs.pop();
 });
 
 // What a reply would look like had the model written HTML: written into localStorage as the
