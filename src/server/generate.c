@@ -10,6 +10,7 @@
  * seconds) is reported by the transport's gone callback, streaming or not; its engine requests
  * are cancelled at once, which frees their KV blocks within one engine step. */
 #include <event2/buffer.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -769,74 +770,167 @@ static enum kiln_status echo_prompts(struct call *c, const struct kiln_api_reque
     return KILN_OK;
 }
 
-void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len)
-{
+/* A request up to admission: what needs no server state but the immutable tokenizer and
+ * limits (parse, model check, tokenize, fit the context), then the rest on the loop. */
+struct prep {
+    struct kiln_server *s;
+    struct http_ctx h; /* h.req NULL when the client left while this was off the loop */
+    enum kiln_api_kind kind;
+    const char *body;
+    size_t len;
+    char *owned; /* the body, taken from the request when offloaded */
+    bool parsed;
     struct kiln_api_request r;
     struct kiln_api_error err;
-    if (kiln_api_parse(kind, body, len, &h->s->limits, &r, &err)) {
-        server_reply_error(h, &err);
-        return;
+    enum kiln_status st;
+    int n_prompts;
+    int32_t **ids;                /* (n_prompts,) prompt token ids */
+    size_t *n;                    /* (n_prompts,) */
+    int *max_tokens;              /* (n_prompts,) */
+    struct kiln_grammar *grammar; /* the request's constraint, compiled; NULL for none */
+    json_t *responses_echo;       /* /v1/responses: the request as its reply echoes it */
+};
+
+/* Bodies above this are parsed and tokenized on an offload thread: a few milliseconds of the
+ * loop at most for the ones below. */
+#define OFFLOAD_MIN_BYTES (16u << 10)
+
+/* The JSON tree of one request may take this many times --max-body-bytes; past it the parse
+ * fails as out of memory and the request gets a 413. Every byte jansson allocates during the
+ * parse counts (frees are not subtracted). Jansson needs about 1 KB per small object: the
+ * issue's 14 MB body of 420,000 one-word messages takes 27 times its size, which still passes
+ * at the default limit. Large bodies are parsed one at a time (one offload thread), so this is
+ * also about the most that parsing holds at once. */
+#define JSON_MEMORY_FACTOR 32
+
+static _Thread_local size_t json_budget;
+static _Thread_local bool json_counting, json_over;
+
+static void *json_counting_malloc(size_t size)
+{
+    if (json_counting) {
+        if (size > json_budget) {
+            json_over = true;
+            return NULL;
+        }
+        json_budget -= size;
     }
-    generate_start(h, &r, NULL);
+    return malloc(size);
 }
 
-void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *responses_echo)
+void generate_init(void)
 {
-    struct kiln_server *s = h->s;
-    struct kiln_api_request r = *req;
-    enum kiln_api_kind kind = r.kind;
-    struct kiln_api_error err;
-    int n_prompts = kind == KILN_API_CHAT ? 1 : r.n_prompts;
-    int32_t **ids = calloc((size_t)n_prompts, sizeof *ids);
-    size_t *n = calloc((size_t)n_prompts, sizeof *n);
-    int *max_tokens = calloc((size_t)n_prompts, sizeof *max_tokens);
-    struct call *c = NULL;
-    struct kiln_grammar *grammar = NULL;
+    json_set_alloc_funcs(json_counting_malloc, free);
+}
+
+static void prepare(struct prep *p)
+{
+    struct kiln_server *s = p->s;
+    struct kiln_api_request *r = &p->r;
+    struct kiln_api_error *err = &p->err;
+    if (!p->parsed) { /* generate_start hands over a request already parsed */
+        json_budget = s->opt.max_body_bytes * JSON_MEMORY_FACTOR;
+        json_counting = true;
+        json_over = false;
+        p->st = kiln_api_parse(p->kind, p->body, p->len, &s->limits, r, err);
+        json_counting = false;
+        if (p->st) {
+            if (json_over)
+                kiln_api_errorf(err, 413, "request_too_large", NULL,
+                                "The request body holds too many JSON values (its parse needs "
+                                "over %d times --max-body-bytes of memory)",
+                                JSON_MEMORY_FACTOR);
+            return;
+        }
+        p->parsed = true;
+    }
+    enum kiln_api_kind kind = p->kind;
+    int n_prompts = p->n_prompts = kind == KILN_API_CHAT ? 1 : r->n_prompts;
+    int32_t **ids = p->ids = calloc((size_t)n_prompts, sizeof *ids);
+    size_t *n = p->n = calloc((size_t)n_prompts, sizeof *n);
+    int *max_tokens = p->max_tokens = calloc((size_t)n_prompts, sizeof *max_tokens);
     enum kiln_status st = KILN_OK;
-    if (!ids || !n || !max_tokens) st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
-    if (!st) st = server_check_model(s, r.model, &err);
-    if (!st) st = compile_constraint(s, &r.constraint, &grammar, &err);
-    if (!st) st = tokenize_prompts(s, &r, ids, n, &err);
-    for (int p = 0; !st && p < n_prompts; p++) {
-        int limit = s->m.max_seq_len, prompt = (int)n[p];
+    if (!ids || !n || !max_tokens) st = kiln_api_errorf(err, 500, NULL, NULL, "out of memory");
+    if (!st) st = server_check_model(s, r->model, err);
+    if (!st) st = compile_constraint(s, &r->constraint, &p->grammar, err);
+    if (!st) st = tokenize_prompts(s, r, ids, n, err);
+    for (int q = 0; !st && q < n_prompts; q++) {
+        int limit = s->m.max_seq_len, prompt = (int)n[q];
         int room = limit - prompt;
         if (prompt > s->m.max_input_len || room <= 0) {
-            st = context_error(&err, limit, prompt, r.max_tokens ? r.max_tokens : 1,
+            st = context_error(err, limit, prompt, r->max_tokens ? r->max_tokens : 1,
                                kind == KILN_API_CHAT);
             if (prompt > s->m.max_input_len && room > 0)
-                snprintf(err.message, sizeof err.message,
+                snprintf(err->message, sizeof err->message,
                          "This model's maximum input length is %d tokens. However, your %s has "
                          "%d tokens. Please reduce the length of the %s.",
                          s->m.max_input_len, kind == KILN_API_CHAT ? "messages" : "prompt", prompt,
                          kind == KILN_API_CHAT ? "messages" : "prompt");
             break;
         }
-        if (r.max_tokens) {
-            if (r.max_tokens > room) {
-                st = context_error(&err, limit, prompt, r.max_tokens, kind == KILN_API_CHAT);
+        if (r->max_tokens) {
+            if (r->max_tokens > room) {
+                st = context_error(err, limit, prompt, r->max_tokens, kind == KILN_API_CHAT);
                 break;
             }
-            max_tokens[p] = r.max_tokens;
+            max_tokens[q] = r->max_tokens;
         } else {
             /* OpenAI's defaults: 16 for completions, the rest of the context for chat. */
-            max_tokens[p] = kind == KILN_API_COMPLETION && room > 16 ? 16 : room;
+            max_tokens[q] = kind == KILN_API_COMPLETION && room > 16 ? 16 : room;
         }
-        if (r.min_tokens > max_tokens[p]) {
-            st = kiln_api_errorf(&err, 400, NULL, "min_tokens",
+        if (r->min_tokens > max_tokens[q]) {
+            st = kiln_api_errorf(err, 400, NULL, "min_tokens",
                                  "'min_tokens' (%d) exceeds the tokens left for the completion "
                                  "(%d)",
-                                 r.min_tokens, max_tokens[p]);
+                                 r->min_tokens, max_tokens[q]);
             break;
         }
     }
+    p->st = st;
+}
+
+static void prep_free(struct prep *p)
+{
+    for (int q = 0; p->ids && q < p->n_prompts; q++) free(p->ids[q]);
+    free(p->ids);
+    free(p->n);
+    free(p->max_tokens);
+    if (p->parsed) kiln_api_request_free(&p->r);
+    free(p->owned);
+    json_decref(p->responses_echo);
+    if (p->grammar) kiln_grammar_unref(p->grammar); /* the engine holds its own references */
+    p->responses_echo = NULL;
+    p->grammar = NULL;
+    /* Twice is harmless (a job the offload never ran is freed again by its done). */
+    p->ids = NULL;
+    p->n = NULL;
+    p->max_tokens = NULL;
+    p->parsed = false;
+    p->owned = NULL;
+}
+
+/* On the loop: create the call and submit its choices. */
+static void admit(struct prep *p)
+{
+    struct kiln_server *s = p->s;
+    struct http_ctx *h = &p->h;
+    struct kiln_api_request r = p->r;
+    struct kiln_api_error err = p->err;
+    enum kiln_status st = p->st;
+    int32_t **ids = p->ids;
+    size_t *n = p->n;
+    int *max_tokens = p->max_tokens;
+    struct call *c = NULL;
+    if (!st && s->state != SERVER_READY)
+        st = kiln_api_errorf(&err, 503, "shutting_down", NULL, "The server is shutting down");
     if (!st) {
-        c = call_new(s, h, &r, responses_echo);
-        responses_echo = NULL;
+        c = call_new(s, h, &r, p->responses_echo);
+        p->responses_echo = NULL;
         if (!c) st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
     }
     if (!st && r.echo && echo_prompts(c, &r, ids, n))
         st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
-    for (int p = 0; !st && p < c->n_prompts; p++) c->prompt_len[p] = (int)n[p];
+    for (int q = 0; !st && q < c->n_prompts; q++) c->prompt_len[q] = (int)n[q];
     for (int i = 0; !st && i < (c ? c->n_choices : 0); i++) {
         struct choice *ch = &c->choices[i];
         struct kiln_request kr;
@@ -846,7 +940,7 @@ void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *re
         kr.max_tokens = max_tokens[ch->prompt];
         kr.has_seed = r.has_seed;
         kr.seed = r.has_seed ? mix_seed(r.seed, i % r.n) : 0;
-        kr.grammar = grammar; /* each choice gets its own matcher */
+        kr.grammar = p->grammar; /* each choice gets its own matcher */
         kr.user = ch;
         enum kiln_submit_error why = KILN_SUBMIT_OK;
         struct kiln_error e;
@@ -871,17 +965,88 @@ void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *re
         }
         server_reply_error(h, &err);
     } else {
-        for (int p = 0; p < c->n_prompts; p++) s->metrics.prompt_tokens += (uint64_t)n[p];
+        for (int q = 0; q < c->n_prompts; q++) s->metrics.prompt_tokens += (uint64_t)n[q];
         watch_client(c);
         if (c->stream) stream_start(c);
     }
-    for (int p = 0; ids && p < n_prompts; p++) free(ids[p]);
-    free(ids);
-    free(n);
-    free(max_tokens);
-    json_decref(responses_echo);
-    if (grammar) kiln_grammar_unref(grammar); /* the engine holds its own references */
-    kiln_api_request_free(&r);
+}
+
+static void prep_work(void *arg)
+{
+    prepare(arg);
+}
+
+static void prep_gone(void *arg)
+{
+    struct prep *p = arg;
+    server_log_request(&p->h, 499, 0, 0);
+    p->h.req = NULL;
+}
+
+/* Freeing a large request's JSON tree and token ids takes as long as building them, and
+ * glibc keeps the freed pages: both on the thread, not the loop. */
+static void prep_free_work(void *arg)
+{
+    prep_free(arg);
+    malloc_trim(0);
+}
+
+static void prep_free_done(void *arg)
+{
+    prep_free(arg);
+    free(arg);
+}
+
+static void prep_done(void *arg)
+{
+    struct prep *p = arg;
+    struct kiln_server *s = p->s;
+    s->n_preparing--;
+    if (p->h.req) server_watch_client(p->h.req, NULL, NULL);
+    if (p->h.req && !s->closing) admit(p);
+    if (s->closing || !kiln_offload_run(s->offload, prep_free_work, prep_free_done, p)) {
+        prep_free(p);
+        free(p);
+    }
+    server_maybe_exit(s);
+}
+
+void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len)
+{
+    struct kiln_server *s = h->s;
+    struct prep local = {.s = s, .h = *h, .kind = kind, .body = body, .len = len};
+    struct prep *p = len >= OFFLOAD_MIN_BYTES && s->offload ? malloc(sizeof *p) : NULL;
+    if (p) {
+        *p = local;
+        /* The body leaves the request: the client may go while the thread reads it. */
+        p->owned = server_req_take_body(h->req, &p->len);
+        p->body = p->owned;
+        server_watch_client(h->req, prep_gone, p);
+        if (kiln_offload_run(s->offload, prep_work, prep_done, p)) {
+            s->n_preparing++;
+            return;
+        }
+        server_watch_client(h->req, NULL, NULL);
+        local = *p;
+        free(p);
+    }
+    prepare(&local);
+    admit(&local);
+    prep_free(&local);
+}
+
+/* A request parsed elsewhere (/v1/responses), taken over with the echo of its reply. */
+void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *responses_echo)
+{
+    struct prep local = {.s = h->s,
+                         .h = *h,
+                         .kind = req->kind,
+                         .parsed = true,
+                         .r = *req,
+                         .responses_echo = responses_echo};
+    prepare(&local);
+    admit(&local);
+    prep_free(&local);
 }
 
 void generate_cancel_all(struct kiln_server *s)

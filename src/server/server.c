@@ -149,7 +149,8 @@ void server_track_reply(struct kiln_server *s, struct http_req *req)
 
 void server_maybe_exit(struct kiln_server *s)
 {
-    if (s->state != SERVER_DRAINING || s->n_calls || s->n_sending || s->closing) return;
+    if (s->state != SERVER_DRAINING || s->n_calls || s->n_sending || s->n_preparing || s->closing)
+        return;
     KILN_INFO("all requests finished");
     event_base_loopexit(s->base, NULL);
 }
@@ -251,8 +252,13 @@ static void h_model(struct http_ctx *h, const char *body, size_t len)
         kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
         server_reply_error(h, &err);
     } else if (nlen != strlen(name) || strcmp(name, h->s->model_name)) {
-        /* "m%00abc" decodes to "m" and more: not the model "m". */
-        server_check_model(h->s, name, &err);
+        /* "m%00abc" decodes to "m" and more: not the model "m" (shown as it was sent). */
+        if (nlen != strlen(name))
+            kiln_api_errorf(&err, 404, "model_not_found", "model",
+                            "The model `%.200s` does not exist. This server serves `%s`.",
+                            path + strlen("/v1/models/"), h->s->model_name);
+        else
+            server_check_model(h->s, name, &err);
         server_reply_error(h, &err);
     } else {
         reply_json_object(h, 200, model_object(h->s));
@@ -553,12 +559,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     s->state = SERVER_DRAINING;
     server_stop_listening(s);
     kiln_engine_drain(s->m.engine, s->opt.shutdown_timeout_s);
-    if (!s->n_calls && !s->n_sending) {
+    if (!s->n_calls && !s->n_sending && !s->n_preparing) {
         event_base_loopexit(s->base, NULL);
         return;
     }
     KILN_INFO("waiting up to %.0f s for %d running request(s)", s->opt.shutdown_timeout_s,
-              s->n_calls);
+              s->n_calls + s->n_preparing);
     double t = s->opt.shutdown_timeout_s;
     struct timeval tv = {(time_t)t, (suseconds_t)((t - (double)(time_t)t) * 1e6)};
     evtimer_add(s->ev_deadline, &tv);
@@ -602,6 +608,12 @@ enum kiln_status kiln_server_create(const struct kiln_server_options *opt, struc
         st = kiln_errorf(err, KILN_ERR_NOMEM, "libevent: out of memory");
         goto fail;
     }
+    generate_init();
+    s->offload = kiln_offload_create(s->base, 1);
+    if (!s->offload) {
+        st = kiln_errorf(err, KILN_ERR_NOMEM, "cannot start the request parsing thread");
+        goto fail;
+    }
     st = server_listen(s, err);
     if (st) goto fail;
     *out = s;
@@ -634,6 +646,7 @@ void kiln_server_free(struct kiln_server *s)
 {
     if (!s) return;
     s->closing = true;
+    kiln_offload_free(s->offload); /* its jobs see s->closing and only free themselves */
     generate_forget_all(s);
     if (s->base) server_close_all(s);
     if (s->ev_notify) event_free(s->ev_notify);

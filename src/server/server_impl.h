@@ -10,6 +10,7 @@
 
 #include "api.h"
 #include "metrics.h"
+#include "offload.h"
 #include "server.h"
 
 enum server_state { SERVER_LOADING, SERVER_READY, SERVER_DRAINING, SERVER_FAILED };
@@ -53,7 +54,9 @@ struct kiln_server {
     struct kiln_metrics metrics;
     struct call *calls; /* generation calls still alive (doubly linked) */
     int n_calls;
-    int n_sending;               /* final replies queued and not yet written out */
+    int n_sending;   /* final replies queued and not yet written out */
+    int n_preparing; /* generation requests parsed off the loop (offload.c) */
+    struct kiln_offload *offload;
     uint64_t id_key, id_counter; /* response ids: splitmix64(id_key + counter) */
     long long started;           /* unix time, /v1/models "created" */
 };
@@ -103,6 +106,8 @@ const char *server_req_target(const struct http_req *req);
 const char *server_req_path(const struct http_req *req); /* target without the query */
 const char *server_req_header(const struct http_req *req, const char *name); /* NULL if absent */
 const char *server_req_body(const struct http_req *req, size_t *len);
+/* The body, now the caller's to free (the request keeps an empty one). */
+char *server_req_take_body(struct http_req *req, size_t *len);
 void server_add_header(struct http_req *req, const char *name, const char *value);
 /* A whole reply with Content-Length. */
 void server_send(struct http_req *req, int status, const char *content_type, const char *body,
@@ -123,6 +128,7 @@ void server_http_error(struct http_req *req, int status, const char *message);
 void web_handle(struct http_ctx *h);
 
 /* generate.c */
+void generate_init(void); /* once, before any request: jansson's counting allocator */
 void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len);
 /* A parsed request (taken: freed here) from tokenization on; responses_echo non-NULL (taken)
  * makes it a /v1/responses call whose output responses.c shapes. */

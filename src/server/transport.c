@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -67,6 +68,10 @@ struct http_conn {
     size_t body_len, body_cap;
     struct event *linger;
     struct event *drop; /* a stalled reader is dropped from the loop, not inside a handler */
+    /* Streaming: is the peer still taking bytes? (what the kernel got minus what it holds) */
+    struct event *stall;
+    uint64_t sent, acked;
+    double t_progress;
 };
 
 struct http_req {
@@ -95,6 +100,7 @@ struct http_req {
 };
 
 static void process(struct http_conn *c);
+static void on_output_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
 
 /* ---- requests ---- */
 
@@ -216,6 +222,15 @@ const char *server_req_body(const struct http_req *r, size_t *len)
     return r->body ? r->body : "";
 }
 
+char *server_req_take_body(struct http_req *r, size_t *len)
+{
+    char *b = r->body;
+    *len = r->body_len;
+    r->body = NULL;
+    r->body_len = 0;
+    return b;
+}
+
 void server_add_header(struct http_req *r, const char *name, const char *value)
 {
     if (!strcasecmp(name, "Connection") && !strcasecmp(value, "close")) {
@@ -259,6 +274,7 @@ static void conn_free(struct http_conn *c)
     bufferevent_free(c->bev);
     if (c->linger) event_free(c->linger);
     if (c->drop) event_free(c->drop);
+    if (c->stall) event_free(c->stall);
     free(c->body);
     free(c);
 }
@@ -286,6 +302,7 @@ static void finish_req(struct http_conn *c)
 {
     struct http_req *r = c->req;
     c->req = NULL;
+    if (c->stall) event_del(c->stall);
     bool keep = r->keep_alive && !r->close;
     if (r->done) r->done(r->done_arg);
     req_free(r);
@@ -531,6 +548,32 @@ static const char *reason_phrase(int status)
     return "Unknown";
 }
 
+/* A reader that stops reading (its receive window closes) stops acknowledging long before
+ * our socket's send buffer (megabytes) fills and writes fail: so a stream is watched by what
+ * the peer acknowledged. No progress for --idle-timeout seconds with bytes pending: dropped. */
+static void on_stall_check(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct http_conn *c = arg;
+    int outq = 0;
+    if (ioctl(bufferevent_getfd(c->bev), TIOCOUTQ, &outq) < 0) return;
+    uint64_t acked = c->sent - (uint64_t)outq;
+    size_t pending = (size_t)outq + evbuffer_get_length(bufferevent_get_output(c->bev));
+    double now = kiln_now();
+    if (acked != c->acked || !pending) {
+        c->acked = acked;
+        c->t_progress = now;
+        return;
+    }
+    if (now - c->t_progress < c->s->opt.idle_timeout_s) return;
+    KILN_INFO("dropping a streaming client that read nothing for %d s (%zu bytes pending)",
+              c->s->opt.idle_timeout_s, pending);
+    c->s->metrics.dropped_stalled++;
+    event_del(c->stall);
+    conn_gone(c);
+}
+
 static void on_drop(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -561,7 +604,10 @@ static void write_head(struct http_req *r, int status, const char *content_type,
         evbuffer_add_printf(out, "Content-Length: %lld\r\n", length);
     else if (r->chunked_out)
         evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
-    if (r->close) evbuffer_add(out, "Connection: close\r\n", 19);
+    if (r->close)
+        evbuffer_add(out, "Connection: close\r\n", 19);
+    else
+        evbuffer_add_printf(out, "Keep-Alive: timeout=%d\r\n", c->s->opt.idle_timeout_s);
     evbuffer_add_buffer(out, r->out_hdrs);
     evbuffer_add(out, "\r\n", 2);
 }
@@ -587,6 +633,10 @@ void server_stream_start(struct http_req *r, int status, const char *content_typ
     if (!r->chunked_out) r->close = true;
     write_head(r, status, content_type, -1);
     r->phase = REQ_STREAMING;
+    if (!c->stall) c->stall = event_new(c->s->base, -1, EV_PERSIST, on_stall_check, c);
+    struct timeval tv = {1, 0};
+    c->t_progress = kiln_now();
+    if (c->stall) event_add(c->stall, &tv);
 }
 
 void server_stream_chunk(struct http_req *r, const char *data, size_t len)
@@ -651,9 +701,17 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     s->conns = c;
     s->metrics.connections = ++s->n_conns;
     bufferevent_setcb(bev, on_read, on_write, on_event, c);
+    evbuffer_add_cb(bufferevent_get_output(bev), on_output_drained, c);
     bufferevent_setwatermark(bev, EV_READ, 0, READ_AHEAD);
     set_timeouts(c);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
+}
+
+static void on_output_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)buf;
+    struct http_conn *c = arg;
+    c->sent += info->n_deleted;
 }
 
 static const char refused_reply[] =
