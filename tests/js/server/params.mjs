@@ -72,6 +72,7 @@ test('max_tokens defaults: completions 16, chat the rest of the context', async 
   const over = await post(server, '/v1/completions', { prompt: long, max_tokens: 11 });
   assert.equal(over.status, 400);
   assert.equal(over.body.error.code, 'context_length_exceeded');
+  assert.equal(over.body.error.param, 'prompt'); // the server's own check, before the engine's
 });
 
 test('n > 1 with a seed: distinct, reproducible choices; choice j of every prompt is stream j', async () => {
