@@ -333,6 +333,11 @@ static void test_errors(void **state)
     expect_error(KILN_CONSTRAINT_CHOICE, "[1]", "not a string");
     expect_error(KILN_CONSTRAINT_GRAMMAR, "root ::= root \"a\" | \"b\"", "left-recursive");
     expect_error(KILN_CONSTRAINT_GRAMMAR, "root ::= foo", "not defined");
+    /* left recursion behind a nullable prefix */
+    expect_error(KILN_CONSTRAINT_GRAMMAR, "root ::= a root \"x\" | \"y\"\na ::= \"z\"?",
+                 "left-recursive");
+    expect_error(KILN_CONSTRAINT_REGEX, "a{3,2}", "out of order");
+    expect_error(KILN_CONSTRAINT_REGEX, "a^b", "'^'");
 }
 
 static void test_regex_choice_grammar(void **state)
