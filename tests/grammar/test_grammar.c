@@ -142,6 +142,9 @@ static void test_schema_types(void **state)
                                {"\"b\"", false},
                                {"2", false},
                                {NULL, false}});
+    check_cases(
+        KILN_CONSTRAINT_JSON_SCHEMA, "{\"enum\":[0.1,2.5e-7,3]}",
+        (struct cas[]){{"0.1", true}, {"3", true}, {"3.0", true}, {"0.2", false}, {NULL, false}});
     check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"const\":\"x\"}",
                 (struct cas[]){{"\"x\"", true}, {"\"y\"", false}, {NULL, false}});
     check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"nullable\":true}",
@@ -298,6 +301,8 @@ static void test_schema_combinators(void **state)
                                {"{\"a\":\"x\"}", false},
                                {"{\"b\":1}", false},
                                {"{\"ab\":\"x\"}", true},
+                               {"{\"a\\\"b\":\"x\"}", true},
+                               {"{\"\\u0061\":\"x\"}", false},
                                {NULL, false}});
 }
 
