@@ -16,6 +16,9 @@ int kiln_cmd_template(int argc, char **argv);
 /* bench_latency.c: the latency half of `kiln bench` (decode, TTFT, batched decode). */
 int kiln_bench_latency(int argc, char **argv);
 
+/* chat_template_llama31.c: Llama 3.1 Instruct's chat template (kiln mkmodel's demo model). */
+extern const char kiln_llama31_chat_template[];
+
 /* bench_constrained.c: the latency benchmark's decode under a JSON Schema (--json-schema). */
 #include <stdbool.h>
 

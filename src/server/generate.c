@@ -6,18 +6,19 @@
  * engine's events come back through generate_on_notify on the loop thread and are either
  * streamed at once (SSE) or collected until every choice has finished.
  *
- * A client that goes away is noticed two ways: evhttp's close callback (a failed write) and an
- * EV_CLOSED watch on the socket (EPOLLRDHUP), which also catches a non-streaming client that
- * hangs up while its answer is still being generated, when evhttp is not reading. Either way
- * its engine requests are cancelled, which frees their KV blocks within one engine step. */
+ * A client that goes away (reset, hang-up, or a stream it stopped reading for --idle-timeout
+ * seconds) is reported by the transport's gone callback, streaming or not; its engine requests
+ * are cancelled at once, which frees their KV blocks within one engine step. */
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "core/log.h"
 #include "server_impl.h"
+#include "responses.h"
+#include "tools.h"
 
 struct choice {
     struct call *call;
@@ -30,15 +31,14 @@ struct choice {
     size_t text_bytes;     /* bytes of text so far (echo included): completions text_offset */
     json_t *logprobs;      /* non-streaming: completions object or chat content array */
     int completion_tokens, cached_tokens;
-    double t_last; /* engine time of the previous token (inter-token latency) */
+    double t_last;                  /* engine time of the previous token (inter-token latency) */
+    struct kiln_tool_parser *tools; /* streaming with tools: the output's calls so far */
 };
 
 struct call {
     struct kiln_server *s;
     struct call *prev, *next;
     struct http_ctx h; /* h.req NULL once the reply is sent or the client left */
-    struct evhttp_connection *evcon;
-    struct event *ev_closed;
     enum kiln_api_kind kind;
     bool stream, include_usage, echo;
     int logprobs;
@@ -50,7 +50,11 @@ struct call {
     size_t *echo_len;
     struct choice *choices; /* (n_choices,) */
     bool first_token;
-    bool failed; /* an engine error: 500 */
+    bool tools;                  /* chat output is parsed for tool calls (tools.c) */
+    bool parallel_tools;         /* more than one call per answer */
+    bool legacy_fn;              /* legacy functions: message.function_call */
+    bool failed;                 /* an engine error: 500 */
+    struct kiln_responses *resp; /* POST /v1/responses: its output items (responses.c) */
     char fail_msg[256];
 };
 
@@ -73,6 +77,7 @@ static void call_free(struct call *c)
     s->n_calls--;
     for (int i = 0; i < c->n_choices; i++) {
         if (c->choices[i].text) evbuffer_free(c->choices[i].text);
+        kiln_tool_parser_free(c->choices[i].tools);
         json_decref(c->choices[i].logprobs);
     }
     for (int p = 0; c->echo_text && p < c->n_prompts; p++) free(c->echo_text[p]);
@@ -80,7 +85,7 @@ static void call_free(struct call *c)
     free(c->echo_len);
     free(c->prompt_len);
     free(c->choices);
-    if (c->ev_closed) event_free(c->ev_closed);
+    kiln_responses_free(c->resp);
     free(c);
     server_maybe_exit(s);
 }
@@ -88,12 +93,7 @@ static void call_free(struct call *c)
 /* Stops watching the client (before the final reply, or when it is gone). */
 static void call_detach(struct call *c)
 {
-    if (c->evcon) evhttp_connection_set_closecb(c->evcon, NULL, NULL);
-    if (c->ev_closed) {
-        event_free(c->ev_closed);
-        c->ev_closed = NULL;
-    }
-    c->evcon = NULL;
+    if (c->h.req) server_watch_client(c->h.req, NULL, NULL);
     c->h.req = NULL;
     c->s->metrics.in_flight--;
 }
@@ -117,52 +117,22 @@ static void call_abandon(struct call *c)
     }
 }
 
-static void on_connection_close(struct evhttp_connection *evcon, void *arg)
+/* The transport frees the request when this returns. */
+static void on_client_gone(void *arg)
 {
-    (void)evcon;
-    struct call *c = arg;
-    struct evhttp_request *req = c->h.req;
-    /* When a connection fails (EOF, timeout, a failed write) evhttp detaches a request the
-     * user has not finished and leaves it to the user to free (http.c,
-     * evhttp_connection_incoming_fail); one still attached is freed with the connection. */
-    bool detached = req && !evhttp_request_get_connection(req);
-    call_abandon(c);
-    if (detached) evhttp_request_free(req);
-}
-
-static void on_peer_closed(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct call *c = arg;
-    struct evhttp_connection *evcon = c->evcon;
-    call_abandon(c);
-    /* The peer hung up: nothing more can be delivered, and evhttp (not reading while a reply
-     * is pending) would not notice until it writes. */
-    evhttp_connection_free(evcon);
+    call_abandon(arg);
 }
 
 static void watch_client(struct call *c)
 {
-    c->evcon = evhttp_request_get_connection(c->h.req);
-    if (!c->evcon) return;
-    evhttp_connection_set_closecb(c->evcon, on_connection_close, c);
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
-    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-    if (fd < 0 || !(event_base_get_features(c->s->base) & EV_FEATURE_EARLY_CLOSE)) return;
-    c->ev_closed = event_new(c->s->base, fd, EV_CLOSED, on_peer_closed, c);
-    if (c->ev_closed) event_add(c->ev_closed, NULL);
+    server_watch_client(c->h.req, on_client_gone, c);
 }
 
 /* ---- streaming ---- */
 
 static void send_chunk_text(struct call *c, const char *data, size_t len)
 {
-    struct evbuffer *buf = evbuffer_new();
-    if (!buf) return;
-    evbuffer_add(buf, data, len);
-    evhttp_send_reply_chunk(c->h.req, buf);
-    evbuffer_free(buf);
+    if (c->h.req) server_stream_chunk(c->h.req, data, len);
 }
 
 static void send_chunk(struct call *c, json_t *obj)
@@ -191,16 +161,15 @@ static json_t *chunk_choice(struct call *c, const struct choice *ch, const char 
     if (delta && role) json_object_set_new(delta, "role", json_string("assistant"));
     if (delta && (text || role))
         json_object_set_new(delta, "content", json_stringn(text ? text : "", text ? len : 0));
-    if (!json_is_null(logprobs)) logprobs = json_pack("{s:o}", "content", logprobs);
+    /* content is an array in chunks too: this token's entry alone */
+    if (!json_is_null(logprobs)) logprobs = json_pack("{s:[o]}", "content", logprobs);
     return json_pack("{s:i,s:o,s:o,s:o}", "index", ch->index, "delta", delta, "logprobs", logprobs,
                      "finish_reason", kiln_api_finish_reason(finish));
 }
 
-static void stream_choice(struct call *c, const struct choice *ch, const char *text, size_t len,
-                          json_t *logprobs, enum kiln_finish finish, bool role)
+static void send_choice(struct call *c, json_t *one)
 {
     json_t *choices = json_array();
-    json_t *one = chunk_choice(c, ch, text, len, logprobs, finish, role);
     if (!choices || !one || json_array_append_new(choices, one)) {
         json_decref(choices);
         return;
@@ -209,26 +178,81 @@ static void stream_choice(struct call *c, const struct choice *ch, const char *t
                                     choices, NULL));
 }
 
-/* evhttp keeps reading while it writes (to see a close) with the connection's idle timeout,
- * which would cut any stream longer than that: a stream has no read timeout (the EV_CLOSED
- * watch sees hang-ups), and the write timeout still drops a client that stops reading. */
-static void stream_read_timeout(struct call *c, bool on)
+static void stream_choice(struct call *c, const struct choice *ch, const char *text, size_t len,
+                          json_t *logprobs, enum kiln_finish finish, bool role)
 {
-    struct bufferevent *bev = c->evcon ? evhttp_connection_get_bufferevent(c->evcon) : NULL;
-    if (!bev) return;
-    struct timeval tv = {c->s->opt.idle_timeout_s, 0};
-    bufferevent_set_timeouts(bev, on ? &tv : NULL, &tv);
+    send_choice(c, chunk_choice(c, ch, text, len, logprobs, finish, role));
+}
+
+/* finish_reason of a chat choice: "tool_calls" ("function_call" for legacy functions) when the
+ * model stopped after making calls. */
+static json_t *chat_finish(const struct call *c, enum kiln_finish finish, int calls)
+{
+    if (calls && finish == KILN_FINISH_STOP)
+        return json_string(c->legacy_fn ? "function_call" : "tool_calls");
+    return kiln_api_finish_reason(finish);
+}
+
+/* Streaming with tools: each parser event becomes a chunk; the token's logprobs ride on the
+ * first one. */
+struct tool_stream {
+    struct call *c;
+    struct choice *ch;
+    json_t *lp;
+};
+
+static void tool_chunk(void *arg, const struct kiln_tool_event *ev)
+{
+    struct tool_stream *ts = arg;
+    struct call *c = ts->c;
+    json_t *delta = NULL;
+    if (ev->kind == KILN_TOOL_TEXT) {
+        delta = json_pack("{s:s%}", "content", ev->data, ev->len);
+    } else if (ev->kind == KILN_TOOL_CALL_START) {
+        char id[48];
+        server_make_id(c->s, "call_", id, sizeof id);
+        json_t *fn = json_pack("{s:s%,s:s}", "name", ev->data, ev->len, "arguments", "");
+        delta = c->legacy_fn ? json_pack("{s:o}", "function_call", fn)
+                             : json_pack("{s:[{s:i,s:s,s:s,s:o}]}", "tool_calls", "index",
+                                         ev->index, "id", id, "type", "function", "function", fn);
+    } else if (ev->kind == KILN_TOOL_ARGS) {
+        json_t *fn = json_pack("{s:s%}", "arguments", ev->data, ev->len);
+        delta = c->legacy_fn ? json_pack("{s:o}", "function_call", fn)
+                             : json_pack("{s:[{s:i,s:o}]}", "tool_calls", "index", ev->index,
+                                         "function", fn);
+    } else {
+        return;
+    }
+    json_t *lp = ts->lp ? json_pack("{s:[o]}", "content", ts->lp) : json_null();
+    ts->lp = NULL;
+    send_choice(c, json_pack("{s:i,s:o,s:o,s:n}", "index", ts->ch->index, "delta", delta,
+                             "logprobs", lp, "finish_reason"));
+}
+
+static void stream_tools(struct call *c, struct choice *ch, const char *text, size_t len,
+                         json_t *lp, enum kiln_finish fin)
+{
+    struct tool_stream ts = {c, ch, lp};
+    kiln_tool_parser_push(ch->tools, text, len, tool_chunk, &ts);
+    if (fin != KILN_FINISH_NONE) kiln_tool_parser_finish(ch->tools, tool_chunk, &ts);
+    if (ts.lp) /* nothing went out for this token: its logprobs alone */
+        send_choice(c, json_pack("{s:i,s:{},s:{s:[o]},s:n}", "index", ch->index, "delta",
+                                 "logprobs", "content", ts.lp, "finish_reason"));
+    if (fin != KILN_FINISH_NONE)
+        send_choice(c, json_pack("{s:i,s:{},s:n,s:o}", "index", ch->index, "delta", "logprobs",
+                                 "finish_reason",
+                                 chat_finish(c, fin, kiln_tool_parser_calls(ch->tools))));
 }
 
 static void stream_start(struct call *c)
 {
-    struct evkeyvalq *out = evhttp_request_get_output_headers(c->h.req);
-    evhttp_add_header(out, "Content-Type", "text/event-stream");
-    evhttp_add_header(out, "Cache-Control", "no-cache");
-    evhttp_add_header(out, "X-Accel-Buffering", "no");
-    if (c->s->state == SERVER_DRAINING) evhttp_add_header(out, "Connection", "close");
-    evhttp_send_reply_start(c->h.req, 200, "OK");
-    stream_read_timeout(c, false);
+    server_add_header(c->h.req, "Cache-Control", "no-cache");
+    server_add_header(c->h.req, "X-Accel-Buffering", "no");
+    server_stream_start(c->h.req, 200, "text/event-stream");
+    if (c->resp) {
+        kiln_responses_start(c->resp);
+        return;
+    }
     for (int i = 0; i < c->n_choices; i++) {
         struct choice *ch = &c->choices[i];
         if (c->kind == KILN_API_CHAT)
@@ -279,7 +303,12 @@ static void deliver(struct call *c, struct choice *ch, const struct kiln_event *
     enum kiln_finish fin = ev->finish == KILN_FINISH_STOP || ev->finish == KILN_FINISH_LENGTH
                                ? ev->finish
                                : KILN_FINISH_NONE;
-    if (c->stream) {
+    if (c->resp) {
+        if (len) kiln_responses_text(c->resp, text, len);
+        json_decref(lp);
+    } else if (c->stream && ch->tools) {
+        stream_tools(c, ch, text, len, lp, fin);
+    } else if (c->stream) {
         if (len || lp || fin != KILN_FINISH_NONE)
             stream_choice(c, ch, len ? text : NULL, len, lp, fin, false);
         else
@@ -298,6 +327,38 @@ static void deliver(struct call *c, struct choice *ch, const struct kiln_event *
         json_decref(lp);
     }
     ch->text_bytes += len;
+}
+
+/* The assistant message of a finished chat choice: with tools, its calls parsed out of the
+ * text (content null when there is nothing else). */
+static json_t *chat_message(struct call *c, const char *text, size_t len)
+{
+    char *content = NULL;
+    size_t clen = 0;
+    json_t *calls = NULL;
+    if (!c->tools || kiln_tools_parse_output(text, len, c->parallel_tools, &content, &clen, &calls))
+        return json_pack("{s:s,s:s%}", "role", "assistant", "content", text, len);
+    json_t *msg = json_pack("{s:s,s:o}", "role", "assistant", "content",
+                            clen || !calls ? json_stringn(content, clen) : json_null());
+    free(content);
+    if (!calls) return msg;
+    json_t *out = json_array();
+    size_t i;
+    json_t *call;
+    json_array_foreach(calls, i, call)
+    {
+        char id[48];
+        server_make_id(c->s, "call_", id, sizeof id);
+        json_array_append_new(
+            out, json_pack("{s:s,s:s,s:O}", "id", id, "type", "function", "function", call));
+    }
+    if (c->legacy_fn)
+        json_object_set(msg, "function_call", json_array_get(calls, 0));
+    else
+        json_object_set(msg, "tool_calls", out);
+    json_decref(out);
+    json_decref(calls);
+    return msg;
 }
 
 static void reply_complete(struct call *c)
@@ -325,7 +386,12 @@ static void reply_complete(struct call *c)
     else if (cancelled)
         kiln_api_errorf(&err, 503, "shutting_down", NULL,
                         "The server is shutting down; the request was stopped");
-    if (c->stream) {
+    if (c->stream && c->resp) {
+        if (err.status)
+            kiln_responses_error(c->resp, &err);
+        else
+            kiln_responses_finish(c->resp, c->choices[0].finish, &usage);
+    } else if (c->stream) {
         if (err.status) {
             char *body = kiln_api_error_body(&err);
             char *sse = body ? malloc(strlen(body) + 9) : NULL;
@@ -339,19 +405,32 @@ static void reply_complete(struct call *c)
             send_chunk(c, kiln_api_envelope(c->id, object_name(c, true), c->created, s->model_name,
                                             json_array(), &usage));
         }
-        send_chunk_text(c, "data: [DONE]\n\n", 14);
-        stream_read_timeout(c, true);
+    }
+    if (c->stream) {
+        if (!c->resp) send_chunk_text(c, "data: [DONE]\n\n", 14);
         call_detach(c);
         server_log_request(&h, err.status ? err.status : 200, usage.prompt_tokens,
                            usage.completion_tokens);
         server_track_reply(s, h.req);
-        evhttp_send_reply_end(h.req);
+        server_stream_end(h.req);
         return;
     }
     call_detach(c);
     server_track_reply(s, h.req);
     if (err.status) {
         server_reply_error(&h, &err);
+        return;
+    }
+    if (c->resp) {
+        char *body = kiln_responses_finish(c->resp, c->choices[0].finish, &usage);
+        if (body) {
+            server_reply_json(&h, 200, body, strlen(body), usage.prompt_tokens,
+                              usage.completion_tokens);
+        } else {
+            kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
+            server_reply_error(&h, &err);
+        }
+        free(body);
         return;
     }
     json_t *choices = json_array();
@@ -366,9 +445,13 @@ static void reply_complete(struct call *c)
                             lp, "finish_reason", kiln_api_finish_reason(ch->finish));
         } else {
             if (!json_is_null(lp)) lp = json_pack("{s:o}", "content", lp);
-            one = json_pack("{s:i,s:{s:s,s:s%},s:o,s:o}", "index", ch->index, "message", "role",
-                            "assistant", "content", text, len, "logprobs", lp, "finish_reason",
+            one = json_pack("{s:i,s:o,s:o,s:o}", "index", ch->index, "message",
+                            chat_message(c, text, len), "logprobs", lp, "finish_reason",
                             kiln_api_finish_reason(ch->finish));
+            if (one && ch->finish == KILN_FINISH_STOP &&
+                (json_object_get(json_object_get(one, "message"), "tool_calls") ||
+                 json_object_get(json_object_get(one, "message"), "function_call")))
+                json_object_set_new(one, "finish_reason", chat_finish(c, ch->finish, 1));
         }
         if (!one || json_array_append_new(choices, one)) {
             json_decref(choices);
@@ -447,11 +530,12 @@ void generate_on_notify(evutil_socket_t fd, short what, void *arg)
 static enum kiln_status context_error(struct kiln_api_error *err, int limit, int prompt,
                                       int completion, bool chat)
 {
+    /* max_tokens may be up to INT32_MAX: the sum in 64 bits. */
     return kiln_api_errorf(
         err, 400, "context_length_exceeded", chat ? "messages" : "prompt",
-        "This model's maximum context length is %d tokens. However, you requested %d tokens (%d "
+        "This model's maximum context length is %d tokens. However, you requested %lld tokens (%d "
         "in the %s, %d in the completion). Please reduce the length of the %s or completion.",
-        limit, prompt + completion, prompt, chat ? "messages" : "prompt", completion,
+        limit, (long long)prompt + completion, prompt, chat ? "messages" : "prompt", completion,
         chat ? "messages" : "prompt");
 }
 
@@ -466,10 +550,18 @@ static enum kiln_status tokenize_prompts(struct kiln_server *s, const struct kil
             return kiln_api_errorf(err, 400, NULL, "messages",
                                    "This model has no chat template; start the server with "
                                    "--chat-template FILE or use /v1/completions");
-        char *text = NULL;
+        char *text = NULL, *vars = NULL;
         size_t len = 0;
+        if (kiln_tools_template_vars(r, &vars))
+            return kiln_api_errorf(err, 500, NULL, NULL, "out of memory");
         st = kiln_tokenizer_apply_chat_template(s->m.tok, r->messages_json,
-                                                r->add_generation_prompt, NULL, &text, &len, &e);
+                                                r->add_generation_prompt, vars, &text, &len, &e);
+        free(vars);
+        if (!st && r->continue_final_message &&
+            kiln_tools_continue_final(r->messages_json, text, &len, err)) {
+            free(text);
+            return KILN_ERR_INVALID;
+        }
         if (!st)
             st = kiln_tokenizer_encode(s->m.tok, text, len, r->add_special_tokens, &ids[0], &n[0],
                                        &e);
@@ -578,8 +670,13 @@ static int submit_status(enum kiln_submit_error why, const char **code)
     }
 }
 
+static void resp_write(void *arg, const char *data, size_t len)
+{
+    send_chunk_text(arg, data, len);
+}
+
 static struct call *call_new(struct kiln_server *s, const struct http_ctx *h,
-                             const struct kiln_api_request *r)
+                             const struct kiln_api_request *r, json_t *echo)
 {
     struct call *c = calloc(1, sizeof *c);
     if (!c) return NULL;
@@ -590,13 +687,27 @@ static struct call *call_new(struct kiln_server *s, const struct http_ctx *h,
     c->include_usage = r->include_usage;
     c->echo = r->echo;
     c->logprobs = r->logprobs;
+    c->tools = r->kind == KILN_API_CHAT && r->tool_choice != KILN_TOOL_CHOICE_NONE;
+    c->parallel_tools = r->parallel_tool_calls;
+    c->legacy_fn = r->legacy_functions;
     c->created = (long long)time(NULL);
-    server_make_id(s, r->kind == KILN_API_CHAT ? "chatcmpl-" : "cmpl-", c->id, sizeof c->id);
+    server_make_id(s,
+                   echo                       ? "resp_"
+                   : r->kind == KILN_API_CHAT ? "chatcmpl-"
+                                              : "cmpl-",
+                   c->id, sizeof c->id);
     c->n_prompts = r->kind == KILN_API_CHAT ? 1 : r->n_prompts;
     c->n_choices = c->n_prompts * r->n;
     c->prompt_len = calloc((size_t)c->n_prompts, sizeof *c->prompt_len);
     c->choices = calloc((size_t)c->n_choices, sizeof *c->choices);
     bool ok = c->prompt_len && c->choices;
+    if (ok && echo) {
+        c->resp = kiln_responses_new(s, r, echo, c->id, c->created, s->model_name, resp_write, c);
+        echo = NULL;
+        c->tools = false; /* responses.c parses the calls */
+        ok = c->resp != NULL;
+    }
+    json_decref(echo);
     if (ok && r->echo) {
         c->echo_text = calloc((size_t)c->n_prompts, sizeof *c->echo_text);
         c->echo_len = calloc((size_t)c->n_prompts, sizeof *c->echo_len);
@@ -607,6 +718,10 @@ static struct call *call_new(struct kiln_server *s, const struct http_ctx *h,
         ch->call = c;
         ch->index = i;
         ch->prompt = i / r->n;
+        if (r->stream && c->tools && !c->resp) {
+            ch->tools = kiln_tool_parser_new(c->parallel_tools);
+            ok = ch->tools != NULL;
+        }
         if (!r->stream) {
             ch->text = evbuffer_new();
             ok = ch->text != NULL;
@@ -655,65 +770,167 @@ static enum kiln_status echo_prompts(struct call *c, const struct kiln_api_reque
     return KILN_OK;
 }
 
-void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len)
-{
-    struct kiln_server *s = h->s;
+/* A request up to admission: what needs no server state but the immutable tokenizer and
+ * limits (parse, model check, tokenize, fit the context), then the rest on the loop. */
+struct prep {
+    struct kiln_server *s;
+    struct http_ctx h; /* h.req NULL when the client left while this was off the loop */
+    enum kiln_api_kind kind;
+    const char *body;
+    size_t len;
+    char *owned; /* the body, taken from the request when offloaded */
+    bool parsed;
     struct kiln_api_request r;
     struct kiln_api_error err;
-    if (kiln_api_parse(kind, body, len, &s->limits, &r, &err)) {
-        server_reply_error(h, &err);
-        return;
+    enum kiln_status st;
+    int n_prompts;
+    int32_t **ids;                /* (n_prompts,) prompt token ids */
+    size_t *n;                    /* (n_prompts,) */
+    int *max_tokens;              /* (n_prompts,) */
+    struct kiln_grammar *grammar; /* the request's constraint, compiled; NULL for none */
+    json_t *responses_echo;       /* /v1/responses: the request as its reply echoes it */
+};
+
+/* Bodies above this are parsed and tokenized on an offload thread: a few milliseconds of the
+ * loop at most for the ones below. */
+#define OFFLOAD_MIN_BYTES (16u << 10)
+
+/* The JSON tree of one request may take this many times --max-body-bytes; past it the parse
+ * fails as out of memory and the request gets a 413. Every byte jansson allocates during the
+ * parse counts (frees are not subtracted). Jansson needs about 1 KB per small object: the
+ * issue's 14 MB body of 420,000 one-word messages takes 27 times its size, which still passes
+ * at the default limit. Large bodies are parsed one at a time (one offload thread), so this is
+ * also about the most that parsing holds at once. */
+#define JSON_MEMORY_FACTOR 32
+
+static _Thread_local size_t json_budget;
+static _Thread_local bool json_counting, json_over;
+
+static void *json_counting_malloc(size_t size)
+{
+    if (json_counting) {
+        if (size > json_budget) {
+            json_over = true;
+            return NULL;
+        }
+        json_budget -= size;
     }
-    int n_prompts = kind == KILN_API_CHAT ? 1 : r.n_prompts;
-    int32_t **ids = calloc((size_t)n_prompts, sizeof *ids);
-    size_t *n = calloc((size_t)n_prompts, sizeof *n);
-    int *max_tokens = calloc((size_t)n_prompts, sizeof *max_tokens);
-    struct call *c = NULL;
-    struct kiln_grammar *grammar = NULL;
+    return malloc(size);
+}
+
+void generate_init(void)
+{
+    json_set_alloc_funcs(json_counting_malloc, free);
+}
+
+static void prepare(struct prep *p)
+{
+    struct kiln_server *s = p->s;
+    struct kiln_api_request *r = &p->r;
+    struct kiln_api_error *err = &p->err;
+    if (!p->parsed) { /* generate_start hands over a request already parsed */
+        json_budget = s->opt.max_body_bytes * JSON_MEMORY_FACTOR;
+        json_counting = true;
+        json_over = false;
+        p->st = kiln_api_parse(p->kind, p->body, p->len, &s->limits, r, err);
+        json_counting = false;
+        if (p->st) {
+            if (json_over)
+                kiln_api_errorf(err, 413, "request_too_large", NULL,
+                                "The request body holds too many JSON values (its parse needs "
+                                "over %d times --max-body-bytes of memory)",
+                                JSON_MEMORY_FACTOR);
+            return;
+        }
+        p->parsed = true;
+    }
+    enum kiln_api_kind kind = p->kind;
+    int n_prompts = p->n_prompts = kind == KILN_API_CHAT ? 1 : r->n_prompts;
+    int32_t **ids = p->ids = calloc((size_t)n_prompts, sizeof *ids);
+    size_t *n = p->n = calloc((size_t)n_prompts, sizeof *n);
+    int *max_tokens = p->max_tokens = calloc((size_t)n_prompts, sizeof *max_tokens);
     enum kiln_status st = KILN_OK;
-    if (!ids || !n || !max_tokens) st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
-    if (!st) st = server_check_model(s, r.model, &err);
-    if (!st) st = compile_constraint(s, &r.constraint, &grammar, &err);
-    if (!st) st = tokenize_prompts(s, &r, ids, n, &err);
-    for (int p = 0; !st && p < n_prompts; p++) {
-        int limit = s->m.max_seq_len, prompt = (int)n[p];
+    if (!ids || !n || !max_tokens) st = kiln_api_errorf(err, 500, NULL, NULL, "out of memory");
+    if (!st) st = server_check_model(s, r->model, err);
+    if (!st) st = compile_constraint(s, &r->constraint, &p->grammar, err);
+    if (!st) st = tokenize_prompts(s, r, ids, n, err);
+    for (int q = 0; !st && q < n_prompts; q++) {
+        int limit = s->m.max_seq_len, prompt = (int)n[q];
         int room = limit - prompt;
         if (prompt > s->m.max_input_len || room <= 0) {
-            st = context_error(&err, limit, prompt, r.max_tokens ? r.max_tokens : 1,
+            st = context_error(err, limit, prompt, r->max_tokens ? r->max_tokens : 1,
                                kind == KILN_API_CHAT);
             if (prompt > s->m.max_input_len && room > 0)
-                snprintf(err.message, sizeof err.message,
+                snprintf(err->message, sizeof err->message,
                          "This model's maximum input length is %d tokens. However, your %s has "
                          "%d tokens. Please reduce the length of the %s.",
                          s->m.max_input_len, kind == KILN_API_CHAT ? "messages" : "prompt", prompt,
                          kind == KILN_API_CHAT ? "messages" : "prompt");
             break;
         }
-        if (r.max_tokens) {
-            if (r.max_tokens > room) {
-                st = context_error(&err, limit, prompt, r.max_tokens, kind == KILN_API_CHAT);
+        if (r->max_tokens) {
+            if (r->max_tokens > room) {
+                st = context_error(err, limit, prompt, r->max_tokens, kind == KILN_API_CHAT);
                 break;
             }
-            max_tokens[p] = r.max_tokens;
+            max_tokens[q] = r->max_tokens;
         } else {
             /* OpenAI's defaults: 16 for completions, the rest of the context for chat. */
-            max_tokens[p] = kind == KILN_API_COMPLETION && room > 16 ? 16 : room;
+            max_tokens[q] = kind == KILN_API_COMPLETION && room > 16 ? 16 : room;
         }
-        if (r.min_tokens > max_tokens[p]) {
-            st = kiln_api_errorf(&err, 400, NULL, "min_tokens",
+        if (r->min_tokens > max_tokens[q]) {
+            st = kiln_api_errorf(err, 400, NULL, "min_tokens",
                                  "'min_tokens' (%d) exceeds the tokens left for the completion "
                                  "(%d)",
-                                 r.min_tokens, max_tokens[p]);
+                                 r->min_tokens, max_tokens[q]);
             break;
         }
     }
+    p->st = st;
+}
+
+static void prep_free(struct prep *p)
+{
+    for (int q = 0; p->ids && q < p->n_prompts; q++) free(p->ids[q]);
+    free(p->ids);
+    free(p->n);
+    free(p->max_tokens);
+    if (p->parsed) kiln_api_request_free(&p->r);
+    free(p->owned);
+    json_decref(p->responses_echo);
+    if (p->grammar) kiln_grammar_unref(p->grammar); /* the engine holds its own references */
+    p->responses_echo = NULL;
+    p->grammar = NULL;
+    /* Twice is harmless (a job the offload never ran is freed again by its done). */
+    p->ids = NULL;
+    p->n = NULL;
+    p->max_tokens = NULL;
+    p->parsed = false;
+    p->owned = NULL;
+}
+
+/* On the loop: create the call and submit its choices. */
+static void admit(struct prep *p)
+{
+    struct kiln_server *s = p->s;
+    struct http_ctx *h = &p->h;
+    struct kiln_api_request r = p->r;
+    struct kiln_api_error err = p->err;
+    enum kiln_status st = p->st;
+    int32_t **ids = p->ids;
+    size_t *n = p->n;
+    int *max_tokens = p->max_tokens;
+    struct call *c = NULL;
+    if (!st && s->state != SERVER_READY)
+        st = kiln_api_errorf(&err, 503, "shutting_down", NULL, "The server is shutting down");
     if (!st) {
-        c = call_new(s, h, &r);
+        c = call_new(s, h, &r, p->responses_echo);
+        p->responses_echo = NULL;
         if (!c) st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
     }
     if (!st && r.echo && echo_prompts(c, &r, ids, n))
         st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
-    for (int p = 0; !st && p < c->n_prompts; p++) c->prompt_len[p] = (int)n[p];
+    for (int q = 0; !st && q < c->n_prompts; q++) c->prompt_len[q] = (int)n[q];
     for (int i = 0; !st && i < (c ? c->n_choices : 0); i++) {
         struct choice *ch = &c->choices[i];
         struct kiln_request kr;
@@ -723,7 +940,7 @@ void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *bo
         kr.max_tokens = max_tokens[ch->prompt];
         kr.has_seed = r.has_seed;
         kr.seed = r.has_seed ? mix_seed(r.seed, i % r.n) : 0;
-        kr.grammar = grammar; /* each choice gets its own matcher */
+        kr.grammar = p->grammar; /* each choice gets its own matcher */
         kr.user = ch;
         enum kiln_submit_error why = KILN_SUBMIT_OK;
         struct kiln_error e;
@@ -748,16 +965,88 @@ void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *bo
         }
         server_reply_error(h, &err);
     } else {
-        for (int p = 0; p < c->n_prompts; p++) s->metrics.prompt_tokens += (uint64_t)n[p];
+        for (int q = 0; q < c->n_prompts; q++) s->metrics.prompt_tokens += (uint64_t)n[q];
         watch_client(c);
         if (c->stream) stream_start(c);
     }
-    for (int p = 0; ids && p < n_prompts; p++) free(ids[p]);
-    free(ids);
-    free(n);
-    free(max_tokens);
-    if (grammar) kiln_grammar_unref(grammar); /* the engine holds its own references */
-    kiln_api_request_free(&r);
+}
+
+static void prep_work(void *arg)
+{
+    prepare(arg);
+}
+
+static void prep_gone(void *arg)
+{
+    struct prep *p = arg;
+    server_log_request(&p->h, 499, 0, 0);
+    p->h.req = NULL;
+}
+
+/* Freeing a large request's JSON tree and token ids takes as long as building them, and
+ * glibc keeps the freed pages: both on the thread, not the loop. */
+static void prep_free_work(void *arg)
+{
+    prep_free(arg);
+    malloc_trim(0);
+}
+
+static void prep_free_done(void *arg)
+{
+    prep_free(arg);
+    free(arg);
+}
+
+static void prep_done(void *arg)
+{
+    struct prep *p = arg;
+    struct kiln_server *s = p->s;
+    s->n_preparing--;
+    if (p->h.req) server_watch_client(p->h.req, NULL, NULL);
+    if (p->h.req && !s->closing) admit(p);
+    if (s->closing || !kiln_offload_run(s->offload, prep_free_work, prep_free_done, p)) {
+        prep_free(p);
+        free(p);
+    }
+    server_maybe_exit(s);
+}
+
+void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len)
+{
+    struct kiln_server *s = h->s;
+    struct prep local = {.s = s, .h = *h, .kind = kind, .body = body, .len = len};
+    struct prep *p = len >= OFFLOAD_MIN_BYTES && s->offload ? malloc(sizeof *p) : NULL;
+    if (p) {
+        *p = local;
+        /* The body leaves the request: the client may go while the thread reads it. */
+        p->owned = server_req_take_body(h->req, &p->len);
+        p->body = p->owned;
+        server_watch_client(h->req, prep_gone, p);
+        if (kiln_offload_run(s->offload, prep_work, prep_done, p)) {
+            s->n_preparing++;
+            return;
+        }
+        server_watch_client(h->req, NULL, NULL);
+        local = *p;
+        free(p);
+    }
+    prepare(&local);
+    admit(&local);
+    prep_free(&local);
+}
+
+/* A request parsed elsewhere (/v1/responses), taken over with the echo of its reply. */
+void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *responses_echo)
+{
+    struct prep local = {.s = h->s,
+                         .h = *h,
+                         .kind = req->kind,
+                         .parsed = true,
+                         .r = *req,
+                         .responses_echo = responses_echo};
+    prepare(&local);
+    admit(&local);
+    prep_free(&local);
 }
 
 void generate_cancel_all(struct kiln_server *s)

@@ -111,6 +111,14 @@ char *kiln_metrics_render(const struct kiln_metrics *m, const struct kiln_engine
            (double)m->generation_tokens);
     scalar(f, "kiln_requests_cancelled_total", "counter",
            "Generations stopped because the client disconnected.", labels, (double)m->cancelled);
+    scalar(f, "kiln_http_connections_refused_total", "counter",
+           "Connections answered 503 and closed because the server was out of file descriptors.",
+           labels, (double)m->refused_connections);
+    scalar(f, "kiln_http_clients_stalled_total", "counter",
+           "Clients dropped for not reading their reply for --idle-timeout seconds.", labels,
+           (double)m->dropped_stalled);
+    scalar(f, "kiln_http_connections_open", "gauge", "Open client connections.", labels,
+           m->connections);
     histogram(f, "kiln_time_to_first_token_seconds", "Request received to first token.", &m->ttft,
               labels);
     histogram(f, "kiln_inter_token_latency_seconds", "Time between consecutive tokens.", &m->itl,

@@ -127,7 +127,7 @@ static void chat_messages(void **state)
     assert_string_equal(r.messages_json,
                         "[{\"role\":\"system\",\"content\":\"be brief\"},"
                         "{\"role\":\"user\",\"content\":\"a\\nb\"},{\"role\":\"assistant\","
-                        "\"content\":\"\",\"tool_calls\":[]},{\"role\":\"tool\","
+                        "\"content\":\"\"},{\"role\":\"tool\","
                         "\"content\":\"42\",\"tool_call_id\":\"c1\"}]");
     assert_int_equal(r.max_tokens, 7);
     assert_int_equal(r.logprobs, 2);
@@ -424,10 +424,12 @@ static void response_shapes(void **state)
                                 "finish_reason", kiln_api_finish_reason(KILN_FINISH_LENGTH));
     json_t *o = kiln_api_envelope("cmpl-1", "text_completion", 1700000000, "m", choices, &u);
     char *s = json_dumps(o, JSON_COMPACT);
-    assert_string_equal(s, "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":"
-                           "1700000000,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":"
-                           "\"Paris\",\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":"
-                           "{\"prompt_tokens\":6,\"completion_tokens\":50,\"total_tokens\":56}}");
+    assert_string_equal(s,
+                        "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":"
+                        "1700000000,\"model\":\"m\",\"system_fingerprint\":\"" KILN_API_FINGERPRINT
+                        "\",\"choices\":[{\"index\":0,\"text\":"
+                        "\"Paris\",\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":"
+                        "{\"prompt_tokens\":6,\"completion_tokens\":50,\"total_tokens\":56}}");
     free(s);
     size_t len;
     char *sse = kiln_api_sse(o, &len);
