@@ -35,6 +35,11 @@ static void check_request(const struct kiln_api_request *r, const struct kiln_ap
         if (r->bias_ids[i] < 0 || r->bias_ids[i] >= lim->vocab_size) abort();
     for (int i = 0; i < r->n_stop; i++)
         if (!r->stop[i][0]) abort();
+    /* a constraint has its text (NUL-terminated at len) and names its field; none has neither */
+    const struct kiln_api_constraint *c = &r->constraint;
+    if ((c->kind == KILN_CONSTRAINT_NONE) != !c->text) abort();
+    if (c->text && (c->text[c->len] || !c->param || !c->param[0])) abort();
+    if (c->kind > KILN_CONSTRAINT_GRAMMAR) abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

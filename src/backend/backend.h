@@ -53,6 +53,10 @@ struct kiln_sampling {
     int n_bias;
     const int32_t *banned_ids; /* set to -inf (eos and stop ids while under min_tokens) */
     int n_banned;
+    /* Allowed tokens (structured output), NULL: all. (vocab + 31) / 32 words; token t is
+     * allowed when bit (t & 31) of mask[t >> 5] is set; the others are set to -inf like banned
+     * ids (the raw logprobs are unaffected). */
+    const uint32_t *mask;
     int n_logprobs; /* top alternatives to report, 0..KILN_MAX_LOGPROBS */
 };
 

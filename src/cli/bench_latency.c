@@ -4,7 +4,9 @@
  *   - time to first token and prefill tok/s for each prompt length, as TFLOP/s and a share of
  *     the measured FP8 GEMM peak;
  *   - decode throughput at each batch size (every sequence at context 128, or --batch-context);
- *   - device memory in use; optionally (--profile) the time per op, without CUDA graphs.
+ *   - device memory in use; optionally (--profile) the time per op, without CUDA graphs;
+ *   - with --json-schema, each decode point again under that constraint (bench_constrained.c),
+ *     as tok/s and a share of the unconstrained figure.
  * Speeds are reported against limits measured in the same run, never against datasheets. */
 #include <getopt.h>
 #include <stdio.h>
@@ -28,6 +30,7 @@ struct lat_args {
     struct list contexts, prompts, batches;
     int steps, max_num_tokens, max_seq_len, max_batch, batch_ctx;
     bool json, profile;
+    const char *json_schema, *tokenizer_dir;
     struct kiln_cli_backend backend;
 };
 
@@ -63,6 +66,9 @@ static void usage(FILE *f)
                "  --max-seq-len N       size the engine for this context (default: from lists)\n"
                "  --max-batch-size N    size the engine for this batch (default: from lists)\n"
                "  --profile             time every op (runs without CUDA graphs)\n"
+               "  --json-schema FILE    also time each decode point under this JSON Schema\n"
+               "                        (\"builtin\": an object with nesting, array, format)\n"
+               "  --tokenizer DIR       tokenizer for --json-schema (default: the model's)\n"
                "  --json                also print one JSON line with every "
                "figure\n" KILN_CLI_BACKEND_HELP);
 }
@@ -80,6 +86,8 @@ struct bench {
     struct kiln_sampling *sp;
     struct kiln_sample_out *so;
     uint64_t rng;
+    struct bench_grammar *grammar; /* --json-schema */
+    bool constrained;              /* this pass samples under it, feeding back the tokens */
 };
 
 static int32_t rand_token(struct bench *B)
@@ -97,7 +105,8 @@ static enum kiln_status run_step(struct bench *B, struct bseq *seqs, int ns, con
     for (int s = 0; s < ns; s++) {
         B->start[s] = t;
         for (int i = 0; i < len[s]; i++, t++) {
-            B->tokens[t] = rand_token(B);
+            /* constrained decode feeds back the drawn tokens (B->so is per sequence) */
+            B->tokens[t] = B->constrained && len[s] == 1 ? B->so[s].token : rand_token(B);
             B->pos[t] = seqs[s].len + i;
         }
         seqs[s].len += len[s];
@@ -115,7 +124,10 @@ static enum kiln_status run_step(struct bench *B, struct bseq *seqs, int ns, con
     for (int s = 0; s < ns; s++)
         B->sp[s] = (struct kiln_sampling){
             .temperature = 0, .top_p = 1, .repetition_penalty = 1, .step = (uint64_t)seqs[s].len};
-    return B->be->ops->sample(B->be, B->sp, ns, B->so, err);
+    if (B->constrained) bench_grammar_masks(B->grammar, B->sp, ns);
+    st = B->be->ops->sample(B->be, B->sp, ns, B->so, err);
+    if (!st && B->constrained) st = bench_grammar_accept(B->grammar, B->so, ns, err);
+    return st;
 }
 
 /* Prefills a sequence to `ctx` tokens in chunks of at most chunk tokens. */
@@ -149,6 +161,8 @@ enum {
     O_BCTX,
     O_PROFILE,
     O_JSON,
+    O_SCHEMA,
+    O_TOKENIZER,
     O_HELP
 };
 
@@ -163,6 +177,8 @@ static const struct option long_opts[] = {
     {"batch-context", required_argument, 0, O_BCTX},
     {"profile", no_argument, 0, O_PROFILE},
     {"json", no_argument, 0, O_JSON},
+    {"json-schema", required_argument, 0, O_SCHEMA},
+    {"tokenizer", required_argument, 0, O_TOKENIZER},
     {"help", no_argument, 0, O_HELP},
     KILN_CLI_BACKEND_OPTIONS,
     {0, 0, 0, 0},
@@ -171,6 +187,10 @@ static const struct option long_opts[] = {
 static bool option(int id, const char *arg, void *ctx)
 {
     struct lat_args *a = ctx;
+    if (id == O_SCHEMA || id == O_TOKENIZER) {
+        *(id == O_SCHEMA ? &a->json_schema : &a->tokenizer_dir) = arg;
+        return true;
+    }
     switch (id) {
     case O_CTX:
         return parse_list(arg, &a->contexts);
@@ -262,6 +282,11 @@ int kiln_bench_latency(int argc, char **argv)
         goto fail;
     }
 
+    if (a.json_schema &&
+        bench_grammar_create(a.json_schema, a.tokenizer_dir ? a.tokenizer_dir : a.model_dir, S,
+                             B.vocab, &B.grammar, &err))
+        goto fail;
+
     uint64_t wbytes = kiln_model_weight_bytes(m);
     size_t kv_elem = B.be->opt.kv_dtype == KILN_DTYPE_F8E4M3 ? 1 : 2;
     double kv_per_pos = 2.0 * cfg->n_layers * cfg->n_kv_heads * cfg->head_dim * (double)kv_elem;
@@ -286,31 +311,51 @@ int kiln_bench_latency(int argc, char **argv)
                  "\"weight_bytes\":%llu",
                  a.model_dir, B.be->ops->name, read_gbs, peak_tflops, (unsigned long long)wbytes);
 
-    /* batch-1 decode */
+    /* batch-1 decode (pass 1: the same under --json-schema) */
     for (int i = 0; i < a.contexts.n; i++) {
         int ctx = a.contexts.v[i];
-        for (int k = 0; k < B.max_blocks; k++) all_tables[k] = k;
-        struct bseq q = {all_tables, 0};
-        if (fill(&B, &q, ctx, chunk, true, &err)) goto fail;
-        int one = 1;
-        for (int w = 0; w < 4; w++)
-            if (run_step(&B, &q, 1, &one, true, &err)) goto fail;
-        print_profile(&B, "warm-up (discarded)");
-        int timed = steps;
-        if (q.len + timed > opt.max_seq_len) timed = opt.max_seq_len - q.len;
-        double t0 = kiln_now();
-        for (int s = 0; s < timed; s++)
-            if (run_step(&B, &q, 1, &one, true, &err)) goto fail;
-        double dt = (kiln_now() - t0) / timed;
-        double bytes = (double)wbytes + kv_per_pos * (ctx + timed / 2.0);
-        double gbs = bytes / dt / 1e9;
-        printf("decode  batch 1, context %5d: %7.1f tok/s  %6.3f ms/token  %6.0f GB/s", ctx,
-               1.0 / dt, dt * 1e3, gbs);
-        if (read_gbs > 0) printf("  (%.0f%% of %.0f GB/s)", 100 * gbs / read_gbs, read_gbs);
-        printf("\n");
-        print_profile(&B, "decode");
-        jn += snprintf(json + jn, sizeof json - (size_t)jn,
-                       ",\"decode_b1_ctx%d\":{\"tok_s\":%.2f,\"gbs\":%.1f}", ctx, 1.0 / dt, gbs);
+        double free_dt = 0;
+        for (int pass = 0; pass < (B.grammar ? 2 : 1); pass++) {
+            for (int k = 0; k < B.max_blocks; k++) all_tables[k] = k;
+            struct bseq q = {all_tables, 0};
+            if (fill(&B, &q, ctx, chunk, true, &err)) goto fail;
+            int one = 1;
+            if (pass && bench_grammar_reset(B.grammar, &err)) goto fail;
+            B.constrained = pass == 1;
+            for (int w = 0; w < 4; w++)
+                if (run_step(&B, &q, 1, &one, true, &err)) goto fail;
+            print_profile(&B, "warm-up (discarded)");
+            int timed = steps;
+            if (q.len + timed > opt.max_seq_len) timed = opt.max_seq_len - q.len;
+            if (pass && bench_grammar_reset(B.grammar, &err)) goto fail;
+            double t0 = kiln_now();
+            for (int s = 0; s < timed; s++)
+                if (run_step(&B, &q, 1, &one, true, &err)) goto fail;
+            double dt = (kiln_now() - t0) / timed;
+            B.constrained = false;
+            if (pass) {
+                printf("decode  batch 1, context %5d, json schema: %7.1f tok/s  %6.3f ms/token  "
+                       "(%.1f%% of unconstrained; masks %.1f us each, %ld values)\n",
+                       ctx, 1.0 / dt, dt * 1e3, 100 * free_dt / dt,
+                       bench_grammar_mask_us(B.grammar), bench_grammar_values(B.grammar));
+                jn += snprintf(json + jn, sizeof json - (size_t)jn,
+                               ",\"decode_b1_ctx%d_json\":{\"tok_s\":%.2f,\"ratio\":%.4f,"
+                               "\"mask_us\":%.2f}",
+                               ctx, 1.0 / dt, free_dt / dt, bench_grammar_mask_us(B.grammar));
+                continue;
+            }
+            free_dt = dt;
+            double bytes = (double)wbytes + kv_per_pos * (ctx + timed / 2.0);
+            double gbs = bytes / dt / 1e9;
+            printf("decode  batch 1, context %5d: %7.1f tok/s  %6.3f ms/token  %6.0f GB/s", ctx,
+                   1.0 / dt, dt * 1e3, gbs);
+            if (read_gbs > 0) printf("  (%.0f%% of %.0f GB/s)", 100 * gbs / read_gbs, read_gbs);
+            printf("\n");
+            print_profile(&B, "decode");
+            jn +=
+                snprintf(json + jn, sizeof json - (size_t)jn,
+                         ",\"decode_b1_ctx%d\":{\"tok_s\":%.2f,\"gbs\":%.1f}", ctx, 1.0 / dt, gbs);
+        }
     }
 
     /* time to first token */
@@ -343,45 +388,65 @@ int kiln_bench_latency(int argc, char **argv)
                        p / med, tflops);
     }
 
-    /* batched decode */
+    /* batched decode (pass 1: the same under --json-schema) */
     for (int i = 0; i < a.batches.n; i++) {
         int nb = a.batches.v[i];
         if (nb > S) continue;
-        for (int s = 0; s < nb; s++) {
-            for (int k = 0; k < B.max_blocks; k++)
-                all_tables[(size_t)s * B.max_blocks + k] = k < per_bseq ? s * per_bseq + k : 0;
-            seqs[s] = (struct bseq){all_tables + (size_t)s * B.max_blocks, 0};
-        }
-        /* prefill all sequences to the batch context, as many per step as the token budget
-         * allows (one sequence in chunks when a context is longer than the budget) */
-        int bc = a.batch_ctx;
-        int per_step = chunk / bc > 0 ? chunk / bc : 1;
-        for (int s0 = 0; s0 < nb; s0 += per_step) {
-            int cnt = nb - s0 < per_step ? nb - s0 : per_step;
-            if (bc > chunk) {
-                if (fill(&B, &seqs[s0], bc, chunk, false, &err)) goto fail;
+        double free_dt = 0;
+        for (int pass = 0; pass < (B.grammar ? 2 : 1); pass++) {
+            for (int s = 0; s < nb; s++) {
+                for (int k = 0; k < B.max_blocks; k++)
+                    all_tables[(size_t)s * B.max_blocks + k] = k < per_bseq ? s * per_bseq + k : 0;
+                seqs[s] = (struct bseq){all_tables + (size_t)s * B.max_blocks, 0};
+            }
+            /* prefill all sequences to the batch context, as many per step as the token budget
+             * allows (one sequence in chunks when a context is longer than the budget) */
+            int bc = a.batch_ctx;
+            int per_step = chunk / bc > 0 ? chunk / bc : 1;
+            for (int s0 = 0; s0 < nb; s0 += per_step) {
+                int cnt = nb - s0 < per_step ? nb - s0 : per_step;
+                if (bc > chunk) {
+                    if (fill(&B, &seqs[s0], bc, chunk, false, &err)) goto fail;
+                    continue;
+                }
+                int lens[4096];
+                for (int s = 0; s < cnt; s++) lens[s] = bc;
+                if (run_step(&B, seqs + s0, cnt, lens, false, &err)) goto fail;
+            }
+            int ones[4096];
+            for (int s = 0; s < nb; s++) ones[s] = 1;
+            if (pass && bench_grammar_reset(B.grammar, &err)) goto fail;
+            B.constrained = pass == 1;
+            for (int w = 0; w < 3; w++)
+                if (run_step(&B, seqs, nb, ones, true, &err)) goto fail;
+            print_profile(&B, "warm-up (discarded)");
+            int timed = steps;
+            if (pass && bench_grammar_reset(B.grammar, &err)) goto fail;
+            double t0 = kiln_now();
+            for (int st = 0; st < timed; st++)
+                if (run_step(&B, seqs, nb, ones, true, &err)) goto fail;
+            double dt = (kiln_now() - t0) / timed;
+            B.constrained = false;
+            if (pass) {
+                printf("decode  batch %3d, context %d, json schema: %8.0f tok/s  %6.3f ms/step  "
+                       "(%.1f%% of unconstrained; masks %.1f us each, %ld values)\n",
+                       nb, a.batch_ctx, nb / dt, dt * 1e3, 100 * free_dt / dt,
+                       bench_grammar_mask_us(B.grammar), bench_grammar_values(B.grammar));
+                jn += snprintf(json + jn, sizeof json - (size_t)jn,
+                               ",\"decode_b%d_json\":{\"tok_s\":%.1f,\"ratio\":%.4f,"
+                               "\"mask_us\":%.2f}",
+                               nb, nb / dt, free_dt / dt, bench_grammar_mask_us(B.grammar));
                 continue;
             }
-            int lens[4096];
-            for (int s = 0; s < cnt; s++) lens[s] = bc;
-            if (run_step(&B, seqs + s0, cnt, lens, false, &err)) goto fail;
+            free_dt = dt;
+            double bytes = (double)wbytes + nb * kv_per_pos * (bc + 3 + timed / 2.0);
+            printf("decode  batch %3d, context %d: %8.0f tok/s  %6.3f ms/step  %6.0f GB/s\n", nb,
+                   bc, nb / dt, dt * 1e3, bytes / dt / 1e9);
+            print_profile(&B, "batched decode");
+            jn += snprintf(json + jn, sizeof json - (size_t)jn,
+                           ",\"decode_b%d\":{\"tok_s\":%.1f,\"ms_step\":%.3f}", nb, nb / dt,
+                           dt * 1e3);
         }
-        int ones[4096];
-        for (int s = 0; s < nb; s++) ones[s] = 1;
-        for (int w = 0; w < 3; w++)
-            if (run_step(&B, seqs, nb, ones, true, &err)) goto fail;
-        print_profile(&B, "warm-up (discarded)");
-        int timed = steps;
-        double t0 = kiln_now();
-        for (int st = 0; st < timed; st++)
-            if (run_step(&B, seqs, nb, ones, true, &err)) goto fail;
-        double dt = (kiln_now() - t0) / timed;
-        double bytes = (double)wbytes + nb * kv_per_pos * (bc + 3 + timed / 2.0);
-        printf("decode  batch %3d, context %d: %8.0f tok/s  %6.3f ms/step  %6.0f GB/s\n", nb, bc,
-               nb / dt, dt * 1e3, bytes / dt / 1e9);
-        print_profile(&B, "batched decode");
-        jn += snprintf(json + jn, sizeof json - (size_t)jn,
-                       ",\"decode_b%d\":{\"tok_s\":%.1f,\"ms_step\":%.3f}", nb, nb / dt, dt * 1e3);
     }
 
     if (cuda) {
@@ -400,6 +465,7 @@ int kiln_bench_latency(int argc, char **argv)
 fail:
     fprintf(stderr, "kiln bench: %s\n", err.msg);
 done:
+    bench_grammar_free(B.grammar);
     kiln_backend_free(B.be);
     kiln_model_free(m);
     free(B.tokens), free(B.pos), free(B.start), free(B.kvlen), free(B.rows), free(B.tables);

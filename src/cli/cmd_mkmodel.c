@@ -525,6 +525,37 @@ static enum kiln_status write_shards(struct mk *k, const char *dir, int *n_shard
     return st;
 }
 
+/* tokenizer_config.json with chat_template set to Llama 3.1 Instruct's. model_max_length, which
+ * tokenizer packages often hold as transformers' 1e30 sentinel (an integer beyond JSON parsers'
+ * int64), becomes the real checkpoint's 131072. */
+static enum kiln_status set_chat_template(char **data, size_t *len, const char *path,
+                                          struct kiln_error *err)
+{
+    json_error_t je;
+    json_t *cfg = json_loadb(*data, *len, JSON_DECODE_INT_AS_REAL, &je);
+    if (!json_is_object(cfg)) {
+        json_decref(cfg);
+        return kiln_errorf(err, KILN_ERR_FORMAT, "%s: not a JSON object (%s)", path, je.text);
+    }
+    json_object_set_new(cfg, "chat_template", json_string(kiln_llama31_chat_template));
+    /* every other number back to an integer where it is one (INT_AS_REAL read them as reals) */
+    const char *key;
+    json_t *v;
+    json_object_foreach(cfg, key, v)
+    {
+        double x = json_is_real(v) ? json_real_value(v) : 0.0;
+        if (!json_is_real(v) || x != floor(x)) continue;
+        json_object_set_new(cfg, key, json_integer(fabs(x) < 9.0e15 ? (json_int_t)x : 131072));
+    }
+    char *text = json_dumps(cfg, JSON_INDENT(2));
+    json_decref(cfg);
+    if (!text) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
+    free(*data);
+    *data = text;
+    *len = strlen(text);
+    return KILN_OK;
+}
+
 static enum kiln_status copy_tokenizer(const char *from, const char *dir, struct kiln_error *err)
 {
     static const char *const files[] = {"tokenizer.json", "tokenizer_config.json",
@@ -540,10 +571,13 @@ static enum kiln_status copy_tokenizer(const char *from, const char *dir, struct
                                    from);
             continue;
         }
+        /* the demo model gets the real checkpoint's template (the template file's is dropped) */
+        if (i == 3) continue;
         char *data;
         size_t len;
         if ((st = kiln_file_read(src, TOKENIZER_LIMIT, &data, &len, err))) return st;
-        st = kiln_file_write_atomic(dst, data, len, err);
+        if (i == 1) st = set_chat_template(&data, &len, src, err);
+        if (!st) st = kiln_file_write_atomic(dst, data, len, err);
         free(data);
         if (st) return st;
     }

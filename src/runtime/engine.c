@@ -11,9 +11,11 @@
  *     budget and the KV pool allow: an admitted request takes its cached prefix blocks and
  *     reserves blocks for every token it has (so a prefill never stops half way for blocks),
  *     and starts its first chunk in the same step. No admission in a step that preempted.
- * Then one forward, one sample call for the rows that end a sequence's tokens, and the stop
- * conditions. Per step host work is O(tokens + sequences) in preallocated arrays; the only
- * per-token allocations are the text of events (the API hands out malloc'ed strings). */
+ * Then one forward, the structured-output masks of the constrained rows (computed while a
+ * GPU forward runs: the CUDA backend's forward returns once launched), one sample call for the
+ * rows that end a sequence's tokens, and the stop conditions. Per step host work is O(tokens +
+ * sequences) in preallocated arrays; the only per-token allocations are the text of events (the API
+ * hands out malloc'ed strings). */
 #include "engine.h"
 
 #include <errno.h>
@@ -27,6 +29,7 @@
 #include <time.h>
 
 #include "core/log.h"
+#include "grammar/grammar.h"
 #include "kvcache.h"
 #include "sampler.h"
 #include "stop.h"
@@ -57,6 +60,10 @@ struct req {
     bool need_text;  /* text is produced: for events or for stop strings */
     struct kiln_detok *detok;
     struct kiln_stop stop;
+    /* structured output */
+    struct kiln_matcher *matcher; /* NULL: unconstrained */
+    uint32_t *mask;               /* (mask_words,) the allowed tokens of the next draw */
+    bool mask_ready;              /* mask already holds the matcher's current state */
 };
 
 struct list {
@@ -71,12 +78,15 @@ struct kiln_engine {
     int vocab, block_size, blocks_per_seq, watermark;
     int32_t eos[2 * KILN_MAX_EOS];
     int n_eos;
+    int mask_words; /* (max(model vocab, tokenizer vocab) + 31) / 32 */
     struct kiln_kv kv;
 
     /* engine thread only */
     struct list running; /* in admission order */
     struct list waiting; /* FCFS; preempted requests go back to the front */
     uint64_t steps, preemptions, prefix_hits;
+    uint64_t grammar_masks, grammar_forced;
+    double grammar_s;
     int32_t *b_tokens, *b_pos;                /* (max_num_tokens,) */
     int32_t *b_seq_start;                     /* (max_batch_size + 1,) */
     int32_t *b_kv_len, *b_out_rows, *b_chunk; /* (max_batch_size,) */
@@ -175,6 +185,8 @@ static void req_free(struct req *r)
     free(r->bias_vals);
     if (r->detok) kiln_detok_free(r->detok);
     kiln_stop_free(&r->stop);
+    if (r->matcher) kiln_matcher_free(r->matcher);
+    free(r->mask);
     free(r);
 }
 
@@ -273,6 +285,8 @@ static enum kiln_status validate(const struct kiln_engine *e, const struct kiln_
         if (!q->stop[i]) return INVALID("stop string %d is missing", i);
     if ((q->n_stop > 0 || q->detokenize) && !e->tok)
         return INVALID("stop strings and text output need a tokenizer; this engine has none");
+    if (q->grammar && !e->tok)
+        return INVALID("structured output needs a tokenizer; this engine has none");
 #undef INVALID
     return KILN_OK;
 }
@@ -326,6 +340,11 @@ static struct req *req_build(struct kiln_engine *e, const struct kiln_request *q
         if (!contains(r->end_ids, r->n_end, q->stop_ids[i]))
             r->end_ids[r->n_end++] = q->stop_ids[i];
     if (r->need_text && !(r->detok = kiln_detok_create(e->tok, q->skip_special_tokens))) goto fail;
+    if (q->grammar) {
+        /* words past the tokenizer's vocabulary (padded embeddings) stay 0: never allowed */
+        r->mask = calloc((size_t)e->mask_words, sizeof *r->mask);
+        if (!r->mask || kiln_matcher_create(q->grammar, &r->matcher, err)) goto fail;
+    }
 
     r->samp = (struct kiln_sampling){
         .temperature = q->temperature,
@@ -461,6 +480,9 @@ static void update_stats(struct kiln_engine *e)
     e->stats.steps = e->steps;
     e->stats.preemptions = e->preemptions;
     e->stats.prefix_hits_tokens = e->prefix_hits;
+    e->stats.grammar_masks = e->grammar_masks;
+    e->stats.grammar_forced = e->grammar_forced;
+    e->stats.grammar_s = e->grammar_s;
 }
 
 /* Publishes this step's events and the stats, then wakes the consumers. */
@@ -726,29 +748,32 @@ static size_t next_text(struct req *r, int32_t token, bool end, bool check, int 
     return ready;
 }
 
-/* Appends a sampled token, applies the stop conditions and queues its event. */
-static void take_token(struct kiln_engine *e, struct req *r, const struct kiln_sample_out *o)
+/* Appends a sampled token, applies the stop conditions and queues its event. complete: the
+ * constraint's output is complete and nothing but an eos id can follow (or t is one). */
+static void take_token(struct kiln_engine *e, struct req *r, const struct kiln_sample_out *o,
+                       bool complete)
 {
     int32_t t = o->token;
     r->tokens[r->n_tokens++] = t;
     int n_out = r->n_tokens - r->n_prompt;
     hist_add(r, t, true);
-    bool end = contains(r->end_ids, r->n_end, t);
+    bool end = contains(r->end_ids, r->n_end, t) || (complete && contains(e->eos, e->n_eos, t));
     bool check = n_out >= r->min_tokens;
     enum kiln_finish finish = end ? KILN_FINISH_STOP : KILN_FINISH_NONE;
+    enum kiln_finish last = complete ? KILN_FINISH_STOP : KILN_FINISH_LENGTH;
     int matched = -1;
     size_t ready = 0;
     if (r->need_text) {
         ready = next_text(r, t, end, check, &matched);
         if (matched >= 0) finish = KILN_FINISH_STOP;
-        if (!finish && n_out >= r->max_tokens) {
-            finish = KILN_FINISH_LENGTH;
+        if (!finish && (complete || n_out >= r->max_tokens)) {
+            finish = last;
             ready = next_text(r, t, true, check, &matched);
             if (matched >= 0) finish = KILN_FINISH_STOP;
         }
         if (finish && matched < 0) ready = r->stop.len; /* release what was held back */
-    } else if (!finish && n_out >= r->max_tokens) {
-        finish = KILN_FINISH_LENGTH;
+    } else if (!finish && (complete || n_out >= r->max_tokens)) {
+        finish = last;
     }
     struct kiln_event *ev = new_event(e, r);
     ev->token = t;
@@ -767,6 +792,84 @@ static void take_token(struct kiln_engine *e, struct req *r, const struct kiln_s
         kiln_kv_seq_release(&e->kv, &r->kv);
         r->finished = true;
     }
+}
+
+/* ---- structured output ---- */
+
+/* Fills r->mask with the tokens the matcher allows next (unless it already holds them). */
+static void grammar_mask(struct kiln_engine *e, struct req *r)
+{
+    if (r->mask_ready) return;
+    kiln_matcher_fill_mask(r->matcher, r->mask);
+    r->mask_ready = true;
+    e->grammar_masks++;
+}
+
+/* After a complete output: whether a token other than an eos id may follow. */
+static bool grammar_can_continue(struct kiln_engine *e, struct req *r)
+{
+    grammar_mask(e, r);
+    for (int w = 0; w < e->mask_words; w++) {
+        for (uint32_t bits = r->mask[w]; bits; bits &= bits - 1) {
+            int32_t id = w * 32 + __builtin_ctz(bits);
+            if (!contains(e->eos, e->n_eos, id)) return true;
+        }
+    }
+    return false;
+}
+
+/* r->mask allows token t and nothing else. */
+static bool grammar_only(const struct kiln_engine *e, const struct req *r, int32_t t)
+{
+    for (int w = 0; w < e->mask_words; w++)
+        if (r->mask[w] != (w == t >> 5 ? 1u << (t & 31) : 0u)) return false;
+    return true;
+}
+
+/* take_token for a constrained request: the matcher accepts the token first (a token it
+ * refuses ends the request with an error: the mask makes that unreachable), then, without
+ * logprobs, a token the grammar forces is appended as if drawn, and so on, while the KV pool
+ * has room (their forward is then one chunk of the next step). Forced means exact here: the
+ * mask allows that token alone, so the sampler could draw nothing else. kiln_matcher_forced
+ * only names a candidate (the first token of the forced bytes as the tokenizer splits them;
+ * other splits of those bytes are often allowed too, and then the token is drawn); the mask
+ * filled to check it is the next step's when it is not forced. */
+static void take_constrained(struct kiln_engine *e, struct req *r, const struct kiln_sample_out *o)
+{
+    double t0 = kiln_now();
+    const struct kiln_sample_out *cur = o;
+    struct kiln_sample_out fo = {.token = -1};
+    for (;;) {
+        if (!kiln_matcher_accept(r->matcher, cur->token)) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "token %d is not allowed by the output constraint",
+                     cur->token);
+            KILN_ERROR("request %llu: %s", (unsigned long long)r->id, msg);
+            finish_early(e, r, KILN_FINISH_ERROR, msg);
+            break;
+        }
+        r->mask_ready = false;
+        bool complete = contains(e->eos, e->n_eos, cur->token) ||
+                        (kiln_matcher_is_complete(r->matcher) && !grammar_can_continue(e, r));
+        e->grammar_s += kiln_now() - t0; /* the token's text and event are not the grammar's */
+        take_token(e, r, cur, complete);
+        t0 = kiln_now();
+        if (r->finished || r->logprobs >= 0) break;
+        int32_t t;
+        if (kiln_matcher_forced(r->matcher, &t, 1) != 1) break;
+        grammar_mask(e, r);
+        if (!grammar_only(e, r, t)) break;
+        /* an end id goes through the sampler (min_tokens may ban it); a new KV block only
+         * while the pool keeps the decode headroom */
+        if (contains(r->end_ids, r->n_end, t) || contains(e->eos, e->n_eos, t)) break;
+        if (blocks_for(e, r->n_tokens + 1) > r->kv.n && kiln_kv_available(&e->kv) <= e->watermark)
+            break;
+        if (!kiln_kv_seq_reserve(&e->kv, &r->kv, r->n_tokens + 1)) break;
+        fo.token = t;
+        cur = &fo;
+        e->grammar_forced++;
+    }
+    e->grammar_s += kiln_now() - t0;
 }
 
 static void step(struct kiln_engine *e)
@@ -792,6 +895,7 @@ static void step(struct kiln_engine *e)
     enum kiln_status st = e->b->ops->forward(e->b, &batch, &err);
     int n_out = batch.n_out;
     if (!st && n_out > 0) {
+        double t0 = 0;
         for (int s = 0, k = 0; s < n_seq; s++) {
             struct req *r = e->sched[s];
             if (r->n_computed + e->b_chunk[s] != r->n_tokens) continue;
@@ -802,8 +906,14 @@ static void step(struct kiln_engine *e)
                 e->b_samp[k].banned_ids = r->end_ids;
                 e->b_samp[k].n_banned = r->n_end;
             }
+            if (r->matcher) {
+                if (!t0) t0 = kiln_now();
+                grammar_mask(e, r);
+                e->b_samp[k].mask = r->mask;
+            }
             k++;
         }
+        if (t0) e->grammar_s += kiln_now() - t0;
         st = e->b->ops->sample(e->b, e->b_samp, n_out, e->b_out, &err);
     }
     e->steps++;
@@ -817,7 +927,11 @@ static void step(struct kiln_engine *e)
         struct req *r = e->sched[s];
         r->n_computed += e->b_chunk[s];
         kiln_kv_seq_commit(&e->kv, &r->kv, r->tokens, r->n_computed);
-        if (r->n_computed == r->n_tokens) take_token(e, r, &e->b_out[k++]);
+        if (r->n_computed != r->n_tokens) continue;
+        if (r->matcher)
+            take_constrained(e, r, &e->b_out[k++]);
+        else
+            take_token(e, r, &e->b_out[k++], false);
     }
     sweep(&e->running);
 }
@@ -922,11 +1036,15 @@ enum kiln_status kiln_engine_create(struct kiln_backend *backend, struct kiln_to
     e->next_id = 1;
     const struct kiln_config *cfg = &backend->model->cfg;
     for (int i = 0; i < cfg->n_eos; i++) add_eos(e, cfg->eos_token_ids[i]);
+    int mask_vocab = e->vocab;
     if (tok) {
         const int32_t *ids;
         int n = kiln_tokenizer_eos(tok, &ids);
         for (int i = 0; i < n; i++) add_eos(e, ids[i]);
+        if (kiln_tokenizer_vocab_size(tok) > mask_vocab)
+            mask_vocab = kiln_tokenizer_vocab_size(tok);
     }
+    e->mask_words = (mask_vocab + 31) / 32;
     enum kiln_status st = kiln_kv_init(&e->kv, bo->n_blocks, bo->block_size, o.prefix_caching, err);
     if (st) {
         free(e);

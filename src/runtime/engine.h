@@ -17,6 +17,8 @@
 #include "core/error.h"
 #include "tokenizer/tokenizer.h"
 
+struct kiln_grammar; /* grammar/grammar.h */
+
 /* Sizes left at 0 take the backend's (max_seqs, max_tokens, max_seq_len; max_input_len: the
  * max_seq_len); max_queue <= 0 means no limit. max_num_tokens >= max_batch_size. */
 struct kiln_engine_options {
@@ -35,7 +37,16 @@ struct kiln_engine_options {
  * its text is not emitted. A stop string ends it with stop_reason set; the text stops right before
  * it and text that could still begin one is held back until it cannot. Until min_tokens tokens
  * exist, eos and stop ids are banned in sampling and stop strings are not matched. max_tokens
- * ends it with KILN_FINISH_LENGTH. No seed (has_seed false): a random one per request. */
+ * ends it with KILN_FINISH_LENGTH. No seed (has_seed false): a random one per request.
+ *
+ * Structured output (grammar not NULL; needs the engine's tokenizer): the engine keeps a
+ * matcher of the grammar per request, samples only tokens it allows (the mask is computed after
+ * the step's forward is launched, so on the GPU it overlaps the forward), and ends the request
+ * with KILN_FINISH_STOP once the output is complete and nothing but an eos id could follow (or
+ * an eos id is drawn, ignore_eos or not). Without logprobs, tokens the grammar forces (the only
+ * one allowed) are appended without a draw; the sampler would pick them anyway, and the draws
+ * of the later tokens depend only on (seed, step), so the output is the same. Stop strings end
+ * the request and preemption keeps every token, so the matcher never needs to roll back. */
 struct kiln_request {
     const int32_t *prompt; /* copied by submit */
     int n_prompt;
@@ -56,8 +67,9 @@ struct kiln_request {
     int n_stop_ids;
     int logprobs; /* -1: none; 0..20: chosen token + that many alternatives */
     bool skip_special_tokens;
-    bool detokenize; /* produce text deltas (needs the tokenizer) */
-    void *user;      /* returned in every event of this request */
+    bool detokenize;              /* produce text deltas (needs the tokenizer) */
+    struct kiln_grammar *grammar; /* structured output, NULL: none (submit takes its own ref) */
+    void *user;                   /* returned in every event of this request */
 };
 
 /* Fills the neutral parameters (temperature 1, top_p 1, repetition_penalty 1, logprobs -1,
@@ -94,6 +106,10 @@ struct kiln_engine_stats {
     int running, waiting;
     int kv_blocks_used, kv_blocks_total;
     uint64_t steps, preemptions, prefix_hits_tokens;
+    /* structured output: masks computed and their engine-thread time (fill, plus the search for
+     * forced tokens), tokens appended without a draw */
+    uint64_t grammar_masks, grammar_forced;
+    double grammar_s;
 };
 
 struct kiln_engine;

@@ -124,6 +124,10 @@ static void process_logits(float *x, const float *logits, int vocab, const struc
         int32_t id = p->banned_ids[j];
         if (id >= 0 && id < vocab) x[id] = -INFINITY;
     }
+    if (p->mask) {
+        for (int i = 0; i < vocab; i++)
+            if (!((p->mask[i >> 5] >> (i & 31)) & 1u)) x[i] = -INFINITY;
+    }
 }
 
 /* Steps 4-8 on the processed logits x, which become the kept probabilities. */

@@ -10,8 +10,10 @@
  *       if repetition_penalty != 1 and (in_prompt || out_count > 0):
  *           x = x > 0 ? x / repetition_penalty : x * repetition_penalty
  *       x -= frequency_penalty * out_count + presence_penalty * (out_count > 0)
- *     then x += bias for each logit_bias entry, then banned ids -> -inf. Ids outside
- *     [0, vocab) in any list are ignored; NaN logits count as -inf.
+ *     then x += bias for each logit_bias entry, then banned ids -> -inf, then (p->mask not
+ *     NULL) every id whose mask bit is clear -> -inf. Ids outside [0, vocab) in any list are
+ *     ignored; NaN logits count as -inf. The raw log-probs of step 1 stay as they were (vLLM
+ *     reports them so under structured output too).
  *  3. temperature < 1e-5: token = argmax of the processed x (ties: smaller id). Done.
  *  4. x /= temperature. top_k in (0, vocab): keep x_i >= the k-th largest value (so ties at the
  *     boundary are all kept).

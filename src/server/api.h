@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "grammar/grammar.h"
 #include "runtime/engine.h"
 
 #define KILN_API_MAX_LOGPROBS KILN_MAX_LOGPROBS
@@ -56,6 +57,25 @@ struct kiln_api_prompt {
     int n_ids;
 };
 
+/* tool_choice (chat), function_call (legacy), tool_choice (Responses). */
+enum kiln_api_tool_choice {
+    KILN_TOOL_CHOICE_NONE,     /* tools (if any) in the prompt, output never parsed as calls */
+    KILN_TOOL_CHOICE_AUTO,     /* the model chooses; output parsed as calls when it is one */
+    KILN_TOOL_CHOICE_REQUIRED, /* at least one call, constrained to the declared tools */
+    KILN_TOOL_CHOICE_NAMED,    /* exactly the named function, constrained */
+};
+
+/* Structured output asked for (api_constraint.c): kind and text as the constraint engine takes
+ * them (struct kiln_constraint_spec; text is NUL-terminated, len bytes). param names the
+ * request field it came from (a static string such as "guided_json"), for the 400 a compile
+ * error gets. Tool calling sets it too (the server compiles it the same way). */
+struct kiln_api_constraint {
+    enum kiln_constraint_kind kind; /* KILN_CONSTRAINT_NONE: unconstrained */
+    char *text;
+    size_t len;
+    const char *param;
+};
+
 struct kiln_api_request {
     enum kiln_api_kind kind;
     char *model; /* NULL when absent */
@@ -67,6 +87,15 @@ struct kiln_api_request {
      * string content (text parts joined by "\n") */
     char *messages_json;
     bool add_generation_prompt;
+    bool continue_final_message; /* render without closing the last (assistant) message */
+    char *template_kwargs_json;  /* chat_template_kwargs: a JSON object, or NULL */
+    /* chat: tool calling (tools.c); tools_json NULL without tools */
+    char *tools_json; /* [{"type":"function","function":{"name",...}}...] as the template sees */
+    int n_tools;
+    enum kiln_api_tool_choice tool_choice;
+    char *tool_choice_name; /* KILN_TOOL_CHOICE_NAMED */
+    bool parallel_tool_calls;
+    bool legacy_functions; /* functions/function_call: answer with message.function_call */
     /* both */
     int max_tokens; /* 0: not given (completions: 16; chat: the rest of the context) */
     int min_tokens;
@@ -87,6 +116,7 @@ struct kiln_api_request {
     int n_bias;
     bool ignore_eos, skip_special_tokens;
     bool add_special_tokens; /* tokenize with BOS: completions true, chat false (as vLLM) */
+    struct kiln_api_constraint constraint;
 };
 
 /* body (len bytes, untrusted) -> *out. On failure err says what to answer (always a 4xx for
@@ -95,6 +125,13 @@ enum kiln_status kiln_api_parse(enum kiln_api_kind kind, const char *body, size_
                                 const struct kiln_api_limits *lim, struct kiln_api_request *out,
                                 struct kiln_api_error *err);
 void kiln_api_request_free(struct kiln_api_request *r);
+
+/* The structured-output fields of a request body (response_format, guided_*,
+ * structured_outputs) -> *c; more than one form, an unknown type or a malformed value is a 400
+ * naming the field. On failure *c holds nothing to free. */
+enum kiln_status kiln_api_parse_constraint(const json_t *root, struct kiln_api_constraint *c,
+                                           struct kiln_api_error *err);
+void kiln_api_constraint_free(struct kiln_api_constraint *c);
 
 /* POST /tokenize: {"prompt": "..."} or {"messages": [...]}, plus add_special_tokens
  * (default true for a prompt, false for messages) and add_generation_prompt (default true). */
@@ -127,8 +164,13 @@ struct kiln_api_usage {
     int prompt_tokens, completion_tokens, cached_tokens;
 };
 
+/* system_fingerprint of every response and chunk: the kiln version (the backend configuration
+ * that affects determinism is the same for every request of one server). */
+#define KILN_API_FINGERPRINT "fp_kiln_" KILN_VERSION
+
 /* The envelope shared by responses and chunks:
- * {"id","object","created","model","choices":choices[,"usage"]}. Steals choices. */
+ * {"id","object","created","model","system_fingerprint","choices":choices[,"usage"]}. Steals
+ * choices. */
 json_t *kiln_api_envelope(const char *id, const char *object, long long created, const char *model,
                           json_t *choices, const struct kiln_api_usage *usage);
 

@@ -3,6 +3,7 @@
  * trusts the body (it is fuzzed by fuzz/fuzz_request.c). */
 #include "core/json.h"
 #include "api.h"
+#include "tools.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -276,12 +277,46 @@ static enum kiln_status parse_prompt(const json_t *root, const struct kiln_api_l
     return KILN_OK;
 }
 
-static bool valid_role(const char *role)
+/* The role the template sees: OpenAI's "developer" is the system message, a legacy
+ * "function" result is a tool result. NULL: not a role kiln takes. */
+static const char *template_role(const char *role)
 {
-    static const char *const roles[] = {"system", "user", "assistant", "tool"};
+    static const char *const roles[][2] = {{"system", "system"}, {"developer", "system"},
+                                           {"user", "user"},     {"assistant", "assistant"},
+                                           {"tool", "tool"},     {"function", "tool"}};
     for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++)
-        if (!strcmp(role, roles[i])) return true;
-    return false;
+        if (!strcmp(role, roles[i][0])) return roles[i][1];
+    return NULL;
+}
+
+/* An assistant turn's calls as the template reads them: arguments given as a JSON string
+ * (OpenAI's form) become the object they encode, as vLLM passes them; a legacy function_call
+ * becomes a one-element tool_calls. */
+static json_t *template_tool_calls(const json_t *m)
+{
+    const json_t *calls = json_object_get(m, "tool_calls");
+    const json_t *legacy = json_object_get(m, "function_call");
+    json_t *out;
+    if (json_is_array(calls))
+        out = json_deep_copy(calls);
+    else if (json_is_object(legacy))
+        out = json_pack("[{s:s,s:O}]", "type", "function", "function", legacy);
+    else
+        return NULL;
+    size_t i;
+    json_t *c;
+    json_array_foreach(out, i, c)
+    {
+        json_t *fn = json_object_get(c, "function");
+        json_t *args = json_object_get(fn, "arguments");
+        if (!json_is_string(args)) continue;
+        json_t *obj = json_loadb(json_string_value(args), json_string_length(args), 0, NULL);
+        if (json_is_object(obj))
+            json_object_set_new(fn, "arguments", obj);
+        else
+            json_decref(obj);
+    }
+    return out;
 }
 
 /* messages -> a normalized JSON array for the chat template (string content only). */
@@ -312,10 +347,12 @@ static enum kiln_status parse_messages(const json_t *root, char **out, struct ki
             st = bad(err, param, "'%s' must be a string", param);
             break;
         }
-        if (!valid_role(json_string_value(role))) {
+        const char *trole = template_role(json_string_value(role));
+        if (!trole) {
             st = bad(err, param,
-                     "'%s' must be one of 'system', 'user', 'assistant' or 'tool', got '%s'", param,
-                     json_string_value(role));
+                     "'%s' must be one of 'system', 'developer', 'user', 'assistant', 'tool' or "
+                     "'function', got '%s'",
+                     param, json_string_value(role));
             break;
         }
         const json_t *content = json_object_get(m, "content");
@@ -370,7 +407,7 @@ static enum kiln_status parse_messages(const json_t *root, char **out, struct ki
                      kiln_json_type_name(content));
             break;
         }
-        json_t *nm = json_pack("{s:O,s:o}", "role", role, "content", text);
+        json_t *nm = json_pack("{s:s,s:o}", "role", trole, "content", text);
         if (!nm) {
             st = nomem(err);
             break;
@@ -381,8 +418,9 @@ static enum kiln_status parse_messages(const json_t *root, char **out, struct ki
             const json_t *v = json_object_get(m, pass[k]);
             if (json_is_string(v)) json_object_set(nm, pass[k], (json_t *)v);
         }
-        const json_t *calls = json_object_get(m, "tool_calls");
-        if (json_is_array(calls)) json_object_set(nm, "tool_calls", (json_t *)calls);
+        json_t *calls = template_tool_calls(m);
+        if (json_array_size(calls)) json_object_set(nm, "tool_calls", calls);
+        json_decref(calls);
         if (json_array_append_new(norm, nm)) {
             st = nomem(err);
             break;
@@ -527,6 +565,10 @@ static enum kiln_status parse_stream(const json_t *root, struct kiln_api_request
                    kiln_json_type_name(so));
     if (!r->stream)
         return bad(err, "stream_options", "'stream_options' is only allowed with stream: true");
+    if (json_is_true(json_object_get(so, "continuous_usage_stats")))
+        return bad(err, "stream_options",
+                   "'stream_options.continuous_usage_stats' is not supported (usage comes in the "
+                   "last chunk)");
     return get_bool(so, "include_usage", &r->include_usage, err);
 }
 
@@ -546,6 +588,114 @@ static enum kiln_status parse_logprobs(const json_t *root, struct kiln_api_reque
     return KILN_OK;
 }
 
+/* The request fields OpenAI and vLLM define that kiln does not implement. Each is refused
+ * (400 naming it) unless absent, null or equal to its neutral value; docs/serving.md lists
+ * them next to the accepted no-ops (user, metadata, store: false, service_tier, ...). */
+struct refused_field {
+    const char *name;
+    const char *neutral; /* JSON of the value that changes nothing, or NULL: none */
+    unsigned kinds;      /* 1: completions, 2: chat */
+    const char *why;
+};
+
+static const struct refused_field refused_fields[] = {
+    {"store", "false", 3, "kiln keeps no stored completions"},
+    {"audio", NULL, 2, "this model has no audio output"},
+    {"modalities", "[\"text\"]", 2, "this model outputs text only"},
+    {"prediction", NULL, 2, "predicted outputs are not implemented"},
+    {"web_search_options", NULL, 2, "kiln has no web search"},
+    {"use_beam_search", "false", 3, "beam search is not implemented"},
+    {"length_penalty", "1", 3, "length_penalty applies to beam search, which is not implemented"},
+    {"include_stop_str_in_output", "false", 3, "stop strings are always left out of the output"},
+    {"spaces_between_special_tokens", "true", 3, "special tokens are always joined with spaces"},
+    {"truncate_prompt_tokens", NULL, 3, "prompts are never truncated; shorten the prompt"},
+    {"prompt_logprobs", NULL, 3, "prompt logprobs are not implemented"},
+    {"allowed_token_ids", NULL, 3, "use logit_bias instead"},
+    {"bad_words", NULL, 3, "bad_words is not implemented"},
+    {"logits_processors", NULL, 3, "custom logits processors are not implemented"},
+    {"return_tokens_as_token_ids", "false", 3, "not implemented"},
+    {"return_token_ids", "false", 3, "not implemented"},
+    {"priority", "0", 3, "requests are scheduled first come, first served"},
+    {"cache_salt", NULL, 3, "the prefix cache is shared by every request"},
+    {"kv_transfer_params", NULL, 3, "disaggregated serving is not implemented"},
+    {"vllm_xargs", NULL, 3, "not implemented"},
+    {"mm_processor_kwargs", NULL, 3, "this model takes text only"},
+    {"chat_template", NULL, 2, "set the template with `kiln serve --chat-template FILE`"},
+    {"structural_tag", NULL, 2, "use response_format or tools"},
+    {"prompt_embeds", NULL, 1, "prompt embeddings are not accepted"},
+    {"echo", "false", 2, "the chat API does not echo the last message"},
+};
+
+/* value equals the neutral JSON (numbers by value: 1 == 1.0) */
+static bool neutral_value(const json_t *v, const char *neutral)
+{
+    if (!neutral) return false;
+    json_t *n = json_loads(neutral, JSON_DECODE_ANY, NULL);
+    bool same = json_is_number(v) && json_is_number(n)
+                    ? json_number_value(v) == json_number_value(n)
+                    : json_equal(v, n);
+    json_decref(n);
+    return same;
+}
+
+static enum kiln_status refuse_fields(const json_t *root, struct kiln_api_request *r,
+                                      struct kiln_api_error *err)
+{
+    unsigned kind = r->kind == KILN_API_COMPLETION ? 1 : 2;
+    for (size_t i = 0; i < sizeof refused_fields / sizeof refused_fields[0]; i++) {
+        const struct refused_field *f = &refused_fields[i];
+        const json_t *v = json_object_get(root, f->name);
+        if (!(f->kinds & kind) || !v || json_is_null(v) || neutral_value(v, f->neutral)) continue;
+        if (f->neutral)
+            return bad(err, f->name, "'%s' other than %s is not supported: %s", f->name, f->neutral,
+                       f->why);
+        return bad(err, f->name, "'%s' is not supported: %s", f->name, f->why);
+    }
+    return KILN_OK;
+}
+
+/* chat_template_kwargs (an object of template variables) and continue_final_message, with
+ * vLLM's meaning: the last message, an assistant's, is rendered open so the model continues
+ * it; it excludes add_generation_prompt. */
+static enum kiln_status parse_template_options(const json_t *root, struct kiln_api_request *r,
+                                               struct kiln_api_error *err)
+{
+    if (get_bool(root, "continue_final_message", &r->continue_final_message, err))
+        return KILN_ERR_INVALID;
+    const json_t *ag = json_object_get(root, "add_generation_prompt");
+    if (r->continue_final_message) {
+        if (json_is_true(ag))
+            return bad(err, "continue_final_message",
+                       "Cannot set both 'continue_final_message' and 'add_generation_prompt' to "
+                       "true");
+        r->add_generation_prompt = false;
+        json_t *msgs = json_loads(r->messages_json, 0, NULL);
+        const json_t *last = json_array_get(msgs, json_array_size(msgs) - 1);
+        bool ok = json_is_string(json_object_get(last, "role")) &&
+                  !strcmp(json_string_value(json_object_get(last, "role")), "assistant");
+        json_decref(msgs);
+        if (!ok)
+            return bad(err, "continue_final_message",
+                       "'continue_final_message' needs an assistant message last");
+    }
+    const json_t *kw = json_object_get(root, "chat_template_kwargs");
+    const json_t *docs = json_object_get(root, "documents");
+    if (docs && !json_is_null(docs) && !json_is_array(docs))
+        return bad(err, "documents", "'documents' must be a list of objects, got %s",
+                   kiln_json_type_name(docs));
+    if ((!kw || json_is_null(kw)) && !json_is_array(docs)) return KILN_OK;
+    if (kw && !json_is_null(kw) && !json_is_object(kw))
+        return bad(err, "chat_template_kwargs", "'chat_template_kwargs' must be an object, got %s",
+                   kiln_json_type_name(kw));
+    /* vLLM's documents (RAG templates) are one more template variable */
+    json_t *vars = json_is_object(kw) ? json_deep_copy(kw) : json_object();
+    if (vars && json_is_array(docs) && !json_object_get(vars, "documents"))
+        json_object_set(vars, "documents", (json_t *)docs);
+    r->template_kwargs_json = vars ? json_dumps(vars, JSON_COMPACT) : NULL;
+    json_decref(vars);
+    return r->template_kwargs_json ? KILN_OK : nomem(err);
+}
+
 /* Parameters kiln does not implement are refused rather than silently ignored. */
 static enum kiln_status refuse_unsupported(const json_t *root, struct kiln_api_request *r,
                                            struct kiln_api_error *err)
@@ -557,18 +707,6 @@ static enum kiln_status refuse_unsupported(const json_t *root, struct kiln_api_r
             return bad(err, "suffix", "'suffix' is not supported");
         if (r->echo && r->logprobs >= 0)
             return bad(err, "echo", "'echo' together with 'logprobs' is not supported");
-    } else {
-        v = json_object_get(root, "tools");
-        if (v && !json_is_null(v) && !(json_is_array(v) && !json_array_size(v)))
-            return bad(err, "tools", "'tools' (function calling) is not supported");
-        v = json_object_get(root, "response_format");
-        if (v && !json_is_null(v)) {
-            const json_t *type = json_object_get(v, "type");
-            if (!json_is_object(v) || !json_is_string(type) ||
-                strcmp(json_string_value(type), "text"))
-                return bad(err, "response_format",
-                           "only 'response_format': {\"type\": \"text\"} is supported");
-        }
     }
     return KILN_OK;
 }
@@ -602,12 +740,17 @@ enum kiln_status kiln_api_parse(enum kiln_api_kind kind, const char *body, size_
     if (!st && kind == KILN_API_CHAT) {
         st = parse_messages(root, &r->messages_json, err);
         if (!st) st = get_bool(root, "add_generation_prompt", &r->add_generation_prompt, err);
+        if (!st) st = parse_template_options(root, r, err);
+        if (!st) st = kiln_api_parse_tools(root, r, err);
     }
     if (!st) st = get_bool(root, "add_special_tokens", &r->add_special_tokens, err);
     if (!st) st = parse_sampling(root, lim, r, err);
     if (!st) st = parse_stream(root, r, err);
     if (!st) st = parse_logprobs(root, r, err);
     if (!st) st = refuse_unsupported(root, r, err);
+    if (!st) st = refuse_fields(root, r, err);
+    if (!st) st = kiln_api_parse_constraint(root, &r->constraint, err);
+    if (!st && kind == KILN_API_CHAT) st = kiln_api_tools_constraint(r, err);
     if (!st && (long long)r->n * (r->n_prompts ? r->n_prompts : 1) > lim->max_choices)
         st = bad(err, "n", "prompts x n must be at most %d", lim->max_choices);
     const json_t *user = json_object_get(root, "user");
@@ -627,12 +770,16 @@ void kiln_api_request_free(struct kiln_api_request *r)
     }
     free(r->prompts);
     free(r->messages_json);
+    free(r->template_kwargs_json);
+    free(r->tools_json);
+    free(r->tool_choice_name);
     if (r->stop)
         for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->stop);
     free(r->stop_ids);
     free(r->bias_ids);
     free(r->bias_vals);
+    kiln_api_constraint_free(&r->constraint);
     request_defaults(r->kind, r);
 }
 

@@ -10,8 +10,9 @@
 json_t *kiln_api_envelope(const char *id, const char *object, long long created, const char *model,
                           json_t *choices, const struct kiln_api_usage *usage)
 {
-    json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:o}", "id", id, "object", object, "created",
-                          (json_int_t)created, "model", model, "choices", choices);
+    json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:s,s:o}", "id", id, "object", object, "created",
+                          (json_int_t)created, "model", model, "system_fingerprint",
+                          KILN_API_FINGERPRINT, "choices", choices);
     if (!o || !usage) return o;
     json_t *u = json_pack("{s:i,s:i,s:i}", "prompt_tokens", usage->prompt_tokens,
                           "completion_tokens", usage->completion_tokens, "total_tokens",

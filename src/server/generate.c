@@ -17,6 +17,8 @@
 
 #include "core/log.h"
 #include "server_impl.h"
+#include "responses.h"
+#include "tools.h"
 
 struct choice {
     struct call *call;
@@ -29,7 +31,8 @@ struct choice {
     size_t text_bytes;     /* bytes of text so far (echo included): completions text_offset */
     json_t *logprobs;      /* non-streaming: completions object or chat content array */
     int completion_tokens, cached_tokens;
-    double t_last; /* engine time of the previous token (inter-token latency) */
+    double t_last;                  /* engine time of the previous token (inter-token latency) */
+    struct kiln_tool_parser *tools; /* streaming with tools: the output's calls so far */
 };
 
 struct call {
@@ -47,7 +50,11 @@ struct call {
     size_t *echo_len;
     struct choice *choices; /* (n_choices,) */
     bool first_token;
-    bool failed; /* an engine error: 500 */
+    bool tools;                  /* chat output is parsed for tool calls (tools.c) */
+    bool parallel_tools;         /* more than one call per answer */
+    bool legacy_fn;              /* legacy functions: message.function_call */
+    bool failed;                 /* an engine error: 500 */
+    struct kiln_responses *resp; /* POST /v1/responses: its output items (responses.c) */
     char fail_msg[256];
 };
 
@@ -70,6 +77,7 @@ static void call_free(struct call *c)
     s->n_calls--;
     for (int i = 0; i < c->n_choices; i++) {
         if (c->choices[i].text) evbuffer_free(c->choices[i].text);
+        kiln_tool_parser_free(c->choices[i].tools);
         json_decref(c->choices[i].logprobs);
     }
     for (int p = 0; c->echo_text && p < c->n_prompts; p++) free(c->echo_text[p]);
@@ -77,6 +85,7 @@ static void call_free(struct call *c)
     free(c->echo_len);
     free(c->prompt_len);
     free(c->choices);
+    kiln_responses_free(c->resp);
     free(c);
     server_maybe_exit(s);
 }
@@ -152,16 +161,15 @@ static json_t *chunk_choice(struct call *c, const struct choice *ch, const char 
     if (delta && role) json_object_set_new(delta, "role", json_string("assistant"));
     if (delta && (text || role))
         json_object_set_new(delta, "content", json_stringn(text ? text : "", text ? len : 0));
-    if (!json_is_null(logprobs)) logprobs = json_pack("{s:o}", "content", logprobs);
+    /* content is an array in chunks too: this token's entry alone */
+    if (!json_is_null(logprobs)) logprobs = json_pack("{s:[o]}", "content", logprobs);
     return json_pack("{s:i,s:o,s:o,s:o}", "index", ch->index, "delta", delta, "logprobs", logprobs,
                      "finish_reason", kiln_api_finish_reason(finish));
 }
 
-static void stream_choice(struct call *c, const struct choice *ch, const char *text, size_t len,
-                          json_t *logprobs, enum kiln_finish finish, bool role)
+static void send_choice(struct call *c, json_t *one)
 {
     json_t *choices = json_array();
-    json_t *one = chunk_choice(c, ch, text, len, logprobs, finish, role);
     if (!choices || !one || json_array_append_new(choices, one)) {
         json_decref(choices);
         return;
@@ -170,11 +178,81 @@ static void stream_choice(struct call *c, const struct choice *ch, const char *t
                                     choices, NULL));
 }
 
+static void stream_choice(struct call *c, const struct choice *ch, const char *text, size_t len,
+                          json_t *logprobs, enum kiln_finish finish, bool role)
+{
+    send_choice(c, chunk_choice(c, ch, text, len, logprobs, finish, role));
+}
+
+/* finish_reason of a chat choice: "tool_calls" ("function_call" for legacy functions) when the
+ * model stopped after making calls. */
+static json_t *chat_finish(const struct call *c, enum kiln_finish finish, int calls)
+{
+    if (calls && finish == KILN_FINISH_STOP)
+        return json_string(c->legacy_fn ? "function_call" : "tool_calls");
+    return kiln_api_finish_reason(finish);
+}
+
+/* Streaming with tools: each parser event becomes a chunk; the token's logprobs ride on the
+ * first one. */
+struct tool_stream {
+    struct call *c;
+    struct choice *ch;
+    json_t *lp;
+};
+
+static void tool_chunk(void *arg, const struct kiln_tool_event *ev)
+{
+    struct tool_stream *ts = arg;
+    struct call *c = ts->c;
+    json_t *delta = NULL;
+    if (ev->kind == KILN_TOOL_TEXT) {
+        delta = json_pack("{s:s%}", "content", ev->data, ev->len);
+    } else if (ev->kind == KILN_TOOL_CALL_START) {
+        char id[48];
+        server_make_id(c->s, "call_", id, sizeof id);
+        json_t *fn = json_pack("{s:s%,s:s}", "name", ev->data, ev->len, "arguments", "");
+        delta = c->legacy_fn ? json_pack("{s:o}", "function_call", fn)
+                             : json_pack("{s:[{s:i,s:s,s:s,s:o}]}", "tool_calls", "index",
+                                         ev->index, "id", id, "type", "function", "function", fn);
+    } else if (ev->kind == KILN_TOOL_ARGS) {
+        json_t *fn = json_pack("{s:s%}", "arguments", ev->data, ev->len);
+        delta = c->legacy_fn ? json_pack("{s:o}", "function_call", fn)
+                             : json_pack("{s:[{s:i,s:o}]}", "tool_calls", "index", ev->index,
+                                         "function", fn);
+    } else {
+        return;
+    }
+    json_t *lp = ts->lp ? json_pack("{s:[o]}", "content", ts->lp) : json_null();
+    ts->lp = NULL;
+    send_choice(c, json_pack("{s:i,s:o,s:o,s:n}", "index", ts->ch->index, "delta", delta,
+                             "logprobs", lp, "finish_reason"));
+}
+
+static void stream_tools(struct call *c, struct choice *ch, const char *text, size_t len,
+                         json_t *lp, enum kiln_finish fin)
+{
+    struct tool_stream ts = {c, ch, lp};
+    kiln_tool_parser_push(ch->tools, text, len, tool_chunk, &ts);
+    if (fin != KILN_FINISH_NONE) kiln_tool_parser_finish(ch->tools, tool_chunk, &ts);
+    if (ts.lp) /* nothing went out for this token: its logprobs alone */
+        send_choice(c, json_pack("{s:i,s:{},s:{s:[o]},s:n}", "index", ch->index, "delta",
+                                 "logprobs", "content", ts.lp, "finish_reason"));
+    if (fin != KILN_FINISH_NONE)
+        send_choice(c, json_pack("{s:i,s:{},s:n,s:o}", "index", ch->index, "delta", "logprobs",
+                                 "finish_reason",
+                                 chat_finish(c, fin, kiln_tool_parser_calls(ch->tools))));
+}
+
 static void stream_start(struct call *c)
 {
     server_add_header(c->h.req, "Cache-Control", "no-cache");
     server_add_header(c->h.req, "X-Accel-Buffering", "no");
     server_stream_start(c->h.req, 200, "text/event-stream");
+    if (c->resp) {
+        kiln_responses_start(c->resp);
+        return;
+    }
     for (int i = 0; i < c->n_choices; i++) {
         struct choice *ch = &c->choices[i];
         if (c->kind == KILN_API_CHAT)
@@ -225,7 +303,12 @@ static void deliver(struct call *c, struct choice *ch, const struct kiln_event *
     enum kiln_finish fin = ev->finish == KILN_FINISH_STOP || ev->finish == KILN_FINISH_LENGTH
                                ? ev->finish
                                : KILN_FINISH_NONE;
-    if (c->stream) {
+    if (c->resp) {
+        if (len) kiln_responses_text(c->resp, text, len);
+        json_decref(lp);
+    } else if (c->stream && ch->tools) {
+        stream_tools(c, ch, text, len, lp, fin);
+    } else if (c->stream) {
         if (len || lp || fin != KILN_FINISH_NONE)
             stream_choice(c, ch, len ? text : NULL, len, lp, fin, false);
         else
@@ -244,6 +327,38 @@ static void deliver(struct call *c, struct choice *ch, const struct kiln_event *
         json_decref(lp);
     }
     ch->text_bytes += len;
+}
+
+/* The assistant message of a finished chat choice: with tools, its calls parsed out of the
+ * text (content null when there is nothing else). */
+static json_t *chat_message(struct call *c, const char *text, size_t len)
+{
+    char *content = NULL;
+    size_t clen = 0;
+    json_t *calls = NULL;
+    if (!c->tools || kiln_tools_parse_output(text, len, c->parallel_tools, &content, &clen, &calls))
+        return json_pack("{s:s,s:s%}", "role", "assistant", "content", text, len);
+    json_t *msg = json_pack("{s:s,s:o}", "role", "assistant", "content",
+                            clen || !calls ? json_stringn(content, clen) : json_null());
+    free(content);
+    if (!calls) return msg;
+    json_t *out = json_array();
+    size_t i;
+    json_t *call;
+    json_array_foreach(calls, i, call)
+    {
+        char id[48];
+        server_make_id(c->s, "call_", id, sizeof id);
+        json_array_append_new(
+            out, json_pack("{s:s,s:s,s:O}", "id", id, "type", "function", "function", call));
+    }
+    if (c->legacy_fn)
+        json_object_set(msg, "function_call", json_array_get(calls, 0));
+    else
+        json_object_set(msg, "tool_calls", out);
+    json_decref(out);
+    json_decref(calls);
+    return msg;
 }
 
 static void reply_complete(struct call *c)
@@ -271,7 +386,12 @@ static void reply_complete(struct call *c)
     else if (cancelled)
         kiln_api_errorf(&err, 503, "shutting_down", NULL,
                         "The server is shutting down; the request was stopped");
-    if (c->stream) {
+    if (c->stream && c->resp) {
+        if (err.status)
+            kiln_responses_error(c->resp, &err);
+        else
+            kiln_responses_finish(c->resp, c->choices[0].finish, &usage);
+    } else if (c->stream) {
         if (err.status) {
             char *body = kiln_api_error_body(&err);
             char *sse = body ? malloc(strlen(body) + 9) : NULL;
@@ -285,7 +405,9 @@ static void reply_complete(struct call *c)
             send_chunk(c, kiln_api_envelope(c->id, object_name(c, true), c->created, s->model_name,
                                             json_array(), &usage));
         }
-        send_chunk_text(c, "data: [DONE]\n\n", 14);
+    }
+    if (c->stream) {
+        if (!c->resp) send_chunk_text(c, "data: [DONE]\n\n", 14);
         call_detach(c);
         server_log_request(&h, err.status ? err.status : 200, usage.prompt_tokens,
                            usage.completion_tokens);
@@ -297,6 +419,18 @@ static void reply_complete(struct call *c)
     server_track_reply(s, h.req);
     if (err.status) {
         server_reply_error(&h, &err);
+        return;
+    }
+    if (c->resp) {
+        char *body = kiln_responses_finish(c->resp, c->choices[0].finish, &usage);
+        if (body) {
+            server_reply_json(&h, 200, body, strlen(body), usage.prompt_tokens,
+                              usage.completion_tokens);
+        } else {
+            kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
+            server_reply_error(&h, &err);
+        }
+        free(body);
         return;
     }
     json_t *choices = json_array();
@@ -311,9 +445,13 @@ static void reply_complete(struct call *c)
                             lp, "finish_reason", kiln_api_finish_reason(ch->finish));
         } else {
             if (!json_is_null(lp)) lp = json_pack("{s:o}", "content", lp);
-            one = json_pack("{s:i,s:{s:s,s:s%},s:o,s:o}", "index", ch->index, "message", "role",
-                            "assistant", "content", text, len, "logprobs", lp, "finish_reason",
+            one = json_pack("{s:i,s:o,s:o,s:o}", "index", ch->index, "message",
+                            chat_message(c, text, len), "logprobs", lp, "finish_reason",
                             kiln_api_finish_reason(ch->finish));
+            if (one && ch->finish == KILN_FINISH_STOP &&
+                (json_object_get(json_object_get(one, "message"), "tool_calls") ||
+                 json_object_get(json_object_get(one, "message"), "function_call")))
+                json_object_set_new(one, "finish_reason", chat_finish(c, ch->finish, 1));
         }
         if (!one || json_array_append_new(choices, one)) {
             json_decref(choices);
@@ -412,10 +550,18 @@ static enum kiln_status tokenize_prompts(struct kiln_server *s, const struct kil
             return kiln_api_errorf(err, 400, NULL, "messages",
                                    "This model has no chat template; start the server with "
                                    "--chat-template FILE or use /v1/completions");
-        char *text = NULL;
+        char *text = NULL, *vars = NULL;
         size_t len = 0;
+        if (kiln_tools_template_vars(r, &vars))
+            return kiln_api_errorf(err, 500, NULL, NULL, "out of memory");
         st = kiln_tokenizer_apply_chat_template(s->m.tok, r->messages_json,
-                                                r->add_generation_prompt, NULL, &text, &len, &e);
+                                                r->add_generation_prompt, vars, &text, &len, &e);
+        free(vars);
+        if (!st && r->continue_final_message &&
+            kiln_tools_continue_final(r->messages_json, text, &len, err)) {
+            free(text);
+            return KILN_ERR_INVALID;
+        }
         if (!st)
             st = kiln_tokenizer_encode(s->m.tok, text, len, r->add_special_tokens, &ids[0], &n[0],
                                        &e);
@@ -471,6 +617,28 @@ static void fill_request(const struct kiln_api_request *r, struct kiln_request *
     kr->detokenize = true;
 }
 
+/* The request's constraint, compiled (through the cache) into *g; NULL when there is none. */
+static enum kiln_status compile_constraint(struct kiln_server *s,
+                                           const struct kiln_api_constraint *c,
+                                           struct kiln_grammar **g, struct kiln_api_error *err)
+{
+    *g = NULL;
+    if (c->kind == KILN_CONSTRAINT_NONE) return KILN_OK;
+    if (!s->grammars)
+        return kiln_api_errorf(err, 400, NULL, c->param,
+                               "structured output is not available for this model's tokenizer "
+                               "(see the server log)");
+    struct kiln_constraint_spec spec = {.kind = c->kind, .text = c->text, .len = c->len};
+    struct kiln_error e = {0};
+    enum kiln_status st = kiln_grammar_cache_get(s->grammars, &spec, g, &e);
+    if (st) {
+        *g = NULL;
+        if (st == KILN_ERR_NOMEM) return kiln_api_errorf(err, 500, NULL, NULL, "%s", e.msg);
+        return kiln_api_errorf(err, 400, NULL, c->param, "'%s': %s", c->param, e.msg);
+    }
+    return KILN_OK;
+}
+
 static uint64_t mix_seed(uint64_t seed, int j)
 {
     /* Choice 0 keeps the request's seed (n = 1 matches a single request); the others get
@@ -502,8 +670,13 @@ static int submit_status(enum kiln_submit_error why, const char **code)
     }
 }
 
+static void resp_write(void *arg, const char *data, size_t len)
+{
+    send_chunk_text(arg, data, len);
+}
+
 static struct call *call_new(struct kiln_server *s, const struct http_ctx *h,
-                             const struct kiln_api_request *r)
+                             const struct kiln_api_request *r, json_t *echo)
 {
     struct call *c = calloc(1, sizeof *c);
     if (!c) return NULL;
@@ -514,13 +687,27 @@ static struct call *call_new(struct kiln_server *s, const struct http_ctx *h,
     c->include_usage = r->include_usage;
     c->echo = r->echo;
     c->logprobs = r->logprobs;
+    c->tools = r->kind == KILN_API_CHAT && r->tool_choice != KILN_TOOL_CHOICE_NONE;
+    c->parallel_tools = r->parallel_tool_calls;
+    c->legacy_fn = r->legacy_functions;
     c->created = (long long)time(NULL);
-    server_make_id(s, r->kind == KILN_API_CHAT ? "chatcmpl-" : "cmpl-", c->id, sizeof c->id);
+    server_make_id(s,
+                   echo                       ? "resp_"
+                   : r->kind == KILN_API_CHAT ? "chatcmpl-"
+                                              : "cmpl-",
+                   c->id, sizeof c->id);
     c->n_prompts = r->kind == KILN_API_CHAT ? 1 : r->n_prompts;
     c->n_choices = c->n_prompts * r->n;
     c->prompt_len = calloc((size_t)c->n_prompts, sizeof *c->prompt_len);
     c->choices = calloc((size_t)c->n_choices, sizeof *c->choices);
     bool ok = c->prompt_len && c->choices;
+    if (ok && echo) {
+        c->resp = kiln_responses_new(s, r, echo, c->id, c->created, s->model_name, resp_write, c);
+        echo = NULL;
+        c->tools = false; /* responses.c parses the calls */
+        ok = c->resp != NULL;
+    }
+    json_decref(echo);
     if (ok && r->echo) {
         c->echo_text = calloc((size_t)c->n_prompts, sizeof *c->echo_text);
         c->echo_len = calloc((size_t)c->n_prompts, sizeof *c->echo_len);
@@ -531,6 +718,10 @@ static struct call *call_new(struct kiln_server *s, const struct http_ctx *h,
         ch->call = c;
         ch->index = i;
         ch->prompt = i / r->n;
+        if (r->stream && c->tools && !c->resp) {
+            ch->tools = kiln_tool_parser_new(c->parallel_tools);
+            ok = ch->tools != NULL;
+        }
         if (!r->stream) {
             ch->text = evbuffer_new();
             ok = ch->text != NULL;
@@ -593,9 +784,11 @@ struct prep {
     struct kiln_api_error err;
     enum kiln_status st;
     int n_prompts;
-    int32_t **ids;   /* (n_prompts,) prompt token ids */
-    size_t *n;       /* (n_prompts,) */
-    int *max_tokens; /* (n_prompts,) */
+    int32_t **ids;                /* (n_prompts,) prompt token ids */
+    size_t *n;                    /* (n_prompts,) */
+    int *max_tokens;              /* (n_prompts,) */
+    struct kiln_grammar *grammar; /* the request's constraint, compiled; NULL for none */
+    json_t *responses_echo;       /* /v1/responses: the request as its reply echoes it */
 };
 
 /* Bodies above this are parsed and tokenized on an offload thread: a few milliseconds of the
@@ -635,20 +828,22 @@ static void prepare(struct prep *p)
     struct kiln_server *s = p->s;
     struct kiln_api_request *r = &p->r;
     struct kiln_api_error *err = &p->err;
-    json_budget = s->opt.max_body_bytes * JSON_MEMORY_FACTOR;
-    json_counting = true;
-    json_over = false;
-    p->st = kiln_api_parse(p->kind, p->body, p->len, &s->limits, r, err);
-    json_counting = false;
-    if (p->st) {
-        if (json_over)
-            kiln_api_errorf(err, 413, "request_too_large", NULL,
-                            "The request body holds too many JSON values (its parse needs over "
-                            "%d times --max-body-bytes of memory)",
-                            JSON_MEMORY_FACTOR);
-        return;
+    if (!p->parsed) { /* generate_start hands over a request already parsed */
+        json_budget = s->opt.max_body_bytes * JSON_MEMORY_FACTOR;
+        json_counting = true;
+        json_over = false;
+        p->st = kiln_api_parse(p->kind, p->body, p->len, &s->limits, r, err);
+        json_counting = false;
+        if (p->st) {
+            if (json_over)
+                kiln_api_errorf(err, 413, "request_too_large", NULL,
+                                "The request body holds too many JSON values (its parse needs "
+                                "over %d times --max-body-bytes of memory)",
+                                JSON_MEMORY_FACTOR);
+            return;
+        }
+        p->parsed = true;
     }
-    p->parsed = true;
     enum kiln_api_kind kind = p->kind;
     int n_prompts = p->n_prompts = kind == KILN_API_CHAT ? 1 : r->n_prompts;
     int32_t **ids = p->ids = calloc((size_t)n_prompts, sizeof *ids);
@@ -657,6 +852,7 @@ static void prepare(struct prep *p)
     enum kiln_status st = KILN_OK;
     if (!ids || !n || !max_tokens) st = kiln_api_errorf(err, 500, NULL, NULL, "out of memory");
     if (!st) st = server_check_model(s, r->model, err);
+    if (!st) st = compile_constraint(s, &r->constraint, &p->grammar, err);
     if (!st) st = tokenize_prompts(s, r, ids, n, err);
     for (int q = 0; !st && q < n_prompts; q++) {
         int limit = s->m.max_seq_len, prompt = (int)n[q];
@@ -701,6 +897,10 @@ static void prep_free(struct prep *p)
     free(p->max_tokens);
     if (p->parsed) kiln_api_request_free(&p->r);
     free(p->owned);
+    json_decref(p->responses_echo);
+    if (p->grammar) kiln_grammar_unref(p->grammar); /* the engine holds its own references */
+    p->responses_echo = NULL;
+    p->grammar = NULL;
     /* Twice is harmless (a job the offload never ran is freed again by its done). */
     p->ids = NULL;
     p->n = NULL;
@@ -724,7 +924,8 @@ static void admit(struct prep *p)
     if (!st && s->state != SERVER_READY)
         st = kiln_api_errorf(&err, 503, "shutting_down", NULL, "The server is shutting down");
     if (!st) {
-        c = call_new(s, h, &r);
+        c = call_new(s, h, &r, p->responses_echo);
+        p->responses_echo = NULL;
         if (!c) st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
     }
     if (!st && r.echo && echo_prompts(c, &r, ids, n))
@@ -739,6 +940,7 @@ static void admit(struct prep *p)
         kr.max_tokens = max_tokens[ch->prompt];
         kr.has_seed = r.has_seed;
         kr.seed = r.has_seed ? mix_seed(r.seed, i % r.n) : 0;
+        kr.grammar = p->grammar; /* each choice gets its own matcher */
         kr.user = ch;
         enum kiln_submit_error why = KILN_SUBMIT_OK;
         struct kiln_error e;
@@ -828,6 +1030,20 @@ void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *bo
         local = *p;
         free(p);
     }
+    prepare(&local);
+    admit(&local);
+    prep_free(&local);
+}
+
+/* A request parsed elsewhere (/v1/responses), taken over with the echo of its reply. */
+void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *responses_echo)
+{
+    struct prep local = {.s = h->s,
+                         .h = *h,
+                         .kind = req->kind,
+                         .parsed = true,
+                         .r = *req,
+                         .responses_echo = responses_echo};
     prepare(&local);
     admit(&local);
     prep_free(&local);

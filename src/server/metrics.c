@@ -146,6 +146,15 @@ char *kiln_metrics_render(const struct kiln_metrics *m, const struct kiln_engine
            (double)st->preemptions);
     scalar(f, "kiln_prefix_cache_hit_tokens_total", "counter",
            "Prompt tokens served from the prefix cache.", labels, (double)st->prefix_hits_tokens);
+    scalar(f, "kiln_structured_output_masks_total", "counter",
+           "Allowed-token masks computed for constrained sequences.", labels,
+           (double)st->grammar_masks);
+    scalar(f, "kiln_structured_output_forced_tokens_total", "counter",
+           "Tokens appended without a draw (the constraint allowed them alone).", labels,
+           (double)st->grammar_forced);
+    scalar(f, "kiln_structured_output_seconds_total", "counter",
+           "Engine-thread time spent on constraints (masks, accepts, forced tokens).", labels,
+           st->grammar_s);
     if (fclose(f)) {
         free(out);
         return NULL;

@@ -25,7 +25,8 @@ void kiln_server_options_default(struct kiln_server_options *opt)
                                         .max_n = 16,
                                         .max_choices = 128,
                                         .shutdown_timeout_s = 30.0,
-                                        .idle_timeout_s = 60};
+                                        .idle_timeout_s = 60,
+                                        .web_ui = true};
 }
 
 /* Compares every byte of the expected key whatever the input, so the time taken says nothing
@@ -57,19 +58,50 @@ void server_log_request(struct http_ctx *h, int status, int prompt_tokens, int c
               server_req_target(h->req), status, prompt_tokens, completion_tokens, dt);
 }
 
-/* While draining, replies carry Connection: close (the transport adds it). */
+/* Replies with any body: headers (name, value pairs ended by a NULL name, may be NULL) first.
+ * While draining, replies carry Connection: close (the transport adds it); a HEAD request gets
+ * the headers and the length GET would have (the transport leaves the body out). */
+static void reply_bytes(struct http_ctx *h, int status, const char *content_type,
+                        const char *const *headers, const void *body, size_t len, int prompt_tokens,
+                        int completion_tokens)
+{
+    for (const char *const *kv = headers; kv && kv[0]; kv += 2)
+        server_add_header(h->req, kv[0], kv[1]);
+    server_log_request(h, status, prompt_tokens, completion_tokens);
+    server_send(h->req, status, content_type, body, len);
+}
+
+/* X-Request-Id: the client's when it is a sane token (1-128 characters of [A-Za-z0-9._:-]),
+ * else a fresh one, so a log line and a client report can be matched. */
+static void set_request_id(struct http_ctx *h)
+{
+    const char *given = server_req_header(h->req, "X-Request-Id");
+    size_t n = given ? strspn(given, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                     "0123456789._:-")
+                     : 0;
+    char id[48];
+    if (!given || !n || n > 128 || given[n]) {
+        server_make_id(h->s, "req-", id, sizeof id);
+        given = id;
+    }
+    server_add_header(h->req, "X-Request-Id", given);
+}
+
 void server_reply_json(struct http_ctx *h, int status, const char *body, size_t len,
                        int prompt_tokens, int completion_tokens)
 {
-    server_log_request(h, status, prompt_tokens, completion_tokens);
-    server_send(h->req, status, "application/json", body, len);
+    reply_bytes(h, status, "application/json", NULL, body, len, prompt_tokens, completion_tokens);
 }
 
-void server_reply_content(struct http_ctx *h, int status, const char *content_type,
-                          const char *body, size_t len)
+void server_reply_bytes(struct http_ctx *h, int status, const char *content_type,
+                        const char *const *headers, const void *body, size_t len)
 {
-    server_log_request(h, status, 0, 0);
-    server_send(h->req, status, content_type, body, len);
+    reply_bytes(h, status, content_type, headers, body, len, 0, 0);
+}
+
+const char *server_request_header(struct http_ctx *h, const char *name)
+{
+    return server_req_header(h->req, name);
 }
 
 void server_reply_error(struct http_ctx *h, const struct kiln_api_error *err)
@@ -319,13 +351,20 @@ static void h_chat(struct http_ctx *h, const char *body, size_t len)
     generate_handle(h, KILN_API_CHAT, body, len);
 }
 
+static void h_web(struct http_ctx *h, const char *body, size_t len)
+{
+    (void)body;
+    (void)len;
+    web_handle(h);
+}
+
 /* ---- routing ---- */
 
 struct route {
     const char *path;
-    enum evhttp_cmd_type method;
-    bool prefix;     /* path is a prefix (GET /v1/models/{id}) */
-    bool protected_; /* needs the API key */
+    unsigned methods; /* enum evhttp_cmd_type bits */
+    bool prefix;      /* path is a prefix (GET /v1/models/{id}) */
+    bool protected_;  /* needs the API key */
     bool needs_model;
     void (*fn)(struct http_ctx *h, const char *body, size_t len);
 };
@@ -338,16 +377,21 @@ static const struct route routes[] = {
     {"/v1/models/", EVHTTP_REQ_GET, true, true, true, h_model},
     {"/v1/completions", EVHTTP_REQ_POST, false, true, true, h_completions},
     {"/v1/chat/completions", EVHTTP_REQ_POST, false, true, true, h_chat},
+    {"/v1/responses", EVHTTP_REQ_POST, false, true, true, responses_handle},
     {"/tokenize", EVHTTP_REQ_POST, false, true, true, h_tokenize},
     {"/detokenize", EVHTTP_REQ_POST, false, true, true, h_detokenize},
+    /* The chat page (web.c; --no-web-ui leaves these out): public, the page asks for the key. */
+    {"/", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, false, false, false, h_web},
+    {"/assets/", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, true, false, false, h_web},
 };
 
 void server_dispatch(struct http_req *req)
 {
     struct kiln_server *s = server_req_server(req);
-    struct http_ctx h = {.s = s, .req = req, .endpoint = "other", .t0 = kiln_now()};
-    struct kiln_api_error err;
     const char *path = server_req_path(req);
+    if (!*path) path = "/";
+    struct http_ctx h = {.s = s, .req = req, .endpoint = "other", .path = path, .t0 = kiln_now()};
+    struct kiln_api_error err;
 
     const struct route *r = NULL;
     bool path_known = false;
@@ -355,11 +399,12 @@ void server_dispatch(struct http_req *req)
         bool match = routes[i].prefix ? !strncmp(path, routes[i].path, strlen(routes[i].path)) &&
                                             path[strlen(routes[i].path)]
                                       : !strcmp(path, routes[i].path);
-        if (!match) continue;
+        if (!match || (routes[i].fn == h_web && !s->opt.web_ui)) continue;
         path_known = true;
-        if (server_req_command(req) == routes[i].method) r = &routes[i];
+        if (server_req_command(req) & routes[i].methods) r = &routes[i];
     }
-    if (r) h.endpoint = r->prefix ? "/v1/models/{model}" : r->path;
+    if (r) h.endpoint = r->prefix && r->fn != h_web ? "/v1/models/{model}" : r->path;
+    set_request_id(&h);
 
     if (!r) {
         if (path_known)
@@ -446,7 +491,26 @@ void kiln_server_notify(void *server)
 
 void kiln_server_ready(struct kiln_server *s, const struct kiln_server_model *m)
 {
+    /* The constraint engine's view of the vocabulary, once per model, on the loading thread.
+     * Without it the model is still served; constrained requests then get a 400. */
+    struct kiln_grammar_vocab *v = NULL;
+    struct kiln_grammar_cache *c = NULL;
+    struct kiln_error err;
+    double t0 = kiln_now();
+    if (kiln_grammar_vocab_create(m->tok, &v, &err)) {
+        KILN_WARN("structured output disabled: %s", err.msg);
+        v = NULL;
+    } else if (!(c = kiln_grammar_cache_create(v, GRAMMAR_CACHE_ENTRIES))) {
+        KILN_WARN("structured output disabled: out of memory for the grammar cache");
+        kiln_grammar_vocab_free(v);
+        v = NULL;
+    } else {
+        KILN_INFO("structured output: vocabulary of %d tokens indexed in %.0f ms",
+                  kiln_grammar_vocab_size(v), (kiln_now() - t0) * 1e3);
+    }
     pthread_mutex_lock(&s->handoff_mu);
+    s->grammar_vocab = v;
+    s->grammars = c;
     s->handoff = *m;
     s->handoff_ready = true;
     pthread_mutex_unlock(&s->handoff_mu);
@@ -592,6 +656,9 @@ void kiln_server_free(struct kiln_server *s)
     if (s->ev_deadline) event_free(s->ev_deadline);
     if (s->base) event_base_free(s->base);
     pthread_mutex_destroy(&s->handoff_mu);
+    /* the engine (and its matchers) is gone already */
+    if (s->grammars) kiln_grammar_cache_free(s->grammars);
+    if (s->grammar_vocab) kiln_grammar_vocab_free(s->grammar_vocab);
     free(s->host);
     free(s->model_name);
     free(s->api_key);

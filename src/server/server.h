@@ -31,6 +31,7 @@ struct kiln_server_options {
     int max_choices;           /* most prompts x n per request (default 128) */
     double shutdown_timeout_s; /* SIGTERM: running requests get this long (default 30) */
     int idle_timeout_s;        /* keep-alive connections idle this long are closed (60) */
+    bool web_ui;               /* the chat page at GET / (default true; --no-web-ui) */
 };
 
 void kiln_server_options_default(struct kiln_server_options *opt);
@@ -53,7 +54,9 @@ enum kiln_status kiln_server_create(const struct kiln_server_options *opt, struc
 int kiln_server_port(const struct kiln_server *s);
 /* The engine's notify callback (kiln_engine_options.notify, arg = the server); any thread. */
 void kiln_server_notify(void *server);
-/* Any thread, once: the model is ready, or loading failed (kiln_server_run then returns 1). */
+/* Any thread, once: the model is ready, or loading failed (kiln_server_run then returns 1).
+ * kiln_server_ready also indexes the tokenizer's vocabulary for structured output (on the
+ * calling thread; the server frees it). */
 void kiln_server_ready(struct kiln_server *s, const struct kiln_server_model *m);
 void kiln_server_fail(struct kiln_server *s, const char *message);
 /* Runs the loop on the calling thread until shutdown; returns the process exit status. */

@@ -15,6 +15,8 @@
 
 enum server_state { SERVER_LOADING, SERVER_READY, SERVER_DRAINING, SERVER_FAILED };
 
+#define GRAMMAR_CACHE_ENTRIES 256 /* compiled constraints kept for reuse */
+
 struct call;
 struct http_conn;
 struct http_req; /* one request on a client connection (transport.c) */
@@ -44,6 +46,10 @@ struct kiln_server {
     char fail_msg[512];
 
     struct kiln_server_model m; /* valid from SERVER_READY on */
+    /* structured output: the tokenizer's vocabulary for the constraint engine and the compiled
+     * constraints (built by kiln_server_ready; valid from SERVER_READY on) */
+    struct kiln_grammar_vocab *grammar_vocab;
+    struct kiln_grammar_cache *grammars;
     struct kiln_api_limits limits;
     struct kiln_metrics metrics;
     struct call *calls; /* generation calls still alive (doubly linked) */
@@ -60,6 +66,7 @@ struct http_ctx {
     struct kiln_server *s;
     struct http_req *req;
     const char *endpoint; /* route, for metrics */
+    const char *path;     /* the request's path ("/" when empty) */
     double t0;            /* kiln_now() when the request arrived */
 };
 
@@ -67,10 +74,14 @@ struct http_ctx {
 void server_reply_json(struct http_ctx *h, int status, const char *body, size_t len,
                        int prompt_tokens, int completion_tokens);
 void server_reply_error(struct http_ctx *h, const struct kiln_api_error *err);
+/* Replies with any body (copied; NULL for none), logs the request and counts it. headers: NULL
+ * or name, value pairs ended by a NULL name. A HEAD request gets the headers and the length
+ * only. content_type NULL: none (a 304). */
+void server_reply_bytes(struct http_ctx *h, int status, const char *content_type,
+                        const char *const *headers, const void *body, size_t len);
+/* A request header's value, or NULL. */
+const char *server_request_header(struct http_ctx *h, const char *name);
 void server_log_request(struct http_ctx *h, int status, int prompt_tokens, int completion_tokens);
-/* Any other body (text/plain, text/html, ...): common headers, logged and counted. */
-void server_reply_content(struct http_ctx *h, int status, const char *content_type,
-                          const char *body, size_t len);
 /* Counts a final reply until it is written out (or the client is gone), so a drain does not
  * exit under it. */
 void server_track_reply(struct kiln_server *s, struct http_req *req);
@@ -113,10 +124,17 @@ void server_on_reply_done(struct http_req *req, void (*done)(void *arg), void *a
 /* server.c, called by the transport: a complete request, and an error of the HTTP layer. */
 void server_dispatch(struct http_req *req);
 void server_http_error(struct http_req *req, int status, const char *message);
+/* web.c: GET/HEAD of the chat page and its assets (h->path). */
+void web_handle(struct http_ctx *h);
 
 /* generate.c */
 void generate_init(void); /* once, before any request: jansson's counting allocator */
 void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len);
+/* A parsed request (taken: freed here) from tokenization on; responses_echo non-NULL (taken)
+ * makes it a /v1/responses call whose output responses.c shapes. */
+void generate_start(struct http_ctx *h, struct kiln_api_request *r, json_t *responses_echo);
+/* POST /v1/responses (responses.c) */
+void responses_handle(struct http_ctx *h, const char *body, size_t len);
 void generate_on_notify(evutil_socket_t fd, short what, void *arg);
 /* Shutdown: cancel every live generation (their clients get a 503 / an error event). */
 void generate_cancel_all(struct kiln_server *s);

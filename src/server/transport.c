@@ -518,6 +518,8 @@ static const char *reason_phrase(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 304:
+        return "Not Modified";
     case 400:
         return "Bad Request";
     case 401:
@@ -615,8 +617,10 @@ void server_send(struct http_req *r, int status, const char *content_type, const
 {
     struct http_conn *c = live_conn(r, true);
     if (!c || r->phase != REQ_NEW) return;
-    write_head(r, status, content_type, (long long)len);
-    if (r->command != EVHTTP_REQ_HEAD) bufferevent_write(c->bev, body, len);
+    /* A 304 has no body and no length of its own (RFC 9110 §15.4.5). */
+    bool no_body = status == 304 || r->command == EVHTTP_REQ_HEAD;
+    write_head(r, status, content_type, status == 304 ? -1 : (long long)len);
+    if (!no_body) bufferevent_write(c->bev, body, len);
     r->phase = REQ_DONE;
 }
 

@@ -218,3 +218,24 @@ enum kiln_status kiln_tokenizer_decode(const struct kiln_tokenizer *tok, const i
     detok_release(&d);
     return st;
 }
+
+const char *kiln_tokenizer_token_bytes(const struct kiln_tokenizer *tok, int32_t id, size_t *len)
+{
+    static const unsigned char bytes[256] = {
+#define B4(i)  (i), (i) + 1, (i) + 2, (i) + 3
+#define B16(i) B4(i), B4((i) + 4), B4((i) + 8), B4((i) + 12)
+#define B64(i) B16(i), B16((i) + 16), B16((i) + 32), B16((i) + 48)
+        B64(0), B64(64), B64(128), B64(192)
+#undef B64
+#undef B16
+#undef B4
+    };
+    *len = 0;
+    if (id < 0 || id >= tok->vocab_n || !tok->dec[id]) return NULL;
+    if (tok->decoder.byte_fallback && tok->dec_byte[id] >= 0) {
+        *len = 1;
+        return (const char *)&bytes[tok->dec_byte[id]];
+    }
+    *len = tok->dec_len[id];
+    return tok->dec[id];
+}

@@ -29,6 +29,11 @@ bool kiln_tokenizer_is_special(const struct kiln_tokenizer *tok, int32_t id);
  * form, e.g. "Ġthe"); -1 when there is none. */
 int32_t kiln_tokenizer_token_id(const struct kiln_tokenizer *tok, const char *token);
 
+/* The bytes token id stands for in decoded output (a byte-fallback <0xXX> token: that byte;
+ * join-space decoders: without the joining space); NULL when the id is unused or out of range.
+ * Used by the constraint engine to match tokens byte by byte. */
+const char *kiln_tokenizer_token_bytes(const struct kiln_tokenizer *tok, int32_t id, size_t *len);
+
 /* text (len bytes, any bytes) -> ids; add_special adds what the post-processor adds (BOS).
  * *ids is malloc'ed; the caller frees it. Invalid UTF-8 is first replaced by U+FFFD (one per
  * maximal ill-formed subpart, as Python's errors="replace" hands such bytes to HF). Text from a

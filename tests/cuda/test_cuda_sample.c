@@ -1,8 +1,9 @@
 /* The GPU sampler (src/backend/cuda/sample.cu) against its CPU twin kiln_sample_row, on 2400
  * rows of random logits (vocab 128256, 1000 and 37; normal, very peaked, flat, tied, NaN, -inf,
- * wide and all-banned rows) with random parameters, then its time for 256 rows and 1 row of
- * 128256. Prints a line per check and exits non-zero on any failure; exits 77 (ctest: skipped)
- * when no GPU is visible.
+ * wide and all-banned rows) with random parameters, a third of them with an allowed-token mask
+ * (structured output: dense, sparse, one token or none allowed), then its time for 256 rows and 1
+ * row of 128256. Prints a line per check and exits non-zero on any failure; exits 77 (ctest:
+ * skipped) when no GPU is visible.
  *
  * What must agree, and why:
  *  - greedy tokens and the top alternatives (ids, in order): both sides compare the same floats
@@ -126,6 +127,7 @@ static void make_logits(float *l, int vocab, enum row_kind kind)
 struct row_params {
     struct kiln_sampling p;
     int32_t *hist_ids, *hist_count, *bias_ids, *banned;
+    uint32_t *mask;
     uint8_t *hist_prompt;
     float *bias_vals;
 };
@@ -201,12 +203,29 @@ static void make_params(struct row_params *rp, int vocab, bool all_banned, uint8
         rp->banned[j] = all_banned ? j : (below(8) == 0 ? -3 : below(vocab));
     p->banned_ids = rp->banned;
     p->n_banned = n_banned;
+    /* allowed-token mask on a third of the rows: half the ids, 1 in 50, a single id, or (now
+     * and then) none at all; words beyond the vocabulary's last id carry set bits too */
+    rp->mask = NULL;
+    p->mask = NULL;
+    if (below(3) == 0) {
+        int words = (vocab + 31) / 32, kind = below(10);
+        rp->mask = xmalloc((size_t)words * 4);
+        for (int w = 0; w < words; w++) {
+            uint32_t m = 0;
+            for (int b = 0; b < 32; b++)
+                if (kind < 4 ? below(2) : kind < 8 ? below(50) == 0 : 0) m |= 1u << b;
+            rp->mask[w] = kind == 8 ? 0 : m;
+        }
+        if (kind == 8) rp->mask[below(words)] = 1u << below(32); /* one id (maybe past vocab) */
+        if (vocab % 32) rp->mask[words - 1] |= ~0u << (vocab % 32);
+        p->mask = rp->mask;
+    }
 }
 
 static void free_params(struct row_params *rp)
 {
     free(rp->hist_ids), free(rp->hist_count), free(rp->hist_prompt);
-    free(rp->bias_ids), free(rp->bias_vals), free(rp->banned);
+    free(rp->bias_ids), free(rp->bias_vals), free(rp->banned), free(rp->mask);
 }
 
 /* ---- the reference's intermediate values (sampler.h steps 2, 4-8) ---- */
@@ -279,6 +298,9 @@ static bool exempt_row(const float *logits, int vocab, const struct kiln_samplin
         if (sp->bias_ids[j] >= 0 && sp->bias_ids[j] < vocab) x[sp->bias_ids[j]] += sp->bias_vals[j];
     for (int j = 0; j < sp->n_banned; j++)
         if (sp->banned_ids[j] >= 0 && sp->banned_ids[j] < vocab) x[sp->banned_ids[j]] = -INFINITY;
+    if (sp->mask)
+        for (int i = 0; i < vocab; i++)
+            if (!((sp->mask[i >> 5] >> (i & 31)) & 1u)) x[i] = -INFINITY;
     /* step 4 */
     float inv_t = 1.0f / sp->temperature, mx = -INFINITY;
     for (int i = 0; i < vocab; i++) x[i] *= inv_t;
@@ -415,9 +437,9 @@ static int check_batch(int vocab, int n, bool split, int *n_sampled)
         kiln_sample_row(l + (size_t)r * vocab, vocab, &sp[r], scratch, &ref[r]);
     }
 
-    size_t bytes = kiln_cuda_sample_args_bytes(sp, n);
+    size_t bytes = kiln_cuda_sample_args_bytes(sp, n, vocab);
     void *args = xmalloc(bytes), *d_args;
-    kiln_cuda_sample_pack(sp, n, args);
+    kiln_cuda_sample_pack(sp, n, vocab, args);
     float *d_l;
     struct kiln_cuda_sample_out *d_out;
     CK(cudaMalloc(&d_args, bytes));
@@ -507,10 +529,10 @@ static void time_config(const char *name, float *d_l, int n, int vocab, struct k
     struct kiln_cuda_sample_part *d_parts = NULL;
     if (split)
         CK(cudaMalloc((void **)&d_parts, (size_t)n * KILN_CUDA_SAMPLE_CHUNKS * sizeof *d_parts));
-    size_t bytes = kiln_cuda_sample_args_bytes(sp, n);
+    size_t bytes = kiln_cuda_sample_args_bytes(sp, n, vocab);
     void *args = xmalloc(bytes), *d_args;
     struct kiln_cuda_sample_out *d_out;
-    kiln_cuda_sample_pack(sp, n, args);
+    kiln_cuda_sample_pack(sp, n, vocab, args);
     CK(cudaMalloc(&d_args, bytes));
     CK(cudaMalloc((void **)&d_out, (size_t)n * sizeof *d_out));
     CK(cudaMemcpy(d_args, args, bytes, cudaMemcpyHostToDevice));
@@ -546,12 +568,17 @@ static void timing(void)
     uint8_t prompt[n_hist];
     for (int h = 0; h < n_hist; h++) hist[h] = h * 601, counts[h] = h % 3, prompt[h] = 1;
     struct kiln_sampling *sp = xmalloc((size_t)n * sizeof *sp);
-    for (int c = 0; c < 3; c++) {
-        static const char *const names[3] = {"greedy", "T 1, top_p 0.9",
-                                             "T 0.7, top_k 40, top_p 0.9, min_p, penalties, 5 lp"};
+    uint32_t *mask = xmalloc((vocab + 31) / 32 * 4);
+    for (int w = 0; w < (vocab + 31) / 32; w++) mask[w] = (uint32_t)next_u64();
+    for (int c = 0; c < 5; c++) {
+        static const char *const names[5] = {"greedy", "T 1, top_p 0.9",
+                                             "T 0.7, top_k 40, top_p 0.9, min_p, penalties, 5 lp",
+                                             "greedy, mask", "T 1, top_p 0.9, mask"};
         for (int r = 0; r < n; r++) {
-            sp[r] = (struct kiln_sampling){.temperature = c ? (c == 1 ? 1.0f : 0.7f) : 0.0f,
-                                           .top_p = c ? 0.9f : 1.0f,
+            bool sampled = c == 1 || c == 2 || c == 4;
+            sp[r] = (struct kiln_sampling){.temperature = sampled ? (c == 2 ? 0.7f : 1.0f) : 0.0f,
+                                           .top_p = sampled ? 0.9f : 1.0f,
+                                           .mask = c >= 3 ? mask : NULL,
                                            .repetition_penalty = 1.0f,
                                            .seed = (uint64_t)r,
                                            .step = 7};
@@ -572,7 +599,7 @@ static void timing(void)
         }
     }
     cudaFree(d_l);
-    free(l), free(sp);
+    free(l), free(sp), free(mask);
 }
 
 int main(void)

@@ -1,5 +1,6 @@
 /* kiln bench --throughput end to end on the tiny model: the run completes at a fixed
- * concurrency and its --json line carries every figure, consistent with the request shape.
+ * concurrency and its --json line carries every figure, consistent with the request shape; the
+ * latency mode's constrained decode (--json-schema) reports next to the unconstrained one.
  * usage: test_bench_cli MODEL_DIR   (KILN_BIN: the kiln binary) */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -38,18 +39,25 @@ static double num(json_t *j, const char *key)
     return json_number_value(v);
 }
 
-static void throughput_json(void **state)
+/* A run that must succeed: its JSON line, parsed. */
+static json_t *bench_json(const char *args)
 {
-    (void)state;
     int status;
-    char *line = run_json("--throughput --num-requests 6 --input-len 12 --output-len 5 "
-                          "--concurrency 2 --warmup 1 --device cpu --json",
-                          &status);
+    char *line = run_json(args, &status);
     assert_int_equal(status, 0);
     assert_non_null(line);
     json_error_t jerr;
     json_t *j = json_loads(line, 0, &jerr);
-    assert_non_null(j);
+    if (!j) fail_msg("not JSON: %s", line);
+    free(line);
+    return j;
+}
+
+static void throughput_json(void **state)
+{
+    (void)state;
+    json_t *j = bench_json("--throughput --num-requests 6 --input-len 12 --output-len 5 "
+                           "--concurrency 2 --warmup 1 --device cpu --json");
     assert_string_equal(json_string_value(json_object_get(j, "mode")), "throughput");
     assert_int_equal((int)num(j, "num_requests"), 6);
     assert_int_equal((int)num(j, "concurrency"), 2);
@@ -63,7 +71,32 @@ static void throughput_json(void **state)
     /* 6 requests of 12 + 5 tokens at concurrency 2: at least 3 waves of 5 steps */
     assert_true(num(j, "steps") >= 15);
     json_decref(j);
-    free(line);
+}
+
+/* The latency mode's --json-schema: each decode point again under the schema, with the ratio
+ * to the unconstrained figure and the time of one mask; a schema the engine refuses is an
+ * error naming the option. */
+static void constrained_decode_json(void **state)
+{
+    (void)state;
+    json_t *j = bench_json("--contexts 16 --prompts none --batches 4 --batch-context 16 "
+                           "--steps 6 --device cpu --json-schema builtin --json");
+    static const char *const keys[2][2] = {{"decode_b1_ctx16", "decode_b1_ctx16_json"},
+                                           {"decode_b4", "decode_b4_json"}};
+    for (int k = 0; k < 2; k++) {
+        json_t *free_run = json_object_get(j, keys[k][0]), *con = json_object_get(j, keys[k][1]);
+        if (!free_run || !con) fail_msg("%s or %s missing", keys[k][0], keys[k][1]);
+        double ft = num(free_run, "tok_s"), ct = num(con, "tok_s");
+        assert_true(ft > 0 && ct > 0);
+        assert_float_equal(num(con, "ratio"), ct / ft, 1e-3 * ct / ft);
+        assert_true(num(con, "mask_us") > 0);
+    }
+    json_decref(j);
+    int status;
+    free(run_json("--contexts 16 --prompts none --batches none --steps 2 --device cpu "
+                  "--json-schema /nonexistent.json",
+                  &status));
+    assert_int_equal(WEXITSTATUS(status), 1);
 }
 
 static void bad_usage(void **state)
@@ -86,6 +119,7 @@ int main(int argc, char **argv)
     model_dir = argv[1];
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(throughput_json),
+        cmocka_unit_test(constrained_decode_json),
         cmocka_unit_test(bad_usage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

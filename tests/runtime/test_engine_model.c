@@ -1,7 +1,9 @@
 /* The engine on a real backend and model (the tiny checkpoint of the tiny_model fixture, with
  * its Llama 3 tokenizer): greedy outputs do not depend on batching, chunked prefill,
  * preemption or prefix reuse; seeds draw the same alone or batched; stop strings cut the text;
- * cancel frees the KV; the context limit message.
+ * cancel frees the KV; the context limit message; structured output (the grammar holds at
+ * temperature 1, ends the request when complete, forced tokens give the same output as drawn
+ * ones, preemption keeps the matcher right).
  *
  * usage: test_engine_model MODEL_DIR [cpu|cuda]
  * Results of different schedules must agree bitwise. On the CPU the math does not depend on the
@@ -9,7 +11,8 @@
  * cuBLASLt algorithm per weight shape, for every step size), which makes each row's sums the
  * same whatever else is in the step; only a preempted request, whose recomputed positions run
  * through the prefill attention kernel instead of the decode one, may part from its other
- * schedule, and then only at a near-tie (assert_same_or_near_tie). Exits 77 (skipped) for cuda
+ * schedule, and then only at a near tie (near_tie_divergence), after which the comparison goes on
+ * teacher-forced. Exits 77 (skipped) for cuda
  * when no GPU is visible. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,21 +25,25 @@
 #include <unistd.h>
 
 #include "engine_helpers.h"
+#include "grammar/grammar.h"
 #include "model/model.h"
 #include "runtime/engine.h"
 
 static const char *model_dir;
 static bool cuda;
 
-/* Results of two schedules: bitwise; with preemption on the GPU see assert_same_or_near_tie. */
+/* Results of two schedules: bitwise (with preemption on the GPU, see near_tie_divergence and
+ * alone_then_together). */
 static bool preempting;
 static void same_across_schedules(const struct result *a, const struct result *b)
 {
-    if (cuda && preempting)
-        assert_same_or_near_tie(a, b, 1.0f);
-    else
-        assert_same(a, b, 0.0f); /* bitwise */
+    assert_same(a, b, 0.0f); /* bitwise */
 }
+/* The largest top-2 gap, in nats, at which a preempted request on the GPU may take the other of
+ * the two tokens (near_tie_divergence): ~4x the schedules' logprob noise measured on an H100
+ * (2.6e-2 nats at most over the four prompts, bench/RESULTS.md "GPU tolerances"); a flip needs
+ * a gap no larger than the noise. */
+#define NEAR_TIE_GAP 0.1f
 static struct kiln_model *model;
 static struct kiln_tokenizer *tok;
 
@@ -119,6 +126,52 @@ static struct kiln_request greedy(int p, int max_tokens)
     return r;
 }
 
+/* The NP prompts all at once on `together`, prompt p replaced by `forced` when n_forced > 0
+ * (b: NP + 1 results). */
+static void run_together(struct setup together, struct kiln_request base, int p,
+                         const int32_t *forced, int n_forced, int max_tokens, struct result *b,
+                         struct kiln_engine_stats *st)
+{
+    struct rig r = rig_new(together);
+    struct kiln_request reqs[NP];
+    for (int q = 0; q < NP; q++) {
+        reqs[q] = base;
+        reqs[q].prompt = prompts[q];
+        reqs[q].n_prompt = prompt_len[q];
+        reqs[q].seed = 77 + (uint64_t)q;
+    }
+    if (n_forced) {
+        reqs[p].prompt = forced;
+        reqs[p].n_prompt = n_forced;
+        reqs[p].max_tokens = max_tokens;
+    }
+    static const int32_t blocker[2] = {128000, 128006};
+    submit_together(r.e, r.be, reqs, NP, b, blocker, 2);
+    collect(r.e, NP + 1);
+    if (st) kiln_engine_stats(r.e, st);
+    rig_free(r);
+}
+
+/* a (alone) and b (together, preempted, on the GPU) may part at a near tie; from there b's
+ * schedule runs again with a's tokens up to the tie appended to prompt p (teacher-forced), and
+ * the comparison goes on until the rest of a is matched. */
+static void same_or_near_tie(struct setup together, struct kiln_request base, int p,
+                             const struct result *a, const struct result *b)
+{
+    static struct result cur[NP + 1];
+    static int32_t forced[512];
+    cur[p] = *b;
+    for (int from = 0;;) {
+        int i = near_tie_divergence(a, from, &cur[p], NEAR_TIE_GAP);
+        if (i < 0 || i + 1 >= a->n) return;
+        assert_true(prompt_len[p] + i + 1 <= (int)(sizeof forced / sizeof forced[0]));
+        memcpy(forced, prompts[p], (size_t)prompt_len[p] * sizeof forced[0]);
+        memcpy(forced + prompt_len[p], a->tokens, (size_t)(i + 1) * sizeof forced[0]);
+        run_together(together, base, p, forced, prompt_len[p] + i + 1, a->n - i - 1, cur, NULL);
+        from = i + 1;
+    }
+}
+
 /* The NP prompts one at a time, then all at once on another setup (b: NP + 1 results). */
 static void alone_then_together(struct setup alone, struct setup together, struct kiln_request base,
                                 struct result *a, struct result *b, struct kiln_engine_stats *st)
@@ -133,20 +186,12 @@ static void alone_then_together(struct setup alone, struct setup together, struc
         collect(r.e, 1);
     }
     rig_free(r);
-    r = rig_new(together);
-    struct kiln_request reqs[NP];
-    for (int p = 0; p < NP; p++) {
-        reqs[p] = base;
-        reqs[p].prompt = prompts[p];
-        reqs[p].n_prompt = prompt_len[p];
-        reqs[p].seed = 77 + (uint64_t)p;
-    }
-    static const int32_t blocker[2] = {128000, 128006};
-    submit_together(r.e, r.be, reqs, NP, b, blocker, 2);
-    collect(r.e, NP + 1);
-    kiln_engine_stats(r.e, st);
-    rig_free(r);
-    for (int p = 0; p < NP; p++) same_across_schedules(&a[p], &b[p]);
+    run_together(together, base, 0, NULL, 0, 0, b, st);
+    for (int p = 0; p < NP; p++)
+        if (cuda && preempting)
+            same_or_near_tie(together, base, p, &a[p], &b[p]);
+        else
+            same_across_schedules(&a[p], &b[p]);
 }
 
 static void batched_chunked_preempted(void **state)
@@ -318,6 +363,148 @@ static void cancel_and_limits(void **state)
     rig_free(r);
 }
 
+/* ---- structured output ---- */
+
+static struct kiln_grammar_vocab *gvocab;
+
+static struct kiln_grammar *compile(enum kiln_constraint_kind kind, const char *text)
+{
+    struct kiln_constraint_spec spec = {.kind = kind, .text = text, .len = strlen(text)};
+    struct kiln_grammar *g;
+    struct kiln_error err;
+    if (!gvocab && kiln_grammar_vocab_create(tok, &gvocab, &err)) fail_msg("vocab: %s", err.msg);
+    if (kiln_grammar_compile(&spec, gvocab, &g, &err)) fail_msg("compile %s: %s", text, err.msg);
+    return g;
+}
+
+static struct kiln_request sampled(int p, int max_tokens, struct kiln_grammar *g, uint64_t seed)
+{
+    struct kiln_request q = greedy(p, max_tokens);
+    q.temperature = 1.0f;
+    q.has_seed = true;
+    q.seed = seed;
+    q.ignore_eos = false;
+    q.logprobs = -1;
+    q.grammar = g;
+    return q;
+}
+
+/* Choices and regexes at temperature 1: every output is one of them / matches, ends with
+ * finish "stop" when complete (without drawing an eos: nothing else could follow), also under
+ * ignore_eos. */
+static void constrained_choice_and_regex(void **state)
+{
+    (void)state;
+    struct rig r = rig_new(defaults());
+    static const char *const words[] = {"alpha", "beta", "gamma delta", "\"q\""};
+    struct kiln_grammar *choice =
+        compile(KILN_CONSTRAINT_CHOICE, "[\"alpha\",\"beta\",\"gamma delta\",\"\\\"q\\\"\"]");
+    struct kiln_grammar *re = compile(KILN_CONSTRAINT_REGEX, "[a-c]{2,4}-[0-9]{1,2}");
+    int seen = 0;
+    for (uint64_t seed = 0; seed < 8; seed++) {
+        struct result x;
+        struct kiln_request q = sampled((int)seed % NP, 40, choice, seed);
+        q.ignore_eos = seed % 2;
+        submit(r.e, q, &x);
+        collect(r.e, 1);
+        assert_int_equal(x.finish, KILN_FINISH_STOP);
+        assert_int_equal(x.stop_token, -1);
+        int k = 0;
+        while (k < 4 && strcmp(x.text, words[k])) k++;
+        if (k == 4) fail_msg("output '%s' is none of the choices", x.text);
+        seen |= 1 << k;
+
+        q = sampled((int)seed % NP, 40, re, seed);
+        submit(r.e, q, &x);
+        collect(r.e, 1);
+        assert_true(x.text_len >= 4 && x.text_len <= 7);
+        const char *dash = strchr(x.text, '-');
+        assert_non_null(dash);
+        assert_int_equal(strspn(x.text, "abc"), (size_t)(dash - x.text));
+        assert_true(dash - x.text >= 2 && dash - x.text <= 4);
+        assert_int_equal(strspn(dash + 1, "0123456789"), strlen(dash + 1));
+        assert_true(strlen(dash + 1) >= 1 && strlen(dash + 1) <= 2);
+        /* the regex can go on after one digit: the end is a drawn eos or the second digit */
+        assert_int_equal(x.finish, KILN_FINISH_STOP);
+    }
+    assert_true(__builtin_popcount((unsigned)seen) >= 2); /* temperature 1 varies the choice */
+    kiln_grammar_unref(choice);
+    kiln_grammar_unref(re);
+    rig_free(r);
+}
+
+/* Without logprobs the tokens the grammar forces are appended without a draw; with logprobs
+ * every token is drawn. The outputs are the same token for token, and a JSON Schema with long
+ * fixed keys forces some. */
+static void forced_tokens_exact(void **state)
+{
+    (void)state;
+    struct rig r = rig_new(defaults());
+    struct kiln_grammar *g = compile(
+        KILN_CONSTRAINT_JSON_SCHEMA,
+        "{\"type\":\"object\",\"properties\":{\"a_rather_long_property_name\":{\"type\":"
+        "\"integer\",\"minimum\":0,\"maximum\":9},\"another_long_property_name\":{\"enum\":["
+        "\"first value\",\"second value\"]},\"s\":{\"type\":\"string\",\"maxLength\":6}},"
+        "\"required\":[\"a_rather_long_property_name\",\"another_long_property_name\",\"s\"],"
+        "\"additionalProperties\":false}");
+    for (uint64_t seed = 0; seed < 4; seed++) {
+        struct result fast, drawn;
+        struct kiln_engine_stats before, after;
+        kiln_engine_stats(r.e, &before);
+        submit(r.e, sampled(2, 100, g, seed), &fast);
+        collect(r.e, 1);
+        kiln_engine_stats(r.e, &after);
+        assert_true(after.grammar_forced > before.grammar_forced);
+        struct kiln_request q = sampled(2, 100, g, seed);
+        q.logprobs = 0;
+        submit(r.e, q, &drawn);
+        collect(r.e, 1);
+        uint64_t forced = after.grammar_forced - before.grammar_forced;
+        kiln_engine_stats(r.e, &before);
+        assert_int_equal(before.grammar_forced, after.grammar_forced);
+        assert_int_equal(fast.n, drawn.n);
+        assert_memory_equal(fast.tokens, drawn.tokens, (size_t)fast.n * sizeof *fast.tokens);
+        assert_int_equal(fast.finish, KILN_FINISH_STOP);
+        assert_int_equal(drawn.finish, KILN_FINISH_STOP);
+        assert_string_equal(fast.text, drawn.text);
+        assert_true(!strncmp(fast.text, "{\"a_rather_long_property_name\":", 31));
+        assert_true(fast.text[fast.text_len - 1] == '}');
+        print_message("seed %llu: %s (%d tokens, %llu forced)\n", (unsigned long long)seed,
+                      fast.text, fast.n, (unsigned long long)forced);
+    }
+    struct kiln_engine_stats st;
+    kiln_engine_stats(r.e, &st);
+    assert_true(st.grammar_masks > 0 && st.grammar_s > 0);
+    kiln_grammar_unref(g);
+    rig_free(r);
+}
+
+/* Constrained requests batched in a KV pool too small for them (preemption, recompute) give
+ * what they give alone: the matcher's state is kept across the recompute. */
+static void constrained_preempted(void **state)
+{
+    (void)state;
+    struct kiln_grammar *g =
+        compile(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"array\",\"items\":{\"type\":\"string\","
+                                             "\"maxLength\":3},\"minItems\":2,\"maxItems\":4}");
+    struct result a[NP], b[NP + 1];
+    struct kiln_engine_stats st;
+    struct setup s = defaults(), tight = defaults();
+    tight.block_size = 4;
+    tight.n_blocks = 24;
+    struct kiln_request base = sampled(0, 30, g, 0);
+    preempting = true;
+    alone_then_together(s, tight, base, a, b, &st);
+    preempting = false;
+    print_message("%llu preemptions\n", (unsigned long long)st.preemptions);
+    assert_true(st.preemptions > 0);
+    for (int p = 0; p < NP; p++) {
+        assert_int_equal(a[p].finish, KILN_FINISH_STOP);
+        assert_true(a[p].text[0] == '[' && a[p].text[a[p].text_len - 1] == ']');
+    }
+    kiln_grammar_unref(g);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || argc > 3) {
@@ -351,8 +538,12 @@ int main(int argc, char **argv)
         cmocka_unit_test(prefix_reuse),
         cmocka_unit_test(stop_strings_and_text),
         cmocka_unit_test(cancel_and_limits),
+        cmocka_unit_test(constrained_choice_and_regex),
+        cmocka_unit_test(forced_tokens_exact),
+        cmocka_unit_test(constrained_preempted),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    if (gvocab) kiln_grammar_vocab_free(gvocab);
     for (int p = 0; p < NP; p++) free(prompts[p]);
     kiln_tokenizer_free(tok);
     kiln_model_free(model);

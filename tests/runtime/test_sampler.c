@@ -402,6 +402,68 @@ static void large_vocab(void **state)
     free(x);
 }
 
+/* The allowed-token mask (structured output): masked-out ids are -inf in the processed logits
+ * (greedy and drawn alike, the draw renormalized over the allowed ids), the raw logprob and the
+ * alternatives are the unmasked model's, and it composes with bans, bias and top_k. */
+static void allowed_mask(void **state)
+{
+    (void)state;
+    enum { N = 70 }; /* three mask words, the last one partial */
+    float x[N];
+    for (int i = 0; i < N; i++) x[i] = (float)(i % 7) * 0.5f;
+    x[3] = 9; /* the unmasked argmax */
+    x[5] = 2.5f, x[33] = 2.5f, x[40] = 1.0f, x[69] = 1.5f;
+    uint32_t mask[3] = {0, 0, 0};
+    int allowed[4] = {5, 33, 40, 69};
+    for (int j = 0; j < 4; j++) mask[allowed[j] >> 5] |= 1u << (allowed[j] & 31);
+    struct kiln_sampling p = params();
+    p.temperature = 0;
+    p.n_logprobs = 2;
+    p.mask = mask;
+    struct kiln_sample_out o = sample(x, N, &p);
+    /* the first of the tied allowed maxima 5 and 33 */
+    assert_int_equal(o.token, 5);
+    double lse = 0, e9 = exp(9.0);
+    for (int i = 0; i < N; i++) lse += exp((double)x[i]);
+    lse = log(lse);
+    assert_float_equal(o.logprob, x[5] - lse, 1e-5);
+    assert_int_equal(o.top_ids[0], 3); /* alternatives: the raw model's, mask or not */
+    assert_float_equal(o.top_logprobs[0], log(e9) - lse, 1e-5);
+
+    /* Drawn: only allowed ids, with probabilities renormalized over them. */
+    p.temperature = 1;
+    p.n_logprobs = 0;
+    double q[N] = {0};
+    for (int j = 0; j < 4; j++) q[allowed[j]] = exp((double)x[allowed[j]]);
+    expect_draws(x, N, p, q, 2000);
+
+    /* With a ban and a bias: a banned allowed id stays out, a bias cannot bring back a masked
+     * one; top_k counts only what the mask left (x >= the k-th largest of the processed x). */
+    int32_t banned[1] = {33}, bias_ids[2] = {3, 69};
+    float bias_vals[2] = {100, 1.5f}; /* 69: 1.5 + 1.5 = 3, now the largest allowed */
+    p.banned_ids = banned;
+    p.n_banned = 1;
+    p.bias_ids = bias_ids;
+    p.bias_vals = bias_vals;
+    p.n_bias = 2;
+    p.top_k = 2;
+    double r[N] = {0};
+    r[5] = exp(2.5), r[69] = exp(3.0); /* allowed, not banned: 2.5, 1.0, 3.0; 2nd largest 2.5 */
+    expect_draws(x, N, p, r, 2000);
+    p.temperature = 0;
+    assert_int_equal(sample(x, N, &p).token, 69);
+
+    /* Nothing allowed: a valid id, no crash (the engine never sends such a row). */
+    uint32_t none[3] = {0, 0, 0};
+    p.mask = none;
+    p.n_bias = 0;
+    p.n_banned = 0;
+    p.top_k = 0;
+    sample(x, N, &p);
+    p.temperature = 1;
+    sample(x, N, &p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -418,6 +480,7 @@ int main(void)
         cmocka_unit_test(top_p_and_min_p),
         cmocka_unit_test(nan_logits),
         cmocka_unit_test(large_vocab),
+        cmocka_unit_test(allowed_mask),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

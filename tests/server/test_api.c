@@ -127,7 +127,7 @@ static void chat_messages(void **state)
     assert_string_equal(r.messages_json,
                         "[{\"role\":\"system\",\"content\":\"be brief\"},"
                         "{\"role\":\"user\",\"content\":\"a\\nb\"},{\"role\":\"assistant\","
-                        "\"content\":\"\",\"tool_calls\":[]},{\"role\":\"tool\","
+                        "\"content\":\"\"},{\"role\":\"tool\","
                         "\"content\":\"42\",\"tool_call_id\":\"c1\"}]");
     assert_int_equal(r.max_tokens, 7);
     assert_int_equal(r.logprobs, 2);
@@ -222,10 +222,146 @@ static void bad_bodies(void **state)
         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\"}]"
         "}",
         400, "tools");
-    BAD(CHAT,
-        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":{\"type\":"
-        "\"json_object\"}}",
-        400, "response_format");
+}
+
+/* One structured-output form in a body: kind, text and the param it names. */
+static void expect_constraint(enum kiln_api_kind kind, const char *body,
+                              enum kiln_constraint_kind want, const char *text, const char *param)
+{
+    struct kiln_api_request r = parse_ok(kind, body);
+    if (r.constraint.kind != want)
+        fail_msg("%s: constraint kind %d, expected %d", body, (int)r.constraint.kind, (int)want);
+    if (want != KILN_CONSTRAINT_NONE) {
+        assert_non_null(r.constraint.text);
+        if (strcmp(r.constraint.text, text))
+            fail_msg("%s: text '%s', expected '%s'", body, r.constraint.text, text);
+        assert_int_equal(r.constraint.len, strlen(text));
+        assert_string_equal(r.constraint.param, param);
+    } else {
+        assert_null(r.constraint.text);
+    }
+    kiln_api_request_free(&r);
+    assert_int_equal(r.constraint.kind, KILN_CONSTRAINT_NONE);
+}
+
+#define MSGS "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]"
+
+static void constraint_forms(void **state)
+{
+    (void)state;
+    /* none, text */
+    expect_constraint(CHAT, "{" MSGS "}", KILN_CONSTRAINT_NONE, NULL, NULL);
+    expect_constraint(CHAT, "{" MSGS ",\"response_format\":{\"type\":\"text\"}}",
+                      KILN_CONSTRAINT_NONE, NULL, NULL);
+    expect_constraint(CHAT, "{" MSGS ",\"response_format\":null,\"guided_json\":null}",
+                      KILN_CONSTRAINT_NONE, NULL, NULL);
+    /* response_format on both endpoints */
+    expect_constraint(CHAT, "{" MSGS ",\"response_format\":{\"type\":\"json_object\"}}",
+                      KILN_CONSTRAINT_JSON_OBJECT, "", "response_format");
+    expect_constraint(CMPL, "{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_object\"}}",
+                      KILN_CONSTRAINT_JSON_OBJECT, "", "response_format");
+    expect_constraint(CHAT,
+                      "{" MSGS ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":"
+                      "{\"name\":\"p\",\"strict\":true,\"description\":\"d\",\"schema\":"
+                      "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}}}}",
+                      KILN_CONSTRAINT_JSON_SCHEMA,
+                      "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}",
+                      "response_format.json_schema.schema");
+    expect_constraint(CMPL,
+                      "{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_schema\","
+                      "\"json_schema\":{\"name\":\"p\",\"schema\":{\"type\":\"string\"}}}}",
+                      KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\"}",
+                      "response_format.json_schema.schema");
+    /* no schema: any JSON value */
+    expect_constraint(CHAT,
+                      "{" MSGS ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":"
+                      "{\"name\":\"p\"}}}",
+                      KILN_CONSTRAINT_JSON_SCHEMA, "{}", "response_format");
+    /* vLLM's guided_* */
+    expect_constraint(CMPL, "{\"prompt\":\"x\",\"guided_json\":{\"type\":\"boolean\"}}",
+                      KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"boolean\"}", "guided_json");
+    expect_constraint(CHAT, "{" MSGS ",\"guided_json\":\"{\\\"type\\\": \\\"null\\\"}\"}",
+                      KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"null\"}", "guided_json");
+    expect_constraint(CHAT, "{" MSGS ",\"guided_regex\":\"[a-z]+\\\\d\"}", KILN_CONSTRAINT_REGEX,
+                      "[a-z]+\\d", "guided_regex");
+    expect_constraint(CMPL, "{\"prompt\":\"x\",\"guided_choice\":[\"yes\",\"no\"]}",
+                      KILN_CONSTRAINT_CHOICE, "[\"yes\",\"no\"]", "guided_choice");
+    expect_constraint(CHAT, "{" MSGS ",\"guided_grammar\":\"root ::= \\\"a\\\"\"}",
+                      KILN_CONSTRAINT_GRAMMAR, "root ::= \"a\"", "guided_grammar");
+    expect_constraint(CHAT,
+                      "{" MSGS ",\"guided_regex\":\"a\",\"guided_decoding_backend\":\"xgrammar\"}",
+                      KILN_CONSTRAINT_REGEX, "a", "guided_regex");
+    /* structured_outputs */
+    expect_constraint(CHAT, "{" MSGS ",\"structured_outputs\":{\"json\":{\"enum\":[1,2]}}}",
+                      KILN_CONSTRAINT_JSON_SCHEMA, "{\"enum\":[1,2]}", "structured_outputs.json");
+    expect_constraint(CHAT, "{" MSGS ",\"structured_outputs\":{\"json\":\"{}\"}}",
+                      KILN_CONSTRAINT_JSON_SCHEMA, "{}", "structured_outputs.json");
+    expect_constraint(CMPL, "{\"prompt\":\"x\",\"structured_outputs\":{\"regex\":\"x+\"}}",
+                      KILN_CONSTRAINT_REGEX, "x+", "structured_outputs.regex");
+    expect_constraint(CHAT,
+                      "{" MSGS ",\"structured_outputs\":{\"choice\":[\"a\"],"
+                      "\"disable_fallback\":true,\"disable_any_whitespace\":false}}",
+                      KILN_CONSTRAINT_CHOICE, "[\"a\"]", "structured_outputs.choice");
+    expect_constraint(CHAT, "{" MSGS ",\"structured_outputs\":{\"grammar\":\"root ::= [0-9]\"}}",
+                      KILN_CONSTRAINT_GRAMMAR, "root ::= [0-9]", "structured_outputs.grammar");
+    expect_constraint(CHAT, "{" MSGS ",\"structured_outputs\":{\"json_object\":true}}",
+                      KILN_CONSTRAINT_JSON_OBJECT, "", "structured_outputs.json_object");
+    expect_constraint(CHAT, "{" MSGS ",\"structured_outputs\":{\"json_object\":false}}",
+                      KILN_CONSTRAINT_NONE, NULL, NULL);
+}
+
+static void constraint_errors(void **state)
+{
+    (void)state;
+    /* unknown or malformed forms name the field; more than one form: the second one named */
+#define RF "{" MSGS ",\"response_format\":"
+    static const struct {
+        enum kiln_api_kind kind;
+        const char *body, *param;
+    } cases[] = {
+        {CHAT, RF "{\"type\":\"structural_tag\"}}", "response_format.type"},
+        {CHAT, RF "{\"type\":3}}", "response_format.type"},
+        {CHAT, RF "{}}", "response_format.type"},
+        {CMPL, "{\"prompt\":\"x\",\"response_format\":\"json\"}", "response_format"},
+        {CHAT, RF "{\"type\":\"json_schema\"}}", "response_format.json_schema"},
+        {CHAT, RF "{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"p\",\"schema\":[1]}}}",
+         "response_format.json_schema.schema"},
+        {CHAT, RF "{\"type\":\"json_schema\",\"json_schema\":{\"name\":7,\"schema\":{}}}}",
+         "response_format.json_schema.name"},
+        {CHAT, RF "{\"type\":\"json_schema\",\"json_schema\":{\"strict\":\"yes\",\"schema\":{}}}}",
+         "response_format.json_schema.strict"},
+        {CHAT, "{" MSGS ",\"guided_json\":5}", "guided_json"},
+        {CHAT, "{" MSGS ",\"guided_json\":\"{not json\"}", "guided_json"},
+        {CHAT, "{" MSGS ",\"guided_json\":\"[1]\"}", "guided_json"},
+        {CHAT, "{" MSGS ",\"guided_regex\":[\"a\"]}", "guided_regex"},
+        {CHAT, "{" MSGS ",\"guided_regex\":\"\"}", "guided_regex"},
+        {CHAT, "{" MSGS ",\"guided_choice\":[]}", "guided_choice"},
+        {CHAT, "{" MSGS ",\"guided_choice\":\"a\"}", "guided_choice"},
+        {CHAT, "{" MSGS ",\"guided_choice\":[\"a\",1]}", "guided_choice"},
+        {CHAT, "{" MSGS ",\"guided_grammar\":{}}", "guided_grammar"},
+        {CHAT, "{" MSGS ",\"guided_whitespace_pattern\":\" *\"}", "guided_whitespace_pattern"},
+        {CHAT, "{" MSGS ",\"guided_decoding_backend\":1}", "guided_decoding_backend"},
+        {CHAT, "{" MSGS ",\"structured_outputs\":[]}", "structured_outputs"},
+        {CHAT, "{" MSGS ",\"structured_outputs\":{\"structural_tag\":\"x\"}}",
+         "structured_outputs"},
+        {CHAT, "{" MSGS ",\"structured_outputs\":{\"json_object\":1}}",
+         "structured_outputs.json_object"},
+        {CHAT, "{" MSGS ",\"structured_outputs\":{\"disable_fallback\":1}}", "structured_outputs"},
+        {CHAT, RF "{\"type\":\"json_object\"},\"guided_regex\":\"a\"}", "guided_regex"},
+        {CMPL, "{\"prompt\":\"x\",\"guided_choice\":[\"a\"],\"guided_grammar\":\"g\"}",
+         "guided_grammar"},
+        {CHAT, "{" MSGS ",\"guided_json\":{},\"structured_outputs\":{\"json\":{}}}",
+         "structured_outputs.json"},
+        {CHAT, "{" MSGS ",\"structured_outputs\":{\"regex\":\"a\",\"choice\":[\"a\"]}}",
+         "structured_outputs.choice"},
+    };
+#undef RF
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        BAD(cases[i].kind, cases[i].body, 400, cases[i].param);
+    /* text plus a guided form is one form */
+    expect_constraint(CHAT,
+                      "{" MSGS ",\"response_format\":{\"type\":\"text\"},\"guided_regex\":\"a\"}",
+                      KILN_CONSTRAINT_REGEX, "a", "guided_regex");
 }
 
 static void tokenize_bodies(void **state)
@@ -288,10 +424,12 @@ static void response_shapes(void **state)
                                 "finish_reason", kiln_api_finish_reason(KILN_FINISH_LENGTH));
     json_t *o = kiln_api_envelope("cmpl-1", "text_completion", 1700000000, "m", choices, &u);
     char *s = json_dumps(o, JSON_COMPACT);
-    assert_string_equal(s, "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":"
-                           "1700000000,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":"
-                           "\"Paris\",\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":"
-                           "{\"prompt_tokens\":6,\"completion_tokens\":50,\"total_tokens\":56}}");
+    assert_string_equal(s,
+                        "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":"
+                        "1700000000,\"model\":\"m\",\"system_fingerprint\":\"" KILN_API_FINGERPRINT
+                        "\",\"choices\":[{\"index\":0,\"text\":"
+                        "\"Paris\",\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":"
+                        "{\"prompt_tokens\":6,\"completion_tokens\":50,\"total_tokens\":56}}");
     free(s);
     size_t len;
     char *sse = kiln_api_sse(o, &len);
@@ -423,6 +561,8 @@ int main(void)
         cmocka_unit_test(logprob_formats),
         cmocka_unit_test(api_key),
         cmocka_unit_test(metrics_text),
+        cmocka_unit_test(constraint_forms),
+        cmocka_unit_test(constraint_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

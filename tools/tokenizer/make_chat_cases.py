@@ -49,6 +49,16 @@ CONV = {
                       {"role": U, "content": [{"type": "image"}, {"type": "text", "text": " Describe this. "}]},
                       {"role": A, "content": [{"type": "text", "text": "A cat."}]}],
     "empty": [],
+    # kiln's tool calling (issue 15): a builtin tool call answered by ipython, a dict result
+    "builtin_call": [{"role": U, "content": "Search the weather in Menlo Park"},
+                     {"role": A, "content": None, "tool_calls": [{"type": "function", "function": {
+                         "name": "brave_search", "arguments": {"query": "Menlo Park weather"}}}]},
+                     {"role": "ipython", "content": "{\"result\": \"sunny\"}"},
+                     {"role": A, "content": "It is sunny."}],
+    "tool_dict_result": [{"role": U, "content": "Weather in Paris?"},
+                         {"role": A, "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                             "name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                         {"role": "tool", "tool_call_id": "call_1", "content": {"temp": 21}}],
 }
 
 CASES = []
@@ -86,6 +96,9 @@ add("llama3_1", "tool_turns", "llama3_1_tools.jinja", {"tools": TOOLS, "tools_in
 add("llama3_1", "system", "llama3_1_tools.jinja", {"date_string": "01 Jan 2026"})
 add("llama3_1", "tool_turns", "llama3_1_tools.jinja", {"builtin_tools": ["brave_search", "code_interpreter"], "tools": TOOLS})
 add("llama3_1", "tool_string_args", "llama3_1_tools.jinja", {"tools": TOOLS})
+add("llama3_1", "builtin_call", "llama3_1_tools.jinja", {"builtin_tools": ["brave_search", "wolfram_alpha"], "tools": TOOLS})
+add("llama3_1", "tool_dict_result", "llama3_1_tools.jinja", {"custom_tools": TOOLS, "tools_in_user_message": False})
+add("llama3_1", "tool_dict_result", "llama3_1_tools.jinja", {"tools": TOOLS, "date_string": "07 Dec 2026"})
 add("llama3_1", "tool_turns", "features.jinja")
 add("llama3_1", "content_parts", "features.jinja")
 add("llama3_1", "empty", "features.jinja")

@@ -12,6 +12,7 @@
 #define KILN_BACKEND_CUDA_KERNELS_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -19,6 +20,9 @@ extern "C" {
 #endif
 
 typedef struct CUstream_st *kiln_stream;
+
+/* Whether the kernels that run were compiled for sm_90 or later (common.cuh says more). */
+bool kiln_cuda_hopper_code(void);
 
 enum kiln_row_order { KILN_ROWS_PLAIN, KILN_ROWS_QKV_PAIRED, KILN_ROWS_GU_INTERLEAVED };
 
@@ -163,8 +167,8 @@ int kiln_cuda_attention_prefill(const float *q, struct kiln_cuda_batch b, const 
 /* ---- sampling (sample.cu; the CPU twin is kiln_sample_row, runtime/sampler.h) ----
  * One block of KILN_CUDA_SAMPLE_THREADS threads per row runs sampler.h's steps 1-8 for every row
  * of a step in one launch. Its arguments are one buffer: n rows of struct kiln_cuda_sample_row,
- * then the rows' lists as int32 words, packed on the host by kiln_cuda_sample_pack (so a step
- * costs one copy in and one copy of the results out). */
+ * then the rows' lists (and allowed-token masks) as int32 words, packed on the host by
+ * kiln_cuda_sample_pack (so a step costs one copy in and one copy of the results out). */
 #define KILN_CUDA_SAMPLE_THREADS 1024
 #define KILN_CUDA_MAX_LOGPROBS   20 /* = KILN_MAX_LOGPROBS (checked in sample_pack.c) */
 
@@ -184,6 +188,8 @@ struct kiln_cuda_sample_row {
     int32_t hist, n_hist;     /* (id, out_count, in_prompt, saved) x n_hist */
     int32_t bias, n_bias;     /* (id, value as float bits, saved) x n_bias */
     int32_t banned, n_banned; /* (id, saved) x n_banned */
+    int32_t mask;             /* offset of the allowed-token bitmask ((vocab + 31) / 32 words,
+                                 as kiln_sampling.mask), -1: every token allowed */
 };
 
 /* What the kernel writes per row; the same layout as struct kiln_sample_out (checked). */
@@ -197,11 +203,12 @@ struct kiln_cuda_sample_out {
 
 struct kiln_sampling; /* backend/backend.h */
 
-/* Bytes of the argument buffer for params (n,). The history list is left out of rows without
- * penalties (it changes nothing there). */
-size_t kiln_cuda_sample_args_bytes(const struct kiln_sampling *params, int n);
-/* Writes params (n,) into buf (kiln_cuda_sample_args_bytes(params, n) bytes). */
-void kiln_cuda_sample_pack(const struct kiln_sampling *params, int n, void *buf);
+/* Bytes of the argument buffer for params (n,) over a vocabulary of vocab ids. The history list
+ * is left out of rows without penalties (it changes nothing there); only rows with a mask carry
+ * one. */
+size_t kiln_cuda_sample_args_bytes(const struct kiln_sampling *params, int n, int vocab);
+/* Writes params (n,) into buf (kiln_cuda_sample_args_bytes(params, n, vocab) bytes). */
+void kiln_cuda_sample_pack(const struct kiln_sampling *params, int n, int vocab, void *buf);
 
 /* Step 1 (the raw row's logsumexp and argmax) of a row in KILN_CUDA_SAMPLE_CHUNKS pieces, each
  * read by its own block before the sampler runs (one block reading a whole row took 28 us at

@@ -5,7 +5,7 @@
  * batch):
  *  - step 1 is one online pass (running max and rescaled sum per thread, in float: ~126 terms,
  *    so the log-probabilities are within ~3e-5 of the CPU's double sum) that also yields the
- *    argmax: a greedy row without penalties, bias or bans is done after it. With scratch for
+ *    argmax: a greedy row without penalties, bias, bans or mask is done after it. With scratch for
  *    it (the backend's case) the pass runs before, in KILN_CUDA_SAMPLE_CHUNKS pieces of the row
  *    each read by a block of k_sample_scan, and the row's block merges the pieces: one block
  *    reading a 128K row took 28 us on an H100, a quarter of a batch-1 token's time outside the
@@ -18,8 +18,9 @@
  *    the penalties are applied (history entries in parallel: their ids are unique), then the
  *    biases (one warp, in list order: entries of one id are added in order by one lane), then the
  *    bans; the saved logits are written back before the kernel returns, bit for bit. NaN reads
- *    as -inf from here on. This keeps the sampler out of the memory plan's big buffers: no
- *    (rows, V) scratch.
+ *    as -inf from here on, and so does an id the row's allowed-token mask (structured output)
+ *    leaves out: the mask is applied where x is read, never written into the row. This keeps the
+ * sampler out of the memory plan's big buffers: no (rows, V) scratch.
  *  - every later value is recomputed from the processed logit x_i where it is needed:
  *    e_i = exp(x_i / T - max) (0 below the top-k threshold), p_i = e_i * (1 / sum e), with the
  *    CPU's float operations in the CPU's order (no FMA contraction: __f*_rn), so both backends
@@ -34,12 +35,12 @@
  *  - draw (1 pass + a walk): each thread sums the kept p of a contiguous range of ids, a
  *    block-wide exclusive scan orders the ranges, and the one thread whose range holds u * S
  *    walks it to the token.
- * So a greedy row costs 1 pass (2 with penalties, bias or bans), a sampled one up to 12 (top-k
- * and top-p after penalties), plus 1 for the alternatives (n more when ties overflow).
- * The normalization and draw sums are doubles as on the CPU (in another order), the top-p sums
- * exact, and p differs from the CPU's by <= ~6e-7 relative: the token can differ only when u * S
- * lies within that rounding distance of a cumulative boundary, or a p within a few ulps of a
- * threshold (tests/cuda/test_cuda_sample.c finds and counts such rows). */
+ * So a greedy row costs 1 pass (2 with penalties, bias, bans or a mask), a sampled one up to 12
+ * (top-k and top-p after penalties), plus 1 for the alternatives (n more when ties overflow). The
+ * normalization and draw sums are doubles as on the CPU (in another order), the top-p sums exact,
+ * and p differs from the CPU's by <= ~6e-7 relative: the token can differ only when u * S lies
+ * within that rounding distance of a cumulative boundary, or a p within a few ulps of a threshold
+ * (tests/cuda/test_cuda_sample.c finds and counts such rows). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -294,10 +295,21 @@ __device__ bool radix_select(int vocab, unsigned long long need, Elem elem, W *h
     return true;
 }
 
-/* A row's processed logits x (in place, NaN read as -inf) -> the sampler's values for id i. */
+/* Step 2's last rule: an id the row's allowed-token mask leaves out (mask not NULL) reads as
+ * -inf. The mask is applied where the processed logit is read, not written into the row, so
+ * the raw row needs no restoring. */
+__device__ __forceinline__ float processed(const float *row, const uint32_t *mask, int i)
+{
+    if (mask && !((mask[i >> 5] >> (i & 31)) & 1u)) return -INFINITY;
+    return ninf_if_nan(row[i]);
+}
+
+/* A row's processed logits x (in place, NaN read as -inf, masked ids -inf) -> the sampler's
+ * values for id i. */
 struct row_values {
     const float *row;
-    float inv_t, mx_t; /* 1 / temperature; the largest x * inv_t */
+    const uint32_t *mask; /* allowed tokens, NULL: all */
+    float inv_t, mx_t;    /* 1 / temperature; the largest x * inv_t */
     bool topk;
     float kth;     /* top-k threshold on x * inv_t */
     float inv_sum; /* 1 / sum of e */
@@ -305,7 +317,7 @@ struct row_values {
 
     __device__ float scaled(int i) const
     {
-        return __fmul_rn(ninf_if_nan(row[i]), inv_t);
+        return __fmul_rn(processed(row, mask, i), inv_t);
     }
     /* step 4-5: exp(x - max) of the ids top-k keeps, else 0 */
     __device__ float e(int i) const
@@ -390,6 +402,7 @@ __global__ void __launch_bounds__(THREADS)
 
     const kiln_cuda_sample_row P = rows[blockIdx.x];
     float *row = logits + (size_t)blockIdx.x * vocab;
+    const uint32_t *mask = P.mask >= 0 ? reinterpret_cast<const uint32_t *>(words + P.mask) : NULL;
     kiln_cuda_sample_out *o = out + blockIdx.x;
     const int tid = threadIdx.x;
     const auto best_of = [](arg_max a, arg_max b) { return better(a, b); };
@@ -467,7 +480,7 @@ __global__ void __launch_bounds__(THREADS)
         }
     }
 
-    /* ---- step 2: penalties, bias, bans, in place ---- */
+    /* ---- step 2: penalties, bias, bans, in place; the mask where x is read ---- */
     const int n_list = P.n_hist + P.n_bias + P.n_banned;
     if (n_list > 0) {
         for (int e = tid; e < n_list; e += THREADS) {
@@ -515,9 +528,11 @@ __global__ void __launch_bounds__(THREADS)
             if (id >= 0 && id < vocab) row[id] = -INFINITY;
         }
         __syncthreads();
+    }
+    if (n_list > 0 || mask) {
         arg_max m = {-INFINITY, NO_ID};
         for (int i = tid; i < vocab; i += THREADS) {
-            float w = ninf_if_nan(row[i]);
+            float w = processed(row, mask, i);
             if (w > m.v || m.i == NO_ID) m = {w, i};
         }
         best_x = block_reduce(m, best_of, red);
@@ -530,6 +545,7 @@ __global__ void __launch_bounds__(THREADS)
     } else {
         row_values rv;
         rv.row = row;
+        rv.mask = mask;
         rv.inv_t = __fdiv_rn(1.0f, P.temperature);
         rv.mx_t = __fmul_rn(best_x.v, rv.inv_t); /* rounding is monotone: the max stays the max */
         rv.topk = P.top_k > 0 && P.top_k < vocab;

@@ -32,21 +32,26 @@ static int entries(int n)
     return n > 0 ? n : 0;
 }
 
-static size_t list_words(const struct kiln_sampling *p)
+static size_t mask_words(const struct kiln_sampling *p, int vocab)
+{
+    return p->mask ? (size_t)(vocab + 31) / 32 : 0;
+}
+
+static size_t list_words(const struct kiln_sampling *p, int vocab)
 {
     return (size_t)hist_entries(p) * KILN_CUDA_SAMPLE_HIST_WORDS +
            (size_t)entries(p->n_bias) * KILN_CUDA_SAMPLE_BIAS_WORDS +
-           (size_t)entries(p->n_banned) * KILN_CUDA_SAMPLE_BANNED_WORDS;
+           (size_t)entries(p->n_banned) * KILN_CUDA_SAMPLE_BANNED_WORDS + mask_words(p, vocab);
 }
 
-size_t kiln_cuda_sample_args_bytes(const struct kiln_sampling *params, int n)
+size_t kiln_cuda_sample_args_bytes(const struct kiln_sampling *params, int n, int vocab)
 {
     size_t words = 0;
-    for (int r = 0; r < n; r++) words += list_words(&params[r]);
+    for (int r = 0; r < n; r++) words += list_words(&params[r], vocab);
     return (size_t)n * sizeof(struct kiln_cuda_sample_row) + words * sizeof(int32_t);
 }
 
-void kiln_cuda_sample_pack(const struct kiln_sampling *params, int n, void *buf)
+void kiln_cuda_sample_pack(const struct kiln_sampling *params, int n, int vocab, void *buf)
 {
     struct kiln_cuda_sample_row *rows = buf;
     int32_t *words = (int32_t *)(rows + n);
@@ -90,6 +95,13 @@ void kiln_cuda_sample_pack(const struct kiln_sampling *params, int n, void *buf)
         for (int j = 0; j < w->n_banned; j++, at += KILN_CUDA_SAMPLE_BANNED_WORDS) {
             words[at] = p->banned_ids[j];
             words[at + 1] = 0;
+        }
+        w->mask = -1;
+        if (p->mask) {
+            size_t m = mask_words(p, vocab);
+            w->mask = at;
+            memcpy(&words[at], p->mask, m * sizeof *words);
+            at += (int32_t)m;
         }
     }
 }

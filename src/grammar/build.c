@@ -1,0 +1,944 @@
+/* Grammar builder: expression trees (gx) in an arena, code-point sets and their UTF-8 / JSON
+ * string encodings, and the compilation of rules into byte NFAs with call edges (Thompson
+ * construction, then epsilon elimination), with the left-recursion check. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "grammar/internal.h"
+
+struct gr_block {
+    struct gr_block *next;
+    size_t used, cap;
+    _Alignas(16) unsigned char data[];
+};
+
+void gb_init(struct gr_builder *b, struct kiln_error *err)
+{
+    memset(b, 0, sizeof *b);
+    b->err = err;
+    b->r_json_value = b->r_json_string = b->r_json_object = -1;
+}
+
+void gb_free(struct gr_builder *b)
+{
+    for (struct gr_block *k = b->blocks, *nx; k; k = nx) {
+        nx = k->next;
+        free(k);
+    }
+    free(b->body);
+    free(b->name);
+    memset(b, 0, sizeof *b);
+}
+
+struct gx *gb_fail(struct gr_builder *b, enum kiln_status code, const char *fmt, ...)
+{
+    if (!b->failed) {
+        b->failed = true;
+        if (b->err) {
+            va_list ap;
+            va_start(ap, fmt);
+            b->err->code = code;
+            vsnprintf(b->err->msg, sizeof b->err->msg, fmt, ap);
+            va_end(ap);
+        }
+    }
+    return NULL;
+}
+
+void *gb_alloc(struct gr_builder *b, size_t n)
+{
+    if (b->failed) return NULL;
+    n = (n + 15) & ~(size_t)15;
+    if (b->bytes + n > GR_MAX_BYTES)
+        return gb_fail(b, KILN_ERR_LIMIT, "constraint too large to compile (over %zu MiB)",
+                       GR_MAX_BYTES >> 20);
+    struct gr_block *k = b->blocks;
+    if (!k || k->cap - k->used < n) {
+        size_t cap = n > 65536 ? n : 65536;
+        k = malloc(sizeof *k + cap);
+        if (!k) return gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+        k->used = 0;
+        k->cap = cap;
+        k->next = b->blocks;
+        b->blocks = k;
+    }
+    void *p = k->data + k->used;
+    k->used += n;
+    b->bytes += n;
+    memset(p, 0, n);
+    return p;
+}
+
+char *gb_strdup(struct gr_builder *b, const char *s, size_t n)
+{
+    char *p = gb_alloc(b, n + 1);
+    if (p) memcpy(p, s, n);
+    return p;
+}
+
+int gb_rule(struct gr_builder *b, const char *name)
+{
+    if (b->failed) return -1;
+    if (b->n == b->cap) {
+        int cap = b->cap ? b->cap * 2 : 16;
+        struct gx **nb = realloc(b->body, (size_t)cap * sizeof *nb);
+        if (nb) b->body = nb;
+        char **nn = realloc(b->name, (size_t)cap * sizeof *nn);
+        if (nn) b->name = nn;
+        if (!nb || !nn) {
+            gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+            return -1;
+        }
+        b->cap = cap;
+    }
+    b->body[b->n] = NULL;
+    b->name[b->n] = gb_strdup(b, name, strlen(name));
+    return b->n++;
+}
+
+void gb_set(struct gr_builder *b, int rule, struct gx *body)
+{
+    if (rule >= 0 && rule < b->n) b->body[rule] = body;
+}
+
+static struct gx *node(struct gr_builder *b, enum gx_op op)
+{
+    struct gx *x = gb_alloc(b, sizeof *x);
+    if (x) x->op = op;
+    return x;
+}
+
+struct gx *gx_none(struct gr_builder *b)
+{
+    return node(b, GX_NONE);
+}
+struct gx *gx_empty(struct gr_builder *b)
+{
+    return node(b, GX_EMPTY);
+}
+
+struct gx *gx_range(struct gr_builder *b, unsigned lo, unsigned hi)
+{
+    struct gx *x = node(b, GX_BYTES);
+    if (!x) return NULL;
+    for (unsigned c = lo; c <= hi && c < 256; c++) x->bits[c >> 5] |= 1u << (c & 31);
+    return x;
+}
+
+struct gx *gx_byte(struct gr_builder *b, unsigned c)
+{
+    return gx_range(b, c, c);
+}
+
+struct gx *gx_seq(struct gr_builder *b)
+{
+    return node(b, GX_SEQ);
+}
+struct gx *gx_alt(struct gr_builder *b)
+{
+    return node(b, GX_ALT);
+}
+
+struct gx *gx_add(struct gr_builder *b, struct gx *p, struct gx *kid)
+{
+    if (!p || !kid) return NULL;
+    if (p->n == p->cap) {
+        int cap = p->cap ? p->cap * 2 : 4;
+        struct gx **k = gb_alloc(b, (size_t)cap * sizeof *k);
+        if (!k) return NULL;
+        if (p->n) memcpy(k, p->kid, (size_t)p->n * sizeof *k);
+        p->kid = k;
+        p->cap = cap;
+    }
+    p->kid[p->n++] = kid;
+    return p;
+}
+
+struct gx *gx_lit(struct gr_builder *b, const char *s, size_t n)
+{
+    if (n == 0) return gx_empty(b);
+    if (n == 1) return gx_byte(b, (unsigned char)s[0]);
+    struct gx *q = gx_seq(b);
+    for (size_t i = 0; i < n && q; i++) q = gx_add(b, q, gx_byte(b, (unsigned char)s[i]));
+    return q;
+}
+
+struct gx *gx_str(struct gr_builder *b, const char *s)
+{
+    return gx_lit(b, s, strlen(s));
+}
+
+struct gx *gx_seq2(struct gr_builder *b, struct gx *x, struct gx *y)
+{
+    return gx_add(b, gx_add(b, gx_seq(b), x), y);
+}
+
+struct gx *gx_alt2(struct gr_builder *b, struct gx *x, struct gx *y)
+{
+    return gx_add(b, gx_add(b, gx_alt(b), x), y);
+}
+
+struct gx *gx_rep(struct gr_builder *b, struct gx *x, int min, int max)
+{
+    if (!x) return NULL;
+    if (max >= 0 && max < min) return gx_none(b);
+    struct gx *r = node(b, GX_REP);
+    if (!r) return NULL;
+    if (!gx_add(b, r, x)) return NULL;
+    r->min = min;
+    r->max = max;
+    return r;
+}
+
+struct gx *gx_opt(struct gr_builder *b, struct gx *x)
+{
+    return gx_rep(b, x, 0, 1);
+}
+
+struct gx *gx_call(struct gr_builder *b, int rule)
+{
+    if (rule < 0) return NULL;
+    struct gx *x = node(b, GX_RULE);
+    if (x) x->rule = rule;
+    return x;
+}
+
+/* ---- code-point sets ---- */
+
+void cps_add(struct cp_set *s, uint32_t lo, uint32_t hi)
+{
+    if (lo > hi) return;
+    if (s->n == s->cap) {
+        int cap = s->cap ? s->cap * 2 : 8;
+        void *p = realloc(s->r, (size_t)cap * sizeof *s->r);
+        if (!p) abort(); /* tiny; treated like any other allocation failure of libc */
+        s->r = p;
+        s->cap = cap;
+    }
+    s->r[s->n][0] = lo;
+    s->r[s->n][1] = hi;
+    s->n++;
+}
+
+static int cmp_range(const void *a, const void *b)
+{
+    const uint32_t *x = a, *y = b;
+    return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+void cps_norm(struct cp_set *s)
+{
+    if (s->n == 0) return;
+    qsort(s->r, (size_t)s->n, sizeof *s->r, cmp_range);
+    int k = 0;
+    for (int i = 1; i < s->n; i++) {
+        if (s->r[i][0] <= s->r[k][1] + 1) {
+            if (s->r[i][1] > s->r[k][1]) s->r[k][1] = s->r[i][1];
+        } else {
+            k++;
+            s->r[k][0] = s->r[i][0];
+            s->r[k][1] = s->r[i][1];
+        }
+    }
+    s->n = k + 1;
+}
+
+void cps_negate(struct cp_set *s)
+{
+    cps_norm(s);
+    struct cp_set o = {0};
+    uint32_t next = 0;
+    for (int i = 0; i < s->n; i++) {
+        if (s->r[i][0] > next) cps_add(&o, next, s->r[i][0] - 1);
+        next = s->r[i][1] + 1;
+    }
+    if (next <= 0x10FFFF) cps_add(&o, next, 0x10FFFF);
+    free(s->r);
+    *s = o;
+}
+
+void cps_free(struct cp_set *s)
+{
+    free(s->r);
+    memset(s, 0, sizeof *s);
+}
+
+bool cps_has(const struct cp_set *s, uint32_t c)
+{
+    for (int i = 0; i < s->n; i++)
+        if (c >= s->r[i][0] && c <= s->r[i][1]) return true;
+    return false;
+}
+
+static int utf8_enc(uint32_t c, unsigned char *o)
+{
+    if (c < 0x80) {
+        o[0] = (unsigned char)c;
+        return 1;
+    }
+    if (c < 0x800) {
+        o[0] = (unsigned char)(0xC0 | c >> 6);
+        o[1] = (unsigned char)(0x80 | (c & 0x3F));
+        return 2;
+    }
+    if (c < 0x10000) {
+        o[0] = (unsigned char)(0xE0 | c >> 12);
+        o[1] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+        o[2] = (unsigned char)(0x80 | (c & 0x3F));
+        return 3;
+    }
+    o[0] = (unsigned char)(0xF0 | c >> 18);
+    o[1] = (unsigned char)(0x80 | ((c >> 12) & 0x3F));
+    o[2] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+    o[3] = (unsigned char)(0x80 | (c & 0x3F));
+    return 4;
+}
+
+/* Adds to alt the UTF-8 sequences of [lo, hi] (no surrogates inside). */
+static void utf8_range(struct gr_builder *b, struct gx *alt, uint32_t lo, uint32_t hi)
+{
+    static const uint32_t bounds[] = {0x7F, 0x7FF, 0xFFFF};
+    for (int i = 0; i < 3; i++)
+        if (lo <= bounds[i] && hi > bounds[i]) {
+            utf8_range(b, alt, lo, bounds[i]);
+            utf8_range(b, alt, bounds[i] + 1, hi);
+            return;
+        }
+    unsigned char a[4], z[4];
+    int n = utf8_enc(lo, a);
+    utf8_enc(hi, z);
+    for (int i = 1; i < n; i++) {
+        uint32_t m = (1u << (6 * i)) - 1;
+        if ((lo & ~m) != (hi & ~m)) {
+            if ((lo & m) != 0) {
+                utf8_range(b, alt, lo, lo | m);
+                utf8_range(b, alt, (lo | m) + 1, hi);
+                return;
+            }
+            if ((hi & m) != m) {
+                utf8_range(b, alt, lo, (hi & ~m) - 1);
+                utf8_range(b, alt, hi & ~m, hi);
+                return;
+            }
+        }
+    }
+    struct gx *q = gx_seq(b);
+    for (int i = 0; i < n; i++) q = gx_add(b, q, gx_range(b, a[i], z[i]));
+    gx_add(b, alt, q);
+}
+
+static void utf8_ranges_clip(struct gr_builder *b, struct gx *alt, uint32_t lo, uint32_t hi)
+{
+    if (hi > 0x10FFFF) hi = 0x10FFFF;
+    if (lo > hi) return;
+    if (lo < 0xD800 && hi >= 0xD800) {
+        utf8_range(b, alt, lo, 0xD7FF);
+        if (hi > 0xDFFF) utf8_range(b, alt, 0xE000, hi);
+        return;
+    }
+    if (lo >= 0xD800 && lo <= 0xDFFF) {
+        if (hi <= 0xDFFF) return;
+        lo = 0xE000;
+    }
+    utf8_range(b, alt, lo, hi);
+}
+
+struct gx *gx_utf8(struct gr_builder *b, const struct cp_set *s)
+{
+    /* single bytes merged into one class so the NFA stays small */
+    struct gx *alt = gx_alt(b);
+    struct gx *ascii = NULL;
+    for (int i = 0; i < s->n && alt; i++) {
+        uint32_t lo = s->r[i][0], hi = s->r[i][1];
+        if (lo < 0x80) {
+            uint32_t h = hi < 0x7F ? hi : 0x7F;
+            if (!ascii)
+                ascii = gx_range(b, lo, h);
+            else if (ascii)
+                for (uint32_t c = lo; c <= h; c++) ascii->bits[c >> 5] |= 1u << (c & 31);
+            lo = 0x80;
+        }
+        if (lo <= hi) utf8_ranges_clip(b, alt, lo, hi);
+    }
+    if (ascii) gx_add(b, alt, ascii);
+    if (alt && alt->n == 1) return alt->kid[0];
+    return alt;
+}
+
+/* Fixed-width hex numbers (case-insensitive digits) with values in [lo, hi]. */
+static struct gx *hexdigit(struct gr_builder *b, unsigned lo, unsigned hi)
+{
+    struct gx *x = node(b, GX_BYTES);
+    if (!x) return NULL;
+    for (unsigned v = lo; v <= hi; v++) {
+        unsigned c = v < 10 ? '0' + v : 'a' + v - 10;
+        x->bits[c >> 5] |= 1u << (c & 31);
+        if (v >= 10) {
+            c = 'A' + v - 10;
+            x->bits[c >> 5] |= 1u << (c & 31);
+        }
+    }
+    return x;
+}
+
+static struct gx *hex_range(struct gr_builder *b, uint32_t lo, uint32_t hi, int d)
+{
+    if (d == 1) return hexdigit(b, lo, hi);
+    uint32_t p = 1u << (4 * (d - 1));
+    if (lo == 0 && hi == p * 16 - 1) return gx_rep(b, hexdigit(b, 0, 15), d, d);
+    uint32_t lh = lo / p, hh = hi / p;
+    if (lh == hh) return gx_seq2(b, hexdigit(b, lh, lh), hex_range(b, lo % p, hi % p, d - 1));
+    struct gx *alt = gx_alt(b);
+    gx_add(b, alt, gx_seq2(b, hexdigit(b, lh, lh), hex_range(b, lo % p, p - 1, d - 1)));
+    if (hh - lh > 1)
+        gx_add(b, alt, gx_seq2(b, hexdigit(b, lh + 1, hh - 1), hex_range(b, 0, p - 1, d - 1)));
+    gx_add(b, alt, gx_seq2(b, hexdigit(b, hh, hh), hex_range(b, 0, hi % p, d - 1)));
+    return alt;
+}
+
+static struct gx *u_escape(struct gr_builder *b, uint32_t lo, uint32_t hi)
+{
+    return gx_seq2(b, gx_str(b, "\\u"), hex_range(b, lo, hi, 4));
+}
+
+/* \uXXXX escapes (surrogate pairs above the BMP) of [lo, hi] into alt */
+static void json_u_range(struct gr_builder *b, struct gx *alt, uint32_t lo, uint32_t hi)
+{
+    if (lo <= 0xFFFF) {
+        uint32_t h = hi < 0xFFFF ? hi : 0xFFFF;
+        if (lo < 0xD800) gx_add(b, alt, u_escape(b, lo, h < 0xD7FF ? h : 0xD7FF));
+        if (h > 0xDFFF) gx_add(b, alt, u_escape(b, lo > 0xE000 ? lo : 0xE000, h));
+        lo = 0x10000;
+    }
+    if (lo > hi) return;
+    uint32_t a = lo - 0x10000, z = hi - 0x10000;
+    uint32_t ha = 0xD800 + (a >> 10), hz = 0xD800 + (z >> 10);
+    uint32_t la = 0xDC00 + (a & 0x3FF), lz = 0xDC00 + (z & 0x3FF);
+    if (ha == hz) {
+        gx_add(b, alt, gx_seq2(b, u_escape(b, ha, ha), u_escape(b, la, lz)));
+        return;
+    }
+    gx_add(b, alt, gx_seq2(b, u_escape(b, ha, ha), u_escape(b, la, 0xDFFF)));
+    if (hz - ha > 1)
+        gx_add(b, alt, gx_seq2(b, u_escape(b, ha + 1, hz - 1), u_escape(b, 0xDC00, 0xDFFF)));
+    gx_add(b, alt, gx_seq2(b, u_escape(b, hz, hz), u_escape(b, 0xDC00, lz)));
+}
+
+struct gx *gx_json_chars(struct gr_builder *b, const struct cp_set *s)
+{
+    struct gx *alt = gx_alt(b);
+    struct cp_set plain = {0};
+    for (int i = 0; i < s->n; i++) {
+        uint32_t lo = s->r[i][0] < 0x20 ? 0x20 : s->r[i][0], hi = s->r[i][1];
+        for (uint32_t c = lo; c <= hi;) { /* cut out '"' and '\\' */
+            uint32_t e = hi;
+            if (c <= '"' && e >= '"') e = '"' > c ? '"' - 1 : c;
+            if (c <= '\\' && e >= '\\' && c > '"') e = '\\' > c ? '\\' - 1 : c;
+            if (c != '"' && c != '\\') cps_add(&plain, c, e);
+            c = e + 1;
+            if (e == 0x10FFFF) break;
+        }
+    }
+    cps_norm(&plain);
+    if (plain.n) gx_add(b, alt, gx_utf8(b, &plain));
+    cps_free(&plain);
+    static const struct {
+        uint32_t c;
+        const char *esc;
+    } shorts[] = {{'"', "\\\""}, {'\\', "\\\\"}, {'/', "\\/"}, {8, "\\b"},
+                  {12, "\\f"},   {10, "\\n"},    {13, "\\r"},  {9, "\\t"}};
+    for (size_t i = 0; i < sizeof shorts / sizeof shorts[0]; i++)
+        if (cps_has(s, shorts[i].c)) gx_add(b, alt, gx_str(b, shorts[i].esc));
+    for (int i = 0; i < s->n; i++) json_u_range(b, alt, s->r[i][0], s->r[i][1]);
+    return alt;
+}
+
+/* ---- rules -> NFA ---- */
+
+enum { TE_BYTE, TE_CALL, TE_EPS };
+struct tedge {
+    int32_t from, to, rule;
+    uint8_t kind, lo, hi;
+};
+
+struct nfa {
+    struct gr_builder *b;
+    struct tedge *e;
+    size_t ne, cap;
+    int32_t nts;
+};
+
+static int32_t new_state(struct nfa *c)
+{
+    if (c->nts >= GR_MAX_STATES) {
+        gb_fail(c->b, KILN_ERR_LIMIT, "constraint too large to compile (over %d states)",
+                GR_MAX_STATES);
+        return 0;
+    }
+    return c->nts++;
+}
+
+static void add_edge(struct nfa *c, int32_t from, int32_t to, int kind, int lo, int hi, int rule)
+{
+    if (c->b->failed) return;
+    if (c->ne == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 1024;
+        struct tedge *p = realloc(c->e, cap * sizeof *p);
+        if (!p) {
+            gb_fail(c->b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+            return;
+        }
+        c->e = p;
+        c->cap = cap;
+    }
+    c->e[c->ne++] = (struct tedge){from, to, rule, (uint8_t)kind, (uint8_t)lo, (uint8_t)hi};
+}
+
+static int32_t emit(struct nfa *c, int32_t from, const struct gx *x)
+{
+    if (c->b->failed || !x) return from;
+    switch (x->op) {
+    case GX_NONE:
+        return new_state(c);
+    case GX_EMPTY:
+        return from;
+    case GX_BYTES: {
+        int32_t t = new_state(c);
+        for (int lo = 0; lo < 256;) {
+            if (!(x->bits[lo >> 5] >> (lo & 31) & 1)) {
+                lo++;
+                continue;
+            }
+            int hi = lo;
+            while (hi + 1 < 256 && (x->bits[(hi + 1) >> 5] >> ((hi + 1) & 31) & 1)) hi++;
+            add_edge(c, from, t, TE_BYTE, lo, hi, 0);
+            lo = hi + 1;
+        }
+        return t;
+    }
+    case GX_SEQ: {
+        int32_t cur = from;
+        for (int i = 0; i < x->n; i++) cur = emit(c, cur, x->kid[i]);
+        return cur;
+    }
+    case GX_ALT: {
+        int32_t t = new_state(c);
+        for (int i = 0; i < x->n; i++) {
+            int32_t s = new_state(c);
+            add_edge(c, from, s, TE_EPS, 0, 0, 0);
+            add_edge(c, emit(c, s, x->kid[i]), t, TE_EPS, 0, 0, 0);
+        }
+        return t;
+    }
+    case GX_REP: {
+        int32_t cur = from;
+        for (int i = 0; i < x->min && !c->b->failed; i++) cur = emit(c, cur, x->kid[0]);
+        if (x->max < 0) {
+            int32_t s = new_state(c);
+            add_edge(c, cur, s, TE_EPS, 0, 0, 0);
+            add_edge(c, emit(c, s, x->kid[0]), s, TE_EPS, 0, 0, 0);
+            return s;
+        }
+        int32_t end = new_state(c);
+        add_edge(c, cur, end, TE_EPS, 0, 0, 0);
+        for (int i = x->min; i < x->max && !c->b->failed; i++) {
+            int32_t s = new_state(c);
+            add_edge(c, cur, s, TE_EPS, 0, 0, 0);
+            cur = emit(c, s, x->kid[0]);
+            add_edge(c, cur, end, TE_EPS, 0, 0, 0);
+        }
+        return end;
+    }
+    case GX_RULE: {
+        int32_t t = new_state(c);
+        add_edge(c, from, t, TE_CALL, 0, 0, x->rule);
+        return t;
+    }
+    }
+    return from;
+}
+
+static int cmp_edge(const void *a, const void *b)
+{
+    const struct gr_edge *x = a, *y = b;
+    if (x->to != y->to) return x->to < y->to ? -1 : 1;
+    return (int)x->lo - (int)y->lo;
+}
+
+static int cmp_tedge_from(const void *a, const void *b)
+{
+    const struct tedge *x = a, *y = b;
+    return x->from < y->from ? -1 : x->from > y->from;
+}
+
+void gr_grammar_free(struct kiln_grammar *g)
+{
+    if (!g) return;
+    free(g->st);
+    free(g->edges);
+    free(g->calls);
+    free(g->rule_start);
+    if (g->rule_name)
+        for (int i = 0; i < g->nrules; i++) free(g->rule_name[i]);
+    free(g->rule_name);
+    free(g);
+}
+
+/* nullable rules, then the "calls at a nullable prefix" graph must be acyclic */
+static enum kiln_status check_left_recursion(struct gr_builder *b, struct kiln_grammar *g)
+{
+    int nr = g->nrules;
+    bool *nullable = calloc((size_t)nr, 1);
+    uint8_t *seen = malloc((size_t)g->nstates);
+    int32_t *stack = malloc((size_t)g->nstates * sizeof *stack);
+    uint8_t *adj = calloc((size_t)nr * (size_t)nr, 1);
+    if (!nullable || !seen || !stack || !adj || (size_t)nr * (size_t)nr > ((size_t)64 << 20)) {
+        free(nullable), free(seen), free(stack), free(adj);
+        if (nr > 8192)
+            return gb_fail(b, KILN_ERR_LIMIT, "constraint has too many rules (%d)", nr),
+                   KILN_ERR_LIMIT;
+        return gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint"), KILN_ERR_NOMEM;
+    }
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (int r = 0; r < nr; r++) {
+            memset(seen, 0, (size_t)g->nstates);
+            int sp = 0;
+            stack[sp++] = g->rule_start[r];
+            seen[g->rule_start[r]] = 1;
+            while (sp) {
+                int32_t s = stack[--sp];
+                const struct gr_state *st = &g->st[s];
+                for (uint32_t k = 0; k < st->nc; k++) {
+                    const struct gr_calle *ce = &g->calls[st->c0 + k];
+                    if (!nullable[r]) adj[(size_t)r * nr + ce->rule] = 1;
+                    if (nullable[ce->rule] && !seen[ce->to]) {
+                        seen[ce->to] = 1;
+                        stack[sp++] = ce->to;
+                    }
+                }
+                if (st->accept && !nullable[r]) {
+                    nullable[r] = true;
+                    changed = true;
+                }
+            }
+        }
+    }
+    /* adj gathered during the last pass (no change) holds every left call; find a cycle */
+    memset(adj, 0, (size_t)nr * (size_t)nr);
+    for (int r = 0; r < nr; r++) {
+        memset(seen, 0, (size_t)g->nstates);
+        int sp = 0;
+        stack[sp++] = g->rule_start[r];
+        seen[g->rule_start[r]] = 1;
+        while (sp) {
+            int32_t s = stack[--sp];
+            const struct gr_state *st = &g->st[s];
+            for (uint32_t k = 0; k < st->nc; k++) {
+                const struct gr_calle *ce = &g->calls[st->c0 + k];
+                adj[(size_t)r * nr + ce->rule] = 1;
+                if (nullable[ce->rule] && !seen[ce->to]) {
+                    seen[ce->to] = 1;
+                    stack[sp++] = ce->to;
+                }
+            }
+        }
+    }
+    /* Kahn: repeatedly drop rules without left callees */
+    int *outdeg = calloc((size_t)nr, sizeof *outdeg);
+    enum kiln_status rc = KILN_OK;
+    if (!outdeg) rc = KILN_ERR_NOMEM;
+    for (int r = 0; r < nr && outdeg; r++)
+        for (int q = 0; q < nr; q++) outdeg[r] += adj[(size_t)r * nr + q];
+    bool *done = calloc((size_t)nr, 1);
+    for (bool changed = true; changed && done && outdeg;) {
+        changed = false;
+        for (int r = 0; r < nr; r++)
+            if (!done[r] && outdeg[r] == 0) {
+                done[r] = true;
+                changed = true;
+                for (int q = 0; q < nr; q++)
+                    if (adj[(size_t)q * nr + r]) outdeg[q]--;
+            }
+    }
+    for (int r = 0; r < nr && done && !rc; r++)
+        if (!done[r]) {
+            gb_fail(b, KILN_ERR_UNSUPPORTED, "grammar rule '%s' is left-recursive",
+                    g->rule_name[r]);
+            rc = KILN_ERR_UNSUPPORTED;
+        }
+    if (!done && !rc) {
+        gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+        rc = KILN_ERR_NOMEM;
+    }
+    free(done), free(outdeg), free(nullable), free(seen), free(stack), free(adj);
+    return rc;
+}
+
+static int cmp_edge_lo(const void *a, const void *b)
+{
+    const struct gr_edge *x = a, *y = b;
+    if (x->lo != y->lo) return (int)x->lo - (int)y->lo;
+    if (x->hi != y->hi) return (int)x->hi - (int)y->hi;
+    return x->to < y->to ? -1 : x->to > y->to;
+}
+
+static uint64_t state_hash(const struct kiln_grammar *g, int32_t s)
+{
+    const struct gr_state *st = &g->st[s];
+    uint64_t h = 0xcbf29ce484222325ULL ^ (uint64_t)st->accept;
+    for (uint32_t k = 0; k < st->ne; k++) {
+        const struct gr_edge *e = &g->edges[st->e0 + k];
+        h = (h ^ ((uint64_t)e->lo << 40 | (uint64_t)e->hi << 32 | (uint32_t)e->to)) *
+            0x100000001b3ULL;
+    }
+    for (uint32_t k = 0; k < st->nc; k++) {
+        const struct gr_calle *c = &g->calls[st->c0 + k];
+        h = (h ^ ((uint64_t)(uint32_t)c->rule << 32 | (uint32_t)c->to)) * 0x100000001b3ULL;
+    }
+    return h ^ (uint64_t)st->ne << 48 ^ (uint64_t)st->nc << 56;
+}
+
+static bool state_eq(const struct kiln_grammar *g, int32_t a, int32_t b)
+{
+    const struct gr_state *x = &g->st[a], *y = &g->st[b];
+    if (x->accept != y->accept || x->ne != y->ne || x->nc != y->nc) return false;
+    for (uint32_t k = 0; k < x->ne; k++) {
+        const struct gr_edge *p = &g->edges[x->e0 + k], *q = &g->edges[y->e0 + k];
+        if (p->lo != q->lo || p->hi != q->hi || p->to != q->to) return false;
+    }
+    for (uint32_t k = 0; k < x->nc; k++) {
+        const struct gr_calle *p = &g->calls[x->c0 + k], *q = &g->calls[y->c0 + k];
+        if (p->rule != q->rule || p->to != q->to) return false;
+    }
+    return true;
+}
+
+/* Merges states with the same edges, calls and acceptance (e.g. the ends of the UTF-8
+ * alternatives of a character class inside a loop), repeatedly: equal states give equal
+ * matcher configurations, so loops come back to the very same configuration. */
+static bool merge_states(struct kiln_grammar *g)
+{
+    int32_t n = g->nstates;
+    int32_t *rep = malloc((size_t)n * sizeof *rep);
+    uint8_t *gone = calloc((size_t)n, 1);
+    uint32_t cap = 1;
+    while (cap < (uint32_t)n * 2u) cap <<= 1;
+    int32_t *ht = malloc((size_t)cap * sizeof *ht);
+    if (!rep || !ht || !gone) {
+        free(rep), free(ht), free(gone);
+        return false;
+    }
+    for (int iter = 0; iter < 64; iter++) {
+        /* canonical edge order */
+        for (int32_t s = 0; s < n; s++) {
+            struct gr_state *st = &g->st[s];
+            if (st->ne > 1) {
+                bool sorted = true;
+                for (uint32_t k = 1; k < st->ne && sorted; k++)
+                    sorted = cmp_edge_lo(&g->edges[st->e0 + k - 1], &g->edges[st->e0 + k]) < 0;
+                if (!sorted) qsort(g->edges + st->e0, st->ne, sizeof *g->edges, cmp_edge_lo);
+                uint32_t w = 0;
+                for (uint32_t k = 0; k < st->ne; k++) {
+                    struct gr_edge e = g->edges[st->e0 + k];
+                    if (w > 0) {
+                        struct gr_edge *p = &g->edges[st->e0 + w - 1];
+                        if (p->lo == e.lo && p->hi == e.hi && p->to == e.to) continue;
+                    }
+                    g->edges[st->e0 + w++] = e;
+                }
+                st->ne = (uint16_t)w;
+            }
+        }
+        memset(ht, 0xff, (size_t)cap * sizeof *ht);
+        bool merged = false;
+        for (int32_t s = 0; s < n; s++) {
+            rep[s] = s;
+            if (gone[s]) continue;
+            uint32_t h = (uint32_t)(state_hash(g, s) * 0x9e3779b97f4a7c15ULL >> 32) & (cap - 1);
+            while (ht[h] >= 0) {
+                if (state_eq(g, ht[h], s)) {
+                    rep[s] = ht[h];
+                    gone[s] = 1;
+                    merged = true;
+                    break;
+                }
+                h = (h + 1) & (cap - 1);
+            }
+            if (rep[s] == s) ht[h] = s;
+        }
+        if (!merged) break;
+        for (int32_t s = 0; s < n; s++) {
+            struct gr_state *st = &g->st[s];
+            for (uint32_t k = 0; k < st->ne; k++)
+                g->edges[st->e0 + k].to = rep[g->edges[st->e0 + k].to];
+            for (uint32_t k = 0; k < st->nc; k++)
+                g->calls[st->c0 + k].to = rep[g->calls[st->c0 + k].to];
+        }
+        for (int32_t r = 0; r < g->nrules; r++) g->rule_start[r] = rep[g->rule_start[r]];
+    }
+    free(rep), free(ht), free(gone);
+    return true;
+}
+
+enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_grammar **out)
+{
+    *out = NULL;
+    int rroot = gb_rule(b, "root");
+    gb_set(b, rroot, root);
+    if (b->failed || !root) {
+        if (!b->failed) gb_fail(b, KILN_ERR_INTERNAL, "constraint compiled to nothing");
+        return b->err ? b->err->code : KILN_ERR_INVALID;
+    }
+    for (int r = 0; r < b->n; r++)
+        if (!b->body[r])
+            return gb_fail(b, KILN_ERR_INVALID, "grammar rule '%s' is used but not defined",
+                           b->name[r]),
+                   KILN_ERR_INVALID;
+    struct nfa c = {.b = b};
+    int nr = b->n;
+    int32_t *start = malloc((size_t)nr * sizeof *start), *fin = malloc((size_t)nr * sizeof *fin);
+    if (!start || !fin) {
+        free(start), free(fin);
+        return gb_fail(b, KILN_ERR_NOMEM, "out of memory"), KILN_ERR_NOMEM;
+    }
+    for (int r = 0; r < nr; r++) {
+        start[r] = new_state(&c);
+        fin[r] = emit(&c, start[r], b->body[r]);
+    }
+    struct kiln_grammar *g = NULL;
+    int32_t *first = NULL, *newid = NULL, *order = NULL, *stk = NULL;
+    uint32_t *stamp = NULL;
+    uint8_t *isfin = NULL;
+    struct gr_edge *eb = NULL;
+    size_t neb = 0, eb_cap = 0;
+    struct gr_calle *cb = NULL;
+    size_t ncb = 0, cb_cap = 0;
+    if (b->failed) goto done;
+    int32_t n = c.nts;
+    qsort(c.e, c.ne, sizeof *c.e, cmp_tedge_from);
+    first = calloc((size_t)n + 1, sizeof *first);
+    newid = malloc((size_t)n * sizeof *newid);
+    order = malloc((size_t)n * sizeof *order);
+    stk = malloc(((size_t)n + 1) * sizeof *stk);
+    stamp = calloc((size_t)n, sizeof *stamp);
+    isfin = calloc((size_t)n, 1);
+    g = calloc(1, sizeof *g);
+    if (!first || !newid || !order || !stk || !stamp || !isfin || !g) {
+        gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+        goto done;
+    }
+    for (size_t i = 0; i < c.ne; i++) first[c.e[i].from + 1]++;
+    for (int32_t s = 0; s < n; s++) first[s + 1] += first[s];
+    for (int r = 0; r < nr; r++) isfin[fin[r]] = 1;
+    /* keep: rule starts and targets of byte/call edges reachable from the root */
+    for (int32_t s = 0; s < n; s++) newid[s] = -1;
+    int32_t kept = 0, head = 0;
+    for (int r = 0; r < nr; r++) {
+        newid[start[r]] = kept;
+        order[kept++] = start[r];
+    }
+    uint32_t epoch = 0;
+    g->st = calloc((size_t)n, sizeof *g->st);
+    if (!g->st) {
+        gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+        goto done;
+    }
+    while (head < kept) {
+        int32_t s0 = order[head];
+        int32_t me = head++;
+        epoch++;
+        int sp = 0;
+        stk[sp++] = s0;
+        stamp[s0] = epoch;
+        size_t e_begin = neb, c_begin = ncb;
+        bool accept = false;
+        while (sp) {
+            int32_t s = stk[--sp];
+            if (isfin[s]) accept = true;
+            for (int32_t k = first[s]; k < first[s + 1]; k++) {
+                const struct tedge *e = &c.e[k];
+                if (e->kind == TE_EPS) {
+                    if (stamp[e->to] != epoch) {
+                        stamp[e->to] = epoch;
+                        stk[sp++] = e->to;
+                    }
+                    continue;
+                }
+                if (newid[e->to] < 0) {
+                    newid[e->to] = kept;
+                    order[kept++] = e->to;
+                }
+                if (e->kind == TE_BYTE) {
+                    if (neb == eb_cap) {
+                        eb_cap = eb_cap ? eb_cap * 2 : 1024;
+                        void *p = realloc(eb, eb_cap * sizeof *eb);
+                        if (!p) goto oom;
+                        eb = p;
+                    }
+                    eb[neb++] = (struct gr_edge){e->lo, e->hi, newid[e->to]};
+                } else {
+                    if (ncb == cb_cap) {
+                        cb_cap = cb_cap ? cb_cap * 2 : 256;
+                        void *p = realloc(cb, cb_cap * sizeof *cb);
+                        if (!p) goto oom;
+                        cb = p;
+                    }
+                    bool dup = false;
+                    for (size_t q = c_begin; q < ncb; q++)
+                        if (cb[q].rule == e->rule && cb[q].to == newid[e->to]) dup = true;
+                    if (!dup) cb[ncb++] = (struct gr_calle){e->rule, newid[e->to]};
+                }
+            }
+        }
+        /* merge byte edges to the same target */
+        qsort(eb + e_begin, neb - e_begin, sizeof *eb, cmp_edge);
+        size_t w = e_begin;
+        for (size_t q = e_begin; q < neb; q++) {
+            if (w > e_begin && eb[w - 1].to == eb[q].to && eb[q].lo <= eb[w - 1].hi + 1) {
+                if (eb[q].hi > eb[w - 1].hi) eb[w - 1].hi = eb[q].hi;
+            } else
+                eb[w++] = eb[q];
+        }
+        neb = w;
+        if (neb - e_begin > 65535 || ncb - c_begin > 65535) {
+            gb_fail(b, KILN_ERR_LIMIT,
+                    "constraint too large to compile (a state with over 65535 "
+                    "edges)");
+            goto done;
+        }
+        g->st[me] = (struct gr_state){(uint32_t)e_begin, (uint32_t)c_begin,
+                                      (uint16_t)(neb - e_begin), (uint16_t)(ncb - c_begin), accept};
+    }
+    g->nstates = kept;
+    g->edges = eb;
+    g->calls = cb;
+    eb = NULL;
+    cb = NULL;
+    g->nrules = nr;
+    g->root = rroot;
+    g->rule_start = malloc((size_t)nr * sizeof *g->rule_start);
+    g->rule_name = calloc((size_t)nr, sizeof *g->rule_name);
+    if (!g->rule_start || !g->rule_name) goto oom;
+    for (int r = 0; r < nr; r++) {
+        g->rule_start[r] = newid[start[r]];
+        g->rule_name[r] = strdup(b->name[r] ? b->name[r] : "?");
+        if (!g->rule_name[r]) goto oom;
+    }
+    atomic_init(&g->refs, 1);
+    if (!merge_states(g)) goto oom;
+    if (check_left_recursion(b, g)) goto done;
+    *out = g;
+    g = NULL;
+    goto done;
+oom:
+    gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+done:
+    gr_grammar_free(g);
+    free(eb), free(cb), free(c.e), free(start), free(fin), free(first), free(newid), free(order);
+    free(stk), free(stamp), free(isfin);
+    if (b->failed) return b->err ? b->err->code : KILN_ERR_INVALID;
+    return KILN_OK;
+}

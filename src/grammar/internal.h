@@ -1,0 +1,161 @@
+/* Internals of the constraint engine: the expression trees the compilers build (gx), the
+ * grammar builder that turns them into per-rule byte NFAs with call edges, and the compiled
+ * grammar the matcher walks. Not part of the public API. */
+#ifndef KILN_GRAMMAR_INTERNAL_H
+#define KILN_GRAMMAR_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "grammar/grammar.h"
+
+/* ---- expression trees ---- */
+enum gx_op { GX_NONE, GX_EMPTY, GX_BYTES, GX_SEQ, GX_ALT, GX_REP, GX_RULE };
+struct gx {
+    enum gx_op op;
+    int n, cap;       /* SEQ / ALT children */
+    struct gx **kid;  /* SEQ / ALT children; REP: kid[0] */
+    uint32_t bits[8]; /* BYTES: the set of bytes */
+    int min, max;     /* REP: max -1 = unbounded */
+    int rule;         /* RULE: the rule called */
+};
+
+struct gr_block;
+struct gr_builder {
+    struct gr_block *blocks;
+    size_t bytes; /* allocated so far (limit: GR_MAX_BYTES) */
+    struct gx **body;
+    char **name;
+    int n, cap;
+    bool failed; /* out of memory or over a limit; the message is in err */
+    struct kiln_error *err;
+    enum kiln_grammar_ws ws;
+    int r_json_value; /* lazily created shared rules, -1 until then */
+    int r_json_string, r_json_object;
+};
+
+#define GR_MAX_BYTES  ((size_t)256 << 20)
+#define GR_MAX_STATES 4000000
+
+void gb_init(struct gr_builder *b, struct kiln_error *err);
+void gb_free(struct gr_builder *b);
+void *gb_alloc(struct gr_builder *b, size_t n); /* zeroed; NULL (and b->failed) past the limit */
+char *gb_strdup(struct gr_builder *b, const char *s, size_t n);
+/* Sets err (first failure wins) and b->failed; returns NULL for convenience. */
+struct gx *gb_fail(struct gr_builder *b, enum kiln_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+int gb_rule(struct gr_builder *b, const char *name); /* a new rule, body unset (-1 on failure) */
+void gb_set(struct gr_builder *b, int rule, struct gx *body);
+
+struct gx *gx_none(struct gr_builder *b);
+struct gx *gx_empty(struct gr_builder *b);
+struct gx *gx_byte(struct gr_builder *b, unsigned c);
+struct gx *gx_range(struct gr_builder *b, unsigned lo, unsigned hi);
+struct gx *gx_lit(struct gr_builder *b, const char *s, size_t n);
+struct gx *gx_str(struct gr_builder *b, const char *s); /* NUL-terminated literal */
+struct gx *gx_seq(struct gr_builder *b);                /* empty SEQ to fill with gx_add */
+struct gx *gx_alt(struct gr_builder *b);                /* empty ALT (fails) to fill */
+struct gx *gx_add(struct gr_builder *b, struct gx *parent, struct gx *kid); /* returns parent */
+struct gx *gx_seq2(struct gr_builder *b, struct gx *x, struct gx *y);
+struct gx *gx_alt2(struct gr_builder *b, struct gx *x, struct gx *y);
+struct gx *gx_rep(struct gr_builder *b, struct gx *x, int min, int max);
+struct gx *gx_opt(struct gr_builder *b, struct gx *x);
+struct gx *gx_call(struct gr_builder *b, int rule);
+
+/* A set of Unicode code points as sorted, disjoint, inclusive ranges. */
+struct cp_set {
+    uint32_t (*r)[2];
+    int n, cap;
+};
+void cps_add(struct cp_set *s, uint32_t lo, uint32_t hi); /* then cps_norm */
+void cps_norm(struct cp_set *s);                          /* sort + merge */
+void cps_negate(struct cp_set *s);                        /* within 0..0x10FFFF minus surrogates */
+void cps_free(struct cp_set *s);
+bool cps_has(const struct cp_set *s, uint32_t c);
+/* The UTF-8 encodings of the set's code points (surrogates never). */
+struct gx *gx_utf8(struct gr_builder *b, const struct cp_set *s);
+/* The set's code points as characters inside a JSON string: unescaped where JSON allows,
+ * escaped (\" \\ \/ \b \f \n \r \t \uXXXX) where it must or may. */
+struct gx *gx_json_chars(struct gr_builder *b, const struct cp_set *s);
+
+/* Regex (see grammar.h) over code points -> expression. json: emit characters as the inside of
+ * a JSON string (gx_json_chars). search: JSON Schema `pattern` semantics (unanchored ends match
+ * anything). */
+struct gx *gr_regex(struct gr_builder *b, const char *re, size_t n, bool json, bool search,
+                    const char *where);
+/* JSON Schema document -> expression of one JSON value (where: JSON pointer prefix for errors). */
+struct gx *gr_json_schema(struct gr_builder *b, const char *text, size_t n);
+struct gx *gr_json_schema_value(struct gr_builder *b, void *json_root); /* a json_t * */
+struct gx *gr_json_any_object(struct gr_builder *b);
+struct gx *gr_json_any_value(struct gr_builder *b);
+struct gx *gr_choice(struct gr_builder *b, const char *text, size_t n);
+/* Grammar text -> the start rule's expression. */
+struct gx *gr_ebnf(struct gr_builder *b, const char *text, size_t n);
+
+/* ---- compiled grammar ---- */
+struct gr_edge {
+    uint8_t lo, hi;
+    int32_t to;
+};
+struct gr_calle {
+    int32_t rule, to;
+};
+struct gr_state {
+    uint32_t e0, c0;
+    uint16_t ne, nc;
+    bool accept;
+};
+
+struct kiln_grammar {
+    atomic_int refs;
+    const struct kiln_grammar_vocab *vocab;
+    int32_t nstates, nrules, root;
+    struct gr_state *st;
+    struct gr_edge *edges;
+    struct gr_calle *calls;
+    int32_t *rule_start;
+    char **rule_name;
+};
+
+/* Builds the grammar whose start is `root` (an expression turned into a rule); frees nothing of b.
+ */
+enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_grammar **out);
+void gr_grammar_free(struct kiln_grammar *g);
+
+/* ---- vocabulary ---- */
+/* A byte trie of token strings in preorder; node 0 is the root. */
+struct gr_trie {
+    uint32_t nnodes;
+    uint8_t *nbyte;   /* [nnodes] */
+    uint16_t *ndepth; /* [nnodes] */
+    uint32_t *nnext;  /* [nnodes] index after the subtree */
+    uint32_t *ntok0;  /* [nnodes] first token in `toks` ending here */
+    uint16_t *ntokn;  /* [nnodes] how many */
+    int32_t *toks;    /* token ids sorted by bytes */
+};
+
+struct kiln_grammar_vocab {
+    const struct kiln_tokenizer *tok; /* for forced tokens (tokenizes the forced bytes) */
+    int32_t n;
+    int32_t *eos;
+    int neos;
+    char **bytes;  /* [n] token bytes (NULL: never allowed inside a value) */
+    uint32_t *len; /* [n] */
+    struct gr_trie all;
+    /* "plain" tokens: complete UTF-8 without '"', '\\' or control characters (the inside of a
+     * JSON string); a state every plain character leads back to allows all of them at once */
+    uint32_t *plain_mask;
+    struct gr_trie nonplain;
+    int maxdepth;
+};
+
+/* A vocabulary from raw byte strings (tests and fuzzers; no tokenizer: no forced tokens);
+ * eos: the one EOS id (its string is ignored), -1 for none. */
+enum kiln_status gr_vocab_from_strings(const char *const *toks, const size_t *lens, int32_t n,
+                                       int32_t eos, struct kiln_grammar_vocab **out,
+                                       struct kiln_error *err);
+
+#endif

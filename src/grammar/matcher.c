@@ -1,0 +1,878 @@
+/* Matcher: the vocabulary trie, the per-sequence state (a set of call stacks over the grammar's
+ * rule NFAs, hash-consed and memoized per byte), masks, accept / rollback / forced tokens, and
+ * the compile entry points with their cache. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "grammar/internal.h"
+
+/* ---- vocabulary ---- */
+
+static const struct kiln_grammar_vocab *sort_vocab; /* qsort context (vocab_create only) */
+static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int cmp_tok(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    const struct kiln_grammar_vocab *v = sort_vocab;
+    uint32_t lx = v->len[x], ly = v->len[y];
+    int c = memcmp(v->bytes[x], v->bytes[y], lx < ly ? lx : ly);
+    if (c) return c;
+    if (lx != ly) return lx < ly ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+static void trie_free(struct gr_trie *t)
+{
+    free(t->nbyte), free(t->ndepth), free(t->nnext), free(t->ntok0), free(t->ntokn), free(t->toks);
+}
+
+void kiln_grammar_vocab_free(struct kiln_grammar_vocab *v)
+{
+    if (!v) return;
+    if (v->bytes)
+        for (int32_t i = 0; i < v->n; i++) free(v->bytes[i]);
+    free(v->bytes), free(v->len), free(v->eos), free(v->plain_mask);
+    trie_free(&v->all);
+    trie_free(&v->nonplain);
+    free(v);
+}
+
+int32_t kiln_grammar_vocab_size(const struct kiln_grammar_vocab *v)
+{
+    return v->n;
+}
+
+/* toks: nt ids sorted by bytes (taken over) */
+static bool trie_build(struct kiln_grammar_vocab *v, struct gr_trie *t, int32_t *toks, int32_t nt)
+{
+    t->toks = toks;
+    size_t total = 0;
+    for (int32_t i = 0; i < nt; i++) total += v->len[toks[i]];
+    size_t cap = total + 1;
+    t->nbyte = malloc(cap);
+    t->ndepth = malloc(cap * sizeof *t->ndepth);
+    t->nnext = malloc(cap * sizeof *t->nnext);
+    t->ntok0 = malloc(cap * sizeof *t->ntok0);
+    t->ntokn = calloc(cap, sizeof *t->ntokn);
+    uint32_t *path = malloc(65537 * sizeof *path);
+    if (!t->nbyte || !t->ndepth || !t->nnext || !t->ntok0 || !t->ntokn || !path) {
+        free(path);
+        return false;
+    }
+    /* path[d] is the node at depth d on the current path */
+    uint32_t nn = 1;
+    t->nbyte[0] = 0;
+    t->ndepth[0] = 0;
+    t->ntok0[0] = 0;
+    path[0] = 0;
+    uint32_t depth = 0;
+    const char *prev = NULL;
+    uint32_t prevlen = 0;
+    for (int32_t i = 0; i < nt; i++) {
+        int32_t id = toks[i];
+        const char *s = v->bytes[id];
+        uint32_t n = v->len[id];
+        uint32_t l = 0;
+        while (l < n && l < prevlen && prev[l] == s[l]) l++;
+        while (depth > l) t->nnext[path[depth--]] = nn;
+        for (uint32_t d = l; d < n; d++) {
+            t->nbyte[nn] = (uint8_t)s[d];
+            t->ndepth[nn] = (uint16_t)(d + 1);
+            t->ntok0[nn] = 0;
+            path[++depth] = nn++;
+        }
+        uint32_t at = path[depth];
+        if (t->ntokn[at] == 0) t->ntok0[at] = (uint32_t)i;
+        t->ntokn[at]++;
+        if ((int)n > v->maxdepth) v->maxdepth = (int)n;
+        prev = s;
+        prevlen = n;
+    }
+    while (depth > 0) t->nnext[path[depth--]] = nn;
+    t->nnext[0] = nn;
+    t->nnodes = nn;
+    free(path);
+    return true;
+}
+
+static bool is_plain(const unsigned char *s, uint32_t n)
+{
+    for (uint32_t i = 0; i < n;) {
+        unsigned c = s[i];
+        if (c < 0x20 || c == '"' || c == '\\') return false;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        int len = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (!len || i + (uint32_t)len > n) return false;
+        uint32_t cp = len == 2 ? c & 0x1F : len == 3 ? c & 0x0F : c & 0x07;
+        for (int k = 1; k < len; k++) {
+            if ((s[i + (uint32_t)k] & 0xC0) != 0x80) return false;
+            cp = cp << 6 | (s[i + (uint32_t)k] & 0x3F);
+        }
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += (uint32_t)len;
+    }
+    return true;
+}
+
+/* v->n, v->bytes and v->len filled (NULL bytes: never allowed): sorts, builds the tries */
+static enum kiln_status vocab_finish(struct kiln_grammar_vocab *v, struct kiln_error *err)
+{
+    int32_t *toks = malloc(((size_t)v->n + 1) * sizeof *toks);
+    int32_t *np = malloc(((size_t)v->n + 1) * sizeof *np);
+    v->plain_mask = calloc(((size_t)v->n + 31) / 32 + 1, sizeof *v->plain_mask);
+    if (!toks || !np || !v->plain_mask) {
+        free(toks), free(np);
+        goto oom;
+    }
+    int32_t nt = 0, nnp = 0;
+    for (int32_t id = 0; id < v->n; id++)
+        if (v->bytes[id]) toks[nt++] = id;
+    pthread_mutex_lock(&sort_lock);
+    sort_vocab = v;
+    qsort(toks, (size_t)nt, sizeof *toks, cmp_tok);
+    pthread_mutex_unlock(&sort_lock);
+    for (int32_t i = 0; i < nt; i++) {
+        int32_t id = toks[i];
+        if (is_plain((const unsigned char *)v->bytes[id], v->len[id]))
+            v->plain_mask[id >> 5] |= 1u << (id & 31);
+        else
+            np[nnp++] = id;
+    }
+    bool ok1 = trie_build(v, &v->all, toks, nt);
+    bool ok2 = trie_build(v, &v->nonplain, np, nnp);
+    if (ok1 && ok2) return KILN_OK;
+oom:
+    return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory building the vocabulary trie");
+}
+
+enum kiln_status kiln_grammar_vocab_create(const struct kiln_tokenizer *tok,
+                                           struct kiln_grammar_vocab **out, struct kiln_error *err)
+{
+    *out = NULL;
+    struct kiln_grammar_vocab *v = calloc(1, sizeof *v);
+    if (!v) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory building the vocabulary trie");
+    v->tok = tok;
+    v->n = kiln_tokenizer_vocab_size(tok);
+    const int32_t *eos;
+    v->neos = kiln_tokenizer_eos(tok, &eos);
+    v->eos = malloc(((size_t)v->neos + 1) * sizeof *v->eos);
+    v->bytes = calloc((size_t)v->n + 1, sizeof *v->bytes);
+    v->len = calloc((size_t)v->n + 1, sizeof *v->len);
+    if (!v->eos || !v->bytes || !v->len) goto oom;
+    if (v->neos) memcpy(v->eos, eos, (size_t)v->neos * sizeof *eos);
+    for (int32_t id = 0; id < v->n; id++) {
+        if (kiln_tokenizer_is_special(tok, id)) continue;
+        size_t n;
+        const char *s = kiln_tokenizer_token_bytes(tok, id, &n);
+        if (!s || n == 0 || n > 65535) continue;
+        v->bytes[id] = malloc(n);
+        if (!v->bytes[id]) goto oom;
+        memcpy(v->bytes[id], s, n);
+        v->len[id] = (uint32_t)n;
+    }
+    if (vocab_finish(v, err)) {
+        kiln_grammar_vocab_free(v);
+        return KILN_ERR_NOMEM;
+    }
+    *out = v;
+    return KILN_OK;
+oom:
+    kiln_grammar_vocab_free(v);
+    return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory building the vocabulary trie");
+}
+
+enum kiln_status gr_vocab_from_strings(const char *const *toks, const size_t *lens, int32_t n,
+                                       int32_t eos, struct kiln_grammar_vocab **out,
+                                       struct kiln_error *err)
+{
+    *out = NULL;
+    struct kiln_grammar_vocab *v = calloc(1, sizeof *v);
+    if (!v) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
+    v->n = n;
+    v->eos = malloc(sizeof *v->eos);
+    v->bytes = calloc((size_t)n + 1, sizeof *v->bytes);
+    v->len = calloc((size_t)n + 1, sizeof *v->len);
+    if (!v->eos || !v->bytes || !v->len) goto oom;
+    v->eos[0] = eos;
+    v->neos = eos >= 0;
+    for (int32_t id = 0; id < n; id++) {
+        if (id == eos || !toks[id] || !lens[id] || lens[id] > 65535) continue;
+        if (!(v->bytes[id] = malloc(lens[id]))) goto oom;
+        memcpy(v->bytes[id], toks[id], lens[id]);
+        v->len[id] = (uint32_t)lens[id];
+    }
+    if (vocab_finish(v, err)) {
+        kiln_grammar_vocab_free(v);
+        return KILN_ERR_NOMEM;
+    }
+    *out = v;
+    return KILN_OK;
+oom:
+    kiln_grammar_vocab_free(v);
+    return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
+}
+
+/* ---- matcher ---- */
+
+#define MT_DEAD        (-1)
+#define MT_TERMINATED  (-2)
+#define MT_MAX_NODES   (8 << 20)
+#define MT_MAX_CFG_LEN 4096
+#define MT_MASK_CACHE  4
+
+struct kiln_matcher {
+    struct kiln_grammar *g;
+    /* stack nodes (state, parent node), hash-consed */
+    int32_t *nstate, *nparent;
+    uint32_t *nstamp;
+    int32_t nn, ncap;
+    int32_t *nht;
+    uint32_t nhtcap;
+    /* configurations: sorted node lists + complete flag, interned */
+    uint32_t *coff;
+    uint16_t *clen;
+    uint8_t *ccomplete;
+    int32_t nc, ccap;
+    int32_t *pool;
+    size_t npool, poolcap;
+    int32_t *cht;
+    uint32_t chtcap;
+    /* (configuration, byte) -> configuration */
+    uint64_t *mkey;
+    int32_t *mval;
+    size_t mcap, mn;
+    /* history: configuration after each accepted step; hist[0] is the start */
+    int32_t *hist;
+    int nhist, histcap;
+    /* scratch */
+    int32_t *work, *outn;
+    size_t workcap, outcap;
+    uint32_t epoch;
+    int32_t *walk;
+    /* recent masks by configuration */
+    int32_t mc_cfg[MT_MASK_CACHE];
+    uint32_t *mc_mask[MT_MASK_CACHE];
+    int mc_next;
+};
+
+static uint32_t mix(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return (uint32_t)x;
+}
+
+static bool grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap) return true;
+    size_t c = *cap ? *cap : 64;
+    while (c < need) c *= 2;
+    void *q = realloc(*p, c * elem);
+    if (!q) return false;
+    *p = q;
+    *cap = c;
+    return true;
+}
+
+static bool rehash_nodes(struct kiln_matcher *m, uint32_t cap)
+{
+    int32_t *t = malloc(cap * sizeof *t);
+    if (!t) return false;
+    memset(t, 0xff, cap * sizeof *t);
+    for (int32_t i = 0; i < m->nn; i++) {
+        uint32_t h =
+            mix((uint64_t)(uint32_t)m->nstate[i] << 32 | (uint32_t)m->nparent[i]) & (cap - 1);
+        while (t[h] >= 0) h = (h + 1) & (cap - 1);
+        t[h] = i;
+    }
+    free(m->nht);
+    m->nht = t;
+    m->nhtcap = cap;
+    return true;
+}
+
+/* -1 when over the limit or out of memory */
+static int32_t intern_node(struct kiln_matcher *m, int32_t state, int32_t parent)
+{
+    if ((uint32_t)m->nn * 2 >= m->nhtcap && !rehash_nodes(m, m->nhtcap ? m->nhtcap * 2 : 1024))
+        return -1;
+    uint32_t h = mix((uint64_t)(uint32_t)state << 32 | (uint32_t)parent) & (m->nhtcap - 1);
+    while (m->nht[h] >= 0) {
+        int32_t i = m->nht[h];
+        if (m->nstate[i] == state && m->nparent[i] == parent) return i;
+        h = (h + 1) & (m->nhtcap - 1);
+    }
+    if (m->nn >= MT_MAX_NODES) return -1;
+    if (m->nn == m->ncap) {
+        size_t cap = (size_t)m->ncap;
+        size_t c1 = cap, c2 = cap, c3 = cap;
+        if (!grow((void **)&m->nstate, &c1, cap + 1, sizeof *m->nstate) ||
+            !grow((void **)&m->nparent, &c2, cap + 1, sizeof *m->nparent) ||
+            !grow((void **)&m->nstamp, &c3, cap + 1, sizeof *m->nstamp))
+            return -1;
+        for (size_t i = cap; i < c3; i++) m->nstamp[i] = 0;
+        m->ncap = (int32_t)(c1 < c2 ? (c1 < c3 ? c1 : c3) : (c2 < c3 ? c2 : c3));
+    }
+    int32_t i = m->nn++;
+    m->nstate[i] = state;
+    m->nparent[i] = parent;
+    m->nstamp[i] = 0;
+    m->nht[h] = i;
+    return i;
+}
+
+static uint32_t cfg_hash(const int32_t *n, int len, bool complete)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)complete;
+    for (int i = 0; i < len; i++) h = (h ^ (uint32_t)n[i]) * 0x100000001b3ULL;
+    return mix(h);
+}
+
+static bool rehash_cfgs(struct kiln_matcher *m, uint32_t cap)
+{
+    int32_t *t = malloc(cap * sizeof *t);
+    if (!t) return false;
+    memset(t, 0xff, cap * sizeof *t);
+    for (int32_t i = 0; i < m->nc; i++) {
+        uint32_t h = cfg_hash(m->pool + m->coff[i], m->clen[i], m->ccomplete[i]) & (cap - 1);
+        while (t[h] >= 0) h = (h + 1) & (cap - 1);
+        t[h] = i;
+    }
+    free(m->cht);
+    m->cht = t;
+    m->chtcap = cap;
+    return true;
+}
+
+static int32_t intern_cfg(struct kiln_matcher *m, const int32_t *n, int len, bool complete)
+{
+    if ((uint32_t)m->nc * 2 >= m->chtcap && !rehash_cfgs(m, m->chtcap ? m->chtcap * 2 : 1024))
+        return MT_DEAD;
+    uint32_t h = cfg_hash(n, len, complete) & (m->chtcap - 1);
+    while (m->cht[h] >= 0) {
+        int32_t i = m->cht[h];
+        if (m->clen[i] == len && m->ccomplete[i] == complete &&
+            !memcmp(m->pool + m->coff[i], n, (size_t)len * sizeof *n))
+            return i;
+        h = (h + 1) & (m->chtcap - 1);
+    }
+    if (m->nc == m->ccap) {
+        size_t cap = (size_t)m->ccap, c1 = cap, c2 = cap, c3 = cap;
+        if (!grow((void **)&m->coff, &c1, cap + 1, sizeof *m->coff) ||
+            !grow((void **)&m->clen, &c2, cap + 1, sizeof *m->clen) ||
+            !grow((void **)&m->ccomplete, &c3, cap + 1, sizeof *m->ccomplete))
+            return MT_DEAD;
+        m->ccap = (int32_t)(c1 < c2 ? (c1 < c3 ? c1 : c3) : (c2 < c3 ? c2 : c3));
+    }
+    if (!grow((void **)&m->pool, &m->poolcap, m->npool + (size_t)len, sizeof *m->pool))
+        return MT_DEAD;
+    int32_t i = m->nc++;
+    m->coff[i] = (uint32_t)m->npool;
+    m->clen[i] = (uint16_t)len;
+    m->ccomplete[i] = complete;
+    memcpy(m->pool + m->npool, n, (size_t)len * sizeof *n);
+    m->npool += (size_t)len;
+    m->cht[h] = i;
+    return i;
+}
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static bool push_work(struct kiln_matcher *m, size_t *nw, int32_t node)
+{
+    if (node < 0) return false;
+    if (!grow((void **)&m->work, &m->workcap, *nw + 1, sizeof *m->work)) return false;
+    m->work[(*nw)++] = node;
+    return true;
+}
+
+/* Closes the items in m->work[0..nw) (nodes) over calls and returns, and interns the set of
+ * nodes whose state reads a byte. MT_DEAD when nothing can follow and not complete. */
+static int32_t closure(struct kiln_matcher *m, size_t nw)
+{
+    const struct kiln_grammar *g = m->g;
+    if (++m->epoch == 0) {
+        for (int32_t i = 0; i < m->nn; i++) m->nstamp[i] = 0;
+        m->epoch = 1;
+    }
+    size_t no = 0;
+    bool complete = false;
+    while (nw) {
+        int32_t n = m->work[--nw];
+        if (m->nstamp[n] == m->epoch) continue;
+        m->nstamp[n] = m->epoch;
+        int32_t s = m->nstate[n], p = m->nparent[n];
+        const struct gr_state *st = &g->st[s];
+        if (st->ne) {
+            if (!grow((void **)&m->outn, &m->outcap, no + 1, sizeof *m->outn)) return MT_DEAD;
+            m->outn[no++] = n;
+        }
+        for (uint32_t k = 0; k < st->nc; k++) {
+            const struct gr_calle *ce = &g->calls[st->c0 + k];
+            int32_t ret = intern_node(m, ce->to, p);
+            if (ret < 0 || !push_work(m, &nw, intern_node(m, g->rule_start[ce->rule], ret)))
+                return MT_DEAD;
+        }
+        if (st->accept) {
+            if (p < 0)
+                complete = true;
+            else if (!push_work(m, &nw, p))
+                return MT_DEAD;
+        }
+    }
+    if (no == 0 && !complete) return MT_DEAD;
+    if (no > MT_MAX_CFG_LEN) return MT_DEAD; /* too ambiguous: refuse rather than guess */
+    qsort(m->outn, no, sizeof *m->outn, cmp_i32);
+    return intern_cfg(m, m->outn, (int)no, complete);
+}
+
+static bool memo_grow(struct kiln_matcher *m)
+{
+    size_t cap = m->mcap ? m->mcap * 2 : 4096;
+    uint64_t *k = malloc(cap * sizeof *k);
+    int32_t *val = malloc(cap * sizeof *val);
+    if (!k || !val) {
+        free(k), free(val);
+        return false;
+    }
+    memset(k, 0xff, cap * sizeof *k);
+    for (size_t i = 0; i < m->mcap; i++)
+        if (m->mkey[i] != UINT64_MAX) {
+            size_t h = mix(m->mkey[i]) & (cap - 1);
+            while (k[h] != UINT64_MAX) h = (h + 1) & (cap - 1);
+            k[h] = m->mkey[i];
+            val[h] = m->mval[i];
+        }
+    free(m->mkey), free(m->mval);
+    m->mkey = k;
+    m->mval = val;
+    m->mcap = cap;
+    return true;
+}
+
+static int32_t step(struct kiln_matcher *m, int32_t cfg, unsigned byte)
+{
+    uint64_t key = (uint64_t)(uint32_t)cfg << 8 | byte;
+    size_t h = 0;
+    if (m->mcap) {
+        h = mix(key) & (m->mcap - 1);
+        while (m->mkey[h] != UINT64_MAX) {
+            if (m->mkey[h] == key) return m->mval[h];
+            h = (h + 1) & (m->mcap - 1);
+        }
+    }
+    const struct kiln_grammar *g = m->g;
+    size_t nw = 0;
+    const int32_t *nodes = m->pool + m->coff[cfg];
+    int len = m->clen[cfg];
+    int32_t res = MT_DEAD;
+    for (int i = 0; i < len; i++) {
+        int32_t n = nodes[i];
+        const struct gr_state *st = &g->st[m->nstate[n]];
+        const struct gr_edge *e = g->edges + st->e0;
+        for (uint32_t k = 0; k < st->ne; k++)
+            if (byte >= e[k].lo && byte <= e[k].hi) {
+                int32_t t = intern_node(m, e[k].to, m->nparent[n]);
+                if (!push_work(m, &nw, t)) goto out;
+                nodes = m->pool + m->coff[cfg]; /* stable: pool only grows in intern_cfg */
+            }
+    }
+    if (nw) res = closure(m, nw);
+out:
+    if ((m->mn + 1) * 2 >= m->mcap) {
+        if (!memo_grow(m)) return res;
+    }
+    h = mix(key) & (m->mcap - 1);
+    while (m->mkey[h] != UINT64_MAX) h = (h + 1) & (m->mcap - 1);
+    m->mkey[h] = key;
+    m->mval[h] = res;
+    m->mn++;
+    return res;
+}
+
+static int32_t cur(const struct kiln_matcher *m)
+{
+    return m->hist[m->nhist - 1];
+}
+
+static bool push_hist(struct kiln_matcher *m, int32_t c)
+{
+    if (m->nhist == m->histcap) {
+        int cap = m->histcap ? m->histcap * 2 : 64;
+        int32_t *p = realloc(m->hist, (size_t)cap * sizeof *p);
+        if (!p) return false;
+        m->hist = p;
+        m->histcap = cap;
+    }
+    m->hist[m->nhist++] = c;
+    return true;
+}
+
+void kiln_matcher_free(struct kiln_matcher *m)
+{
+    if (!m) return;
+    kiln_grammar_unref(m->g);
+    free(m->nstate), free(m->nparent), free(m->nstamp), free(m->nht), free(m->coff);
+    free(m->clen), free(m->ccomplete), free(m->pool), free(m->cht), free(m->mkey), free(m->mval);
+    free(m->hist), free(m->work), free(m->outn), free(m->walk);
+    for (int k = 0; k < MT_MASK_CACHE; k++) free(m->mc_mask[k]);
+    free(m);
+}
+
+enum kiln_status kiln_matcher_create(struct kiln_grammar *g, struct kiln_matcher **out,
+                                     struct kiln_error *err)
+{
+    *out = NULL;
+    struct kiln_matcher *m = calloc(1, sizeof *m);
+    if (!m) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory creating a matcher");
+    m->g = kiln_grammar_ref(g);
+    for (int k = 0; k < MT_MASK_CACHE; k++) m->mc_cfg[k] = MT_DEAD;
+    m->walk = malloc(((size_t)g->vocab->maxdepth + 2) * sizeof *m->walk);
+    size_t nw = 0;
+    int32_t c0 = MT_DEAD;
+    if (m->walk && push_work(m, &nw, intern_node(m, g->rule_start[g->root], -1)))
+        c0 = closure(m, nw);
+    if (c0 == MT_DEAD || !push_hist(m, c0)) {
+        kiln_matcher_free(m);
+        return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory creating a matcher");
+    }
+    *out = m;
+    return KILN_OK;
+}
+
+bool kiln_matcher_is_complete(const struct kiln_matcher *m)
+{
+    int32_t c = cur(m);
+    return c >= 0 && m->ccomplete[c];
+}
+
+bool kiln_matcher_is_terminated(const struct kiln_matcher *m)
+{
+    return cur(m) == MT_TERMINATED;
+}
+
+bool kiln_matcher_is_finished(const struct kiln_matcher *m)
+{
+    int32_t c = cur(m);
+    return c >= 0 && m->ccomplete[c] && m->clen[c] == 0;
+}
+
+/* every plain character leads from c back to c (see struct kiln_grammar_vocab) */
+static bool plain_closed(struct kiln_matcher *m, int32_t c)
+{
+    for (unsigned b = 0x20; b < 0x80; b++)
+        if (b != '"' && b != '\\' && step(m, c, b) != c) return false;
+    /* multi-byte: lead byte ranges with their first continuation range */
+    static const struct {
+        uint8_t lo, hi, c1lo, c1hi, ncont;
+    } leads[] = {{0xC2, 0xDF, 0x80, 0xBF, 1}, {0xE0, 0xE0, 0xA0, 0xBF, 2},
+                 {0xE1, 0xEC, 0x80, 0xBF, 2}, {0xED, 0xED, 0x80, 0x9F, 2},
+                 {0xEE, 0xEF, 0x80, 0xBF, 2}, {0xF0, 0xF0, 0x90, 0xBF, 3},
+                 {0xF1, 0xF3, 0x80, 0xBF, 3}, {0xF4, 0xF4, 0x80, 0x8F, 3}};
+    for (size_t k = 0; k < sizeof leads / sizeof leads[0]; k++)
+        for (unsigned b = leads[k].lo; b <= leads[k].hi; b++) {
+            int32_t x = step(m, c, b);
+            if (x < 0) return false;
+            for (int lvl = 0; lvl < leads[k].ncont; lvl++) {
+                unsigned lo = lvl == 0 ? leads[k].c1lo : 0x80, hi = lvl == 0 ? leads[k].c1hi : 0xBF;
+                int32_t y = step(m, x, lo);
+                if (y < 0) return false;
+                for (unsigned cb = lo + 1; cb <= hi; cb++)
+                    if (step(m, x, cb) != y) return false;
+                x = y;
+            }
+            if (x != c) return false;
+        }
+    return true;
+}
+
+static void walk_trie(struct kiln_matcher *m, const struct gr_trie *t, int32_t c, uint32_t *mask)
+{
+    int32_t *walk = m->walk;
+    walk[0] = c;
+    const uint8_t *nbyte = t->nbyte;
+    const uint16_t *ndepth = t->ndepth;
+    for (uint32_t i = 1; i < t->nnodes;) {
+        int32_t nx = step(m, walk[ndepth[i] - 1], nbyte[i]);
+        if (nx < 0) {
+            i = t->nnext[i];
+            continue;
+        }
+        for (uint32_t k = 0; k < t->ntokn[i]; k++) {
+            int32_t tk = t->toks[t->ntok0[i] + k];
+            mask[tk >> 5] |= 1u << (tk & 31);
+        }
+        if (m->clen[nx] == 0) { /* only the end can follow: no longer token continues */
+            i = t->nnext[i];
+            continue;
+        }
+        walk[ndepth[i]] = nx;
+        i++;
+    }
+}
+
+void kiln_matcher_fill_mask(struct kiln_matcher *m, uint32_t *mask)
+{
+    const struct kiln_grammar_vocab *v = m->g->vocab;
+    size_t words = ((size_t)v->n + 31) / 32;
+    int32_t c = cur(m);
+    if (c < 0) {
+        memset(mask, 0, words * sizeof *mask);
+        return;
+    }
+    for (int k = 0; k < MT_MASK_CACHE; k++)
+        if (m->mc_cfg[k] == c && m->mc_mask[k]) {
+            memcpy(mask, m->mc_mask[k], words * sizeof *mask);
+            return;
+        }
+    memset(mask, 0, words * sizeof *mask);
+    if (m->ccomplete[c])
+        for (int i = 0; i < v->neos; i++)
+            if (v->eos[i] >= 0 && v->eos[i] < v->n) mask[v->eos[i] >> 5] |= 1u << (v->eos[i] & 31);
+    if (m->clen[c] == 0) return;
+    if (plain_closed(m, c)) {
+        for (size_t w = 0; w < words; w++) mask[w] |= v->plain_mask[w];
+        walk_trie(m, &v->nonplain, c, mask);
+    } else
+        walk_trie(m, &v->all, c, mask);
+    /* remember it (round robin): the same state recurs, e.g. inside a string */
+    int slot = m->mc_next++ % MT_MASK_CACHE;
+    if (!m->mc_mask[slot]) m->mc_mask[slot] = malloc(words * sizeof *mask);
+    if (m->mc_mask[slot]) {
+        memcpy(m->mc_mask[slot], mask, words * sizeof *mask);
+        m->mc_cfg[slot] = c;
+    }
+}
+
+bool kiln_matcher_accept_bytes(struct kiln_matcher *m, const char *s, size_t n)
+{
+    int32_t c = cur(m);
+    if (c < 0) return false;
+    for (size_t i = 0; i < n && c >= 0; i++) c = step(m, c, (unsigned char)s[i]);
+    if (c < 0) return false;
+    return push_hist(m, c);
+}
+
+bool kiln_matcher_accept(struct kiln_matcher *m, int32_t token)
+{
+    const struct kiln_grammar_vocab *v = m->g->vocab;
+    int32_t c = cur(m);
+    if (c < 0 || token < 0 || token >= v->n) return false;
+    for (int i = 0; i < v->neos; i++)
+        if (v->eos[i] == token) return m->ccomplete[c] && push_hist(m, MT_TERMINATED);
+    if (!v->bytes[token]) return false;
+    return kiln_matcher_accept_bytes(m, v->bytes[token], v->len[token]);
+}
+
+void kiln_matcher_rollback(struct kiln_matcher *m, int n)
+{
+    if (n < 0) return;
+    if (n > m->nhist - 1) n = m->nhist - 1;
+    m->nhist -= n;
+}
+
+int kiln_matcher_forced(struct kiln_matcher *m, int32_t *tokens, int max)
+{
+    /* the bytes the grammar forces (one viable byte at each step, not complete), tokenized by
+     * the real tokenizer; the last token is dropped (the next bytes could merge into it) unless
+     * nothing can follow. Every token returned is checked against the matcher. */
+    char buf[1024];
+    size_t n = 0;
+    int32_t c = cur(m);
+    while (n < sizeof buf && c >= 0 && !m->ccomplete[c]) {
+        int count = 0, only = -1;
+        int32_t next = MT_DEAD;
+        for (unsigned b = 0; b < 256 && count < 2; b++) {
+            int32_t x = step(m, c, b);
+            if (x >= 0) {
+                count++;
+                only = (int)b;
+                next = x;
+            }
+        }
+        if (count != 1) break;
+        buf[n++] = (char)only;
+        c = next;
+    }
+    if (n == 0 || max <= 0 || !m->g->vocab->tok) return 0;
+    bool finished = c >= 0 && m->ccomplete[c] && m->clen[c] == 0;
+    int32_t *ids;
+    size_t nid;
+    if (kiln_tokenizer_encode(m->g->vocab->tok, buf, n, false, &ids, &nid, NULL)) return 0;
+    if (!finished && nid > 0) nid--;
+    int k = 0;
+    while ((size_t)k < nid && k < max && kiln_matcher_accept(m, ids[k])) {
+        tokens[k] = ids[k];
+        k++;
+    }
+    kiln_matcher_rollback(m, k);
+    free(ids);
+    return k;
+}
+
+/* ---- compile, refs, cache ---- */
+
+struct kiln_grammar *kiln_grammar_ref(struct kiln_grammar *g)
+{
+    if (g) atomic_fetch_add(&g->refs, 1);
+    return g;
+}
+
+void kiln_grammar_unref(struct kiln_grammar *g)
+{
+    if (g && atomic_fetch_sub(&g->refs, 1) == 1) gr_grammar_free(g);
+}
+
+enum kiln_status kiln_grammar_compile_opts(const struct kiln_constraint_spec *spec,
+                                           const struct kiln_grammar_vocab *v,
+                                           const struct kiln_grammar_options *opts,
+                                           struct kiln_grammar **out, struct kiln_error *err)
+{
+    *out = NULL;
+    struct kiln_error local;
+    if (!err) err = &local;
+    kiln_error_clear(err);
+    struct gr_builder b;
+    gb_init(&b, err);
+    b.ws = opts ? opts->whitespace : KILN_GRAMMAR_WS_COMPACT;
+    const char *text = spec->text ? spec->text : "";
+    size_t len = spec->text ? spec->len : 0;
+    struct gx *root = NULL;
+    switch (spec->kind) {
+    case KILN_CONSTRAINT_JSON_OBJECT:
+        root = gr_json_any_object(&b);
+        break;
+    case KILN_CONSTRAINT_JSON_SCHEMA:
+        root = gr_json_schema(&b, text, len);
+        break;
+    case KILN_CONSTRAINT_REGEX:
+        root = gr_regex(&b, text, len, false, false, "regex");
+        break;
+    case KILN_CONSTRAINT_CHOICE:
+        root = gr_choice(&b, text, len);
+        break;
+    case KILN_CONSTRAINT_GRAMMAR:
+        root = gr_ebnf(&b, text, len);
+        break;
+    default:
+        gb_fail(&b, KILN_ERR_INVALID, "unknown constraint kind %d", (int)spec->kind);
+    }
+    struct kiln_grammar *g = NULL;
+    enum kiln_status st = b.failed ? err->code : gb_finish(&b, root, &g);
+    gb_free(&b);
+    if (st) {
+        if (!err->msg[0]) kiln_errorf(err, st, "cannot compile the constraint");
+        return st;
+    }
+    g->vocab = v;
+    *out = g;
+    return KILN_OK;
+}
+
+enum kiln_status kiln_grammar_compile(const struct kiln_constraint_spec *spec,
+                                      const struct kiln_grammar_vocab *v, struct kiln_grammar **out,
+                                      struct kiln_error *err)
+{
+    return kiln_grammar_compile_opts(spec, v, NULL, out, err);
+}
+
+struct cache_entry {
+    enum kiln_constraint_kind kind;
+    char *text;
+    size_t len;
+    struct kiln_grammar *g;
+    uint64_t used;
+};
+
+struct kiln_grammar_cache {
+    pthread_mutex_t lock;
+    const struct kiln_grammar_vocab *v;
+    struct cache_entry *e;
+    int n, max;
+    uint64_t tick;
+};
+
+struct kiln_grammar_cache *kiln_grammar_cache_create(const struct kiln_grammar_vocab *v,
+                                                     int max_entries)
+{
+    if (max_entries < 1) max_entries = 1;
+    struct kiln_grammar_cache *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->e = calloc((size_t)max_entries, sizeof *c->e);
+    if (!c->e) {
+        free(c);
+        return NULL;
+    }
+    pthread_mutex_init(&c->lock, NULL);
+    c->v = v;
+    c->max = max_entries;
+    return c;
+}
+
+void kiln_grammar_cache_free(struct kiln_grammar_cache *c)
+{
+    if (!c) return;
+    for (int i = 0; i < c->n; i++) {
+        free(c->e[i].text);
+        kiln_grammar_unref(c->e[i].g);
+    }
+    free(c->e);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+enum kiln_status kiln_grammar_cache_get(struct kiln_grammar_cache *c,
+                                        const struct kiln_constraint_spec *spec,
+                                        struct kiln_grammar **out, struct kiln_error *err)
+{
+    size_t len = spec->text ? spec->len : 0;
+    pthread_mutex_lock(&c->lock);
+    for (int i = 0; i < c->n; i++) {
+        struct cache_entry *e = &c->e[i];
+        if (e->kind == spec->kind && e->len == len && (!len || !memcmp(e->text, spec->text, len))) {
+            e->used = ++c->tick;
+            *out = kiln_grammar_ref(e->g);
+            pthread_mutex_unlock(&c->lock);
+            return KILN_OK;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    /* compile outside the lock (it can take milliseconds); a racing twin is harmless */
+    struct kiln_grammar *g;
+    enum kiln_status st = kiln_grammar_compile(spec, c->v, &g, err);
+    if (st) return st;
+    char *copy = malloc(len + 1);
+    if (!copy) {
+        *out = g;
+        return KILN_OK;
+    }
+    if (len) memcpy(copy, spec->text, len);
+    pthread_mutex_lock(&c->lock);
+    int slot = c->n;
+    if (c->n == c->max) {
+        slot = 0;
+        for (int i = 1; i < c->n; i++)
+            if (c->e[i].used < c->e[slot].used) slot = i;
+        free(c->e[slot].text);
+        kiln_grammar_unref(c->e[slot].g);
+    } else
+        c->n++;
+    c->e[slot] = (struct cache_entry){spec->kind, copy, len, kiln_grammar_ref(g), ++c->tick};
+    pthread_mutex_unlock(&c->lock);
+    *out = g;
+    return KILN_OK;
+}

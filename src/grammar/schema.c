@@ -1,0 +1,1351 @@
+/* JSON Schema compiler: a schema document -> grammar rules for one JSON value, compact (or
+ * flexible) whitespace, properties in the order written. Every keyword that constrains
+ * instances is either enforced exactly (or more strictly, never more loosely) or refused with
+ * "unsupported JSON Schema keyword 'k' at /pointer". Choice lists live here too. */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "grammar/internal.h"
+
+#define JS_MAX_DEPTH 64
+
+struct js_ref {
+    char *ptr;
+    int rule;
+};
+
+struct js {
+    struct gr_builder *b;
+    json_t *root;
+    struct js_ref *refs;
+    int nrefs, capref;
+    int depth;
+    json_t *keep; /* array owning merged schemas */
+};
+
+static struct gx *js_value(struct js *j, json_t *s, const char *ptr);
+
+static struct gx *ws(struct gr_builder *b)
+{
+    if (b->ws == KILN_GRAMMAR_WS_COMPACT) return gx_empty(b);
+    struct gx *x = gx_byte(b, ' ');
+    if (x) {
+        x->bits[0] |= 1u << '\t' | 1u << '\n' | 1u << '\r';
+    }
+    return gx_rep(b, x, 0, -1);
+}
+
+/* ws lit ws */
+static struct gx *punct(struct gr_builder *b, const char *lit)
+{
+    return gx_add(b, gx_add(b, gx_add(b, gx_seq(b), ws(b)), gx_str(b, lit)), ws(b));
+}
+
+static struct gx *any_char(struct gr_builder *b)
+{
+    struct cp_set all = {0};
+    cps_add(&all, 0, 0x10FFFF);
+    struct gx *x = gx_json_chars(b, &all);
+    cps_free(&all);
+    return x;
+}
+
+static struct gx *gx_json_string(struct gr_builder *b)
+{
+    if (b->r_json_string < 0) {
+        b->r_json_string = gb_rule(b, "%string");
+        struct gx *q = gx_seq(b);
+        q = gx_add(b, q, gx_byte(b, '"'));
+        q = gx_add(b, q, gx_rep(b, any_char(b), 0, -1));
+        q = gx_add(b, q, gx_byte(b, '"'));
+        gb_set(b, b->r_json_string, q);
+    }
+    return gx_call(b, b->r_json_string);
+}
+
+static struct gx *digits(struct gr_builder *b, int min)
+{
+    return gx_rep(b, gx_range(b, '0', '9'), min, -1);
+}
+
+static struct gx *json_int(struct gr_builder *b)
+{
+    struct gx *nat = gx_alt2(b, gx_byte(b, '0'), gx_seq2(b, gx_range(b, '1', '9'), digits(b, 0)));
+    return gx_seq2(b, gx_opt(b, gx_byte(b, '-')), nat);
+}
+
+static struct gx *json_number(struct gr_builder *b)
+{
+    struct gx *q = gx_seq(b);
+    q = gx_add(b, q, json_int(b));
+    q = gx_add(b, q, gx_opt(b, gx_seq2(b, gx_byte(b, '.'), digits(b, 1))));
+    struct gx *e = gx_range(b, 'E', 'E');
+    if (e) e->bits['e' >> 5] |= 1u << ('e' & 31);
+    struct gx *sign = gx_byte(b, '+');
+    if (sign) sign->bits['-' >> 5] |= 1u << ('-' & 31);
+    q = gx_add(
+        b, q,
+        gx_opt(b, gx_add(b, gx_add(b, gx_add(b, gx_seq(b), e), gx_opt(b, sign)), digits(b, 1))));
+    return q;
+}
+
+struct gx *gr_json_any_value(struct gr_builder *b)
+{
+    if (b->r_json_value < 0) {
+        b->r_json_value = gb_rule(b, "%value");
+        int r_obj = gb_rule(b, "%object"), r_arr = gb_rule(b, "%array");
+        struct gx *v = gx_alt(b);
+        v = gx_add(b, v, gx_call(b, r_obj));
+        v = gx_add(b, v, gx_call(b, r_arr));
+        v = gx_add(b, v, gx_json_string(b));
+        v = gx_add(b, v, json_number(b));
+        v = gx_add(b, v, gx_str(b, "true"));
+        v = gx_add(b, v, gx_str(b, "false"));
+        v = gx_add(b, v, gx_str(b, "null"));
+        gb_set(b, b->r_json_value, v);
+        struct gx *kv = gx_seq(b);
+        kv = gx_add(b, kv, gx_json_string(b));
+        kv = gx_add(b, kv, punct(b, ":"));
+        kv = gx_add(b, kv, gx_call(b, b->r_json_value));
+        struct gx *more = gx_rep(b, gx_seq2(b, punct(b, ","), kv), 0, -1);
+        struct gx *o = gx_seq(b);
+        o = gx_add(b, o, gx_byte(b, '{'));
+        o = gx_add(b, o, ws(b));
+        o = gx_add(b, o, gx_opt(b, gx_seq2(b, kv, more)));
+        o = gx_add(b, o, gx_byte(b, '}'));
+        gb_set(b, r_obj, o);
+        b->r_json_object = r_obj;
+        struct gx *el = gx_call(b, b->r_json_value);
+        struct gx *a = gx_seq(b);
+        a = gx_add(b, a, gx_byte(b, '['));
+        a = gx_add(b, a, ws(b));
+        a = gx_add(b, a,
+                   gx_opt(b, gx_seq2(b, el, gx_rep(b, gx_seq2(b, punct(b, ","), el), 0, -1))));
+        a = gx_add(b, a, gx_byte(b, ']'));
+        gb_set(b, r_arr, a);
+    }
+    return gx_call(b, b->r_json_value);
+}
+
+static struct gx *top(struct gr_builder *b, struct gx *x)
+{
+    if (b->ws == KILN_GRAMMAR_WS_COMPACT) return x;
+    return gx_add(b, gx_add(b, gx_add(b, gx_seq(b), ws(b)), x), ws(b));
+}
+
+struct gx *gr_json_any_object(struct gr_builder *b)
+{
+    gr_json_any_value(b);
+    return top(b, gx_call(b, b->r_json_object));
+}
+
+/* ---- helpers ---- */
+
+static struct gx *js_fail(struct js *j, const char *what, const char *kw, const char *ptr)
+{
+    return gb_fail(j->b, KILN_ERR_UNSUPPORTED, "%s JSON Schema keyword '%s' at %s", what, kw,
+                   *ptr ? ptr : "/");
+}
+
+static struct gx *js_bad(struct js *j, const char *ptr, const char *msg)
+{
+    return gb_fail(j->b, KILN_ERR_INVALID, "invalid JSON Schema at %s: %s", *ptr ? ptr : "/", msg);
+}
+
+static void sub_ptr(char *out, size_t cap, const char *ptr, const char *key)
+{
+    size_t n = (size_t)snprintf(out, cap, "%s/", ptr);
+    for (const char *k = key; *k && n + 3 < cap; k++) {
+        if (*k == '~') {
+            out[n++] = '~';
+            out[n++] = '0';
+        } else if (*k == '/') {
+            out[n++] = '~';
+            out[n++] = '1';
+        } else
+            out[n++] = *k;
+    }
+    out[n < cap ? n : cap - 1] = 0;
+}
+
+/* a JSON value as an exact literal (canonical compact form; ws between tokens if flexible) */
+static struct gx *js_literal(struct js *j, json_t *v)
+{
+    struct gr_builder *b = j->b;
+    if (json_is_object(v)) {
+        struct gx *q = gx_add(b, gx_seq(b), gx_byte(b, '{'));
+        q = gx_add(b, q, ws(b));
+        const char *k;
+        json_t *x;
+        bool first = true;
+        json_object_foreach(v, k, x)
+        {
+            if (!first) q = gx_add(b, q, punct(b, ","));
+            first = false;
+            json_t *ks = json_string(k);
+            char *enc = json_dumps(ks, JSON_ENCODE_ANY | JSON_COMPACT);
+            json_decref(ks);
+            if (!enc) return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+            q = gx_add(b, q, gx_str(b, enc));
+            free(enc);
+            q = gx_add(b, q, punct(b, ":"));
+            q = gx_add(b, q, js_literal(j, x));
+        }
+        if (!first) q = gx_add(b, q, ws(b));
+        return gx_add(b, q, gx_byte(b, '}'));
+    }
+    if (json_is_array(v)) {
+        struct gx *q = gx_add(b, gx_seq(b), gx_byte(b, '['));
+        q = gx_add(b, q, ws(b));
+        size_t i;
+        json_t *x;
+        json_array_foreach(v, i, x)
+        {
+            if (i) q = gx_add(b, q, punct(b, ","));
+            q = gx_add(b, q, js_literal(j, x));
+        }
+        if (json_array_size(v)) q = gx_add(b, q, ws(b));
+        return gx_add(b, q, gx_byte(b, ']'));
+    }
+    char *enc = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(17));
+    if (!enc) return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+    struct gx *x = gx_str(b, enc);
+    if (json_is_integer(v) || (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+                               fabs(json_real_value(v)) < 1e15)) {
+        /* 3 and 3.0 are the same number: accept both spellings */
+        double d = json_number_value(v);
+        char buf[64];
+        snprintf(buf, sizeof buf, "%.0f", d);
+        char buf2[72];
+        snprintf(buf2, sizeof buf2, "%s.0", buf);
+        x = gx_alt2(b, gx_str(b, buf), gx_str(b, buf2));
+    }
+    free(enc);
+    return x;
+}
+
+/* ---- numbers with bounds ---- */
+
+/* fixed-width decimal numbers with values in [lo, hi], d digits */
+static struct gx *dec_fixed(struct gr_builder *b, uint64_t lo, uint64_t hi, int d)
+{
+    if (d == 1) return gx_range(b, '0' + (unsigned)lo, '0' + (unsigned)hi);
+    uint64_t p = 1;
+    for (int i = 1; i < d; i++) p *= 10;
+    if (lo == 0 && hi == p * 10 - 1) return gx_rep(b, gx_range(b, '0', '9'), d, d);
+    uint64_t lh = lo / p, hh = hi / p;
+    if (lh == hh)
+        return gx_seq2(b, gx_byte(b, '0' + (unsigned)lh), dec_fixed(b, lo % p, hi % p, d - 1));
+    struct gx *alt = gx_alt(b);
+    gx_add(b, alt, gx_seq2(b, gx_byte(b, '0' + (unsigned)lh), dec_fixed(b, lo % p, p - 1, d - 1)));
+    if (hh - lh > 1)
+        gx_add(b, alt,
+               gx_seq2(b, gx_range(b, '0' + (unsigned)lh + 1, '0' + (unsigned)hh - 1),
+                       gx_rep(b, gx_range(b, '0', '9'), d - 1, d - 1)));
+    gx_add(b, alt, gx_seq2(b, gx_byte(b, '0' + (unsigned)hh), dec_fixed(b, 0, hi % p, d - 1)));
+    return alt;
+}
+
+static int ndigits(uint64_t v)
+{
+    int d = 1;
+    while (v >= 10) v /= 10, d++;
+    return d;
+}
+
+/* canonical naturals (no leading zeros) in [lo, hi]; inf: no upper bound */
+static struct gx *nat_range(struct gr_builder *b, uint64_t lo, uint64_t hi, bool inf)
+{
+    struct gx *alt = gx_alt(b);
+    if (!inf && hi < lo) return alt;
+    int dl = ndigits(lo), dh = inf ? 19 : ndigits(hi);
+    for (int d = dl; d <= dh; d++) {
+        uint64_t p = 1;
+        for (int i = 1; i < d; i++) p *= 10;
+        uint64_t a = d == 1 ? 0 : p, z = p * 10 - 1;
+        if (a < lo) a = lo;
+        if (!inf && z > hi) z = hi;
+        if (a <= z) gx_add(b, alt, dec_fixed(b, a, z, d));
+    }
+    if (inf) /* 20 digits or more */
+        gx_add(b, alt, gx_seq2(b, gx_range(b, '1', '9'), gx_rep(b, gx_range(b, '0', '9'), 19, -1)));
+    return alt;
+}
+
+static struct gx *frac_any(struct gr_builder *b)
+{
+    return gx_seq2(b, gx_byte(b, '.'), digits(b, 1));
+}
+static struct gx *frac_zero(struct gr_builder *b)
+{
+    return gx_seq2(b, gx_byte(b, '.'), gx_rep(b, gx_byte(b, '0'), 1, -1));
+}
+static struct gx *frac_nonzero(struct gr_builder *b)
+{
+    struct gx *q = gx_seq(b);
+    q = gx_add(b, q, gx_byte(b, '.'));
+    q = gx_add(b, q, digits(b, 0));
+    q = gx_add(b, q, gx_range(b, '1', '9'));
+    return gx_add(b, q, digits(b, 0));
+}
+
+/* y >= 0 with a <(=) y <(=) z (z: inf when zinf), integer bounds, no exponent.
+ * frac: whether a fraction may appear at all (integer type: no). */
+static struct gx *nonneg(struct gr_builder *b, uint64_t a, bool ax, uint64_t z, bool zx, bool zinf,
+                         bool frac)
+{
+    struct gx *alt = gx_alt(b);
+    if (!zinf && (z < a || (z == a && (ax || zx)))) return alt;
+    if (!zinf && z == a) {
+        gx_add(b, alt,
+               gx_seq2(b, nat_range(b, a, a, false), frac ? gx_opt(b, frac_zero(b)) : gx_empty(b)));
+        return alt;
+    }
+    /* I in (a, z) */
+    if (zinf || z > a + 1)
+        gx_add(b, alt,
+               gx_seq2(b, nat_range(b, a + 1, zinf ? 0 : z - 1, zinf),
+                       frac ? gx_opt(b, frac_any(b)) : gx_empty(b)));
+    /* I == a */
+    if (!ax)
+        gx_add(b, alt,
+               gx_seq2(b, nat_range(b, a, a, false), frac ? gx_opt(b, frac_any(b)) : gx_empty(b)));
+    else if (frac)
+        gx_add(b, alt, gx_seq2(b, nat_range(b, a, a, false), frac_nonzero(b)));
+    /* I == z */
+    if (!zinf && !zx)
+        gx_add(b, alt,
+               gx_seq2(b, nat_range(b, z, z, false), frac ? gx_opt(b, frac_zero(b)) : gx_empty(b)));
+    return alt;
+}
+
+static bool integral(double v)
+{
+    return v == floor(v) && fabs(v) < 1e17;
+}
+
+/* number or integer with bounds: lo/hi may be absent (has*), exclusive flags */
+static struct gx *bounded_number(struct js *j, bool has_lo, double lo, bool lox, bool has_hi,
+                                 double hi, bool hix, bool is_int, const char *ptr)
+{
+    struct gr_builder *b = j->b;
+    if (is_int) { /* integer bounds: round inward, then inclusive */
+        if (has_lo) {
+            double c = ceil(lo);
+            if (lox && c == lo) c += 1;
+            lo = c;
+            lox = false;
+        }
+        if (has_hi) {
+            double f = floor(hi);
+            if (hix && f == hi) f -= 1;
+            hi = f;
+            hix = false;
+        }
+    }
+    if ((has_lo && !integral(lo)) || (has_hi && !integral(hi)))
+        return js_fail(j, "unsupported (non-integer bound for a number)",
+                       has_lo && !integral(lo) ? "minimum" : "maximum", ptr);
+    struct gx *alt = gx_alt(b);
+    bool frac = !is_int;
+    /* non-negative part: y in [max(lo,0), hi] */
+    if (!has_hi || hi >= 0) {
+        uint64_t a = 0;
+        bool ax = false;
+        if (has_lo && lo >= 0) {
+            a = (uint64_t)lo;
+            ax = lox;
+        }
+        uint64_t z = has_hi ? (uint64_t)hi : 0;
+        gx_add(b, alt, nonneg(b, a, ax, z, hix, !has_hi, frac));
+    }
+    /* negative part: x = -y, y > 0, y in [max(-hi, 0), -lo] */
+    if (!has_lo || lo < 0) {
+        uint64_t a = 0;
+        bool ax = true; /* y > 0 (0 is in the non-negative part) */
+        if (has_hi && hi < 0) {
+            a = (uint64_t)(-hi);
+            ax = hix;
+        } else if (has_hi && hi == 0 && hix) {
+            a = 0;
+            ax = true;
+        }
+        uint64_t z = has_lo ? (uint64_t)(-lo) : 0;
+        struct gx *y = nonneg(b, a, ax, z, lox, !has_lo, frac);
+        /* y == 0 with ax: nonneg excludes the zero integer part only via ax; "-0" stays out */
+        gx_add(b, alt, gx_seq2(b, gx_byte(b, '-'), y));
+    }
+    return alt;
+}
+
+/* ---- strings ---- */
+
+static const char *format_regex(const char *f)
+{
+#define YEAR "[0-9]{4}"
+#define LEAP "([0-9]{2}(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)"
+#define DATE                                                                                       \
+    "(" YEAR "-(0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|" YEAR                                    \
+    "-(0[469]|11)-(0[1-9]|[12][0-9]|30)|" YEAR "-02-(0[1-9]|1[0-9]|2[0-8])|" LEAP "-02-29)"
+#define TIME                                                                                       \
+    "([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?(Z|z|[+-]([01][0-9]|2[0-3]):[0-5]["  \
+    "0-9])"
+    if (!strcmp(f, "date")) return DATE;
+    if (!strcmp(f, "time")) return TIME;
+    if (!strcmp(f, "date-time")) return DATE "[Tt]" TIME;
+    if (!strcmp(f, "uuid"))
+        return "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}";
+    if (!strcmp(f, "email"))
+        return "[a-zA-Z0-9_+-]+(\\.[a-zA-Z0-9_+-]+)*@[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+               "(\\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)+";
+    if (!strcmp(f, "uri"))
+        return "[a-zA-Z][a-zA-Z0-9+.-]*:[a-zA-Z0-9\\-._~:/?#@!$&'()*+,;=%\\[\\]]*";
+    return NULL;
+#undef DATE
+#undef YEAR
+#undef LEAP
+#undef TIME
+}
+
+static struct gx *js_string(struct js *j, json_t *s, const char *ptr)
+{
+    struct gr_builder *b = j->b;
+    json_t *minl = json_object_get(s, "minLength"), *maxl = json_object_get(s, "maxLength");
+    json_t *pat = json_object_get(s, "pattern"), *fmt = json_object_get(s, "format");
+    if ((minl && !json_is_integer(minl)) || (maxl && !json_is_integer(maxl)))
+        return js_bad(j, ptr, "minLength/maxLength must be integers");
+    long long mn = minl ? json_integer_value(minl) : 0, mx = maxl ? json_integer_value(maxl) : -1;
+    if (mn < 0 || (maxl && mx < 0)) return js_bad(j, ptr, "negative string length");
+    if (mn > 10000 || mx > 10000)
+        return js_fail(j, "unsupported (over 10000)", mn > 10000 ? "minLength" : "maxLength", ptr);
+    const char *re = NULL;
+    char where[300];
+    if (fmt && json_is_string(fmt)) {
+        re = format_regex(json_string_value(fmt));
+        if (!re)
+            return gb_fail(b, KILN_ERR_UNSUPPORTED,
+                           "unsupported JSON Schema keyword 'format' (value '%s') at %s",
+                           json_string_value(fmt), *ptr ? ptr : "/");
+    }
+    if (pat) {
+        if (!json_is_string(pat)) return js_bad(j, ptr, "pattern must be a string");
+        if (re) return js_fail(j, "unsupported (pattern with format)", "pattern", ptr);
+    }
+    if ((re || pat) && (minl || maxl))
+        return js_fail(j, "unsupported (with pattern/format)", minl ? "minLength" : "maxLength",
+                       ptr);
+    struct gx *body;
+    if (re) {
+        snprintf(where, sizeof where, "format at %s", ptr);
+        body = gr_regex(b, re, strlen(re), true, false, where);
+    } else if (pat) {
+        snprintf(where, sizeof where, "pattern at %s", *ptr ? ptr : "/");
+        body = gr_regex(b, json_string_value(pat), json_string_length(pat), true, true, where);
+    } else if (!minl && !maxl)
+        return gx_json_string(b);
+    else
+        body = gx_rep(b, any_char(b), (int)mn, (int)mx);
+    return gx_add(b, gx_add(b, gx_add(b, gx_seq(b), gx_byte(b, '"')), body), gx_byte(b, '"'));
+}
+
+/* ---- objects ---- */
+
+static char *enc_key(const char *k)
+{
+    json_t *ks = json_string(k);
+    char *e = ks ? json_dumps(ks, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+    json_decref(ks);
+    return e;
+}
+
+struct ktrie {
+    unsigned char c;
+    bool term;
+    struct ktrie *kid[128];
+};
+
+static int string_rest_rule(struct gr_builder *b)
+{
+    static const char name[] = "%string_rest";
+    for (int r = 0; r < b->n; r++)
+        if (b->name[r] && !strcmp(b->name[r], name)) return r;
+    int r = gb_rule(b, name);
+    gb_set(b, r, gx_seq2(b, gx_rep(b, any_char(b), 0, -1), gx_byte(b, '"')));
+    return r;
+}
+
+/* the rest of a key (after the opening quote) at trie node t: any string but the names */
+static struct gx *notin(struct js *j, struct ktrie *t)
+{
+    struct gr_builder *b = j->b;
+    struct gx *alt = gx_alt(b);
+    if (!t->term) gx_add(b, alt, gx_byte(b, '"'));
+    struct cp_set other = {0};
+    cps_add(&other, 0x20, 0x10FFFF);
+    struct cp_set o2 = {0};
+    for (int c = 0; c < 128; c++)
+        if (t->kid[c]) {
+            gx_add(b, alt, gx_seq2(b, gx_byte(b, (unsigned)c), notin(j, t->kid[c])));
+        }
+    /* any other unescaped character, then anything */
+    for (int i = 0; i < other.n; i++) {
+        uint32_t lo = other.r[i][0], hi = other.r[i][1];
+        for (uint32_t c = lo; c <= hi;) {
+            uint32_t e = c;
+            bool excl = c < 128 && (t->kid[c] || c == '"' || c == '\\');
+            if (!excl) {
+                while (e + 1 <= hi && e + 1 < 128 &&
+                       !(t->kid[e + 1] || e + 1 == '"' || e + 1 == '\\'))
+                    e++;
+                if (e + 1 >= 128) e = hi;
+                cps_add(&o2, c, e);
+            }
+            c = e + 1;
+        }
+    }
+    cps_norm(&o2);
+    gx_add(b, alt, gx_seq2(b, gx_utf8(b, &o2), gx_call(b, string_rest_rule(b))));
+    cps_free(&o2);
+    cps_free(&other);
+    return alt;
+}
+
+static void ktrie_free(struct ktrie *t)
+{
+    if (!t) return;
+    for (int c = 0; c < 128; c++) ktrie_free(t->kid[c]);
+    free(t);
+}
+
+struct prop {
+    const char *name;
+    json_t *schema;
+    bool required;
+    char ptr[512];
+};
+
+static struct gx *kv(struct js *j, const char *name, json_t *schema, const char *ptr)
+{
+    struct gr_builder *b = j->b;
+    char *e = enc_key(name);
+    if (!e) return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+    struct gx *q = gx_add(b, gx_seq(b), gx_str(b, e));
+    free(e);
+    q = gx_add(b, q, punct(b, ":"));
+    return gx_add(b, q, js_value(j, schema, ptr));
+}
+
+static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
+{
+    struct gr_builder *b = j->b;
+    json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required");
+    json_t *addl = json_object_get(s, "additionalProperties");
+    if (props && !json_is_object(props)) return js_bad(j, ptr, "properties must be an object");
+    if (req && !json_is_array(req)) return js_bad(j, ptr, "required must be an array");
+    size_t np = json_object_size(props), nreq = json_array_size(req);
+    struct prop *p = calloc(np + nreq + 1, sizeof *p);
+    if (!p) return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+    size_t n = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(props, k, v)
+    {
+        p[n].name = k;
+        p[n].schema = v;
+        char pp[512];
+        sub_ptr(pp, sizeof pp, ptr, "properties");
+        sub_ptr(p[n].ptr, sizeof p[n].ptr, pp, k);
+        n++;
+    }
+    bool addl_false = addl && json_is_false(addl);
+    json_t *addl_schema = addl && !json_is_boolean(addl) ? addl : NULL;
+    char aptr[512];
+    sub_ptr(aptr, sizeof aptr, ptr, "additionalProperties");
+    for (size_t i = 0; i < nreq; i++) {
+        json_t *r = json_array_get(req, i);
+        if (!json_is_string(r)) {
+            free(p);
+            return js_bad(j, ptr, "required must list strings");
+        }
+        size_t q = 0;
+        while (q < n && strcmp(p[q].name, json_string_value(r))) q++;
+        if (q == n) { /* required but not listed: it is an additional property */
+            if (addl_false) {
+                free(p);
+                return gx_none(b);
+            }
+            p[n].name = json_string_value(r);
+            p[n].schema = addl_schema ? addl_schema : json_true();
+            snprintf(p[n].ptr, sizeof p[n].ptr, "%s", aptr);
+            n++;
+        }
+        p[q].required = true;
+    }
+    /* tail[i][any]: the members from property i on, `any` when one was written before */
+    int *tail = malloc((n + 1) * 2 * sizeof *tail);
+    if (!tail) {
+        free(p);
+        return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i <= n; i++)
+        for (int a = 0; a < 2; a++) tail[i * 2 + a] = gb_rule(b, "%object_tail");
+    /* additional members */
+    struct gx *extra = NULL;
+    if (!addl_false) {
+        struct ktrie *root = calloc(1, sizeof *root);
+        bool ok = root != NULL;
+        for (size_t i = 0; i < n && ok; i++) {
+            struct ktrie *t = root;
+            for (const unsigned char *c = (const unsigned char *)p[i].name; *c && ok; c++) {
+                if (*c >= 128 || *c < 0x20 || *c == '"' || *c == '\\') {
+                    ok = false;
+                    break;
+                }
+                if (!t->kid[*c]) t->kid[*c] = calloc(1, sizeof *t);
+                if (!(t = t->kid[*c])) ok = false;
+            }
+            if (t) t->term = true;
+        }
+        if (!ok) {
+            ktrie_free(root);
+            free(tail);
+            free(p);
+            return js_fail(j,
+                           "unsupported (property names that need escaping, with additional "
+                           "properties allowed)",
+                           "additionalProperties", ptr);
+        }
+        struct gx *key = n ? gx_seq2(b, gx_byte(b, '"'), notin(j, root)) : gx_json_string(b);
+        ktrie_free(root);
+        struct gx *val = addl_schema ? js_value(j, addl_schema, aptr) : gr_json_any_value(b);
+        extra = gx_add(b, gx_add(b, gx_add(b, gx_seq(b), key), punct(b, ":")), val);
+    }
+    /* tails from the end */
+    for (size_t i = n + 1; i-- > 0;) {
+        for (int a = 0; a < 2; a++) {
+            struct gx *body;
+            if (i == n) {
+                if (!extra)
+                    body = gx_empty(b);
+                else {
+                    struct gx *more = gx_rep(b, gx_seq2(b, punct(b, ","), extra), 0, -1);
+                    body = a ? more : gx_opt(b, gx_seq2(b, extra, more));
+                }
+            } else {
+                struct gx *m = gx_seq(b);
+                if (a) m = gx_add(b, m, punct(b, ","));
+                m = gx_add(b, m, kv(j, p[i].name, p[i].schema, p[i].ptr));
+                m = gx_add(b, m, gx_call(b, tail[(i + 1) * 2 + 1]));
+                body = p[i].required ? m : gx_alt2(b, m, gx_call(b, tail[(i + 1) * 2 + a]));
+            }
+            gb_set(b, tail[i * 2 + a], body);
+        }
+    }
+    struct gx *o = gx_seq(b);
+    o = gx_add(b, o, gx_byte(b, '{'));
+    o = gx_add(b, o, ws(b));
+    o = gx_add(b, o, gx_call(b, tail[0]));
+    o = gx_add(b, o, ws(b));
+    o = gx_add(b, o, gx_byte(b, '}'));
+    free(tail);
+    free(p);
+    return o;
+}
+
+/* ---- arrays ---- */
+
+static struct gx *js_array(struct js *j, json_t *s, const char *ptr)
+{
+    struct gr_builder *b = j->b;
+    json_t *items = json_object_get(s, "items"), *prefix = json_object_get(s, "prefixItems");
+    json_t *addi = json_object_get(s, "additionalItems");
+    json_t *mi = json_object_get(s, "minItems"), *ma = json_object_get(s, "maxItems");
+    if ((mi && !json_is_integer(mi)) || (ma && !json_is_integer(ma)))
+        return js_bad(j, ptr, "minItems/maxItems must be integers");
+    long long mn = mi ? json_integer_value(mi) : 0, mx = ma ? json_integer_value(ma) : -1;
+    if (mn < 0) mn = 0;
+    if (mn > 1000 || mx > 1000)
+        return js_fail(j, "unsupported (over 1000)", mn > 1000 ? "minItems" : "maxItems", ptr);
+    json_t *rest = items;
+    const char *restkw = "items";
+    if (json_is_array(items)) { /* draft 4-7 tuple form */
+        if (prefix) return js_bad(j, ptr, "items array and prefixItems together");
+        prefix = items;
+        rest = addi;
+        restkw = "additionalItems";
+    }
+    if (prefix && !json_is_array(prefix)) return js_bad(j, ptr, "prefixItems must be an array");
+    size_t k = json_array_size(prefix);
+    char rptr[512];
+    sub_ptr(rptr, sizeof rptr, ptr, restkw);
+    int rrest = -1;
+    if (!rest || !json_is_false(rest)) {
+        rrest = gb_rule(b, "%items");
+        gb_set(b, rrest, rest ? js_value(j, rest, rptr) : gr_json_any_value(b));
+    } else if (mx < 0 || (size_t)mx > k)
+        mx = (long long)k;
+    if (mx >= 0 && mn > mx) return gx_none(b);
+    /* position i from the end back */
+    long long last = mx >= 0 ? mx : (long long)(k > (size_t)mn ? k : (size_t)mn);
+    if (mx < 0 && last == 0) last = 1; /* the open tail follows a first element */
+    struct gx *tail;                   /* after `last` elements */
+    if (mx >= 0)
+        tail = gx_empty(b);
+    else
+        tail = gx_rep(b, gx_seq2(b, punct(b, ","), gx_call(b, rrest)), 0, -1);
+    for (long long i = last; i-- > 0;) {
+        struct gx *el;
+        if ((size_t)i < k) {
+            char pp[512], ip[32];
+            sub_ptr(pp, sizeof pp, ptr, json_is_array(items) ? "items" : "prefixItems");
+            snprintf(ip, sizeof ip, "%lld", i);
+            sub_ptr(pp, sizeof pp, pp, ip);
+            el = js_value(j, json_array_get(prefix, (size_t)i), pp);
+        } else
+            el = gx_call(b, rrest);
+        struct gx *m = gx_seq(b);
+        if (i > 0) m = gx_add(b, m, punct(b, ","));
+        m = gx_add(b, m, el);
+        m = gx_add(b, m, tail);
+        tail = i < mn ? m : gx_opt(b, m);
+        if (b->failed) return NULL;
+    }
+    struct gx *a = gx_seq(b);
+    a = gx_add(b, a, gx_byte(b, '['));
+    a = gx_add(b, a, ws(b));
+    a = gx_add(b, a, tail);
+    a = gx_add(b, a, ws(b));
+    return gx_add(b, a, gx_byte(b, ']'));
+}
+
+/* ---- schema dispatch ---- */
+
+enum {
+    T_NULL = 1,
+    T_BOOL = 2,
+    T_OBJ = 4,
+    T_ARR = 8,
+    T_STR = 16,
+    T_NUM = 32,
+    T_INT = 64,
+    T_ALL = 127
+};
+
+static int type_bit(const char *t)
+{
+    static const char *names[] = {"null",   "boolean", "object", "array",
+                                  "string", "number",  "integer"};
+    for (int i = 0; i < 7; i++)
+        if (!strcmp(t, names[i])) return 1 << i;
+    return 0;
+}
+
+static const char *const annotations[] = {"title",
+                                          "description",
+                                          "examples",
+                                          "example",
+                                          "$schema",
+                                          "$id",
+                                          "id",
+                                          "default",
+                                          "$comment",
+                                          "deprecated",
+                                          "readOnly",
+                                          "writeOnly",
+                                          "contentMediaType",
+                                          "contentEncoding",
+                                          "$anchor",
+                                          "discriminator",
+                                          "xml",
+                                          "externalDocs",
+                                          "markdownDescription",
+                                          "$defs",
+                                          "definitions",
+                                          "$vocabulary",
+                                          "enumDescriptions",
+                                          "markdownEnumDescriptions",
+                                          "errorMessage",
+                                          NULL};
+
+static const char *const refused[] = {"patternProperties",
+                                      "propertyNames",
+                                      "dependencies",
+                                      "dependentRequired",
+                                      "dependentSchemas",
+                                      "if",
+                                      "then",
+                                      "else",
+                                      "not",
+                                      "contains",
+                                      "minContains",
+                                      "maxContains",
+                                      "multipleOf",
+                                      "maxProperties",
+                                      "unevaluatedProperties",
+                                      "unevaluatedItems",
+                                      "$dynamicRef",
+                                      "$recursiveRef",
+                                      "contentSchema",
+                                      NULL};
+
+static bool in_list(const char *const *l, const char *k)
+{
+    for (; *l; l++)
+        if (!strcmp(*l, k)) return true;
+    return false;
+}
+
+static struct gx *js_ref_rule(struct js *j, const char *ref, const char *ptr)
+{
+    if (ref[0] != '#') return js_fail(j, "unsupported (not a local reference)", "$ref", ptr);
+    for (int i = 0; i < j->nrefs; i++)
+        if (!strcmp(j->refs[i].ptr, ref)) return gx_call(j->b, j->refs[i].rule);
+    /* resolve the JSON pointer */
+    json_t *t = j->root;
+    const char *p = ref + 1;
+    char tok[512];
+    while (*p && t) {
+        if (*p != '/') return js_bad(j, ptr, "$ref is not a JSON pointer");
+        p++;
+        size_t n = 0;
+        while (*p && *p != '/' && n + 1 < sizeof tok) {
+            if (p[0] == '~' && p[1] == '0')
+                tok[n++] = '~', p += 2;
+            else if (p[0] == '~' && p[1] == '1')
+                tok[n++] = '/', p += 2;
+            else if (p[0] == '%' && p[1] && p[2]) {
+                char h[3] = {p[1], p[2], 0};
+                tok[n++] = (char)strtol(h, NULL, 16);
+                p += 3;
+            } else
+                tok[n++] = *p++;
+        }
+        tok[n] = 0;
+        if (json_is_object(t))
+            t = json_object_get(t, tok);
+        else if (json_is_array(t)) {
+            char *end;
+            long idx = strtol(tok, &end, 10);
+            t = *end || idx < 0 ? NULL : json_array_get(t, (size_t)idx);
+        } else
+            t = NULL;
+    }
+    if (!t) return js_bad(j, ptr, "$ref target not found");
+    if (j->nrefs == j->capref) {
+        int cap = j->capref ? j->capref * 2 : 16;
+        struct js_ref *r = realloc(j->refs, (size_t)cap * sizeof *r);
+        if (!r) return gb_fail(j->b, KILN_ERR_NOMEM, "out of memory");
+        j->refs = r;
+        j->capref = cap;
+    }
+    int rule = gb_rule(j->b, ref);
+    char *copy = strdup(ref);
+    if (!copy || rule < 0) {
+        free(copy);
+        return gb_fail(j->b, KILN_ERR_NOMEM, "out of memory");
+    }
+    j->refs[j->nrefs++] = (struct js_ref){copy, rule};
+    gb_set(j->b, rule, js_value(j, t, ref + 1));
+    return gx_call(j->b, rule);
+}
+
+static json_t *resolve(struct js *j, json_t *s)
+{
+    for (int hops = 0; hops < 32 && json_is_object(s); hops++) {
+        json_t *r = json_object_get(s, "$ref");
+        if (!r || !json_is_string(r) || json_object_size(s) != 1) return s;
+        const char *ref = json_string_value(r);
+        if (ref[0] != '#') return s;
+        json_t *t = j->root;
+        const char *p = ref + 1;
+        char tok[512];
+        while (*p && t) {
+            if (*p != '/') return s;
+            p++;
+            size_t n = 0;
+            while (*p && *p != '/' && n + 1 < sizeof tok) {
+                if (p[0] == '~' && p[1] == '0')
+                    tok[n++] = '~', p += 2;
+                else if (p[0] == '~' && p[1] == '1')
+                    tok[n++] = '/', p += 2;
+                else
+                    tok[n++] = *p++;
+            }
+            tok[n] = 0;
+            t = json_is_object(t) ? json_object_get(t, tok) : NULL;
+        }
+        if (!t) return s;
+        s = t;
+    }
+    return s;
+}
+
+/* allOf merging: b into a (a is a fresh object owned by the caller) */
+static bool merge_into(struct js *j, json_t *a, json_t *bsch, const char *ptr)
+{
+    bsch = resolve(j, bsch);
+    if (json_is_true(bsch)) return true;
+    if (json_is_false(bsch)) {
+        json_object_set_new(a, "enum", json_array());
+        return true;
+    }
+    if (!json_is_object(bsch)) return js_bad(j, ptr, "allOf member is not a schema"), false;
+    const char *k;
+    json_t *v;
+    json_object_foreach(bsch, k, v)
+    {
+        if (in_list(annotations, k)) continue;
+        json_t *old = json_object_get(a, k);
+        if (!strcmp(k, "allOf")) {
+            size_t i;
+            json_t *x;
+            json_array_foreach(v, i, x) if (!merge_into(j, a, x, ptr)) return false;
+            continue;
+        }
+        if (!old) {
+            json_object_set(a, k, v);
+            continue;
+        }
+        if (json_equal(old, v)) continue;
+        if (!strcmp(k, "properties") && json_is_object(old) && json_is_object(v)) {
+            json_t *np = json_deep_copy(old);
+            const char *pk;
+            json_t *pv;
+            json_object_foreach(v, pk, pv)
+            {
+                json_t *o = json_object_get(np, pk);
+                if (!o)
+                    json_object_set(np, pk, pv);
+                else
+                    json_object_set_new(np, pk, json_pack("{s:[O,O]}", "allOf", o, pv));
+            }
+            json_object_set_new(a, k, np);
+        } else if (!strcmp(k, "required") && json_is_array(old) && json_is_array(v)) {
+            json_t *nr = json_copy(old);
+            size_t i;
+            json_t *x;
+            json_array_foreach(v, i, x)
+            {
+                bool have = false;
+                size_t q;
+                json_t *y;
+                json_array_foreach(nr, q, y) if (json_equal(x, y)) have = true;
+                if (!have) json_array_append(nr, x);
+            }
+            json_object_set_new(a, k, nr);
+        } else if (!strcmp(k, "type")) {
+            int ta = 0, tb = 0;
+            json_t *xs[2] = {old, v};
+            int *ts[2] = {&ta, &tb};
+            for (int q = 0; q < 2; q++) {
+                if (json_is_string(xs[q]))
+                    *ts[q] = type_bit(json_string_value(xs[q]));
+                else {
+                    size_t i;
+                    json_t *x;
+                    json_array_foreach(xs[q], i, x) if (json_is_string(x)) * ts[q] |=
+                        type_bit(json_string_value(x));
+                }
+                if (*ts[q] & T_NUM) *ts[q] |= T_INT;
+            }
+            int t = ta & tb;
+            json_t *arr = json_array();
+            static const char *names[] = {"null",   "boolean", "object", "array",
+                                          "string", "number",  "integer"};
+            for (int q = 0; q < 7; q++)
+                if (t & (1 << q) && !(q == 6 && (t & T_NUM)))
+                    json_array_append_new(arr, json_string(names[q]));
+            json_object_set_new(a, k, arr);
+        } else if ((!strcmp(k, "minimum") || !strcmp(k, "minLength") || !strcmp(k, "minItems")) &&
+                   json_is_number(old) && json_is_number(v)) {
+            if (json_number_value(v) > json_number_value(old)) json_object_set(a, k, v);
+        } else if ((!strcmp(k, "maximum") || !strcmp(k, "maxLength") || !strcmp(k, "maxItems")) &&
+                   json_is_number(old) && json_is_number(v)) {
+            if (json_number_value(v) < json_number_value(old)) json_object_set(a, k, v);
+        } else {
+            js_fail(j, "unsupported (allOf members that cannot be merged)", k, ptr);
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool type_ok(json_t *v, int types)
+{
+    if (json_is_null(v)) return types & T_NULL;
+    if (json_is_boolean(v)) return types & T_BOOL;
+    if (json_is_object(v)) return types & T_OBJ;
+    if (json_is_array(v)) return types & T_ARR;
+    if (json_is_string(v)) return types & T_STR;
+    if (json_is_integer(v)) return types & (T_NUM | T_INT);
+    if (json_is_real(v))
+        return (types & T_NUM) || ((types & T_INT) && integral(json_real_value(v)));
+    return false;
+}
+
+/* oneOf is only exact when the alternatives cannot both match: checked by type or by a
+ * required property whose const/enum values are disjoint */
+static int schema_types(struct js *j, json_t *s)
+{
+    s = resolve(j, s);
+    if (!json_is_object(s)) return json_is_false(s) ? 0 : T_ALL;
+    json_t *t = json_object_get(s, "type");
+    int ty = T_ALL;
+    if (json_is_string(t))
+        ty = type_bit(json_string_value(t));
+    else if (json_is_array(t)) {
+        ty = 0;
+        size_t i;
+        json_t *x;
+        json_array_foreach(t, i, x) if (json_is_string(x)) ty |= type_bit(json_string_value(x));
+    }
+    if (ty & T_NUM) ty |= T_INT;
+    if (ty & T_INT) ty |= T_NUM; /* 1 is both a number and an integer */
+    json_t *c = json_object_get(s, "const");
+    if (c) {
+        ty = 0;
+        for (int q = 0; q < 7; q++)
+            if (type_ok(c, 1 << q)) ty |= 1 << q;
+    }
+    return ty;
+}
+
+static json_t *discr_values(struct js *j, json_t *s, const char *prop)
+{
+    s = resolve(j, s);
+    json_t *req = json_object_get(s, "required");
+    bool required = false;
+    size_t i;
+    json_t *x;
+    json_array_foreach(req, i, x) if (json_is_string(x) && !strcmp(json_string_value(x), prop))
+        required = true;
+    if (!required) return NULL;
+    json_t *ps = resolve(j, json_object_get(json_object_get(s, "properties"), prop));
+    if (!json_is_object(ps)) return NULL;
+    json_t *c = json_object_get(ps, "const");
+    if (c) return json_pack("[O]", c);
+    json_t *e = json_object_get(ps, "enum");
+    return json_is_array(e) ? json_incref(e) : NULL;
+}
+
+static bool oneof_disjoint(struct js *j, json_t *arr)
+{
+    size_t n = json_array_size(arr);
+    bool ok = true;
+    for (size_t a = 0; a < n && ok; a++)
+        for (size_t c = a + 1; c < n && ok; c++)
+            if (schema_types(j, json_array_get(arr, a)) & schema_types(j, json_array_get(arr, c)))
+                ok = false;
+    if (ok) return true;
+    /* discriminator: a property required everywhere with disjoint values */
+    json_t *first = resolve(j, json_array_get(arr, 0));
+    json_t *props = json_object_get(first, "properties");
+    const char *k;
+    json_t *v;
+    json_object_foreach(props, k, v)
+    {
+        json_t **vals = calloc(n, sizeof *vals);
+        bool good = vals != NULL;
+        for (size_t a = 0; a < n && good; a++)
+            if (!(vals[a] = discr_values(j, json_array_get(arr, a), k))) good = false;
+        for (size_t a = 0; a < n && good; a++)
+            for (size_t c = a + 1; c < n && good; c++) {
+                size_t p, q;
+                json_t *x, *y;
+                json_array_foreach(vals[a], p, x)
+                    json_array_foreach(vals[c], q, y) if (json_equal(x, y)) good = false;
+            }
+        for (size_t a = 0; vals && a < n; a++) json_decref(vals[a]);
+        free(vals);
+        if (good) return true;
+    }
+    return false;
+}
+
+static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
+{
+    struct gr_builder *b = j->b;
+    if (b->failed) return NULL;
+    if (json_is_true(s)) return gr_json_any_value(b);
+    if (json_is_false(s)) return gx_none(b);
+    if (!json_is_object(s)) return js_bad(j, ptr, "a schema must be an object or a boolean");
+    if (++j->depth > JS_MAX_DEPTH)
+        return js_fail(j, "unsupported (nested too deeply)", "properties", ptr);
+    struct gx *res = NULL;
+    const char *k;
+    json_t *v;
+    json_object_foreach(s, k, v)
+    {
+        if (in_list(refused, k)) {
+            res = js_fail(j, "unsupported", k, ptr);
+            goto out;
+        }
+        if (!strcmp(k, "uniqueItems") && json_is_true(v)) {
+            res = js_fail(j, "unsupported", k, ptr);
+            goto out;
+        }
+        if (!strcmp(k, "minProperties") && !(json_is_integer(v) && json_integer_value(v) <= 0)) {
+            res = js_fail(j, "unsupported", k, ptr);
+            goto out;
+        }
+    }
+    /* $ref / allOf / anyOf / oneOf with siblings: merge siblings into each alternative */
+    json_t *ref = json_object_get(s, "$ref"), *allof = json_object_get(s, "allOf");
+    json_t *anyof = json_object_get(s, "anyOf"), *oneof = json_object_get(s, "oneOf");
+    size_t constraining = 0;
+    json_object_foreach(s, k, v) if (!in_list(annotations, k)) constraining++;
+    if (ref && constraining == 1) {
+        if (!json_is_string(ref)) {
+            res = js_bad(j, ptr, "$ref must be a string");
+            goto out;
+        }
+        res = js_ref_rule(j, json_string_value(ref), ptr);
+        goto out;
+    }
+    if (ref || allof) {
+        json_t *m = json_object();
+        json_array_append_new(j->keep, m);
+        json_t *rest = json_object();
+        json_object_foreach(s, k, v) if (strcmp(k, "$ref") && strcmp(k, "allOf"))
+            json_object_set(rest, k, v);
+        bool ok = true;
+        if (ref) {
+            json_t *wrap = json_pack("{s:O}", "$ref", ref);
+            ok = merge_into(j, m, wrap, ptr);
+            json_decref(wrap);
+            if (ok && json_object_get(m, "$ref")) { /* recursive target: cannot inline */
+                json_decref(rest);
+                res = js_fail(j, "unsupported ($ref with sibling keywords to a recursive schema)",
+                              "$ref", ptr);
+                goto out;
+            }
+        }
+        if (ok && allof) {
+            size_t i;
+            json_t *x;
+            if (!json_is_array(allof)) {
+                json_decref(rest);
+                res = js_bad(j, ptr, "allOf must be an array");
+                goto out;
+            }
+            json_array_foreach(allof, i, x) if (ok) ok = merge_into(j, m, x, ptr);
+        }
+        if (ok) ok = merge_into(j, m, rest, ptr);
+        json_decref(rest);
+        if (!ok) goto out;
+        if (json_object_get(m, "$ref") || json_object_get(m, "allOf")) {
+            res = js_fail(j, "unsupported (nested references inside allOf)", "allOf", ptr);
+            goto out;
+        }
+        res = js_value(j, m, ptr);
+        goto out;
+    }
+    if (anyof || oneof) {
+        json_t *arr = anyof ? anyof : oneof;
+        const char *kw = anyof ? "anyOf" : "oneOf";
+        if (anyof && oneof) {
+            res = js_fail(j, "unsupported (together with anyOf)", "oneOf", ptr);
+            goto out;
+        }
+        if (!json_is_array(arr) || !json_array_size(arr)) {
+            res = js_bad(j, ptr, "anyOf/oneOf must be a non-empty array");
+            goto out;
+        }
+        if (oneof && !oneof_disjoint(j, arr)) {
+            res = js_fail(j, "unsupported (alternatives that may overlap)", "oneOf", ptr);
+            goto out;
+        }
+        json_t *rest = json_object();
+        json_object_foreach(s, k, v) if (strcmp(k, kw) && !in_list(annotations, k))
+            json_object_set(rest, k, v);
+        struct gx *alt = gx_alt(b);
+        size_t i;
+        json_t *x;
+        json_array_foreach(arr, i, x)
+        {
+            char pp[512], ip[32];
+            sub_ptr(pp, sizeof pp, ptr, kw);
+            snprintf(ip, sizeof ip, "%zu", i);
+            sub_ptr(pp, sizeof pp, pp, ip);
+            if (json_object_size(rest) == 0) {
+                gx_add(b, alt, js_value(j, x, pp));
+                continue;
+            }
+            json_t *m = json_object();
+            json_array_append_new(j->keep, m);
+            if (!merge_into(j, m, rest, pp) || !merge_into(j, m, x, pp)) break;
+            gx_add(b, alt, js_value(j, m, pp));
+        }
+        json_decref(rest);
+        res = alt;
+        goto out;
+    }
+    /* types */
+    json_t *type = json_object_get(s, "type");
+    int types = 0;
+    if (!type)
+        types = T_ALL & ~T_INT;
+    else if (json_is_string(type)) {
+        types = type_bit(json_string_value(type));
+        if (!types) {
+            res = js_bad(j, ptr, "unknown type");
+            goto out;
+        }
+    } else if (json_is_array(type)) {
+        size_t i;
+        json_t *x;
+        json_array_foreach(type, i, x)
+        {
+            int t = json_is_string(x) ? type_bit(json_string_value(x)) : 0;
+            if (!t) {
+                res = js_bad(j, ptr, "unknown type");
+                goto out;
+            }
+            types |= t;
+        }
+    } else {
+        res = js_bad(j, ptr, "type must be a string or an array");
+        goto out;
+    }
+    if (json_is_true(json_object_get(s, "nullable"))) types |= T_NULL;
+    if ((types & T_NUM) && (types & T_INT)) types &= ~T_INT;
+    json_t *en = json_object_get(s, "enum"), *cn = json_object_get(s, "const");
+    if (en || cn) {
+        json_t *vals = cn ? json_pack("[O]", cn) : json_incref(en);
+        if (!json_is_array(vals)) {
+            json_decref(vals);
+            res = js_bad(j, ptr, "enum must be an array");
+            goto out;
+        }
+        static const char *const allowed[] = {"type", "enum", "const", "nullable", NULL};
+        json_object_foreach(s, k, v) if (!in_list(annotations, k) && !in_list(allowed, k) && !res)
+        {
+            static const char *const known[] = {"properties",
+                                                "required",
+                                                "additionalProperties",
+                                                "items",
+                                                "prefixItems",
+                                                "additionalItems",
+                                                "minItems",
+                                                "maxItems",
+                                                "minLength",
+                                                "maxLength",
+                                                "pattern",
+                                                "format",
+                                                "minimum",
+                                                "maximum",
+                                                "exclusiveMinimum",
+                                                "exclusiveMaximum",
+                                                NULL};
+            if (in_list(known, k))
+                res = js_fail(j, "unsupported (together with enum/const)", k, ptr);
+        }
+        if (res || b->failed) {
+            json_decref(vals);
+            res = NULL;
+            goto out;
+        }
+        struct gx *alt = gx_alt(b);
+        size_t i;
+        json_t *x;
+        json_array_foreach(vals, i, x) if (type_ok(x, types)) gx_add(b, alt, js_literal(j, x));
+        if (cn && json_is_true(json_object_get(s, "nullable")) && !json_is_null(cn))
+            gx_add(b, alt, gx_str(b, "null"));
+        json_decref(vals);
+        res = alt;
+        goto out;
+    }
+    struct gx *alt = gx_alt(b);
+    if (types & T_NULL) gx_add(b, alt, gx_str(b, "null"));
+    if (types & T_BOOL) gx_add(b, alt, gx_alt2(b, gx_str(b, "true"), gx_str(b, "false")));
+    if (types & T_STR) gx_add(b, alt, js_string(j, s, ptr));
+    if (types & (T_NUM | T_INT)) {
+        json_t *mi = json_object_get(s, "minimum"), *ma = json_object_get(s, "maximum");
+        json_t *emi = json_object_get(s, "exclusiveMinimum"),
+               *ema = json_object_get(s, "exclusiveMaximum");
+        bool hlo = false, hhi = false, lox = false, hix = false;
+        double lo = 0, hi = 0;
+        if (mi && json_is_number(mi)) hlo = true, lo = json_number_value(mi);
+        if (ma && json_is_number(ma)) hhi = true, hi = json_number_value(ma);
+        if (emi) {
+            if (json_is_true(emi))
+                lox = hlo;
+            else if (json_is_number(emi)) {
+                double e = json_number_value(emi);
+                if (!hlo || e >= lo) lo = e, lox = true;
+                hlo = true;
+            }
+        }
+        if (ema) {
+            if (json_is_true(ema))
+                hix = hhi;
+            else if (json_is_number(ema)) {
+                double e = json_number_value(ema);
+                if (!hhi || e <= hi) hi = e, hix = true;
+                hhi = true;
+            }
+        }
+        bool is_int = !(types & T_NUM);
+        if (!hlo && !hhi)
+            gx_add(b, alt, is_int ? json_int(b) : json_number(b));
+        else
+            gx_add(b, alt, bounded_number(j, hlo, lo, lox, hhi, hi, hix, is_int, ptr));
+    }
+    if (types & T_OBJ) gx_add(b, alt, js_object(j, s, ptr));
+    if (types & T_ARR) gx_add(b, alt, js_array(j, s, ptr));
+    res = alt;
+out:
+    j->depth--;
+    return b->failed ? NULL : res;
+}
+
+struct gx *gr_json_schema_value(struct gr_builder *b, void *json_root)
+{
+    struct js j = {.b = b, .root = json_root, .keep = json_array()};
+    struct gx *x = js_value(&j, json_root, "");
+    for (int i = 0; i < j.nrefs; i++) free(j.refs[i].ptr);
+    free(j.refs);
+    json_decref(j.keep);
+    return x;
+}
+
+struct gx *gr_json_schema(struct gr_builder *b, const char *text, size_t n)
+{
+    json_error_t je;
+    json_t *root =
+        json_loadb(text, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    if (!root)
+        return gb_fail(b, KILN_ERR_INVALID,
+                       "JSON Schema is not valid JSON: %s (line %d, column %d)", je.text, je.line,
+                       je.column);
+    struct gx *x = top(b, gr_json_schema_value(b, root));
+    json_decref(root);
+    return x;
+}
+
+struct gx *gr_choice(struct gr_builder *b, const char *text, size_t n)
+{
+    json_error_t je;
+    json_t *root = json_loadb(text, n, 0, &je);
+    if (!root) return gb_fail(b, KILN_ERR_INVALID, "choice is not valid JSON: %s", je.text);
+    if (!json_is_array(root) || json_array_size(root) == 0) {
+        json_decref(root);
+        return gb_fail(b, KILN_ERR_INVALID, "choice must be a non-empty JSON array of strings");
+    }
+    struct gx *alt = gx_alt(b);
+    size_t i;
+    json_t *x;
+    json_array_foreach(root, i, x)
+    {
+        if (!json_is_string(x)) {
+            json_decref(root);
+            return gb_fail(b, KILN_ERR_INVALID, "choice[%zu] is not a string", i);
+        }
+        gx_add(b, alt, gx_lit(b, json_string_value(x), json_string_length(x)));
+    }
+    json_decref(root);
+    return alt;
+}

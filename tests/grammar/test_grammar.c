@@ -1,0 +1,526 @@
+/* Constraint engine: JSON Schema / regex / choice / grammar conformance (valid and invalid
+ * instances fed token by token through the matcher with the real Llama 3.1 tokenizer), mask
+ * exactness against a brute-force check over the whole vocabulary, rollback, forced tokens,
+ * EOS and special tokens, compile errors. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "grammar/grammar.h"
+#include "tokenizer/tk_util.h"
+
+static struct kiln_tokenizer *tok;
+static struct kiln_grammar_vocab *vocab;
+
+static int setup(void **state)
+{
+    (void)state;
+    tok = tk_test_load("llama3_1");
+    struct kiln_error err = {0};
+    if (kiln_grammar_vocab_create(tok, &vocab, &err)) fail_msg("vocab: %s", err.msg);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    kiln_grammar_vocab_free(vocab);
+    kiln_tokenizer_free(tok);
+    return 0;
+}
+
+static struct kiln_grammar *compile_ws(enum kiln_constraint_kind kind, const char *text,
+                                       enum kiln_grammar_ws ws)
+{
+    struct kiln_constraint_spec spec = {kind, text, strlen(text)};
+    struct kiln_grammar_options o = {ws};
+    struct kiln_grammar *g = NULL;
+    struct kiln_error err = {0};
+    if (kiln_grammar_compile_opts(&spec, vocab, &o, &g, &err))
+        fail_msg("compile %s: %s", text, err.msg);
+    return g;
+}
+
+static struct kiln_grammar *compile(enum kiln_constraint_kind kind, const char *text)
+{
+    return compile_ws(kind, text, KILN_GRAMMAR_WS_COMPACT);
+}
+
+static bool mask_has(const uint32_t *mask, int32_t t)
+{
+    return mask[t >> 5] >> (t & 31) & 1;
+}
+
+/* Feeds text's tokens; true when every token was allowed by the mask and accepted and the
+ * result is complete (EOS allowed). The mask and accept must agree at every step. */
+static bool feed(struct kiln_grammar *g, const char *text)
+{
+    int32_t *ids;
+    size_t n;
+    struct kiln_error err = {0};
+    if (kiln_tokenizer_encode(tok, text, strlen(text), false, &ids, &n, &err))
+        fail_msg("encode: %s", err.msg);
+    struct kiln_matcher *m;
+    assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
+    uint32_t *mask = malloc(((size_t)kiln_grammar_vocab_size(vocab) + 31) / 32 * 4);
+    bool ok = true;
+    for (size_t i = 0; i < n && ok; i++) {
+        kiln_matcher_fill_mask(m, mask);
+        bool allowed = mask_has(mask, ids[i]);
+        bool acc = kiln_matcher_accept(m, ids[i]);
+        assert_int_equal(allowed, acc);
+        ok = acc;
+    }
+    if (ok) {
+        ok = kiln_matcher_is_complete(m);
+        kiln_matcher_fill_mask(m, mask);
+        assert_int_equal(mask_has(mask, 128009), ok);
+    }
+    free(mask);
+    free(ids);
+    kiln_matcher_free(m);
+    return ok;
+}
+
+struct cas {
+    const char *text;
+    bool valid;
+};
+
+static void check_cases(enum kiln_constraint_kind kind, const char *spec, const struct cas *c)
+{
+    struct kiln_grammar *g = compile(kind, spec);
+    for (; c->text; c++)
+        if (feed(g, c->text) != c->valid)
+            fail_msg("%s: instance %s should be %s", spec, c->text,
+                     c->valid ? "accepted" : "rejected");
+    kiln_grammar_unref(g);
+}
+
+static void test_schema_basic(void **state)
+{
+    (void)state;
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{"
+                "\"type\":\"integer\"}},\"required\":[\"name\"],\"additionalProperties\":false}",
+                (struct cas[]){{"{\"name\":\"Bob\",\"age\":42}", true},
+                               {"{\"name\":\"Bob\"}", true},
+                               {"{\"age\":42}", false},
+                               {"{\"name\":\"Bob\",\"age\":4.5}", false},
+                               {"{\"name\":\"Bob\",\"x\":1}", false},
+                               {"{\"name\": \"Bob\"}", false}, /* compact */
+                               {"{\"name\":\"a\\\"b\\u00e9\\n\"}", true},
+                               {"{\"name\":\"a\nb\"}", false},
+                               {"{\"name\":\"Bob\",\"age\":042}", false},
+                               {"{\"name\":\"Bob\",\"age\":-0}", true},
+                               {NULL, false}});
+}
+
+static void test_schema_types(void **state)
+{
+    (void)state;
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":[\"string\",\"null\"]}",
+                (struct cas[]){{"\"x\"", true}, {"null", true}, {"1", false}, {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"number\"}",
+                (struct cas[]){{"1.5e-3", true},
+                               {"-0.25", true},
+                               {"1.", false},
+                               {".5", false},
+                               {"01", false},
+                               {"1E+5", true},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"enum\":[\"a\",1,null,{\"k\":[true]}]}",
+                (struct cas[]){{"\"a\"", true},
+                               {"1", true},
+                               {"null", true},
+                               {"{\"k\":[true]}", true},
+                               {"\"b\"", false},
+                               {"2", false},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"const\":\"x\"}",
+                (struct cas[]){{"\"x\"", true}, {"\"y\"", false}, {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"nullable\":true}",
+                (struct cas[]){{"null", true}, {"\"s\"", true}, {"0", false}, {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "true",
+                (struct cas[]){{"[1,{\"a\":null},\"x\"]", true}, {"[1,]", false}, {NULL, false}});
+}
+
+static void test_schema_strings(void **state)
+{
+    (void)state;
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"string\",\"minLength\":2,\"maxLength\":3}",
+                (struct cas[]){{"\"ab\"", true},
+                               {"\"abc\"", true},
+                               {"\"a\"", false},
+                               {"\"abcd\"", false},
+                               {"\"\xc3\xa9\xc3\xa9\"", true},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"string\",\"pattern\":\"^[a-z]+\\\\d{2}$\"}",
+                (struct cas[]){
+                    {"\"abc12\"", true}, {"\"abc1\"", false}, {"\"Abc12\"", false}, {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"pattern\":\"b+\"}",
+                (struct cas[]){{"\"abbc\"", true}, {"\"ac\"", false}, {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"date-time\"}",
+                (struct cas[]){{"\"2024-02-29T12:30:00Z\"", true},
+                               {"\"2024-02-29T12:30:00.5+01:00\"", true},
+                               {"\"2024-13-01T00:00:00Z\"", false},
+                               {"\"2024-01-01\"", false},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"date\"}",
+                (struct cas[]){{"\"2024-01-31\"", true},
+                               {"\"2024-1-31\"", false},
+                               {"\"2024-02-29\"", true},
+                               {"\"2000-02-29\"", true},
+                               {"\"2023-02-29\"", false},
+                               {"\"1900-02-29\"", false},
+                               {"\"2020-04-31\"", false},
+                               {"\"2020-02-31\"", false},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"time\"}",
+                (struct cas[]){{"\"23:59:59Z\"", true}, {"\"24:00:00Z\"", false}, {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"uuid\"}",
+                (struct cas[]){{"\"123e4567-e89b-12d3-a456-426614174000\"", true},
+                               {"\"123e4567e89b12d3a456426614174000\"", false},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"email\"}",
+                (struct cas[]){{"\"a.b@example.com\"", true},
+                               {"\"a@b\"", false},
+                               {"\"ab.com\"", false},
+                               {NULL, false}});
+    check_cases(
+        KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"uri\"}",
+        (struct cas[]){{"\"https://x.org/a?b=1\"", true}, {"\"no scheme\"", false}, {NULL, false}});
+}
+
+static void test_schema_numbers(void **state)
+{
+    (void)state;
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"integer\",\"minimum\":-5,\"maximum\":120}",
+                (struct cas[]){{"-5", true},
+                               {"0", true},
+                               {"120", true},
+                               {"99", true},
+                               {"-6", false},
+                               {"121", false},
+                               {"1000", false},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"integer\",\"exclusiveMinimum\":0}",
+                (struct cas[]){
+                    {"1", true}, {"123456789", true}, {"0", false}, {"-1", false}, {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"number\",\"minimum\":0,\"exclusiveMaximum\":10}",
+                (struct cas[]){{"0", true},
+                               {"9.99", true},
+                               {"0.5", true},
+                               {"10", false},
+                               {"10.0", false},
+                               {"-0.5", false},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"number\",\"exclusiveMinimum\":-2,\"maximum\":-1}",
+                (struct cas[]){{"-1", true},
+                               {"-1.5", true},
+                               {"-2", false},
+                               {"-1.0", true},
+                               {"-0.5", false},
+                               {"-2.0", false},
+                               {NULL, false}});
+}
+
+static void test_schema_arrays(void **state)
+{
+    (void)state;
+    check_cases(
+        KILN_CONSTRAINT_JSON_SCHEMA,
+        "{\"type\":\"array\",\"items\":{\"type\":\"integer\"},\"minItems\":1,\"maxItems\":3}",
+        (struct cas[]){{"[1]", true},
+                       {"[1,2,3]", true},
+                       {"[]", false},
+                       {"[1,2,3,4]", false},
+                       {"[\"a\"]", false},
+                       {NULL, false}});
+    check_cases(
+        KILN_CONSTRAINT_JSON_SCHEMA,
+        "{\"type\":\"array\",\"prefixItems\":[{\"type\":\"string\"},{\"type\":\"boolean\"}],"
+        "\"items\":false}",
+        (struct cas[]){{"[\"a\",true]", true},
+                       {"[\"a\"]", true},
+                       {"[true]", false},
+                       {"[\"a\",true,1]", false},
+                       {NULL, false}});
+}
+
+static void test_schema_combinators(void **state)
+{
+    (void)state;
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"anyOf\":[{\"type\":\"integer\"},{\"type\":\"string\"}]}",
+                (struct cas[]){{"1", true}, {"\"x\"", true}, {"null", false}, {NULL, false}});
+    check_cases(
+        KILN_CONSTRAINT_JSON_SCHEMA,
+        "{\"allOf\":[{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}},"
+        "\"required\":[\"a\"]},{\"properties\":{\"b\":{\"type\":\"string\"}},\"required\":[\"b\"]}]"
+        ","
+        "\"additionalProperties\":false}",
+        (struct cas[]){{"{\"a\":1,\"b\":\"x\"}", true}, {"{\"a\":1}", false}, {NULL, false}});
+    check_cases(
+        KILN_CONSTRAINT_JSON_SCHEMA,
+        "{\"$defs\":{\"node\":{\"type\":\"object\",\"properties\":{\"v\":{\"type\":"
+        "\"integer\"},\"next\":{\"anyOf\":[{\"$ref\":\"#/$defs/node\"},{\"type\":\"null\"}]}},"
+        "\"required\":[\"v\",\"next\"],\"additionalProperties\":false}},\"$ref\":\"#/$defs/node\"}",
+        (struct cas[]){{"{\"v\":1,\"next\":{\"v\":2,\"next\":null}}", true},
+                       {"{\"v\":1,\"next\":{\"v\":2}}", false},
+                       {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"type\":\"object\",\"properties\":{\"k\":{\"const\":\"a\"}},"
+                "\"required\":[\"k\"]},"
+                "{\"type\":\"object\",\"properties\":{\"k\":{\"const\":\"b\"},\"n\":{\"type\":"
+                "\"integer\"}},"
+                "\"required\":[\"k\",\"n\"]}]}",
+                (struct cas[]){{"{\"k\":\"a\"}", true},
+                               {"{\"k\":\"b\",\"n\":1}", true},
+                               {"{\"k\":\"b\"}", false},
+                               {NULL, false}});
+    /* additional properties: the named ones keep their schema, others any */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}},"
+                "\"additionalProperties\":{\"type\":\"string\"}}",
+                (struct cas[]){{"{\"a\":1,\"b\":\"x\"}", true},
+                               {"{\"b\":\"x\"}", true},
+                               {"{\"a\":\"x\"}", false},
+                               {"{\"b\":1}", false},
+                               {"{\"ab\":\"x\"}", true},
+                               {NULL, false}});
+}
+
+static void expect_error(enum kiln_constraint_kind kind, const char *text, const char *needle)
+{
+    struct kiln_constraint_spec spec = {kind, text, strlen(text)};
+    struct kiln_grammar *g = NULL;
+    struct kiln_error err = {0};
+    if (kiln_grammar_compile(&spec, vocab, &g, &err) == KILN_OK) {
+        kiln_grammar_unref(g);
+        fail_msg("%s compiled, expected an error with '%s'", text, needle);
+    }
+    if (!strstr(err.msg, needle)) fail_msg("%s: error '%s' lacks '%s'", text, err.msg, needle);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"properties\":{\"a\":{\"patternProperties\":{\"x\":{}}}}}",
+                 "unsupported JSON Schema keyword 'patternProperties' at /properties/a");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"array\",\"uniqueItems\":true}",
+                 "uniqueItems");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{\"not\":{}}", "'not'");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"oneOf\":[{\"type\":\"string\"},{\"maxLength\":3}]}", "oneOf");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"hostname\"}",
+                 "hostname");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{bad json", "not valid JSON");
+    expect_error(KILN_CONSTRAINT_REGEX, "(a)\\1", "backreferences");
+    expect_error(KILN_CONSTRAINT_REGEX, "a(?=b)", "lookaround");
+    expect_error(KILN_CONSTRAINT_REGEX, "\\bword", "word boundary");
+    expect_error(KILN_CONSTRAINT_CHOICE, "[1]", "not a string");
+    expect_error(KILN_CONSTRAINT_GRAMMAR, "root ::= root \"a\" | \"b\"", "left-recursive");
+    expect_error(KILN_CONSTRAINT_GRAMMAR, "root ::= foo", "not defined");
+}
+
+static void test_regex_choice_grammar(void **state)
+{
+    (void)state;
+    check_cases(KILN_CONSTRAINT_REGEX, "(\\+|-)?[0-9]{2,3}(\\.[0-9]+)?|[a-c]+x",
+                (struct cas[]){{"12", true},
+                               {"-123.5", true},
+                               {"1", false},
+                               {"abcx", true},
+                               {"abc", false},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_REGEX, "^\\w+@\\w+\\.com$",
+                (struct cas[]){{"me@host.com", true}, {"me@host.org", false}, {NULL, false}});
+    check_cases(
+        KILN_CONSTRAINT_CHOICE, "[\"yes\",\"no\",\"not sure\"]",
+        (struct cas[]){
+            {"yes", true}, {"not sure", true}, {"n", false}, {"yess", false}, {NULL, false}});
+    check_cases(KILN_CONSTRAINT_GRAMMAR,
+                "root ::= \"call \" name \"(\" args? \")\"\n"
+                "name ::= [a-z_]+\n"
+                "args ::= %json {\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"integer\"}},"
+                "\"required\":[\"x\"],\"additionalProperties\":false}\n",
+                (struct cas[]){{"call get_x({\"x\":3})", true},
+                               {"call f()", true},
+                               {"call F()", false},
+                               {"call f({\"y\":3})", false},
+                               {NULL, false}});
+    check_cases(
+        KILN_CONSTRAINT_JSON_OBJECT, "",
+        (struct cas[]){
+            {"{\"a\":[1,2,{\"b\":null}]}", true}, {"[1]", false}, {"{}", true}, {NULL, false}});
+}
+
+static void test_whitespace_flexible(void **state)
+{
+    (void)state;
+    struct kiln_grammar *g = compile_ws(KILN_CONSTRAINT_JSON_SCHEMA,
+                                        "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":"
+                                        "\"array\"}},\"required\":[\"a\"]}",
+                                        KILN_GRAMMAR_WS_FLEXIBLE);
+    assert_true(feed(g, "{\"a\": [1, 2]}"));
+    assert_true(feed(g, "{\n  \"a\" : [ ]\n}"));
+    assert_false(feed(g, "{\"a\": [1, 2],}"));
+    kiln_grammar_unref(g);
+}
+
+/* the mask equals "accepting the token succeeds" for every token of the vocabulary */
+static void brute_check(struct kiln_grammar *g, const char *prefix)
+{
+    struct kiln_matcher *m;
+    struct kiln_error err = {0};
+    assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
+    assert_true(kiln_matcher_accept_bytes(m, prefix, strlen(prefix)));
+    int32_t nv = kiln_grammar_vocab_size(vocab);
+    uint32_t *mask = malloc(((size_t)nv + 31) / 32 * 4);
+    kiln_matcher_fill_mask(m, mask);
+    int allowed = 0;
+    for (int32_t t = 0; t < nv; t++) {
+        bool a = kiln_matcher_accept(m, t);
+        if (a) {
+            kiln_matcher_rollback(m, 1);
+            allowed++;
+        }
+        if (a != mask_has(mask, t)) {
+            size_t n;
+            const char *s = kiln_tokenizer_token_bytes(tok, t, &n);
+            fail_msg("prefix '%s': token %d '%.*s' accept %d mask %d", prefix, t, (int)n,
+                     s ? s : "", a, mask_has(mask, t));
+        }
+        /* independent check of the token's bytes */
+        size_t n;
+        const char *s = kiln_tokenizer_token_bytes(tok, t, &n);
+        if (a && !kiln_tokenizer_is_special(tok, t)) {
+            assert_true(kiln_matcher_accept_bytes(m, s, n));
+            kiln_matcher_rollback(m, 1);
+        }
+        if (kiln_tokenizer_is_special(tok, t) && a) {
+            const int32_t *eos;
+            int ne = kiln_tokenizer_eos(tok, &eos);
+            bool is_eos = false;
+            for (int i = 0; i < ne; i++) is_eos |= eos[i] == t;
+            assert_true(is_eos);
+            assert_true(kiln_matcher_is_complete(m));
+        }
+    }
+    assert_true(allowed > 0);
+    free(mask);
+    kiln_matcher_free(m);
+}
+
+static void test_mask_exact(void **state)
+{
+    (void)state;
+    struct kiln_grammar *g = compile(
+        KILN_CONSTRAINT_JSON_SCHEMA,
+        "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":4},"
+        "\"n\":{\"type\":\"integer\",\"maximum\":250},\"tags\":{\"type\":\"array\",\"items\":{"
+        "\"enum\":[\"red\",\"green\"]}}},\"required\":[\"name\"],\"additionalProperties\":false}");
+    const char *prefixes[] = {"",
+                              "{",
+                              "{\"",
+                              "{\"name\":\"ab",
+                              "{\"name\":\"abcd",
+                              "{\"name\":\"a\",\"n\":2",
+                              "{\"name\":\"a\",\"tags\":[\"re",
+                              "{\"name\":\"a\",\"tags\":[\"red\"]",
+                              "{\"name\":\"a\"}"};
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) brute_check(g, prefixes[i]);
+    kiln_grammar_unref(g);
+}
+
+static void test_rollback_forced_eos(void **state)
+{
+    (void)state;
+    struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA,
+                                     "{\"type\":\"object\",\"properties\":{\"answer\":{\"enum\":["
+                                     "\"yes\",\"no\"]}},\"required\":[\"answer\"],"
+                                     "\"additionalProperties\":false}");
+    struct kiln_matcher *m;
+    struct kiln_error err = {0};
+    assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
+    int32_t forced[64];
+    int nf = kiln_matcher_forced(m, forced, 64);
+    assert_true(nf > 0);
+    char *text;
+    size_t len;
+    assert_int_equal(kiln_tokenizer_decode(tok, forced, (size_t)nf, false, &text, &len, &err),
+                     KILN_OK);
+    /* the forced prefix is the start of {"answer":" and no more */
+    assert_true(len > 0 && len <= strlen("{\"answer\":\""));
+    assert_memory_equal(text, "{\"answer\":\"", len);
+    free(text);
+    for (int i = 0; i < nf; i++) assert_true(kiln_matcher_accept(m, forced[i]));
+    assert_false(kiln_matcher_is_complete(m));
+    assert_false(kiln_matcher_accept(m, 128009)); /* EOS before complete */
+    kiln_matcher_rollback(m, nf);
+    assert_false(kiln_matcher_is_complete(m));
+    assert_true(kiln_matcher_accept_bytes(m, "{\"answer\":\"no\"}", 15));
+    assert_true(kiln_matcher_is_complete(m));
+    assert_true(kiln_matcher_is_finished(m));
+    int32_t bos = kiln_tokenizer_bos(tok);
+    assert_false(kiln_matcher_accept(m, bos)); /* special, never inside */
+    assert_true(kiln_matcher_accept(m, 128009));
+    assert_true(kiln_matcher_is_terminated(m));
+    assert_false(kiln_matcher_accept(m, 128009));
+    kiln_matcher_rollback(m, 1);
+    assert_true(kiln_matcher_is_complete(m));
+    kiln_matcher_rollback(m, 1);
+    assert_false(kiln_matcher_is_complete(m));
+    kiln_matcher_free(m);
+    kiln_grammar_unref(g);
+}
+
+static void test_cache(void **state)
+{
+    (void)state;
+    struct kiln_grammar_cache *c = kiln_grammar_cache_create(vocab, 2);
+    struct kiln_constraint_spec a = {KILN_CONSTRAINT_REGEX, "a+", 2},
+                                b = {KILN_CONSTRAINT_REGEX, "b+", 2};
+    struct kiln_grammar *g1, *g2, *g3;
+    struct kiln_error err = {0};
+    assert_int_equal(kiln_grammar_cache_get(c, &a, &g1, &err), KILN_OK);
+    assert_int_equal(kiln_grammar_cache_get(c, &a, &g2, &err), KILN_OK);
+    assert_ptr_equal(g1, g2);
+    assert_int_equal(kiln_grammar_cache_get(c, &b, &g3, &err), KILN_OK);
+    assert_ptr_not_equal(g1, g3);
+    kiln_grammar_unref(g1);
+    kiln_grammar_unref(g2);
+    kiln_grammar_unref(g3);
+    kiln_grammar_cache_free(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_schema_basic),
+        cmocka_unit_test(test_schema_types),
+        cmocka_unit_test(test_schema_strings),
+        cmocka_unit_test(test_schema_numbers),
+        cmocka_unit_test(test_schema_arrays),
+        cmocka_unit_test(test_schema_combinators),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_regex_choice_grammar),
+        cmocka_unit_test(test_whitespace_flexible),
+        cmocka_unit_test(test_mask_exact),
+        cmocka_unit_test(test_rollback_forced_eos),
+        cmocka_unit_test(test_cache),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
