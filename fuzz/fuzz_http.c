@@ -76,8 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         if (req.body == KILN_HTTP_BODY_LENGTH && req.content_length > max_body) abort();
         if (req.minor_version == 1 && kiln_http_header_count(&req, "host") != 1) abort();
-        if (req.body == KILN_HTTP_BODY_CHUNKED && kiln_http_header(&req, "content-length"))
-            abort();
+        if (req.body == KILN_HTTP_BODY_CHUNKED && kiln_http_header(&req, "content-length")) abort();
     } else if (n != KILN_HTTP_PARTIAL) {
         abort();
     }

@@ -150,11 +150,11 @@ test('SIGTERM on an idle server exits at once after clients reset', async () => 
   const server = await startServer();
   for (let i = 0; i < 10; i++) {
     const s = await connect(server.port);
-    s.write(request(JSON.stringify({ prompt: `Reset ${i}.`, max_tokens: 40, ignore_eos: true })));
+    s.write(request(JSON.stringify({ prompt: `Reset ${i}.`, max_tokens: 20, ignore_eos: true })));
     await until('running', async () => (await metrics(server))[M('kiln_kv_blocks_used')] > 0, 30000);
     s.resetAndDestroy();
   }
-  await until('idle', () => idle(server), 10000);
+  await until('idle', () => idle(server), 30000);
   await sleep(200);
   const t0 = Date.now();
   server.proc.kill('SIGTERM');
