@@ -30,8 +30,9 @@ struct gen_args {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: kiln generate MODEL_DIR --prompt-ids 791,6864,315 [options]\n"
-               "  --prompt-ids LIST     comma-separated token ids\n"
+    fprintf(f, "usage: kiln generate MODEL_DIR (--prompt TEXT | --prompt-ids LIST) [options]\n"
+               "  --prompt TEXT         text, encoded with the model's tokenizer (prints text)\n"
+               "  --prompt-ids LIST     comma-separated token ids, e.g. 791,6864,315\n"
                "  --max-tokens N        tokens to generate (default 32)\n"
                "  --temperature T       0 = greedy (default 0)\n"
                "  --top-p P             nucleus sampling (default 1)\n"

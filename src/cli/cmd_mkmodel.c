@@ -211,7 +211,7 @@ static enum kiln_status add_scalar(struct mk *k, const char *module, const char 
 {
     char name[128];
     snprintf(name, sizeof name, "%s.%s", module, what);
-    void *data;
+    void *data = NULL;
     enum kiln_status st = push(k, name, KILN_DTYPE_F32, 0, 0, 0, &data, err);
     if (st) return st;
     *(float *)data = v;

@@ -41,7 +41,7 @@ static void usage(FILE *f)
         "Serves MODEL_DIR (an engine from `kiln build`, a checkpoint from `kiln convert`, or a\n"
         "Hugging Face checkpoint, FP8 ModelOpt or BF16) behind an OpenAI-compatible API:\n"
         "/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics, /version,\n"
-        "/tokenize, /detokenize.\n"
+        "/tokenize, /detokenize, and a chat page at / (open http://HOST:PORT/ in a browser).\n"
         "  --host ADDR           address to listen on (default 127.0.0.1; 0.0.0.0 for all)\n"
         "  --port N              port (default 8000; 0 picks a free one, logged at start)\n"
         "  --tokenizer DIR       tokenizer.json folder (default MODEL_DIR)\n"
@@ -64,7 +64,9 @@ static void usage(FILE *f)
         "  --max-header-bytes N  larger request headers get 431 (default 16 KiB)\n"
         "  --max-n N             most choices per prompt (default 16)\n"
         "  --idle-timeout S      close keep-alive connections idle this long, and clients\n"
-        "                        that stop reading a reply (default 60)\n" KILN_CLI_BACKEND_HELP);
+        "                        that stop reading a reply (default 60)\n"
+        "  --no-web-ui           do not serve the chat page at / (the API "
+        "only)\n" KILN_CLI_BACKEND_HELP);
 }
 
 enum {
@@ -86,6 +88,7 @@ enum {
     O_HEADER,
     O_MAXN,
     O_IDLE,
+    O_NO_WEB,
     O_HELP
 };
 
@@ -108,6 +111,7 @@ static const struct option long_opts[] = {
     {"max-header-bytes", required_argument, 0, O_HEADER},
     {"max-n", required_argument, 0, O_MAXN},
     {"idle-timeout", required_argument, 0, O_IDLE},
+    {"no-web-ui", no_argument, 0, O_NO_WEB},
     {"help", no_argument, 0, O_HELP},
     KILN_CLI_BACKEND_OPTIONS,
     {0, 0, 0, 0},
@@ -167,6 +171,9 @@ static bool option(int id, const char *arg, void *ctx)
         return kiln_cli_int(arg, 1, 1024, &a->srv.max_n);
     case O_IDLE:
         return kiln_cli_int(arg, 1, 86400, &a->srv.idle_timeout_s);
+    case O_NO_WEB:
+        a->srv.web_ui = false;
+        return true;
     }
     return false;
 }

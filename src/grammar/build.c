@@ -677,6 +677,112 @@ static enum kiln_status check_left_recursion(struct gr_builder *b, struct kiln_g
     return rc;
 }
 
+static int cmp_edge_lo(const void *a, const void *b)
+{
+    const struct gr_edge *x = a, *y = b;
+    if (x->lo != y->lo) return (int)x->lo - (int)y->lo;
+    if (x->hi != y->hi) return (int)x->hi - (int)y->hi;
+    return x->to < y->to ? -1 : x->to > y->to;
+}
+
+static uint64_t state_hash(const struct kiln_grammar *g, int32_t s)
+{
+    const struct gr_state *st = &g->st[s];
+    uint64_t h = 0xcbf29ce484222325ULL ^ (uint64_t)st->accept;
+    for (uint32_t k = 0; k < st->ne; k++) {
+        const struct gr_edge *e = &g->edges[st->e0 + k];
+        h = (h ^ ((uint64_t)e->lo << 40 | (uint64_t)e->hi << 32 | (uint32_t)e->to)) *
+            0x100000001b3ULL;
+    }
+    for (uint32_t k = 0; k < st->nc; k++) {
+        const struct gr_calle *c = &g->calls[st->c0 + k];
+        h = (h ^ ((uint64_t)(uint32_t)c->rule << 32 | (uint32_t)c->to)) * 0x100000001b3ULL;
+    }
+    return h ^ (uint64_t)st->ne << 48 ^ (uint64_t)st->nc << 56;
+}
+
+static bool state_eq(const struct kiln_grammar *g, int32_t a, int32_t b)
+{
+    const struct gr_state *x = &g->st[a], *y = &g->st[b];
+    if (x->accept != y->accept || x->ne != y->ne || x->nc != y->nc) return false;
+    for (uint32_t k = 0; k < x->ne; k++) {
+        const struct gr_edge *p = &g->edges[x->e0 + k], *q = &g->edges[y->e0 + k];
+        if (p->lo != q->lo || p->hi != q->hi || p->to != q->to) return false;
+    }
+    for (uint32_t k = 0; k < x->nc; k++) {
+        const struct gr_calle *p = &g->calls[x->c0 + k], *q = &g->calls[y->c0 + k];
+        if (p->rule != q->rule || p->to != q->to) return false;
+    }
+    return true;
+}
+
+/* Merges states with the same edges, calls and acceptance (e.g. the ends of the UTF-8
+ * alternatives of a character class inside a loop), repeatedly: equal states give equal
+ * matcher configurations, so loops come back to the very same configuration. */
+static bool merge_states(struct kiln_grammar *g)
+{
+    int32_t n = g->nstates;
+    int32_t *rep = malloc((size_t)n * sizeof *rep);
+    uint8_t *gone = calloc((size_t)n, 1);
+    uint32_t cap = 1;
+    while (cap < (uint32_t)n * 2u) cap <<= 1;
+    int32_t *ht = malloc((size_t)cap * sizeof *ht);
+    if (!rep || !ht || !gone) {
+        free(rep), free(ht), free(gone);
+        return false;
+    }
+    for (int iter = 0; iter < 64; iter++) {
+        /* canonical edge order */
+        for (int32_t s = 0; s < n; s++) {
+            struct gr_state *st = &g->st[s];
+            if (st->ne > 1) {
+                bool sorted = true;
+                for (uint32_t k = 1; k < st->ne && sorted; k++)
+                    sorted = cmp_edge_lo(&g->edges[st->e0 + k - 1], &g->edges[st->e0 + k]) < 0;
+                if (!sorted) qsort(g->edges + st->e0, st->ne, sizeof *g->edges, cmp_edge_lo);
+                uint32_t w = 0;
+                for (uint32_t k = 0; k < st->ne; k++) {
+                    struct gr_edge e = g->edges[st->e0 + k];
+                    if (w > 0) {
+                        struct gr_edge *p = &g->edges[st->e0 + w - 1];
+                        if (p->lo == e.lo && p->hi == e.hi && p->to == e.to) continue;
+                    }
+                    g->edges[st->e0 + w++] = e;
+                }
+                st->ne = (uint16_t)w;
+            }
+        }
+        memset(ht, 0xff, (size_t)cap * sizeof *ht);
+        bool merged = false;
+        for (int32_t s = 0; s < n; s++) {
+            rep[s] = s;
+            if (gone[s]) continue;
+            uint32_t h = (uint32_t)(state_hash(g, s) * 0x9e3779b97f4a7c15ULL >> 32) & (cap - 1);
+            while (ht[h] >= 0) {
+                if (state_eq(g, ht[h], s)) {
+                    rep[s] = ht[h];
+                    gone[s] = 1;
+                    merged = true;
+                    break;
+                }
+                h = (h + 1) & (cap - 1);
+            }
+            if (rep[s] == s) ht[h] = s;
+        }
+        if (!merged) break;
+        for (int32_t s = 0; s < n; s++) {
+            struct gr_state *st = &g->st[s];
+            for (uint32_t k = 0; k < st->ne; k++)
+                g->edges[st->e0 + k].to = rep[g->edges[st->e0 + k].to];
+            for (uint32_t k = 0; k < st->nc; k++)
+                g->calls[st->c0 + k].to = rep[g->calls[st->c0 + k].to];
+        }
+        for (int32_t r = 0; r < g->nrules; r++) g->rule_start[r] = rep[g->rule_start[r]];
+    }
+    free(rep), free(ht), free(gone);
+    return true;
+}
+
 enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_grammar **out)
 {
     *out = NULL;
@@ -822,6 +928,7 @@ enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_gr
         if (!g->rule_name[r]) goto oom;
     }
     atomic_init(&g->refs, 1);
+    if (!merge_states(g)) goto oom;
     if (check_left_recursion(b, g)) goto done;
     *out = g;
     g = NULL;

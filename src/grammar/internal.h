@@ -126,21 +126,36 @@ enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_gr
 void gr_grammar_free(struct kiln_grammar *g);
 
 /* ---- vocabulary ---- */
-struct kiln_grammar_vocab {
-    const struct kiln_tokenizer *tok; /* for forced tokens (tokenizes the forced bytes) */
-    int32_t n;
-    int32_t *eos;
-    int neos;
-    char **bytes;     /* [n] token bytes (NULL: never allowed inside a value) */
-    uint32_t *len;    /* [n] */
-    uint32_t nnodes;  /* trie in preorder; node 0 is the root */
+/* A byte trie of token strings in preorder; node 0 is the root. */
+struct gr_trie {
+    uint32_t nnodes;
     uint8_t *nbyte;   /* [nnodes] */
     uint16_t *ndepth; /* [nnodes] */
     uint32_t *nnext;  /* [nnodes] index after the subtree */
     uint32_t *ntok0;  /* [nnodes] first token in `toks` ending here */
     uint16_t *ntokn;  /* [nnodes] how many */
     int32_t *toks;    /* token ids sorted by bytes */
+};
+
+struct kiln_grammar_vocab {
+    const struct kiln_tokenizer *tok; /* for forced tokens (tokenizes the forced bytes) */
+    int32_t n;
+    int32_t *eos;
+    int neos;
+    char **bytes;  /* [n] token bytes (NULL: never allowed inside a value) */
+    uint32_t *len; /* [n] */
+    struct gr_trie all;
+    /* "plain" tokens: complete UTF-8 without '"', '\\' or control characters (the inside of a
+     * JSON string); a state every plain character leads back to allows all of them at once */
+    uint32_t *plain_mask;
+    struct gr_trie nonplain;
     int maxdepth;
 };
+
+/* A vocabulary from raw byte strings (tests and fuzzers; no tokenizer: no forced tokens);
+ * eos: the one EOS id (its string is ignored), -1 for none. */
+enum kiln_status gr_vocab_from_strings(const char *const *toks, const size_t *lens, int32_t n,
+                                       int32_t eos, struct kiln_grammar_vocab **out,
+                                       struct kiln_error *err);
 
 #endif

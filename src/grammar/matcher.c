@@ -23,19 +23,133 @@ static int cmp_tok(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static void trie_free(struct gr_trie *t)
+{
+    free(t->nbyte), free(t->ndepth), free(t->nnext), free(t->ntok0), free(t->ntokn), free(t->toks);
+}
+
 void kiln_grammar_vocab_free(struct kiln_grammar_vocab *v)
 {
     if (!v) return;
     if (v->bytes)
         for (int32_t i = 0; i < v->n; i++) free(v->bytes[i]);
-    free(v->bytes), free(v->len), free(v->eos), free(v->nbyte), free(v->ndepth);
-    free(v->nnext), free(v->ntok0), free(v->ntokn), free(v->toks);
+    free(v->bytes), free(v->len), free(v->eos), free(v->plain_mask);
+    trie_free(&v->all);
+    trie_free(&v->nonplain);
     free(v);
 }
 
 int32_t kiln_grammar_vocab_size(const struct kiln_grammar_vocab *v)
 {
     return v->n;
+}
+
+/* toks: nt ids sorted by bytes (taken over) */
+static bool trie_build(struct kiln_grammar_vocab *v, struct gr_trie *t, int32_t *toks, int32_t nt)
+{
+    t->toks = toks;
+    size_t total = 0;
+    for (int32_t i = 0; i < nt; i++) total += v->len[toks[i]];
+    size_t cap = total + 1;
+    t->nbyte = malloc(cap);
+    t->ndepth = malloc(cap * sizeof *t->ndepth);
+    t->nnext = malloc(cap * sizeof *t->nnext);
+    t->ntok0 = malloc(cap * sizeof *t->ntok0);
+    t->ntokn = calloc(cap, sizeof *t->ntokn);
+    uint32_t *path = malloc(65537 * sizeof *path);
+    if (!t->nbyte || !t->ndepth || !t->nnext || !t->ntok0 || !t->ntokn || !path) {
+        free(path);
+        return false;
+    }
+    /* path[d] is the node at depth d on the current path */
+    uint32_t nn = 1;
+    t->nbyte[0] = 0;
+    t->ndepth[0] = 0;
+    t->ntok0[0] = 0;
+    path[0] = 0;
+    uint32_t depth = 0;
+    const char *prev = NULL;
+    uint32_t prevlen = 0;
+    for (int32_t i = 0; i < nt; i++) {
+        int32_t id = toks[i];
+        const char *s = v->bytes[id];
+        uint32_t n = v->len[id];
+        uint32_t l = 0;
+        while (l < n && l < prevlen && prev[l] == s[l]) l++;
+        while (depth > l) t->nnext[path[depth--]] = nn;
+        for (uint32_t d = l; d < n; d++) {
+            t->nbyte[nn] = (uint8_t)s[d];
+            t->ndepth[nn] = (uint16_t)(d + 1);
+            t->ntok0[nn] = 0;
+            path[++depth] = nn++;
+        }
+        uint32_t at = path[depth];
+        if (t->ntokn[at] == 0) t->ntok0[at] = (uint32_t)i;
+        t->ntokn[at]++;
+        if ((int)n > v->maxdepth) v->maxdepth = (int)n;
+        prev = s;
+        prevlen = n;
+    }
+    while (depth > 0) t->nnext[path[depth--]] = nn;
+    t->nnext[0] = nn;
+    t->nnodes = nn;
+    free(path);
+    return true;
+}
+
+static bool is_plain(const unsigned char *s, uint32_t n)
+{
+    for (uint32_t i = 0; i < n;) {
+        unsigned c = s[i];
+        if (c < 0x20 || c == '"' || c == '\\') return false;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        int len = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (!len || i + (uint32_t)len > n) return false;
+        uint32_t cp = len == 2 ? c & 0x1F : len == 3 ? c & 0x0F : c & 0x07;
+        for (int k = 1; k < len; k++) {
+            if ((s[i + (uint32_t)k] & 0xC0) != 0x80) return false;
+            cp = cp << 6 | (s[i + (uint32_t)k] & 0x3F);
+        }
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += (uint32_t)len;
+    }
+    return true;
+}
+
+/* v->n, v->bytes and v->len filled (NULL bytes: never allowed): sorts, builds the tries */
+static enum kiln_status vocab_finish(struct kiln_grammar_vocab *v, struct kiln_error *err)
+{
+    int32_t *toks = malloc(((size_t)v->n + 1) * sizeof *toks);
+    int32_t *np = malloc(((size_t)v->n + 1) * sizeof *np);
+    v->plain_mask = calloc(((size_t)v->n + 31) / 32 + 1, sizeof *v->plain_mask);
+    if (!toks || !np || !v->plain_mask) {
+        free(toks), free(np);
+        goto oom;
+    }
+    int32_t nt = 0, nnp = 0;
+    for (int32_t id = 0; id < v->n; id++)
+        if (v->bytes[id]) toks[nt++] = id;
+    pthread_mutex_lock(&sort_lock);
+    sort_vocab = v;
+    qsort(toks, (size_t)nt, sizeof *toks, cmp_tok);
+    pthread_mutex_unlock(&sort_lock);
+    for (int32_t i = 0; i < nt; i++) {
+        int32_t id = toks[i];
+        if (is_plain((const unsigned char *)v->bytes[id], v->len[id]))
+            v->plain_mask[id >> 5] |= 1u << (id & 31);
+        else
+            np[nnp++] = id;
+    }
+    bool ok1 = trie_build(v, &v->all, toks, nt);
+    bool ok2 = trie_build(v, &v->nonplain, np, nnp);
+    if (ok1 && ok2) return KILN_OK;
+oom:
+    return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory building the vocabulary trie");
 }
 
 enum kiln_status kiln_grammar_vocab_create(const struct kiln_tokenizer *tok,
@@ -49,13 +163,10 @@ enum kiln_status kiln_grammar_vocab_create(const struct kiln_tokenizer *tok,
     const int32_t *eos;
     v->neos = kiln_tokenizer_eos(tok, &eos);
     v->eos = malloc(((size_t)v->neos + 1) * sizeof *v->eos);
-    v->bytes = calloc((size_t)v->n, sizeof *v->bytes);
-    v->len = calloc((size_t)v->n, sizeof *v->len);
-    v->toks = malloc((size_t)v->n * sizeof *v->toks);
-    if (!v->eos || !v->bytes || !v->len || !v->toks) goto oom;
+    v->bytes = calloc((size_t)v->n + 1, sizeof *v->bytes);
+    v->len = calloc((size_t)v->n + 1, sizeof *v->len);
+    if (!v->eos || !v->bytes || !v->len) goto oom;
     if (v->neos) memcpy(v->eos, eos, (size_t)v->neos * sizeof *eos);
-    int32_t nt = 0;
-    size_t total = 0;
     for (int32_t id = 0; id < v->n; id++) {
         if (kiln_tokenizer_is_special(tok, id)) continue;
         size_t n;
@@ -65,62 +176,47 @@ enum kiln_status kiln_grammar_vocab_create(const struct kiln_tokenizer *tok,
         if (!v->bytes[id]) goto oom;
         memcpy(v->bytes[id], s, n);
         v->len[id] = (uint32_t)n;
-        v->toks[nt++] = id;
-        total += n;
     }
-    pthread_mutex_lock(&sort_lock);
-    sort_vocab = v;
-    qsort(v->toks, (size_t)nt, sizeof *v->toks, cmp_tok);
-    pthread_mutex_unlock(&sort_lock);
-    size_t cap = total + 1;
-    v->nbyte = malloc(cap);
-    v->ndepth = malloc(cap * sizeof *v->ndepth);
-    v->nnext = malloc(cap * sizeof *v->nnext);
-    v->ntok0 = malloc(cap * sizeof *v->ntok0);
-    v->ntokn = calloc(cap, sizeof *v->ntokn);
-    uint32_t *path = malloc(65537 * sizeof *path);
-    if (!v->nbyte || !v->ndepth || !v->nnext || !v->ntok0 || !v->ntokn || !path) {
-        free(path);
-        goto oom;
+    if (vocab_finish(v, err)) {
+        kiln_grammar_vocab_free(v);
+        return KILN_ERR_NOMEM;
     }
-    /* preorder trie from the sorted tokens: path[d] is the node at depth d on the current path */
-    uint32_t nn = 1;
-    v->nbyte[0] = 0;
-    v->ndepth[0] = 0;
-    v->ntok0[0] = 0;
-    path[0] = 0;
-    uint32_t depth = 0;
-    const char *prev = NULL;
-    uint32_t prevlen = 0;
-    for (int32_t i = 0; i < nt; i++) {
-        int32_t id = v->toks[i];
-        const char *s = v->bytes[id];
-        uint32_t n = v->len[id];
-        uint32_t l = 0;
-        while (l < n && l < prevlen && prev[l] == s[l]) l++;
-        while (depth > l) v->nnext[path[depth--]] = nn;
-        for (uint32_t d = l; d < n; d++) {
-            v->nbyte[nn] = (uint8_t)s[d];
-            v->ndepth[nn] = (uint16_t)(d + 1);
-            v->ntok0[nn] = 0;
-            path[++depth] = nn++;
-        }
-        uint32_t at = path[depth];
-        if (v->ntokn[at] == 0) v->ntok0[at] = (uint32_t)i;
-        v->ntokn[at]++;
-        if ((int)n > v->maxdepth) v->maxdepth = (int)n;
-        prev = s;
-        prevlen = n;
-    }
-    while (depth > 0) v->nnext[path[depth--]] = nn;
-    v->nnext[0] = nn;
-    v->nnodes = nn;
-    free(path);
     *out = v;
     return KILN_OK;
 oom:
     kiln_grammar_vocab_free(v);
     return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory building the vocabulary trie");
+}
+
+enum kiln_status gr_vocab_from_strings(const char *const *toks, const size_t *lens, int32_t n,
+                                       int32_t eos, struct kiln_grammar_vocab **out,
+                                       struct kiln_error *err)
+{
+    *out = NULL;
+    struct kiln_grammar_vocab *v = calloc(1, sizeof *v);
+    if (!v) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
+    v->n = n;
+    v->eos = malloc(sizeof *v->eos);
+    v->bytes = calloc((size_t)n + 1, sizeof *v->bytes);
+    v->len = calloc((size_t)n + 1, sizeof *v->len);
+    if (!v->eos || !v->bytes || !v->len) goto oom;
+    v->eos[0] = eos;
+    v->neos = eos >= 0;
+    for (int32_t id = 0; id < n; id++) {
+        if (id == eos || !toks[id] || !lens[id] || lens[id] > 65535) continue;
+        if (!(v->bytes[id] = malloc(lens[id]))) goto oom;
+        memcpy(v->bytes[id], toks[id], lens[id]);
+        v->len[id] = (uint32_t)lens[id];
+    }
+    if (vocab_finish(v, err)) {
+        kiln_grammar_vocab_free(v);
+        return KILN_ERR_NOMEM;
+    }
+    *out = v;
+    return KILN_OK;
+oom:
+    kiln_grammar_vocab_free(v);
+    return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
 }
 
 /* ---- matcher ---- */
@@ -129,6 +225,7 @@ oom:
 #define MT_TERMINATED  (-2)
 #define MT_MAX_NODES   (8 << 20)
 #define MT_MAX_CFG_LEN 4096
+#define MT_MASK_CACHE  4
 
 struct kiln_matcher {
     struct kiln_grammar *g;
@@ -159,6 +256,10 @@ struct kiln_matcher {
     size_t workcap, outcap;
     uint32_t epoch;
     int32_t *walk;
+    /* recent masks by configuration */
+    int32_t mc_cfg[MT_MASK_CACHE];
+    uint32_t *mc_mask[MT_MASK_CACHE];
+    int mc_next;
 };
 
 static uint32_t mix(uint64_t x)
@@ -428,6 +529,7 @@ void kiln_matcher_free(struct kiln_matcher *m)
     free(m->nstate), free(m->nparent), free(m->nstamp), free(m->nht), free(m->coff);
     free(m->clen), free(m->ccomplete), free(m->pool), free(m->cht), free(m->mkey), free(m->mval);
     free(m->hist), free(m->work), free(m->outn), free(m->walk);
+    for (int k = 0; k < MT_MASK_CACHE; k++) free(m->mc_mask[k]);
     free(m);
 }
 
@@ -438,6 +540,7 @@ enum kiln_status kiln_matcher_create(struct kiln_grammar *g, struct kiln_matcher
     struct kiln_matcher *m = calloc(1, sizeof *m);
     if (!m) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory creating a matcher");
     m->g = kiln_grammar_ref(g);
+    for (int k = 0; k < MT_MASK_CACHE; k++) m->mc_cfg[k] = MT_DEAD;
     m->walk = malloc(((size_t)g->vocab->maxdepth + 2) * sizeof *m->walk);
     size_t nw = 0;
     int32_t c0 = MT_DEAD;
@@ -468,38 +571,90 @@ bool kiln_matcher_is_finished(const struct kiln_matcher *m)
     return c >= 0 && m->ccomplete[c] && m->clen[c] == 0;
 }
 
+/* every plain character leads from c back to c (see struct kiln_grammar_vocab) */
+static bool plain_closed(struct kiln_matcher *m, int32_t c)
+{
+    for (unsigned b = 0x20; b < 0x80; b++)
+        if (b != '"' && b != '\\' && step(m, c, b) != c) return false;
+    /* multi-byte: lead byte ranges with their first continuation range */
+    static const struct {
+        uint8_t lo, hi, c1lo, c1hi, ncont;
+    } leads[] = {{0xC2, 0xDF, 0x80, 0xBF, 1}, {0xE0, 0xE0, 0xA0, 0xBF, 2},
+                 {0xE1, 0xEC, 0x80, 0xBF, 2}, {0xED, 0xED, 0x80, 0x9F, 2},
+                 {0xEE, 0xEF, 0x80, 0xBF, 2}, {0xF0, 0xF0, 0x90, 0xBF, 3},
+                 {0xF1, 0xF3, 0x80, 0xBF, 3}, {0xF4, 0xF4, 0x80, 0x8F, 3}};
+    for (size_t k = 0; k < sizeof leads / sizeof leads[0]; k++)
+        for (unsigned b = leads[k].lo; b <= leads[k].hi; b++) {
+            int32_t x = step(m, c, b);
+            if (x < 0) return false;
+            for (int lvl = 0; lvl < leads[k].ncont; lvl++) {
+                unsigned lo = lvl == 0 ? leads[k].c1lo : 0x80, hi = lvl == 0 ? leads[k].c1hi : 0xBF;
+                int32_t y = step(m, x, lo);
+                if (y < 0) return false;
+                for (unsigned cb = lo + 1; cb <= hi; cb++)
+                    if (step(m, x, cb) != y) return false;
+                x = y;
+            }
+            if (x != c) return false;
+        }
+    return true;
+}
+
+static void walk_trie(struct kiln_matcher *m, const struct gr_trie *t, int32_t c, uint32_t *mask)
+{
+    int32_t *walk = m->walk;
+    walk[0] = c;
+    const uint8_t *nbyte = t->nbyte;
+    const uint16_t *ndepth = t->ndepth;
+    for (uint32_t i = 1; i < t->nnodes;) {
+        int32_t nx = step(m, walk[ndepth[i] - 1], nbyte[i]);
+        if (nx < 0) {
+            i = t->nnext[i];
+            continue;
+        }
+        for (uint32_t k = 0; k < t->ntokn[i]; k++) {
+            int32_t tk = t->toks[t->ntok0[i] + k];
+            mask[tk >> 5] |= 1u << (tk & 31);
+        }
+        if (m->clen[nx] == 0) { /* only the end can follow: no longer token continues */
+            i = t->nnext[i];
+            continue;
+        }
+        walk[ndepth[i]] = nx;
+        i++;
+    }
+}
+
 void kiln_matcher_fill_mask(struct kiln_matcher *m, uint32_t *mask)
 {
     const struct kiln_grammar_vocab *v = m->g->vocab;
-    memset(mask, 0, (((size_t)v->n + 31) / 32) * sizeof *mask);
+    size_t words = ((size_t)v->n + 31) / 32;
     int32_t c = cur(m);
-    if (c < 0) return;
+    if (c < 0) {
+        memset(mask, 0, words * sizeof *mask);
+        return;
+    }
+    for (int k = 0; k < MT_MASK_CACHE; k++)
+        if (m->mc_cfg[k] == c && m->mc_mask[k]) {
+            memcpy(mask, m->mc_mask[k], words * sizeof *mask);
+            return;
+        }
+    memset(mask, 0, words * sizeof *mask);
     if (m->ccomplete[c])
         for (int i = 0; i < v->neos; i++)
             if (v->eos[i] >= 0 && v->eos[i] < v->n) mask[v->eos[i] >> 5] |= 1u << (v->eos[i] & 31);
     if (m->clen[c] == 0) return;
-    int32_t *walk = m->walk;
-    walk[0] = c;
-    const uint8_t *nbyte = v->nbyte;
-    const uint16_t *ndepth = v->ndepth;
-    for (uint32_t i = 1; i < v->nnodes;) {
-        int32_t nx = step(m, walk[ndepth[i] - 1], nbyte[i]);
-        if (nx < 0 || m->clen[nx] == 0) {
-            /* dead, or only the end can follow: no longer token can continue */
-            if (nx >= 0)
-                for (uint32_t k = 0; k < v->ntokn[i]; k++) {
-                    int32_t t = v->toks[v->ntok0[i] + k];
-                    mask[t >> 5] |= 1u << (t & 31);
-                }
-            i = v->nnext[i];
-            continue;
-        }
-        walk[ndepth[i]] = nx;
-        for (uint32_t k = 0; k < v->ntokn[i]; k++) {
-            int32_t t = v->toks[v->ntok0[i] + k];
-            mask[t >> 5] |= 1u << (t & 31);
-        }
-        i++;
+    if (plain_closed(m, c)) {
+        for (size_t w = 0; w < words; w++) mask[w] |= v->plain_mask[w];
+        walk_trie(m, &v->nonplain, c, mask);
+    } else
+        walk_trie(m, &v->all, c, mask);
+    /* remember it (round robin): the same state recurs, e.g. inside a string */
+    int slot = m->mc_next++ % MT_MASK_CACHE;
+    if (!m->mc_mask[slot]) m->mc_mask[slot] = malloc(words * sizeof *mask);
+    if (m->mc_mask[slot]) {
+        memcpy(m->mc_mask[slot], mask, words * sizeof *mask);
+        m->mc_cfg[slot] = c;
     }
 }
 
@@ -553,7 +708,7 @@ int kiln_matcher_forced(struct kiln_matcher *m, int32_t *tokens, int max)
         buf[n++] = (char)only;
         c = next;
     }
-    if (n == 0 || max <= 0) return 0;
+    if (n == 0 || max <= 0 || !m->g->vocab->tok) return 0;
     bool finished = c >= 0 && m->ccomplete[c] && m->clen[c] == 0;
     int32_t *ids;
     size_t nid;

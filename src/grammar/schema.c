@@ -210,7 +210,16 @@ static struct gx *js_literal(struct js *j, json_t *v)
         if (json_array_size(v)) q = gx_add(b, q, ws(b));
         return gx_add(b, q, gx_byte(b, ']'));
     }
-    char *enc = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(17));
+    char *enc = NULL;
+    if (json_is_real(v)) /* the shortest spelling that reads back (what JSON writers emit) */
+        for (int prec = 1; prec <= 17 && !enc; prec++) {
+            char *e = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(prec));
+            if (e && strtod(e, NULL) == json_real_value(v))
+                enc = e;
+            else
+                free(e);
+        }
+    if (!enc) enc = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(17));
     if (!enc) return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
     struct gx *x = gx_str(b, enc);
     if (json_is_integer(v) || (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
@@ -385,7 +394,11 @@ static struct gx *bounded_number(struct js *j, bool has_lo, double lo, bool lox,
 
 static const char *format_regex(const char *f)
 {
-#define DATE "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+#define YEAR "[0-9]{4}"
+#define LEAP "([0-9]{2}(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)"
+#define DATE                                                                                       \
+    "(" YEAR "-(0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|" YEAR                                    \
+    "-(0[469]|11)-(0[1-9]|[12][0-9]|30)|" YEAR "-02-(0[1-9]|1[0-9]|2[0-8])|" LEAP "-02-29)"
 #define TIME                                                                                       \
     "([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?(Z|z|[+-]([01][0-9]|2[0-3]):[0-5]["  \
     "0-9])"
@@ -401,6 +414,8 @@ static const char *format_regex(const char *f)
         return "[a-zA-Z][a-zA-Z0-9+.-]*:[a-zA-Z0-9\\-._~:/?#@!$&'()*+,;=%\\[\\]]*";
     return NULL;
 #undef DATE
+#undef YEAR
+#undef LEAP
 #undef TIME
 }
 
@@ -419,10 +434,10 @@ static struct gx *js_string(struct js *j, json_t *s, const char *ptr)
     char where[300];
     if (fmt && json_is_string(fmt)) {
         re = format_regex(json_string_value(fmt));
-        if (!re) {
-            snprintf(where, sizeof where, "format '%s'", json_string_value(fmt));
-            return js_fail(j, "unsupported", where, ptr);
-        }
+        if (!re)
+            return gb_fail(b, KILN_ERR_UNSUPPORTED,
+                           "unsupported JSON Schema keyword 'format' (value '%s') at %s",
+                           json_string_value(fmt), *ptr ? ptr : "/");
     }
     if (pat) {
         if (!json_is_string(pat)) return js_bad(j, ptr, "pattern must be a string");
@@ -477,31 +492,30 @@ static struct gx *notin(struct js *j, struct ktrie *t)
     struct gr_builder *b = j->b;
     struct gx *alt = gx_alt(b);
     if (!t->term) gx_add(b, alt, gx_byte(b, '"'));
+    for (int c = 0; c < 128; c++)
+        if (t->kid[c]) gx_add(b, alt, gx_seq2(b, gx_byte(b, (unsigned)c), notin(j, t->kid[c])));
+    /* any other character in any JSON spelling (escapes too), then anything; a child character
+     * is only taken literally (its escaped spellings are refused: stricter, never looser) */
     struct cp_set other = {0};
-    cps_add(&other, 0x20, 0x10FFFF);
-    struct cp_set o2 = {0};
+    cps_add(&other, 0, 0x10FFFF);
     for (int c = 0; c < 128; c++)
         if (t->kid[c]) {
-            gx_add(b, alt, gx_seq2(b, gx_byte(b, (unsigned)c), notin(j, t->kid[c])));
+            struct cp_set one = {0};
+            cps_add(&one, (uint32_t)c, (uint32_t)c);
+            cps_negate(&one);
+            struct cp_set both = {0};
+            for (int x = 0; x < other.n; x++)
+                for (int y = 0; y < one.n; y++) {
+                    uint32_t lo = other.r[x][0] > one.r[y][0] ? other.r[x][0] : one.r[y][0];
+                    uint32_t hi = other.r[x][1] < one.r[y][1] ? other.r[x][1] : one.r[y][1];
+                    if (lo <= hi) cps_add(&both, lo, hi);
+                }
+            cps_free(&one);
+            cps_free(&other);
+            cps_norm(&both);
+            other = both;
         }
-    /* any other unescaped character, then anything */
-    for (int i = 0; i < other.n; i++) {
-        uint32_t lo = other.r[i][0], hi = other.r[i][1];
-        for (uint32_t c = lo; c <= hi;) {
-            uint32_t e = c;
-            bool excl = c < 128 && (t->kid[c] || c == '"' || c == '\\');
-            if (!excl) {
-                while (e + 1 <= hi &&
-                       !(e + 1 < 128 && (t->kid[e + 1] || e + 1 == '"' || e + 1 == '\\')))
-                    e++;
-                cps_add(&o2, c, e);
-            }
-            c = e + 1;
-        }
-    }
-    cps_norm(&o2);
-    gx_add(b, alt, gx_seq2(b, gx_utf8(b, &o2), gx_call(b, string_rest_rule(b))));
-    cps_free(&o2);
+    gx_add(b, alt, gx_seq2(b, gx_json_chars(b, &other), gx_call(b, string_rest_rule(b))));
     cps_free(&other);
     return alt;
 }
@@ -1308,7 +1322,8 @@ struct gx *gr_json_schema_value(struct gr_builder *b, void *json_root)
 struct gx *gr_json_schema(struct gr_builder *b, const char *text, size_t n)
 {
     json_error_t je;
-    json_t *root = json_loadb(text, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
+    json_t *root =
+        json_loadb(text, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
     if (!root)
         return gb_fail(b, KILN_ERR_INVALID,
                        "JSON Schema is not valid JSON: %s (line %d, column %d)", je.text, je.line,

@@ -247,7 +247,7 @@ static enum kiln_status check_architecture(json_t *root, struct kiln_config *cfg
                                     : "MistralForCausalLM");
     static const char *const no_bias[] = {"attention_bias", "mlp_bias"};
     for (int i = 0; i < 2; i++) {
-        bool b;
+        bool b = false;
         enum kiln_status st = get_bool(f, root, no_bias[i], false, &b, err);
         if (st) return st;
         if (b)
@@ -427,12 +427,9 @@ enum kiln_status kiln_config_parse(const char *config_json, const char *quant_js
     if (!st) st = add_eos("config.json", json_object_get(root, "eos_token_id"), cfg, err);
     if (!st) st = parse_quant(root, quant_json, cfg, err);
     if (!st) st = parse_generation(gen_json, cfg, err);
-    if (!st && cfg->rope_type == KILN_ROPE_LLAMA3 &&
-        cfg->rope_original_max_pos > cfg->max_position_embeddings)
-        st = kiln_errorf(err, KILN_ERR_INVALID,
-                         "config.json: rope original_max_position_embeddings (%d) exceeds "
-                         "max_position_embeddings (%d)",
-                         cfg->rope_original_max_pos, cfg->max_position_embeddings);
+    /* original_max_position_embeddings above max_position_embeddings is allowed, as in
+     * transformers and vLLM: fine-tunes that shorten the context ship such configs, and the
+     * llama3 rope only uses it for its wavelength thresholds. */
     json_decref(root);
     if (st) kiln_config_free(cfg);
     return st;

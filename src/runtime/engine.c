@@ -851,7 +851,9 @@ static void take_constrained(struct kiln_engine *e, struct req *r, const struct 
         r->mask_ready = false;
         bool complete = contains(e->eos, e->n_eos, cur->token) ||
                         (kiln_matcher_is_complete(r->matcher) && !grammar_can_continue(e, r));
+        e->grammar_s += kiln_now() - t0; /* the token's text and event are not the grammar's */
         take_token(e, r, cur, complete);
+        t0 = kiln_now();
         if (r->finished || r->logprobs >= 0) break;
         int32_t t;
         if (kiln_matcher_forced(r->matcher, &t, 1) != 1) break;

@@ -140,8 +140,25 @@ static enum kiln_status get_string(const json_t *o, const char *key, char **out,
     if (!v || json_is_null(v)) return KILN_OK;
     if (!json_is_string(v))
         return bad(err, key, "'%s' must be a string, got %s", key, kiln_json_type_name(v));
-    *out = strdup(json_string_value(v));
-    return *out ? KILN_OK : nomem(err);
+    const char *str = json_string_value(v);
+    size_t len = json_string_length(v);
+    /* Only "model" comes here. An embedded NUL ("m\u0000abc") must not shorten the name to a
+     * served one: it is spelled out, so the name matches nothing and the 404 shows it. */
+    size_t nuls = 0;
+    for (size_t i = 0; i < len; i++) nuls += !str[i];
+    *out = malloc(len + 5 * nuls + 1);
+    if (!*out) return nomem(err);
+    size_t w = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (str[i]) {
+            (*out)[w++] = str[i];
+        } else {
+            memcpy(*out + w, "\\u0000", 6);
+            w += 6;
+        }
+    }
+    (*out)[w] = 0;
+    return KILN_OK;
 }
 
 static enum kiln_status load_object(const char *body, size_t len, json_t **out,

@@ -6,12 +6,11 @@
  * engine's events come back through generate_on_notify on the loop thread and are either
  * streamed at once (SSE) or collected until every choice has finished.
  *
- * A client that goes away is noticed two ways: evhttp's close callback (a failed write) and an
- * EV_CLOSED watch on the socket (EPOLLRDHUP), which also catches a non-streaming client that
- * hangs up while its answer is still being generated, when evhttp is not reading. Either way
- * its engine requests are cancelled, which frees their KV blocks within one engine step. */
+ * A client that goes away (reset, hang-up, or a stream it stopped reading for --idle-timeout
+ * seconds) is reported by the transport's gone callback, streaming or not; its engine requests
+ * are cancelled at once, which frees their KV blocks within one engine step. */
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -40,8 +39,6 @@ struct call {
     struct kiln_server *s;
     struct call *prev, *next;
     struct http_ctx h; /* h.req NULL once the reply is sent or the client left */
-    struct evhttp_connection *evcon;
-    struct event *ev_closed;
     enum kiln_api_kind kind;
     bool stream, include_usage, echo;
     int logprobs;
@@ -89,7 +86,6 @@ static void call_free(struct call *c)
     free(c->prompt_len);
     free(c->choices);
     kiln_responses_free(c->resp);
-    if (c->ev_closed) event_free(c->ev_closed);
     free(c);
     server_maybe_exit(s);
 }
@@ -97,12 +93,7 @@ static void call_free(struct call *c)
 /* Stops watching the client (before the final reply, or when it is gone). */
 static void call_detach(struct call *c)
 {
-    if (c->evcon) evhttp_connection_set_closecb(c->evcon, NULL, NULL);
-    if (c->ev_closed) {
-        event_free(c->ev_closed);
-        c->ev_closed = NULL;
-    }
-    c->evcon = NULL;
+    if (c->h.req) server_watch_client(c->h.req, NULL, NULL);
     c->h.req = NULL;
     c->s->metrics.in_flight--;
 }
@@ -126,52 +117,22 @@ static void call_abandon(struct call *c)
     }
 }
 
-static void on_connection_close(struct evhttp_connection *evcon, void *arg)
+/* The transport frees the request when this returns. */
+static void on_client_gone(void *arg)
 {
-    (void)evcon;
-    struct call *c = arg;
-    struct evhttp_request *req = c->h.req;
-    /* When a connection fails (EOF, timeout, a failed write) evhttp detaches a request the
-     * user has not finished and leaves it to the user to free (http.c,
-     * evhttp_connection_incoming_fail); one still attached is freed with the connection. */
-    bool detached = req && !evhttp_request_get_connection(req);
-    call_abandon(c);
-    if (detached) evhttp_request_free(req);
-}
-
-static void on_peer_closed(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct call *c = arg;
-    struct evhttp_connection *evcon = c->evcon;
-    call_abandon(c);
-    /* The peer hung up: nothing more can be delivered, and evhttp (not reading while a reply
-     * is pending) would not notice until it writes. */
-    evhttp_connection_free(evcon);
+    call_abandon(arg);
 }
 
 static void watch_client(struct call *c)
 {
-    c->evcon = evhttp_request_get_connection(c->h.req);
-    if (!c->evcon) return;
-    evhttp_connection_set_closecb(c->evcon, on_connection_close, c);
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
-    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-    if (fd < 0 || !(event_base_get_features(c->s->base) & EV_FEATURE_EARLY_CLOSE)) return;
-    c->ev_closed = event_new(c->s->base, fd, EV_CLOSED, on_peer_closed, c);
-    if (c->ev_closed) event_add(c->ev_closed, NULL);
+    server_watch_client(c->h.req, on_client_gone, c);
 }
 
 /* ---- streaming ---- */
 
 static void send_chunk_text(struct call *c, const char *data, size_t len)
 {
-    struct evbuffer *buf = evbuffer_new();
-    if (!buf) return;
-    evbuffer_add(buf, data, len);
-    evhttp_send_reply_chunk(c->h.req, buf);
-    evbuffer_free(buf);
+    if (c->h.req) server_stream_chunk(c->h.req, data, len);
 }
 
 static void send_chunk(struct call *c, json_t *obj)
@@ -283,26 +244,11 @@ static void stream_tools(struct call *c, struct choice *ch, const char *text, si
                                  chat_finish(c, fin, kiln_tool_parser_calls(ch->tools))));
 }
 
-/* evhttp keeps reading while it writes (to see a close) with the connection's idle timeout,
- * which would cut any stream longer than that: a stream has no read timeout (the EV_CLOSED
- * watch sees hang-ups), and the write timeout still drops a client that stops reading. */
-static void stream_read_timeout(struct call *c, bool on)
-{
-    struct bufferevent *bev = c->evcon ? evhttp_connection_get_bufferevent(c->evcon) : NULL;
-    if (!bev) return;
-    struct timeval tv = {c->s->opt.idle_timeout_s, 0};
-    bufferevent_set_timeouts(bev, on ? &tv : NULL, &tv);
-}
-
 static void stream_start(struct call *c)
 {
-    struct evkeyvalq *out = evhttp_request_get_output_headers(c->h.req);
-    evhttp_add_header(out, "Content-Type", "text/event-stream");
-    evhttp_add_header(out, "Cache-Control", "no-cache");
-    evhttp_add_header(out, "X-Accel-Buffering", "no");
-    if (c->s->state == SERVER_DRAINING) evhttp_add_header(out, "Connection", "close");
-    evhttp_send_reply_start(c->h.req, 200, "OK");
-    stream_read_timeout(c, false);
+    server_add_header(c->h.req, "Cache-Control", "no-cache");
+    server_add_header(c->h.req, "X-Accel-Buffering", "no");
+    server_stream_start(c->h.req, 200, "text/event-stream");
     if (c->resp) {
         kiln_responses_start(c->resp);
         return;
@@ -462,12 +408,11 @@ static void reply_complete(struct call *c)
     }
     if (c->stream) {
         if (!c->resp) send_chunk_text(c, "data: [DONE]\n\n", 14);
-        stream_read_timeout(c, true);
         call_detach(c);
         server_log_request(&h, err.status ? err.status : 200, usage.prompt_tokens,
                            usage.completion_tokens);
         server_track_reply(s, h.req);
-        evhttp_send_reply_end(h.req);
+        server_stream_end(h.req);
         return;
     }
     call_detach(c);
@@ -585,11 +530,12 @@ void generate_on_notify(evutil_socket_t fd, short what, void *arg)
 static enum kiln_status context_error(struct kiln_api_error *err, int limit, int prompt,
                                       int completion, bool chat)
 {
+    /* max_tokens may be up to INT32_MAX: the sum in 64 bits. */
     return kiln_api_errorf(
         err, 400, "context_length_exceeded", chat ? "messages" : "prompt",
-        "This model's maximum context length is %d tokens. However, you requested %d tokens (%d "
+        "This model's maximum context length is %d tokens. However, you requested %lld tokens (%d "
         "in the %s, %d in the completion). Please reduce the length of the %s or completion.",
-        limit, prompt + completion, prompt, chat ? "messages" : "prompt", completion,
+        limit, (long long)prompt + completion, prompt, chat ? "messages" : "prompt", completion,
         chat ? "messages" : "prompt");
 }
 
@@ -824,74 +770,167 @@ static enum kiln_status echo_prompts(struct call *c, const struct kiln_api_reque
     return KILN_OK;
 }
 
-void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len)
-{
+/* A request up to admission: what needs no server state but the immutable tokenizer and
+ * limits (parse, model check, tokenize, fit the context), then the rest on the loop. */
+struct prep {
+    struct kiln_server *s;
+    struct http_ctx h; /* h.req NULL when the client left while this was off the loop */
+    enum kiln_api_kind kind;
+    const char *body;
+    size_t len;
+    char *owned; /* the body, taken from the request when offloaded */
+    bool parsed;
     struct kiln_api_request r;
     struct kiln_api_error err;
-    if (kiln_api_parse(kind, body, len, &h->s->limits, &r, &err)) {
-        server_reply_error(h, &err);
-        return;
+    enum kiln_status st;
+    int n_prompts;
+    int32_t **ids;                /* (n_prompts,) prompt token ids */
+    size_t *n;                    /* (n_prompts,) */
+    int *max_tokens;              /* (n_prompts,) */
+    struct kiln_grammar *grammar; /* the request's constraint, compiled; NULL for none */
+    json_t *responses_echo;       /* /v1/responses: the request as its reply echoes it */
+};
+
+/* Bodies above this are parsed and tokenized on an offload thread: a few milliseconds of the
+ * loop at most for the ones below. */
+#define OFFLOAD_MIN_BYTES (16u << 10)
+
+/* The JSON tree of one request may take this many times --max-body-bytes; past it the parse
+ * fails as out of memory and the request gets a 413. Every byte jansson allocates during the
+ * parse counts (frees are not subtracted). Jansson needs about 1 KB per small object: the
+ * issue's 14 MB body of 420,000 one-word messages takes 27 times its size, which still passes
+ * at the default limit. Large bodies are parsed one at a time (one offload thread), so this is
+ * also about the most that parsing holds at once. */
+#define JSON_MEMORY_FACTOR 32
+
+static _Thread_local size_t json_budget;
+static _Thread_local bool json_counting, json_over;
+
+static void *json_counting_malloc(size_t size)
+{
+    if (json_counting) {
+        if (size > json_budget) {
+            json_over = true;
+            return NULL;
+        }
+        json_budget -= size;
     }
-    generate_start(h, &r, NULL);
+    return malloc(size);
 }
 
-void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *responses_echo)
+void generate_init(void)
 {
-    struct kiln_server *s = h->s;
-    struct kiln_api_request r = *req;
-    enum kiln_api_kind kind = r.kind;
-    struct kiln_api_error err;
-    int n_prompts = kind == KILN_API_CHAT ? 1 : r.n_prompts;
-    int32_t **ids = calloc((size_t)n_prompts, sizeof *ids);
-    size_t *n = calloc((size_t)n_prompts, sizeof *n);
-    int *max_tokens = calloc((size_t)n_prompts, sizeof *max_tokens);
-    struct call *c = NULL;
-    struct kiln_grammar *grammar = NULL;
+    json_set_alloc_funcs(json_counting_malloc, free);
+}
+
+static void prepare(struct prep *p)
+{
+    struct kiln_server *s = p->s;
+    struct kiln_api_request *r = &p->r;
+    struct kiln_api_error *err = &p->err;
+    if (!p->parsed) { /* generate_start hands over a request already parsed */
+        json_budget = s->opt.max_body_bytes * JSON_MEMORY_FACTOR;
+        json_counting = true;
+        json_over = false;
+        p->st = kiln_api_parse(p->kind, p->body, p->len, &s->limits, r, err);
+        json_counting = false;
+        if (p->st) {
+            if (json_over)
+                kiln_api_errorf(err, 413, "request_too_large", NULL,
+                                "The request body holds too many JSON values (its parse needs "
+                                "over %d times --max-body-bytes of memory)",
+                                JSON_MEMORY_FACTOR);
+            return;
+        }
+        p->parsed = true;
+    }
+    enum kiln_api_kind kind = p->kind;
+    int n_prompts = p->n_prompts = kind == KILN_API_CHAT ? 1 : r->n_prompts;
+    int32_t **ids = p->ids = calloc((size_t)n_prompts, sizeof *ids);
+    size_t *n = p->n = calloc((size_t)n_prompts, sizeof *n);
+    int *max_tokens = p->max_tokens = calloc((size_t)n_prompts, sizeof *max_tokens);
     enum kiln_status st = KILN_OK;
-    if (!ids || !n || !max_tokens) st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
-    if (!st) st = server_check_model(s, r.model, &err);
-    if (!st) st = compile_constraint(s, &r.constraint, &grammar, &err);
-    if (!st) st = tokenize_prompts(s, &r, ids, n, &err);
-    for (int p = 0; !st && p < n_prompts; p++) {
-        int limit = s->m.max_seq_len, prompt = (int)n[p];
+    if (!ids || !n || !max_tokens) st = kiln_api_errorf(err, 500, NULL, NULL, "out of memory");
+    if (!st) st = server_check_model(s, r->model, err);
+    if (!st) st = compile_constraint(s, &r->constraint, &p->grammar, err);
+    if (!st) st = tokenize_prompts(s, r, ids, n, err);
+    for (int q = 0; !st && q < n_prompts; q++) {
+        int limit = s->m.max_seq_len, prompt = (int)n[q];
         int room = limit - prompt;
         if (prompt > s->m.max_input_len || room <= 0) {
-            st = context_error(&err, limit, prompt, r.max_tokens ? r.max_tokens : 1,
+            st = context_error(err, limit, prompt, r->max_tokens ? r->max_tokens : 1,
                                kind == KILN_API_CHAT);
             if (prompt > s->m.max_input_len && room > 0)
-                snprintf(err.message, sizeof err.message,
+                snprintf(err->message, sizeof err->message,
                          "This model's maximum input length is %d tokens. However, your %s has "
                          "%d tokens. Please reduce the length of the %s.",
                          s->m.max_input_len, kind == KILN_API_CHAT ? "messages" : "prompt", prompt,
                          kind == KILN_API_CHAT ? "messages" : "prompt");
             break;
         }
-        if (r.max_tokens) {
-            if (r.max_tokens > room) {
-                st = context_error(&err, limit, prompt, r.max_tokens, kind == KILN_API_CHAT);
+        if (r->max_tokens) {
+            if (r->max_tokens > room) {
+                st = context_error(err, limit, prompt, r->max_tokens, kind == KILN_API_CHAT);
                 break;
             }
-            max_tokens[p] = r.max_tokens;
+            max_tokens[q] = r->max_tokens;
         } else {
             /* OpenAI's defaults: 16 for completions, the rest of the context for chat. */
-            max_tokens[p] = kind == KILN_API_COMPLETION && room > 16 ? 16 : room;
+            max_tokens[q] = kind == KILN_API_COMPLETION && room > 16 ? 16 : room;
         }
-        if (r.min_tokens > max_tokens[p]) {
-            st = kiln_api_errorf(&err, 400, NULL, "min_tokens",
+        if (r->min_tokens > max_tokens[q]) {
+            st = kiln_api_errorf(err, 400, NULL, "min_tokens",
                                  "'min_tokens' (%d) exceeds the tokens left for the completion "
                                  "(%d)",
-                                 r.min_tokens, max_tokens[p]);
+                                 r->min_tokens, max_tokens[q]);
             break;
         }
     }
+    p->st = st;
+}
+
+static void prep_free(struct prep *p)
+{
+    for (int q = 0; p->ids && q < p->n_prompts; q++) free(p->ids[q]);
+    free(p->ids);
+    free(p->n);
+    free(p->max_tokens);
+    if (p->parsed) kiln_api_request_free(&p->r);
+    free(p->owned);
+    json_decref(p->responses_echo);
+    if (p->grammar) kiln_grammar_unref(p->grammar); /* the engine holds its own references */
+    p->responses_echo = NULL;
+    p->grammar = NULL;
+    /* Twice is harmless (a job the offload never ran is freed again by its done). */
+    p->ids = NULL;
+    p->n = NULL;
+    p->max_tokens = NULL;
+    p->parsed = false;
+    p->owned = NULL;
+}
+
+/* On the loop: create the call and submit its choices. */
+static void admit(struct prep *p)
+{
+    struct kiln_server *s = p->s;
+    struct http_ctx *h = &p->h;
+    struct kiln_api_request r = p->r;
+    struct kiln_api_error err = p->err;
+    enum kiln_status st = p->st;
+    int32_t **ids = p->ids;
+    size_t *n = p->n;
+    int *max_tokens = p->max_tokens;
+    struct call *c = NULL;
+    if (!st && s->state != SERVER_READY)
+        st = kiln_api_errorf(&err, 503, "shutting_down", NULL, "The server is shutting down");
     if (!st) {
-        c = call_new(s, h, &r, responses_echo);
-        responses_echo = NULL;
+        c = call_new(s, h, &r, p->responses_echo);
+        p->responses_echo = NULL;
         if (!c) st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
     }
     if (!st && r.echo && echo_prompts(c, &r, ids, n))
         st = kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
-    for (int p = 0; !st && p < c->n_prompts; p++) c->prompt_len[p] = (int)n[p];
+    for (int q = 0; !st && q < c->n_prompts; q++) c->prompt_len[q] = (int)n[q];
     for (int i = 0; !st && i < (c ? c->n_choices : 0); i++) {
         struct choice *ch = &c->choices[i];
         struct kiln_request kr;
@@ -901,7 +940,7 @@ void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *re
         kr.max_tokens = max_tokens[ch->prompt];
         kr.has_seed = r.has_seed;
         kr.seed = r.has_seed ? mix_seed(r.seed, i % r.n) : 0;
-        kr.grammar = grammar; /* each choice gets its own matcher */
+        kr.grammar = p->grammar; /* each choice gets its own matcher */
         kr.user = ch;
         enum kiln_submit_error why = KILN_SUBMIT_OK;
         struct kiln_error e;
@@ -926,17 +965,88 @@ void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *re
         }
         server_reply_error(h, &err);
     } else {
-        for (int p = 0; p < c->n_prompts; p++) s->metrics.prompt_tokens += (uint64_t)n[p];
+        for (int q = 0; q < c->n_prompts; q++) s->metrics.prompt_tokens += (uint64_t)n[q];
         watch_client(c);
         if (c->stream) stream_start(c);
     }
-    for (int p = 0; ids && p < n_prompts; p++) free(ids[p]);
-    free(ids);
-    free(n);
-    free(max_tokens);
-    json_decref(responses_echo);
-    if (grammar) kiln_grammar_unref(grammar); /* the engine holds its own references */
-    kiln_api_request_free(&r);
+}
+
+static void prep_work(void *arg)
+{
+    prepare(arg);
+}
+
+static void prep_gone(void *arg)
+{
+    struct prep *p = arg;
+    server_log_request(&p->h, 499, 0, 0);
+    p->h.req = NULL;
+}
+
+/* Freeing a large request's JSON tree and token ids takes as long as building them, and
+ * glibc keeps the freed pages: both on the thread, not the loop. */
+static void prep_free_work(void *arg)
+{
+    prep_free(arg);
+    malloc_trim(0);
+}
+
+static void prep_free_done(void *arg)
+{
+    prep_free(arg);
+    free(arg);
+}
+
+static void prep_done(void *arg)
+{
+    struct prep *p = arg;
+    struct kiln_server *s = p->s;
+    s->n_preparing--;
+    if (p->h.req) server_watch_client(p->h.req, NULL, NULL);
+    if (p->h.req && !s->closing) admit(p);
+    if (s->closing || !kiln_offload_run(s->offload, prep_free_work, prep_free_done, p)) {
+        prep_free(p);
+        free(p);
+    }
+    server_maybe_exit(s);
+}
+
+void generate_handle(struct http_ctx *h, enum kiln_api_kind kind, const char *body, size_t len)
+{
+    struct kiln_server *s = h->s;
+    struct prep local = {.s = s, .h = *h, .kind = kind, .body = body, .len = len};
+    struct prep *p = len >= OFFLOAD_MIN_BYTES && s->offload ? malloc(sizeof *p) : NULL;
+    if (p) {
+        *p = local;
+        /* The body leaves the request: the client may go while the thread reads it. */
+        p->owned = server_req_take_body(h->req, &p->len);
+        p->body = p->owned;
+        server_watch_client(h->req, prep_gone, p);
+        if (kiln_offload_run(s->offload, prep_work, prep_done, p)) {
+            s->n_preparing++;
+            return;
+        }
+        server_watch_client(h->req, NULL, NULL);
+        local = *p;
+        free(p);
+    }
+    prepare(&local);
+    admit(&local);
+    prep_free(&local);
+}
+
+/* A request parsed elsewhere (/v1/responses), taken over with the echo of its reply. */
+void generate_start(struct http_ctx *h, struct kiln_api_request *req, json_t *responses_echo)
+{
+    struct prep local = {.s = h->s,
+                         .h = *h,
+                         .kind = req->kind,
+                         .parsed = true,
+                         .r = *req,
+                         .responses_echo = responses_echo};
+    prepare(&local);
+    admit(&local);
+    prep_free(&local);
 }
 
 void generate_cancel_all(struct kiln_server *s)

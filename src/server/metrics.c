@@ -111,6 +111,14 @@ char *kiln_metrics_render(const struct kiln_metrics *m, const struct kiln_engine
            (double)m->generation_tokens);
     scalar(f, "kiln_requests_cancelled_total", "counter",
            "Generations stopped because the client disconnected.", labels, (double)m->cancelled);
+    scalar(f, "kiln_http_connections_refused_total", "counter",
+           "Connections answered 503 and closed because the server was out of file descriptors.",
+           labels, (double)m->refused_connections);
+    scalar(f, "kiln_http_clients_stalled_total", "counter",
+           "Clients dropped for not reading their reply for --idle-timeout seconds.", labels,
+           (double)m->dropped_stalled);
+    scalar(f, "kiln_http_connections_open", "gauge", "Open client connections.", labels,
+           m->connections);
     histogram(f, "kiln_time_to_first_token_seconds", "Request received to first token.", &m->ttft,
               labels);
     histogram(f, "kiln_inter_token_latency_seconds", "Time between consecutive tokens.", &m->itl,
@@ -138,6 +146,15 @@ char *kiln_metrics_render(const struct kiln_metrics *m, const struct kiln_engine
            (double)st->preemptions);
     scalar(f, "kiln_prefix_cache_hit_tokens_total", "counter",
            "Prompt tokens served from the prefix cache.", labels, (double)st->prefix_hits_tokens);
+    scalar(f, "kiln_structured_output_masks_total", "counter",
+           "Allowed-token masks computed for constrained sequences.", labels,
+           (double)st->grammar_masks);
+    scalar(f, "kiln_structured_output_forced_tokens_total", "counter",
+           "Tokens appended without a draw (the constraint allowed them alone).", labels,
+           (double)st->grammar_forced);
+    scalar(f, "kiln_structured_output_seconds_total", "counter",
+           "Engine-thread time spent on constraints (masks, accepts, forced tokens).", labels,
+           st->grammar_s);
     if (fclose(f)) {
         free(out);
         return NULL;

@@ -29,6 +29,9 @@ struct kiln_metrics {
     uint64_t prompt_tokens, generation_tokens;
     uint64_t cancelled;            /* generations stopped because the client went away */
     int in_flight;                 /* generation requests being answered */
+    int connections;               /* open client connections */
+    uint64_t refused_connections;  /* closed unserved: out of file descriptors */
+    uint64_t dropped_stalled;      /* streaming clients dropped for not reading */
     struct kiln_histogram ttft;    /* request received -> first token, seconds */
     struct kiln_histogram itl;     /* between consecutive tokens of one choice, seconds */
     struct kiln_histogram latency; /* request received -> last byte queued, seconds */

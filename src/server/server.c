@@ -1,15 +1,9 @@
-/* The HTTP side: evhttp setup, routing, authentication, size limits, the small endpoints
+/* The HTTP side: routing, authentication, size limits, the small endpoints
  * (/health, /version, /metrics, /v1/models, /tokenize, /detokenize), the hand-over of the
  * loaded model, and graceful shutdown. Generation requests continue in generate.c. */
 #include "server_impl.h"
 
-#include <arpa/inet.h>
-#include <event2/bufferevent.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <errno.h>
-#include <event2/buffer.h>
-#include <event2/keyvalq_struct.h>
 #include <event2/thread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -31,7 +25,8 @@ void kiln_server_options_default(struct kiln_server_options *opt)
                                         .max_n = 16,
                                         .max_choices = 128,
                                         .shutdown_timeout_s = 30.0,
-                                        .idle_timeout_s = 60};
+                                        .idle_timeout_s = 60,
+                                        .web_ui = true};
 }
 
 /* Compares every byte of the expected key whatever the input, so the time taken says nothing
@@ -53,93 +48,34 @@ bool kiln_server_auth_ok(const char *authorization, const char *key)
     return diff == 0;
 }
 
-static const char *reason_phrase(int status)
-{
-    switch (status) {
-    case 200:
-        return "OK";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 413:
-        return "Payload Too Large";
-    case 429:
-        return "Too Many Requests";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 499:
-        return "Client Closed Request";
-    case 500:
-        return "Internal Server Error";
-    case 503:
-        return "Service Unavailable";
-    }
-    return "Unknown";
-}
-
 void server_log_request(struct http_ctx *h, int status, int prompt_tokens, int completion_tokens)
 {
     struct kiln_server *s = h->s;
     double dt = kiln_now() - h->t0;
     kiln_metrics_request(&s->metrics, h->endpoint, status);
-    const char *method = "?";
-    switch (evhttp_request_get_command(h->req)) {
-    case EVHTTP_REQ_GET:
-        method = "GET";
-        break;
-    case EVHTTP_REQ_POST:
-        method = "POST";
-        break;
-    case EVHTTP_REQ_HEAD:
-        method = "HEAD";
-        break;
-    case EVHTTP_REQ_PUT:
-        method = "PUT";
-        break;
-    case EVHTTP_REQ_DELETE:
-        method = "DELETE";
-        break;
-    case EVHTTP_REQ_OPTIONS:
-        method = "OPTIONS";
-        break;
-    case EVHTTP_REQ_PATCH:
-        method = "PATCH";
-        break;
-    default:
-        break;
-    }
-    const char *uri = evhttp_request_get_uri(h->req);
-    KILN_INFO("%s %.200s %d prompt_tokens=%d completion_tokens=%d %.3fs", method, uri ? uri : "-",
-              status, prompt_tokens, completion_tokens, dt);
+    /* The target is the client's bytes: printable ASCII and obs-text only (http.c). */
+    KILN_INFO("%s %.200s %d prompt_tokens=%d completion_tokens=%d %.3fs", server_req_method(h->req),
+              server_req_target(h->req), status, prompt_tokens, completion_tokens, dt);
 }
 
-static void add_common_headers(struct kiln_server *s, struct evhttp_request *req)
+/* Replies with any body: headers (name, value pairs ended by a NULL name, may be NULL) first.
+ * While draining, replies carry Connection: close (the transport adds it); a HEAD request gets
+ * the headers and the length GET would have (the transport leaves the body out). */
+static void reply_bytes(struct http_ctx *h, int status, const char *content_type,
+                        const char *const *headers, const void *body, size_t len, int prompt_tokens,
+                        int completion_tokens)
 {
-    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-    /* While draining, clients must not reuse the connection: it is about to close. */
-    if (s->state == SERVER_DRAINING) evhttp_add_header(out, "Connection", "close");
-}
-
-void server_add_header(struct http_ctx *h, const char *key, const char *value)
-{
-    evhttp_add_header(evhttp_request_get_output_headers(h->req), key, value);
-}
-
-const char *server_get_header(struct http_ctx *h, const char *key)
-{
-    return evhttp_find_header(evhttp_request_get_input_headers(h->req), key);
+    for (const char *const *kv = headers; kv && kv[0]; kv += 2)
+        server_add_header(h->req, kv[0], kv[1]);
+    server_log_request(h, status, prompt_tokens, completion_tokens);
+    server_send(h->req, status, content_type, body, len);
 }
 
 /* X-Request-Id: the client's when it is a sane token (1-128 characters of [A-Za-z0-9._:-]),
  * else a fresh one, so a log line and a client report can be matched. */
 static void set_request_id(struct http_ctx *h)
 {
-    const char *given = server_get_header(h, "X-Request-Id");
+    const char *given = server_req_header(h->req, "X-Request-Id");
     size_t n = given ? strspn(given, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                                      "0123456789._:-")
                      : 0;
@@ -148,30 +84,33 @@ static void set_request_id(struct http_ctx *h)
         server_make_id(h->s, "req-", id, sizeof id);
         given = id;
     }
-    server_add_header(h, "X-Request-Id", given);
+    server_add_header(h->req, "X-Request-Id", given);
 }
 
 void server_reply_json(struct http_ctx *h, int status, const char *body, size_t len,
                        int prompt_tokens, int completion_tokens)
 {
-    struct evbuffer *buf = evbuffer_new();
-    struct evkeyvalq *out = evhttp_request_get_output_headers(h->req);
-    evhttp_add_header(out, "Content-Type", "application/json");
-    add_common_headers(h->s, h->req);
-    if (buf) evbuffer_add(buf, body, len);
-    server_log_request(h, status, prompt_tokens, completion_tokens);
-    evhttp_send_reply(h->req, status, reason_phrase(status), buf);
-    if (buf) evbuffer_free(buf);
+    reply_bytes(h, status, "application/json", NULL, body, len, prompt_tokens, completion_tokens);
+}
+
+void server_reply_bytes(struct http_ctx *h, int status, const char *content_type,
+                        const char *const *headers, const void *body, size_t len)
+{
+    reply_bytes(h, status, content_type, headers, body, len, 0, 0);
+}
+
+const char *server_request_header(struct http_ctx *h, const char *name)
+{
+    return server_req_header(h->req, name);
 }
 
 void server_reply_error(struct http_ctx *h, const struct kiln_api_error *err)
 {
     char *body = kiln_api_error_body(err);
-    struct evkeyvalq *out = evhttp_request_get_output_headers(h->req);
-    if (err->status == 429) evhttp_add_header(out, "Retry-After", "1");
-    if (err->status == 401) evhttp_add_header(out, "WWW-Authenticate", "Bearer");
+    if (err->status == 429) server_add_header(h->req, "Retry-After", "1");
+    if (err->status == 401) server_add_header(h->req, "WWW-Authenticate", "Bearer");
     if (err->status == 503 && h->s->state == SERVER_LOADING)
-        evhttp_add_header(out, "Retry-After", "5");
+        server_add_header(h->req, "Retry-After", "5");
     static const char fallback[] = "{\"error\":{\"message\":\"out of memory\",\"type\":"
                                    "\"server_error\",\"param\":null,\"code\":null}}";
     if (body)
@@ -195,23 +134,23 @@ static void reply_json_object(struct http_ctx *h, int status, json_t *o)
     free(body);
 }
 
-static void on_reply_sent(struct evhttp_request *req, void *arg)
+static void on_reply_sent(void *arg)
 {
-    (void)req;
     struct kiln_server *s = arg;
     s->n_sending--;
     server_maybe_exit(s);
 }
 
-void server_track_reply(struct kiln_server *s, struct evhttp_request *req)
+void server_track_reply(struct kiln_server *s, struct http_req *req)
 {
     s->n_sending++;
-    evhttp_request_set_on_complete_cb(req, on_reply_sent, s);
+    server_on_reply_done(req, on_reply_sent, s);
 }
 
 void server_maybe_exit(struct kiln_server *s)
 {
-    if (s->state != SERVER_DRAINING || s->n_calls || s->n_sending || s->closing) return;
+    if (s->state != SERVER_DRAINING || s->n_calls || s->n_sending || s->n_preparing || s->closing)
+        return;
     KILN_INFO("all requests finished");
     event_base_loopexit(s->base, NULL);
 }
@@ -276,20 +215,14 @@ static void h_metrics(struct http_ctx *h, const char *body, size_t len)
     server_log_request(h, 200, 0, 0);
     char *text = kiln_metrics_render(&s->metrics, have ? &st : NULL, s->model_name,
                                      s->state == SERVER_LOADING);
-    struct evbuffer *buf = evbuffer_new();
-    if (!text || !buf) {
-        free(text);
-        if (buf) evbuffer_free(buf);
-        evhttp_send_error(h->req, 500, "out of memory");
+    if (!text) {
+        static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":"
+                                  "\"server_error\",\"param\":null,\"code\":null}}";
+        server_send(h->req, 500, "application/json", oom, sizeof oom - 1);
         return;
     }
-    evbuffer_add(buf, text, strlen(text));
+    server_send(h->req, 200, "text/plain; version=0.0.4; charset=utf-8", text, strlen(text));
     free(text);
-    evhttp_add_header(evhttp_request_get_output_headers(h->req), "Content-Type",
-                      "text/plain; version=0.0.4; charset=utf-8");
-    add_common_headers(s, h->req);
-    evhttp_send_reply(h->req, 200, "OK", buf);
-    evbuffer_free(buf);
 }
 
 static json_t *model_object(struct kiln_server *s)
@@ -311,14 +244,21 @@ static void h_model(struct http_ctx *h, const char *body, size_t len)
 {
     (void)body;
     (void)len;
-    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(h->req));
-    char *name = evhttp_uridecode(path + strlen("/v1/models/"), 0, NULL);
+    const char *path = server_req_path(h->req);
+    size_t nlen = 0;
+    char *name = evhttp_uridecode(path + strlen("/v1/models/"), 0, &nlen);
     struct kiln_api_error err;
     if (!name) {
         kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
         server_reply_error(h, &err);
-    } else if (strcmp(name, h->s->model_name)) {
-        server_check_model(h->s, name, &err);
+    } else if (nlen != strlen(name) || strcmp(name, h->s->model_name)) {
+        /* "m%00abc" decodes to "m" and more: not the model "m" (shown as it was sent). */
+        if (nlen != strlen(name))
+            kiln_api_errorf(&err, 404, "model_not_found", "model",
+                            "The model `%.200s` does not exist. This server serves `%s`.",
+                            path + strlen("/v1/models/"), h->s->model_name);
+        else
+            server_check_model(h->s, name, &err);
         server_reply_error(h, &err);
     } else {
         reply_json_object(h, 200, model_object(h->s));
@@ -411,13 +351,20 @@ static void h_chat(struct http_ctx *h, const char *body, size_t len)
     generate_handle(h, KILN_API_CHAT, body, len);
 }
 
+static void h_web(struct http_ctx *h, const char *body, size_t len)
+{
+    (void)body;
+    (void)len;
+    web_handle(h);
+}
+
 /* ---- routing ---- */
 
 struct route {
     const char *path;
-    enum evhttp_cmd_type method;
-    bool prefix;     /* path is a prefix (GET /v1/models/{id}) */
-    bool protected_; /* needs the API key */
+    unsigned methods; /* enum evhttp_cmd_type bits */
+    bool prefix;      /* path is a prefix (GET /v1/models/{id}) */
+    bool protected_;  /* needs the API key */
     bool needs_model;
     void (*fn)(struct http_ctx *h, const char *body, size_t len);
 };
@@ -433,40 +380,18 @@ static const struct route routes[] = {
     {"/v1/responses", EVHTTP_REQ_POST, false, true, true, responses_handle},
     {"/tokenize", EVHTTP_REQ_POST, false, true, true, h_tokenize},
     {"/detokenize", EVHTTP_REQ_POST, false, true, true, h_detokenize},
+    /* The chat page (web.c; --no-web-ui leaves these out): public, the page asks for the key. */
+    {"/", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, false, false, false, h_web},
+    {"/assets/", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, true, false, false, h_web},
 };
 
-/* Bytes of the request line and headers as they came on the wire (give or take whitespace). */
-static size_t header_bytes(struct evhttp_request *req)
+void server_dispatch(struct http_req *req)
 {
-    const char *uri = evhttp_request_get_uri(req);
-    size_t n = (uri ? strlen(uri) : 0) + 20;
-    struct evkeyvalq *hdrs = evhttp_request_get_input_headers(req);
-    for (struct evkeyval *kv = hdrs->tqh_first; kv; kv = kv->next.tqe_next)
-        n += strlen(kv->key) + strlen(kv->value) + 4;
-    return n;
-}
-
-/* Streaming replies are many small writes: with Nagle's algorithm each SSE event after the first
- * waits for the client's delayed ACK (40 ms on Linux), which showed as a 40 ms time to first
- * token even for short prompts. */
-static void set_nodelay(struct evhttp_request *req)
-{
-    struct evhttp_connection *conn = evhttp_request_get_connection(req);
-    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
-    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-    int one = 1;
-    if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
-
-static void on_request(struct evhttp_request *req, void *arg)
-{
-    struct kiln_server *s = arg;
-    set_nodelay(req);
-    struct http_ctx h = {.s = s, .req = req, .endpoint = "other", .t0 = kiln_now()};
+    struct kiln_server *s = server_req_server(req);
+    const char *path = server_req_path(req);
+    if (!*path) path = "/";
+    struct http_ctx h = {.s = s, .req = req, .endpoint = "other", .path = path, .t0 = kiln_now()};
     struct kiln_api_error err;
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-    if (!path || !*path) path = "/";
 
     const struct route *r = NULL;
     bool path_known = false;
@@ -474,20 +399,13 @@ static void on_request(struct evhttp_request *req, void *arg)
         bool match = routes[i].prefix ? !strncmp(path, routes[i].path, strlen(routes[i].path)) &&
                                             path[strlen(routes[i].path)]
                                       : !strcmp(path, routes[i].path);
-        if (!match) continue;
+        if (!match || (routes[i].fn == h_web && !s->opt.web_ui)) continue;
         path_known = true;
-        if (evhttp_request_get_command(req) == routes[i].method) r = &routes[i];
+        if (server_req_command(req) & routes[i].methods) r = &routes[i];
     }
-    if (r) h.endpoint = r->prefix ? "/v1/models/{model}" : r->path;
+    if (r) h.endpoint = r->prefix && r->fn != h_web ? "/v1/models/{model}" : r->path;
     set_request_id(&h);
 
-    if (header_bytes(req) > s->opt.max_header_bytes) {
-        kiln_api_errorf(&err, 431, "request_header_fields_too_large", NULL,
-                        "The request line and headers exceed %zu bytes", s->opt.max_header_bytes);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-        server_reply_error(&h, &err);
-        return;
-    }
     if (!r) {
         if (path_known)
             kiln_api_errorf(&err, 405, "method_not_allowed", NULL, "Method not allowed for %s",
@@ -498,9 +416,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         return;
     }
     if (r->protected_ &&
-        !kiln_server_auth_ok(
-            evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization"),
-            s->api_key)) {
+        !kiln_server_auth_ok(server_req_header(req, "Authorization"), s->api_key)) {
         kiln_api_errorf(&err, 401, "invalid_api_key", NULL,
                         "Incorrect or missing API key. Send it as 'Authorization: Bearer KEY'.");
         server_reply_error(&h, &err);
@@ -516,16 +432,24 @@ static void on_request(struct evhttp_request *req, void *arg)
         server_reply_error(&h, &err);
         return;
     }
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(in);
-    if (len > s->opt.max_body_bytes) {
-        kiln_api_errorf(&err, 413, "request_too_large", NULL, "The request body exceeds %zu bytes",
-                        s->opt.max_body_bytes);
-        server_reply_error(&h, &err);
-        return;
-    }
-    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
-    r->fn(&h, body ? body : "", body ? len : 0);
+    size_t len;
+    const char *body = server_req_body(req, &len);
+    r->fn(&h, body, len);
+}
+
+void server_http_error(struct http_req *req, int status, const char *message)
+{
+    struct http_ctx h = {
+        .s = server_req_server(req), .req = req, .endpoint = "other", .t0 = kiln_now()};
+    const char *code = status == 413   ? "request_too_large"
+                       : status == 431 ? "request_header_fields_too_large"
+                       : status == 501 ? "not_implemented"
+                       : status == 505 ? "http_version_not_supported"
+                       : status == 500 ? NULL
+                                       : "bad_request";
+    struct kiln_api_error err;
+    kiln_api_errorf(&err, status, code, NULL, "%s", message);
+    server_reply_error(&h, &err);
 }
 
 /* ---- lifecycle ---- */
@@ -633,17 +557,14 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         return;
     }
     s->state = SERVER_DRAINING;
-    if (s->bound) {
-        evhttp_del_accept_socket(s->http, s->bound);
-        s->bound = NULL;
-    }
+    server_stop_listening(s);
     kiln_engine_drain(s->m.engine, s->opt.shutdown_timeout_s);
-    if (!s->n_calls && !s->n_sending) {
+    if (!s->n_calls && !s->n_sending && !s->n_preparing) {
         event_base_loopexit(s->base, NULL);
         return;
     }
     KILN_INFO("waiting up to %.0f s for %d running request(s)", s->opt.shutdown_timeout_s,
-              s->n_calls);
+              s->n_calls + s->n_preparing);
     double t = s->opt.shutdown_timeout_s;
     struct timeval tv = {(time_t)t, (suseconds_t)((t - (double)(time_t)t) * 1e6)};
     evtimer_add(s->ev_deadline, &tv);
@@ -671,10 +592,10 @@ enum kiln_status kiln_server_create(const struct kiln_server_options *opt, struc
     s->started = (long long)time(NULL);
     if (getrandom(&s->id_key, sizeof s->id_key, 0) != (ssize_t)sizeof s->id_key)
         s->id_key = ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
+    s->spare_fd = -1;
     enum kiln_status st = KILN_OK;
     s->base = event_base_new();
-    s->http = s->base ? evhttp_new(s->base) : NULL;
-    if (!s->http) {
+    if (!s->base) {
         st = kiln_errorf(err, KILN_ERR_NOMEM, "libevent: cannot create the event loop");
         goto fail;
     }
@@ -687,40 +608,14 @@ enum kiln_status kiln_server_create(const struct kiln_server_options *opt, struc
         st = kiln_errorf(err, KILN_ERR_NOMEM, "libevent: out of memory");
         goto fail;
     }
-    evhttp_set_gencb(s->http, on_request, s);
-    evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
-    /* evhttp answers a body over its limit with an HTML 413, and header lines over its limit
-     * with a bare 400 (EVREQ_HTTP_INVALID_HEADER); there is no hook to answer otherwise. So its
-     * limits sit above ours and on_request answers everything in between with OpenAI's error
-     * JSON (413, 431); only bodies over twice the limit and header blocks over 64 times it
-     * (or 1 MiB) meet evhttp's own answers. What that costs: a request may hold up to twice
-     * the body limit in memory before it is refused. */
-    size_t hard_body = opt->max_body_bytes > SIZE_MAX / 2 ? SIZE_MAX : 2 * opt->max_body_bytes;
-    evhttp_set_max_body_size(s->http,
-                             (ev_ssize_t)(hard_body > (size_t)INT64_MAX ? INT64_MAX : hard_body));
-    size_t hard = opt->max_header_bytes * 64;
-    if (hard < (1u << 20)) hard = 1u << 20;
-    evhttp_set_max_headers_size(s->http, (ev_ssize_t)hard);
-    evhttp_set_timeout(s->http, opt->idle_timeout_s);
-    /* Read (and drop) an oversized body before answering 413, so the client sees the answer
-     * instead of a reset. */
-    evhttp_set_flags(s->http, EVHTTP_SERVER_LINGERING_CLOSE);
-    s->bound = evhttp_bind_socket_with_handle(s->http, s->host, (ev_uint16_t)opt->port);
-    if (!s->bound) {
-        st = kiln_errorf(err, KILN_ERR_IO, "cannot listen on %s:%d: %s", s->host, opt->port,
-                         strerror(errno));
+    generate_init();
+    s->offload = kiln_offload_create(s->base, 1);
+    if (!s->offload) {
+        st = kiln_errorf(err, KILN_ERR_NOMEM, "cannot start the request parsing thread");
         goto fail;
     }
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    evutil_socket_t fd = evhttp_bound_socket_get_fd(s->bound);
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
-        s->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                 : ((struct sockaddr_in *)&ss)->sin_port);
-    else
-        s->port = opt->port;
+    st = server_listen(s, err);
+    if (st) goto fail;
     *out = s;
     return KILN_OK;
 fail:
@@ -751,8 +646,9 @@ void kiln_server_free(struct kiln_server *s)
 {
     if (!s) return;
     s->closing = true;
+    kiln_offload_free(s->offload); /* its jobs see s->closing and only free themselves */
     generate_forget_all(s);
-    if (s->http) evhttp_free(s->http);
+    if (s->base) server_close_all(s);
     if (s->ev_notify) event_free(s->ev_notify);
     if (s->ev_handoff) event_free(s->ev_handoff);
     if (s->ev_sigterm) event_free(s->ev_sigterm);

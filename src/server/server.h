@@ -31,6 +31,7 @@ struct kiln_server_options {
     int max_choices;           /* most prompts x n per request (default 128) */
     double shutdown_timeout_s; /* SIGTERM: running requests get this long (default 30) */
     int idle_timeout_s;        /* keep-alive connections idle this long are closed (60) */
+    bool web_ui;               /* the chat page at GET / (default true; --no-web-ui) */
 };
 
 void kiln_server_options_default(struct kiln_server_options *opt);

@@ -12,14 +12,18 @@
  *     checked at that level.
  * Checks:
  *   1. a 100-token prompt prefilled in one step (cuBLASLt + FlashAttention), logits of every
- *      position: relative L2 and argmax agreement at the FP8 noise level;
+ *      position: median and worst relative L2 and argmax agreement at the FP8 noise level;
  *   2. 40 steps token by token from an empty cache (decode path, CUDA graphs), same tokens on
  *      both backends: with "strict" (2-layer models) logits within float rounding at nearly
  *      every step; else at the FP8 noise level (one rare flip spreads through the context);
- *   3. the same prompt prefilled in chunks of 37 on the GPU: last-row logits equal step 1's;
+ *   3. the same prompt prefilled in chunks of 37 on the GPU: last-row logits equal step 1's
+ *      (within 1.3e-6: 1.5x the largest of the 24 runs below);
  *   4. with "strict": a 128-token greedy generation from a 6-token prompt (decode path) run
  *      independently on both backends gives identical tokens.
- * usage: test_cuda_model MODEL_DIR [fp8|bf16] [layers] [strict]   exits 77 without a GPU. */
+ * Every bound comes from measurements (struct bounds); the planted faults of cuda.c
+ * (KILN_CUDA_FAULTS, run by bench/gpu-run.sh faults) each fail it.
+ * usage: test_cuda_model MODEL_DIR [fp8|bf16] [layers] [strict]   exits 77 without a GPU;
+ * KILN_TEST_SEED=N draws another prompt. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +33,18 @@
 #include "model/model.h"
 
 static int failures;
+
+/* The bounds, from the spread of each figure on an H100 (bench/RESULTS.md, "GPU tolerances":
+ * 6 prompts, KILN_TEST_SEED 0-5, for each of tiny with FP8 / BF16 / checkpoint-scaled FP8 KV and
+ * for small): every error bound is 1.5x the largest value measured, every agreement bound the
+ * smallest measured less 0.05. strict: the 2-layer models, where the decode path matches the
+ * CPU to float rounding but for a rare FP8 KV rounding flip (1 run of 12 with FP8 KV: decode
+ * median 4.2e-3); deep: the 4-layer small model, at the FP8 noise level throughout. */
+struct bounds {
+    double pre_median, pre_worst, pre_agree, dec_median, dec_worst, dec_agree;
+};
+static const struct bounds strict_bounds = {0.045, 0.070, 0.86, 6.3e-3, 0.0225, 0.95};
+static const struct bounds deep_bounds = {0.114, 0.131, 0.77, 0.041, 0.067, 0.875};
 
 static void check(const char *what, double value, double limit, bool at_most)
 {
@@ -47,6 +63,12 @@ static double rel_l2(const float *a, const float *b, int n)
         den += (double)b[i] * b[i];
     }
     return sqrt(num / (den > 0 ? den : 1));
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
 static int argmax(const float *x, int n)
@@ -174,7 +196,9 @@ int main(int argc, char **argv)
     printf("model %s: vocab %d, hidden %d, %d layers, KV %s\n", argv[1], V, m->cfg.hidden_size,
            m->cfg.n_layers, kiln_dtype_name(opt.kv_dtype));
     int32_t ids[1024];
-    uint64_t r = 12345;
+    /* KILN_TEST_SEED draws another prompt (bench/gpu-run.sh tolerances measures the spread) */
+    const char *seed = getenv("KILN_TEST_SEED");
+    uint64_t r = 12345 + (seed ? strtoull(seed, NULL, 10) : 0) * 1000003ull;
     for (int i = 0; i < P; i++) {
         r = r * 6364136223846793005ull + 1442695040888963407ull;
         ids[i] = (int32_t)((r >> 33) % (uint64_t)V);
@@ -186,15 +210,21 @@ int main(int argc, char **argv)
 
     /* 1. prefill, all rows */
     if (step(cpu, &qc, ids, 0, P, P, lc) || step(gpu, &qg, ids, 0, P, P, lg)) return 1;
-    double worst = 0;
+    double worst = 0, rows[100];
     int agree = 0;
     for (int t = 0; t < P; t++) {
-        double e = rel_l2(lg + (size_t)t * V, lc + (size_t)t * V, V);
+        double e = rows[t] = rel_l2(lg + (size_t)t * V, lc + (size_t)t * V, V);
         worst = e > worst ? e : worst;
         agree += argmax(lg + (size_t)t * V, V) == argmax(lc + (size_t)t * V, V);
     }
-    check("prefill 100 (FP8 noise level): worst row rel L2", worst, 0.15, true);
-    check("prefill 100 (FP8 noise level): argmax agreement", (double)agree / P, 0.8, false);
+    const struct bounds *bd = strict ? &strict_bounds : &deep_bounds;
+    qsort(rows, (size_t)P, sizeof rows[0], cmp_double);
+    check("prefill 100 (FP8 noise level): median row rel L2", rows[P / 2], bd->pre_median, true);
+    check("prefill 100 (FP8 noise level): worst row rel L2", worst, bd->pre_worst, true);
+    check("prefill 100 (FP8 noise level): argmax agreement", (double)agree / P, bd->pre_agree,
+          false);
+    double pre_worst = worst, pre_med = rows[P / 2], pre_agree = (double)agree / P;
+    double dec_med, dec_worst, dec_agree;
     float *last = malloc((size_t)V * 4);
     memcpy(last, lg + (size_t)(P - 1) * V, (size_t)V * 4);
 
@@ -219,14 +249,14 @@ int main(int argc, char **argv)
                     double x = med[i];
                     med[i] = med[j], med[j] = x;
                 }
-        if (strict) { /* float rounding, with at most a rare flip */
-            check("decode 40 steps: median rel L2", med[20], 1e-5, true);
-            check("decode 40 steps: worst rel L2 (rare flips)", worst, 5e-2, true);
-            check("decode 40 steps: argmax agreement", agree / 40.0, 0.97, false);
-        } else { /* deeper models: a flip early in the context spreads to later positions */
-            check("decode 40 steps (FP8 noise level): median rel L2", med[20], 0.15, true);
-            check("decode 40 steps (FP8 noise level): argmax agreement", agree / 40.0, 0.8, false);
-        }
+        dec_med = med[20], dec_worst = worst, dec_agree = agree / 40.0;
+        /* strict: float rounding but for a rare flip; deeper models: a flip early in the
+         * context spreads to later positions */
+        check(strict ? "decode 40 steps: median rel L2"
+                     : "decode 40 steps (FP8 noise): median rel L2",
+              med[20], bd->dec_median, true);
+        check("decode 40 steps: worst rel L2", worst, bd->dec_worst, true);
+        check("decode 40 steps: argmax agreement", agree / 40.0, bd->dec_agree, false);
     }
 
     /* 3. chunked prefill on the GPU (fresh blocks) */
@@ -234,7 +264,8 @@ int main(int argc, char **argv)
     if (step(gpu, &qg, ids, 0, 37, 0, NULL) || step(gpu, &qg, ids, 37, 74, 0, NULL) ||
         step(gpu, &qg, ids, 74, P, 1, lg))
         return 1;
-    check("chunked prefill 37+37+26 vs whole: rel L2", rel_l2(lg, last, V), 1e-4, true);
+    double chunked = rel_l2(lg, last, V);
+    check("chunked prefill 37+37+26 vs whole: rel L2", chunked, 1.3e-6, true);
 
     /* 4. independent greedy generations */
     int32_t prompt[6] = {128000, 791, 6864, 315, 9822, 374}, gc[128], gg[128];
@@ -246,6 +277,10 @@ int main(int argc, char **argv)
         check("greedy 128 tokens: identical prefix length", same, 128, false);
     else
         printf("greedy 128 tokens: identical prefix length %d (informative)\n", same);
+    /* one line for the tolerance measurement (bench/gpu-run.sh tolerances) */
+    printf("metrics: prefill_median %.6g prefill_worst %.6g prefill_argmax %.4g "
+           "decode_median %.6g decode_worst %.6g decode_argmax %.4g chunked %.3g greedy_same %d\n",
+           pre_med, pre_worst, pre_agree, dec_med, dec_worst, dec_agree, chunked, same);
 
     kiln_backend_free(gpu);
     kiln_backend_free(cpu);

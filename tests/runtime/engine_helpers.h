@@ -5,6 +5,7 @@
 #define KILN_TESTS_RUNTIME_ENGINE_HELPERS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "runtime/engine.h"
@@ -28,11 +29,17 @@ struct result {
 };
 
 /* On the GPU, a different schedule (batch composition, chunking, a cached prefix) can take
- * another GEMM path (the fused kernels for <= 8 tokens per step, cuBLASLt above: ~2.5e-4 apart,
- * which FP8 re-quantization amplifies): two results must then agree until they part ways, and
- * may part only at a position where a's two best tokens were within `gap` nats. The results
- * need logprobs >= 2. */
-void assert_same_or_near_tie(const struct result *a, const struct result *b, float gap);
+ * another GEMM or attention path, whose rounding FP8 re-quantization amplifies: two results must
+ * then agree until they part ways, and may part only at a near tie -- b's token a's runner-up
+ * and a's token b's runner-up, both top-2 gaps within `gap` nats. Compares a's tokens from
+ * position `from` with b's from 0 (b: a's prompt plus a's first `from` tokens, teacher-forced).
+ * Returns the position in a where they part (the caller re-runs b's schedule on a's tokens up
+ * to and including it, and compares again from there), or -1 when b matches the rest of a.
+ * Fails the test at any other difference. The results need logprobs >= 2. */
+int near_tie_divergence(const struct result *a, int from, const struct result *b, float gap);
+/* near_tie_divergence without failing the test: -2 (with the reason in why) where that fails. */
+int near_tie_check(const struct result *a, int from, const struct result *b, float gap, char *why,
+                   size_t why_len);
 
 /* Submits r with res as its user pointer (fails the test on error); returns the id. */
 uint64_t submit(struct kiln_engine *e, struct kiln_request r, struct result *res);

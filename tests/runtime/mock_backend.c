@@ -24,7 +24,7 @@ static enum kiln_status check(struct mock_backend *m, const struct kiln_batch *b
     for (int s = 0; s < b->n_seqs; s++) {
         int first = b->seq_start[s], last = b->seq_start[s + 1] - 1;
         if (last < first || b->kv_len[s] != b->positions[last] + 1 ||
-            b->kv_len[s] > b->max_blocks * o->block_size)
+            b->kv_len[s] > b->max_blocks * o->block_size || b->kv_len[s] > o->max_seq_len)
             return kiln_errorf(err, KILN_ERR_INTERNAL, "mock: sequence %d malformed", s);
         for (int t = first; t <= last; t++)
             if (b->positions[t] != b->positions[first] + (t - first) || b->tokens[t] < 0 ||
@@ -43,6 +43,14 @@ static enum kiln_status check(struct mock_backend *m, const struct kiln_batch *b
                                b->out_rows[i]);
     }
     return KILN_OK;
+}
+
+void mock_logits(const int32_t *ctx, int n, int vocab, float *row)
+{
+    uint64_t h = 0x1234;
+    for (int p = 0; p < n; p++) h = kiln_splitmix64(h ^ (uint64_t)ctx[p]);
+    for (int v = 0; v < vocab; v++)
+        row[v] = (float)(kiln_splitmix64(h + (uint64_t)v) >> 40) * 0x1p-24f * 8.0f - 4.0f;
 }
 
 static size_t slot_of(const struct kiln_batch *b, int s, int pos, int bs)
@@ -71,7 +79,6 @@ static enum kiln_status mock_forward(struct kiln_backend *base, const struct kil
         }
     for (int i = 0; i < b->n_out; i++) {
         int s = find_seq(b, b->out_rows[i]);
-        uint64_t h = 0x1234;
         for (int p = 0; p < b->kv_len[s]; p++) {
             size_t slot = slot_of(b, s, p, bs);
             if (m->slot_pos[slot] != p)
@@ -79,11 +86,12 @@ static enum kiln_status mock_forward(struct kiln_backend *base, const struct kil
                                    "mock: position %d of sequence %d reads a slot holding "
                                    "position %d",
                                    p, s, m->slot_pos[slot]);
-            h = kiln_splitmix64(h ^ (uint64_t)m->slot_tok[slot]);
+            m->ctx[p] = m->slot_tok[slot];
         }
         float *row = m->logits + (size_t)i * vocab;
-        for (int v = 0; v < vocab; v++)
-            row[v] = (float)(kiln_splitmix64(h + (uint64_t)v) >> 40) * 0x1p-24f * 8.0f - 4.0f;
+        mock_logits(m->ctx, b->kv_len[s], vocab, row);
+        int32_t t = m->script ? m->script(m->ctx, b->kv_len[s], m->script_arg) : -1;
+        if (t >= 0 && t < vocab) row[t] += MOCK_SCRIPT_BOOST;
     }
     m->n_out = b->n_out;
     return KILN_OK;
@@ -118,6 +126,7 @@ static void mock_free(struct kiln_backend *base)
     free(m->slot_pos);
     free(m->logits);
     free(m->scratch);
+    free(m->ctx);
     free(m);
 }
 
@@ -150,7 +159,8 @@ struct mock_backend *mock_create(int vocab, int n_blocks, int block_size, int ma
     m->slot_pos = malloc(slots * sizeof *m->slot_pos);
     m->logits = malloc((size_t)max_seqs * vocab * sizeof *m->logits);
     m->scratch = malloc(2 * (size_t)vocab * sizeof *m->scratch);
-    if (!m->slot_tok || !m->slot_pos || !m->logits || !m->scratch) {
+    m->ctx = malloc((size_t)max_seq_len * sizeof *m->ctx);
+    if (!m->slot_tok || !m->slot_pos || !m->logits || !m->scratch || !m->ctx) {
         mock_free(&m->base);
         return NULL;
     }

@@ -531,11 +531,56 @@ static void bad_options(void **state)
     kiln_backend_free(&m->base);
 }
 
+/* The GPU engine test's rule for schedules that part ways (engine_helpers.h): only at a near
+ * tie, each token the other's runner-up, both gaps within the bound; teacher-forced from there. */
+static void near_tie_rule(void **state)
+{
+    (void)state;
+    static struct result a, b;
+    char why[256];
+    memset(&a, 0, sizeof a);
+    a.n = 4;
+    for (int i = 0; i < 4; i++) {
+        a.tokens[i] = a.top[i][0] = 10 + i;
+        a.top[i][1] = 20 + i;
+        a.top_lp[i][0] = -0.5f, a.top_lp[i][1] = -3.0f;
+    }
+    b = a;
+    assert_int_equal(near_tie_check(&a, 0, &b, 0.1f, why, sizeof why), -1);
+    /* b takes a's runner-up at 2, where a's two best are 0.05 apart and b's 0.04 */
+    a.top_lp[2][1] = -0.55f;
+    b.tokens[2] = b.top[2][0] = 22;
+    b.top[2][1] = 12;
+    b.top_lp[2][0] = -0.5f, b.top_lp[2][1] = -0.54f;
+    assert_int_equal(near_tie_check(&a, 0, &b, 0.1f, why, sizeof why), 2);
+    assert_int_equal(near_tie_check(&a, 0, &b, 0.04f, why, sizeof why), -2); /* gap 0.05 */
+    b.top[2][1] = 99; /* a's token is not b's runner-up */
+    assert_int_equal(near_tie_check(&a, 0, &b, 0.1f, why, sizeof why), -2);
+    b.top[2][1] = 12;
+    b.tokens[2] = b.top[2][0] = 23; /* not a's runner-up */
+    assert_int_equal(near_tie_check(&a, 0, &b, 0.1f, why, sizeof why), -2);
+    /* teacher-forced: b holds a's continuation after position 1 */
+    struct result c = {0};
+    c.n = 2;
+    for (int j = 0; j < 2; j++) {
+        c.tokens[j] = c.top[j][0] = a.tokens[j + 2];
+        c.top[j][1] = a.top[j + 2][1];
+        c.top_lp[j][0] = a.top_lp[j + 2][0], c.top_lp[j][1] = a.top_lp[j + 2][1];
+    }
+    assert_int_equal(near_tie_check(&a, 2, &c, 0.1f, why, sizeof why), -1);
+    c.tokens[1] = 77; /* a difference after the forced prefix, not at a tie */
+    assert_int_equal(near_tie_check(&a, 2, &c, 0.1f, why, sizeof why), -2);
+    c.tokens[1] = a.tokens[3];
+    c.n = 1; /* too short */
+    assert_int_equal(near_tie_check(&a, 2, &c, 0.1f, why, sizeof why), -2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(batched_equals_sequential),
         cmocka_unit_test(chunked_equals_whole),
+        cmocka_unit_test(near_tie_rule),
         cmocka_unit_test(preemption_recomputes),
         cmocka_unit_test(seeds_alone_or_batched),
         cmocka_unit_test(prefix_reuse),

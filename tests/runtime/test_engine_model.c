@@ -11,7 +11,8 @@
  * cuBLASLt algorithm per weight shape, for every step size), which makes each row's sums the
  * same whatever else is in the step; only a preempted request, whose recomputed positions run
  * through the prefill attention kernel instead of the decode one, may part from its other
- * schedule, and then only at a near-tie (assert_same_or_near_tie). Exits 77 (skipped) for cuda
+ * schedule, and then only at a near tie (near_tie_divergence), after which the comparison goes on
+ * teacher-forced. Exits 77 (skipped) for cuda
  * when no GPU is visible. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -31,15 +32,18 @@
 static const char *model_dir;
 static bool cuda;
 
-/* Results of two schedules: bitwise; with preemption on the GPU see assert_same_or_near_tie. */
+/* Results of two schedules: bitwise (with preemption on the GPU, see near_tie_divergence and
+ * alone_then_together). */
 static bool preempting;
 static void same_across_schedules(const struct result *a, const struct result *b)
 {
-    if (cuda && preempting)
-        assert_same_or_near_tie(a, b, 1.0f);
-    else
-        assert_same(a, b, 0.0f); /* bitwise */
+    assert_same(a, b, 0.0f); /* bitwise */
 }
+/* The largest top-2 gap, in nats, at which a preempted request on the GPU may take the other of
+ * the two tokens (near_tie_divergence): ~4x the schedules' logprob noise measured on an H100
+ * (2.6e-2 nats at most over the four prompts, bench/RESULTS.md "GPU tolerances"); a flip needs
+ * a gap no larger than the noise. */
+#define NEAR_TIE_GAP 0.1f
 static struct kiln_model *model;
 static struct kiln_tokenizer *tok;
 
@@ -122,6 +126,52 @@ static struct kiln_request greedy(int p, int max_tokens)
     return r;
 }
 
+/* The NP prompts all at once on `together`, prompt p replaced by `forced` when n_forced > 0
+ * (b: NP + 1 results). */
+static void run_together(struct setup together, struct kiln_request base, int p,
+                         const int32_t *forced, int n_forced, int max_tokens, struct result *b,
+                         struct kiln_engine_stats *st)
+{
+    struct rig r = rig_new(together);
+    struct kiln_request reqs[NP];
+    for (int q = 0; q < NP; q++) {
+        reqs[q] = base;
+        reqs[q].prompt = prompts[q];
+        reqs[q].n_prompt = prompt_len[q];
+        reqs[q].seed = 77 + (uint64_t)q;
+    }
+    if (n_forced) {
+        reqs[p].prompt = forced;
+        reqs[p].n_prompt = n_forced;
+        reqs[p].max_tokens = max_tokens;
+    }
+    static const int32_t blocker[2] = {128000, 128006};
+    submit_together(r.e, r.be, reqs, NP, b, blocker, 2);
+    collect(r.e, NP + 1);
+    if (st) kiln_engine_stats(r.e, st);
+    rig_free(r);
+}
+
+/* a (alone) and b (together, preempted, on the GPU) may part at a near tie; from there b's
+ * schedule runs again with a's tokens up to the tie appended to prompt p (teacher-forced), and
+ * the comparison goes on until the rest of a is matched. */
+static void same_or_near_tie(struct setup together, struct kiln_request base, int p,
+                             const struct result *a, const struct result *b)
+{
+    static struct result cur[NP + 1];
+    static int32_t forced[512];
+    cur[p] = *b;
+    for (int from = 0;;) {
+        int i = near_tie_divergence(a, from, &cur[p], NEAR_TIE_GAP);
+        if (i < 0 || i + 1 >= a->n) return;
+        assert_true(prompt_len[p] + i + 1 <= (int)(sizeof forced / sizeof forced[0]));
+        memcpy(forced, prompts[p], (size_t)prompt_len[p] * sizeof forced[0]);
+        memcpy(forced + prompt_len[p], a->tokens, (size_t)(i + 1) * sizeof forced[0]);
+        run_together(together, base, p, forced, prompt_len[p] + i + 1, a->n - i - 1, cur, NULL);
+        from = i + 1;
+    }
+}
+
 /* The NP prompts one at a time, then all at once on another setup (b: NP + 1 results). */
 static void alone_then_together(struct setup alone, struct setup together, struct kiln_request base,
                                 struct result *a, struct result *b, struct kiln_engine_stats *st)
@@ -136,20 +186,12 @@ static void alone_then_together(struct setup alone, struct setup together, struc
         collect(r.e, 1);
     }
     rig_free(r);
-    r = rig_new(together);
-    struct kiln_request reqs[NP];
-    for (int p = 0; p < NP; p++) {
-        reqs[p] = base;
-        reqs[p].prompt = prompts[p];
-        reqs[p].n_prompt = prompt_len[p];
-        reqs[p].seed = 77 + (uint64_t)p;
-    }
-    static const int32_t blocker[2] = {128000, 128006};
-    submit_together(r.e, r.be, reqs, NP, b, blocker, 2);
-    collect(r.e, NP + 1);
-    kiln_engine_stats(r.e, st);
-    rig_free(r);
-    for (int p = 0; p < NP; p++) same_across_schedules(&a[p], &b[p]);
+    run_together(together, base, 0, NULL, 0, 0, b, st);
+    for (int p = 0; p < NP; p++)
+        if (cuda && preempting)
+            same_or_near_tie(together, base, p, &a[p], &b[p]);
+        else
+            same_across_schedules(&a[p], &b[p]);
 }
 
 static void batched_chunked_preempted(void **state)

@@ -318,9 +318,15 @@ __device__ __forceinline__ void pdl_trigger()
 #endif
 }
 
-/* Whether launches use programmatic dependent launch: compute capability >= 9.0, unless the
- * environment sets KILN_PDL=0 (to measure without it). */
+/* Whether launches use programmatic dependent launch: compute capability >= 9.0 and kernels
+ * compiled for it (kiln_cuda_hopper_code), unless the environment sets KILN_PDL=0 (to measure
+ * without it). */
 extern "C" bool kiln_cuda_pdl(void);
+/* Whether the kernels that run were compiled for sm_90 or later (griddepcontrol, TMA bulk copies
+ * and their mbarriers): a GPU's compute capability alone does not say, since the Ada variant
+ * (PTX for compute_89 only, KILN_CUDA_ARCHS=89-virtual) JIT-compiled on a Hopper GPU has none of
+ * them; the Hopper-only paths (programmatic launch, the TMA GEMV ring) key on this too. */
+extern "C" bool kiln_cuda_hopper_code(void);
 
 /* kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-serialization attribute
  * when kiln_cuda_pdl(): the kernel must call pdl_wait() before touching activations. */

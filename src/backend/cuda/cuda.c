@@ -370,6 +370,23 @@ static bool fused_path(const struct kiln_backend *b, int n_tokens)
 
 /* Lays out the batch description compactly in the pinned buffer and copies it to the device.
  * The offsets depend only on the counts, so a captured graph stays valid for equal counts. */
+#ifdef KILN_CUDA_FAULTS
+/* Planted bugs, compiled only into the test binaries built with KILN_CUDA_FAULTS
+ * (tests/cuda/CMakeLists.txt: test_cuda_model_faults, kiln_faults), never into kiln: they show
+ * that the GPU tests' tolerances catch a broken backend. KILN_CUDA_FAULT selects one:
+ *   scale:F       every layer's down-projection output scale multiplied by F (a wrong scale)
+ *   rope:P        RoPE row P replaced by row P + 1 (one position rotated as the next)
+ *   blocktable    a sequence's last, partly filled KV block dropped from the block table (the
+ *                 floor of kv_len / block_size instead of the ceiling: its rows read block 0) */
+static const char *fault_arg(const char *name)
+{
+    const char *f = getenv("KILN_CUDA_FAULT");
+    size_t n = strlen(name);
+    if (!f || strncmp(f, name, n) || (f[n] && f[n] != ':')) return NULL;
+    return f[n] ? f + n + 1 : "";
+}
+#endif
+
 static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_batch *bt,
                                      struct step *st, struct kiln_error *err)
 {
@@ -419,6 +436,9 @@ static enum kiln_status upload_batch(struct kiln_backend *b, const struct kiln_b
     size_t o_bt = o;
     for (int q = 0; q < ns; q++) {
         int used = (bt->kv_len[q] + b->opt.block_size - 1) / b->opt.block_size;
+#ifdef KILN_CUDA_FAULTS
+        if (fault_arg("blocktable")) used = bt->kv_len[q] / b->opt.block_size;
+#endif
         memcpy(h + o + (size_t)q * mb, bt->block_table + (size_t)q * bt->max_blocks,
                (size_t)used * 4);
         for (int i = used; i < mb; i++) h[o + (size_t)q * mb + i] = 0;
@@ -1118,6 +1138,10 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
     kiln_pool_free(pool);
     if (e) return e;
     KILN_ASSERT(s->weight_bytes == p.weights);
+#ifdef KILN_CUDA_FAULTS
+    const char *fs = fault_arg("scale");
+    for (int l = 0; fs && l < c->n_layers; l++) s->layers[l].down.out_scale *= (float)atof(fs);
+#endif
 
     /* RoPE table, computed on the host exactly as the CPU backend does */
     size_t rope_floats = (size_t)opt->max_seq_len * c->head_dim;
@@ -1125,6 +1149,12 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
     float *rope = malloc(rope_floats * sizeof(float));
     if (!rope) return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
     kiln_rope_table(c, opt->max_seq_len, rope);
+#ifdef KILN_CUDA_FAULTS
+    const char *fr = fault_arg("rope");
+    if (fr && atoi(fr) >= 0 && atoi(fr) + 1 < opt->max_seq_len)
+        memcpy(rope + (size_t)atoi(fr) * c->head_dim, rope + (size_t)(atoi(fr) + 1) * c->head_dim,
+               (size_t)c->head_dim * sizeof(float));
+#endif
     ce = cudaMalloc((void **)&s->rope, p.rope);
     if (!ce) ce = cudaMemcpy(s->rope, rope, p.rope, cudaMemcpyHostToDevice);
     free(rope);
@@ -1199,9 +1229,12 @@ static enum kiln_status create(struct kiln_backend *b, const struct kiln_backend
     b->kv_bytes = per_block * (size_t)o.n_blocks;
     b->opt = o;
     CUDA_TRY(cudaStreamSynchronize(s->stream));
-    KILN_INFO("cuda backend: %.2f GiB of weights, KV cache %d blocks x %d tokens (%.2f GiB, %s)",
+    KILN_INFO("cuda backend: %.2f GiB of weights, KV cache %d blocks x %d tokens (%.2f GiB, %s), "
+              "%s",
               (double)s->weight_bytes / (1u << 30), o.n_blocks, o.block_size,
-              (double)b->kv_bytes / (1u << 30), kiln_dtype_name(opt->kv_dtype));
+              (double)b->kv_bytes / (1u << 30), kiln_dtype_name(opt->kv_dtype),
+              kiln_cuda_hopper_code() ? "kernels for sm_90: Hopper paths on"
+                                      : "kernels for sm_89: no TMA ring, no programmatic launch");
     return KILN_OK;
 }
 

@@ -666,7 +666,7 @@ static cudaError_t gemv_config_get(gemv_config &c)
     /* measurement knobs: KILN_GEMV_TMA=2 selects the register kernel on Hopper too,
      * KILN_GEMV_KC / _STAGES / _BPS the ring's piece size, depth and blocks per SM,
      * KILN_GEMV_EVICT_FIRST=2 the normal L2 policy for the weight copies */
-    c.tma = major >= 9 && env_int("KILN_GEMV_TMA", 1) == 1;
+    c.tma = major >= 9 && kiln_cuda_hopper_code() && env_int("KILN_GEMV_TMA", 1) == 1;
     c.kc_max = env_int("KILN_GEMV_KC", TMA_KC);
     c.n_stages = env_int("KILN_GEMV_STAGES", TMA_STAGES);
     if (c.n_stages > 8) c.n_stages = 8; /* the barriers' space: 2 per stage and pre_ready */

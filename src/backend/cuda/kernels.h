@@ -12,6 +12,7 @@
 #define KILN_BACKEND_CUDA_KERNELS_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -19,6 +20,9 @@ extern "C" {
 #endif
 
 typedef struct CUstream_st *kiln_stream;
+
+/* Whether the kernels that run were compiled for sm_90 or later (common.cuh says more). */
+bool kiln_cuda_hopper_code(void);
 
 enum kiln_row_order { KILN_ROWS_PLAIN, KILN_ROWS_QKV_PAIRED, KILN_ROWS_GU_INTERLEAVED };
 

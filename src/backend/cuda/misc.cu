@@ -7,6 +7,18 @@
 #include "common.cuh"
 #include "kernels.h"
 
+static __global__ void k_arch_probe() {}
+
+extern "C" bool kiln_cuda_hopper_code(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        cudaFuncAttributes a;
+        on = cudaFuncGetAttributes(&a, k_arch_probe) == cudaSuccess && a.ptxVersion >= 90;
+    }
+    return on;
+}
+
 extern "C" bool kiln_cuda_pdl(void)
 {
     static int on = -1; /* decided once per process: launches inside graphs must agree */
@@ -16,7 +28,7 @@ extern "C" bool kiln_cuda_pdl(void)
         on =
             cudaGetDevice(&dev) == cudaSuccess &&
             cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-            major >= 9 && !(env && !strcmp(env, "0"));
+            major >= 9 && kiln_cuda_hopper_code() && !(env && !strcmp(env, "0"));
     }
     return on;
 }

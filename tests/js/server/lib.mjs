@@ -23,8 +23,10 @@ export function tmpdir(tag) {
 
 // Starts `kiln serve MODEL --port 0 --device cpu ...args`. waitReady: resolve only once
 // /health answers 200 (else as soon as the port is known).
-export async function startServer({ model = MODEL, args = [], env = {}, waitReady = true } = {}) {
-  const proc = spawn(BIN, ['serve', model, '--port', '0', '--device', 'cpu', ...args], {
+// wrap: a command line to run it under (e.g. ['prlimit', '--nofile=64', '--']).
+export async function startServer({ model = MODEL, args = [], env = {}, waitReady = true, wrap = [] } = {}) {
+  const argv = [BIN, 'serve', model, '--port', '0', '--device', 'cpu', ...args];
+  const proc = spawn(wrap.length ? wrap[0] : BIN, [...wrap.slice(1), ...(wrap.length ? argv : argv.slice(1))], {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

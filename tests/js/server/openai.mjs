@@ -40,10 +40,12 @@ test('completions, streamed, equal the non-streamed text (greedy)', async () => 
   let finish = null;
   let usage = null;
   let chunks = 0;
+  let id = null;
   for await (const chunk of stream) {
     chunks++;
     assert.equal(chunk.object, 'text_completion');
-    assert.equal(chunk.id, stream.id ?? chunk.id);
+    id ??= chunk.id;
+    assert.equal(chunk.id, id, 'every chunk carries the first chunk\'s id');
     if (chunk.usage) {
       assert.deepEqual(chunk.choices, []);
       usage = chunk.usage;

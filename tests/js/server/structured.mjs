@@ -11,7 +11,7 @@ import test from 'node:test';
 import Ajv2020 from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 
-import { post, sseEvents, startServer } from './lib.mjs';
+import { metrics, post, sseEvents, startServer } from './lib.mjs';
 
 const server = await startServer();
 test.after(async () => {
@@ -194,7 +194,17 @@ test(`${schemas.length} JSON Schemas at temperature 1: every output parses and v
     tokens += r.body.usage.completion_tokens;
   });
   assert.ok(tokens > schemas.length * 3, `only ${tokens} tokens generated`);
-  console.log(`${schemas.length} schemas, ${tokens} tokens`);
+  // the engine's cost of the constraints (it computes a mask per drawn token)
+  const m = await metrics(server);
+  const masks = m.sum('kiln_structured_output_masks_total');
+  const secs = m.sum('kiln_structured_output_seconds_total');
+  assert.ok(masks >= tokens / 2, `${masks} masks for ${tokens} tokens`);
+  assert.ok(secs > 0);
+  console.log(
+    `${schemas.length} schemas, ${tokens} tokens, ${masks} masks, ` +
+      `${m.sum('kiln_structured_output_forced_tokens_total')} forced tokens, ` +
+      `${((secs / masks) * 1e6).toFixed(1)} us of engine time per mask`,
+  );
 });
 
 // Known engine bug, reported: src/grammar's formats date, time and date-time are the RFC 3339

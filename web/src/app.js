@@ -1,0 +1,537 @@
+// kiln's chat page: conversations in localStorage, replies streamed from
+// /v1/chat/completions, Markdown rendered safely (markdown.js). Model output only ever
+// reaches the DOM through renderMarkdown (sanitized) or textContent.
+import { ApiError, chatRequest, listModels, streamChat } from './api.js';
+import * as store from './store.js';
+
+// Markdown and highlighting are most of the page's code: they load beside the page, which is
+// usable before they arrive (replies show as plain text until then, and are redrawn).
+let renderMarkdown = null;
+const markdownReady = import('./markdown.js').then((m) => {
+  renderMarkdown = m.renderMarkdown;
+  document.documentElement.dataset.markdown = '1';
+});
+
+const $ = (id) => document.getElementById(id);
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') el.className = v;
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (v !== false && v !== null && v !== undefined) el.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) el.append(c);
+  return el;
+}
+
+const state = {
+  convs: store.loadConversations(),
+  current: store.loadCurrent(),
+  settings: store.loadSettings(),
+  apiKey: store.loadApiKey(),
+  model: null, // served model name, from /v1/models
+  busy: null, // {controller, conv, msg} while a reply streams
+  editing: -1, // index of the user message being edited
+};
+
+const conv = () => state.convs.find((c) => c.id === state.current);
+
+function save() {
+  store.saveConversations(state.convs);
+  store.saveCurrent(state.current);
+}
+
+function newConversation() {
+  const c = store.cleanConversation({ id: store.newId(), title: store.DEFAULT_TITLE, messages: [] });
+  state.convs.unshift(c);
+  state.current = c.id;
+  state.editing = -1;
+  save();
+  renderAll();
+  $('input').focus();
+}
+
+function ensureConversation() {
+  if (!conv()) {
+    if (state.convs.length) state.current = state.convs[0].id;
+    else newConversation();
+  }
+}
+
+/* ---- rendering ---- */
+
+function fmt(n, digits = 0) {
+  return n === null || n === undefined ? '–' : n.toFixed(digits);
+}
+
+function statsText(s) {
+  const parts = [];
+  if (s.prompt_tokens !== null) parts.push(`${s.prompt_tokens} prompt tokens`);
+  if (s.completion_tokens !== null) parts.push(`${s.completion_tokens} tokens`);
+  if (s.ttft_ms !== null) parts.push(`TTFT ${fmt(s.ttft_ms)} ms`);
+  if (s.tok_s !== null) parts.push(`${fmt(s.tok_s, 1)} tok/s`);
+  parts.push(`finish: ${s.finish_reason || '–'}`);
+  return parts.join(' · ');
+}
+
+function renderSidebar() {
+  const list = $('conv-list');
+  list.replaceChildren(
+    ...state.convs.map((c) =>
+      h('li', {},
+        h('button', {
+          class: `conv${c.id === state.current ? ' active' : ''}`,
+          'aria-current': c.id === state.current ? 'true' : null,
+          title: c.title,
+          onclick: () => {
+            if (state.busy) return;
+            state.current = c.id;
+            state.editing = -1;
+            save();
+            renderAll();
+            closeSidebar();
+          },
+        }, c.title))));
+}
+
+function renderHeader() {
+  const c = conv();
+  $('conv-title').textContent = c ? c.title : '';
+  $('model-name').textContent = state.model || '';
+  $('system').value = c ? c.system : '';
+}
+
+// Fills an assistant message body: sanitized Markdown, then a copy button per code block.
+function fillMarkdown(el, text) {
+  if (!renderMarkdown) {
+    el.textContent = text;
+    return;
+  }
+  el.innerHTML = renderMarkdown(text);
+  for (const pre of el.querySelectorAll('pre.code')) {
+    const bar = h('div', { class: 'code-bar' },
+      h('span', {}, pre.dataset.lang || 'text'),
+      h('button', { type: 'button', class: 'copy' }, 'Copy'));
+    pre.before(bar);
+  }
+}
+
+function messageEl(c, m, i) {
+  const isUser = m.role === 'user';
+  const body = h('div', { class: isUser ? 'body plain' : 'body markdown' });
+  if (isUser && state.editing === i) {
+    const ta = h('textarea', { class: 'edit-box', rows: 3, 'aria-label': 'Edit message' });
+    ta.value = m.content;
+    ta.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        resendEdited(i, ta.value);
+      } else if (e.key === 'Escape') {
+        e.stopPropagation();
+        state.editing = -1;
+        renderMessages();
+      }
+    });
+    body.append(ta, h('div', { class: 'edit-actions' },
+      h('button', { type: 'button', class: 'primary', onclick: () => resendEdited(i, ta.value) }, 'Save & send'),
+      h('button', { type: 'button', onclick: () => { state.editing = -1; renderMessages(); } }, 'Cancel')));
+    queueMicrotask(() => ta.focus());
+  } else if (isUser) {
+    body.textContent = m.content;
+  } else {
+    fillMarkdown(body, m.content);
+  }
+  const streaming = state.busy && state.busy.msg === m;
+  const actions = h('div', { class: 'actions' });
+  if (!streaming && !state.busy) {
+    if (isUser && state.editing !== i)
+      actions.append(h('button', { type: 'button', class: 'edit', onclick: () => { state.editing = i; renderMessages(); } }, 'Edit'));
+    if (!isUser) actions.append(h('button', { type: 'button', class: 'regen', onclick: () => regenerate(i) }, 'Regenerate'));
+  }
+  const meta = h('div', { class: 'meta' });
+  if (m.error) meta.append(h('span', { class: 'error' }, m.error));
+  else if (m.stats) meta.append(h('span', { class: 'stats' }, statsText(m.stats)));
+  else if (streaming) meta.append(h('span', { class: 'stats' }, 'generating…'));
+  meta.append(actions);
+  return h('article', { class: `msg ${m.role}${streaming ? ' streaming' : ''}`, 'data-index': i },
+    h('div', { class: 'role' }, isUser ? 'You' : state.model || 'assistant'), body, meta);
+}
+
+function renderMessages() {
+  const c = conv();
+  const box = $('messages');
+  if (!c || !c.messages.length) {
+    box.replaceChildren(h('div', { class: 'empty' },
+      h('p', { class: 'big' }, 'kiln'),
+      h('p', {}, 'Ask anything. Enter sends, Shift+Enter starts a new line, Esc stops a reply.'),
+      h('p', { class: 'muted' }, 'Conversations stay in this browser.')));
+    return;
+  }
+  box.replaceChildren(...c.messages.map((m, i) => messageEl(c, m, i)));
+}
+
+function scrollToEnd(force) {
+  const box = $('messages');
+  const near = box.scrollHeight - box.scrollTop - box.clientHeight < 120;
+  if (force || near) box.scrollTop = box.scrollHeight;
+}
+
+function renderAll() {
+  renderSidebar();
+  renderHeader();
+  renderMessages();
+  scrollToEnd(true);
+}
+
+function setBusy(busy) {
+  $('send').hidden = busy;
+  $('stop').hidden = !busy;
+  for (const id of ['new-chat', 'delete-btn', 'rename-btn', 'import-btn']) $(id).disabled = busy;
+}
+
+/* ---- talking to the server ---- */
+
+function requestMessages(c, upto) {
+  const msgs = [];
+  if (c.system.trim()) msgs.push({ role: 'system', content: c.system });
+  for (const m of c.messages.slice(0, upto)) if (!m.error) msgs.push({ role: m.role, content: m.content });
+  return msgs;
+}
+
+async function generate(c) {
+  const msg = { role: 'assistant', content: '' };
+  c.messages.push(msg);
+  const controller = new AbortController();
+  state.busy = { controller, conv: c, msg };
+  setBusy(true);
+  renderMessages();
+  scrollToEnd(true);
+  const body = () => $('messages').querySelector(`article[data-index="${c.messages.length - 1}"] .body`);
+  let frame = 0;
+  let pieces = 0;
+  let tFirst = null;
+  const t0 = performance.now();
+  const paint = () => {
+    frame = 0;
+    const el = body();
+    if (el) fillMarkdown(el, msg.content);
+    scrollToEnd(false);
+  };
+  let res = null;
+  try {
+    res = await streamChat(chatRequest(state.model, requestMessages(c, c.messages.length - 1), state.settings), {
+      apiKey: state.apiKey,
+      signal: controller.signal,
+      onDelta(piece) {
+        if (tFirst === null) tFirst = performance.now();
+        pieces++;
+        msg.content += piece;
+        if (!frame) frame = requestAnimationFrame(paint);
+      },
+    });
+  } catch (e) {
+    if (e.name === 'AbortError') {
+      res = { finish_reason: 'stopped', usage: null, ttft_ms: tFirst === null ? null : tFirst - t0, total_ms: performance.now() - t0 };
+    } else {
+      msg.error = e instanceof ApiError ? `Error ${e.status || ''}: ${e.message}` : `Error: ${e.message}`;
+      if (e.status === 401) askKey('The server refused the key. Enter the API key kiln serve was started with.');
+    }
+  }
+  if (frame) cancelAnimationFrame(frame);
+  if (res) {
+    const n = res.usage ? res.usage.completion_tokens : pieces;
+    const decodeMs = res.ttft_ms !== null ? res.total_ms - res.ttft_ms : null;
+    msg.stats = {
+      prompt_tokens: res.usage ? res.usage.prompt_tokens : null,
+      completion_tokens: n,
+      ttft_ms: res.ttft_ms,
+      tok_s: decodeMs > 0 && n > 1 ? ((n - 1) * 1000) / decodeMs : null,
+      finish_reason: res.finish_reason,
+    };
+  }
+  c.updated = Date.now();
+  state.busy = null;
+  setBusy(false);
+  save();
+  renderMessages();
+  scrollToEnd(false);
+  if (document.activeElement === document.body) $('input').focus();
+}
+
+function stop() {
+  if (state.busy) state.busy.controller.abort();
+}
+
+async function send() {
+  const input = $('input');
+  const text = input.value;
+  if (state.busy || !text.trim()) return;
+  const c = conv();
+  if (c.title === store.DEFAULT_TITLE && !c.messages.length) c.title = text.trim().split('\n')[0].slice(0, 48);
+  c.messages.push({ role: 'user', content: text });
+  input.value = '';
+  autosize(input);
+  state.editing = -1;
+  save();
+  renderSidebar();
+  renderHeader();
+  await generate(c);
+}
+
+function regenerate(i) {
+  const c = conv();
+  if (state.busy) return;
+  c.messages.splice(i);
+  generate(c);
+}
+
+function resendEdited(i, text) {
+  const c = conv();
+  if (state.busy || !text.trim()) return;
+  c.messages.splice(i);
+  c.messages.push({ role: 'user', content: text });
+  state.editing = -1;
+  generate(c);
+}
+
+/* ---- conversation actions ---- */
+
+function download(name, data) {
+  const url = URL.createObjectURL(new Blob([JSON.stringify(data, null, 2)], { type: 'application/json' }));
+  const a = h('a', { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+function fileName(title) {
+  return `${title.replace(/[^\w.-]+/g, '_').slice(0, 40) || 'chat'}.json`;
+}
+
+function startRename() {
+  const c = conv();
+  const title = $('conv-title');
+  const input = h('input', { class: 'rename', 'aria-label': 'Conversation name', maxlength: 120 });
+  input.value = c.title;
+  let done = false;
+  const finish = (commit) => {
+    if (done) return;
+    done = true;
+    if (commit && input.value.trim()) c.title = input.value.trim();
+    save();
+    input.replaceWith(title);
+    renderSidebar();
+    renderHeader();
+  };
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') finish(true);
+    if (e.key === 'Escape') {
+      e.stopPropagation();
+      finish(false);
+    }
+  });
+  input.addEventListener('blur', () => finish(true));
+  title.replaceWith(input);
+  input.select();
+}
+
+function deleteConversation() {
+  const c = conv();
+  if (!c || !window.confirm(`Delete “${c.title}”?`)) return;
+  state.convs = state.convs.filter((x) => x !== c);
+  state.current = null;
+  ensureConversation();
+  save();
+  renderAll();
+}
+
+async function importFile(file) {
+  let data;
+  try {
+    data = JSON.parse(await file.text());
+  } catch (e) {
+    window.alert(`Not a JSON file: ${e.message}`);
+    return;
+  }
+  const list = (Array.isArray(data) ? data : [data]).map(store.cleanConversation).filter(Boolean);
+  if (!list.length) {
+    window.alert('No conversation found in that file.');
+    return;
+  }
+  for (const c of list) {
+    c.id = store.newId();
+    state.convs.unshift(c);
+  }
+  state.current = list[0].id;
+  save();
+  renderAll();
+}
+
+/* ---- settings and API key ---- */
+
+const NUMBER_SETTINGS = { temperature: parseFloat, top_p: parseFloat, max_tokens: (v) => parseInt(v, 10), seed: (v) => parseInt(v, 10) };
+
+function renderSettings() {
+  for (const k of Object.keys(NUMBER_SETTINGS)) {
+    const v = state.settings[k];
+    $(`set-${k}`).value = v === null || v === undefined ? '' : String(v);
+  }
+  $('forget-key').hidden = !state.apiKey;
+}
+
+function readSettings() {
+  for (const [k, parse] of Object.entries(NUMBER_SETTINGS)) {
+    const raw = $(`set-${k}`).value.trim();
+    const v = raw === '' ? null : parse(raw);
+    state.settings[k] = Number.isFinite(v) ? v : null;
+  }
+  store.saveSettings(state.settings);
+}
+
+function askKey(message) {
+  const dlg = $('key-dialog');
+  $('key-message').textContent = message;
+  $('key-input').value = state.apiKey;
+  if (!dlg.open) dlg.showModal();
+  $('key-input').focus();
+}
+
+async function connect() {
+  const status = $('server-status');
+  try {
+    const models = await listModels(state.apiKey);
+    state.model = models.length ? models[0].id : null;
+    status.textContent = '';
+    status.hidden = true;
+    renderHeader();
+    for (const el of document.querySelectorAll('.msg.assistant .role')) el.textContent = state.model || 'assistant';
+  } catch (e) {
+    status.hidden = false;
+    if (e.status === 401) {
+      status.textContent = 'This server needs an API key.';
+      askKey('This server needs an API key. It is kept in this browser only.');
+    } else if (e.status === 503) {
+      status.textContent = 'The model is loading…';
+      setTimeout(connect, 1000);
+    } else {
+      status.textContent = `Cannot reach the server: ${e.message}`;
+      setTimeout(connect, 3000);
+    }
+  }
+}
+
+/* ---- wiring ---- */
+
+function autosize(ta) {
+  ta.style.height = 'auto';
+  ta.style.height = `${Math.min(ta.scrollHeight, 240)}px`;
+}
+
+function closeSidebar() {
+  document.body.classList.remove('sidebar-open');
+}
+
+function bind() {
+  const input = $('input');
+  $('composer').addEventListener('submit', (e) => {
+    e.preventDefault();
+    send();
+  });
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      send();
+    }
+  });
+  input.addEventListener('input', () => autosize(input));
+  $('stop').addEventListener('click', stop);
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && state.busy) {
+      e.preventDefault();
+      stop();
+    }
+  });
+  $('new-chat').addEventListener('click', () => {
+    newConversation();
+    closeSidebar();
+  });
+  $('rename-btn').addEventListener('click', startRename);
+  $('delete-btn').addEventListener('click', deleteConversation);
+  $('export-btn').addEventListener('click', () => {
+    const c = conv();
+    download(fileName(c.title), c);
+  });
+  $('export-all').addEventListener('click', () => download('kiln-conversations.json', state.convs));
+  $('import-btn').addEventListener('click', () => $('import-file').click());
+  $('import-file').addEventListener('change', (e) => {
+    const f = e.target.files[0];
+    e.target.value = '';
+    if (f) importFile(f);
+  });
+  $('menu-btn').addEventListener('click', () => document.body.classList.toggle('sidebar-open'));
+  $('scrim').addEventListener('click', closeSidebar);
+  $('settings-btn').addEventListener('click', () => {
+    const panel = $('settings');
+    panel.hidden = !panel.hidden;
+    $('settings-btn').setAttribute('aria-expanded', String(!panel.hidden));
+  });
+  $('settings').addEventListener('input', (e) => {
+    if (e.target.id === 'system') {
+      const c = conv();
+      c.system = e.target.value;
+      save();
+    } else {
+      readSettings();
+    }
+  });
+  $('forget-key').addEventListener('click', () => {
+    state.apiKey = '';
+    store.saveApiKey('');
+    renderSettings();
+    connect();
+  });
+  $('key-form').addEventListener('submit', () => {
+    // method=dialog closes the dialog.
+    state.apiKey = $('key-input').value.trim();
+    store.saveApiKey(state.apiKey);
+    renderSettings();
+    connect();
+  });
+  $('messages').addEventListener('click', async (e) => {
+    const btn = e.target.closest('button.copy');
+    if (!btn) return;
+    const code = btn.parentElement.nextElementSibling;
+    const text = code ? code.textContent : '';
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch {
+      // No clipboard API outside secure contexts (http on another host): select instead.
+      const range = document.createRange();
+      range.selectNodeContents(code);
+      const sel = window.getSelection();
+      sel.removeAllRanges();
+      sel.addRange(range);
+      document.execCommand('copy');
+    }
+    btn.textContent = 'Copied';
+    setTimeout(() => (btn.textContent = 'Copy'), 1200);
+  });
+}
+
+function main() {
+  ensureConversation();
+  bind();
+  renderSettings();
+  renderAll();
+  $('input').focus();
+  document.documentElement.dataset.ready = '1';
+  performance.mark('kiln-interactive');
+  connect();
+  markdownReady.then(() => {
+    if (!state.busy) renderMessages();
+  });
+}
+
+main();
