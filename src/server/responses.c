@@ -307,7 +307,10 @@ struct kiln_responses *kiln_responses_new(struct kiln_server *s, const struct ki
                                           void *send_ctx)
 {
     struct kiln_responses *x = calloc(1, sizeof *x);
-    if (!x) return NULL;
+    if (!x) {
+        json_decref(echo);
+        return NULL;
+    }
     x->echo = echo;
     x->output = json_array();
     x->stream = r->stream;
@@ -320,7 +323,6 @@ struct kiln_responses *kiln_responses_new(struct kiln_server *s, const struct ki
     if (r->tool_choice != KILN_TOOL_CHOICE_NONE)
         x->tools = kiln_tool_parser_new(r->parallel_tool_calls);
     if (!x->output || (r->tool_choice != KILN_TOOL_CHOICE_NONE && !x->tools)) {
-        x->echo = NULL;
         kiln_responses_free(x);
         return NULL;
     }
