@@ -18,8 +18,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (err.status < 400 || err.status > 599 || !err.message[0]) abort();
         return 0;
     }
-    if (r.kind != KILN_API_CHAT || !r.messages_json || r.n != 1 || !json_is_object(echo))
-        abort();
+    if (r.kind != KILN_API_CHAT || !r.messages_json || r.n != 1 || !json_is_object(echo)) abort();
     json_decref(echo);
     kiln_api_request_free(&r);
     return 0;
