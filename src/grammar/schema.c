@@ -210,7 +210,16 @@ static struct gx *js_literal(struct js *j, json_t *v)
         if (json_array_size(v)) q = gx_add(b, q, ws(b));
         return gx_add(b, q, gx_byte(b, ']'));
     }
-    char *enc = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(17));
+    char *enc = NULL;
+    if (json_is_real(v)) /* the shortest spelling that reads back (what JSON writers emit) */
+        for (int prec = 1; prec <= 17 && !enc; prec++) {
+            char *e = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(prec));
+            if (e && strtod(e, NULL) == json_real_value(v))
+                enc = e;
+            else
+                free(e);
+        }
+    if (!enc) enc = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(17));
     if (!enc) return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
     struct gx *x = gx_str(b, enc);
     if (json_is_integer(v) || (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
@@ -483,32 +492,30 @@ static struct gx *notin(struct js *j, struct ktrie *t)
     struct gr_builder *b = j->b;
     struct gx *alt = gx_alt(b);
     if (!t->term) gx_add(b, alt, gx_byte(b, '"'));
+    for (int c = 0; c < 128; c++)
+        if (t->kid[c]) gx_add(b, alt, gx_seq2(b, gx_byte(b, (unsigned)c), notin(j, t->kid[c])));
+    /* any other character in any JSON spelling (escapes too), then anything; a child character
+     * is only taken literally (its escaped spellings are refused: stricter, never looser) */
     struct cp_set other = {0};
-    cps_add(&other, 0x20, 0x10FFFF);
-    struct cp_set o2 = {0};
+    cps_add(&other, 0, 0x10FFFF);
     for (int c = 0; c < 128; c++)
         if (t->kid[c]) {
-            gx_add(b, alt, gx_seq2(b, gx_byte(b, (unsigned)c), notin(j, t->kid[c])));
+            struct cp_set one = {0};
+            cps_add(&one, (uint32_t)c, (uint32_t)c);
+            cps_negate(&one);
+            struct cp_set both = {0};
+            for (int x = 0; x < other.n; x++)
+                for (int y = 0; y < one.n; y++) {
+                    uint32_t lo = other.r[x][0] > one.r[y][0] ? other.r[x][0] : one.r[y][0];
+                    uint32_t hi = other.r[x][1] < one.r[y][1] ? other.r[x][1] : one.r[y][1];
+                    if (lo <= hi) cps_add(&both, lo, hi);
+                }
+            cps_free(&one);
+            cps_free(&other);
+            cps_norm(&both);
+            other = both;
         }
-    /* any other unescaped character, then anything */
-    for (int i = 0; i < other.n; i++) {
-        uint32_t lo = other.r[i][0], hi = other.r[i][1];
-        for (uint32_t c = lo; c <= hi;) {
-            uint32_t e = c;
-            bool excl = c < 128 && (t->kid[c] || c == '"' || c == '\\');
-            if (!excl) {
-                while (e + 1 <= hi && e + 1 < 128 &&
-                       !(t->kid[e + 1] || e + 1 == '"' || e + 1 == '\\'))
-                    e++;
-                if (e + 1 >= 128) e = hi;
-                cps_add(&o2, c, e);
-            }
-            c = e + 1;
-        }
-    }
-    cps_norm(&o2);
-    gx_add(b, alt, gx_seq2(b, gx_utf8(b, &o2), gx_call(b, string_rest_rule(b))));
-    cps_free(&o2);
+    gx_add(b, alt, gx_seq2(b, gx_json_chars(b, &other), gx_call(b, string_rest_rule(b))));
     cps_free(&other);
     return alt;
 }

@@ -142,6 +142,9 @@ static void test_schema_types(void **state)
                                {"\"b\"", false},
                                {"2", false},
                                {NULL, false}});
+    check_cases(
+        KILN_CONSTRAINT_JSON_SCHEMA, "{\"enum\":[0.1,2.5e-7,3]}",
+        (struct cas[]){{"0.1", true}, {"3", true}, {"3.0", true}, {"0.2", false}, {NULL, false}});
     check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"const\":\"x\"}",
                 (struct cas[]){{"\"x\"", true}, {"\"y\"", false}, {NULL, false}});
     check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"nullable\":true}",
@@ -298,6 +301,8 @@ static void test_schema_combinators(void **state)
                                {"{\"a\":\"x\"}", false},
                                {"{\"b\":1}", false},
                                {"{\"ab\":\"x\"}", true},
+                               {"{\"a\\\"b\":\"x\"}", true},
+                               {"{\"\\u0061\":\"x\"}", false},
                                {NULL, false}});
 }
 
@@ -333,6 +338,11 @@ static void test_errors(void **state)
     expect_error(KILN_CONSTRAINT_CHOICE, "[1]", "not a string");
     expect_error(KILN_CONSTRAINT_GRAMMAR, "root ::= root \"a\" | \"b\"", "left-recursive");
     expect_error(KILN_CONSTRAINT_GRAMMAR, "root ::= foo", "not defined");
+    /* left recursion behind a nullable prefix */
+    expect_error(KILN_CONSTRAINT_GRAMMAR, "root ::= a root \"x\" | \"y\"\na ::= \"z\"?",
+                 "left-recursive");
+    expect_error(KILN_CONSTRAINT_REGEX, "a{3,2}", "out of order");
+    expect_error(KILN_CONSTRAINT_REGEX, "a^b", "'^'");
 }
 
 static void test_regex_choice_grammar(void **state)

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "core/numeric.h"
+#include "engine_helpers.h"
 #include "mock_backend.h"
 #include "runtime/engine.h"
 #include "runtime/sampler.h"
@@ -357,6 +358,15 @@ static void text_details(void **state)
     run(r, q, &o);
     expect(&o, "\xc3\xa9x", KILN_FINISH_LENGTH, 3);
     assert_int_equal(o.delta[0], 0); /* half a character is never emitted */
+    /* the replacement character that ends a cut output can complete a stop string */
+    const char *replacement[] = {"\xef\xbf\xbd"};
+    q = text_req(1);
+    q.stop = replacement;
+    q.n_stop = 1;
+    run(r, q, &o);
+    expect(&o, "", KILN_FINISH_STOP, 1);
+    assert_string_equal(o.stop_reason, "\xef\xbf\xbd");
+    q.max_tokens = 3;
     const char *e_acute[] = {"\xc3\xa9"};
     q.stop = e_acute;
     q.n_stop = 1;
@@ -583,6 +593,34 @@ static bool same_tokens(const struct out *a, const struct out *b)
     return a->n == b->n && !memcmp(a->tokens, b->tokens, (size_t)a->n * sizeof *a->tokens);
 }
 
+/* Cancelling one request ends that one only; the other runs to its end. */
+static void cancel_one_of_two(void **state)
+{
+    (void)state;
+    struct mock_backend *m = mock_create(VOCAB, 64, 4, 2, 32, 128, NULL, 0);
+    assert_non_null(m);
+    struct kiln_backend *gated = gate_wrap(&m->base);
+    struct kiln_engine_options opt = {0};
+    struct kiln_engine *e;
+    struct kiln_error err;
+    if (kiln_engine_create(gated, NULL, &opt, &e, &err)) fail_msg("%s", err.msg);
+    struct kiln_request q = plain();
+    q.max_tokens = 20;
+    struct result a, b;
+    gate_set(gated, true);
+    uint64_t ia = submit(e, q, &a);
+    gate_wait_held(gated); /* a is in its first forward */
+    submit(e, q, &b);
+    kiln_engine_cancel(e, ia);
+    gate_set(gated, false);
+    collect(e, 2);
+    assert_int_equal(a.finish, KILN_FINISH_CANCELLED);
+    assert_int_equal(b.finish, KILN_FINISH_LENGTH);
+    assert_int_equal(b.n, 20);
+    kiln_engine_free(e);
+    kiln_backend_free(gated);
+}
+
 static void sampling_exact(void **state)
 {
     (void)state;
@@ -701,6 +739,7 @@ int main(void)
         cmocka_unit_test(min_tokens_boundary),
         cmocka_unit_test(text_details),
         cmocka_unit_test(engine_ranges),
+        cmocka_unit_test(cancel_one_of_two),
         cmocka_unit_test(sampling_exact),
     };
     return cmocka_run_group_tests(tests, load_tokenizer, free_tokenizer);

@@ -332,7 +332,8 @@ static void top_p_and_min_p(void **state)
     } cases[] = {
         {0.4999f, 0, q0},  {0.5001f, 0, q01},     {0.7499f, 0, q01},    {0.7501f, 0, q_all},
         {0.99f, 0, q_all}, {1, 0.2f, q_all},      {1, 0.26f, q01},      {1, 0.49f, q01},
-        {1, 0.51f, q0},    {0.7501f, 0.26f, q01}, {0.5001f, 0.2f, q01},
+        {1, 0.51f, q0},    {0.7501f, 0.26f, q01}, {0.5001f, 0.2f, q01}, {0.5f, 0, q0},
+        {0.75f, 0, q01}, /* exactly at a prefix sum (these p are exact): that prefix is enough */
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         p.top_p = cases[c].top_p;
