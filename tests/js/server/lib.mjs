@@ -50,7 +50,12 @@ export async function startServer({ model = MODEL, args = [], env = {}, waitRead
     exited,
     async stop(signal = 'SIGTERM') {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
-      return exited;
+      const result = await exited;
+      // Under ASan + UBSan (scripts/test runs these tests on build-asan too) a report fails
+      // the test that owns the server, whatever its exit status.
+      const report = log.match(/(ERROR: (Address|Leak)Sanitizer|runtime error:)[^\n]*/);
+      if (report) throw new Error(`kiln serve: ${report[0]}\n${log}`);
+      return result;
     },
   };
   if (waitReady) await waitHealthy(server);

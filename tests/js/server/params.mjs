@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import OpenAI from 'openai';
 
-import { post, startServer } from './lib.mjs';
+import { BIN, MODEL, post, run, startServer } from './lib.mjs';
 
 const SEQ = 96;
 const server = await startServer({ args: ['--max-seq-len', String(SEQ), '--max-n', '4'] });
@@ -103,6 +103,18 @@ test('n > 1 with a seed: distinct, reproducible choices; choice j of every promp
   assert.equal(new Set(contents).size, 3);
   const chatStream = await streamed({ model, messages, max_tokens: 12, seed: 7, n: 3, ignore_eos: true }, true);
   assert.deepEqual(chatStream.text, contents);
+});
+
+test('a seed draws the same tokens in kiln serve (choice 0 of n) as in kiln generate', async () => {
+  const ids = [128000, 791, 6864];
+  const { stdout } = await run(BIN, ['generate', MODEL, '--prompt-ids', ids.join(','), '--max-tokens', '8',
+    '--temperature', '1', '--top-k', '40', '--seed', '77', '--ignore-eos', '--device', 'cpu']);
+  const want = await post(server, '/detokenize', { tokens: stdout.trim().split(',').map(Number) });
+  const args = { model, prompt: ids, max_tokens: 8, temperature: 1, top_k: 40, seed: 77, ignore_eos: true };
+  for (const n of [1, 2]) {
+    const r = await client.completions.create({ ...args, n });
+    assert.equal(r.choices[0].text, want.body.prompt, `n = ${n}`);
+  }
 });
 
 test('n > 1 without a seed: every choice (and every request) draws its own', async () => {
