@@ -88,7 +88,10 @@ static void constrained_decode_json(void **state)
         if (!free_run || !con) fail_msg("%s or %s missing", keys[k][0], keys[k][1]);
         double ft = num(free_run, "tok_s"), ct = num(con, "tok_s");
         assert_true(ft > 0 && ct > 0);
-        assert_float_equal(num(con, "ratio"), ct / ft, 1e-3 * ct / ft);
+        /* The line prints tok_s to 0.1 (batched) or 0.01 and the ratio to 1e-4: the ratio
+         * recomputed from the printed rates is off by at most their rounding. */
+        double r = ct / ft, tol = 5e-5 + r * (0.05 / ft + 0.05 / ct) + 1e-9;
+        assert_float_equal(num(con, "ratio"), r, tol);
         assert_true(num(con, "mask_us") > 0);
     }
     json_decref(j);
