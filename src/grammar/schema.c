@@ -399,9 +399,13 @@ static const char *format_regex(const char *f)
 #define DATE                                                                                       \
     "(" YEAR "-(0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|" YEAR                                    \
     "-(0[469]|11)-(0[1-9]|[12][0-9]|30)|" YEAR "-02-(0[1-9]|1[0-9]|2[0-8])|" LEAP "-02-29)"
+/* A leap second (:60) only at 23:59:60 UTC, written with Z or a zero offset: RFC 3339 has them
+ * only there (validators such as ajv-formats check it); other offsets of the same instant are
+ * refused, stricter than the RFC, never looser. */
 #define TIME                                                                                       \
-    "([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?(Z|z|[+-]([01][0-9]|2[0-3]):[0-5]["  \
-    "0-9])"
+    "(([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]+)?(Z|z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])" \
+    "|"                                                                                            \
+    "23:59:60(\\.[0-9]+)?(Z|z|[+-]00:00))"
     if (!strcmp(f, "date")) return DATE;
     if (!strcmp(f, "time")) return TIME;
     if (!strcmp(f, "date-time")) return DATE "[Tt]" TIME;

@@ -187,7 +187,14 @@ static void test_schema_strings(void **state)
                                {"\"2020-02-31\"", false},
                                {NULL, false}});
     check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"time\"}",
-                (struct cas[]){{"\"23:59:59Z\"", true}, {"\"24:00:00Z\"", false}, {NULL, false}});
+                (struct cas[]){{"\"23:59:59Z\"", true},
+                               {"\"24:00:00Z\"", false},
+                               {"\"23:59:60Z\"", true},
+                               {"\"23:59:60.5+00:00\"", true},
+                               {"\"16:18:60Z\"", false},
+                               {"\"23:58:60Z\"", false},
+                               {"\"23:59:60+01:00\"", false},
+                               {NULL, false}});
     check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"uuid\"}",
                 (struct cas[]){{"\"123e4567-e89b-12d3-a456-426614174000\"", true},
                                {"\"123e4567e89b12d3a456426614174000\"", false},
