@@ -1,6 +1,7 @@
 // The page's side of kiln's OpenAI-compatible API: the model list and a streamed chat
 // completion read as Server-Sent Events from fetch (so an AbortController can stop it: the
-// browser closes the connection and kiln frees the sequence at once).
+// browser closes the connection and kiln frees the sequence at once), with its text and its
+// tool calls (delta.tool_calls, put together by index).
 
 export class ApiError extends Error {
   constructor(status, message, code) {
@@ -38,21 +39,44 @@ export async function listModels(apiKey) {
   return (await r.json()).data || [];
 }
 
-// The request body of one chat turn. Settings map to OpenAI parameters one to one; this is
-// where response_format (structured output) and tools will be added once the server has them.
-export function chatRequest(model, messages, settings) {
+// The request body of one chat turn. Settings map to OpenAI parameters one to one; `schema`
+// (a parsed JSON Schema object) and `tools` (a parsed OpenAI tools array) come from the
+// settings' JSON boxes, already checked, or null when the box is empty.
+export function chatRequest(model, messages, settings, { schema = null, tools = null } = {}) {
   const body = { model, messages, stream: true, stream_options: { include_usage: true } };
   if (Number.isFinite(settings.temperature)) body.temperature = settings.temperature;
   if (Number.isFinite(settings.top_p)) body.top_p = settings.top_p;
   if (Number.isInteger(settings.max_tokens) && settings.max_tokens > 0) body.max_tokens = settings.max_tokens;
   if (Number.isInteger(settings.seed)) body.seed = settings.seed;
+  if (schema) body.response_format = { type: 'json_schema', json_schema: { name: 'page_schema', schema, strict: true } };
+  if (tools && tools.length) {
+    body.tools = tools;
+    body.tool_choice = settings.tool_choice || 'auto';
+    // Llama 3.1's template (the demo model's) refuses an assistant turn of several calls when
+    // the history comes back, so the page asks for one call at a time.
+    body.parallel_tool_calls = false;
+  }
   return body;
 }
 
-// Streams one chat completion. Calls onDelta(text) per content piece, and resolves with
-// {finish_reason, usage, ttft_ms, total_ms, first_ms} once the server sends [DONE].
+// Adds one streamed tool-call delta to calls (OpenAI's shape: the first delta of a call has
+// its index, id and name, the next ones fragments of its arguments).
+function addToolCall(calls, d) {
+  const i = Number.isInteger(d.index) ? d.index : calls.length;
+  if (!calls[i]) calls[i] = { id: '', type: 'function', function: { name: '', arguments: '' } };
+  const c = calls[i];
+  if (d.id) c.id = d.id;
+  if (d.function) {
+    if (d.function.name) c.function.name += d.function.name;
+    if (d.function.arguments) c.function.arguments += d.function.arguments;
+  }
+}
+
+// Streams one chat completion. Calls onDelta(text) per content piece and onToolCalls(calls)
+// whenever a tool call grows, and resolves with {finish_reason, usage, ttft_ms, total_ms,
+// tool_calls} once the server sends [DONE].
 // Rejects with ApiError (HTTP or in-stream error) or the AbortError of signal.
-export async function streamChat(body, { apiKey, signal, onDelta }) {
+export async function streamChat(body, { apiKey, signal, onDelta, onToolCalls = () => {} }) {
   const t0 = performance.now();
   const r = await fetch('/v1/chat/completions', {
     method: 'POST',
@@ -62,7 +86,7 @@ export async function streamChat(body, { apiKey, signal, onDelta }) {
   });
   if (!r.ok) throw await errorOf(r);
   const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
-  const out = { finish_reason: null, usage: null, ttft_ms: null, total_ms: null };
+  const out = { finish_reason: null, usage: null, ttft_ms: null, total_ms: null, tool_calls: [] };
   let buf = '';
   for (;;) {
     const { value, done } = await reader.read();
@@ -88,6 +112,12 @@ export async function streamChat(body, { apiKey, signal, onDelta }) {
         if (piece) {
           if (out.ttft_ms === null) out.ttft_ms = performance.now() - t0;
           onDelta(piece);
+        }
+        const calls = choice.delta && choice.delta.tool_calls;
+        if (Array.isArray(calls) && calls.length) {
+          if (out.ttft_ms === null) out.ttft_ms = performance.now() - t0;
+          for (const d of calls) addToolCall(out.tool_calls, d);
+          onToolCalls(out.tool_calls);
         }
         if (choice.finish_reason) out.finish_reason = choice.finish_reason;
       }

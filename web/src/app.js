@@ -1,6 +1,8 @@
 // kiln's chat page: conversations in localStorage, replies streamed from
 // /v1/chat/completions, Markdown rendered safely (markdown.js). Model output only ever
-// reaches the DOM through renderMarkdown (sanitized) or textContent.
+// reaches the DOM through renderMarkdown (sanitized) or textContent. Settings may hold a JSON
+// Schema (the reply is then constrained, and shown as a JSON block) and a list of tools (the
+// reply's tool calls are shown as blocks; the user may answer one as a `tool` message).
 import { ApiError, chatRequest, listModels, streamChat } from './api.js';
 import * as store from './store.js';
 
@@ -33,6 +35,7 @@ const state = {
   model: null, // served model name, from /v1/models
   busy: null, // {controller, conv, msg} while a reply streams
   editing: -1, // index of the user message being edited
+  toolReply: null, // {id, name}: the call the next message answers, as a `tool` message
 };
 
 const conv = () => state.convs.find((c) => c.id === state.current);
@@ -117,9 +120,47 @@ function fillMarkdown(el, text) {
   }
 }
 
+function prettyJson(text) {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    return text; // cut short (stopped, max_tokens): shown as it came
+  }
+}
+
+// Fills an assistant message body: its text (a JSON block when a schema constrained it), then
+// one block per tool call (name, arguments as highlighted JSON, and on the last message a
+// "Reply as tool" button).
+function fillAssistant(el, m, last) {
+  if (m.json && m.content) fillMarkdown(el, `\`\`\`json\n${prettyJson(m.content)}\n\`\`\``);
+  else fillMarkdown(el, m.content);
+  for (const call of m.tool_calls || []) {
+    const args = h('div', { class: 'tool-args' });
+    fillMarkdown(args, `\`\`\`json\n${prettyJson(call.function.arguments)}\n\`\`\``);
+    const head = h('div', { class: 'tool-head' }, 'tool call', h('span', { class: 'tool-name' }, call.function.name));
+    if (last && !state.busy && call.id)
+      head.append(h('button', { type: 'button', class: 'tool-reply', onclick: () => startToolReply(call) }, 'Reply as tool'));
+    el.append(h('div', { class: 'tool-call', 'data-id': call.id }, head, args));
+  }
+}
+
+function startToolReply(call) {
+  state.toolReply = { id: call.id, name: call.function.name };
+  renderToolReply();
+  $('input').focus();
+}
+
+function renderToolReply() {
+  const t = state.toolReply;
+  $('tool-reply').hidden = !t;
+  $('tool-reply-label').textContent = t ? `Your next message is the result of ${t.name} (${t.id}), sent as a tool message.` : '';
+  $('input').placeholder = t ? `Result of ${t.name}` : 'Message';
+}
+
 function messageEl(c, m, i) {
   const isUser = m.role === 'user';
-  const body = h('div', { class: isUser ? 'body plain' : 'body markdown' });
+  const isTool = m.role === 'tool';
+  const body = h('div', { class: isUser || isTool ? 'body plain' : 'body markdown' });
   if (isUser && state.editing === i) {
     const ta = h('textarea', { class: 'edit-box', rows: 3, 'aria-label': 'Edit message' });
     ta.value = m.content;
@@ -137,17 +178,17 @@ function messageEl(c, m, i) {
       h('button', { type: 'button', class: 'primary', onclick: () => resendEdited(i, ta.value) }, 'Save & send'),
       h('button', { type: 'button', onclick: () => { state.editing = -1; renderMessages(); } }, 'Cancel')));
     queueMicrotask(() => ta.focus());
-  } else if (isUser) {
+  } else if (isUser || isTool) {
     body.textContent = m.content;
   } else {
-    fillMarkdown(body, m.content);
+    fillAssistant(body, m, i === c.messages.length - 1);
   }
   const streaming = state.busy && state.busy.msg === m;
   const actions = h('div', { class: 'actions' });
   if (!streaming && !state.busy) {
     if (isUser && state.editing !== i)
       actions.append(h('button', { type: 'button', class: 'edit', onclick: () => { state.editing = i; renderMessages(); } }, 'Edit'));
-    if (!isUser) actions.append(h('button', { type: 'button', class: 'regen', onclick: () => regenerate(i) }, 'Regenerate'));
+    if (m.role === 'assistant') actions.append(h('button', { type: 'button', class: 'regen', onclick: () => regenerate(i) }, 'Regenerate'));
   }
   const meta = h('div', { class: 'meta' });
   if (m.error) meta.append(h('span', { class: 'error' }, m.error));
@@ -155,7 +196,7 @@ function messageEl(c, m, i) {
   else if (streaming) meta.append(h('span', { class: 'stats' }, 'generating…'));
   meta.append(actions);
   return h('article', { class: `msg ${m.role}${streaming ? ' streaming' : ''}`, 'data-index': i },
-    h('div', { class: 'role' }, isUser ? 'You' : state.model || 'assistant'), body, meta);
+    h('div', { class: 'role' }, isUser ? 'You' : isTool ? `tool result · ${m.name || m.tool_call_id}` : state.model || 'assistant'), body, meta);
 }
 
 function renderMessages() {
@@ -178,6 +219,8 @@ function scrollToEnd(force) {
 }
 
 function renderAll() {
+  state.toolReply = null;
+  renderToolReply();
   renderSidebar();
   renderHeader();
   renderMessages();
@@ -195,12 +238,49 @@ function setBusy(busy) {
 function requestMessages(c, upto) {
   const msgs = [];
   if (c.system.trim()) msgs.push({ role: 'system', content: c.system });
-  for (const m of c.messages.slice(0, upto)) if (!m.error) msgs.push({ role: m.role, content: m.content });
+  for (const m of c.messages.slice(0, upto)) {
+    if (m.error) continue;
+    if (m.role === 'tool') msgs.push({ role: 'tool', tool_call_id: m.tool_call_id, content: m.content });
+    else if (m.tool_calls) msgs.push({ role: 'assistant', content: m.content || null, tool_calls: m.tool_calls });
+    else msgs.push({ role: m.role, content: m.content });
+  }
   return msgs;
 }
 
-async function generate(c) {
+// The settings' JSON boxes, parsed: {schema, tools} (null when a box is empty), or {error}
+// naming the box; each box shows its own error inline.
+function jsonBoxes() {
+  const out = {};
+  const boxes = [
+    ['schema', (v) => (v && typeof v === 'object' && !Array.isArray(v) ? null : 'a JSON Schema is a JSON object')],
+    ['tools', (v) => (Array.isArray(v) && v.every((t) => t && t.type === 'function' && t.function && typeof t.function.name === 'string')
+      ? null : 'tools is a JSON array of {"type": "function", "function": {"name": ...}}')],
+  ];
+  for (const [k, check] of boxes) {
+    const ta = $(`set-${k}`);
+    const text = ta.value.trim();
+    let error = null;
+    out[k] = null;
+    if (text) {
+      try {
+        out[k] = JSON.parse(text);
+        error = check(out[k]);
+      } catch (e) {
+        error = `invalid JSON: ${e.message}`;
+      }
+    }
+    ta.classList.toggle('invalid', !!error);
+    ta.setAttribute('aria-invalid', String(!!error));
+    $(`${k}-error`).textContent = error || '';
+    $(`${k}-error`).hidden = !error;
+    if (error) out.error = error;
+  }
+  return out;
+}
+
+async function generate(c, boxes) {
   const msg = { role: 'assistant', content: '' };
+  if (boxes.schema) msg.json = true;
   c.messages.push(msg);
   const controller = new AbortController();
   state.busy = { controller, conv: c, msg };
@@ -215,18 +295,25 @@ async function generate(c) {
   const paint = () => {
     frame = 0;
     const el = body();
-    if (el) fillMarkdown(el, msg.content);
+    if (el) fillAssistant(el, msg, true);
     scrollToEnd(false);
   };
   let res = null;
   try {
-    res = await streamChat(chatRequest(state.model, requestMessages(c, c.messages.length - 1), state.settings), {
+    const request = chatRequest(state.model, requestMessages(c, c.messages.length - 1), state.settings, boxes);
+    res = await streamChat(request, {
       apiKey: state.apiKey,
       signal: controller.signal,
       onDelta(piece) {
         if (tFirst === null) tFirst = performance.now();
         pieces++;
         msg.content += piece;
+        if (!frame) frame = requestAnimationFrame(paint);
+      },
+      onToolCalls(calls) {
+        if (tFirst === null) tFirst = performance.now();
+        pieces++;
+        msg.tool_calls = calls;
         if (!frame) frame = requestAnimationFrame(paint);
       },
     });
@@ -239,6 +326,9 @@ async function generate(c) {
     }
   }
   if (frame) cancelAnimationFrame(frame);
+  // Only whole calls go back in the history: a stopped or cut one would be invalid JSON.
+  if (msg.tool_calls && (!res || res.finish_reason !== 'tool_calls')) delete msg.tool_calls;
+  if (msg.tool_calls) msg.tool_calls = msg.tool_calls.filter(Boolean);
   if (res) {
     const n = res.usage ? res.usage.completion_tokens : pieces;
     const decodeMs = res.ttft_ms !== null ? res.total_ms - res.ttft_ms : null;
@@ -263,36 +353,58 @@ function stop() {
   if (state.busy) state.busy.controller.abort();
 }
 
+// The settings' JSON boxes, or null (nothing is sent) with the settings opened on the error.
+function checkedBoxes() {
+  const boxes = jsonBoxes();
+  if (!boxes.error) return boxes;
+  $('settings').hidden = false;
+  $('settings-btn').setAttribute('aria-expanded', 'true');
+  return null;
+}
+
 async function send() {
   const input = $('input');
   const text = input.value;
   if (state.busy || !text.trim()) return;
+  const boxes = checkedBoxes();
+  if (!boxes) return;
   const c = conv();
   if (c.title === store.DEFAULT_TITLE && !c.messages.length) c.title = text.trim().split('\n')[0].slice(0, 48);
-  c.messages.push({ role: 'user', content: text });
+  if (state.toolReply) c.messages.push({ role: 'tool', tool_call_id: state.toolReply.id, name: state.toolReply.name, content: text });
+  else c.messages.push({ role: 'user', content: text });
+  state.toolReply = null;
+  renderToolReply();
   input.value = '';
   autosize(input);
   state.editing = -1;
   save();
   renderSidebar();
   renderHeader();
-  await generate(c);
+  await generate(c, boxes);
 }
 
 function regenerate(i) {
   const c = conv();
   if (state.busy) return;
+  const boxes = checkedBoxes();
+  if (!boxes) return;
   c.messages.splice(i);
-  generate(c);
+  state.toolReply = null;
+  renderToolReply();
+  generate(c, boxes);
 }
 
 function resendEdited(i, text) {
   const c = conv();
   if (state.busy || !text.trim()) return;
+  const boxes = checkedBoxes();
+  if (!boxes) return;
   c.messages.splice(i);
   c.messages.push({ role: 'user', content: text });
   state.editing = -1;
-  generate(c);
+  state.toolReply = null;
+  renderToolReply();
+  generate(c, boxes);
 }
 
 /* ---- conversation actions ---- */
@@ -378,6 +490,8 @@ function renderSettings() {
     const v = state.settings[k];
     $(`set-${k}`).value = v === null || v === undefined ? '' : String(v);
   }
+  for (const k of ['schema', 'tools', 'tool_choice']) $(`set-${k}`).value = state.settings[k] || '';
+  if (!$('set-tool_choice').value) $('set-tool_choice').value = 'auto';
   $('forget-key').hidden = !state.apiKey;
 }
 
@@ -387,6 +501,7 @@ function readSettings() {
     const v = raw === '' ? null : parse(raw);
     state.settings[k] = Number.isFinite(v) ? v : null;
   }
+  for (const k of ['schema', 'tools', 'tool_choice']) state.settings[k] = $(`set-${k}`).value;
   store.saveSettings(state.settings);
 }
 
@@ -484,7 +599,12 @@ function bind() {
       save();
     } else {
       readSettings();
+      if (e.target.classList.contains('json')) jsonBoxes();
     }
+  });
+  $('tool-reply-cancel').addEventListener('click', () => {
+    state.toolReply = null;
+    renderToolReply();
   });
   $('forget-key').addEventListener('click', () => {
     state.apiKey = '';
@@ -524,6 +644,7 @@ function main() {
   ensureConversation();
   bind();
   renderSettings();
+  jsonBoxes();
   renderAll();
   $('input').focus();
   document.documentElement.dataset.ready = '1';

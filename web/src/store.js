@@ -1,12 +1,16 @@
 // Conversations and settings kept in the browser's localStorage (nothing is stored on the
 // server). A conversation: {id, title, system, created, updated, messages: [{role, content,
-// stats?, error?}]}; stats: {prompt_tokens, completion_tokens, ttft_ms, tok_s, finish_reason}.
+// stats?, error?, json?, tool_calls?, tool_call_id?, name?}]}; role is user, assistant or tool
+// (a tool result the user typed: tool_call_id, name of the tool); json marks a reply constrained
+// by a JSON Schema; tool_calls are the assistant's calls as OpenAI sends them back;
+// stats: {prompt_tokens, completion_tokens, ttft_ms, tok_s, finish_reason}.
 const KEY_CONVS = 'kiln.conversations';
 const KEY_CURRENT = 'kiln.current';
 const KEY_SETTINGS = 'kiln.settings';
 const KEY_API = 'kiln.apiKey';
 
-export const DEFAULT_SETTINGS = { temperature: 0.7, top_p: 1, max_tokens: 1024, seed: null };
+// schema and tools are the text of the settings' JSON boxes ('' when off).
+export const DEFAULT_SETTINGS = { temperature: 0.7, top_p: 1, max_tokens: 1024, seed: null, schema: '', tools: '', tool_choice: 'auto' };
 export const DEFAULT_TITLE = 'New chat';
 
 function read(key, fallback) {
@@ -36,9 +40,20 @@ export function cleanConversation(c) {
   const str = (v, d = '') => (typeof v === 'string' ? v : d);
   const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
   const messages = c.messages
-    .filter((m) => m && (m.role === 'user' || m.role === 'assistant') && typeof m.content === 'string')
+    .filter((m) => m && ['user', 'assistant', 'tool'].includes(m.role) && typeof m.content === 'string')
     .map((m) => {
       const out = { role: m.role, content: m.content };
+      if (m.role === 'tool') {
+        out.tool_call_id = str(m.tool_call_id);
+        out.name = str(m.name);
+      }
+      if (m.role === 'assistant' && m.json === true) out.json = true;
+      if (m.role === 'assistant' && Array.isArray(m.tool_calls)) {
+        const calls = m.tool_calls
+          .filter((t) => t && typeof t === 'object' && t.function && typeof t.function === 'object')
+          .map((t) => ({ id: str(t.id), type: 'function', function: { name: str(t.function.name), arguments: str(t.function.arguments) } }));
+        if (calls.length) out.tool_calls = calls;
+      }
       if (m.stats && typeof m.stats === 'object') {
         out.stats = {
           prompt_tokens: num(m.stats.prompt_tokens),

@@ -3,8 +3,12 @@
 // and asset sizes printed and checked), streams a reply and sees it grow in several DOM
 // updates, stops a long reply with Esc and sees the server free the sequence (/metrics),
 // finds the conversation after a reload, shows HTML in a reply as text (nothing runs, no
-// element is injected), and asks for the API key under --api-key. Screenshots (desktop
-// 1280x800, phone 390x844) go to BUILD/web-screenshots/.
+// element is injected), and asks for the API key under --api-key. Structured output and tools
+// (issue 17 item 2): a JSON Schema set in Settings constrains the reply (shown as a JSON block
+// that parses and validates), an invalid one is an inline error and sends nothing, the
+// server's 400 is the reply's error; a tool with tool_choice required gives a tool-call block
+// and finish reason tool_calls, and a typed tool result goes back as a valid history.
+// Screenshots (desktop 1280x800, phone 390x844) go to BUILD/web-screenshots/.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -234,6 +238,153 @@ test('rename, export, import and delete a conversation', async () => {
   await page.click('#delete-btn');
   assert.equal((await page.$$('#conv-list button')).length, n - 1, 'dismissed');
   page.dialogs.pop();
+});
+
+// Sets a settings box (textarea, input or select) to text, as typing would (an input event).
+async function setField(p, id, text) {
+  await p.$eval(id, (e, t) => {
+    e.value = t;
+    e.dispatchEvent(new Event('input', { bubbles: true }));
+  }, text);
+}
+
+async function sendMessage(p, text) {
+  const n = await p.$$eval('article.msg.assistant', (els) => els.length);
+  await p.type('#input', text);
+  await p.keyboard.press('Enter');
+  await p.waitForFunction((n) => document.querySelectorAll('article.msg.assistant').length > n && !document.getElementById('send').hidden, { timeout: 60000 }, n);
+}
+
+// Bounded (the tiny random model would write digits until max_tokens otherwise).
+const SCHEMA = { type: 'object', properties: { a: { type: 'integer', minimum: 0, maximum: 999 } }, required: ['a'], additionalProperties: false };
+
+test('a JSON Schema in Settings constrains the reply, shown as a JSON block that validates', async () => {
+  await page.click('#new-chat');
+  await page.click('#settings-btn');
+  await setField(page, '#set-max_tokens', '200');
+  await setField(page, '#set-schema', JSON.stringify(SCHEMA));
+  assert.equal(await page.$eval('#schema-error', (e) => e.hidden), true);
+  await page.click('#settings-btn');
+  await sendMessage(page, 'Give me a number as JSON');
+  const r = await page.$eval('article.msg.assistant:last-of-type', (el) => ({
+    stats: el.querySelector('.stats')?.textContent,
+    error: el.querySelector('.error')?.textContent,
+    lang: el.querySelector('pre.code')?.dataset.lang,
+    json: el.querySelector('pre.code')?.textContent,
+    numbers: el.querySelectorAll('pre.code .hljs-number').length,
+  }));
+  console.log(`# constrained reply: ${r.json.replace(/\s+/g, '')} (${r.stats})`);
+  assert.equal(r.error, undefined);
+  assert.match(r.stats, /finish: stop$/);
+  assert.equal(r.lang, 'json');
+  const value = JSON.parse(r.json);
+  assert.deepEqual(Object.keys(value), ['a'], r.json);
+  assert.ok(Number.isInteger(value.a) && value.a >= 0 && value.a <= 999, r.json);
+  assert.equal(r.numbers, 1, 'the JSON is highlighted');
+  // Kept: the reply is still a JSON block after a reload.
+  await load(page, server.url);
+  assert.deepEqual(JSON.parse(await page.$eval('article.msg.assistant:last-of-type pre.code', (e) => e.textContent)), value);
+  assert.deepEqual(page.problems, []);
+});
+
+test('an invalid schema is an inline error and sends nothing; the server\'s 400 is the reply\'s error', async () => {
+  const before = await page.$$eval('article.msg', (els) => els.length);
+  await page.click('#settings-btn');
+  await setField(page, '#set-schema', '{"type": "object",');
+  assert.match(await page.$eval('#schema-error', (e) => (e.hidden ? '' : e.textContent)), /^invalid JSON: /);
+  await page.click('#settings-btn');
+  await page.type('#input', 'not sent');
+  await page.keyboard.press('Enter');
+  await sleep(200);
+  assert.equal(await page.$$eval('article.msg', (els) => els.length), before, 'nothing was sent');
+  assert.equal(await page.$eval('#input', (e) => e.value), 'not sent', 'the message stays in the box');
+  assert.equal(await page.$eval('#settings', (e) => e.hidden), false, 'Settings opened on the error');
+  assert.equal(await page.$eval('#set-schema', (e) => e.getAttribute('aria-invalid')), 'true');
+  await setField(page, '#set-schema', '[1, 2]');
+  assert.match(await page.$eval('#schema-error', (e) => e.textContent), /JSON object/);
+  // Valid JSON, a keyword the server cannot enforce: its 400 shows as the reply's error.
+  await setField(page, '#set-schema', '{"type": "object", "patternProperties": {"^x": {"type": "string"}}}');
+  assert.equal(await page.$eval('#schema-error', (e) => e.hidden), true);
+  await page.click('#settings-btn');
+  await page.focus('#input');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('article.msg.assistant:last-of-type .meta .error');
+  await page.waitForFunction(idle);
+  const error = await page.$eval('article.msg.assistant:last-of-type .meta .error', (e) => e.textContent);
+  console.log(`# the server's 400 on the page: ${error}`);
+  assert.match(error, /^Error 400: .*patternProperties/);
+  await page.click('#settings-btn');
+  await setField(page, '#set-schema', '');
+  await page.click('#settings-btn');
+  page.problems = page.problems.filter((p) => !/400 \(Bad Request\)/.test(p));
+  assert.deepEqual(page.problems, []);
+});
+
+const TOOLS = [{
+  type: 'function',
+  function: {
+    name: 'get_weather',
+    description: 'Current weather of a city',
+    parameters: { type: 'object', properties: { city: { type: 'string', maxLength: 12 } }, required: ['city'], additionalProperties: false },
+  },
+}];
+
+test('a tool with tool_choice required: a tool-call block, finish reason tool_calls, a tool result sent back', async () => {
+  await page.click('#new-chat');
+  await page.click('#settings-btn');
+  await setField(page, '#set-tools', '[{"type": "function"}]');
+  assert.match(await page.$eval('#tools-error', (e) => e.textContent), /JSON array/);
+  await setField(page, '#set-tools', JSON.stringify(TOOLS));
+  await page.select('#set-tool_choice', 'required');
+  assert.equal(await page.$eval('#tools-error', (e) => e.hidden), true);
+  await page.click('#settings-btn');
+  await sendMessage(page, 'What is the weather in Paris?');
+  const r = await page.$eval('article.msg.assistant:last-of-type', (el) => ({
+    stats: el.querySelector('.stats')?.textContent,
+    error: el.querySelector('.error')?.textContent,
+    calls: [...el.querySelectorAll('.tool-call')].map((c) => ({ name: c.querySelector('.tool-name').textContent, args: c.querySelector('pre.code').textContent })),
+  }));
+  console.log(`# tool call on the page: ${JSON.stringify(r.calls)} (${r.stats})`);
+  assert.equal(r.error, undefined);
+  assert.match(r.stats, /finish: tool_calls$/);
+  assert.equal(r.calls.length, 1);
+  assert.equal(r.calls[0].name, 'get_weather');
+  const args = JSON.parse(r.calls[0].args);
+  assert.deepEqual(Object.keys(args), ['city']);
+  assert.equal(typeof args.city, 'string');
+  const stored = await page.evaluate(() => JSON.parse(localStorage.getItem('kiln.conversations'))[0].messages.at(-1));
+  assert.equal(stored.tool_calls.length, 1);
+  assert.match(stored.tool_calls[0].id, /^call_/);
+  assert.deepEqual(JSON.parse(stored.tool_calls[0].function.arguments), args);
+  // Reply as tool: the result goes back after the assistant's call; the server takes the history.
+  await page.click('article.msg.assistant:last-of-type button.tool-reply');
+  assert.match(await page.$eval('#tool-reply-label', (e) => e.textContent), /get_weather/);
+  await page.click('#settings-btn');
+  await page.select('#set-tool_choice', 'none');
+  await setField(page, '#set-max_tokens', '8');
+  await page.click('#settings-btn');
+  let sent = null;
+  const onRequest = (req) => {
+    if (req.url().endsWith('/v1/chat/completions')) sent = JSON.parse(req.postData());
+  };
+  page.on('request', onRequest);
+  await sendMessage(page, '{"temperature": 18}');
+  page.off('request', onRequest);
+  assert.deepEqual(sent.messages.slice(-2).map((m) => m.role), ['assistant', 'tool']);
+  assert.equal(sent.messages.at(-2).content, null);
+  assert.equal(sent.messages.at(-2).tool_calls[0].id, stored.tool_calls[0].id);
+  assert.deepEqual(sent.messages.at(-1), { role: 'tool', tool_call_id: stored.tool_calls[0].id, content: '{"temperature": 18}' });
+  assert.equal(sent.tool_choice, 'none');
+  assert.equal(await page.$eval('article.msg.tool .body', (e) => e.textContent), '{"temperature": 18}');
+  const last = await page.$eval('article.msg.assistant:last-of-type', (el) => ({ stats: el.querySelector('.stats')?.textContent, error: el.querySelector('.error')?.textContent }));
+  assert.equal(last.error, undefined, 'the server took the history');
+  assert.match(last.stats, /8 tokens.*finish: length$/);
+  assert.equal(await page.$('#tool-reply:not([hidden])'), null);
+  await page.click('#settings-btn');
+  await setField(page, '#set-tools', '');
+  await page.select('#set-tool_choice', 'auto');
+  await page.click('#settings-btn');
+  assert.deepEqual(page.problems, []);
 });
 
 // What a reply would look like had the model written HTML: written into localStorage as the
