@@ -289,6 +289,9 @@ static void conn_gone(struct http_conn *c)
         if (r->phase == REQ_DONE) {
             if (r->done) r->done(r->done_arg);
             req_free(r);
+        } else if (c->state != CONN_BUSY) {
+            /* Never dispatched (its body was still arriving): nobody else holds it. */
+            req_free(r);
         } else if (r->gone) {
             r->gone(r->gone_arg);
             req_free(r);
