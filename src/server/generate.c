@@ -361,6 +361,20 @@ static json_t *chat_message(struct call *c, const char *text, size_t len)
     return msg;
 }
 
+/* The final JSON reply (body malloc'ed, taken; NULL: out of memory, a 500). */
+static void reply_body(struct http_ctx *h, char *body, const struct kiln_api_usage *usage)
+{
+    if (body) {
+        server_reply_json(h, 200, body, strlen(body), usage->prompt_tokens,
+                          usage->completion_tokens);
+    } else {
+        struct kiln_api_error err;
+        kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
+        server_reply_error(h, &err);
+    }
+    free(body);
+}
+
 static void reply_complete(struct call *c)
 {
     struct kiln_server *s = c->s;
@@ -422,15 +436,7 @@ static void reply_complete(struct call *c)
         return;
     }
     if (c->resp) {
-        char *body = kiln_responses_finish(c->resp, c->choices[0].finish, &usage);
-        if (body) {
-            server_reply_json(&h, 200, body, strlen(body), usage.prompt_tokens,
-                              usage.completion_tokens);
-        } else {
-            kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
-            server_reply_error(&h, &err);
-        }
-        free(body);
+        reply_body(&h, kiln_responses_finish(c->resp, c->choices[0].finish, &usage), &usage);
         return;
     }
     json_t *choices = json_array();
@@ -463,14 +469,7 @@ static void reply_complete(struct call *c)
                         : NULL;
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
-    if (body) {
-        server_reply_json(&h, 200, body, strlen(body), usage.prompt_tokens,
-                          usage.completion_tokens);
-    } else {
-        kiln_api_errorf(&err, 500, NULL, NULL, "out of memory");
-        server_reply_error(&h, &err);
-    }
-    free(body);
+    reply_body(&h, body, &usage);
 }
 
 static void on_event(struct kiln_server *s, struct kiln_event *ev)
