@@ -716,71 +716,138 @@ static bool state_eq(const struct kiln_grammar *g, int32_t a, int32_t b)
     return true;
 }
 
+/* Sorts a state's byte edges (lo, hi, to) and drops duplicates: the canonical form. */
+static void canon_edges(struct kiln_grammar *g, int32_t s)
+{
+    struct gr_state *st = &g->st[s];
+    if (st->ne < 2) return;
+    bool sorted = true;
+    for (uint32_t k = 1; k < st->ne && sorted; k++)
+        sorted = cmp_edge_lo(&g->edges[st->e0 + k - 1], &g->edges[st->e0 + k]) < 0;
+    if (sorted) return;
+    qsort(g->edges + st->e0, st->ne, sizeof *g->edges, cmp_edge_lo);
+    uint32_t w = 0;
+    for (uint32_t k = 0; k < st->ne; k++) {
+        struct gr_edge e = g->edges[st->e0 + k];
+        if (w > 0) {
+            struct gr_edge *p = &g->edges[st->e0 + w - 1];
+            if (p->lo == e.lo && p->hi == e.hi && p->to == e.to) continue;
+        }
+        g->edges[st->e0 + w++] = e;
+    }
+    st->ne = (uint16_t)w;
+}
+
 /* Merges states with the same edges, calls and acceptance (e.g. the ends of the UTF-8
- * alternatives of a character class inside a loop), repeatedly: equal states give equal
- * matcher configurations, so loops come back to the very same configuration. */
+ * alternatives of a character class inside a loop) up to the fixpoint: equal states give
+ * equal matcher configurations, so loops come back to the very same configuration. A
+ * worklist: when a state merges, only its predecessors (their targets rewritten) are looked
+ * at again, each taken out of the table of canonical states first. */
 static bool merge_states(struct kiln_grammar *g)
 {
     int32_t n = g->nstates;
-    int32_t *rep = malloc((size_t)n * sizeof *rep);
-    uint8_t *gone = calloc((size_t)n, 1);
+    if (n == 0) return true;
+    size_t npe = 0;
+    for (int32_t s = 0; s < n; s++) npe += (size_t)g->st[s].ne + g->st[s].nc;
     uint32_t cap = 1;
-    while (cap < (uint32_t)n * 2u) cap <<= 1;
-    int32_t *ht = malloc((size_t)cap * sizeof *ht);
-    if (!rep || !ht || !gone) {
-        free(rep), free(ht), free(gone);
-        return false;
+    while (cap < (uint32_t)n * 4u) cap <<= 1;
+    int32_t *rep = malloc((size_t)n * sizeof *rep);
+    int32_t *phead = malloc((size_t)n * sizeof *phead), *ptail = malloc((size_t)n * sizeof *ptail);
+    int32_t *pfrom = malloc((npe + 1) * sizeof *pfrom), *pnext = malloc((npe + 1) * sizeof *pnext);
+    int32_t *work = malloc((size_t)n * sizeof *work);
+    uint32_t *slot = malloc((size_t)n * sizeof *slot); /* its slot in ht, UINT32_MAX: none */
+    uint8_t *queued = malloc((size_t)n);
+    int32_t *ht = malloc((size_t)cap * sizeof *ht); /* -1 empty, -2 removed */
+    bool ok = rep && phead && ptail && pfrom && pnext && work && slot && queued && ht;
+    if (!ok) goto out;
+    memset(ht, 0xff, (size_t)cap * sizeof *ht);
+    for (int32_t s = 0; s < n; s++) rep[s] = s, phead[s] = ptail[s] = -1, slot[s] = UINT32_MAX;
+    /* predecessor lists (chains, so a merged state's list is appended to its representative's) */
+    size_t np = 0;
+    for (int32_t s = 0; s < n; s++) {
+        const struct gr_state *st = &g->st[s];
+        for (uint32_t k = 0; k < (uint32_t)st->ne + st->nc; k++) {
+            int32_t t = k < st->ne ? g->edges[st->e0 + k].to : g->calls[st->c0 + k - st->ne].to;
+            pfrom[np] = s;
+            pnext[np] = -1;
+            if (ptail[t] < 0)
+                phead[t] = (int32_t)np;
+            else
+                pnext[ptail[t]] = (int32_t)np;
+            ptail[t] = (int32_t)np++;
+        }
     }
-    for (int iter = 0; iter < 64; iter++) {
-        /* canonical edge order */
-        for (int32_t s = 0; s < n; s++) {
-            struct gr_state *st = &g->st[s];
-            if (st->ne > 1) {
-                bool sorted = true;
-                for (uint32_t k = 1; k < st->ne && sorted; k++)
-                    sorted = cmp_edge_lo(&g->edges[st->e0 + k - 1], &g->edges[st->e0 + k]) < 0;
-                if (!sorted) qsort(g->edges + st->e0, st->ne, sizeof *g->edges, cmp_edge_lo);
-                uint32_t w = 0;
-                for (uint32_t k = 0; k < st->ne; k++) {
-                    struct gr_edge e = g->edges[st->e0 + k];
-                    if (w > 0) {
-                        struct gr_edge *p = &g->edges[st->e0 + w - 1];
-                        if (p->lo == e.lo && p->hi == e.hi && p->to == e.to) continue;
-                    }
-                    g->edges[st->e0 + w++] = e;
-                }
-                st->ne = (uint16_t)w;
+    int32_t nw = 0, used = 0;
+    for (int32_t s = n - 1; s >= 0; s--) work[nw++] = s, queued[s] = 1;
+    while (nw) {
+        int32_t s = work[--nw];
+        queued[s] = 0;
+        if (rep[s] != s) continue;
+        canon_edges(g, s);
+        uint32_t h = (uint32_t)(state_hash(g, s) * 0x9e3779b97f4a7c15ULL >> 32) & (cap - 1);
+        int32_t r = -1;
+        uint32_t free_at = UINT32_MAX;
+        while (ht[h] != -1) {
+            if (ht[h] == -2) {
+                if (free_at == UINT32_MAX) free_at = h;
+            } else if (ht[h] != s && state_eq(g, ht[h], s)) {
+                r = ht[h];
+                break;
             }
+            h = (h + 1) & (cap - 1);
         }
-        memset(ht, 0xff, (size_t)cap * sizeof *ht);
-        bool merged = false;
-        for (int32_t s = 0; s < n; s++) {
-            rep[s] = s;
-            if (gone[s]) continue;
-            uint32_t h = (uint32_t)(state_hash(g, s) * 0x9e3779b97f4a7c15ULL >> 32) & (cap - 1);
-            while (ht[h] >= 0) {
-                if (state_eq(g, ht[h], s)) {
-                    rep[s] = ht[h];
-                    gone[s] = 1;
-                    merged = true;
-                    break;
+        if (r < 0) {
+            slot[s] = free_at != UINT32_MAX ? free_at : h;
+            if (free_at == UINT32_MAX) used++;
+            ht[slot[s]] = s;
+            if ((uint32_t)used * 2 > cap) { /* too many removed slots: rebuild */
+                memset(ht, 0xff, (size_t)cap * sizeof *ht);
+                used = 0;
+                for (int32_t q = 0; q < n; q++) {
+                    if (slot[q] == UINT32_MAX) continue;
+                    uint32_t hq =
+                        (uint32_t)(state_hash(g, q) * 0x9e3779b97f4a7c15ULL >> 32) & (cap - 1);
+                    while (ht[hq] != -1) hq = (hq + 1) & (cap - 1);
+                    ht[hq] = q;
+                    slot[q] = hq;
+                    used++;
                 }
-                h = (h + 1) & (cap - 1);
             }
-            if (rep[s] == s) ht[h] = s;
+            continue;
         }
-        if (!merged) break;
-        for (int32_t s = 0; s < n; s++) {
-            struct gr_state *st = &g->st[s];
+        /* s merges into r: its predecessors point to r now and are looked at again */
+        rep[s] = r;
+        for (int32_t pe = phead[s]; pe >= 0; pe = pnext[pe]) {
+            int32_t p = pfrom[pe];
+            if (rep[p] != p) continue;
+            struct gr_state *st = &g->st[p];
             for (uint32_t k = 0; k < st->ne; k++)
-                g->edges[st->e0 + k].to = rep[g->edges[st->e0 + k].to];
+                if (g->edges[st->e0 + k].to == s) g->edges[st->e0 + k].to = r;
             for (uint32_t k = 0; k < st->nc; k++)
-                g->calls[st->c0 + k].to = rep[g->calls[st->c0 + k].to];
+                if (g->calls[st->c0 + k].to == s) g->calls[st->c0 + k].to = r;
+            if (slot[p] != UINT32_MAX) {
+                ht[slot[p]] = -2;
+                slot[p] = UINT32_MAX;
+            }
+            if (!queued[p]) work[nw++] = p, queued[p] = 1;
         }
-        for (int32_t r = 0; r < g->nrules; r++) g->rule_start[r] = rep[g->rule_start[r]];
+        if (phead[s] >= 0) {
+            if (ptail[r] < 0)
+                phead[r] = phead[s];
+            else
+                pnext[ptail[r]] = phead[s];
+            ptail[r] = ptail[s];
+        }
     }
-    free(rep), free(ht), free(gone);
-    return true;
+    for (int32_t r = 0; r < g->nrules; r++) {
+        int32_t x = g->rule_start[r];
+        while (rep[x] != x) x = rep[x];
+        g->rule_start[r] = x;
+    }
+out:
+    free(rep), free(phead), free(ptail), free(pfrom), free(pnext), free(work), free(slot);
+    free(queued), free(ht);
+    return ok;
 }
 
 enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_grammar **out)

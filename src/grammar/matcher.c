@@ -226,6 +226,8 @@ oom:
 #define MT_MAX_NODES   (8 << 20)
 #define MT_MAX_CFG_LEN 4096
 #define MT_MASK_CACHE  4
+#define MT_UNKNOWN     (-3)
+#define MT_MAX_DENSE   8192 /* dense rows per matcher (1 KiB each) */
 
 struct kiln_matcher {
     struct kiln_grammar *g;
@@ -256,6 +258,12 @@ struct kiln_matcher {
     size_t workcap, outcap;
     uint32_t epoch;
     int32_t *walk;
+    int32_t **walk_rows; /* the dense row of walk[d] (NULL: use the hash memo) */
+    /* dense (configuration, byte) -> configuration rows for the configurations a trie walk
+     * steps from (MT_UNKNOWN: not computed yet); the hash memo stays the source of truth */
+    int32_t **dense;
+    size_t densecap;
+    int32_t ndense;
     /* recent masks by configuration */
     int32_t mc_cfg[MT_MASK_CACHE];
     uint32_t *mc_mask[MT_MASK_CACHE];
@@ -529,6 +537,9 @@ void kiln_matcher_free(struct kiln_matcher *m)
     free(m->nstate), free(m->nparent), free(m->nstamp), free(m->nht), free(m->coff);
     free(m->clen), free(m->ccomplete), free(m->pool), free(m->cht), free(m->mkey), free(m->mval);
     free(m->hist), free(m->work), free(m->outn), free(m->walk);
+    free(m->walk_rows);
+    for (size_t i = 0; i < m->densecap; i++) free(m->dense[i]);
+    free(m->dense);
     for (int k = 0; k < MT_MASK_CACHE; k++) free(m->mc_mask[k]);
     free(m);
 }
@@ -542,9 +553,10 @@ enum kiln_status kiln_matcher_create(struct kiln_grammar *g, struct kiln_matcher
     m->g = kiln_grammar_ref(g);
     for (int k = 0; k < MT_MASK_CACHE; k++) m->mc_cfg[k] = MT_DEAD;
     m->walk = malloc(((size_t)g->vocab->maxdepth + 2) * sizeof *m->walk);
+    m->walk_rows = malloc(((size_t)g->vocab->maxdepth + 2) * sizeof *m->walk_rows);
     size_t nw = 0;
     int32_t c0 = MT_DEAD;
-    if (m->walk && push_work(m, &nw, intern_node(m, g->rule_start[g->root], -1)))
+    if (m->walk && m->walk_rows && push_work(m, &nw, intern_node(m, g->rule_start[g->root], -1)))
         c0 = closure(m, nw);
     if (c0 == MT_DEAD || !push_hist(m, c0)) {
         kiln_matcher_free(m);
@@ -600,14 +612,46 @@ static bool plain_closed(struct kiln_matcher *m, int32_t c)
     return true;
 }
 
+/* c's dense row (allocated on first use), NULL past the limit or out of memory */
+static int32_t *dense_row(struct kiln_matcher *m, int32_t c)
+{
+    if ((size_t)c >= m->densecap) {
+        size_t old = m->densecap;
+        if (!grow((void **)&m->dense, &m->densecap, (size_t)c + 1, sizeof *m->dense)) {
+            m->densecap = old;
+            return NULL;
+        }
+        for (size_t i = old; i < m->densecap; i++) m->dense[i] = NULL;
+    }
+    if (!m->dense[c] && m->ndense < MT_MAX_DENSE) {
+        int32_t *row = malloc(256 * sizeof *row);
+        if (!row) return NULL;
+        for (int b = 0; b < 256; b++) row[b] = MT_UNKNOWN;
+        m->dense[c] = row;
+        m->ndense++;
+    }
+    return m->dense[c];
+}
+
+static int32_t step_row(struct kiln_matcher *m, int32_t *row, int32_t c, unsigned byte)
+{
+    if (!row) return step(m, c, byte);
+    int32_t x = row[byte];
+    if (x == MT_UNKNOWN) row[byte] = x = step(m, c, byte);
+    return x;
+}
+
 static void walk_trie(struct kiln_matcher *m, const struct gr_trie *t, int32_t c, uint32_t *mask)
 {
     int32_t *walk = m->walk;
+    int32_t **rows = m->walk_rows;
     walk[0] = c;
+    rows[0] = dense_row(m, c);
     const uint8_t *nbyte = t->nbyte;
     const uint16_t *ndepth = t->ndepth;
     for (uint32_t i = 1; i < t->nnodes;) {
-        int32_t nx = step(m, walk[ndepth[i] - 1], nbyte[i]);
+        uint32_t d = ndepth[i] - 1u;
+        int32_t nx = step_row(m, rows[d], walk[d], nbyte[i]);
         if (nx < 0) {
             i = t->nnext[i];
             continue;
@@ -621,6 +665,8 @@ static void walk_trie(struct kiln_matcher *m, const struct gr_trie *t, int32_t c
             continue;
         }
         walk[ndepth[i]] = nx;
+        /* a row pays off only when the node has children to step from */
+        rows[ndepth[i]] = i + 1 < t->nnext[i] ? dense_row(m, nx) : NULL;
         i++;
     }
 }
