@@ -586,6 +586,32 @@ void gr_grammar_free(struct kiln_grammar *g)
     free(g);
 }
 
+/* Walks rule r from its start over the calls of nullable rules (what can be reached without
+ * reading a byte): marks each rule called on the way in row (when not NULL) and returns whether
+ * an accepting state is reached, i.e. whether r is nullable given the nullable set so far. */
+static bool left_walk(const struct kiln_grammar *g, int r, const bool *nullable, uint8_t *seen,
+                      int32_t *stack, uint8_t *row)
+{
+    memset(seen, 0, (size_t)g->nstates);
+    int sp = 0;
+    bool accept = false;
+    stack[sp++] = g->rule_start[r];
+    seen[g->rule_start[r]] = 1;
+    while (sp) {
+        const struct gr_state *st = &g->st[stack[--sp]];
+        for (uint32_t k = 0; k < st->nc; k++) {
+            const struct gr_calle *ce = &g->calls[st->c0 + k];
+            if (row) row[ce->rule] = 1;
+            if (nullable[ce->rule] && !seen[ce->to]) {
+                seen[ce->to] = 1;
+                stack[sp++] = ce->to;
+            }
+        }
+        accept |= st->accept;
+    }
+    return accept;
+}
+
 /* nullable rules, then the "calls at a nullable prefix" graph must be acyclic */
 static enum kiln_status check_left_recursion(struct gr_builder *b, struct kiln_grammar *g)
 {
@@ -603,49 +629,14 @@ static enum kiln_status check_left_recursion(struct gr_builder *b, struct kiln_g
     }
     for (bool changed = true; changed;) {
         changed = false;
-        for (int r = 0; r < nr; r++) {
-            memset(seen, 0, (size_t)g->nstates);
-            int sp = 0;
-            stack[sp++] = g->rule_start[r];
-            seen[g->rule_start[r]] = 1;
-            while (sp) {
-                int32_t s = stack[--sp];
-                const struct gr_state *st = &g->st[s];
-                for (uint32_t k = 0; k < st->nc; k++) {
-                    const struct gr_calle *ce = &g->calls[st->c0 + k];
-                    if (!nullable[r]) adj[(size_t)r * nr + ce->rule] = 1;
-                    if (nullable[ce->rule] && !seen[ce->to]) {
-                        seen[ce->to] = 1;
-                        stack[sp++] = ce->to;
-                    }
-                }
-                if (st->accept && !nullable[r]) {
-                    nullable[r] = true;
-                    changed = true;
-                }
+        for (int r = 0; r < nr; r++)
+            if (!nullable[r] && left_walk(g, r, nullable, seen, stack, NULL)) {
+                nullable[r] = true;
+                changed = true;
             }
-        }
     }
-    /* adj gathered during the last pass (no change) holds every left call; find a cycle */
-    memset(adj, 0, (size_t)nr * (size_t)nr);
-    for (int r = 0; r < nr; r++) {
-        memset(seen, 0, (size_t)g->nstates);
-        int sp = 0;
-        stack[sp++] = g->rule_start[r];
-        seen[g->rule_start[r]] = 1;
-        while (sp) {
-            int32_t s = stack[--sp];
-            const struct gr_state *st = &g->st[s];
-            for (uint32_t k = 0; k < st->nc; k++) {
-                const struct gr_calle *ce = &g->calls[st->c0 + k];
-                adj[(size_t)r * nr + ce->rule] = 1;
-                if (nullable[ce->rule] && !seen[ce->to]) {
-                    seen[ce->to] = 1;
-                    stack[sp++] = ce->to;
-                }
-            }
-        }
-    }
+    /* every call at a nullable prefix, now that nullable is final; find a cycle */
+    for (int r = 0; r < nr; r++) left_walk(g, r, nullable, seen, stack, adj + (size_t)r * nr);
     /* Kahn: repeatedly drop rules without left callees */
     int *outdeg = calloc((size_t)nr, sizeof *outdeg);
     enum kiln_status rc = KILN_OK;
