@@ -1,6 +1,7 @@
 /* Matcher: the vocabulary trie, the per-sequence state (a set of call stacks over the grammar's
  * rule NFAs, hash-consed and memoized per byte), masks, accept / rollback / forced tokens, and
  * the compile entry points with their cache. */
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,7 @@ void kiln_grammar_vocab_free(struct kiln_grammar_vocab *v)
     if (v->bytes)
         for (int32_t i = 0; i < v->n; i++) free(v->bytes[i]);
     free(v->bytes), free(v->len), free(v->eos), free(v->plain_mask);
+    free(v->plain_le), free(v->plain_long), free(v->plain_long_cp);
     trie_free(&v->all);
     trie_free(&v->nonplain);
     free(v);
@@ -121,6 +123,56 @@ static bool is_plain(const unsigned char *s, uint32_t n)
     return true;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* the plain tokens by their length in code points (see struct kiln_grammar_vocab) */
+static bool plain_by_length(struct kiln_grammar_vocab *v)
+{
+    size_t words = ((size_t)v->n + 31) / 32;
+    v->plain_le = calloc(GR_PLAIN_LE * words + 1, sizeof *v->plain_le);
+    int32_t nlong = 0;
+    for (int32_t id = 0; id < v->n; id++)
+        if (v->plain_mask[id >> 5] >> (id & 31) & 1) {
+            int cp = 0;
+            for (uint32_t i = 0; i < v->len[id]; i++)
+                cp += ((unsigned char)v->bytes[id][i] & 0xC0) != 0x80;
+            if (cp > v->plain_maxcp) v->plain_maxcp = cp;
+            if (cp < GR_PLAIN_LE) {
+                if (v->plain_le)
+                    v->plain_le[(size_t)cp * words + (size_t)(id >> 5)] |= 1u << (id & 31);
+            } else
+                nlong++;
+        }
+    v->plain_long = malloc(((size_t)nlong + 1) * sizeof *v->plain_long);
+    v->plain_long_cp = malloc(((size_t)nlong + 1) * sizeof *v->plain_long_cp);
+    uint64_t *tmp = malloc(((size_t)nlong + 1) * sizeof *tmp);
+    if (!v->plain_le || !v->plain_long || !v->plain_long_cp || !tmp) {
+        free(tmp);
+        return false;
+    }
+    for (int cp = 1; cp < GR_PLAIN_LE; cp++)
+        for (size_t w = 0; w < words; w++)
+            v->plain_le[(size_t)cp * words + w] |= v->plain_le[(size_t)(cp - 1) * words + w];
+    for (int32_t id = 0; id < v->n; id++)
+        if (v->plain_mask[id >> 5] >> (id & 31) & 1) {
+            uint64_t cp = 0;
+            for (uint32_t i = 0; i < v->len[id]; i++)
+                cp += ((unsigned char)v->bytes[id][i] & 0xC0) != 0x80;
+            if (cp >= GR_PLAIN_LE) tmp[v->nplain_long++] = cp << 32 | (uint32_t)id;
+        }
+    qsort(tmp, (size_t)v->nplain_long, sizeof *tmp, cmp_u64);
+    for (int32_t i = 0; i < v->nplain_long; i++) {
+        v->plain_long[i] = (int32_t)(uint32_t)tmp[i];
+        v->plain_long_cp[i] = (uint16_t)(tmp[i] >> 32);
+    }
+    free(tmp);
+    return true;
+}
+
 /* v->n, v->bytes and v->len filled (NULL bytes: never allowed): sorts, builds the tries */
 static enum kiln_status vocab_finish(struct kiln_grammar_vocab *v, struct kiln_error *err)
 {
@@ -147,7 +199,7 @@ static enum kiln_status vocab_finish(struct kiln_grammar_vocab *v, struct kiln_e
     }
     bool ok1 = trie_build(v, &v->all, toks, nt);
     bool ok2 = trie_build(v, &v->nonplain, np, nnp);
-    if (ok1 && ok2) return KILN_OK;
+    if (ok1 && ok2 && plain_by_length(v)) return KILN_OK;
 oom:
     return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory building the vocabulary trie");
 }
@@ -264,6 +316,14 @@ struct kiln_matcher {
     int32_t **dense;
     size_t densecap;
     int32_t ndense;
+    /* plain-character analysis scratch: the configurations of this level and the next, and
+     * the level each configuration was first reached at in run fa_epoch */
+    int32_t *fa_cur, *fa_next;
+    size_t fa_curcap, fa_nextcap, fa_nnext;
+    uint32_t *fa_mark;
+    uint16_t *fa_level;
+    size_t fa_markcap;
+    uint32_t fa_epoch;
     /* recent masks by configuration */
     int32_t mc_cfg[MT_MASK_CACHE];
     uint32_t *mc_mask[MT_MASK_CACHE];
@@ -538,6 +598,7 @@ void kiln_matcher_free(struct kiln_matcher *m)
     free(m->clen), free(m->ccomplete), free(m->pool), free(m->cht), free(m->mkey), free(m->mval);
     free(m->hist), free(m->work), free(m->outn), free(m->walk);
     free(m->walk_rows);
+    free(m->fa_cur), free(m->fa_next), free(m->fa_mark), free(m->fa_level);
     for (size_t i = 0; i < m->densecap; i++) free(m->dense[i]);
     free(m->dense);
     for (int k = 0; k < MT_MASK_CACHE; k++) free(m->mc_mask[k]);
@@ -583,33 +644,212 @@ bool kiln_matcher_is_finished(const struct kiln_matcher *m)
     return c >= 0 && m->ccomplete[c] && m->clen[c] == 0;
 }
 
-/* every plain character leads from c back to c (see struct kiln_grammar_vocab) */
-static bool plain_closed(struct kiln_matcher *m, int32_t c)
+/* ---- plain-character analysis ----
+ * Inside a string most positions allow every "plain" token (see struct kiln_grammar_vocab), or
+ * every plain token up to some length (maxLength), and walking the 128k-token trie to find that
+ * out costs milliseconds. So, once per grammar state s (the result is shared by every matcher of
+ * the grammar), run the stack (s) alone, its caller cut off, over plain characters, level by
+ * level (a level: the configurations after k characters):
+ *   GR_FA_ALL       every plain string keeps a stack inside the frame alive;
+ *   GR_FA_DEPTH + D every plain string of at most D characters stays alive, every one of D + 1
+ *                   dies, and no run returns from the frame on the way (so the caller cannot
+ *                   matter: exact for any stack under s);
+ *   GR_FA_NONE      anything else (mixed, or over the budget): the trie walk decides.
+ * A configuration's plain tokens are the union over its stacks, so one ALL stack allows every
+ * plain token, and stacks that are all ALL/DEPTH allow exactly the plain tokens up to the largest
+ * D; the non-plain tokens are then walked on their own (much smaller) trie. Bytes are stepped one
+ * per class of the configuration's edges (bytes no edge tells apart step alike). */
+enum { GR_FA_UNKNOWN, GR_FA_NONE, GR_FA_ALL, GR_FA_DEPTH };
+#define FA_BUDGET 1024 /* configurations one analysis may reach */
+
+struct fa_run {
+    int level;
+    bool dead, pop, repeat, over;
+    int budget;
+};
+
+static bool fa_mark_grow(struct kiln_matcher *m, int32_t c)
 {
-    for (unsigned b = 0x20; b < 0x80; b++)
-        if (b != '"' && b != '\\' && step(m, c, b) != c) return false;
-    /* multi-byte: lead byte ranges with their first continuation range */
-    static const struct {
-        uint8_t lo, hi, c1lo, c1hi, ncont;
-    } leads[] = {{0xC2, 0xDF, 0x80, 0xBF, 1}, {0xE0, 0xE0, 0xA0, 0xBF, 2},
-                 {0xE1, 0xEC, 0x80, 0xBF, 2}, {0xED, 0xED, 0x80, 0x9F, 2},
-                 {0xEE, 0xEF, 0x80, 0xBF, 2}, {0xF0, 0xF0, 0x90, 0xBF, 3},
-                 {0xF1, 0xF3, 0x80, 0xBF, 3}, {0xF4, 0xF4, 0x80, 0x8F, 3}};
-    for (size_t k = 0; k < sizeof leads / sizeof leads[0]; k++)
-        for (unsigned b = leads[k].lo; b <= leads[k].hi; b++) {
-            int32_t x = step(m, c, b);
-            if (x < 0) return false;
-            for (int lvl = 0; lvl < leads[k].ncont; lvl++) {
-                unsigned lo = lvl == 0 ? leads[k].c1lo : 0x80, hi = lvl == 0 ? leads[k].c1hi : 0xBF;
-                int32_t y = step(m, x, lo);
-                if (y < 0) return false;
-                for (unsigned cb = lo + 1; cb <= hi; cb++)
-                    if (step(m, x, cb) != y) return false;
-                x = y;
-            }
-            if (x != c) return false;
-        }
+    if ((size_t)c < m->fa_markcap) return true;
+    size_t old = m->fa_markcap, c1 = old, c2 = old;
+    if (!grow((void **)&m->fa_mark, &c1, (size_t)c + 1, sizeof *m->fa_mark) ||
+        !grow((void **)&m->fa_level, &c2, (size_t)c + 1, sizeof *m->fa_level))
+        return false;
+    for (size_t i = old; i < c1 && i < c2; i++) m->fa_mark[i] = 0;
+    m->fa_markcap = c1 < c2 ? c1 : c2;
     return true;
+}
+
+/* y: the configuration after one more whole character */
+static void fa_add(struct kiln_matcher *m, struct fa_run *r, int32_t y)
+{
+    if (y < 0 || m->clen[y] == 0) {
+        r->dead = true;
+        if (y >= 0 && m->ccomplete[y]) r->pop = true;
+        return;
+    }
+    if (m->ccomplete[y]) r->pop = true;
+    if (!fa_mark_grow(m, y)) {
+        r->over = true;
+        return;
+    }
+    if (m->fa_mark[y] == m->fa_epoch) {
+        if (m->fa_level[y] != r->level + 1) r->repeat = true;
+        return;
+    }
+    m->fa_mark[y] = m->fa_epoch;
+    m->fa_level[y] = (uint16_t)(r->level + 1);
+    if (--r->budget < 0 ||
+        !grow((void **)&m->fa_next, &m->fa_nextcap, m->fa_nnext + 1, sizeof *m->fa_next)) {
+        r->over = true;
+        return;
+    }
+    m->fa_next[m->fa_nnext++] = y;
+}
+
+/* x's byte classes: bit b of cut set where some edge of x starts or stops telling b apart */
+static void fa_cuts(const struct kiln_matcher *m, int32_t x, uint32_t cut[8])
+{
+    const struct kiln_grammar *g = m->g;
+    memset(cut, 0, 8 * sizeof *cut);
+    const int32_t *nodes = m->pool + m->coff[x];
+    for (int i = 0; i < m->clen[x]; i++) {
+        const struct gr_state *st = &g->st[m->nstate[nodes[i]]];
+        const struct gr_edge *e = g->edges + st->e0;
+        for (uint32_t k = 0; k < st->ne; k++) {
+            cut[e[k].lo >> 5] |= 1u << (e[k].lo & 31);
+            if (e[k].hi < 255) cut[(e[k].hi + 1) >> 5] |= 1u << ((e[k].hi + 1) & 31);
+        }
+    }
+}
+
+/* steps x over the bytes lo..hi (one per class); need: continuation bytes after this one, the
+ * first of them in c1lo..c1hi */
+static void fa_bytes(struct kiln_matcher *m, struct fa_run *r, int32_t x, const uint32_t cut[8],
+                     unsigned lo, unsigned hi, int need, unsigned c1lo, unsigned c1hi)
+{
+    for (unsigned b = lo; b <= hi && !r->over;) {
+        int32_t y = step(m, x, b);
+        if (need == 0)
+            fa_add(m, r, y);
+        else if (y < 0 || m->clen[y] == 0) {
+            r->dead = true;
+            if (y >= 0 && m->ccomplete[y]) r->pop = true;
+        } else {
+            if (m->ccomplete[y]) r->pop = true;
+            uint32_t ycut[8];
+            fa_cuts(m, y, ycut);
+            fa_bytes(m, r, y, ycut, c1lo, c1hi, need - 1, 0x80, 0xBF);
+        }
+        for (b++; b <= hi && !(cut[b >> 5] >> (b & 31) & 1); b++) {
+        }
+    }
+}
+
+/* every plain character from x (a configuration at a character boundary) */
+static void fa_expand(struct kiln_matcher *m, struct fa_run *r, int32_t x)
+{
+    static const struct {
+        uint8_t lo, hi, need, c1lo, c1hi;
+    } plain[] = {
+        {0x20, 0x21, 0, 0, 0},       {0x23, 0x5B, 0, 0, 0},       {0x5D, 0x7F, 0, 0, 0},
+        {0xC2, 0xDF, 1, 0x80, 0xBF}, {0xE0, 0xE0, 2, 0xA0, 0xBF}, {0xE1, 0xEC, 2, 0x80, 0xBF},
+        {0xED, 0xED, 2, 0x80, 0x9F}, {0xEE, 0xEF, 2, 0x80, 0xBF}, {0xF0, 0xF0, 3, 0x90, 0xBF},
+        {0xF1, 0xF3, 3, 0x80, 0xBF}, {0xF4, 0xF4, 3, 0x80, 0x8F}};
+    uint32_t cut[8];
+    fa_cuts(m, x, cut);
+    for (size_t k = 0; k < sizeof plain / sizeof plain[0]; k++)
+        fa_bytes(m, r, x, cut, plain[k].lo, plain[k].hi, plain[k].need, plain[k].c1lo,
+                 plain[k].c1hi);
+}
+
+static int fa_compute(struct kiln_matcher *m, int32_t s)
+{
+    size_t nw = 0;
+    if (!push_work(m, &nw, intern_node(m, s, -1))) return GR_FA_NONE;
+    int32_t c0 = closure(m, nw);
+    if (c0 < 0 || m->clen[c0] == 0 || !fa_mark_grow(m, c0)) return GR_FA_NONE;
+    if (++m->fa_epoch == 0) {
+        memset(m->fa_mark, 0, m->fa_markcap * sizeof *m->fa_mark);
+        m->fa_epoch = 1;
+    }
+    m->fa_mark[c0] = m->fa_epoch;
+    m->fa_level[c0] = 0;
+    if (!grow((void **)&m->fa_cur, &m->fa_curcap, 1, sizeof *m->fa_cur)) return GR_FA_NONE;
+    m->fa_cur[0] = c0;
+    size_t ncur = 1;
+    struct fa_run r = {.budget = FA_BUDGET};
+    for (int level = 0;; level++) {
+        /* every plain string of up to `level` characters lives */
+        if (level >= m->g->vocab->plain_maxcp) return GR_FA_ALL;
+        r.level = level;
+        r.dead = false;
+        m->fa_nnext = 0;
+        for (size_t i = 0; i < ncur && !r.over; i++) fa_expand(m, &r, m->fa_cur[i]);
+        /* a matcher out of nodes steps to DEAD where another would not: no verdict from it */
+        if (r.over || m->nn >= MT_MAX_NODES) return GR_FA_NONE;
+        if (r.dead)
+            return !r.pop && !r.repeat && m->fa_nnext == 0 ? GR_FA_DEPTH + level : GR_FA_NONE;
+        if (m->fa_nnext == 0) return GR_FA_ALL; /* every reachable configuration was expanded */
+        int32_t *t = m->fa_cur;
+        size_t tc = m->fa_curcap;
+        m->fa_cur = m->fa_next, m->fa_curcap = m->fa_nextcap;
+        m->fa_next = t, m->fa_nextcap = tc;
+        ncur = m->fa_nnext;
+    }
+}
+
+/* s's analysis, computed once per grammar */
+static int fa_state(struct kiln_matcher *m, int32_t s)
+{
+    struct kiln_grammar *g = m->g;
+    atomic_int *t = atomic_load_explicit(&g->fa, memory_order_acquire);
+    if (!t) {
+        atomic_int *fresh = calloc((size_t)g->nstates + 1, sizeof *fresh);
+        if (!fresh) return GR_FA_NONE;
+        atomic_int *expect = NULL;
+        if (atomic_compare_exchange_strong(&g->fa, &expect, fresh))
+            t = fresh;
+        else {
+            free(fresh);
+            t = expect;
+        }
+    }
+    int r = atomic_load_explicit(&t[s], memory_order_relaxed);
+    if (r == GR_FA_UNKNOWN) {
+        r = fa_compute(m, s);
+        atomic_store_explicit(&t[s], r, memory_order_relaxed);
+    }
+    return r;
+}
+
+/* c's plain tokens: -1 unknown (walk them), else the longest plain string (INT_MAX: any) */
+static int plain_reach(struct kiln_matcher *m, int32_t c)
+{
+    int best = 0;
+    for (int i = 0; i < m->clen[c]; i++) {
+        int r = fa_state(m, m->nstate[m->pool[m->coff[c] + (uint32_t)i]]);
+        if (r == GR_FA_ALL) return INT_MAX;
+        if (r == GR_FA_NONE)
+            best = -1;
+        else if (best >= 0 && r - GR_FA_DEPTH > best)
+            best = r - GR_FA_DEPTH;
+    }
+    return best;
+}
+
+/* mask |= the plain tokens of at most d code points */
+static void or_plain(const struct kiln_grammar_vocab *v, int d, uint32_t *mask)
+{
+    size_t words = ((size_t)v->n + 31) / 32;
+    if (d >= v->plain_maxcp) {
+        for (size_t w = 0; w < words; w++) mask[w] |= v->plain_mask[w];
+        return;
+    }
+    const uint32_t *le = v->plain_le + (size_t)(d < GR_PLAIN_LE ? d : GR_PLAIN_LE - 1) * words;
+    for (size_t w = 0; w < words; w++) mask[w] |= le[w];
+    for (int32_t i = 0; i < v->nplain_long && v->plain_long_cp[i] <= d; i++)
+        mask[v->plain_long[i] >> 5] |= 1u << (v->plain_long[i] & 31);
 }
 
 /* c's dense row (allocated on first use), NULL past the limit or out of memory */
@@ -690,8 +930,9 @@ void kiln_matcher_fill_mask(struct kiln_matcher *m, uint32_t *mask)
         for (int i = 0; i < v->neos; i++)
             if (v->eos[i] >= 0 && v->eos[i] < v->n) mask[v->eos[i] >> 5] |= 1u << (v->eos[i] & 31);
     if (m->clen[c] == 0) return;
-    if (plain_closed(m, c)) {
-        for (size_t w = 0; w < words; w++) mask[w] |= v->plain_mask[w];
+    int reach = plain_reach(m, c);
+    if (reach >= 0) {
+        or_plain(v, reach, mask);
         walk_trie(m, &v->nonplain, c, mask);
     } else
         walk_trie(m, &v->all, c, mask);
@@ -780,7 +1021,10 @@ struct kiln_grammar *kiln_grammar_ref(struct kiln_grammar *g)
 
 void kiln_grammar_unref(struct kiln_grammar *g)
 {
-    if (g && atomic_fetch_sub(&g->refs, 1) == 1) gr_grammar_free(g);
+    if (g && atomic_fetch_sub(&g->refs, 1) == 1) {
+        free(atomic_load(&g->fa));
+        gr_grammar_free(g);
+    }
 }
 
 enum kiln_status kiln_grammar_compile_opts(const struct kiln_constraint_spec *spec,
