@@ -126,6 +126,9 @@ struct kiln_grammar {
     /* the matcher's per-state plain-character analysis (matcher.c), allocated on first use and
      * shared by every matcher of this grammar: 0 unknown, else a GR_FA_* code */
     _Atomic(atomic_int *) fa;
+    /* the matcher's per-state frame walks (struct gr_fw, matcher.c), published once each */
+    _Atomic(struct gr_fw *) *fw;
+    atomic_size_t fw_bytes; /* what they hold, against a per-grammar budget */
 };
 
 /* Builds the grammar whose start is `root` (an expression turned into a rule); frees nothing of b.

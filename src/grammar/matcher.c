@@ -318,6 +318,8 @@ struct kiln_matcher {
     int32_t ndense;
     /* plain-character analysis scratch: the configurations of this level and the next, and
      * the level each configuration was first reached at in run fa_epoch */
+    int32_t *popc; /* parent node -> the configuration a return to it goes on from */
+    size_t popcap;
     int32_t *fa_cur, *fa_next;
     size_t fa_curcap, fa_nextcap, fa_nnext;
     uint32_t *fa_mark;
@@ -598,6 +600,7 @@ void kiln_matcher_free(struct kiln_matcher *m)
     free(m->clen), free(m->ccomplete), free(m->pool), free(m->cht), free(m->mkey), free(m->mval);
     free(m->hist), free(m->work), free(m->outn), free(m->walk);
     free(m->walk_rows);
+    free(m->popc);
     free(m->fa_cur), free(m->fa_next), free(m->fa_mark), free(m->fa_level);
     for (size_t i = 0; i < m->densecap; i++) free(m->dense[i]);
     free(m->dense);
@@ -881,15 +884,17 @@ static int32_t step_row(struct kiln_matcher *m, int32_t *row, int32_t c, unsigne
     return x;
 }
 
-static void walk_trie(struct kiln_matcher *m, const struct gr_trie *t, int32_t c, uint32_t *mask)
+/* walks the subtree under trie node `root` from configuration c (c: after root's bytes) */
+static void walk_trie(struct kiln_matcher *m, const struct gr_trie *t, uint32_t root, int32_t c,
+                      uint32_t *mask)
 {
     int32_t *walk = m->walk;
     int32_t **rows = m->walk_rows;
-    walk[0] = c;
-    rows[0] = dense_row(m, c);
+    walk[t->ndepth[root]] = c;
+    rows[t->ndepth[root]] = dense_row(m, c);
     const uint8_t *nbyte = t->nbyte;
     const uint16_t *ndepth = t->ndepth;
-    for (uint32_t i = 1; i < t->nnodes;) {
+    for (uint32_t i = root + 1; i < t->nnext[root];) {
         uint32_t d = ndepth[i] - 1u;
         int32_t nx = step_row(m, rows[d], walk[d], nbyte[i]);
         if (nx < 0) {
@@ -911,6 +916,185 @@ static void walk_trie(struct kiln_matcher *m, const struct gr_trie *t, int32_t c
     }
 }
 
+/* ---- per-state frame walks ----
+ * A configuration's mask is the union of its stacks' masks, and a stack (s, parent)'s mask splits
+ * into the tokens its frame takes alone (s with the caller cut off: the same for every parent,
+ * XGrammar's context-independent tokens) and the tokens that return from the frame part way, at
+ * a trie node after which the frame can complete: those go on from the parent's configuration.
+ * So once per grammar state (shared by every matcher of the grammar) the trie is walked from the
+ * frame alone, keeping the tokens it takes and the nodes where it returns; a mask is then their
+ * union plus short walks of the returned-at subtrees from each parent. Plain tokens come from
+ * the plain-character analysis where it has a verdict (only the non-plain trie is walked). */
+struct gr_fw {
+    int plain; /* plain_reach of the frame alone: -1 (walked), else the longest plain string */
+    const struct gr_trie *t;
+    int32_t nci; /* tokens the frame takes alone: ci[nci], or ci_mask when many */
+    int32_t *ci;
+    uint32_t *ci_mask;
+    uint32_t npop; /* trie nodes (of t) after which the frame may return */
+    uint32_t *pop;
+};
+#define FW_MASK_AT 2048               /* more taken tokens than this: a bitmask */
+#define FW_BUDGET  ((size_t)64 << 20) /* bytes of frame walks one grammar keeps */
+static struct gr_fw fw_none;          /* published for a state over the budget: walk configs */
+
+static void fw_free(struct gr_fw *f)
+{
+    if (!f || f == &fw_none) return;
+    free(f->ci), free(f->ci_mask), free(f->pop);
+    free(f);
+}
+
+static bool push_u32(uint32_t **p, size_t *cap, uint32_t *n, uint32_t x)
+{
+    if (!grow((void **)p, cap, (size_t)*n + 1, sizeof **p)) return false;
+    (*p)[(*n)++] = x;
+    return true;
+}
+
+/* the frame walk of state s, NULL out of memory */
+static struct gr_fw *fw_compute(struct kiln_matcher *m, int32_t s)
+{
+    const struct kiln_grammar_vocab *v = m->g->vocab;
+    size_t words = ((size_t)v->n + 31) / 32;
+    struct gr_fw *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    f->plain = fa_state(m, s);
+    f->plain = f->plain == GR_FA_ALL    ? INT_MAX
+               : f->plain == GR_FA_NONE ? -1
+                                        : f->plain - GR_FA_DEPTH;
+    const struct gr_trie *t = f->t = f->plain >= 0 ? &v->nonplain : &v->all;
+    size_t nw = 0, cicap = 0, popcap = 0;
+    uint32_t nci = 0;
+    int32_t c0 = MT_DEAD;
+    if (push_work(m, &nw, intern_node(m, s, -1))) c0 = closure(m, nw);
+    if (c0 < 0) goto fail;
+    int32_t *walk = m->walk;
+    int32_t **rows = m->walk_rows;
+    walk[0] = c0;
+    rows[0] = dense_row(m, c0);
+    bool ok = true;
+    for (uint32_t i = 1; i < t->nnodes && ok;) {
+        uint32_t d = t->ndepth[i] - 1u;
+        int32_t nx = step_row(m, rows[d], walk[d], t->nbyte[i]);
+        if (nx < 0) {
+            i = t->nnext[i];
+            continue;
+        }
+        if (m->ccomplete[nx]) ok = push_u32(&f->pop, &popcap, &f->npop, i);
+        if (m->clen[nx] == 0) { /* only a return: the parent decides */
+            i = t->nnext[i];
+            continue;
+        }
+        for (uint32_t k = 0; k < t->ntokn[i] && ok; k++)
+            ok = push_u32((uint32_t **)&f->ci, &cicap, &nci, (uint32_t)t->toks[t->ntok0[i] + k]);
+        walk[t->ndepth[i]] = nx;
+        rows[t->ndepth[i]] = i + 1 < t->nnext[i] ? dense_row(m, nx) : NULL;
+        i++;
+    }
+    if (!ok || m->nn >= MT_MAX_NODES) goto fail; /* out of nodes: DEAD where others step on */
+    f->nci = (int32_t)nci;
+    if (nci > FW_MASK_AT) {
+        if (!(f->ci_mask = calloc(words, sizeof *f->ci_mask))) goto fail;
+        for (uint32_t k = 0; k < nci; k++) f->ci_mask[f->ci[k] >> 5] |= 1u << (f->ci[k] & 31);
+        free(f->ci);
+        f->ci = NULL;
+    }
+    return f;
+fail:
+    fw_free(f);
+    return NULL;
+}
+
+/* s's frame walk (computed once per grammar); NULL: walk the configuration instead */
+static const struct gr_fw *fw_state(struct kiln_matcher *m, int32_t s)
+{
+    struct kiln_grammar *g = m->g;
+    _Atomic(struct gr_fw *) *t = atomic_load_explicit(&g->fw, memory_order_acquire);
+    if (!t) {
+        _Atomic(struct gr_fw *) *fresh = calloc((size_t)g->nstates + 1, sizeof *fresh);
+        if (!fresh) return NULL;
+        _Atomic(struct gr_fw *) *expect = NULL;
+        if (atomic_compare_exchange_strong(&g->fw, &expect, fresh))
+            t = fresh;
+        else {
+            free(fresh);
+            t = expect;
+        }
+    }
+    struct gr_fw *f = atomic_load_explicit(&t[s], memory_order_acquire);
+    if (!f) {
+        struct gr_fw *mine = fw_compute(m, s);
+        if (!mine) return NULL;
+        size_t bytes = sizeof *mine +
+                       (mine->ci_mask ? ((size_t)g->vocab->n + 31) / 8
+                                      : (size_t)mine->nci * sizeof *mine->ci) +
+                       mine->npop * sizeof *mine->pop;
+        if (atomic_fetch_add(&g->fw_bytes, bytes) + bytes > FW_BUDGET) {
+            fw_free(mine);
+            mine = &fw_none;
+        }
+        struct gr_fw *expect = NULL;
+        if (atomic_compare_exchange_strong(&t[s], &expect, mine))
+            f = mine;
+        else {
+            fw_free(mine);
+            f = expect;
+        }
+    }
+    return f == &fw_none ? NULL : f;
+}
+
+/* the configuration a return to parent node p goes on from (memoized per node) */
+static int32_t pop_cfg(struct kiln_matcher *m, int32_t p)
+{
+    if ((size_t)p >= m->popcap) {
+        size_t old = m->popcap;
+        if (!grow((void **)&m->popc, &m->popcap, (size_t)p + 1, sizeof *m->popc)) return MT_DEAD;
+        for (size_t i = old; i < m->popcap; i++) m->popc[i] = MT_UNKNOWN;
+    }
+    if (m->popc[p] == MT_UNKNOWN) {
+        size_t nw = 0;
+        m->popc[p] = push_work(m, &nw, p) ? closure(m, nw) : MT_DEAD;
+    }
+    return m->popc[p];
+}
+
+/* mask |= c's tokens from its stacks' frame walks; false (mask partly written) when a stack has
+ * none (over the budget, out of memory) */
+static bool fill_from_frames(struct kiln_matcher *m, int32_t c, uint32_t *mask)
+{
+    const struct kiln_grammar_vocab *v = m->g->vocab;
+    size_t words = ((size_t)v->n + 31) / 32;
+    int plain = -1;
+    for (int i = 0; i < m->clen[c]; i++) {
+        int32_t n = m->pool[m->coff[c] + (uint32_t)i];
+        const struct gr_fw *f = fw_state(m, m->nstate[n]);
+        if (!f) return false;
+        if (f->plain > plain) plain = f->plain;
+        if (f->ci_mask)
+            for (size_t w = 0; w < words; w++) mask[w] |= f->ci_mask[w];
+        else
+            for (int32_t k = 0; k < f->nci; k++) mask[f->ci[k] >> 5] |= 1u << (f->ci[k] & 31);
+        if (!f->npop) continue;
+        int32_t p = m->nparent[n];
+        int32_t pc = p < 0 ? MT_DEAD : pop_cfg(m, p);
+        for (uint32_t k = 0; k < f->npop; k++) {
+            uint32_t at = f->pop[k];
+            /* a return at the root completes the output: tokens ending there are allowed */
+            if (p >= 0 && pc < 0) break;
+            for (uint32_t j = 0; j < f->t->ntokn[at]; j++) {
+                int32_t tk = f->t->toks[f->t->ntok0[at] + j];
+                mask[tk >> 5] |= 1u << (tk & 31);
+            }
+            if (p >= 0 && m->clen[pc] > 0 && at + 1 < f->t->nnext[at])
+                walk_trie(m, f->t, at, pc, mask);
+        }
+    }
+    if (plain >= 0) or_plain(v, plain, mask);
+    return true;
+}
+
 void kiln_matcher_fill_mask(struct kiln_matcher *m, uint32_t *mask)
 {
     const struct kiln_grammar_vocab *v = m->g->vocab;
@@ -930,12 +1114,19 @@ void kiln_matcher_fill_mask(struct kiln_matcher *m, uint32_t *mask)
         for (int i = 0; i < v->neos; i++)
             if (v->eos[i] >= 0 && v->eos[i] < v->n) mask[v->eos[i] >> 5] |= 1u << (v->eos[i] & 31);
     if (m->clen[c] == 0) return;
-    int reach = plain_reach(m, c);
-    if (reach >= 0) {
-        or_plain(v, reach, mask);
-        walk_trie(m, &v->nonplain, c, mask);
-    } else
-        walk_trie(m, &v->all, c, mask);
+    if (!fill_from_frames(m, c, mask)) {
+        memset(mask, 0, words * sizeof *mask);
+        if (m->ccomplete[c])
+            for (int i = 0; i < v->neos; i++)
+                if (v->eos[i] >= 0 && v->eos[i] < v->n)
+                    mask[v->eos[i] >> 5] |= 1u << (v->eos[i] & 31);
+        int reach = plain_reach(m, c);
+        if (reach >= 0) {
+            or_plain(v, reach, mask);
+            walk_trie(m, &v->nonplain, 0, c, mask);
+        } else
+            walk_trie(m, &v->all, 0, c, mask);
+    }
     /* remember it (round robin): the same state recurs, e.g. inside a string */
     int slot = m->mc_next++ % MT_MASK_CACHE;
     if (!m->mc_mask[slot]) m->mc_mask[slot] = malloc(words * sizeof *mask);
@@ -1023,6 +1214,10 @@ void kiln_grammar_unref(struct kiln_grammar *g)
 {
     if (g && atomic_fetch_sub(&g->refs, 1) == 1) {
         free(atomic_load(&g->fa));
+        _Atomic(struct gr_fw *) *fw = atomic_load(&g->fw);
+        if (fw)
+            for (int32_t i = 0; i < g->nstates; i++) fw_free(atomic_load(&fw[i]));
+        free(fw);
         gr_grammar_free(g);
     }
 }
