@@ -935,7 +935,7 @@ struct gr_fw {
     uint32_t *pop;
 };
 #define FW_MASK_AT 2048               /* more taken tokens than this: a bitmask */
-#define FW_BUDGET  ((size_t)64 << 20) /* bytes of frame walks one grammar keeps */
+#define FW_BUDGET  ((size_t)16 << 20) /* bytes of frame walks one grammar keeps */
 static struct gr_fw fw_none;          /* published for a state over the budget: walk configs */
 
 static void fw_free(struct gr_fw *f)
