@@ -7,8 +7,12 @@
  * other rules (a recursive transition network; regex terminals are inlined as byte automata).
  * A matcher state is the set of call stacks the output so far can be in (hash-consed stack nodes,
  * interned configurations, each (configuration, byte) step memoized), so a token is allowed iff
- * walking its whole byte string keeps the set non-empty: exact by construction. The mask walks a
- * byte trie of the vocabulary once, pruning a subtree at its first impossible byte. Left-recursive
+ * walking its whole byte string keeps the set non-empty: exact by construction. Masks come from
+ * per-state work done once per grammar and shared by every matcher of it (matcher.c): whether
+ * every run of plain string characters keeps the state alive (or exactly those up to a length),
+ * and a walk of the vocabulary's byte trie from the state with its caller cut off (the tokens it
+ * takes alone, the trie nodes where it may return); a mask is their union over the state's
+ * stacks plus short walks, from each caller, of the subtrees returned at. Left-recursive
  * grammars are refused at compile time (the stack sets would be unbounded).
  *
  * Never: loosens a schema silently (what it cannot enforce is a compile error naming the keyword

@@ -127,7 +127,7 @@ struct kiln_grammar {
      * shared by every matcher of this grammar: 0 unknown, else a GR_FA_* code */
     _Atomic(atomic_int *) fa;
     /* the matcher's per-state frame walks (struct gr_fw, matcher.c), published once each */
-    _Atomic(struct gr_fw *) *fw;
+    _Atomic(_Atomic(struct gr_fw *) *) fw;
     atomic_size_t fw_bytes; /* what they hold, against a per-grammar budget */
 };
 
