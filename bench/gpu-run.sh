@@ -9,7 +9,7 @@
 # (returned by the device tool).
 #   bench/gpu-run.sh [all|quick|tests|faults|tolerances|correct|bench|profile|tprof|compare|
 #                     sanitize|probe|engine|ada|throughput|regress|pipeline|serving|http|
-#                     structured|ab]...
+#                     structured|httpbench|ab]...
 # tests: every GPU correctness test, fast (kernel tests, whole-model tests, the engine on the
 # GPU, and the planted faults each caught): what a final run after a merge needs.
 set -uo pipefail
@@ -270,21 +270,22 @@ ada() {
 # (a long-output point cannot go below OSL steps; all nine take ~6 minutes on an H100) and the
 # batch keeps every admitted sequence's KV in the pool (~1.0M tokens on an H100 80GB), except
 # 2048/2048 (256 x 4096 tokens: a few preemptions).
-# KILN_THROUGHPUT="I O N B;I O N B" runs other points; KILN_BIN=NAME runs $B/NAME.
+# KILN_THROUGHPUT="I O N B;I O N B" runs other points; KILN_BIN=NAME runs $B/NAME; KILN_TP_ARGS
+# adds options (e.g. "--max-num-tokens 16384").
 tp_points="128 128 1024 256;128 2048 384 384;128 4096 128 128;500 2000 256 256;1000 1000 384 384"
 tp_points+=";2048 128 512 256;2048 2048 256 256;5000 500 128 128;20000 2000 16 16"
 tp_run() { # label bin ISL OSL N BATCH
   local log="$OUT/throughput.log"
-  echo "-- $1: $3/$4 x$5 batch $6" >>"$log"
+  echo "-- $1: $3/$4 x$5 batch $6 ${KILN_TP_ARGS:-}" >>"$log"
   local rc=0
   timeout 180 "$B/$2" bench "$M/llama8b" --throughput --num-requests "$5" --input-len "$3" \
-    --output-len "$4" --max-batch-size "$6" --json >"$OUT/tp.tmp" 2>&1 || rc=$?
+    --output-len "$4" --max-batch-size "$6" ${KILN_TP_ARGS:-} --json >"$OUT/tp.tmp" 2>&1 || rc=$?
   cat "$OUT/tp.tmp" >>"$log"
   if [ $rc -ne 0 ]; then
     record "throughput $1 $3/$4" FAIL "exit $rc: $(tail -n 1 "$OUT/tp.tmp")"
     return
   fi
-  note "throughput $1 $3/$4 x$5 batch $6: $(grep -E '^output throughput|^elapsed|^TTFT|^inter' "$OUT/tp.tmp" |
+  note "throughput $1 $3/$4 x$5 batch $6 ${KILN_TP_ARGS:-}: $(grep -E '^output throughput|^elapsed|^TTFT|^inter' "$OUT/tp.tmp" |
     tr -s ' ' | tr '\n' ';')"
 }
 throughput() {
@@ -443,6 +444,28 @@ structured() {
   done
 }
 
+# Issue 18: the HTTP layer's cost per request on a quiet host: the old server (evhttp, commit
+# 76bd589) and the new one (own transport), both CPU-only Release builds serving the tiny model,
+# pinned to cores 0-7, bench_http pinned to 8-15, alternated old/new twice per row. Needs
+# $B/http/{kiln_old,kiln_new,bench_http} (bench/gpu-prepare.sh http).
+httpbench() {
+  step "HTTP request overhead: old (evhttp) vs new transport, tiny model, CPU builds"
+  model tiny-tok tiny --tokenizer "$B/tokenizers/llama3_1"
+  local row rep bin pid i
+  for row in "health 1" "tokenize 1" "health 4" "tokenize 4" "chunked 4"; do
+    set -- $row
+    for rep in 1 2; do
+      for bin in old new; do
+        taskset -c 0-7 "$B/http/kiln_$bin" serve "$M/tiny-tok" --port 8390 >"$OUT/httpbench-serve.log" 2>&1 &
+        pid=$!
+        for i in $(seq 300); do curl -sf localhost:8390/health >/dev/null && break; sleep 0.1; done
+        note "httpbench $bin #$rep: $(taskset -c 8-15 "$B/http/bench_http" 8390 3 "$2" "$1" 2>&1 | tail -n 1)"
+        kill "$pid"; wait "$pid" 2>/dev/null
+      done
+    done
+  done
+}
+
 probe() {
   step "cuBLASLt FP8 GEMM probe (prefill shapes)"
   timeout 120 "$B/probe_gemm" 2048 >"$OUT/probe_gemm.log" 2>&1
@@ -490,7 +513,7 @@ for what in "${@:-all}"; do
   case $what in
     all) correct; bench; compare; sanitize ;;
     quick|tests|faults|tolerances|correct|bench|profile|tprof|compare|sanitize|probe|engine|ada|\
-    throughput|regress|pipeline|serving|http|structured|ab) $what ;;
+    throughput|regress|pipeline|serving|http|structured|httpbench|ab) $what ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done
