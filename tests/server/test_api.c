@@ -520,8 +520,12 @@ static void metrics_text(void **state)
     kiln_histogram_observe(&m.ttft, 0.003);
     kiln_histogram_observe(&m.ttft, 0.2);
     kiln_histogram_observe(&m.ttft, 1000.0);
-    struct kiln_engine_stats st = {
-        .running = 2, .waiting = 3, .kv_blocks_used = 10, .kv_blocks_total = 40};
+    struct kiln_engine_stats st = {.running = 2,
+                                   .waiting = 3,
+                                   .kv_blocks_used = 10,
+                                   .kv_blocks_total = 40,
+                                   .kv_blocks_touched = 17,
+                                   .kv_bytes = 5368709120};
     char *text = kiln_metrics_render(&m, &st, "my\"model", 0);
     assert_non_null(text);
     const char *want[] = {
@@ -541,6 +545,8 @@ static void metrics_text(void **state)
         "kiln_num_requests_running{model_name=\"my\\\"model\"} 2\n",
         "kiln_kv_blocks_used{model_name=\"my\\\"model\"} 10\n",
         "kiln_kv_cache_usage_ratio{model_name=\"my\\\"model\"} 0.25\n",
+        "kiln_kv_blocks_touched{model_name=\"my\\\"model\"} 17\n",
+        "kiln_kv_cache_bytes{model_name=\"my\\\"model\"} 5368709120\n",
         "# TYPE kiln_inter_token_latency_seconds histogram\n",
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
