@@ -34,6 +34,9 @@ struct gr_builder {
     enum kiln_grammar_ws ws;
     int r_json_value; /* lazily created shared rules, -1 until then */
     int r_json_string, r_json_object;
+    /* shared rules inside JSON strings: what follows the backslash of any escaped character,
+     * of any non-ASCII one (gx_json_chars); the rest of a string after its opening quote */
+    int r_esc, r_esc_hi, r_string_rest, r_utf8_hi, r_esc_key;
 };
 
 #define GR_MAX_BYTES ((size_t)256 << 20)
@@ -82,9 +85,14 @@ void cps_free(struct cp_set *s);
 bool cps_has(const struct cp_set *s, uint32_t c);
 /* The UTF-8 encodings of the set's code points (surrogates never). */
 struct gx *gx_utf8(struct gr_builder *b, const struct cp_set *s);
-/* The set's code points as characters inside a JSON string: unescaped where JSON allows,
- * escaped (\" \\ \/ \b \f \n \r \t \uXXXX) where it must or may. */
+/* The set's code points (a normalized set) as characters inside a JSON string: unescaped where
+ * JSON allows, escaped (\" \\ \/ \b \f \n \r \t \uXXXX) where it must or may. */
 struct gx *gx_json_chars(struct gr_builder *b, const struct cp_set *s);
+/* Any character inside a JSON string but the ASCII ones in `out` (bit c of out[c >> 5]), which
+ * are refused unescaped and escaped; printable ASCII is only taken unescaped (its \uXXXX
+ * spellings are refused: stricter, never looser), so the result is small and the same
+ * everywhere but for its first byte class (the keys of objects with named properties). */
+struct gx *gx_json_chars_but(struct gr_builder *b, const uint32_t out[4]);
 
 /* Regex (see grammar.h) over code points -> expression. json: emit characters as the inside of
  * a JSON string (gx_json_chars). search: JSON Schema `pattern` semantics (unanchored ends match

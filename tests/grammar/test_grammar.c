@@ -462,6 +462,116 @@ static void test_mask_exact(void **state)
     kiln_grammar_unref(g);
 }
 
+/* Feeds text's bytes at once (no masks: for long instances); true when accepted and complete */
+static bool feed_bytes(struct kiln_grammar *g, const char *text)
+{
+    struct kiln_matcher *m;
+    struct kiln_error err = {0};
+    assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
+    bool ok = kiln_matcher_accept_bytes(m, text, strlen(text)) && kiln_matcher_is_complete(m);
+    kiln_matcher_free(m);
+    return ok;
+}
+
+/* a string of n copies of unit between quotes (a test instance), caller frees */
+static char *quoted_run(const char *unit, int n)
+{
+    size_t u = strlen(unit);
+    char *s = malloc(u * (size_t)n + 3);
+    s[0] = '"';
+    for (int i = 0; i < n; i++) memcpy(s + 1 + u * (size_t)i, unit, u);
+    strcpy(s + 1 + u * (size_t)n, "\"");
+    return s;
+}
+
+/* The compiler's sharing: a long bounded repetition calls its body as a rule, equal sub-schemas
+ * share one rule, every escape goes through shared rules; each must keep the exact language. */
+static void test_schema_shared_rules(void **state)
+{
+    (void)state;
+    /* maxLength 300: the character is a rule called 300 times; an escape is one character */
+    struct kiln_grammar *g =
+        compile(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"maxLength\":300}");
+    const struct {
+        const char *unit;
+        int n;
+        bool valid;
+    } runs[] = {{"a", 300, true},       {"a", 301, false},        {"\\n", 300, true},
+                {"\\u00e9", 300, true}, {"\xc3\xa9", 301, false}, {"\\ud83d\\ude00", 300, true},
+                {"\\ud83d", 1, false}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        char *s = quoted_run(runs[i].unit, runs[i].n);
+        if (feed_bytes(g, s) != runs[i].valid)
+            fail_msg("maxLength 300: %d x '%s' should be %s", runs[i].n, runs[i].unit,
+                     runs[i].valid ? "accepted" : "rejected");
+        free(s);
+    }
+    kiln_grammar_unref(g);
+    /* regex {n,m} over a large class: the same */
+    g = compile(KILN_CONSTRAINT_REGEX, "[^x]{2,400}");
+    char *s = malloc(402);
+    memset(s, 'a', 400);
+    s[400] = 0;
+    assert_true(feed_bytes(g, s));
+    s[2] = 0;
+    assert_true(feed(g, s));
+    s[1] = 0;
+    assert_false(feed(g, s));
+    memset(s, 'a', 401);
+    s[401] = 0;
+    assert_false(feed_bytes(g, s));
+    free(s);
+    kiln_grammar_unref(g);
+    /* a class that is not every character: its escapes are its own, not the shared ones */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"pattern\":\"^[^x]+$\"}",
+                (struct cas[]){{"\"y\\u0079\\n\\u00e9\"", true},
+                               {"\"\\u0078\"", false},
+                               {"\"\\u0058\\ud83d\\ude00\"", true},
+                               {NULL, false}});
+    /* equal sub-schemas (keys in another order too) share a rule; different ones do not */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"object\",\"properties\":{"
+                "\"a\":{\"type\":\"string\",\"maxLength\":2},"
+                "\"b\":{\"maxLength\":2,\"type\":\"string\"},"
+                "\"c\":{\"type\":\"string\",\"maxLength\":3},"
+                "\"d\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"maxLength\":2}}},"
+                "\"additionalProperties\":false}",
+                (struct cas[]){{"{\"a\":\"xy\",\"b\":\"xy\",\"c\":\"xyz\"}", true},
+                               {"{\"a\":\"xyz\"}", false},
+                               {"{\"b\":\"xyz\"}", false},
+                               {"{\"c\":\"xyz\"}", true},
+                               {"{\"c\":\"wxyz\"}", false},
+                               {"{\"d\":[\"xy\",\"z\"]}", true},
+                               {"{\"d\":[\"xyz\"]}", false},
+                               {NULL, false}});
+    /* the keys of additional properties beside named ones: any spelling of another name, the
+     * escapes a key needs (control characters, non-ASCII), never a named one in disguise */
+    const char *addl = "{\"type\":\"object\",\"properties\":{\"ab\":{\"type\":\"integer\"},"
+                       "\"a/c\":{\"type\":\"integer\"}},\"additionalProperties\":{\"type\":"
+                       "\"string\"}}";
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, addl,
+                (struct cas[]){{"{\"ab\":1,\"a/c\":2,\"x\":\"y\"}", true},
+                               {"{\"a\":\"y\"}", true},
+                               {"{\"abc\":\"y\"}", true},
+                               {"{\"a\\/\":\"y\"}", false}, /* a/ escaped: refused */
+                               {"{\"a/\":\"y\"}", true},
+                               {"{\"a/c\":\"y\"}", false},
+                               {"{\"ab\":\"y\"}", false},
+                               {"{\"a\\u0001\":\"y\"}", true},
+                               {"{\"\\n\\t\\\\\\\"\":\"y\"}", true},
+                               {"{\"\xc3\xa9\\u00e9\\ud83d\\ude00\":\"y\"}", true},
+                               {"{\"\\ud83d\":\"y\"}", false},
+                               {"{\"a\\u0062\":\"y\"}", false}, /* ab spelled with an escape */
+                               {NULL, false}});
+    g = compile(KILN_CONSTRAINT_JSON_SCHEMA, addl);
+    const char *prefixes[] = {"{\"a", "{\"a/", "{\"x\\", "{\"\\ud83d"};
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) brute_check(g, prefixes[i]);
+    kiln_grammar_unref(g);
+    g = compile(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"maxLength\":300}");
+    brute_check(g, "\"ab\\u00");
+    kiln_grammar_unref(g);
+}
+
 static void test_rollback_forced_eos(void **state)
 {
     (void)state;
@@ -536,6 +646,7 @@ int main(void)
         cmocka_unit_test(test_regex_choice_grammar),
         cmocka_unit_test(test_whitespace_flexible),
         cmocka_unit_test(test_mask_exact),
+        cmocka_unit_test(test_schema_shared_rules),
         cmocka_unit_test(test_rollback_forced_eos),
         cmocka_unit_test(test_cache),
     };
