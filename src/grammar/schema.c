@@ -24,6 +24,9 @@ struct js {
     int nrefs, capref;
     int depth;
     json_t *keep; /* array owning merged schemas */
+    /* the root's $schema is draft 3 to 7, where keywords beside a $ref are ignored (draft
+     * 2019-09 on, and schemas that name no draft, apply them too) */
+    bool ref_alone;
     /* sub-schemas compiled to rules, by their canonical text: equal ones share one rule */
     struct js_memo {
         char *text;
@@ -923,7 +926,7 @@ static json_t *resolve(struct js *j, json_t *s)
 {
     for (int hops = 0; hops < 32 && json_is_object(s); hops++) {
         json_t *r = json_object_get(s, "$ref");
-        if (!r || !json_is_string(r) || json_object_size(s) != 1) return s;
+        if (!r || !json_is_string(r) || (json_object_size(s) != 1 && !j->ref_alone)) return s;
         const char *ref = json_string_value(r);
         if (ref[0] != '#') return s;
         json_t *t = j->root;
@@ -1164,7 +1167,7 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
     json_t *anyof = json_object_get(s, "anyOf"), *oneof = json_object_get(s, "oneOf");
     size_t constraining = 0;
     json_object_foreach(s, k, v) if (!in_list(annotations, k)) constraining++;
-    if (ref && constraining == 1) {
+    if (ref && (constraining == 1 || j->ref_alone)) {
         if (!json_is_string(ref)) {
             res = js_bad(j, ptr, "$ref must be a string");
             goto out;
@@ -1372,6 +1375,13 @@ out:
 struct gx *gr_json_schema_value(struct gr_builder *b, void *json_root)
 {
     struct js j = {.b = b, .root = json_root, .keep = json_array()};
+    const char *dialect = json_string_value(json_object_get(json_root, "$schema"));
+    if (dialect)
+        for (int d = 3; d <= 7; d++) {
+            char name[16];
+            snprintf(name, sizeof name, "draft-0%d/", d);
+            if (strstr(dialect, name)) j.ref_alone = true;
+        }
     struct gx *x = js_value(&j, json_root, "");
     for (int i = 0; i < j.nrefs; i++) free(j.refs[i].ptr);
     free(j.refs);

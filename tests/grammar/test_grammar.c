@@ -572,6 +572,37 @@ static void test_schema_shared_rules(void **state)
     kiln_grammar_unref(g);
 }
 
+/* Draft 4 to 7 ignore the keywords beside a $ref (MaskBench's Github_hard---o13693: a
+ * `required` beside a $ref, instances without the property are valid); later drafts and
+ * schemas that name none apply them. */
+static void test_schema_ref_siblings(void **state)
+{
+    (void)state;
+    const char *body = "\"type\":\"object\",\"properties\":{\"w\":{\"$ref\":\"#/definitions/w\","
+                       "\"required\":[\"c\"]}},\"definitions\":{\"w\":{\"type\":\"object\","
+                       "\"properties\":{\"a\":{\"type\":\"integer\"}}}}}";
+    char text[1024];
+    snprintf(text, sizeof text, "{\"$schema\":\"http://json-schema.org/draft-07/schema#\",%s",
+             body);
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, text,
+                (struct cas[]){{"{\"w\":{\"a\":1}}", true},
+                               {"{\"w\":{\"a\":\"x\"}}", false},
+                               {"{\"w\":{\"a\":1,\"c\":2}}", true},
+                               {NULL, false}});
+    snprintf(text, sizeof text, "{\"$schema\":\"http://json-schema.org/draft-04/schema\",%s", body);
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, text,
+                (struct cas[]){{"{\"w\":{\"a\":1}}", true}, {NULL, false}});
+    snprintf(text, sizeof text, "{%s", body);
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, text,
+                (struct cas[]){{"{\"w\":{\"a\":1}}", false},
+                               {"{\"w\":{\"a\":1,\"c\":2}}", true},
+                               {NULL, false}});
+    snprintf(text, sizeof text, "{\"$schema\":\"https://json-schema.org/draft/2020-12/schema\",%s",
+             body);
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, text,
+                (struct cas[]){{"{\"w\":{\"a\":1}}", false}, {NULL, false}});
+}
+
 static void test_rollback_forced_eos(void **state)
 {
     (void)state;
@@ -647,6 +678,7 @@ int main(void)
         cmocka_unit_test(test_whitespace_flexible),
         cmocka_unit_test(test_mask_exact),
         cmocka_unit_test(test_schema_shared_rules),
+        cmocka_unit_test(test_schema_ref_siblings),
         cmocka_unit_test(test_rollback_forced_eos),
         cmocka_unit_test(test_cache),
     };
