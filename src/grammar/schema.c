@@ -529,13 +529,14 @@ struct prop {
     char ptr[512];
 };
 
-/* The rule of a sub-schema's values; sub-schemas with the same canonical text (sorted keys)
+/* The rule of a sub-schema's values; sub-schemas with the same text (keys in the order written:
+ * the order of `properties` is the order of the output)
  * share one, so a schema written many times over (e.g. a string with a maxLength, as most
  * properties of an object) is compiled once. */
 static int js_value_rule(struct js *j, json_t *schema, const char *ptr)
 {
     struct gr_builder *b = j->b;
-    char *key = json_dumps(schema, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    char *key = json_dumps(schema, JSON_COMPACT | JSON_ENCODE_ANY);
     if (!key) return gb_fail(b, KILN_ERR_NOMEM, "out of memory"), -1;
     uint64_t h = 0xcbf29ce484222325ULL;
     for (const char *c = key; *c; c++) h = (h ^ (unsigned char)*c) * 0x100000001b3ULL;

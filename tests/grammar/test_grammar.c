@@ -528,11 +528,14 @@ static void test_schema_shared_rules(void **state)
                                {"\"\\u0078\"", false},
                                {"\"\\u0058\\ud83d\\ude00\"", true},
                                {NULL, false}});
-    /* equal sub-schemas (keys in another order too) share a rule; different ones do not */
+    /* equal sub-schemas share a rule; different ones do not, nor do objects whose properties
+     * are the same in another order (MaskBench's Github_hard---o7313) */
     check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
                 "{\"type\":\"object\",\"properties\":{"
+                "\"p\":{\"type\":\"object\",\"properties\":{\"x\":{},\"y\":{}}},"
+                "\"q\":{\"type\":\"object\",\"properties\":{\"y\":{},\"x\":{}}},"
                 "\"a\":{\"type\":\"string\",\"maxLength\":2},"
-                "\"b\":{\"maxLength\":2,\"type\":\"string\"},"
+                "\"b\":{\"type\":\"string\",\"maxLength\":2},"
                 "\"c\":{\"type\":\"string\",\"maxLength\":3},"
                 "\"d\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"maxLength\":2}}},"
                 "\"additionalProperties\":false}",
@@ -543,6 +546,8 @@ static void test_schema_shared_rules(void **state)
                                {"{\"c\":\"wxyz\"}", false},
                                {"{\"d\":[\"xy\",\"z\"]}", true},
                                {"{\"d\":[\"xyz\"]}", false},
+                               {"{\"p\":{\"x\":1,\"y\":2},\"q\":{\"y\":1,\"x\":2}}", true},
+                               {"{\"q\":{\"x\":1,\"y\":2}}", false},
                                {NULL, false}});
     /* the keys of additional properties beside named ones: any spelling of another name, the
      * escapes a key needs (control characters, non-ASCII), never a named one in disguise */
