@@ -927,7 +927,8 @@ static bool merge_states(struct kiln_grammar *g)
         }
     }
     int32_t nw = 0, used = 0;
-    for (int32_t s = n - 1; s >= 0; s--) work[nw++] = s, queued[s] = 1;
+    /* successors (mostly numbered after their predecessors) first: fewer states queued again */
+    for (int32_t s = 0; s < n; s++) work[nw++] = s, queued[s] = 1;
     while (nw) {
         int32_t s = work[--nw];
         queued[s] = 0;

@@ -533,22 +533,28 @@ struct prop {
  * the order of `properties` is the order of the output)
  * share one, so a schema written many times over (e.g. a string with a maxLength, as most
  * properties of an object) is compiled once. */
-static int js_value_rule(struct js *j, json_t *schema, const char *ptr)
+static uint64_t memo_hash(const char *key)
 {
-    struct gr_builder *b = j->b;
-    char *key = json_dumps(schema, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!key) return gb_fail(b, KILN_ERR_NOMEM, "out of memory"), -1;
     uint64_t h = 0xcbf29ce484222325ULL;
     for (const char *c = key; *c; c++) h = (h ^ (unsigned char)*c) * 0x100000001b3ULL;
-    size_t at = 0;
-    if (j->capmemo) {
-        for (at = h & (j->capmemo - 1); j->memo[at].text; at = (at + 1) & (j->capmemo - 1))
+    return h;
+}
+
+/* The rule memoized under key (taken over), or a new rule named name registered under it
+ * (*fresh: the caller sets its body); -1 on failure. */
+static int memo_rule(struct js *j, char *key, const char *name, bool *fresh)
+{
+    struct gr_builder *b = j->b;
+    *fresh = false;
+    if (!key) return gb_fail(b, KILN_ERR_NOMEM, "out of memory"), -1;
+    if (j->capmemo)
+        for (size_t at = memo_hash(key) & (j->capmemo - 1); j->memo[at].text;
+             at = (at + 1) & (j->capmemo - 1))
             if (!strcmp(j->memo[at].text, key)) {
                 free(key);
                 return j->memo[at].rule;
             }
-    }
-    int rule = gb_rule(b, "%value_of");
+    int rule = gb_rule(b, name);
     if (rule < 0) {
         free(key);
         return -1;
@@ -562,10 +568,7 @@ static int js_value_rule(struct js *j, json_t *schema, const char *ptr)
         }
         for (size_t i = 0; i < j->capmemo; i++)
             if (j->memo[i].text) {
-                uint64_t hh = 0xcbf29ce484222325ULL;
-                for (const char *c = j->memo[i].text; *c; c++)
-                    hh = (hh ^ (unsigned char)*c) * 0x100000001b3ULL;
-                size_t q = hh & (cap - 1);
+                size_t q = memo_hash(j->memo[i].text) & (cap - 1);
                 while (m[q].text) q = (q + 1) & (cap - 1);
                 m[q] = j->memo[i];
             }
@@ -573,11 +576,67 @@ static int js_value_rule(struct js *j, json_t *schema, const char *ptr)
         j->memo = m;
         j->capmemo = cap;
     }
-    for (at = h & (j->capmemo - 1); j->memo[at].text; at = (at + 1) & (j->capmemo - 1)) {
-    }
+    size_t at = memo_hash(key) & (j->capmemo - 1);
+    while (j->memo[at].text) at = (at + 1) & (j->capmemo - 1);
     j->memo[at] = (struct js_memo){key, rule};
     j->nmemo++;
-    gb_set(b, rule, js_value(j, schema, ptr));
+    *fresh = true;
+    return rule;
+}
+
+static int js_value_rule(struct js *j, json_t *schema, const char *ptr)
+{
+    bool fresh;
+    int rule =
+        memo_rule(j, json_dumps(schema, JSON_COMPACT | JSON_ENCODE_ANY), "%value_of", &fresh);
+    if (fresh) gb_set(j->b, rule, js_value(j, schema, ptr));
+    return rule;
+}
+
+static int cmp_cstr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The rule of a key that is none of names[0..n) (n > 0, none needs escaping), after its
+ * opening quote; shared by the objects with the same set of names. */
+static int js_key_not_in_rule(struct js *j, const struct prop *p, size_t n)
+{
+    const char **names = malloc(n * sizeof *names);
+    size_t len = 2;
+    for (size_t i = 0; names && i < n; i++) len += strlen(names[i] = p[i].name) + 1;
+    char *key = names ? malloc(len) : NULL;
+    if (!key) {
+        free(names);
+        return gb_fail(j->b, KILN_ERR_NOMEM, "out of memory"), -1;
+    }
+    qsort(names, n, sizeof *names, cmp_cstr);
+    size_t at = 0;
+    key[at++] = '\x02'; /* never the start of a schema's text; names hold no control bytes */
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(names[i]);
+        memcpy(key + at, names[i], l);
+        at += l;
+        key[at++] = '\x01';
+    }
+    key[at] = 0;
+    free(names);
+    bool fresh;
+    int rule = memo_rule(j, key, "%key_not_in", &fresh);
+    if (!fresh) return rule;
+    struct ktrie *root = calloc(1, sizeof *root);
+    bool ok = root != NULL;
+    for (size_t i = 0; i < n && ok; i++) {
+        struct ktrie *t = root;
+        for (const unsigned char *c = (const unsigned char *)p[i].name; *c && ok; c++) {
+            if (!t->kid[*c]) t->kid[*c] = calloc(1, sizeof *t);
+            if (!(t = t->kid[*c])) ok = false;
+        }
+        if (t) t->term = true;
+    }
+    if (ok) gb_set(j->b, rule, notin(j, root));
+    ktrie_free(root);
+    if (!ok) return gb_fail(j->b, KILN_ERR_NOMEM, "out of memory"), -1;
     return rule;
 }
 
@@ -650,32 +709,20 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
     /* additional members */
     struct gx *extra = NULL;
     if (!addl_false) {
-        struct ktrie *root = calloc(1, sizeof *root);
-        bool ok = root != NULL;
-        for (size_t i = 0; i < n && ok; i++) {
-            struct ktrie *t = root;
-            for (const unsigned char *c = (const unsigned char *)p[i].name; *c && ok; c++) {
+        for (size_t i = 0; i < n; i++)
+            for (const unsigned char *c = (const unsigned char *)p[i].name; *c; c++)
                 if (*c >= 128 || *c < 0x20 || *c == '"' || *c == '\\') {
-                    ok = false;
-                    break;
+                    free(tail);
+                    free(p);
+                    return js_fail(j,
+                                   "unsupported (property names that need escaping, with "
+                                   "additional properties allowed)",
+                                   "additionalProperties", ptr);
                 }
-                if (!t->kid[*c]) t->kid[*c] = calloc(1, sizeof *t);
-                if (!(t = t->kid[*c])) ok = false;
-            }
-            if (t) t->term = true;
-        }
-        if (!ok) {
-            ktrie_free(root);
-            free(tail);
-            free(p);
-            return js_fail(j,
-                           "unsupported (property names that need escaping, with additional "
-                           "properties allowed)",
-                           "additionalProperties", ptr);
-        }
-        struct gx *key = n ? gx_seq2(b, gx_byte(b, '"'), notin(j, root)) : gx_json_string(b);
-        ktrie_free(root);
-        struct gx *val = addl_schema ? js_value(j, addl_schema, aptr) : gr_json_any_value(b);
+        struct gx *key = n ? gx_seq2(b, gx_byte(b, '"'), gx_call(b, js_key_not_in_rule(j, p, n)))
+                           : gx_json_string(b);
+        struct gx *val =
+            addl_schema ? gx_call(b, js_value_rule(j, addl_schema, aptr)) : gr_json_any_value(b);
         int r_extra = gb_rule(b, "%additional"); /* emitted once, called from both tails */
         gb_set(b, r_extra, gx_add(b, gx_add(b, gx_add(b, gx_seq(b), key), punct(b, ":")), val));
         extra = gx_call(b, r_extra);
