@@ -192,9 +192,9 @@ static size_t gx_size(const struct gx *x, size_t cap)
         for (int i = 0; i < x->n && n < cap; i++) n += gx_size(x->kid[i], cap - n);
         return n;
     }
-    case GX_REP: {
-        size_t k = gx_size(x->kid[0], cap), times = (size_t)(x->max > x->min ? x->max : x->min);
-        if (times == 0) times = 1;
+    case GX_REP: { /* min copies, then max - min optional ones or one loop */
+        size_t k = gx_size(x->kid[0], cap);
+        size_t times = (size_t)(x->max < 0 ? x->min + 1 : x->max > 0 ? x->max : 1);
         return k >= cap / times ? cap : k * times + 2;
     }
     default:
@@ -210,7 +210,7 @@ struct gx *gx_rep(struct gr_builder *b, struct gx *x, int min, int max)
 {
     if (!x) return NULL;
     if (max >= 0 && max < min) return gx_none(b);
-    size_t times = (size_t)(max > min ? max : min);
+    size_t times = (size_t)(max < 0 ? min + 1 : max);
     if (times > 1 && x->op != GX_RULE && gx_size(x, GR_REP_INLINE) >= GR_REP_INLINE / times) {
         int r = gb_rule(b, "%repeated");
         gb_set(b, r, x);
@@ -715,6 +715,7 @@ struct lr_walk {
     int32_t *adj; /* callee lists, appended */
     size_t nadj, capadj;
     bool oom;
+    size_t work;
 };
 
 static bool left_walk(const struct kiln_grammar *g, int r, const bool *nullable, struct lr_walk *w,
@@ -727,6 +728,7 @@ static bool left_walk(const struct kiln_grammar *g, int r, const bool *nullable,
     w->seen[g->rule_start[r]] = ep;
     while (sp) {
         const struct gr_state *st = &g->st[w->stack[--sp]];
+        w->work += (size_t)st->nc + 1;
         for (uint32_t k = 0; k < st->nc; k++) {
             const struct gr_calle *ce = &g->calls[st->c0 + k];
             if (row && w->rseen[ce->rule] != ep) {
@@ -769,9 +771,15 @@ static enum kiln_status check_left_recursion(struct gr_builder *b, struct kiln_g
         rc = KILN_ERR_NOMEM;
         goto out;
     }
+    w.work = b->work;
     for (bool changed = true; changed;) {
         changed = false;
-        for (int r = 0; r < nr; r++)
+        if (w.work > GR_MAX_WORK) {
+            rc = KILN_ERR_LIMIT;
+            goto out;
+        }
+        /* callees usually come after their callers: from the last rule back, few passes */
+        for (int r = nr; r-- > 0;)
             if (!nullable[r] && left_walk(g, r, nullable, &w, false)) {
                 nullable[r] = true;
                 changed = true;
@@ -821,6 +829,9 @@ static enum kiln_status check_left_recursion(struct gr_builder *b, struct kiln_g
         }
 out:
     if (rc == KILN_ERR_NOMEM) gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+    if (rc == KILN_ERR_LIMIT)
+        gb_fail(b, KILN_ERR_LIMIT, "constraint too large to compile (over %zu steps)", GR_MAX_WORK);
+    b->work = w.work;
     free(nullable), free(w.seen), free(w.rseen), free(w.stack), free(w.adj), free(a0), free(indeg);
     free(queue);
     return rc;
@@ -1016,6 +1027,14 @@ enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_gr
                    KILN_ERR_INVALID;
     struct nfa c = {.b = b};
     int nr = b->n;
+    /* the budget, before anything is built */
+    size_t est = (size_t)nr;
+    for (int r = 0; r < nr && est <= GR_MAX_STATES; r++)
+        est += gx_size(b->body[r], (size_t)GR_MAX_STATES + 1);
+    if (est > GR_MAX_STATES)
+        return gb_fail(b, KILN_ERR_LIMIT,
+                       "constraint too large to compile (over %d automaton states)", GR_MAX_STATES),
+               KILN_ERR_LIMIT;
     int32_t *start = malloc((size_t)nr * sizeof *start), *fin = malloc((size_t)nr * sizeof *fin);
     if (!start || !fin) {
         free(start), free(fin);
@@ -1087,6 +1106,7 @@ enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_gr
         while (sp) {
             int32_t s = stk[--sp];
             if (isfin[s]) accept = true;
+            b->work += (size_t)(first[s + 1] - first[s]) + 1;
             for (int32_t k = first[s]; k < first[s + 1]; k++) {
                 const struct tedge *e = &c.e[k];
                 if (e->kind == TE_EPS) {
@@ -1121,6 +1141,11 @@ enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_gr
                     if (!dup) cb[ncb++] = (struct gr_calle){e->rule, newid[e->to]};
                 }
             }
+        }
+        if (b->work > GR_MAX_WORK) {
+            gb_fail(b, KILN_ERR_LIMIT, "constraint too large to compile (over %zu steps)",
+                    GR_MAX_WORK);
+            goto done;
         }
         /* merge byte edges to the same target */
         qsort(eb + e_begin, neb - e_begin, sizeof *eb, cmp_edge);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -608,6 +609,89 @@ static void test_schema_ref_siblings(void **state)
                 (struct cas[]){{"{\"w\":{\"a\":1}}", false}, {NULL, false}});
 }
 
+static double cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* compiles text; the status, and the thread CPU time it took in *ms */
+static enum kiln_status timed_compile(enum kiln_constraint_kind kind, const char *text, double *ms,
+                                      char *msg, size_t cap)
+{
+    struct kiln_constraint_spec spec = {kind, text, strlen(text)};
+    struct kiln_grammar *g = NULL;
+    struct kiln_error err = {0};
+    double t0 = cpu_ms();
+    enum kiln_status st = kiln_grammar_compile(&spec, vocab, &g, &err);
+    *ms = cpu_ms() - t0;
+    kiln_grammar_unref(g);
+    snprintf(msg, cap, "%s", err.msg);
+    return st;
+}
+
+/* A string of the given unit repeated n times, then tail (caller frees) */
+static char *repeat(const char *unit, int n, const char *tail)
+{
+    size_t u = strlen(unit), t = strlen(tail);
+    char *s = malloc(u * (size_t)n + t + 1);
+    for (int i = 0; i < n; i++) memcpy(s + u * (size_t)i, unit, u);
+    memcpy(s + u * (size_t)n, tail, t + 1);
+    return s;
+}
+
+/* The compile budget: constraints built to be expensive are accepted or refused within a
+ * bounded CPU time (the limits are loose enough for the sanitizer build and a loaded machine:
+ * without the budget each takes seconds to minutes). */
+static void test_compile_budget(void **state)
+{
+    (void)state;
+    double ms;
+    char msg[256];
+    /* nested unbounded repetitions: each level doubled the automaton (2^34 states; 38 s
+     * under the fuzz build before the refusal); the repeated body is a rule now */
+    assert_int_equal(timed_compile(KILN_CONSTRAINT_REGEX,
+                                   "\\u00e9++++++++++++++++++++++++++++++++++", &ms, msg,
+                                   sizeof msg),
+                     KILN_OK);
+    assert_true(ms < 1000);
+    assert_int_equal(
+        timed_compile(KILN_CONSTRAINT_REGEX, "((a{0,50}){0,50}){0,50}", &ms, msg, sizeof msg),
+        KILN_OK);
+    assert_true(ms < 1000);
+    /* over the state budget: refused from the estimate, before anything is built */
+    char *re = repeat("(x{0,4000})", 300, "");
+    assert_int_equal(timed_compile(KILN_CONSTRAINT_REGEX, re, &ms, msg, sizeof msg),
+                     KILN_ERR_LIMIT);
+    assert_non_null(strstr(msg, "too large"));
+    if (ms > 50) fail_msg("refusing 1.2M estimated states took %.1f ms", ms);
+    free(re);
+    re = repeat("((((a{0,10000}){0,10000}){0,10000}){0,10000})", 40, "");
+    assert_int_equal(timed_compile(KILN_CONSTRAINT_REGEX, re, &ms, msg, sizeof msg),
+                     KILN_ERR_LIMIT);
+    if (ms > 50) fail_msg("refusing nested bounded repetitions took %.1f ms", ms);
+    free(re);
+    /* quadratic epsilon closures (each optional reaches every later one): the step budget */
+    re = repeat("a?", 60000, "");
+    assert_int_equal(timed_compile(KILN_CONSTRAINT_REGEX, re, &ms, msg, sizeof msg),
+                     KILN_ERR_LIMIT);
+    assert_non_null(strstr(msg, "too large"));
+    if (ms > 1500) fail_msg("refusing a?{60000} took %.1f ms", ms);
+    free(re);
+    /* a grammar of 40,000 rules, each calling the next at a nullable prefix: names are
+     * looked up in a hash, nullable rules found in few passes */
+    size_t cap = 40 * 40001, n = 0;
+    char *gr = malloc(cap);
+    n += (size_t)snprintf(gr + n, cap - n, "root ::= r0 \"x\"\n");
+    for (int i = 0; i < 40000; i++)
+        n += (size_t)snprintf(gr + n, cap - n, "r%d ::= r%d? \"a\"?\n", i, i + 1);
+    snprintf(gr + n, cap - n, "r40000 ::= \"b\"?\n");
+    assert_int_equal(timed_compile(KILN_CONSTRAINT_GRAMMAR, gr, &ms, msg, sizeof msg), KILN_OK);
+    if (ms > 2000) fail_msg("a grammar of 40,000 rules took %.1f ms", ms);
+    free(gr);
+}
+
 static void test_rollback_forced_eos(void **state)
 {
     (void)state;
@@ -684,6 +768,7 @@ int main(void)
         cmocka_unit_test(test_mask_exact),
         cmocka_unit_test(test_schema_shared_rules),
         cmocka_unit_test(test_schema_ref_siblings),
+        cmocka_unit_test(test_compile_budget),
         cmocka_unit_test(test_rollback_forced_eos),
         cmocka_unit_test(test_cache),
     };
