@@ -137,6 +137,12 @@ struct kiln_grammar {
     struct gr_calle *calls;
     int32_t *rule_start;
     char **rule_name;
+    /* the matcher's per-state plain-character analysis (matcher.c), allocated on first use and
+     * shared by every matcher of this grammar: 0 unknown, else a GR_FA_* code */
+    _Atomic(atomic_int *) fa;
+    /* the matcher's per-state frame walks (struct gr_fw, matcher.c), published once each */
+    _Atomic(struct gr_fw *) *fw;
+    atomic_size_t fw_bytes; /* what they hold, against a per-grammar budget */
 };
 
 /* Builds the grammar whose start is `root` (an expression turned into a rule); frees nothing of b.
@@ -169,7 +175,15 @@ struct kiln_grammar_vocab {
     uint32_t *plain_mask;
     struct gr_trie nonplain;
     int maxdepth;
+    /* plain tokens by length in code points: plain_le[L * words ..] has those of at most L code
+     * points (L < GR_PLAIN_LE); the longer ones are plain_long, sorted by plain_long_cp */
+    uint32_t *plain_le;
+    int32_t *plain_long;
+    uint16_t *plain_long_cp;
+    int32_t nplain_long;
+    int plain_maxcp; /* the longest plain token, in code points */
 };
+#define GR_PLAIN_LE 24
 
 /* A vocabulary from raw byte strings (tests and fuzzers; no tokenizer: no forced tokens);
  * eos: the one EOS id (its string is ignored), -1 for none. */

@@ -442,14 +442,23 @@ static void brute_check(struct kiln_grammar *g, const char *prefix)
     kiln_matcher_free(m);
 }
 
+/* brute_check at every prefix, `passes` times over (each pass with new matchers: a later one
+ * finds what the earlier ones left in the grammar) */
+static void brute_schema(const char *schema, const char *const *prefixes, size_t n, int passes)
+{
+    struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA, schema);
+    for (int pass = 0; pass < passes; pass++)
+        for (size_t i = 0; i < n; i++) brute_check(g, prefixes[i]);
+    kiln_grammar_unref(g);
+}
+
 static void test_mask_exact(void **state)
 {
     (void)state;
-    struct kiln_grammar *g = compile(
-        KILN_CONSTRAINT_JSON_SCHEMA,
+    const char *schema =
         "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":4},"
         "\"n\":{\"type\":\"integer\",\"maximum\":250},\"tags\":{\"type\":\"array\",\"items\":{"
-        "\"enum\":[\"red\",\"green\"]}}},\"required\":[\"name\"],\"additionalProperties\":false}");
+        "\"enum\":[\"red\",\"green\"]}}},\"required\":[\"name\"],\"additionalProperties\":false}";
     const char *prefixes[] = {"",
                               "{",
                               "{\"",
@@ -459,7 +468,50 @@ static void test_mask_exact(void **state)
                               "{\"name\":\"a\",\"tags\":[\"re",
                               "{\"name\":\"a\",\"tags\":[\"red\"]",
                               "{\"name\":\"a\"}"};
-    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) brute_check(g, prefixes[i]);
+    brute_schema(schema, prefixes, sizeof prefixes / sizeof prefixes[0], 1);
+}
+
+/* positions whose plain tokens come from the per-state plain-character analysis (matcher.c):
+ * keys of objects that take additional properties, strings with maxLength (around the 24-code
+ * point boundary of the vocabulary's length masks), rules a plain run can return from */
+static void test_mask_exact_plain(void **state)
+{
+    (void)state;
+    const char *schema =
+        "{\"type\":\"object\",\"properties\":{\"title\":{\"type\":\"string\",\"maxLength\":30},"
+        "\"tag\":{\"type\":\"string\"}},\"additionalProperties\":{\"type\":\"string\","
+        "\"maxLength\":3}}";
+    const char *prefixes[] = {"{\"",
+                              "{\"t",
+                              "{\"ti",
+                              "{\"title",
+                              "{\"title\":\"",
+                              "{\"title\":\"h\xc3\xa9llo w",
+                              "{\"title\":\"abcdefghij",
+                              "{\"title\":\"abcdefghijklmnopqrstuvwxy",
+                              "{\"title\":\"abcdefghijklmnopqrstuvwxyz0123",
+                              "{\"title\":\"abcdefghijklmnopqrstuvwxyz0\xc3\xa9\xc3\xa9\xc3\xa9",
+                              "{\"title\":\"a\",\"",
+                              "{\"title\":\"a\",\"ta",
+                              "{\"title\":\"a\",\"tag\":\"x",
+                              "{\"title\":\"a\",\"tax",
+                              "{\"title\":\"a\",\"xy\":\"",
+                              "{\"title\":\"a\",\"xy\":\"ab"};
+    brute_schema(schema, prefixes, sizeof prefixes / sizeof prefixes[0], 2);
+    /* a rule a plain run may leave early (x), then more plain characters (y) */
+    struct kiln_grammar *g =
+        compile(KILN_CONSTRAINT_GRAMMAR, "root ::= \"<\" x y \"!\"\nx ::= .{0,2}\ny ::= .*\n");
+    brute_check(g, "<");
+    brute_check(g, "<a");
+    kiln_grammar_unref(g);
+    g = compile(KILN_CONSTRAINT_GRAMMAR, "root ::= .{0,40} \"\\n\"\n");
+    brute_check(g, "");
+    brute_check(g, "abcdefghijklmnopqrst");
+    brute_check(g, "abcdefghijklmnopqrstuvwxyz01234567");
+    kiln_grammar_unref(g);
+    g = compile(KILN_CONSTRAINT_REGEX, "[a-z ]{0,40}|[0-9]{3}");
+    brute_check(g, "");
+    brute_check(g, "ab");
     kiln_grammar_unref(g);
 }
 
@@ -769,6 +821,7 @@ int main(void)
         cmocka_unit_test(test_schema_shared_rules),
         cmocka_unit_test(test_schema_ref_siblings),
         cmocka_unit_test(test_compile_budget),
+        cmocka_unit_test(test_mask_exact_plain),
         cmocka_unit_test(test_rollback_forced_eos),
         cmocka_unit_test(test_cache),
     };
