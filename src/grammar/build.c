@@ -20,6 +20,7 @@ void gb_init(struct gr_builder *b, struct kiln_error *err)
     b->err = err;
     b->r_json_value = b->r_json_string = b->r_json_object = -1;
     b->r_esc = b->r_esc_hi = b->r_string_rest = b->r_utf8_hi = b->r_esc_key = -1;
+    b->r_ws = -1;
 }
 
 void gb_free(struct gr_builder *b)

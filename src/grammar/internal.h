@@ -38,6 +38,7 @@ struct gr_builder {
     /* shared rules inside JSON strings: what follows the backslash of any escaped character,
      * of any non-ASCII one (gx_json_chars); the rest of a string after its opening quote */
     int r_esc, r_esc_hi, r_string_rest, r_utf8_hi, r_esc_key;
+    int r_ws; /* the whitespace between JSON tokens under KILN_GRAMMAR_WS_INDENT */
 };
 
 #define GR_MAX_BYTES ((size_t)256 << 20)

@@ -40,6 +40,19 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr);
 static struct gx *ws(struct gr_builder *b)
 {
     if (b->ws == KILN_GRAMMAR_WS_COMPACT) return gx_empty(b);
+    if (b->ws == KILN_GRAMMAR_WS_INDENT) {
+        /* one shared rule: nothing | " " | "\n" " "{0,KILN_GRAMMAR_INDENT_MAX} */
+        if (b->r_ws < 0) {
+            b->r_ws = gb_rule(b, "%ws");
+            if (b->r_ws < 0) return NULL;
+            struct gx *nl = gx_add(b, gx_seq(b), gx_byte(b, '\n'));
+            nl = gx_add(b, nl, gx_rep(b, gx_byte(b, ' '), 0, KILN_GRAMMAR_INDENT_MAX));
+            struct gx *alt = gx_add(b, gx_alt(b), gx_empty(b));
+            alt = gx_add(b, gx_add(b, alt, gx_byte(b, ' ')), nl);
+            gb_set(b, b->r_ws, alt);
+        }
+        return gx_call(b, b->r_ws);
+    }
     struct gx *x = gx_byte(b, ' ');
     if (x) {
         x->bits[0] |= 1u << '\t' | 1u << '\n' | 1u << '\r';

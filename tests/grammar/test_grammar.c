@@ -398,6 +398,37 @@ static void test_whitespace_flexible(void **state)
     kiln_grammar_unref(g);
 }
 
+/* The bounded indented form: what json.dumps(indent=2) writes (and ", " / ": " separators),
+ * but never a tab, two spaces on one line outside an indent, or a run of indentation past the
+ * bound; masks exact inside the indentation. */
+static void brute_check(struct kiln_grammar *g, const char *prefix);
+static void test_whitespace_indent(void **state)
+{
+    (void)state;
+    struct kiln_grammar *g = compile_ws(
+        KILN_CONSTRAINT_JSON_SCHEMA,
+        "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"array\",\"items\":{"
+        "\"type\":\"integer\"}},\"b\":{\"const\":{\"x\":[1]}}},\"required\":[\"a\",\"b\"],"
+        "\"additionalProperties\":false}",
+        KILN_GRAMMAR_WS_INDENT);
+    assert_true(feed(g, "{\"a\":[1,2],\"b\":{\"x\":[1]}}"));
+    assert_true(feed(g, "{\"a\": [1, 2], \"b\": {\"x\": [1]}}"));
+    assert_true(feed(g, "{\n  \"a\": [\n    1,\n    2\n  ],\n  \"b\": {\n    \"x\": [\n      1\n"
+                        "    ]\n  }\n}"));
+    assert_false(feed(g, "{\"a\":\t[1],\"b\":{\"x\":[1]}}"));
+    assert_false(feed(g, "{\"a\":  [1],\"b\":{\"x\":[1]}}"));
+    char deep[128] = "{\n";
+    memset(deep + 2, ' ', KILN_GRAMMAR_INDENT_MAX + 1);
+    strcpy(deep + 3 + KILN_GRAMMAR_INDENT_MAX, "\"a\":[],\"b\":{\"x\":[1]}}");
+    assert_false(feed(g, deep));
+    deep[2 + KILN_GRAMMAR_INDENT_MAX] = '"';
+    strcpy(deep + 2 + KILN_GRAMMAR_INDENT_MAX, "\"a\":[],\"b\":{\"x\":[1]}}");
+    assert_true(feed(g, deep));
+    brute_check(g, "{\n   ");
+    brute_check(g, "{\"a\": [");
+    kiln_grammar_unref(g);
+}
+
 /* the mask equals "accepting the token succeeds" for every token of the vocabulary */
 static void brute_check(struct kiln_grammar *g, const char *prefix)
 {
@@ -817,6 +848,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_regex_choice_grammar),
         cmocka_unit_test(test_whitespace_flexible),
+        cmocka_unit_test(test_whitespace_indent),
         cmocka_unit_test(test_mask_exact),
         cmocka_unit_test(test_schema_shared_rules),
         cmocka_unit_test(test_schema_ref_siblings),
