@@ -65,6 +65,8 @@ static void usage(FILE *f)
         "  --max-n N             most choices per prompt (default 16)\n"
         "  --idle-timeout S      close keep-alive connections idle this long, and clients\n"
         "                        that stop reading a reply (default 60)\n"
+        "  --header-timeout S    a request's line and headers must all arrive this long\n"
+        "                        after their first byte, else 408 (default 60)\n"
         "  --no-web-ui           do not serve the chat page at / (the API "
         "only)\n" KILN_CLI_BACKEND_HELP);
 }
@@ -88,6 +90,7 @@ enum {
     O_HEADER,
     O_MAXN,
     O_IDLE,
+    O_HEADER_TIMEOUT,
     O_NO_WEB,
     O_HELP
 };
@@ -111,6 +114,7 @@ static const struct option long_opts[] = {
     {"max-header-bytes", required_argument, 0, O_HEADER},
     {"max-n", required_argument, 0, O_MAXN},
     {"idle-timeout", required_argument, 0, O_IDLE},
+    {"header-timeout", required_argument, 0, O_HEADER_TIMEOUT},
     {"no-web-ui", no_argument, 0, O_NO_WEB},
     {"help", no_argument, 0, O_HELP},
     KILN_CLI_BACKEND_OPTIONS,
@@ -171,6 +175,8 @@ static bool option(int id, const char *arg, void *ctx)
         return kiln_cli_int(arg, 1, 1024, &a->srv.max_n);
     case O_IDLE:
         return kiln_cli_int(arg, 1, 86400, &a->srv.idle_timeout_s);
+    case O_HEADER_TIMEOUT:
+        return kiln_cli_int(arg, 1, 86400, &a->srv.header_timeout_s);
     case O_NO_WEB:
         a->srv.web_ui = false;
         return true;

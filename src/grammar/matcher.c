@@ -1277,6 +1277,7 @@ enum kiln_status kiln_grammar_compile(const struct kiln_constraint_spec *spec,
 
 struct cache_entry {
     enum kiln_constraint_kind kind;
+    enum kiln_grammar_ws ws;
     char *text;
     size_t len;
     struct kiln_grammar *g;
@@ -1324,11 +1325,21 @@ enum kiln_status kiln_grammar_cache_get(struct kiln_grammar_cache *c,
                                         const struct kiln_constraint_spec *spec,
                                         struct kiln_grammar **out, struct kiln_error *err)
 {
+    return kiln_grammar_cache_get_opts(c, spec, NULL, out, err);
+}
+
+enum kiln_status kiln_grammar_cache_get_opts(struct kiln_grammar_cache *c,
+                                             const struct kiln_constraint_spec *spec,
+                                             const struct kiln_grammar_options *opts,
+                                             struct kiln_grammar **out, struct kiln_error *err)
+{
+    enum kiln_grammar_ws ws = opts ? opts->whitespace : KILN_GRAMMAR_WS_COMPACT;
     size_t len = spec->text ? spec->len : 0;
     pthread_mutex_lock(&c->lock);
     for (int i = 0; i < c->n; i++) {
         struct cache_entry *e = &c->e[i];
-        if (e->kind == spec->kind && e->len == len && (!len || !memcmp(e->text, spec->text, len))) {
+        if (e->kind == spec->kind && e->ws == ws && e->len == len &&
+            (!len || !memcmp(e->text, spec->text, len))) {
             e->used = ++c->tick;
             *out = kiln_grammar_ref(e->g);
             pthread_mutex_unlock(&c->lock);
@@ -1338,7 +1349,7 @@ enum kiln_status kiln_grammar_cache_get(struct kiln_grammar_cache *c,
     pthread_mutex_unlock(&c->lock);
     /* compile outside the lock (it can take milliseconds); a racing twin is harmless */
     struct kiln_grammar *g;
-    enum kiln_status st = kiln_grammar_compile(spec, c->v, &g, err);
+    enum kiln_status st = kiln_grammar_compile_opts(spec, c->v, opts, &g, err);
     if (st) return st;
     char *copy = malloc(len + 1);
     if (!copy) {
@@ -1356,7 +1367,7 @@ enum kiln_status kiln_grammar_cache_get(struct kiln_grammar_cache *c,
         kiln_grammar_unref(c->e[slot].g);
     } else
         c->n++;
-    c->e[slot] = (struct cache_entry){spec->kind, copy, len, kiln_grammar_ref(g), ++c->tick};
+    c->e[slot] = (struct cache_entry){spec->kind, ws, copy, len, kiln_grammar_ref(g), ++c->tick};
     pthread_mutex_unlock(&c->lock);
     *out = g;
     return KILN_OK;

@@ -477,6 +477,7 @@ static void update_stats(struct kiln_engine *e)
     e->stats.running = e->running.n;
     e->stats.waiting = e->waiting.n;
     e->stats.kv_blocks_used = kiln_kv_used(&e->kv);
+    e->stats.kv_blocks_touched = e->kv.n_touched;
     e->stats.steps = e->steps;
     e->stats.preemptions = e->preemptions;
     e->stats.prefix_hits_tokens = e->prefix_hits;
@@ -1076,6 +1077,7 @@ enum kiln_status kiln_engine_create(struct kiln_backend *backend, struct kiln_to
         return kiln_errorf(err, KILN_ERR_NOMEM, "engine: out of memory for step buffers");
     }
     e->stats.kv_blocks_total = e->kv.n_blocks;
+    e->stats.kv_bytes = backend->kv_bytes;
     if (pthread_create(&e->thread, NULL, engine_main, e)) {
         kiln_engine_free(e);
         return kiln_errorf(err, KILN_ERR_INTERNAL, "engine: cannot start its thread");

@@ -105,6 +105,8 @@ struct kiln_event {
 struct kiln_engine_stats {
     int running, waiting;
     int kv_blocks_used, kv_blocks_total;
+    int kv_blocks_touched; /* used at least once (kvcache.h: where the CPU's pool is committed) */
+    uint64_t kv_bytes;     /* the pool's memory, all layers */
     uint64_t steps, preemptions, prefix_hits_tokens;
     /* structured output: masks computed and their engine-thread time (fill, plus the search for
      * forced tokens), tokens appended without a draw */

@@ -145,6 +145,8 @@ static int take_free(struct kiln_kv *kv)
     KILN_ASSERT(b >= 0 && kv->ref[b] == 0);
     unlink_free(kv, b);
     if (kv->cached[b]) table_remove(kv, b); /* evicted: its memory is about to be rewritten */
+    KILN_ASSERT(b <= kv->n_touched);
+    if (b == kv->n_touched) kv->n_touched++;
     kv->ref[b] = 1;
     return b;
 }

@@ -41,6 +41,11 @@ struct kiln_kv {
     int32_t *table;       /* (table_mask + 1,) open addressing by hash: block id or -1 */
     uint32_t table_mask;
     int n_cached; /* blocks in the table */
+    /* Blocks allocated at least once: exactly [0, n_touched). The free list starts in index
+     * order and a released block goes before (never cached) or after (cached) the blocks never
+     * used, so those are always taken in index order. A backend whose pool memory is committed
+     * on first write (the CPU's calloc) holds n_touched blocks' worth of it. */
+    int n_touched;
 };
 
 /* A sequence's block table. */

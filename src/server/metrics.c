@@ -138,6 +138,13 @@ char *kiln_metrics_render(const struct kiln_metrics *m, const struct kiln_engine
            st->kv_blocks_used);
     scalar(f, "kiln_kv_blocks_total", "gauge", "KV cache blocks in the pool.", labels,
            st->kv_blocks_total);
+    scalar(f, "kiln_kv_blocks_touched", "gauge",
+           "KV cache blocks used at least once since start (the prefix cache keeps finished "
+           "blocks and takes never-used ones first; on the CPU a block's memory is committed at "
+           "its first use, so the process grows with this up to the pool's size).",
+           labels, st->kv_blocks_touched);
+    scalar(f, "kiln_kv_cache_bytes", "gauge", "Memory of the KV cache pool, all layers.", labels,
+           (double)st->kv_bytes);
     scalar(f, "kiln_kv_cache_usage_ratio", "gauge", "KV cache blocks in use / pool size.", labels,
            st->kv_blocks_total ? (double)st->kv_blocks_used / st->kv_blocks_total : 0.0);
     scalar(f, "kiln_engine_steps_total", "counter", "Engine iterations (forward passes).", labels,

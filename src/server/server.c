@@ -26,6 +26,7 @@ void kiln_server_options_default(struct kiln_server_options *opt)
                                         .max_choices = 128,
                                         .shutdown_timeout_s = 30.0,
                                         .idle_timeout_s = 60,
+                                        .header_timeout_s = 60,
                                         .web_ui = true};
 }
 
@@ -442,6 +443,7 @@ void server_http_error(struct http_req *req, int status, const char *message)
     struct http_ctx h = {
         .s = server_req_server(req), .req = req, .endpoint = "other", .t0 = kiln_now()};
     const char *code = status == 413   ? "request_too_large"
+                       : status == 408 ? "request_timeout"
                        : status == 431 ? "request_header_fields_too_large"
                        : status == 501 ? "not_implemented"
                        : status == 505 ? "http_version_not_supported"

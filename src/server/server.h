@@ -31,6 +31,8 @@ struct kiln_server_options {
     int max_choices;           /* most prompts x n per request (default 128) */
     double shutdown_timeout_s; /* SIGTERM: running requests get this long (default 30) */
     int idle_timeout_s;        /* keep-alive connections idle this long are closed (60) */
+    int header_timeout_s;      /* a request head must arrive whole this long after its first
+                                  byte, else 408 and close (60) */
     bool web_ui;               /* the chat page at GET / (default true; --no-web-ui) */
 };
 

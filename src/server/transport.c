@@ -14,6 +14,10 @@
  * rest of the client's bytes are read and dropped for up to 2 s) so the client sees the answer
  * instead of a reset.
  *
+ * A request head (request line and headers) must arrive whole within --header-timeout seconds
+ * of its first byte: a client that trickles a byte now and then, each within --idle-timeout,
+ * is answered 408 and closed instead of holding its connection for ever (slowloris).
+ *
  * Out of file descriptors, accept() pauses for 100 ms at a time instead of spinning; the
  * connections waiting meanwhile are answered 503 and closed with a spare descriptor, counted
  * as refused in /metrics, and one warning is logged per episode.
@@ -67,6 +71,7 @@ struct http_conn {
     char *body;
     size_t body_len, body_cap;
     struct event *linger;
+    struct event *head_deadline; /* armed while a head is partly received (--header-timeout) */
     struct event *drop; /* a stalled reader is dropped from the loop, not inside a handler */
     /* Streaming: is the peer still taking bytes? (what the kernel got minus what it holds) */
     struct event *stall;
@@ -273,6 +278,7 @@ static void conn_free(struct http_conn *c)
     s->metrics.connections = --s->n_conns;
     bufferevent_free(c->bev);
     if (c->linger) event_free(c->linger);
+    if (c->head_deadline) event_free(c->head_deadline);
     if (c->drop) event_free(c->drop);
     if (c->stall) event_free(c->stall);
     free(c->body);
@@ -407,6 +413,28 @@ static bool read_body(struct http_conn *c)
     return false;
 }
 
+static void on_head_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct http_conn *c = arg;
+    if (c->state != CONN_HEAD) return;
+    char msg[96];
+    snprintf(msg, sizeof msg, "The request line and headers did not arrive within %d s",
+             c->s->opt.header_timeout_s);
+    early_error(c, 408, msg);
+}
+
+/* The clock runs from the first byte of a head (an idle keep-alive connection is the idle
+ * timeout's) to its end, however the bytes are spread. */
+static void arm_head_deadline(struct http_conn *c)
+{
+    if (!c->head_deadline) c->head_deadline = evtimer_new(c->s->base, on_head_deadline, c);
+    if (!c->head_deadline || evtimer_pending(c->head_deadline, NULL)) return;
+    struct timeval tv = {c->s->opt.header_timeout_s, 0};
+    evtimer_add(c->head_deadline, &tv);
+}
+
 static void process(struct http_conn *c)
 {
     struct kiln_server *s = c->s;
@@ -422,7 +450,11 @@ static void process(struct http_conn *c)
             struct kiln_http_error e;
             long r = kiln_http_parse_request(p, look, s->opt.max_header_bytes,
                                              s->opt.max_body_bytes, &hr, &e);
-            if (r == KILN_HTTP_PARTIAL && look == n) return;
+            if (r == KILN_HTTP_PARTIAL && look == n) {
+                arm_head_deadline(c);
+                return;
+            }
+            if (c->head_deadline) evtimer_del(c->head_deadline);
             if (r == KILN_HTTP_PARTIAL) {
                 e.status = 431;
                 snprintf(e.message, sizeof e.message,
@@ -531,6 +563,8 @@ static const char *reason_phrase(int status)
         return "Not Found";
     case 405:
         return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
     case 413:
         return "Content Too Large";
     case 429:

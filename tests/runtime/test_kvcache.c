@@ -239,6 +239,8 @@ static void stress(void **state)
         seqs[i] = seq_new(CAP);
         all[i] = &seqs[i];
     }
+    bool ever[NB] = {false}; /* blocks some sequence has held */
+    int n_ever = 0;
     uint64_t r = 7;
     long matched = 0;
     for (int it = 0; it < 20000; it++) {
@@ -265,7 +267,18 @@ static void stress(void **state)
             kiln_kv_seq_commit(&kv, s, toks[i], computed[i]);
         }
         check(&kv, all, NS);
+        /* Allocation takes all or nothing, so every block taken is in a sequence now: the
+         * touched mark is exactly the count of blocks ever held, and they are its prefix. */
+        for (int j = 0; j < NS; j++)
+            for (int k = 0; k < seqs[j].n; k++)
+                if (!ever[seqs[j].blocks[k]]) {
+                    ever[seqs[j].blocks[k]] = true;
+                    n_ever++;
+                }
+        assert_int_equal(kv.n_touched, n_ever);
+        for (int b = 0; b < NB; b++) assert_int_equal(ever[b], b < n_ever);
     }
+    assert_int_equal(n_ever, NB); /* the pool was used up: eviction ran too */
     assert_true(matched > 100);
     for (int i = 0; i < NS; i++) {
         kiln_kv_seq_release(&kv, &seqs[i]);

@@ -308,6 +308,26 @@ static void constraint_forms(void **state)
                       KILN_CONSTRAINT_JSON_OBJECT, "", "structured_outputs.json_object");
     expect_constraint(CHAT, "{" MSGS ",\"structured_outputs\":{\"json_object\":false}}",
                       KILN_CONSTRAINT_NONE, NULL, NULL);
+    /* json_whitespace: compact by default, indent on request (also for a grammar's %json) */
+    static const struct {
+        const char *body;
+        enum kiln_grammar_ws ws;
+    } wcases[] = {
+        {"{" MSGS ",\"guided_json\":{}}", KILN_GRAMMAR_WS_COMPACT},
+        {"{" MSGS ",\"guided_json\":{},\"json_whitespace\":\"compact\"}", KILN_GRAMMAR_WS_COMPACT},
+        {"{" MSGS ",\"guided_json\":{},\"json_whitespace\":\"indent\"}", KILN_GRAMMAR_WS_INDENT},
+        {"{" MSGS ",\"response_format\":{\"type\":\"json_object\"},\"json_whitespace\":\"indent\"}",
+         KILN_GRAMMAR_WS_INDENT},
+        {"{" MSGS ",\"guided_grammar\":\"root ::= [0-9]\",\"json_whitespace\":\"indent\"}",
+         KILN_GRAMMAR_WS_INDENT},
+    };
+    for (size_t i = 0; i < sizeof wcases / sizeof wcases[0]; i++) {
+        struct kiln_api_request r = parse_ok(CHAT, wcases[i].body);
+        if (r.constraint.ws != wcases[i].ws)
+            fail_msg("%s: ws %d, expected %d", wcases[i].body, (int)r.constraint.ws,
+                     (int)wcases[i].ws);
+        kiln_api_request_free(&r);
+    }
 }
 
 static void constraint_errors(void **state)
@@ -341,6 +361,13 @@ static void constraint_errors(void **state)
         {CHAT, "{" MSGS ",\"guided_grammar\":{}}", "guided_grammar"},
         {CHAT, "{" MSGS ",\"guided_whitespace_pattern\":\" *\"}", "guided_whitespace_pattern"},
         {CHAT, "{" MSGS ",\"guided_decoding_backend\":1}", "guided_decoding_backend"},
+        {CHAT, "{" MSGS ",\"guided_json\":{},\"json_whitespace\":\"pretty\"}", "json_whitespace"},
+        {CHAT, "{" MSGS ",\"guided_json\":{},\"json_whitespace\":2}", "json_whitespace"},
+        {CHAT, "{" MSGS ",\"guided_regex\":\"a\",\"json_whitespace\":\"indent\"}",
+         "json_whitespace"},
+        {CHAT, "{" MSGS ",\"guided_choice\":[\"a\"],\"json_whitespace\":\"indent\"}",
+         "json_whitespace"},
+        {CHAT, "{" MSGS ",\"json_whitespace\":\"indent\"}", "json_whitespace"},
         {CHAT, "{" MSGS ",\"structured_outputs\":[]}", "structured_outputs"},
         {CHAT, "{" MSGS ",\"structured_outputs\":{\"structural_tag\":\"x\"}}",
          "structured_outputs"},
@@ -520,8 +547,12 @@ static void metrics_text(void **state)
     kiln_histogram_observe(&m.ttft, 0.003);
     kiln_histogram_observe(&m.ttft, 0.2);
     kiln_histogram_observe(&m.ttft, 1000.0);
-    struct kiln_engine_stats st = {
-        .running = 2, .waiting = 3, .kv_blocks_used = 10, .kv_blocks_total = 40};
+    struct kiln_engine_stats st = {.running = 2,
+                                   .waiting = 3,
+                                   .kv_blocks_used = 10,
+                                   .kv_blocks_total = 40,
+                                   .kv_blocks_touched = 17,
+                                   .kv_bytes = 5368709120};
     char *text = kiln_metrics_render(&m, &st, "my\"model", 0);
     assert_non_null(text);
     const char *want[] = {
@@ -541,6 +572,8 @@ static void metrics_text(void **state)
         "kiln_num_requests_running{model_name=\"my\\\"model\"} 2\n",
         "kiln_kv_blocks_used{model_name=\"my\\\"model\"} 10\n",
         "kiln_kv_cache_usage_ratio{model_name=\"my\\\"model\"} 0.25\n",
+        "kiln_kv_blocks_touched{model_name=\"my\\\"model\"} 17\n",
+        "kiln_kv_cache_bytes{model_name=\"my\\\"model\"} 5368709120\n",
         "# TYPE kiln_inter_token_latency_seconds histogram\n",
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "core/log.h"
 #include "ops.h"
@@ -19,7 +20,12 @@ struct cpu_state {
     struct kiln_pool *pool;
     float **prep; /* [n_layers * 4 + 1]: qkv, o, gate_up, down per layer, then lm_head */
     struct kiln_cpu_kv_layer *kv; /* [n_layers] */
-    float *rope;                  /* (max_seq_len, Dh/2, 2) */
+    /* The KV pool, every layer's k and v: a mapping of its own, so its pages are committed
+     * exactly when a block is first written (the engine counts those blocks: kvcache.h's
+     * n_touched) and never come pre-touched from memory malloc recycled. */
+    void *kv_pool;
+    size_t kv_pool_bytes;
+    float *rope; /* (max_seq_len, Dh/2, 2) */
     /* activations for up to max_tokens tokens */
     float *x;      /* (T, d) residual */
     float *h;      /* (T, max(d, f)) normed input / swiglu output */
@@ -163,11 +169,7 @@ static void cpu_free(struct kiln_backend *b)
     if (!b) return;
     struct cpu_state *s = b->impl;
     if (s) {
-        if (s->kv)
-            for (int l = 0; l < b->model->cfg.n_layers; l++) {
-                free(s->kv[l].k);
-                free(s->kv[l].v);
-            }
+        if (s->kv_pool) munmap(s->kv_pool, s->kv_pool_bytes);
         free(s->kv);
         if (s->prep)
             for (int i = 0; i <= 4 * b->model->cfg.n_layers; i++) free(s->prep[i]);
@@ -248,6 +250,17 @@ enum kiln_status kiln_backend_cpu_create(const struct kiln_model *m,
     }
     size_t layer_elems = (size_t)o.n_blocks * kvdim * o.block_size;
     size_t esz = kiln_dtype_size(o.kv_dtype);
+    size_t array_bytes = layer_elems * esz;
+    s->kv_pool_bytes = 2 * array_bytes * (size_t)cfg->n_layers;
+    void *pool =
+        mmap(NULL, s->kv_pool_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (pool == MAP_FAILED) {
+        cpu_free(b);
+        return kiln_errorf(err, KILN_ERR_NOMEM,
+                           "cpu backend: out of memory for the KV cache (%d blocks of %d)",
+                           o.n_blocks, o.block_size);
+    }
+    s->kv_pool = pool;
     for (int l = 0; l < cfg->n_layers; l++) {
         struct kiln_cpu_kv_layer *c = &s->kv[l];
         c->dtype = o.kv_dtype;
@@ -256,16 +269,10 @@ enum kiln_status kiln_backend_cpu_create(const struct kiln_model *m,
         c->n_kv_heads = cfg->n_kv_heads;
         c->head_dim = cfg->head_dim;
         c->block_size = o.block_size;
-        c->k = calloc(layer_elems, esz);
-        c->v = calloc(layer_elems, esz);
-        if (!c->k || !c->v) {
-            cpu_free(b);
-            return kiln_errorf(err, KILN_ERR_NOMEM,
-                               "cpu backend: out of memory for the KV cache (%d blocks of %d)",
-                               o.n_blocks, o.block_size);
-        }
+        c->k = (char *)pool + 2 * (size_t)l * array_bytes; /* zero pages until written */
+        c->v = (char *)c->k + array_bytes;
     }
-    b->kv_bytes = 2 * layer_elems * esz * (size_t)cfg->n_layers;
+    b->kv_bytes = s->kv_pool_bytes;
 
     size_t prep_bytes = (size_t)m->lm_head.out * m->lm_head.in * sizeof(float);
     for (int l = 0; l < cfg->n_layers; l++) {

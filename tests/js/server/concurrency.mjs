@@ -52,5 +52,11 @@ test('32 concurrent greedy clients equal the sequential results', async () => {
   assert.equal(m['kiln_kv_blocks_used{model_name="tiny"}'], 0);
   assert.equal(m['kiln_num_requests_running{model_name="tiny"}'], 0);
   assert.ok(m['kiln_engine_steps_total{model_name="tiny"}'] > 0);
+  // Blocks used at least once: 32 concurrent sequences held that many at least, never more
+  // than the pool; a block is 2 layers x (k, v) x 16 positions x 64 x bf16.
+  const total = m['kiln_kv_blocks_total{model_name="tiny"}'];
+  const touched = m['kiln_kv_blocks_touched{model_name="tiny"}'];
+  assert.ok(touched >= N && touched <= total, `touched ${touched} of ${total}`);
+  assert.equal(m['kiln_kv_cache_bytes{model_name="tiny"}'], total * 2 * 2 * 16 * 64 * 2);
   console.log(`# ${N} concurrent requests in ${dt.toFixed(2)} s`);
 });

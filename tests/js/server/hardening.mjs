@@ -1,14 +1,15 @@
 // Dead, stalled and greedy clients (issue 18): a reset (RST) or stalled reader is noticed for
 // streaming and non-streaming requests and its sequence cancelled; a large body does not
 // hold up anyone else's answer; running out of file descriptors pauses accept() instead of
-// spinning; SIGTERM on an idle server exits at once even after clients reset.
+// spinning; SIGTERM on an idle server exits at once even after clients reset; a request head
+// trickled in a byte at a time gets 408 at --header-timeout, however often its bytes come.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import test from 'node:test';
 
-import { get, metrics, post, sleep, startServer } from './lib.mjs';
+import { get, metrics, parseRaw, post, sleep, startServer } from './lib.mjs';
 
 const M = (name) => `${name}{model_name="tiny"}`;
 
@@ -156,4 +157,61 @@ test('SIGTERM on an idle server exits at once after clients reset', async () => 
   console.log(`# exited ${ms} ms after SIGTERM`);
   assert.equal(code, 0, server.log());
   assert.ok(ms < 3000, `took ${ms} ms`);
+});
+
+// Writes bytes one at a time, every `every` ms, until the server answers or closes (or 6 s
+// pass); returns the answer (parsed), the ms from the first byte to it, and the bytes sent.
+async function trickle(port, bytes, every) {
+  const sock = await connect(port);
+  const t0 = Date.now();
+  let got = Buffer.alloc(0);
+  let closed = false;
+  sock.on('data', (d) => (got = Buffer.concat([got, d])));
+  const done = new Promise((resolve) => sock.on('close', () => resolve((closed = true))));
+  let sent = 0;
+  while (sent < bytes.length && !closed && !got.length && Date.now() - t0 < 6000) {
+    sock.write(bytes.slice(sent, sent + 1));
+    sent++;
+    await sleep(every);
+  }
+  await Promise.race([done, sleep(5000)]);
+  sock.destroy();
+  return { reply: parseRaw(got), ms: Date.now() - t0, sent, closed };
+}
+
+test('a head trickled within --idle-timeout still ends at --header-timeout: 408, closed', async () => {
+  const server = await startServer({ args: ['--idle-timeout', '1', '--header-timeout', '2'] });
+  try {
+    // Endless headers, a byte every 300 ms: never idle for 1 s, never complete.
+    const endless = 'GET /health HTTP/1.1\r\nHost: x\r\n' + 'X-Slow: 1\r\n'.repeat(100);
+    const slow = trickle(server.port, endless, 300);
+    // Meanwhile a head that takes 1.5 s in all, but arrives whole, is answered.
+    const fine = trickle(server.port, 'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', 1500 / 52);
+    const [a, b] = await Promise.all([slow, fine]);
+    assert.equal(b.reply.status, 200, JSON.stringify(b));
+    console.log(`# trickled head: ${a.reply.status} after ${a.ms} ms, ${a.sent} bytes sent`);
+    assert.equal(a.reply.status, 408, JSON.stringify(a));
+    assert.equal(JSON.parse(a.reply.body).error.code, 'request_timeout');
+    assert.equal(a.reply.headers.connection, 'close');
+    assert.ok(a.closed, 'the connection stays open after the 408');
+    assert.ok(a.ms >= 1900 && a.ms < 4000, `answered after ${a.ms} ms`);
+    // A keep-alive connection's deadline starts at the next head's first byte, not at the
+    // previous answer: idle 0.8 s (under --idle-timeout), then a head over 1.5 s is answered.
+    const sock = await connect(server.port);
+    let got = '';
+    sock.on('data', (d) => (got += d));
+    sock.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
+    await until('first answer', () => got.includes('\r\n\r\n'), 5000);
+    await sleep(800);
+    const head = 'GET /health HTTP/1.1\r\nHost: x\r\n\r\n';
+    for (const ch of head) {
+      sock.write(ch);
+      await sleep(1500 / head.length);
+    }
+    await until('second answer', () => (got.match(/HTTP\/1\.1 200/g) || []).length === 2, 5000);
+    sock.destroy();
+  } finally {
+    const { code } = await server.stop();
+    assert.equal(code, 0, server.log());
+  }
 });

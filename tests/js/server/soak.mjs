@@ -3,7 +3,18 @@
 // the server must come back to where it started: KV blocks 0, open fds and client connections
 // as before, RSS within a margin of its value after a warm-up of the same mix.
 //
+// RSS and the KV pool: the CPU backend's pool (kiln_kv_cache_bytes, 64 MiB for the tiny model's
+// 8,192 blocks) is a mapping of its own, so a block's memory is committed when it is first
+// written, not before (src/backend/cpu/cpu.c). The prefix cache keeps every finished block and
+// hands out never-used blocks before evicting one, so under this mix (thousands of distinct
+// sampled generations) the process grows by one block's share of the pool per block first used
+// (kiln_kv_blocks_touched) until the whole pool is committed: about 40 MB over 10 minutes here.
+// That growth is bounded by the pool and counted exactly, so it is taken out of the RSS check;
+// everything else must stay within the margin.
+//
 //   KILN_SOAK_SECONDS=600 node tests/js/server/soak.mjs   (through scripts/soak)
+//   KILN_SOAK_ONLY=stall: one client kind only; KILN_SOAK_ARGS='--no-prefix-caching': more
+//   `kiln serve` arguments (to bisect a growth by traffic or by feature)
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -15,7 +26,8 @@ const WARMUP = Math.min(30, SECONDS / 5);
 const CLIENTS = Number(process.env.KILN_SOAK_CLIENTS || 12);
 const M = (name) => `${name}{model_name="tiny"}`;
 
-const server = await startServer({ args: ['--idle-timeout', '2', '--max-body-bytes', '4000000'] });
+const extra = (process.env.KILN_SOAK_ARGS || '').split(' ').filter(Boolean);
+const server = await startServer({ args: ['--idle-timeout', '2', '--max-body-bytes', '4000000', ...extra] });
 const pid = server.proc.pid;
 const rss = () => Number(fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]) / 1024;
 const fds = () => fs.readdirSync(`/proc/${pid}/fd`).length;
@@ -144,7 +156,13 @@ async function quiet() {
 const state = async (label) => {
   const m = await quiet();
   await sleep(500);
-  const s = { rss_mb: rss(), fds: fds(), kv_blocks: m[M('kiln_kv_blocks_used')], connections: m[M('kiln_http_connections_open')] };
+  const s = {
+    rss_mb: rss(),
+    fds: fds(),
+    kv_blocks: m[M('kiln_kv_blocks_used')],
+    kv_touched: m[M('kiln_kv_blocks_touched')],
+    connections: m[M('kiln_http_connections_open')],
+  };
   console.log(`# ${label}: ${JSON.stringify(s)}`);
   return s;
 };
@@ -166,6 +184,14 @@ assert.equal(end.connections, start.connections, 'open connections');
 assert.equal(m.sum('kiln_requests_total', 'status="500"'), 0);
 assert.ok(!Object.keys(counts).some((k) => k.endsWith('failed')), 'client failures');
 const growth = end.rss_mb - warm.rss_mb;
-console.log(`# RSS ${start.rss_mb.toFixed(1)} MB at start, ${warm.rss_mb.toFixed(1)} after warm-up, ${end.rss_mb.toFixed(1)} at the end (${growth >= 0 ? '+' : ''}${growth.toFixed(1)} MB)`);
-assert.ok(growth < Math.max(16, warm.rss_mb * 0.05), `RSS grew ${growth.toFixed(1)} MB`);
+const sign = (x) => `${x >= 0 ? '+' : ''}${x.toFixed(1)}`;
+console.log(`# RSS ${start.rss_mb.toFixed(1)} MB at start, ${warm.rss_mb.toFixed(1)} after warm-up, ${end.rss_mb.toFixed(1)} at the end (${sign(growth)} MB)`);
+// The KV pool's first-used blocks since the warm-up (see the top): at most the pool.
+const blockMB = m[M('kiln_kv_cache_bytes')] / m[M('kiln_kv_blocks_total')] / 2 ** 20;
+const kvMB = (end.kv_touched - warm.kv_touched) * blockMB;
+assert.ok(kvMB >= 0 && end.kv_touched <= m[M('kiln_kv_blocks_total')]);
+console.log(`# KV blocks used for the first time after the warm-up: ${end.kv_touched - warm.kv_touched} ` +
+  `(${kvMB.toFixed(1)} MB; ${end.kv_touched} of ${m[M('kiln_kv_blocks_total')]} blocks, ` +
+  `${(m[M('kiln_kv_cache_bytes')] / 2 ** 20).toFixed(0)} MiB pool); growth beside them ${sign(growth - kvMB)} MB`);
+assert.ok(growth - kvMB < Math.max(16, warm.rss_mb * 0.05), `RSS grew ${growth.toFixed(1)} MB, ${(growth - kvMB).toFixed(1)} beside the KV pool`);
 console.log('soak: ok');
