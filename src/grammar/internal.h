@@ -143,7 +143,8 @@ struct kiln_grammar {
     _Atomic(atomic_int *) fa;
     /* the matcher's per-state frame walks (struct gr_fw, matcher.c), published once each */
     _Atomic(_Atomic(struct gr_fw *) *) fw;
-    atomic_size_t fw_bytes; /* what they hold, against a per-grammar budget */
+    _Atomic(struct gr_fw2 *) fw2; /* frame walks of (state, caller state) pairs, matcher.c */
+    atomic_size_t fw_bytes;       /* what they hold, against a per-grammar budget */
 };
 
 /* Builds the grammar whose start is `root` (an expression turned into a rule); frees nothing of b.

@@ -766,10 +766,11 @@ static void fa_expand(struct kiln_matcher *m, struct fa_run *r, int32_t x)
                  plain[k].c1hi);
 }
 
-static int fa_compute(struct kiln_matcher *m, int32_t s)
+/* base: the frame's bottom stack node (its parent chain ends in -1) */
+static int fa_compute(struct kiln_matcher *m, int32_t base)
 {
     size_t nw = 0;
-    if (!push_work(m, &nw, intern_node(m, s, -1))) return GR_FA_NONE;
+    if (!push_work(m, &nw, base)) return GR_FA_NONE;
     int32_t c0 = closure(m, nw);
     if (c0 < 0 || m->clen[c0] == 0 || !fa_mark_grow(m, c0)) return GR_FA_NONE;
     if (++m->fa_epoch == 0) {
@@ -820,7 +821,7 @@ static int fa_state(struct kiln_matcher *m, int32_t s)
     }
     int r = atomic_load_explicit(&t[s], memory_order_relaxed);
     if (r == GR_FA_UNKNOWN) {
-        r = fa_compute(m, s);
+        r = fa_compute(m, intern_node(m, s, -1));
         atomic_store_explicit(&t[s], r, memory_order_relaxed);
     }
     return r;
@@ -953,13 +954,13 @@ static bool push_u32(uint32_t **p, size_t *cap, uint32_t *n, uint32_t x)
 }
 
 /* the frame walk of state s, NULL out of memory */
-static struct gr_fw *fw_compute(struct kiln_matcher *m, int32_t s)
+static struct gr_fw *fw_compute(struct kiln_matcher *m, int32_t s, int32_t base)
 {
     const struct kiln_grammar_vocab *v = m->g->vocab;
     size_t words = ((size_t)v->n + 31) / 32;
     struct gr_fw *f = calloc(1, sizeof *f);
     if (!f) return NULL;
-    f->plain = fa_state(m, s);
+    f->plain = base < 0 ? GR_FA_NONE : m->nparent[base] < 0 ? fa_state(m, s) : fa_compute(m, base);
     f->plain = f->plain == GR_FA_ALL    ? INT_MAX
                : f->plain == GR_FA_NONE ? -1
                                         : f->plain - GR_FA_DEPTH;
@@ -967,7 +968,7 @@ static struct gr_fw *fw_compute(struct kiln_matcher *m, int32_t s)
     size_t nw = 0, cicap = 0, popcap = 0;
     uint32_t nci = 0;
     int32_t c0 = MT_DEAD;
-    if (push_work(m, &nw, intern_node(m, s, -1))) c0 = closure(m, nw);
+    if (push_work(m, &nw, base)) c0 = closure(m, nw);
     if (c0 < 0) goto fail;
     int32_t *walk = m->walk;
     int32_t **rows = m->walk_rows;
@@ -1006,6 +1007,18 @@ fail:
     return NULL;
 }
 
+/* f, or fw_none once the grammar's frame walks are over the budget (f freed); NULL stays NULL */
+static struct gr_fw *fw_budget(struct kiln_grammar *g, struct gr_fw *f)
+{
+    if (!f) return NULL;
+    size_t bytes = sizeof *f +
+                   (f->ci_mask ? ((size_t)g->vocab->n + 31) / 8 : (size_t)f->nci * sizeof *f->ci) +
+                   f->npop * sizeof *f->pop;
+    if (atomic_fetch_add(&g->fw_bytes, bytes) + bytes <= FW_BUDGET) return f;
+    fw_free(f);
+    return &fw_none;
+}
+
 /* s's frame walk (computed once per grammar); NULL: walk the configuration instead */
 static const struct gr_fw *fw_state(struct kiln_matcher *m, int32_t s)
 {
@@ -1024,16 +1037,8 @@ static const struct gr_fw *fw_state(struct kiln_matcher *m, int32_t s)
     }
     struct gr_fw *f = atomic_load_explicit(&t[s], memory_order_acquire);
     if (!f) {
-        struct gr_fw *mine = fw_compute(m, s);
+        struct gr_fw *mine = fw_budget(g, fw_compute(m, s, intern_node(m, s, -1)));
         if (!mine) return NULL;
-        size_t bytes = sizeof *mine +
-                       (mine->ci_mask ? ((size_t)g->vocab->n + 31) / 8
-                                      : (size_t)mine->nci * sizeof *mine->ci) +
-                       mine->npop * sizeof *mine->pop;
-        if (atomic_fetch_add(&g->fw_bytes, bytes) + bytes > FW_BUDGET) {
-            fw_free(mine);
-            mine = &fw_none;
-        }
         struct gr_fw *expect = NULL;
         if (atomic_compare_exchange_strong(&t[s], &expect, mine))
             f = mine;
@@ -1041,6 +1046,104 @@ static const struct gr_fw *fw_state(struct kiln_matcher *m, int32_t s)
             fw_free(mine);
             f = expect;
         }
+    }
+    return f == &fw_none ? NULL : f;
+}
+
+/* Frame walks of (state, caller's state) pairs: for a state whose own frame returns at many
+ * trie nodes (a rule of one character called by a counting repetition, a maxLength string's
+ * body), the frame of the caller's rule too, cut off below it. A hash table under a lock (these
+ * are looked up once per such stack per mask: ~25 ns uncontended). */
+struct gr_fw2 {
+    pthread_mutex_t lock;
+    uint64_t *key; /* state << 32 | caller state; UINT64_MAX empty */
+    struct gr_fw **val;
+    size_t cap, n;
+};
+#define FW_DEEPEN 32 /* returns in a state's own frame walk past which the pair's is used */
+
+static void fw2_free(struct gr_fw2 *t)
+{
+    if (!t) return;
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->key[i] != UINT64_MAX) fw_free(t->val[i]);
+    free(t->key), free(t->val);
+    pthread_mutex_destroy(&t->lock);
+    free(t);
+}
+
+static struct gr_fw *fw2_find(const struct gr_fw2 *t, uint64_t key)
+{
+    if (!t->cap) return NULL;
+    for (size_t h = mix(key) & (t->cap - 1);; h = (h + 1) & (t->cap - 1)) {
+        if (t->key[h] == key) return t->val[h];
+        if (t->key[h] == UINT64_MAX) return NULL;
+    }
+}
+
+static bool fw2_put(struct gr_fw2 *t, uint64_t key, struct gr_fw *f)
+{
+    if ((t->n + 1) * 2 > t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 256;
+        uint64_t *k = malloc(cap * sizeof *k);
+        struct gr_fw **v = malloc(cap * sizeof *v);
+        if (!k || !v) {
+            free(k), free(v);
+            return false;
+        }
+        memset(k, 0xff, cap * sizeof *k);
+        for (size_t i = 0; i < t->cap; i++)
+            if (t->key[i] != UINT64_MAX) {
+                size_t h = mix(t->key[i]) & (cap - 1);
+                while (k[h] != UINT64_MAX) h = (h + 1) & (cap - 1);
+                k[h] = t->key[i];
+                v[h] = t->val[i];
+            }
+        free(t->key), free(t->val);
+        t->key = k, t->val = v, t->cap = cap;
+    }
+    size_t h = mix(key) & (t->cap - 1);
+    while (t->key[h] != UINT64_MAX) h = (h + 1) & (t->cap - 1);
+    t->key[h] = key;
+    t->val[h] = f;
+    t->n++;
+    return true;
+}
+
+/* the frame walk of state s under a caller in state r (computed once per grammar); NULL: none */
+static const struct gr_fw *fw_pair(struct kiln_matcher *m, int32_t s, int32_t r)
+{
+    struct kiln_grammar *g = m->g;
+    struct gr_fw2 *t = atomic_load_explicit(&g->fw2, memory_order_acquire);
+    if (!t) {
+        struct gr_fw2 *fresh = calloc(1, sizeof *fresh);
+        if (!fresh) return NULL;
+        pthread_mutex_init(&fresh->lock, NULL);
+        struct gr_fw2 *expect = NULL;
+        if (atomic_compare_exchange_strong(&g->fw2, &expect, fresh))
+            t = fresh;
+        else {
+            fw2_free(fresh);
+            t = expect;
+        }
+    }
+    uint64_t key = (uint64_t)(uint32_t)s << 32 | (uint32_t)r;
+    pthread_mutex_lock(&t->lock);
+    struct gr_fw *f = fw2_find(t, key);
+    pthread_mutex_unlock(&t->lock);
+    if (!f) { /* computed outside the lock; a racing twin is dropped */
+        struct gr_fw *mine = NULL;
+        int32_t caller = intern_node(m, r, -1);
+        if (caller >= 0) mine = fw_budget(g, fw_compute(m, s, intern_node(m, s, caller)));
+        if (!mine) return NULL;
+        pthread_mutex_lock(&t->lock);
+        f = fw2_find(t, key);
+        if (!f && fw2_put(t, key, mine))
+            f = mine;
+        else
+            fw_free(mine);
+        pthread_mutex_unlock(&t->lock);
+        if (!f) return NULL;
     }
     return f == &fw_none ? NULL : f;
 }
@@ -1071,13 +1174,17 @@ static bool fill_from_frames(struct kiln_matcher *m, int32_t c, uint32_t *mask)
         int32_t n = m->pool[m->coff[c] + (uint32_t)i];
         const struct gr_fw *f = fw_state(m, m->nstate[n]);
         if (!f) return false;
+        int32_t p = m->nparent[n];
+        if (f->npop > FW_DEEPEN && p >= 0) { /* the caller's frame too: returns from it go on */
+            const struct gr_fw *f2 = fw_pair(m, m->nstate[n], m->nstate[p]);
+            if (f2) f = f2, p = m->nparent[p];
+        }
         if (f->plain > plain) plain = f->plain;
         if (f->ci_mask)
             for (size_t w = 0; w < words; w++) mask[w] |= f->ci_mask[w];
         else
             for (int32_t k = 0; k < f->nci; k++) mask[f->ci[k] >> 5] |= 1u << (f->ci[k] & 31);
         if (!f->npop) continue;
-        int32_t p = m->nparent[n];
         int32_t pc = p < 0 ? MT_DEAD : pop_cfg(m, p);
         for (uint32_t k = 0; k < f->npop; k++) {
             uint32_t at = f->pop[k];
@@ -1214,6 +1321,7 @@ void kiln_grammar_unref(struct kiln_grammar *g)
 {
     if (g && atomic_fetch_sub(&g->refs, 1) == 1) {
         free(atomic_load(&g->fa));
+        fw2_free(atomic_load(&g->fw2));
         _Atomic(struct gr_fw *) *fw = atomic_load(&g->fw);
         if (fw)
             for (int32_t i = 0; i < g->nstates; i++) fw_free(atomic_load(&fw[i]));

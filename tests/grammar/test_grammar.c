@@ -529,6 +529,14 @@ static void test_mask_exact_plain(void **state)
                               "{\"title\":\"a\",\"xy\":\"",
                               "{\"title\":\"a\",\"xy\":\"ab"};
     brute_schema(schema, prefixes, sizeof prefixes / sizeof prefixes[0], 2);
+    /* a long maxLength: each character is a call of a shared rule (returns at every character
+     * of its own frame walk), so masks come from the (character, caller) pair's walk */
+    const char *longer = "{\"type\":\"object\",\"properties\":{\"s\":{\"type\":\"string\","
+                         "\"maxLength\":300},\"t\":{\"type\":\"string\",\"maxLength\":200}},"
+                         "\"required\":[\"s\"],\"additionalProperties\":false}";
+    const char *long_prefixes[] = {"{\"s\":\"", "{\"s\":\"ab", "{\"s\":\"ab\\n",
+                                   "{\"s\":\"a\",\"t\":\"xyz"};
+    brute_schema(longer, long_prefixes, sizeof long_prefixes / sizeof long_prefixes[0], 2);
     /* a rule a plain run may leave early (x), then more plain characters (y) */
     struct kiln_grammar *g =
         compile(KILN_CONSTRAINT_GRAMMAR, "root ::= \"<\" x y \"!\"\nx ::= .{0,2}\ny ::= .*\n");
