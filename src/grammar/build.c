@@ -1149,7 +1149,7 @@ enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_gr
             goto done;
         }
         /* merge byte edges to the same target */
-        qsort(eb + e_begin, neb - e_begin, sizeof *eb, cmp_edge);
+        if (neb > e_begin) qsort(eb + e_begin, neb - e_begin, sizeof *eb, cmp_edge);
         size_t w = e_begin;
         for (size_t q = e_begin; q < neb; q++) {
             if (w > e_begin && eb[w - 1].to == eb[q].to && eb[q].lo <= eb[w - 1].hi + 1) {
