@@ -1060,7 +1060,9 @@ struct gr_fw2 {
     struct gr_fw **val;
     size_t cap, n;
 };
-#define FW_DEEPEN 32 /* returns in a state's own frame walk past which the pair's is used */
+#define FW_DEEPEN     32 /* returns in a state's own frame walk past which the pair's is used */
+#define FW_MAX_STACKS 64 /* a configuration of more stacks walks as one */
+#define FW_MAX_NEW    8  /* ... and one with more states whose frame walks are not done yet */
 
 static void fw2_free(struct gr_fw2 *t)
 {
@@ -1169,6 +1171,15 @@ static bool fill_from_frames(struct kiln_matcher *m, int32_t c, uint32_t *mask)
 {
     const struct kiln_grammar_vocab *v = m->g->vocab;
     size_t words = ((size_t)v->n + 31) / 32;
+    /* a configuration of many stacks, or of many states not analysed yet (an object with
+     * hundreds of optional properties after a value: a walk each), is walked as one */
+    if (m->clen[c] > FW_MAX_STACKS) return false;
+    _Atomic(struct gr_fw *) *t = atomic_load_explicit(&m->g->fw, memory_order_acquire);
+    int missing = 0;
+    for (int i = 0; i < m->clen[c] && missing <= FW_MAX_NEW; i++)
+        missing += !t || !atomic_load_explicit(&t[m->nstate[m->pool[m->coff[c] + (uint32_t)i]]],
+                                               memory_order_relaxed);
+    if (missing > FW_MAX_NEW) return false;
     int plain = -1;
     for (int i = 0; i < m->clen[c]; i++) {
         int32_t n = m->pool[m->coff[c] + (uint32_t)i];
