@@ -1226,11 +1226,20 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
     if (ref || allof) {
         json_t *m = json_object();
         json_array_append_new(j->keep, m);
-        json_t *rest = json_object();
-        json_object_foreach(s, k, v) if (strcmp(k, "$ref") && strcmp(k, "allOf"))
-            json_object_set(rest, k, v);
-        bool ok = true;
-        if (ref) {
+        /* merged in the order written (the order of the merged properties is the output's):
+         * the keywords before the first of $ref/allOf, $ref, allOf, the rest */
+        json_t *before = json_object(), *rest = json_object();
+        bool seen = false;
+        json_object_foreach(s, k, v)
+        {
+            if (!strcmp(k, "$ref") || !strcmp(k, "allOf"))
+                seen = true;
+            else
+                json_object_set(seen ? rest : before, k, v);
+        }
+        bool ok = merge_into(j, m, before, ptr);
+        json_decref(before);
+        if (ok && ref) {
             json_t *wrap = json_pack("{s:O}", "$ref", ref);
             ok = merge_into(j, m, wrap, ptr);
             json_decref(wrap);
@@ -1277,8 +1286,13 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
             goto out;
         }
         json_t *rest = json_object();
-        json_object_foreach(s, k, v) if (strcmp(k, kw) && !in_list(annotations, k))
-            json_object_set(rest, k, v);
+        bool alt_first = false, props_seen = false;
+        json_object_foreach(s, k, v)
+        {
+            if (!strcmp(k, "properties")) props_seen = true;
+            if (!strcmp(k, kw) && !props_seen) alt_first = true;
+            if (strcmp(k, kw) && !in_list(annotations, k)) json_object_set(rest, k, v);
+        }
         struct gx *alt = gx_alt(b);
         size_t i;
         json_t *x;
@@ -1294,7 +1308,21 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
             }
             json_t *m = json_object();
             json_array_append_new(j->keep, m);
-            if (!merge_into(j, m, rest, pp) || !merge_into(j, m, x, pp)) break;
+            /* the properties in the order written: the alternative's first when it comes
+             * before the sibling properties, unless the siblings list them all (then the
+             * alternative only narrows some of them, in the siblings' order) */
+            bool x_first = alt_first;
+            json_t *xp = json_object_get(resolve(j, x), "properties");
+            json_t *rp = json_object_get(rest, "properties");
+            if (x_first && json_is_object(xp) && json_is_object(rp)) {
+                bool all = true;
+                const char *pk;
+                json_t *pv;
+                json_object_foreach(xp, pk, pv) if (!json_object_get(rp, pk)) all = false;
+                x_first = !all;
+            }
+            json_t *first = x_first ? x : rest, *second = x_first ? rest : x;
+            if (!merge_into(j, m, first, pp) || !merge_into(j, m, second, pp)) break;
             gx_add(b, alt, js_value(j, m, pp));
         }
         json_decref(rest);

@@ -578,6 +578,45 @@ static void test_schema_shared_rules(void **state)
     kiln_grammar_unref(g);
 }
 
+/* Properties merged from allOf / $ref / anyOf members come in the order the schema writes them
+ * (kiln takes properties in schema order; MaskBench's valid instances follow the text) */
+static void test_schema_merge_order(void **state)
+{
+    (void)state;
+    /* properties written before allOf: first (Github_hard---o73917) */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"definitions\":{\"base\":{\"type\":\"object\",\"properties\":{\"level\":{"
+                "\"type\":\"string\"}}}},\"type\":\"object\",\"properties\":{\"spacing\":{"
+                "\"type\":\"integer\"}},\"allOf\":[{\"$ref\":\"#/definitions/base\"}]}",
+                (struct cas[]){{"{\"spacing\":1,\"level\":\"x\"}", true},
+                               {"{\"level\":\"x\",\"spacing\":1}", false},
+                               {NULL, false}});
+    /* allOf members in order, a oneOf member before a properties member
+     * (Github_trivial---o64859) */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"allOf\":[{\"oneOf\":[{\"properties\":{\"state\":{\"const\":\"a\"}},"
+                "\"required\":[\"state\"]},{\"properties\":{\"state\":{\"const\":\"b\"},\"n\":{"
+                "\"type\":\"integer\"}},\"required\":[\"state\"]}],\"type\":\"object\"},{"
+                "\"properties\":{\"id\":{\"type\":\"integer\"}},\"required\":[\"id\"],\"type\":"
+                "\"object\"}],\"type\":\"object\"}",
+                (struct cas[]){{"{\"state\":\"b\",\"n\":2,\"id\":1}", true},
+                               {"{\"state\":\"a\",\"id\":1}", true},
+                               {"{\"id\":1,\"state\":\"a\"}", false},
+                               {NULL, false}});
+    /* an alternative that only narrows properties the siblings list keeps the siblings' order
+     * (Github_easy---o10011) */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"additionalProperties\":false,\"oneOf\":[{\"properties\":{\"g\":{\"const\":"
+                "\"a\"},\"r\":{\"const\":\"c\"}},\"required\":[\"g\"]},{\"properties\":{\"g\":{"
+                "\"const\":\"b\"},\"r\":{\"const\":\"t\"}},\"required\":[\"g\"]}],\"properties\":{"
+                "\"g\":{\"type\":\"string\"},\"u\":{\"type\":\"integer\"},\"r\":{\"type\":"
+                "\"string\"}},\"type\":\"object\"}",
+                (struct cas[]){{"{\"g\":\"a\",\"u\":1,\"r\":\"c\"}", true},
+                               {"{\"g\":\"b\",\"u\":1,\"r\":\"c\"}", false},
+                               {"{\"g\":\"a\",\"r\":\"c\",\"u\":1}", false},
+                               {NULL, false}});
+}
+
 /* Draft 4 to 7 ignore the keywords beside a $ref (MaskBench's Github_hard---o13693: a
  * `required` beside a $ref, instances without the property are valid); later drafts and
  * schemas that name none apply them. */
@@ -768,6 +807,7 @@ int main(void)
         cmocka_unit_test(test_mask_exact),
         cmocka_unit_test(test_schema_shared_rules),
         cmocka_unit_test(test_schema_ref_siblings),
+        cmocka_unit_test(test_schema_merge_order),
         cmocka_unit_test(test_compile_budget),
         cmocka_unit_test(test_rollback_forced_eos),
         cmocka_unit_test(test_cache),
