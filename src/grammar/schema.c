@@ -36,6 +36,7 @@ struct js {
 };
 
 static struct gx *js_value(struct js *j, json_t *s, const char *ptr);
+static bool in_list(const char *const *l, const char *k);
 
 static struct gx *ws(struct gr_builder *b)
 {
@@ -418,6 +419,9 @@ static const char *format_regex(const char *f)
     if (!strcmp(f, "date")) return DATE;
     if (!strcmp(f, "time")) return TIME;
     if (!strcmp(f, "date-time")) return DATE "[Tt]" TIME;
+    if (!strcmp(f, "ipv4")) /* dotted decimal, no leading zeros (as ajv-formats) */
+        return "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|"
+               "[1-9]?[0-9])){3}";
     if (!strcmp(f, "uuid"))
         return "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}";
     if (!strcmp(f, "email"))
@@ -445,6 +449,19 @@ static struct gx *js_string(struct js *j, json_t *s, const char *ptr)
         return js_fail(j, "unsupported (over 10000)", mn > 10000 ? "minLength" : "maxLength", ptr);
     const char *re = NULL;
     char where[300];
+    /* the formats JSON Schema defines (draft 2020-12 and earlier); any other value is an
+     * annotation that no validator checks, so it constrains nothing */
+    static const char *const standard_formats[] = {
+        "date-time",    "date",          "time",
+        "duration",     "email",         "idn-email",
+        "hostname",     "idn-hostname",  "ipv4",
+        "ipv6",         "uri",           "uri-reference",
+        "iri",          "iri-reference", "uuid",
+        "uri-template", "json-pointer",  "relative-json-pointer",
+        "regex",        "color",         "host-name",
+        "ip-address",   "utc-millisec",  NULL};
+    if (fmt && json_is_string(fmt) && !in_list(standard_formats, json_string_value(fmt)))
+        fmt = NULL;
     if (fmt && json_is_string(fmt)) {
         re = format_regex(json_string_value(fmt));
         if (!re)

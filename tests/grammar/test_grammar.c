@@ -177,6 +177,16 @@ static void test_schema_strings(void **state)
                                {"\"2024-13-01T00:00:00Z\"", false},
                                {"\"2024-01-01\"", false},
                                {NULL, false}});
+    /* a format JSON Schema does not define is an annotation: any string */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"path\"}",
+                (struct cas[]){{"\"/a b\"", true}, {"\"\"", true}, {"1", false}, {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"ipv4\"}",
+                (struct cas[]){{"\"192.168.0.1\"", true},
+                               {"\"255.255.255.255\"", true},
+                               {"\"256.1.1.1\"", false},
+                               {"\"01.1.1.1\"", false},
+                               {"\"1.1.1\"", false},
+                               {NULL, false}});
     check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"date\"}",
                 (struct cas[]){{"\"2024-01-31\"", true},
                                {"\"2024-1-31\"", false},
