@@ -675,6 +675,17 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
     json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required");
     json_t *addl = json_object_get(s, "additionalProperties");
     if (props && !json_is_object(props)) return js_bad(j, ptr, "properties must be an object");
+    json_t *minp = json_object_get(s, "minProperties"), *maxp = json_object_get(s, "maxProperties");
+    if ((minp && !json_is_integer(minp)) || (maxp && !json_is_integer(maxp)))
+        return js_bad(j, ptr, "minProperties/maxProperties must be integers");
+    long long pmin = minp ? json_integer_value(minp) : 0,
+              pmax = maxp ? json_integer_value(maxp) : -1;
+    if (pmin < 0) pmin = 0;
+    if (maxp && pmax < 0) return js_bad(j, ptr, "negative maxProperties");
+    if (pmin > 64 || pmax > 64)
+        return js_fail(j, "unsupported (over 64)", pmin > 64 ? "minProperties" : "maxProperties",
+                       ptr);
+    if (pmax >= 0 && pmin > pmax) return gx_none(b);
     if (req && !json_is_array(req)) return js_bad(j, ptr, "required must be an array");
     size_t np = json_object_size(props), nreq = json_array_size(req);
     struct prop *p = calloc(np + nreq + 1, sizeof *p);
@@ -715,14 +726,17 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
         }
         p[q].required = true;
     }
-    /* tail[i][any]: the members from property i on, `any` when one was written before */
-    int *tail = malloc((n + 1) * 2 * sizeof *tail);
+    /* tail[i][c]: the members from property i on, c written before (counted up to nc - 1:
+     * what minProperties/maxProperties need, at least "one": the next one takes a comma) */
+    int nc = (int)(pmax >= 0 ? pmax : pmin) + 1;
+    if (nc < 2) nc = 2;
+    int *tail = malloc((n + 1) * (size_t)nc * sizeof *tail);
     if (!tail) {
         free(p);
         return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
     }
     for (size_t i = 0; i <= n; i++)
-        for (int a = 0; a < 2; a++) tail[i * 2 + a] = gb_rule(b, "%object_tail");
+        for (int a = 0; a < nc; a++) tail[i * (size_t)nc + (size_t)a] = gb_rule(b, "%object_tail");
     /* additional members */
     struct gx *extra = NULL;
     if (!addl_false) {
@@ -754,23 +768,35 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
     for (size_t i = 0; i < n; i++) vrule[i] = js_value_rule(j, p[i].schema, p[i].ptr);
     /* tails from the end */
     for (size_t i = n + 1; i-- > 0;) {
-        for (int a = 0; a < 2; a++) {
+        for (int a = 0; a < nc; a++) {
             struct gx *body;
-            if (i == n) {
+            if (i == n) { /* additional members: at least need more, at most room */
+                long long need = pmin > a ? pmin - a : 0, room = pmax >= 0 ? pmax - a : -1;
                 if (!extra)
+                    body = need ? gx_none(b) : gx_empty(b);
+                else if (room == 0)
                     body = gx_empty(b);
+                else if (a) /* a comma before each */
+                    body = gx_rep(b, gx_seq2(b, punct(b, ","), extra), (int)need, (int)room);
                 else {
-                    struct gx *more = gx_rep(b, gx_seq2(b, punct(b, ","), extra), 0, -1);
-                    body = a ? more : gx_opt(b, gx_seq2(b, extra, more));
+                    struct gx *more =
+                        gx_rep(b, gx_seq2(b, punct(b, ","), extra), need ? (int)need - 1 : 0,
+                               room > 0 ? (int)room - 1 : -1);
+                    body = gx_seq2(b, extra, more);
+                    if (!need) body = gx_opt(b, body);
                 }
             } else {
+                int next = a + 1 < nc ? a + 1 : nc - 1;
                 struct gx *m = gx_seq(b);
                 if (a) m = gx_add(b, m, punct(b, ","));
                 m = gx_add(b, m, kv(j, p[i].name, vrule[i]));
-                m = gx_add(b, m, gx_call(b, tail[(i + 1) * 2 + 1]));
-                body = p[i].required ? m : gx_alt2(b, m, gx_call(b, tail[(i + 1) * 2 + a]));
+                m = gx_add(b, m, gx_call(b, tail[(i + 1) * (size_t)nc + (size_t)next]));
+                if (pmax >= 0 && a >= pmax) m = gx_none(b); /* no room for one more */
+                body = p[i].required
+                           ? m
+                           : gx_alt2(b, m, gx_call(b, tail[(i + 1) * (size_t)nc + (size_t)a]));
             }
-            gb_set(b, tail[i * 2 + a], body);
+            gb_set(b, tail[i * (size_t)nc + (size_t)a], body);
         }
     }
     struct gx *o = gx_seq(b);
@@ -918,7 +944,6 @@ static const char *const refused[] = {"patternProperties",
                                       "minContains",
                                       "maxContains",
                                       "multipleOf",
-                                      "maxProperties",
                                       "unevaluatedProperties",
                                       "unevaluatedItems",
                                       "$dynamicRef",
@@ -1094,10 +1119,12 @@ static bool merge_into(struct js *j, json_t *a, json_t *bsch, const char *ptr)
                 if (t & (1 << q) && !(q == 6 && (t & T_NUM)))
                     json_array_append_new(arr, json_string(names[q]));
             json_object_set_new(a, k, arr);
-        } else if ((!strcmp(k, "minimum") || !strcmp(k, "minLength") || !strcmp(k, "minItems")) &&
+        } else if ((!strcmp(k, "minimum") || !strcmp(k, "minLength") || !strcmp(k, "minItems") ||
+                    !strcmp(k, "minProperties")) &&
                    json_is_number(old) && json_is_number(v)) {
             if (json_number_value(v) > json_number_value(old)) json_object_set(a, k, v);
-        } else if ((!strcmp(k, "maximum") || !strcmp(k, "maxLength") || !strcmp(k, "maxItems")) &&
+        } else if ((!strcmp(k, "maximum") || !strcmp(k, "maxLength") || !strcmp(k, "maxItems") ||
+                    !strcmp(k, "maxProperties")) &&
                    json_is_number(old) && json_is_number(v)) {
             if (json_number_value(v) < json_number_value(old)) json_object_set(a, k, v);
         } else {
@@ -1219,10 +1246,6 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
             goto out;
         }
         if (!strcmp(k, "uniqueItems") && json_is_true(v)) {
-            res = js_fail(j, "unsupported", k, ptr);
-            goto out;
-        }
-        if (!strcmp(k, "minProperties") && !(json_is_integer(v) && json_integer_value(v) <= 0)) {
             res = js_fail(j, "unsupported", k, ptr);
             goto out;
         }
@@ -1402,6 +1425,8 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
                                                 "maximum",
                                                 "exclusiveMinimum",
                                                 "exclusiveMaximum",
+                                                "minProperties",
+                                                "maxProperties",
                                                 NULL};
             if (in_list(known, k))
                 res = js_fail(j, "unsupported (together with enum/const)", k, ptr);

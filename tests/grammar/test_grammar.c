@@ -588,6 +588,51 @@ static void test_schema_shared_rules(void **state)
     kiln_grammar_unref(g);
 }
 
+/* minProperties / maxProperties: the members are counted, named and additional alike */
+static void test_schema_property_counts(void **state)
+{
+    (void)state;
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"},\"b\":{"
+                "\"type\":\"integer\"}},\"additionalProperties\":false,\"minProperties\":1}",
+                (struct cas[]){{"{}", false},
+                               {"{\"a\":1}", true},
+                               {"{\"b\":1}", true},
+                               {"{\"a\":1,\"b\":2}", true},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}},"
+                "\"additionalProperties\":{\"type\":\"integer\"},\"minProperties\":2,"
+                "\"maxProperties\":3}",
+                (struct cas[]){{"{\"a\":1}", false},
+                               {"{\"x\":1}", false},
+                               {"{\"a\":1,\"x\":2}", true},
+                               {"{\"x\":1,\"y\":2}", true},
+                               {"{\"a\":1,\"x\":2,\"y\":3}", true},
+                               {"{\"a\":1,\"x\":2,\"y\":3,\"z\":4}", false},
+                               {"{\"w\":1,\"x\":2,\"y\":3,\"z\":4}", false},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"object\",\"properties\":{\"a\":{},\"b\":{},\"c\":{}},"
+                "\"maxProperties\":1}",
+                (struct cas[]){{"{}", true},
+                               {"{\"b\":1}", true},
+                               {"{\"x\":1}", true},
+                               {"{\"a\":1,\"c\":1}", false},
+                               {"{\"a\":1,\"x\":1}", false},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"object\",\"required\":[\"a\"],\"maxProperties\":0}",
+                (struct cas[]){{"{}", false}, {"{\"a\":1}", false}, {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"allOf\":[{\"type\":\"object\",\"minProperties\":1},{\"minProperties\":2}]}",
+                (struct cas[]){{"{\"x\":1}", false}, {"{\"x\":1,\"y\":2}", true}, {NULL, false}});
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"object\",\"minProperties\":65}",
+                 "'minProperties'");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{\"enum\":[{}],\"minProperties\":1}",
+                 "'minProperties'");
+}
+
 /* Properties merged from allOf / $ref / anyOf members come in the order the schema writes them
  * (kiln takes properties in schema order; MaskBench's valid instances follow the text) */
 static void test_schema_merge_order(void **state)
@@ -818,6 +863,7 @@ int main(void)
         cmocka_unit_test(test_schema_shared_rules),
         cmocka_unit_test(test_schema_ref_siblings),
         cmocka_unit_test(test_schema_merge_order),
+        cmocka_unit_test(test_schema_property_counts),
         cmocka_unit_test(test_compile_budget),
         cmocka_unit_test(test_rollback_forced_eos),
         cmocka_unit_test(test_cache),
