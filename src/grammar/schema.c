@@ -445,8 +445,9 @@ static struct gx *js_string(struct js *j, json_t *s, const char *ptr)
         return js_bad(j, ptr, "minLength/maxLength must be integers");
     long long mn = minl ? json_integer_value(minl) : 0, mx = maxl ? json_integer_value(maxl) : -1;
     if (mn < 0 || (maxl && mx < 0)) return js_bad(j, ptr, "negative string length");
-    if (mn > 10000 || mx > 10000)
-        return js_fail(j, "unsupported (over 10000)", mn > 10000 ? "minLength" : "maxLength", ptr);
+    if (mn > 2147483647 || mx > 2147483647)
+        return js_fail(j, "unsupported (over 2^31 - 1)",
+                       mn > 2147483647 ? "minLength" : "maxLength", ptr);
     const char *re = NULL;
     char where[300];
     /* the formats JSON Schema defines (draft 2020-12 and earlier); any other value is an
