@@ -206,6 +206,44 @@ static size_t gx_size(const struct gx *x, size_t cap)
 /* A repetition whose unrolled copies would emit more than this many states calls its body as
  * a rule (two states a copy): a string's maxLength, a regex's {n,m} over a large class. */
 #define GR_REP_INLINE 4096
+/* Counts over this many copies of a rule are counted in blocks of GR_REP_BLOCK copies (a block
+ * is a rule), recursively: x{0,32767} is about a thousand states, not 65,534. */
+#define GR_REP_BLOCK 64
+
+static struct gx *rep_node(struct gr_builder *b, struct gx *x, int min, int max)
+{
+    struct gx *r = node(b, GX_REP);
+    if (!r || !gx_add(b, r, x)) return NULL;
+    r->min = min;
+    r->max = max;
+    return r;
+}
+
+/* the rule of exactly GR_REP_BLOCK copies of x (a call) */
+static struct gx *rep_block(struct gr_builder *b, struct gx *x)
+{
+    int r = gb_rule(b, "%block");
+    gb_set(b, r, rep_node(b, x, GR_REP_BLOCK, GR_REP_BLOCK));
+    return gx_call(b, r);
+}
+
+/* x (a call) exactly n times, n > GR_REP_BLOCK: n / B blocks, then the rest */
+static struct gx *rep_exactly(struct gr_builder *b, struct gx *x, int n)
+{
+    return gx_seq2(b, gx_rep(b, rep_block(b, x), n / GR_REP_BLOCK, n / GR_REP_BLOCK),
+                   rep_node(b, x, n % GR_REP_BLOCK, n % GR_REP_BLOCK));
+}
+
+/* x (a call) 0 to n times, n > GR_REP_BLOCK: k = aB + c copies, either a < n / B whole blocks
+ * and any c < B, or n / B blocks and c <= n % B (each count has one parse in each branch) */
+static struct gx *rep_upto(struct gr_builder *b, struct gx *x, int n)
+{
+    int q = n / GR_REP_BLOCK, rest = n % GR_REP_BLOCK;
+    struct gx *blk = rep_block(b, x);
+    struct gx *fewer = gx_seq2(b, gx_rep(b, blk, 0, q - 1), rep_node(b, x, 0, GR_REP_BLOCK - 1));
+    struct gx *all = gx_seq2(b, gx_rep(b, blk, q, q), rep_node(b, x, 0, rest));
+    return gx_alt2(b, fewer, all);
+}
 
 struct gx *gx_rep(struct gr_builder *b, struct gx *x, int min, int max)
 {
@@ -218,12 +256,14 @@ struct gx *gx_rep(struct gr_builder *b, struct gx *x, int min, int max)
         x = gx_call(b, r);
         if (!x) return NULL;
     }
-    struct gx *r = node(b, GX_REP);
-    if (!r) return NULL;
-    if (!gx_add(b, r, x)) return NULL;
-    r->min = min;
-    r->max = max;
-    return r;
+    if (x->op == GX_RULE && (min > GR_REP_BLOCK || max > GR_REP_BLOCK)) {
+        struct gx *head = min > GR_REP_BLOCK ? rep_exactly(b, x, min) : rep_node(b, x, min, min);
+        struct gx *tail = max < 0                    ? rep_node(b, x, 0, -1)
+                          : max - min > GR_REP_BLOCK ? rep_upto(b, x, max - min)
+                                                     : rep_node(b, x, 0, max - min);
+        return gx_seq2(b, head, tail);
+    }
+    return rep_node(b, x, min, max);
 }
 
 struct gx *gx_opt(struct gr_builder *b, struct gx *x)

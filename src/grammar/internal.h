@@ -46,7 +46,7 @@ struct gr_builder {
  * emit more automaton states than GR_MAX_STATES (estimated from the expressions before anything
  * is built, so that refusal costs a millisecond), or when building it would take more steps
  * than GR_MAX_WORK (epsilon closures and the left-recursion walk, quadratic at worst: a?a?a?...;
- * about 15 ns a step here, so a refusal stays near 150 ms of CPU). MaskBench's largest schema
+ * 15-60 ns a step on the dev machine, so that refusal takes 0.15-0.6 s). MaskBench's largest schema
  * (a 938 KB Kubernetes document) needs 759,000 states and 4.0M steps. The fuzz build lowers
  * both (CMakeLists.txt) to keep each input within libFuzzer's timeout under the sanitizers. */
 #ifndef GR_MAX_STATES

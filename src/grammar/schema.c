@@ -36,6 +36,7 @@ struct js {
 };
 
 static struct gx *js_value(struct js *j, json_t *s, const char *ptr);
+static bool in_list(const char *const *l, const char *k);
 
 static struct gx *ws(struct gr_builder *b)
 {
@@ -431,6 +432,9 @@ static const char *format_regex(const char *f)
     if (!strcmp(f, "date")) return DATE;
     if (!strcmp(f, "time")) return TIME;
     if (!strcmp(f, "date-time")) return DATE "[Tt]" TIME;
+    if (!strcmp(f, "ipv4")) /* dotted decimal, no leading zeros (as ajv-formats) */
+        return "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|"
+               "[1-9]?[0-9])){3}";
     if (!strcmp(f, "uuid"))
         return "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}";
     if (!strcmp(f, "email"))
@@ -454,10 +458,24 @@ static struct gx *js_string(struct js *j, json_t *s, const char *ptr)
         return js_bad(j, ptr, "minLength/maxLength must be integers");
     long long mn = minl ? json_integer_value(minl) : 0, mx = maxl ? json_integer_value(maxl) : -1;
     if (mn < 0 || (maxl && mx < 0)) return js_bad(j, ptr, "negative string length");
-    if (mn > 10000 || mx > 10000)
-        return js_fail(j, "unsupported (over 10000)", mn > 10000 ? "minLength" : "maxLength", ptr);
+    if (mn > 2147483647 || mx > 2147483647)
+        return js_fail(j, "unsupported (over 2^31 - 1)",
+                       mn > 2147483647 ? "minLength" : "maxLength", ptr);
     const char *re = NULL;
     char where[300];
+    /* the formats JSON Schema defines (draft 2020-12 and earlier); any other value is an
+     * annotation that no validator checks, so it constrains nothing */
+    static const char *const standard_formats[] = {
+        "date-time",    "date",          "time",
+        "duration",     "email",         "idn-email",
+        "hostname",     "idn-hostname",  "ipv4",
+        "ipv6",         "uri",           "uri-reference",
+        "iri",          "iri-reference", "uuid",
+        "uri-template", "json-pointer",  "relative-json-pointer",
+        "regex",        "color",         "host-name",
+        "ip-address",   "utc-millisec",  NULL};
+    if (fmt && json_is_string(fmt) && !in_list(standard_formats, json_string_value(fmt)))
+        fmt = NULL;
     if (fmt && json_is_string(fmt)) {
         re = format_regex(json_string_value(fmt));
         if (!re)
@@ -671,6 +689,17 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
     json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required");
     json_t *addl = json_object_get(s, "additionalProperties");
     if (props && !json_is_object(props)) return js_bad(j, ptr, "properties must be an object");
+    json_t *minp = json_object_get(s, "minProperties"), *maxp = json_object_get(s, "maxProperties");
+    if ((minp && !json_is_integer(minp)) || (maxp && !json_is_integer(maxp)))
+        return js_bad(j, ptr, "minProperties/maxProperties must be integers");
+    long long pmin = minp ? json_integer_value(minp) : 0,
+              pmax = maxp ? json_integer_value(maxp) : -1;
+    if (pmin < 0) pmin = 0;
+    if (maxp && pmax < 0) return js_bad(j, ptr, "negative maxProperties");
+    if (pmin > 64 || pmax > 64)
+        return js_fail(j, "unsupported (over 64)", pmin > 64 ? "minProperties" : "maxProperties",
+                       ptr);
+    if (pmax >= 0 && pmin > pmax) return gx_none(b);
     if (req && !json_is_array(req)) return js_bad(j, ptr, "required must be an array");
     size_t np = json_object_size(props), nreq = json_array_size(req);
     struct prop *p = calloc(np + nreq + 1, sizeof *p);
@@ -711,14 +740,17 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
         }
         p[q].required = true;
     }
-    /* tail[i][any]: the members from property i on, `any` when one was written before */
-    int *tail = malloc((n + 1) * 2 * sizeof *tail);
+    /* tail[i][c]: the members from property i on, c written before (counted up to nc - 1:
+     * what minProperties/maxProperties need, at least "one": the next one takes a comma) */
+    int nc = (int)(pmax >= 0 ? pmax : pmin) + 1;
+    if (nc < 2) nc = 2;
+    int *tail = malloc((n + 1) * (size_t)nc * sizeof *tail);
     if (!tail) {
         free(p);
         return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
     }
     for (size_t i = 0; i <= n; i++)
-        for (int a = 0; a < 2; a++) tail[i * 2 + a] = gb_rule(b, "%object_tail");
+        for (int a = 0; a < nc; a++) tail[i * (size_t)nc + (size_t)a] = gb_rule(b, "%object_tail");
     /* additional members */
     struct gx *extra = NULL;
     if (!addl_false) {
@@ -750,23 +782,35 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
     for (size_t i = 0; i < n; i++) vrule[i] = js_value_rule(j, p[i].schema, p[i].ptr);
     /* tails from the end */
     for (size_t i = n + 1; i-- > 0;) {
-        for (int a = 0; a < 2; a++) {
+        for (int a = 0; a < nc; a++) {
             struct gx *body;
-            if (i == n) {
+            if (i == n) { /* additional members: at least need more, at most room */
+                long long need = pmin > a ? pmin - a : 0, room = pmax >= 0 ? pmax - a : -1;
                 if (!extra)
+                    body = need ? gx_none(b) : gx_empty(b);
+                else if (room == 0)
                     body = gx_empty(b);
+                else if (a) /* a comma before each */
+                    body = gx_rep(b, gx_seq2(b, punct(b, ","), extra), (int)need, (int)room);
                 else {
-                    struct gx *more = gx_rep(b, gx_seq2(b, punct(b, ","), extra), 0, -1);
-                    body = a ? more : gx_opt(b, gx_seq2(b, extra, more));
+                    struct gx *more =
+                        gx_rep(b, gx_seq2(b, punct(b, ","), extra), need ? (int)need - 1 : 0,
+                               room > 0 ? (int)room - 1 : -1);
+                    body = gx_seq2(b, extra, more);
+                    if (!need) body = gx_opt(b, body);
                 }
             } else {
+                int next = a + 1 < nc ? a + 1 : nc - 1;
                 struct gx *m = gx_seq(b);
                 if (a) m = gx_add(b, m, punct(b, ","));
                 m = gx_add(b, m, kv(j, p[i].name, vrule[i]));
-                m = gx_add(b, m, gx_call(b, tail[(i + 1) * 2 + 1]));
-                body = p[i].required ? m : gx_alt2(b, m, gx_call(b, tail[(i + 1) * 2 + a]));
+                m = gx_add(b, m, gx_call(b, tail[(i + 1) * (size_t)nc + (size_t)next]));
+                if (pmax >= 0 && a >= pmax) m = gx_none(b); /* no room for one more */
+                body = p[i].required
+                           ? m
+                           : gx_alt2(b, m, gx_call(b, tail[(i + 1) * (size_t)nc + (size_t)a]));
             }
-            gb_set(b, tail[i * 2 + a], body);
+            gb_set(b, tail[i * (size_t)nc + (size_t)a], body);
         }
     }
     struct gx *o = gx_seq(b);
@@ -914,7 +958,6 @@ static const char *const refused[] = {"patternProperties",
                                       "minContains",
                                       "maxContains",
                                       "multipleOf",
-                                      "maxProperties",
                                       "unevaluatedProperties",
                                       "unevaluatedItems",
                                       "$dynamicRef",
@@ -1090,10 +1133,12 @@ static bool merge_into(struct js *j, json_t *a, json_t *bsch, const char *ptr)
                 if (t & (1 << q) && !(q == 6 && (t & T_NUM)))
                     json_array_append_new(arr, json_string(names[q]));
             json_object_set_new(a, k, arr);
-        } else if ((!strcmp(k, "minimum") || !strcmp(k, "minLength") || !strcmp(k, "minItems")) &&
+        } else if ((!strcmp(k, "minimum") || !strcmp(k, "minLength") || !strcmp(k, "minItems") ||
+                    !strcmp(k, "minProperties")) &&
                    json_is_number(old) && json_is_number(v)) {
             if (json_number_value(v) > json_number_value(old)) json_object_set(a, k, v);
-        } else if ((!strcmp(k, "maximum") || !strcmp(k, "maxLength") || !strcmp(k, "maxItems")) &&
+        } else if ((!strcmp(k, "maximum") || !strcmp(k, "maxLength") || !strcmp(k, "maxItems") ||
+                    !strcmp(k, "maxProperties")) &&
                    json_is_number(old) && json_is_number(v)) {
             if (json_number_value(v) < json_number_value(old)) json_object_set(a, k, v);
         } else {
@@ -1218,10 +1263,6 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
             res = js_fail(j, "unsupported", k, ptr);
             goto out;
         }
-        if (!strcmp(k, "minProperties") && !(json_is_integer(v) && json_integer_value(v) <= 0)) {
-            res = js_fail(j, "unsupported", k, ptr);
-            goto out;
-        }
     }
     /* $ref / allOf / anyOf / oneOf with siblings: merge siblings into each alternative */
     json_t *ref = json_object_get(s, "$ref"), *allof = json_object_get(s, "allOf");
@@ -1239,11 +1280,20 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
     if (ref || allof) {
         json_t *m = json_object();
         json_array_append_new(j->keep, m);
-        json_t *rest = json_object();
-        json_object_foreach(s, k, v) if (strcmp(k, "$ref") && strcmp(k, "allOf"))
-            json_object_set(rest, k, v);
-        bool ok = true;
-        if (ref) {
+        /* merged in the order written (the order of the merged properties is the output's):
+         * the keywords before the first of $ref/allOf, $ref, allOf, the rest */
+        json_t *before = json_object(), *rest = json_object();
+        bool seen = false;
+        json_object_foreach(s, k, v)
+        {
+            if (!strcmp(k, "$ref") || !strcmp(k, "allOf"))
+                seen = true;
+            else
+                json_object_set(seen ? rest : before, k, v);
+        }
+        bool ok = merge_into(j, m, before, ptr);
+        json_decref(before);
+        if (ok && ref) {
             json_t *wrap = json_pack("{s:O}", "$ref", ref);
             ok = merge_into(j, m, wrap, ptr);
             json_decref(wrap);
@@ -1290,8 +1340,13 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
             goto out;
         }
         json_t *rest = json_object();
-        json_object_foreach(s, k, v) if (strcmp(k, kw) && !in_list(annotations, k))
-            json_object_set(rest, k, v);
+        bool alt_first = false, props_seen = false;
+        json_object_foreach(s, k, v)
+        {
+            if (!strcmp(k, "properties")) props_seen = true;
+            if (!strcmp(k, kw) && !props_seen) alt_first = true;
+            if (strcmp(k, kw) && !in_list(annotations, k)) json_object_set(rest, k, v);
+        }
         struct gx *alt = gx_alt(b);
         size_t i;
         json_t *x;
@@ -1307,7 +1362,21 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
             }
             json_t *m = json_object();
             json_array_append_new(j->keep, m);
-            if (!merge_into(j, m, rest, pp) || !merge_into(j, m, x, pp)) break;
+            /* the properties in the order written: the alternative's first when it comes
+             * before the sibling properties, unless the siblings list them all (then the
+             * alternative only narrows some of them, in the siblings' order) */
+            bool x_first = alt_first;
+            json_t *xp = json_object_get(resolve(j, x), "properties");
+            json_t *rp = json_object_get(rest, "properties");
+            if (x_first && json_is_object(xp) && json_is_object(rp)) {
+                bool all = true;
+                const char *pk;
+                json_t *pv;
+                json_object_foreach(xp, pk, pv) if (!json_object_get(rp, pk)) all = false;
+                x_first = !all;
+            }
+            json_t *first = x_first ? x : rest, *second = x_first ? rest : x;
+            if (!merge_into(j, m, first, pp) || !merge_into(j, m, second, pp)) break;
             gx_add(b, alt, js_value(j, m, pp));
         }
         json_decref(rest);
@@ -1370,6 +1439,8 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
                                                 "maximum",
                                                 "exclusiveMinimum",
                                                 "exclusiveMaximum",
+                                                "minProperties",
+                                                "maxProperties",
                                                 NULL};
             if (in_list(known, k))
                 res = js_fail(j, "unsupported (together with enum/const)", k, ptr);
