@@ -9,6 +9,10 @@
  *                   [--shard I/N --dump FILE]     (every N-th file from the I-th; raw times to
  * FILE) bench_maskbench --merge FILE...               (the table over shards' dumps)
  * (--slow: print where a mask took longer than US microseconds)
+ * --only S: the files whose name contains S. --compile-times: print each schema's compile time.
+ * --accept-only: no masks; each instance's bytes go through the matcher (kiln_matcher_accept_bytes,
+ * byte by byte) and must end complete: compile time and correctness over many schemas quickly;
+ * with --list-errors a rejected valid instance prints the byte offset where it was refused.
  * DATA_DIR comes from bench/maskbench-extract.sh. */
 #include <dirent.h>
 #include <jansson.h>
@@ -111,14 +115,16 @@ int main(int argc, char **argv)
     }
     long limit = -1;
     long shard = 0, nshards = 1;
-    const char *dump = NULL;
-    bool verbose = false, list = false;
+    const char *dump = NULL, *only = NULL;
+    bool verbose = false, list = false, accept_only = false, ctimes = false;
     double slow = 0;
     for (int i = 3; i < argc; i++) {
         if (!strcmp(argv[i], "--limit") && i + 1 < argc)
             limit = atol(argv[++i]);
         else if (!strcmp(argv[i], "--shard") && i + 1 < argc)
             sscanf(argv[++i], "%ld/%ld", &shard, &nshards);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
         else if (!strcmp(argv[i], "--dump") && i + 1 < argc)
             dump = argv[++i];
         else if (!strcmp(argv[i], "--slow") && i + 1 < argc)
@@ -127,6 +133,10 @@ int main(int argc, char **argv)
             verbose = true;
         else if (!strcmp(argv[i], "--list-errors"))
             list = true;
+        else if (!strcmp(argv[i], "--accept-only"))
+            accept_only = true;
+        else if (!strcmp(argv[i], "--compile-times"))
+            ctimes = true;
     }
     if (!strcmp(argv[1], "--merge")) {
         size_t tot[10] = {0};
@@ -184,6 +194,7 @@ int main(int argc, char **argv)
     double t_start = now_us();
     for (size_t fi = 0; fi < nn && (limit < 0 || (long)fi < limit); fi++) {
         if ((long)fi % nshards != shard) continue;
+        if (only && !strstr(names[fi], only)) continue;
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", argv[2], names[fi]);
         json_error_t je;
@@ -211,6 +222,7 @@ int main(int argc, char **argv)
             continue;
         }
         push(&compiles, tc);
+        if (ctimes) printf("COMPILED %.0f us %s\n", tc, names[fi]);
         int verdict = 0; /* 0 ok, 1 validation error, 2 invalidation error (last one wins) */
         size_t i;
         json_t *t;
@@ -222,6 +234,27 @@ int main(int argc, char **argv)
             char *inst = malloc(inst_len + 1);
             json_dumpb(data, inst, inst_len, JSON_ENCODE_ANY);
             inst[inst_len] = 0;
+            if (accept_only) {
+                tests++;
+                struct kiln_matcher *m;
+                if (kiln_matcher_create(g, &m, &err)) abort();
+                size_t at = 0;
+                while (at < inst_len && kiln_matcher_accept_bytes(m, inst + at, 1)) at++;
+                bool accepted = at == inst_len && kiln_matcher_is_complete(m);
+                tokens += at;
+                if (accepted && !valid) {
+                    verdict = 2;
+                    if (list) printf("INVALIDATION %s test %zu: %s\n", names[fi], i, inst);
+                } else if (!accepted && valid) {
+                    verdict = 1;
+                    if (list)
+                        printf("VALIDATION %s test %zu at byte %zu (%.40s): %s\n", names[fi], i, at,
+                               inst + at, inst);
+                }
+                kiln_matcher_free(m);
+                free(inst);
+                continue;
+            }
             int32_t *ids;
             size_t n;
             if (kiln_tokenizer_encode(tok, inst, inst_len, false, &ids, &n, &err)) {

@@ -8,7 +8,8 @@
 # are the PASS/FAIL table and the figures; the script exits 1 if any row failed. Logs go to $OUT
 # (returned by the device tool).
 #   bench/gpu-run.sh [all|quick|tests|faults|tolerances|correct|bench|profile|tprof|compare|
-#                     sanitize|probe|engine|ada|throughput|regress|pipeline|serving|ab]...
+#                     sanitize|probe|engine|ada|throughput|regress|pipeline|serving|http|
+#                     structured|httpbench|ab]...
 # tests: every GPU correctness test, fast (kernel tests, whole-model tests, the engine on the
 # GPU, and the planted faults each caught): what a final run after a merge needs.
 set -uo pipefail
@@ -269,21 +270,22 @@ ada() {
 # (a long-output point cannot go below OSL steps; all nine take ~6 minutes on an H100) and the
 # batch keeps every admitted sequence's KV in the pool (~1.0M tokens on an H100 80GB), except
 # 2048/2048 (256 x 4096 tokens: a few preemptions).
-# KILN_THROUGHPUT="I O N B;I O N B" runs other points; KILN_BIN=NAME runs $B/NAME.
+# KILN_THROUGHPUT="I O N B;I O N B" runs other points; KILN_BIN=NAME runs $B/NAME; KILN_TP_ARGS
+# adds options (e.g. "--max-num-tokens 16384").
 tp_points="128 128 1024 256;128 2048 384 384;128 4096 128 128;500 2000 256 256;1000 1000 384 384"
 tp_points+=";2048 128 512 256;2048 2048 256 256;5000 500 128 128;20000 2000 16 16"
 tp_run() { # label bin ISL OSL N BATCH
   local log="$OUT/throughput.log"
-  echo "-- $1: $3/$4 x$5 batch $6" >>"$log"
+  echo "-- $1: $3/$4 x$5 batch $6 ${KILN_TP_ARGS:-}" >>"$log"
   local rc=0
   timeout 180 "$B/$2" bench "$M/llama8b" --throughput --num-requests "$5" --input-len "$3" \
-    --output-len "$4" --max-batch-size "$6" --json >"$OUT/tp.tmp" 2>&1 || rc=$?
+    --output-len "$4" --max-batch-size "$6" ${KILN_TP_ARGS:-} --json >"$OUT/tp.tmp" 2>&1 || rc=$?
   cat "$OUT/tp.tmp" >>"$log"
   if [ $rc -ne 0 ]; then
     record "throughput $1 $3/$4" FAIL "exit $rc: $(tail -n 1 "$OUT/tp.tmp")"
     return
   fi
-  note "throughput $1 $3/$4 x$5 batch $6: $(grep -E '^output throughput|^elapsed|^TTFT|^inter' "$OUT/tp.tmp" |
+  note "throughput $1 $3/$4 x$5 batch $6 ${KILN_TP_ARGS:-}: $(grep -E '^output throughput|^elapsed|^TTFT|^inter' "$OUT/tp.tmp" |
     tr -s ' ' | tr '\n' ';')"
 }
 throughput() {
@@ -388,6 +390,82 @@ serving() {
   kill "$pid"; wait "$pid" 2>/dev/null
 }
 
+# Issue 16 item 3: the offline figure (kiln bench --throughput) and the same point over HTTP
+# (kiln serve + kiln_loadgen, concurrency = the batch limit, the same request count), one after
+# the other; a row passes when HTTP reaches 95% of offline. KILN_HTTP_POINTS="I O N B;...".
+http() {
+  step "throughput over HTTP vs offline (8B-shaped FP8, FP8 KV)"
+  model llama8b llama-3.1-8b --fp8-kv-cache
+  local IFS_=$IFS pts p off on rc i pid
+  IFS=';' read -ra pts <<<"${KILN_HTTP_POINTS:-128 128 1024 256;2048 128 512 256;500 2000 256 256}"
+  IFS=$IFS_
+  for p in "${pts[@]}"; do
+    set -- $p
+    tp_run kiln kiln "$@"
+    off=$(awk '/^output throughput/{print $3; exit}' "$OUT/tp.tmp")
+    "$B/kiln" serve "$M/llama8b" --port 8379 --tokenizer "$B/tokenizers/llama3_1" \
+      --served-model-name m --max-batch-size "$4" >"$OUT/serve-http-$1-$2.log" 2>&1 &
+    pid=$!
+    for i in $(seq 600); do curl -sf localhost:8379/health >/dev/null && break; sleep 0.1; done
+    rc=0
+    timeout 240 "$B/kiln_loadgen" --url http://127.0.0.1:8379 --model m --concurrency "$4" \
+      --requests "$3" --input-len "$1" --output-len "$2" >"$OUT/lg-$1-$2.log" 2>&1 || rc=$?
+    kill "$pid"; wait "$pid" 2>/dev/null
+    on=$(awk '$1 == "output" && $3 == "tok/s," {print $2; exit}' "$OUT/lg-$1-$2.log")
+    note "http $1/$2 x$3 c=$4: offline ${off:-?} tok/s, HTTP ${on:-?} tok/s; $(grep -E 'TTFT|ITL' "$OUT/lg-$1-$2.log" | tr -s ' ' | tr '\n' ';')"
+    if [ $rc -ne 0 ] || [ -z "$on" ] || [ -z "$off" ]; then
+      record "http $1/$2 >= 95% of offline" FAIL "loadgen exit $rc: $(tail -n 2 "$OUT/lg-$1-$2.log" | tr '\n' ' ')"
+    else
+      awk -v a="$on" -v b="$off" 'BEGIN{exit !(a >= 0.95*b)}' && local v=PASS || local v=FAIL
+      record "http $1/$2 >= 95% of offline" $v "$(awk -v a="$on" -v b="$off" 'BEGIN{printf "%.1f%% (%s / %s tok/s)", 100*a/b, a, b}')"
+    fi
+  done
+}
+
+# Issue 14: decode under a JSON Schema beside the same decode unconstrained (batch 1 at context
+# 128, batch 64): targets >= 95% (batch 1) and >= 90% (batch 64) of unconstrained. Two schemas:
+# "builtin" (unbounded values: on the random model the first string never closes, so its masks
+# are the string-interior ones) and "bounded" (every value ends: keys, numbers, string ends).
+structured() {
+  step "constrained decode (kiln bench --json-schema), 8B-shaped FP8"
+  model llama8b llama-3.1-8b --fp8-kv-cache
+  local js r1 r64 log
+  for js in ${KILN_SCHEMAS:-builtin bounded}; do
+    log="$OUT/bench-8b-json-$js.log"
+    check "kiln bench --json-schema $js 8B" "$log" 300 "$B/kiln" bench "$M/llama8b" \
+      --contexts 128 --prompts none --batches 64 --json-schema "$js" --tokenizer "$B/tokenizers/llama3_1"
+    grep -E "^decode|^json schema" "$log" | while read -r l; do note "$js: $l"; done
+    r1=$(grep -E "^decode  batch 1, .*json schema" "$log" | sed -E 's/.*\(([0-9.]+)% of.*/\1/')
+    r64=$(grep -E "^decode  batch  64, .*json schema" "$log" | sed -E 's/.*\(([0-9.]+)% of.*/\1/')
+    awk -v r="${r1:-0}" 'BEGIN{exit !(r >= 95)}' && record "json schema $js b1 >= 95% of free" PASS "$r1%" ||
+      record "json schema $js b1 >= 95% of free" FAIL "${r1:-none}%"
+    awk -v r="${r64:-0}" 'BEGIN{exit !(r >= 90)}' && record "json schema $js b64 >= 90% of free" PASS "$r64%" ||
+      record "json schema $js b64 >= 90% of free" FAIL "${r64:-none}%"
+  done
+}
+
+# Issue 18: the HTTP layer's cost per request on a quiet host: the old server (evhttp, commit
+# 76bd589) and the new one (own transport), both CPU-only Release builds serving the tiny model,
+# pinned to cores 0-7, bench_http pinned to 8-15, alternated old/new twice per row. Needs
+# $B/http/{kiln_old,kiln_new,bench_http} (bench/gpu-prepare.sh http).
+httpbench() {
+  step "HTTP request overhead: old (evhttp) vs new transport, tiny model, CPU builds"
+  model tiny-tok tiny --tokenizer "$B/tokenizers/llama3_1"
+  local row rep bin pid i
+  for row in "health 1" "tokenize 1" "health 4" "tokenize 4" "chunked 4"; do
+    set -- $row
+    for rep in 1 2; do
+      for bin in old new; do
+        taskset -c 0-7 "$B/http/kiln_$bin" serve "$M/tiny-tok" --port 8390 >"$OUT/httpbench-serve.log" 2>&1 &
+        pid=$!
+        for i in $(seq 300); do curl -sf localhost:8390/health >/dev/null && break; sleep 0.1; done
+        note "httpbench $bin #$rep: $(taskset -c 8-15 "$B/http/bench_http" 8390 3 "$2" "$1" 2>&1 | tail -n 1)"
+        kill "$pid"; wait "$pid" 2>/dev/null
+      done
+    done
+  done
+}
+
 probe() {
   step "cuBLASLt FP8 GEMM probe (prefill shapes)"
   timeout 120 "$B/probe_gemm" 2048 >"$OUT/probe_gemm.log" 2>&1
@@ -435,7 +513,7 @@ for what in "${@:-all}"; do
   case $what in
     all) correct; bench; compare; sanitize ;;
     quick|tests|faults|tolerances|correct|bench|profile|tprof|compare|sanitize|probe|engine|ada|\
-    throughput|regress|pipeline|serving|ab) $what ;;
+    throughput|regress|pipeline|serving|http|structured|httpbench|ab) $what ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done

@@ -30,6 +30,22 @@ static const char builtin_schema[] =
     "\"required\":[\"id\",\"name\",\"email\",\"tags\",\"address\",\"score\",\"active\"],"
     "\"additionalProperties\":false}";
 
+/* The same kind of object with every value bounded (a string's maxLength, an integer range, an
+ * enum, a maxItems): on a random model, whose strings never close by themselves, the values
+ * still end, so the timed steps go through keys, separators, numbers and string ends, where the
+ * masks cost the most, and not only through one long string. */
+static const char bounded_schema[] =
+    "{\"type\":\"object\",\"properties\":{"
+    "\"id\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":99999},"
+    "\"name\":{\"type\":\"string\",\"maxLength\":12},"
+    "\"kind\":{\"enum\":[\"person\",\"company\",\"place\"]},"
+    "\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"maxLength\":8},"
+    "\"maxItems\":3},"
+    "\"zip\":{\"type\":\"string\",\"pattern\":\"^[0-9]{5}$\"},"
+    "\"active\":{\"type\":\"boolean\"}},"
+    "\"required\":[\"id\",\"name\",\"kind\",\"tags\",\"zip\",\"active\"],"
+    "\"additionalProperties\":false}";
+
 struct bench_grammar {
     struct kiln_tokenizer *tok;
     struct kiln_grammar_vocab *vocab;
@@ -66,11 +82,14 @@ enum kiln_status bench_grammar_create(const char *schema, const char *tok_dir, i
     char *text = NULL;
     size_t len = 0;
     enum kiln_status st = KILN_OK;
-    if (!strcmp(schema, "builtin")) {
-        len = strlen(builtin_schema);
+    const char *named = !strcmp(schema, "builtin")   ? builtin_schema
+                        : !strcmp(schema, "bounded") ? bounded_schema
+                                                     : NULL;
+    if (named) {
+        len = strlen(named);
         text = malloc(len + 1);
         if (text)
-            memcpy(text, builtin_schema, len + 1);
+            memcpy(text, named, len + 1);
         else
             st = kiln_errorf(err, KILN_ERR_NOMEM, "out of memory");
     } else {

@@ -67,7 +67,8 @@ static void usage(FILE *f)
                "  --max-batch-size N    size the engine for this batch (default: from lists)\n"
                "  --profile             time every op (runs without CUDA graphs)\n"
                "  --json-schema FILE    also time each decode point under this JSON Schema\n"
-               "                        (\"builtin\": an object with nesting, array, format)\n"
+               "                        (\"builtin\": an object with nesting, array, format;\n"
+               "                        \"bounded\": every value bounded, so values end)\n"
                "  --tokenizer DIR       tokenizer for --json-schema (default: the model's)\n"
                "  --json                also print one JSON line with every "
                "figure\n" KILN_CLI_BACKEND_HELP);

@@ -19,6 +19,8 @@ void gb_init(struct gr_builder *b, struct kiln_error *err)
     memset(b, 0, sizeof *b);
     b->err = err;
     b->r_json_value = b->r_json_string = b->r_json_object = -1;
+    b->r_esc = b->r_esc_hi = b->r_string_rest = b->r_utf8_hi = b->r_esc_key = -1;
+    b->r_ws = -1;
 }
 
 void gb_free(struct gr_builder *b)
@@ -180,10 +182,42 @@ struct gx *gx_alt2(struct gr_builder *b, struct gx *x, struct gx *y)
     return gx_add(b, gx_add(b, gx_alt(b), x), y);
 }
 
+/* about how many automaton states x emits, counted up to cap */
+static size_t gx_size(const struct gx *x, size_t cap)
+{
+    if (!x) return 0;
+    switch (x->op) {
+    case GX_SEQ:
+    case GX_ALT: {
+        size_t n = x->op == GX_ALT ? (size_t)x->n + 1 : 0;
+        for (int i = 0; i < x->n && n < cap; i++) n += gx_size(x->kid[i], cap - n);
+        return n;
+    }
+    case GX_REP: { /* min copies, then max - min optional ones or one loop */
+        size_t k = gx_size(x->kid[0], cap);
+        size_t times = (size_t)(x->max < 0 ? x->min + 1 : x->max > 0 ? x->max : 1);
+        return k >= cap / times ? cap : k * times + 2;
+    }
+    default:
+        return 1;
+    }
+}
+
+/* A repetition whose unrolled copies would emit more than this many states calls its body as
+ * a rule (two states a copy): a string's maxLength, a regex's {n,m} over a large class. */
+#define GR_REP_INLINE 4096
+
 struct gx *gx_rep(struct gr_builder *b, struct gx *x, int min, int max)
 {
     if (!x) return NULL;
     if (max >= 0 && max < min) return gx_none(b);
+    size_t times = (size_t)(max < 0 ? min + 1 : max);
+    if (times > 1 && x->op != GX_RULE && gx_size(x, GR_REP_INLINE) >= GR_REP_INLINE / times) {
+        int r = gb_rule(b, "%repeated");
+        gb_set(b, r, x);
+        x = gx_call(b, r);
+        if (!x) return NULL;
+    }
     struct gx *r = node(b, GX_REP);
     if (!r) return NULL;
     if (!gx_add(b, r, x)) return NULL;
@@ -398,18 +432,20 @@ static struct gx *hex_range(struct gr_builder *b, uint32_t lo, uint32_t hi, int 
     return alt;
 }
 
-static struct gx *u_escape(struct gr_builder *b, uint32_t lo, uint32_t hi)
+/* "u" (after the backslash, bs: with it) and four hex digits in [lo, hi] */
+static struct gx *u_escape(struct gr_builder *b, uint32_t lo, uint32_t hi, bool bs)
 {
-    return gx_seq2(b, gx_str(b, "\\u"), hex_range(b, lo, hi, 4));
+    return gx_seq2(b, gx_str(b, bs ? "\\u" : "u"), hex_range(b, lo, hi, 4));
 }
 
-/* \uXXXX escapes (surrogate pairs above the BMP) of [lo, hi] into alt */
+/* What follows the backslash of the \uXXXX escapes (surrogate pairs above the BMP) of
+ * [lo, hi], into alt */
 static void json_u_range(struct gr_builder *b, struct gx *alt, uint32_t lo, uint32_t hi)
 {
     if (lo <= 0xFFFF) {
         uint32_t h = hi < 0xFFFF ? hi : 0xFFFF;
-        if (lo < 0xD800) gx_add(b, alt, u_escape(b, lo, h < 0xD7FF ? h : 0xD7FF));
-        if (h > 0xDFFF) gx_add(b, alt, u_escape(b, lo > 0xE000 ? lo : 0xE000, h));
+        if (lo < 0xD800) gx_add(b, alt, u_escape(b, lo, h < 0xD7FF ? h : 0xD7FF, false));
+        if (h > 0xDFFF) gx_add(b, alt, u_escape(b, lo > 0xE000 ? lo : 0xE000, h, false));
         lo = 0x10000;
     }
     if (lo > hi) return;
@@ -417,15 +453,111 @@ static void json_u_range(struct gr_builder *b, struct gx *alt, uint32_t lo, uint
     uint32_t ha = 0xD800 + (a >> 10), hz = 0xD800 + (z >> 10);
     uint32_t la = 0xDC00 + (a & 0x3FF), lz = 0xDC00 + (z & 0x3FF);
     if (ha == hz) {
-        gx_add(b, alt, gx_seq2(b, u_escape(b, ha, ha), u_escape(b, la, lz)));
+        gx_add(b, alt, gx_seq2(b, u_escape(b, ha, ha, false), u_escape(b, la, lz, true)));
         return;
     }
-    gx_add(b, alt, gx_seq2(b, u_escape(b, ha, ha), u_escape(b, la, 0xDFFF)));
+    gx_add(b, alt, gx_seq2(b, u_escape(b, ha, ha, false), u_escape(b, la, 0xDFFF, true)));
     if (hz - ha > 1)
-        gx_add(b, alt, gx_seq2(b, u_escape(b, ha + 1, hz - 1), u_escape(b, 0xDC00, 0xDFFF)));
-    gx_add(b, alt, gx_seq2(b, u_escape(b, hz, hz), u_escape(b, 0xDC00, lz)));
+        gx_add(b, alt,
+               gx_seq2(b, u_escape(b, ha + 1, hz - 1, false), u_escape(b, 0xDC00, 0xDFFF, true)));
+    gx_add(b, alt, gx_seq2(b, u_escape(b, hz, hz, false), u_escape(b, 0xDC00, lz, true)));
 }
 
+/* whether s (normalized) holds every code point of [lo, hi], surrogates aside */
+static bool cps_covers(const struct cp_set *s, uint32_t lo, uint32_t hi)
+{
+    uint32_t need = lo;
+    for (int i = 0; i <= s->n; i++) {
+        if (need >= 0xD800 && need <= 0xDFFF) need = 0xE000;
+        if (need > hi) return true;
+        if (i == s->n || s->r[i][0] > need) return false;
+        if (s->r[i][1] >= need) need = s->r[i][1] + 1;
+    }
+    return false;
+}
+
+static struct gx *esc_tail(struct gr_builder *b, const struct cp_set *s);
+
+/* the rule of what follows a backslash for every non-ASCII character ("u" and hex digits) */
+static int esc_hi_rule(struct gr_builder *b)
+{
+    if (b->r_esc_hi < 0) {
+        b->r_esc_hi = gb_rule(b, "%esc_hi");
+        struct gx *alt = gx_alt(b);
+        json_u_range(b, alt, 0x80, 0x10FFFF);
+        gb_set(b, b->r_esc_hi, alt);
+    }
+    return b->r_esc_hi;
+}
+
+/* What may follow the backslash of an escaped character of s (normalized): the short escapes
+ * and \uXXXX. The common sets (any character; any but a few ASCII ones) call shared rules, so
+ * the escape automaton is built once per grammar, and only entered after a backslash. */
+static struct gx *esc_tail(struct gr_builder *b, const struct cp_set *s)
+{
+    if (cps_covers(s, 0, 0x10FFFF)) {
+        if (b->r_esc < 0) {
+            b->r_esc = gb_rule(b, "%esc");
+            struct cp_set ascii = {0};
+            cps_add(&ascii, 0, 0x7F);
+            struct gx *x = esc_tail(b, &ascii);
+            cps_free(&ascii);
+            gb_set(b, b->r_esc, gx_add(b, x, gx_call(b, esc_hi_rule(b))));
+        }
+        return gx_call(b, b->r_esc);
+    }
+    struct gx *alt = gx_alt(b);
+    static const struct {
+        uint32_t c;
+        char esc;
+    } shorts[] = {{'"', '"'}, {'\\', '\\'}, {'/', '/'}, {8, 'b'},
+                  {12, 'f'},  {10, 'n'},    {13, 'r'},  {9, 't'}};
+    for (size_t i = 0; i < sizeof shorts / sizeof shorts[0]; i++)
+        if (cps_has(s, shorts[i].c)) gx_add(b, alt, gx_byte(b, (unsigned char)shorts[i].esc));
+    bool hi_all = cps_covers(s, 0x80, 0x10FFFF);
+    for (int i = 0; i < s->n; i++) {
+        uint32_t lo = s->r[i][0], hi = s->r[i][1];
+        if (hi_all && hi > 0x7F) hi = 0x7F;
+        if (lo <= hi) json_u_range(b, alt, lo, hi);
+    }
+    if (hi_all) gx_add(b, alt, gx_call(b, esc_hi_rule(b)));
+    return alt;
+}
+
+struct gx *gx_json_chars_but(struct gr_builder *b, const uint32_t out[4])
+{
+    if (b->r_utf8_hi < 0) {
+        struct cp_set hi = {0};
+        cps_add(&hi, 0x80, 0x10FFFF);
+        b->r_utf8_hi = gb_rule(b, "%utf8_hi");
+        gb_set(b, b->r_utf8_hi, gx_utf8(b, &hi));
+        cps_free(&hi);
+        b->r_esc_key = gb_rule(b, "%esc_key");
+        struct gx *alt = gx_alt(b);
+        struct gx *sh = gx_byte(b, '"');
+        if (sh)
+            for (const char *c = "\\bfnrt"; *c; c++) sh->bits[*c >> 5] |= 1u << (*c & 31);
+        gx_add(b, alt, sh);
+        gx_add(b, alt,
+               gx_seq2(b, gx_str(b, "u00"), gx_seq2(b, gx_range(b, '0', '1'), hexdigit(b, 0, 15))));
+        gx_add(b, alt, gx_call(b, esc_hi_rule(b)));
+        gb_set(b, b->r_esc_key, alt);
+    }
+    struct gx *alt = gx_alt(b), *ascii = gx_range(b, 0x20, 0x7F);
+    if (!ascii) return NULL;
+    for (int w = 0; w < 4; w++) ascii->bits[w] &= ~out[w];
+    ascii->bits['"' >> 5] &= ~(1u << ('"' & 31));
+    ascii->bits['\\' >> 5] &= ~(1u << ('\\' & 31));
+    gx_add(b, alt, ascii);
+    gx_add(b, alt, gx_call(b, b->r_utf8_hi));
+    struct gx *esc = gx_call(b, b->r_esc_key);
+    if (!(out['/' >> 5] >> ('/' & 31) & 1)) esc = gx_alt2(b, esc, gx_byte(b, '/'));
+    return gx_add(b, alt, gx_seq2(b, gx_byte(b, '\\'), esc));
+}
+
+/* The characters of s (normalized) as the inside of a JSON string: unescaped where JSON allows
+ * (inline: the hot path of every mask inside a string), escaped (\" \\ \/ \b \f \n \r \t
+ * \uXXXX) where it must or may. */
 struct gx *gx_json_chars(struct gr_builder *b, const struct cp_set *s)
 {
     struct gx *alt = gx_alt(b);
@@ -444,14 +576,8 @@ struct gx *gx_json_chars(struct gr_builder *b, const struct cp_set *s)
     cps_norm(&plain);
     if (plain.n) gx_add(b, alt, gx_utf8(b, &plain));
     cps_free(&plain);
-    static const struct {
-        uint32_t c;
-        const char *esc;
-    } shorts[] = {{'"', "\\\""}, {'\\', "\\\\"}, {'/', "\\/"}, {8, "\\b"},
-                  {12, "\\f"},   {10, "\\n"},    {13, "\\r"},  {9, "\\t"}};
-    for (size_t i = 0; i < sizeof shorts / sizeof shorts[0]; i++)
-        if (cps_has(s, shorts[i].c)) gx_add(b, alt, gx_str(b, shorts[i].esc));
-    for (int i = 0; i < s->n; i++) json_u_range(b, alt, s->r[i][0], s->r[i][1]);
+    struct gx *esc = esc_tail(b, s);
+    if (esc && (esc->op != GX_ALT || esc->n)) gx_add(b, alt, gx_seq2(b, gx_byte(b, '\\'), esc));
     return alt;
 }
 
@@ -567,12 +693,6 @@ static int cmp_edge(const void *a, const void *b)
     return (int)x->lo - (int)y->lo;
 }
 
-static int cmp_tedge_from(const void *a, const void *b)
-{
-    const struct tedge *x = a, *y = b;
-    return x->from < y->from ? -1 : x->from > y->from;
-}
-
 void gr_grammar_free(struct kiln_grammar *g)
 {
     if (!g) return;
@@ -587,24 +707,48 @@ void gr_grammar_free(struct kiln_grammar *g)
 }
 
 /* Walks rule r from its start over the calls of nullable rules (what can be reached without
- * reading a byte): marks each rule called on the way in row (when not NULL) and returns whether
- * an accepting state is reached, i.e. whether r is nullable given the nullable set so far. */
-static bool left_walk(const struct kiln_grammar *g, int r, const bool *nullable, uint8_t *seen,
-                      int32_t *stack, uint8_t *row)
+ * reading a byte): appends each rule called on the way to *row (once per walk, when row is not
+ * NULL) and returns whether an accepting state is reached, i.e. whether r is nullable given the
+ * nullable set so far. seen/rseen are stamps (epoch: this walk), so a walk costs what it visits. */
+struct lr_walk {
+    uint32_t *seen, *rseen, epoch;
+    int32_t *stack;
+    int32_t *adj; /* callee lists, appended */
+    size_t nadj, capadj;
+    bool oom;
+    size_t work;
+};
+
+static bool left_walk(const struct kiln_grammar *g, int r, const bool *nullable, struct lr_walk *w,
+                      bool row)
 {
-    memset(seen, 0, (size_t)g->nstates);
+    uint32_t ep = ++w->epoch;
     int sp = 0;
     bool accept = false;
-    stack[sp++] = g->rule_start[r];
-    seen[g->rule_start[r]] = 1;
+    w->stack[sp++] = g->rule_start[r];
+    w->seen[g->rule_start[r]] = ep;
     while (sp) {
-        const struct gr_state *st = &g->st[stack[--sp]];
+        const struct gr_state *st = &g->st[w->stack[--sp]];
+        w->work += (size_t)st->nc + 1;
         for (uint32_t k = 0; k < st->nc; k++) {
             const struct gr_calle *ce = &g->calls[st->c0 + k];
-            if (row) row[ce->rule] = 1;
-            if (nullable[ce->rule] && !seen[ce->to]) {
-                seen[ce->to] = 1;
-                stack[sp++] = ce->to;
+            if (row && w->rseen[ce->rule] != ep) {
+                w->rseen[ce->rule] = ep;
+                if (w->nadj == w->capadj) {
+                    size_t cap = w->capadj ? w->capadj * 2 : 256;
+                    int32_t *p = realloc(w->adj, cap * sizeof *p);
+                    if (!p) {
+                        w->oom = true;
+                        return false;
+                    }
+                    w->adj = p;
+                    w->capadj = cap;
+                }
+                w->adj[w->nadj++] = ce->rule;
+            }
+            if (nullable[ce->rule] && w->seen[ce->to] != ep) {
+                w->seen[ce->to] = ep;
+                w->stack[sp++] = ce->to;
             }
         }
         accept |= st->accept;
@@ -616,55 +760,81 @@ static bool left_walk(const struct kiln_grammar *g, int r, const bool *nullable,
 static enum kiln_status check_left_recursion(struct gr_builder *b, struct kiln_grammar *g)
 {
     int nr = g->nrules;
+    struct lr_walk w = {0};
     bool *nullable = calloc((size_t)nr, 1);
-    uint8_t *seen = malloc((size_t)g->nstates);
-    int32_t *stack = malloc((size_t)g->nstates * sizeof *stack);
-    uint8_t *adj = calloc((size_t)nr * (size_t)nr, 1);
-    if (!nullable || !seen || !stack || !adj || (size_t)nr * (size_t)nr > ((size_t)64 << 20)) {
-        free(nullable), free(seen), free(stack), free(adj);
-        if (nr > 8192)
-            return gb_fail(b, KILN_ERR_LIMIT, "constraint has too many rules (%d)", nr),
-                   KILN_ERR_LIMIT;
-        return gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint"), KILN_ERR_NOMEM;
+    w.seen = calloc((size_t)g->nstates, sizeof *w.seen);
+    w.rseen = calloc((size_t)nr, sizeof *w.rseen);
+    w.stack = malloc(((size_t)g->nstates + 1) * sizeof *w.stack);
+    size_t *a0 = malloc(((size_t)nr + 1) * sizeof *a0); /* rule r's callees: adj[a0[r]..a0[r+1]) */
+    int *indeg = calloc((size_t)nr, sizeof *indeg), *queue = malloc((size_t)nr * sizeof *queue);
+    enum kiln_status rc = KILN_OK;
+    if (!nullable || !w.seen || !w.rseen || !w.stack || !a0 || !indeg || !queue) {
+        rc = KILN_ERR_NOMEM;
+        goto out;
     }
+    w.work = b->work;
     for (bool changed = true; changed;) {
         changed = false;
-        for (int r = 0; r < nr; r++)
-            if (!nullable[r] && left_walk(g, r, nullable, seen, stack, NULL)) {
+        if (w.work > GR_MAX_WORK) {
+            rc = KILN_ERR_LIMIT;
+            goto out;
+        }
+        /* callees usually come after their callers: from the last rule back, few passes */
+        for (int r = nr; r-- > 0;)
+            if (!nullable[r] && left_walk(g, r, nullable, &w, false)) {
                 nullable[r] = true;
                 changed = true;
             }
     }
-    /* every call at a nullable prefix, now that nullable is final; find a cycle */
-    for (int r = 0; r < nr; r++) left_walk(g, r, nullable, seen, stack, adj + (size_t)r * nr);
-    /* Kahn: repeatedly drop rules without left callees */
-    int *outdeg = calloc((size_t)nr, sizeof *outdeg);
-    enum kiln_status rc = KILN_OK;
-    if (!outdeg) rc = KILN_ERR_NOMEM;
-    for (int r = 0; r < nr && outdeg; r++)
-        for (int q = 0; q < nr; q++) outdeg[r] += adj[(size_t)r * nr + q];
-    bool *done = calloc((size_t)nr, 1);
-    for (bool changed = true; changed && done && outdeg;) {
-        changed = false;
-        for (int r = 0; r < nr; r++)
-            if (!done[r] && outdeg[r] == 0) {
-                done[r] = true;
-                changed = true;
-                for (int q = 0; q < nr; q++)
-                    if (adj[(size_t)q * nr + r]) outdeg[q]--;
-            }
+    /* every call at a nullable prefix, now that nullable is final */
+    for (int r = 0; r < nr && !w.oom; r++) {
+        a0[r] = w.nadj;
+        left_walk(g, r, nullable, &w, true);
     }
-    for (int r = 0; r < nr && done && !rc; r++)
-        if (!done[r]) {
+    a0[nr] = w.nadj;
+    if (w.oom) {
+        rc = KILN_ERR_NOMEM;
+        goto out;
+    }
+    /* Kahn on the reversed graph: a rule is done once every rule it calls first is done */
+    for (int r = 0; r < nr; r++) indeg[r] = (int)(a0[r + 1] - a0[r]);
+    /* callers of q: reverse lists */
+    size_t *c0 = calloc((size_t)nr + 1, sizeof *c0);
+    int32_t *callers = malloc((w.nadj + 1) * sizeof *callers);
+    if (!c0 || !callers) {
+        free(c0), free(callers);
+        rc = KILN_ERR_NOMEM;
+        goto out;
+    }
+    for (size_t k = 0; k < w.nadj; k++) c0[w.adj[k] + 1]++;
+    for (int r = 0; r < nr; r++) c0[r + 1] += c0[r];
+    for (int r = 0; r < nr; r++)
+        for (size_t k = a0[r]; k < a0[r + 1]; k++) callers[c0[w.adj[k]]++] = r;
+    for (int r = nr; r > 0; r--) c0[r] = c0[r - 1];
+    c0[0] = 0;
+    int qh = 0, qt = 0;
+    for (int r = 0; r < nr; r++)
+        if (indeg[r] == 0) queue[qt++] = r;
+    while (qh < qt) {
+        int q = queue[qh++];
+        for (size_t k = c0[q]; k < c0[q + 1]; k++)
+            if (--indeg[callers[k]] == 0) queue[qt++] = callers[k];
+    }
+    free(c0), free(callers);
+    for (int r = 0; r < nr; r++)
+        if (indeg[r] > 0) {
             gb_fail(b, KILN_ERR_UNSUPPORTED, "grammar rule '%s' is left-recursive",
                     g->rule_name[r]);
             rc = KILN_ERR_UNSUPPORTED;
+            break;
         }
-    if (!done && !rc) {
-        gb_fail(b, KILN_ERR_NOMEM, "out of memory");
-        rc = KILN_ERR_NOMEM;
-    }
-    free(done), free(outdeg), free(nullable), free(seen), free(stack), free(adj);
+out:
+    if (rc == KILN_ERR_NOMEM) gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+    if (rc == KILN_ERR_LIMIT)
+        gb_fail(b, KILN_ERR_LIMIT, "constraint too large to compile (over %zu steps)", GR_MAX_WORK);
+    b->work = w.work;
+    free(nullable), free(w.seen), free(w.rseen), free(w.stack), free(w.adj), free(a0), free(indeg);
+    free(queue);
     return rc;
 }
 
@@ -769,7 +939,8 @@ static bool merge_states(struct kiln_grammar *g)
         }
     }
     int32_t nw = 0, used = 0;
-    for (int32_t s = n - 1; s >= 0; s--) work[nw++] = s, queued[s] = 1;
+    /* successors (mostly numbered after their predecessors) first: fewer states queued again */
+    for (int32_t s = 0; s < n; s++) work[nw++] = s, queued[s] = 1;
     while (nw) {
         int32_t s = work[--nw];
         queued[s] = 0;
@@ -857,6 +1028,14 @@ enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_gr
                    KILN_ERR_INVALID;
     struct nfa c = {.b = b};
     int nr = b->n;
+    /* the budget, before anything is built */
+    size_t est = (size_t)nr;
+    for (int r = 0; r < nr && est <= GR_MAX_STATES; r++)
+        est += gx_size(b->body[r], (size_t)GR_MAX_STATES + 1);
+    if (est > GR_MAX_STATES)
+        return gb_fail(b, KILN_ERR_LIMIT,
+                       "constraint too large to compile (over %d automaton states)", GR_MAX_STATES),
+               KILN_ERR_LIMIT;
     int32_t *start = malloc((size_t)nr * sizeof *start), *fin = malloc((size_t)nr * sizeof *fin);
     if (!start || !fin) {
         free(start), free(fin);
@@ -876,7 +1055,6 @@ enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_gr
     size_t ncb = 0, cb_cap = 0;
     if (b->failed) goto done;
     int32_t n = c.nts;
-    qsort(c.e, c.ne, sizeof *c.e, cmp_tedge_from);
     first = calloc((size_t)n + 1, sizeof *first);
     newid = malloc((size_t)n * sizeof *newid);
     order = malloc((size_t)n * sizeof *order);
@@ -888,8 +1066,21 @@ enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_gr
         gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
         goto done;
     }
+    /* edges grouped by source state: a stable counting sort */
     for (size_t i = 0; i < c.ne; i++) first[c.e[i].from + 1]++;
     for (int32_t s = 0; s < n; s++) first[s + 1] += first[s];
+    {
+        struct tedge *sorted = malloc((c.ne + 1) * sizeof *sorted);
+        if (!sorted) {
+            gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+            goto done;
+        }
+        for (size_t i = 0; i < c.ne; i++) sorted[first[c.e[i].from]++] = c.e[i];
+        for (int32_t s = n; s > 0; s--) first[s] = first[s - 1];
+        first[0] = 0;
+        free(c.e);
+        c.e = sorted;
+    }
     for (int r = 0; r < nr; r++) isfin[fin[r]] = 1;
     /* keep: rule starts and targets of byte/call edges reachable from the root */
     for (int32_t s = 0; s < n; s++) newid[s] = -1;
@@ -916,6 +1107,7 @@ enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_gr
         while (sp) {
             int32_t s = stk[--sp];
             if (isfin[s]) accept = true;
+            b->work += (size_t)(first[s + 1] - first[s]) + 1;
             for (int32_t k = first[s]; k < first[s + 1]; k++) {
                 const struct tedge *e = &c.e[k];
                 if (e->kind == TE_EPS) {
@@ -950,6 +1142,11 @@ enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_gr
                     if (!dup) cb[ncb++] = (struct gr_calle){e->rule, newid[e->to]};
                 }
             }
+        }
+        if (b->work > GR_MAX_WORK) {
+            gb_fail(b, KILN_ERR_LIMIT, "constraint too large to compile (over %zu steps)",
+                    GR_MAX_WORK);
+            goto done;
         }
         /* merge byte edges to the same target */
         qsort(eb + e_begin, neb - e_begin, sizeof *eb, cmp_edge);

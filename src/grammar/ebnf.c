@@ -3,15 +3,24 @@
  * undefined rule or a syntax error (each is an error with its line). */
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "grammar/internal.h"
+
+struct eb_name {
+    const char *p; /* in the grammar text */
+    size_t n;
+    int rule;
+};
 
 struct eb {
     struct gr_builder *b;
     const char *s;
     size_t n, i;
     int depth;
+    struct eb_name *names; /* open addressing, by name (a linear search was quadratic) */
+    size_t nnames, capnames;
 };
 
 static int line_of(const struct eb *e)
@@ -46,13 +55,42 @@ static bool is_name(char c)
            c == '-' || c == '.';
 }
 
-static int find_rule(struct gr_builder *b, const char *name, size_t n)
+static uint64_t name_hash(const char *p, size_t n)
 {
-    for (int r = 0; r < b->n; r++)
-        if (b->name[r] && strlen(b->name[r]) == n && !memcmp(b->name[r], name, n)) return r;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t k = 0; k < n; k++) h = (h ^ (unsigned char)p[k]) * 0x100000001b3ULL;
+    return h;
+}
+
+/* the rule named name[0..n), a new one (body unset) the first time */
+static int find_rule(struct eb *e, const char *name, size_t n)
+{
+    struct gr_builder *b = e->b;
+    if ((e->nnames + 1) * 2 > e->capnames) {
+        size_t cap = e->capnames ? e->capnames * 2 : 64;
+        struct eb_name *t = calloc(cap, sizeof *t);
+        if (!t) return gb_fail(b, KILN_ERR_NOMEM, "out of memory"), -1;
+        for (size_t k = 0; k < e->capnames; k++)
+            if (e->names[k].p) {
+                size_t h = name_hash(e->names[k].p, e->names[k].n) & (cap - 1);
+                while (t[h].p) h = (h + 1) & (cap - 1);
+                t[h] = e->names[k];
+            }
+        free(e->names);
+        e->names = t;
+        e->capnames = cap;
+    }
+    size_t h = name_hash(name, n) & (e->capnames - 1);
+    for (; e->names[h].p; h = (h + 1) & (e->capnames - 1))
+        if (e->names[h].n == n && !memcmp(e->names[h].p, name, n)) return e->names[h].rule;
     char buf[256];
     snprintf(buf, sizeof buf, "%.*s", (int)(n < 255 ? n : 255), name);
-    return gb_rule(b, buf);
+    int r = gb_rule(b, buf);
+    if (r >= 0) {
+        e->names[h] = (struct eb_name){name, n, r};
+        e->nnames++;
+    }
+    return r;
 }
 
 /* is the text at i `name ::=` (start of the next rule)? */
@@ -147,7 +185,7 @@ static struct gx *eb_atom(struct eb *e)
     if (is_name(c)) {
         size_t st = e->i;
         while (e->i < e->n && is_name(e->s[e->i])) e->i++;
-        return gx_call(e->b, find_rule(e->b, e->s + st, e->i - st));
+        return gx_call(e->b, find_rule(e, e->s + st, e->i - st));
     }
     return eb_fail(e, "unexpected character");
 }
@@ -226,36 +264,44 @@ static struct gx *eb_alt(struct eb *e)
     return a;
 }
 
-struct gx *gr_ebnf(struct gr_builder *b, const char *text, size_t n)
+static struct gx *ebnf_rules(struct eb *e)
 {
-    struct eb e = {b, text, n, 0, 0};
+    struct gr_builder *b = e->b;
     int first = -1;
     for (;;) {
-        skip(&e, false);
-        while (e.i < e.n && e.s[e.i] == ';') {
-            e.i++;
-            skip(&e, false);
+        skip(e, false);
+        while (e->i < e->n && e->s[e->i] == ';') {
+            e->i++;
+            skip(e, false);
         }
-        if (e.i >= e.n) break;
-        size_t st = e.i;
-        while (e.i < e.n && is_name(e.s[e.i])) e.i++;
-        if (e.i == st) return eb_fail(&e, "expected a rule name");
-        int r = find_rule(b, e.s + st, e.i - st);
+        if (e->i >= e->n) break;
+        size_t st = e->i;
+        while (e->i < e->n && is_name(e->s[e->i])) e->i++;
+        if (e->i == st) return eb_fail(e, "expected a rule name");
+        int r = find_rule(e, e->s + st, e->i - st);
         if (r < 0) return NULL;
-        if (b->body[r]) return eb_fail(&e, "rule defined twice");
-        skip(&e, true);
-        if (e.n - e.i < 3 || memcmp(e.s + e.i, "::=", 3)) return eb_fail(&e, "expected ::=");
-        e.i += 3;
-        struct gx *body = eb_alt(&e);
+        if (b->body[r]) return eb_fail(e, "rule defined twice");
+        skip(e, true);
+        if (e->n - e->i < 3 || memcmp(e->s + e->i, "::=", 3)) return eb_fail(e, "expected ::=");
+        e->i += 3;
+        struct gx *body = eb_alt(e);
         if (!body) return NULL;
-        skip(&e, true);
-        if (e.i < e.n && e.s[e.i] != '\n' && e.s[e.i] != ';')
-            return eb_fail(&e, "unexpected character");
+        skip(e, true);
+        if (e->i < e->n && e->s[e->i] != '\n' && e->s[e->i] != ';')
+            return eb_fail(e, "unexpected character");
         gb_set(b, r, body);
         if (first < 0) first = r;
     }
-    if (first < 0) return eb_fail(&e, "no rules");
+    if (first < 0) return eb_fail(e, "no rules");
     for (int r = 0; r < b->n; r++)
         if (b->name[r] && !strcmp(b->name[r], "root") && b->body[r]) first = r;
     return gx_call(b, first);
+}
+
+struct gx *gr_ebnf(struct gr_builder *b, const char *text, size_t n)
+{
+    struct eb e = {b, text, n, 0, 0, NULL, 0, 0};
+    struct gx *x = ebnf_rules(&e);
+    free(e.names);
+    return x;
 }

@@ -82,7 +82,11 @@ void kiln_grammar_unref(struct kiln_grammar *g);
 enum kiln_grammar_ws {
     KILN_GRAMMAR_WS_COMPACT = 0, /* JSON without any whitespace between tokens */
     KILN_GRAMMAR_WS_FLEXIBLE,    /* any JSON whitespace ([ \t\n\r]*) between tokens */
+    KILN_GRAMMAR_WS_INDENT,      /* indented JSON, bounded: between tokens nothing, one space,
+                                    or a newline and at most KILN_GRAMMAR_INDENT_MAX spaces
+                                    (json.dumps(indent=2) to depth 16, indent=4 to depth 8) */
 };
+#define KILN_GRAMMAR_INDENT_MAX 32
 struct kiln_grammar_options {
     enum kiln_grammar_ws whitespace;
 };
@@ -91,7 +95,7 @@ enum kiln_status kiln_grammar_compile_opts(const struct kiln_constraint_spec *sp
                                            const struct kiln_grammar_options *opts,
                                            struct kiln_grammar **out, struct kiln_error *err);
 
-/* A thread-safe cache of compiled grammars keyed by (kind, text) with a bounded size. */
+/* A thread-safe cache of compiled grammars keyed by (kind, text, options) with a bounded size. */
 struct kiln_grammar_cache;
 struct kiln_grammar_cache *kiln_grammar_cache_create(const struct kiln_grammar_vocab *v,
                                                      int max_entries);
@@ -100,6 +104,11 @@ void kiln_grammar_cache_free(struct kiln_grammar_cache *c);
 enum kiln_status kiln_grammar_cache_get(struct kiln_grammar_cache *c,
                                         const struct kiln_constraint_spec *spec,
                                         struct kiln_grammar **out, struct kiln_error *err);
+/* The same with compile options (NULL: the defaults). */
+enum kiln_status kiln_grammar_cache_get_opts(struct kiln_grammar_cache *c,
+                                             const struct kiln_constraint_spec *spec,
+                                             const struct kiln_grammar_options *opts,
+                                             struct kiln_grammar **out, struct kiln_error *err);
 
 /* Per-sequence matcher state. Not thread safe; one per sequence. */
 struct kiln_matcher;

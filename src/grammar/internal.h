@@ -26,6 +26,7 @@ struct gr_block;
 struct gr_builder {
     struct gr_block *blocks;
     size_t bytes; /* allocated so far (limit: GR_MAX_BYTES) */
+    size_t work;  /* steps so far (limit: GR_MAX_WORK) */
     struct gx **body;
     char **name;
     int n, cap;
@@ -34,15 +35,24 @@ struct gr_builder {
     enum kiln_grammar_ws ws;
     int r_json_value; /* lazily created shared rules, -1 until then */
     int r_json_string, r_json_object;
+    /* shared rules inside JSON strings: what follows the backslash of any escaped character,
+     * of any non-ASCII one (gx_json_chars); the rest of a string after its opening quote */
+    int r_esc, r_esc_hi, r_string_rest, r_utf8_hi, r_esc_key;
+    int r_ws; /* the whitespace between JSON tokens under KILN_GRAMMAR_WS_INDENT */
 };
 
 #define GR_MAX_BYTES ((size_t)256 << 20)
-/* The most automaton states one constraint may compile to. Nested repetitions ((x+)+...) reach
- * it quickly: a compile that hits it takes ~1 s here (~40 s under ASan), so the fuzz build
- * lowers it (CMakeLists.txt) to keep each input within libFuzzer's timeout. */
+/* The compile budget: a constraint is refused ("too large to compile") when its rules would
+ * emit more automaton states than GR_MAX_STATES (estimated from the expressions before anything
+ * is built, so that refusal costs a millisecond), or when building it would take more steps
+ * than GR_MAX_WORK (epsilon closures and the left-recursion walk, quadratic at worst: a?a?a?...;
+ * about 15 ns a step here, so a refusal stays near 150 ms of CPU). MaskBench's largest schema
+ * (a 938 KB Kubernetes document) needs 759,000 states and 4.0M steps. The fuzz build lowers
+ * both (CMakeLists.txt) to keep each input within libFuzzer's timeout under the sanitizers. */
 #ifndef GR_MAX_STATES
-#define GR_MAX_STATES 4000000
+#define GR_MAX_STATES 1000000
 #endif
+#define GR_MAX_WORK ((size_t)GR_MAX_STATES * 10)
 
 void gb_init(struct gr_builder *b, struct kiln_error *err);
 void gb_free(struct gr_builder *b);
@@ -82,9 +92,14 @@ void cps_free(struct cp_set *s);
 bool cps_has(const struct cp_set *s, uint32_t c);
 /* The UTF-8 encodings of the set's code points (surrogates never). */
 struct gx *gx_utf8(struct gr_builder *b, const struct cp_set *s);
-/* The set's code points as characters inside a JSON string: unescaped where JSON allows,
- * escaped (\" \\ \/ \b \f \n \r \t \uXXXX) where it must or may. */
+/* The set's code points (a normalized set) as characters inside a JSON string: unescaped where
+ * JSON allows, escaped (\" \\ \/ \b \f \n \r \t \uXXXX) where it must or may. */
 struct gx *gx_json_chars(struct gr_builder *b, const struct cp_set *s);
+/* Any character inside a JSON string but the ASCII ones in `out` (bit c of out[c >> 5]), which
+ * are refused unescaped and escaped; printable ASCII is only taken unescaped (its \uXXXX
+ * spellings are refused: stricter, never looser), so the result is small and the same
+ * everywhere but for its first byte class (the keys of objects with named properties). */
+struct gx *gx_json_chars_but(struct gr_builder *b, const uint32_t out[4]);
 
 /* Regex (see grammar.h) over code points -> expression. json: emit characters as the inside of
  * a JSON string (gx_json_chars). search: JSON Schema `pattern` semantics (unanchored ends match
@@ -123,6 +138,12 @@ struct kiln_grammar {
     struct gr_calle *calls;
     int32_t *rule_start;
     char **rule_name;
+    /* the matcher's per-state plain-character analysis (matcher.c), allocated on first use and
+     * shared by every matcher of this grammar: 0 unknown, else a GR_FA_* code */
+    _Atomic(atomic_int *) fa;
+    /* the matcher's per-state frame walks (struct gr_fw, matcher.c), published once each */
+    _Atomic(struct gr_fw *) *fw;
+    atomic_size_t fw_bytes; /* what they hold, against a per-grammar budget */
 };
 
 /* Builds the grammar whose start is `root` (an expression turned into a rule); frees nothing of b.
@@ -155,7 +176,15 @@ struct kiln_grammar_vocab {
     uint32_t *plain_mask;
     struct gr_trie nonplain;
     int maxdepth;
+    /* plain tokens by length in code points: plain_le[L * words ..] has those of at most L code
+     * points (L < GR_PLAIN_LE); the longer ones are plain_long, sorted by plain_long_cp */
+    uint32_t *plain_le;
+    int32_t *plain_long;
+    uint16_t *plain_long_cp;
+    int32_t nplain_long;
+    int plain_maxcp; /* the longest plain token, in code points */
 };
+#define GR_PLAIN_LE 24
 
 /* A vocabulary from raw byte strings (tests and fuzzers; no tokenizer: no forced tokens);
  * eos: the one EOS id (its string is ignored), -1 for none. */

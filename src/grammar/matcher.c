@@ -1,6 +1,7 @@
 /* Matcher: the vocabulary trie, the per-sequence state (a set of call stacks over the grammar's
  * rule NFAs, hash-consed and memoized per byte), masks, accept / rollback / forced tokens, and
  * the compile entry points with their cache. */
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,7 @@ void kiln_grammar_vocab_free(struct kiln_grammar_vocab *v)
     if (v->bytes)
         for (int32_t i = 0; i < v->n; i++) free(v->bytes[i]);
     free(v->bytes), free(v->len), free(v->eos), free(v->plain_mask);
+    free(v->plain_le), free(v->plain_long), free(v->plain_long_cp);
     trie_free(&v->all);
     trie_free(&v->nonplain);
     free(v);
@@ -121,6 +123,56 @@ static bool is_plain(const unsigned char *s, uint32_t n)
     return true;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* the plain tokens by their length in code points (see struct kiln_grammar_vocab) */
+static bool plain_by_length(struct kiln_grammar_vocab *v)
+{
+    size_t words = ((size_t)v->n + 31) / 32;
+    v->plain_le = calloc(GR_PLAIN_LE * words + 1, sizeof *v->plain_le);
+    int32_t nlong = 0;
+    for (int32_t id = 0; id < v->n; id++)
+        if (v->plain_mask[id >> 5] >> (id & 31) & 1) {
+            int cp = 0;
+            for (uint32_t i = 0; i < v->len[id]; i++)
+                cp += ((unsigned char)v->bytes[id][i] & 0xC0) != 0x80;
+            if (cp > v->plain_maxcp) v->plain_maxcp = cp;
+            if (cp < GR_PLAIN_LE) {
+                if (v->plain_le)
+                    v->plain_le[(size_t)cp * words + (size_t)(id >> 5)] |= 1u << (id & 31);
+            } else
+                nlong++;
+        }
+    v->plain_long = malloc(((size_t)nlong + 1) * sizeof *v->plain_long);
+    v->plain_long_cp = malloc(((size_t)nlong + 1) * sizeof *v->plain_long_cp);
+    uint64_t *tmp = malloc(((size_t)nlong + 1) * sizeof *tmp);
+    if (!v->plain_le || !v->plain_long || !v->plain_long_cp || !tmp) {
+        free(tmp);
+        return false;
+    }
+    for (int cp = 1; cp < GR_PLAIN_LE; cp++)
+        for (size_t w = 0; w < words; w++)
+            v->plain_le[(size_t)cp * words + w] |= v->plain_le[(size_t)(cp - 1) * words + w];
+    for (int32_t id = 0; id < v->n; id++)
+        if (v->plain_mask[id >> 5] >> (id & 31) & 1) {
+            uint64_t cp = 0;
+            for (uint32_t i = 0; i < v->len[id]; i++)
+                cp += ((unsigned char)v->bytes[id][i] & 0xC0) != 0x80;
+            if (cp >= GR_PLAIN_LE) tmp[v->nplain_long++] = cp << 32 | (uint32_t)id;
+        }
+    qsort(tmp, (size_t)v->nplain_long, sizeof *tmp, cmp_u64);
+    for (int32_t i = 0; i < v->nplain_long; i++) {
+        v->plain_long[i] = (int32_t)(uint32_t)tmp[i];
+        v->plain_long_cp[i] = (uint16_t)(tmp[i] >> 32);
+    }
+    free(tmp);
+    return true;
+}
+
 /* v->n, v->bytes and v->len filled (NULL bytes: never allowed): sorts, builds the tries */
 static enum kiln_status vocab_finish(struct kiln_grammar_vocab *v, struct kiln_error *err)
 {
@@ -147,7 +199,7 @@ static enum kiln_status vocab_finish(struct kiln_grammar_vocab *v, struct kiln_e
     }
     bool ok1 = trie_build(v, &v->all, toks, nt);
     bool ok2 = trie_build(v, &v->nonplain, np, nnp);
-    if (ok1 && ok2) return KILN_OK;
+    if (ok1 && ok2 && plain_by_length(v)) return KILN_OK;
 oom:
     return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory building the vocabulary trie");
 }
@@ -264,6 +316,16 @@ struct kiln_matcher {
     int32_t **dense;
     size_t densecap;
     int32_t ndense;
+    /* plain-character analysis scratch: the configurations of this level and the next, and
+     * the level each configuration was first reached at in run fa_epoch */
+    int32_t *popc; /* parent node -> the configuration a return to it goes on from */
+    size_t popcap;
+    int32_t *fa_cur, *fa_next;
+    size_t fa_curcap, fa_nextcap, fa_nnext;
+    uint32_t *fa_mark;
+    uint16_t *fa_level;
+    size_t fa_markcap;
+    uint32_t fa_epoch;
     /* recent masks by configuration */
     int32_t mc_cfg[MT_MASK_CACHE];
     uint32_t *mc_mask[MT_MASK_CACHE];
@@ -538,6 +600,8 @@ void kiln_matcher_free(struct kiln_matcher *m)
     free(m->clen), free(m->ccomplete), free(m->pool), free(m->cht), free(m->mkey), free(m->mval);
     free(m->hist), free(m->work), free(m->outn), free(m->walk);
     free(m->walk_rows);
+    free(m->popc);
+    free(m->fa_cur), free(m->fa_next), free(m->fa_mark), free(m->fa_level);
     for (size_t i = 0; i < m->densecap; i++) free(m->dense[i]);
     free(m->dense);
     for (int k = 0; k < MT_MASK_CACHE; k++) free(m->mc_mask[k]);
@@ -583,33 +647,212 @@ bool kiln_matcher_is_finished(const struct kiln_matcher *m)
     return c >= 0 && m->ccomplete[c] && m->clen[c] == 0;
 }
 
-/* every plain character leads from c back to c (see struct kiln_grammar_vocab) */
-static bool plain_closed(struct kiln_matcher *m, int32_t c)
+/* ---- plain-character analysis ----
+ * Inside a string most positions allow every "plain" token (see struct kiln_grammar_vocab), or
+ * every plain token up to some length (maxLength), and walking the 128k-token trie to find that
+ * out costs milliseconds. So, once per grammar state s (the result is shared by every matcher of
+ * the grammar), run the stack (s) alone, its caller cut off, over plain characters, level by
+ * level (a level: the configurations after k characters):
+ *   GR_FA_ALL       every plain string keeps a stack inside the frame alive;
+ *   GR_FA_DEPTH + D every plain string of at most D characters stays alive, every one of D + 1
+ *                   dies, and no run returns from the frame on the way (so the caller cannot
+ *                   matter: exact for any stack under s);
+ *   GR_FA_NONE      anything else (mixed, or over the budget): the trie walk decides.
+ * A configuration's plain tokens are the union over its stacks, so one ALL stack allows every
+ * plain token, and stacks that are all ALL/DEPTH allow exactly the plain tokens up to the largest
+ * D; the non-plain tokens are then walked on their own (much smaller) trie. Bytes are stepped one
+ * per class of the configuration's edges (bytes no edge tells apart step alike). */
+enum { GR_FA_UNKNOWN, GR_FA_NONE, GR_FA_ALL, GR_FA_DEPTH };
+#define FA_BUDGET 1024 /* configurations one analysis may reach */
+
+struct fa_run {
+    int level;
+    bool dead, pop, repeat, over;
+    int budget;
+};
+
+static bool fa_mark_grow(struct kiln_matcher *m, int32_t c)
 {
-    for (unsigned b = 0x20; b < 0x80; b++)
-        if (b != '"' && b != '\\' && step(m, c, b) != c) return false;
-    /* multi-byte: lead byte ranges with their first continuation range */
-    static const struct {
-        uint8_t lo, hi, c1lo, c1hi, ncont;
-    } leads[] = {{0xC2, 0xDF, 0x80, 0xBF, 1}, {0xE0, 0xE0, 0xA0, 0xBF, 2},
-                 {0xE1, 0xEC, 0x80, 0xBF, 2}, {0xED, 0xED, 0x80, 0x9F, 2},
-                 {0xEE, 0xEF, 0x80, 0xBF, 2}, {0xF0, 0xF0, 0x90, 0xBF, 3},
-                 {0xF1, 0xF3, 0x80, 0xBF, 3}, {0xF4, 0xF4, 0x80, 0x8F, 3}};
-    for (size_t k = 0; k < sizeof leads / sizeof leads[0]; k++)
-        for (unsigned b = leads[k].lo; b <= leads[k].hi; b++) {
-            int32_t x = step(m, c, b);
-            if (x < 0) return false;
-            for (int lvl = 0; lvl < leads[k].ncont; lvl++) {
-                unsigned lo = lvl == 0 ? leads[k].c1lo : 0x80, hi = lvl == 0 ? leads[k].c1hi : 0xBF;
-                int32_t y = step(m, x, lo);
-                if (y < 0) return false;
-                for (unsigned cb = lo + 1; cb <= hi; cb++)
-                    if (step(m, x, cb) != y) return false;
-                x = y;
-            }
-            if (x != c) return false;
-        }
+    if ((size_t)c < m->fa_markcap) return true;
+    size_t old = m->fa_markcap, c1 = old, c2 = old;
+    if (!grow((void **)&m->fa_mark, &c1, (size_t)c + 1, sizeof *m->fa_mark) ||
+        !grow((void **)&m->fa_level, &c2, (size_t)c + 1, sizeof *m->fa_level))
+        return false;
+    for (size_t i = old; i < c1 && i < c2; i++) m->fa_mark[i] = 0;
+    m->fa_markcap = c1 < c2 ? c1 : c2;
     return true;
+}
+
+/* y: the configuration after one more whole character */
+static void fa_add(struct kiln_matcher *m, struct fa_run *r, int32_t y)
+{
+    if (y < 0 || m->clen[y] == 0) {
+        r->dead = true;
+        if (y >= 0 && m->ccomplete[y]) r->pop = true;
+        return;
+    }
+    if (m->ccomplete[y]) r->pop = true;
+    if (!fa_mark_grow(m, y)) {
+        r->over = true;
+        return;
+    }
+    if (m->fa_mark[y] == m->fa_epoch) {
+        if (m->fa_level[y] != r->level + 1) r->repeat = true;
+        return;
+    }
+    m->fa_mark[y] = m->fa_epoch;
+    m->fa_level[y] = (uint16_t)(r->level + 1);
+    if (--r->budget < 0 ||
+        !grow((void **)&m->fa_next, &m->fa_nextcap, m->fa_nnext + 1, sizeof *m->fa_next)) {
+        r->over = true;
+        return;
+    }
+    m->fa_next[m->fa_nnext++] = y;
+}
+
+/* x's byte classes: bit b of cut set where some edge of x starts or stops telling b apart */
+static void fa_cuts(const struct kiln_matcher *m, int32_t x, uint32_t cut[8])
+{
+    const struct kiln_grammar *g = m->g;
+    memset(cut, 0, 8 * sizeof *cut);
+    const int32_t *nodes = m->pool + m->coff[x];
+    for (int i = 0; i < m->clen[x]; i++) {
+        const struct gr_state *st = &g->st[m->nstate[nodes[i]]];
+        const struct gr_edge *e = g->edges + st->e0;
+        for (uint32_t k = 0; k < st->ne; k++) {
+            cut[e[k].lo >> 5] |= 1u << (e[k].lo & 31);
+            if (e[k].hi < 255) cut[(e[k].hi + 1) >> 5] |= 1u << ((e[k].hi + 1) & 31);
+        }
+    }
+}
+
+/* steps x over the bytes lo..hi (one per class); need: continuation bytes after this one, the
+ * first of them in c1lo..c1hi */
+static void fa_bytes(struct kiln_matcher *m, struct fa_run *r, int32_t x, const uint32_t cut[8],
+                     unsigned lo, unsigned hi, int need, unsigned c1lo, unsigned c1hi)
+{
+    for (unsigned b = lo; b <= hi && !r->over;) {
+        int32_t y = step(m, x, b);
+        if (need == 0)
+            fa_add(m, r, y);
+        else if (y < 0 || m->clen[y] == 0) {
+            r->dead = true;
+            if (y >= 0 && m->ccomplete[y]) r->pop = true;
+        } else {
+            if (m->ccomplete[y]) r->pop = true;
+            uint32_t ycut[8];
+            fa_cuts(m, y, ycut);
+            fa_bytes(m, r, y, ycut, c1lo, c1hi, need - 1, 0x80, 0xBF);
+        }
+        for (b++; b <= hi && !(cut[b >> 5] >> (b & 31) & 1); b++) {
+        }
+    }
+}
+
+/* every plain character from x (a configuration at a character boundary) */
+static void fa_expand(struct kiln_matcher *m, struct fa_run *r, int32_t x)
+{
+    static const struct {
+        uint8_t lo, hi, need, c1lo, c1hi;
+    } plain[] = {
+        {0x20, 0x21, 0, 0, 0},       {0x23, 0x5B, 0, 0, 0},       {0x5D, 0x7F, 0, 0, 0},
+        {0xC2, 0xDF, 1, 0x80, 0xBF}, {0xE0, 0xE0, 2, 0xA0, 0xBF}, {0xE1, 0xEC, 2, 0x80, 0xBF},
+        {0xED, 0xED, 2, 0x80, 0x9F}, {0xEE, 0xEF, 2, 0x80, 0xBF}, {0xF0, 0xF0, 3, 0x90, 0xBF},
+        {0xF1, 0xF3, 3, 0x80, 0xBF}, {0xF4, 0xF4, 3, 0x80, 0x8F}};
+    uint32_t cut[8];
+    fa_cuts(m, x, cut);
+    for (size_t k = 0; k < sizeof plain / sizeof plain[0]; k++)
+        fa_bytes(m, r, x, cut, plain[k].lo, plain[k].hi, plain[k].need, plain[k].c1lo,
+                 plain[k].c1hi);
+}
+
+static int fa_compute(struct kiln_matcher *m, int32_t s)
+{
+    size_t nw = 0;
+    if (!push_work(m, &nw, intern_node(m, s, -1))) return GR_FA_NONE;
+    int32_t c0 = closure(m, nw);
+    if (c0 < 0 || m->clen[c0] == 0 || !fa_mark_grow(m, c0)) return GR_FA_NONE;
+    if (++m->fa_epoch == 0) {
+        memset(m->fa_mark, 0, m->fa_markcap * sizeof *m->fa_mark);
+        m->fa_epoch = 1;
+    }
+    m->fa_mark[c0] = m->fa_epoch;
+    m->fa_level[c0] = 0;
+    if (!grow((void **)&m->fa_cur, &m->fa_curcap, 1, sizeof *m->fa_cur)) return GR_FA_NONE;
+    m->fa_cur[0] = c0;
+    size_t ncur = 1;
+    struct fa_run r = {.budget = FA_BUDGET};
+    for (int level = 0;; level++) {
+        /* every plain string of up to `level` characters lives */
+        if (level >= m->g->vocab->plain_maxcp) return GR_FA_ALL;
+        r.level = level;
+        r.dead = false;
+        m->fa_nnext = 0;
+        for (size_t i = 0; i < ncur && !r.over; i++) fa_expand(m, &r, m->fa_cur[i]);
+        /* a matcher out of nodes steps to DEAD where another would not: no verdict from it */
+        if (r.over || m->nn >= MT_MAX_NODES) return GR_FA_NONE;
+        if (r.dead)
+            return !r.pop && !r.repeat && m->fa_nnext == 0 ? GR_FA_DEPTH + level : GR_FA_NONE;
+        if (m->fa_nnext == 0) return GR_FA_ALL; /* every reachable configuration was expanded */
+        int32_t *t = m->fa_cur;
+        size_t tc = m->fa_curcap;
+        m->fa_cur = m->fa_next, m->fa_curcap = m->fa_nextcap;
+        m->fa_next = t, m->fa_nextcap = tc;
+        ncur = m->fa_nnext;
+    }
+}
+
+/* s's analysis, computed once per grammar */
+static int fa_state(struct kiln_matcher *m, int32_t s)
+{
+    struct kiln_grammar *g = m->g;
+    atomic_int *t = atomic_load_explicit(&g->fa, memory_order_acquire);
+    if (!t) {
+        atomic_int *fresh = calloc((size_t)g->nstates + 1, sizeof *fresh);
+        if (!fresh) return GR_FA_NONE;
+        atomic_int *expect = NULL;
+        if (atomic_compare_exchange_strong(&g->fa, &expect, fresh))
+            t = fresh;
+        else {
+            free(fresh);
+            t = expect;
+        }
+    }
+    int r = atomic_load_explicit(&t[s], memory_order_relaxed);
+    if (r == GR_FA_UNKNOWN) {
+        r = fa_compute(m, s);
+        atomic_store_explicit(&t[s], r, memory_order_relaxed);
+    }
+    return r;
+}
+
+/* c's plain tokens: -1 unknown (walk them), else the longest plain string (INT_MAX: any) */
+static int plain_reach(struct kiln_matcher *m, int32_t c)
+{
+    int best = 0;
+    for (int i = 0; i < m->clen[c]; i++) {
+        int r = fa_state(m, m->nstate[m->pool[m->coff[c] + (uint32_t)i]]);
+        if (r == GR_FA_ALL) return INT_MAX;
+        if (r == GR_FA_NONE)
+            best = -1;
+        else if (best >= 0 && r - GR_FA_DEPTH > best)
+            best = r - GR_FA_DEPTH;
+    }
+    return best;
+}
+
+/* mask |= the plain tokens of at most d code points */
+static void or_plain(const struct kiln_grammar_vocab *v, int d, uint32_t *mask)
+{
+    size_t words = ((size_t)v->n + 31) / 32;
+    if (d >= v->plain_maxcp) {
+        for (size_t w = 0; w < words; w++) mask[w] |= v->plain_mask[w];
+        return;
+    }
+    const uint32_t *le = v->plain_le + (size_t)(d < GR_PLAIN_LE ? d : GR_PLAIN_LE - 1) * words;
+    for (size_t w = 0; w < words; w++) mask[w] |= le[w];
+    for (int32_t i = 0; i < v->nplain_long && v->plain_long_cp[i] <= d; i++)
+        mask[v->plain_long[i] >> 5] |= 1u << (v->plain_long[i] & 31);
 }
 
 /* c's dense row (allocated on first use), NULL past the limit or out of memory */
@@ -641,15 +884,17 @@ static int32_t step_row(struct kiln_matcher *m, int32_t *row, int32_t c, unsigne
     return x;
 }
 
-static void walk_trie(struct kiln_matcher *m, const struct gr_trie *t, int32_t c, uint32_t *mask)
+/* walks the subtree under trie node `root` from configuration c (c: after root's bytes) */
+static void walk_trie(struct kiln_matcher *m, const struct gr_trie *t, uint32_t root, int32_t c,
+                      uint32_t *mask)
 {
     int32_t *walk = m->walk;
     int32_t **rows = m->walk_rows;
-    walk[0] = c;
-    rows[0] = dense_row(m, c);
+    walk[t->ndepth[root]] = c;
+    rows[t->ndepth[root]] = dense_row(m, c);
     const uint8_t *nbyte = t->nbyte;
     const uint16_t *ndepth = t->ndepth;
-    for (uint32_t i = 1; i < t->nnodes;) {
+    for (uint32_t i = root + 1; i < t->nnext[root];) {
         uint32_t d = ndepth[i] - 1u;
         int32_t nx = step_row(m, rows[d], walk[d], nbyte[i]);
         if (nx < 0) {
@@ -671,6 +916,185 @@ static void walk_trie(struct kiln_matcher *m, const struct gr_trie *t, int32_t c
     }
 }
 
+/* ---- per-state frame walks ----
+ * A configuration's mask is the union of its stacks' masks, and a stack (s, parent)'s mask splits
+ * into the tokens its frame takes alone (s with the caller cut off: the same for every parent,
+ * XGrammar's context-independent tokens) and the tokens that return from the frame part way, at
+ * a trie node after which the frame can complete: those go on from the parent's configuration.
+ * So once per grammar state (shared by every matcher of the grammar) the trie is walked from the
+ * frame alone, keeping the tokens it takes and the nodes where it returns; a mask is then their
+ * union plus short walks of the returned-at subtrees from each parent. Plain tokens come from
+ * the plain-character analysis where it has a verdict (only the non-plain trie is walked). */
+struct gr_fw {
+    int plain; /* plain_reach of the frame alone: -1 (walked), else the longest plain string */
+    const struct gr_trie *t;
+    int32_t nci; /* tokens the frame takes alone: ci[nci], or ci_mask when many */
+    int32_t *ci;
+    uint32_t *ci_mask;
+    uint32_t npop; /* trie nodes (of t) after which the frame may return */
+    uint32_t *pop;
+};
+#define FW_MASK_AT 2048               /* more taken tokens than this: a bitmask */
+#define FW_BUDGET  ((size_t)64 << 20) /* bytes of frame walks one grammar keeps */
+static struct gr_fw fw_none;          /* published for a state over the budget: walk configs */
+
+static void fw_free(struct gr_fw *f)
+{
+    if (!f || f == &fw_none) return;
+    free(f->ci), free(f->ci_mask), free(f->pop);
+    free(f);
+}
+
+static bool push_u32(uint32_t **p, size_t *cap, uint32_t *n, uint32_t x)
+{
+    if (!grow((void **)p, cap, (size_t)*n + 1, sizeof **p)) return false;
+    (*p)[(*n)++] = x;
+    return true;
+}
+
+/* the frame walk of state s, NULL out of memory */
+static struct gr_fw *fw_compute(struct kiln_matcher *m, int32_t s)
+{
+    const struct kiln_grammar_vocab *v = m->g->vocab;
+    size_t words = ((size_t)v->n + 31) / 32;
+    struct gr_fw *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    f->plain = fa_state(m, s);
+    f->plain = f->plain == GR_FA_ALL    ? INT_MAX
+               : f->plain == GR_FA_NONE ? -1
+                                        : f->plain - GR_FA_DEPTH;
+    const struct gr_trie *t = f->t = f->plain >= 0 ? &v->nonplain : &v->all;
+    size_t nw = 0, cicap = 0, popcap = 0;
+    uint32_t nci = 0;
+    int32_t c0 = MT_DEAD;
+    if (push_work(m, &nw, intern_node(m, s, -1))) c0 = closure(m, nw);
+    if (c0 < 0) goto fail;
+    int32_t *walk = m->walk;
+    int32_t **rows = m->walk_rows;
+    walk[0] = c0;
+    rows[0] = dense_row(m, c0);
+    bool ok = true;
+    for (uint32_t i = 1; i < t->nnodes && ok;) {
+        uint32_t d = t->ndepth[i] - 1u;
+        int32_t nx = step_row(m, rows[d], walk[d], t->nbyte[i]);
+        if (nx < 0) {
+            i = t->nnext[i];
+            continue;
+        }
+        if (m->ccomplete[nx]) ok = push_u32(&f->pop, &popcap, &f->npop, i);
+        if (m->clen[nx] == 0) { /* only a return: the parent decides */
+            i = t->nnext[i];
+            continue;
+        }
+        for (uint32_t k = 0; k < t->ntokn[i] && ok; k++)
+            ok = push_u32((uint32_t **)&f->ci, &cicap, &nci, (uint32_t)t->toks[t->ntok0[i] + k]);
+        walk[t->ndepth[i]] = nx;
+        rows[t->ndepth[i]] = i + 1 < t->nnext[i] ? dense_row(m, nx) : NULL;
+        i++;
+    }
+    if (!ok || m->nn >= MT_MAX_NODES) goto fail; /* out of nodes: DEAD where others step on */
+    f->nci = (int32_t)nci;
+    if (nci > FW_MASK_AT) {
+        if (!(f->ci_mask = calloc(words, sizeof *f->ci_mask))) goto fail;
+        for (uint32_t k = 0; k < nci; k++) f->ci_mask[f->ci[k] >> 5] |= 1u << (f->ci[k] & 31);
+        free(f->ci);
+        f->ci = NULL;
+    }
+    return f;
+fail:
+    fw_free(f);
+    return NULL;
+}
+
+/* s's frame walk (computed once per grammar); NULL: walk the configuration instead */
+static const struct gr_fw *fw_state(struct kiln_matcher *m, int32_t s)
+{
+    struct kiln_grammar *g = m->g;
+    _Atomic(struct gr_fw *) *t = atomic_load_explicit(&g->fw, memory_order_acquire);
+    if (!t) {
+        _Atomic(struct gr_fw *) *fresh = calloc((size_t)g->nstates + 1, sizeof *fresh);
+        if (!fresh) return NULL;
+        _Atomic(struct gr_fw *) *expect = NULL;
+        if (atomic_compare_exchange_strong(&g->fw, &expect, fresh))
+            t = fresh;
+        else {
+            free(fresh);
+            t = expect;
+        }
+    }
+    struct gr_fw *f = atomic_load_explicit(&t[s], memory_order_acquire);
+    if (!f) {
+        struct gr_fw *mine = fw_compute(m, s);
+        if (!mine) return NULL;
+        size_t bytes = sizeof *mine +
+                       (mine->ci_mask ? ((size_t)g->vocab->n + 31) / 8
+                                      : (size_t)mine->nci * sizeof *mine->ci) +
+                       mine->npop * sizeof *mine->pop;
+        if (atomic_fetch_add(&g->fw_bytes, bytes) + bytes > FW_BUDGET) {
+            fw_free(mine);
+            mine = &fw_none;
+        }
+        struct gr_fw *expect = NULL;
+        if (atomic_compare_exchange_strong(&t[s], &expect, mine))
+            f = mine;
+        else {
+            fw_free(mine);
+            f = expect;
+        }
+    }
+    return f == &fw_none ? NULL : f;
+}
+
+/* the configuration a return to parent node p goes on from (memoized per node) */
+static int32_t pop_cfg(struct kiln_matcher *m, int32_t p)
+{
+    if ((size_t)p >= m->popcap) {
+        size_t old = m->popcap;
+        if (!grow((void **)&m->popc, &m->popcap, (size_t)p + 1, sizeof *m->popc)) return MT_DEAD;
+        for (size_t i = old; i < m->popcap; i++) m->popc[i] = MT_UNKNOWN;
+    }
+    if (m->popc[p] == MT_UNKNOWN) {
+        size_t nw = 0;
+        m->popc[p] = push_work(m, &nw, p) ? closure(m, nw) : MT_DEAD;
+    }
+    return m->popc[p];
+}
+
+/* mask |= c's tokens from its stacks' frame walks; false (mask partly written) when a stack has
+ * none (over the budget, out of memory) */
+static bool fill_from_frames(struct kiln_matcher *m, int32_t c, uint32_t *mask)
+{
+    const struct kiln_grammar_vocab *v = m->g->vocab;
+    size_t words = ((size_t)v->n + 31) / 32;
+    int plain = -1;
+    for (int i = 0; i < m->clen[c]; i++) {
+        int32_t n = m->pool[m->coff[c] + (uint32_t)i];
+        const struct gr_fw *f = fw_state(m, m->nstate[n]);
+        if (!f) return false;
+        if (f->plain > plain) plain = f->plain;
+        if (f->ci_mask)
+            for (size_t w = 0; w < words; w++) mask[w] |= f->ci_mask[w];
+        else
+            for (int32_t k = 0; k < f->nci; k++) mask[f->ci[k] >> 5] |= 1u << (f->ci[k] & 31);
+        if (!f->npop) continue;
+        int32_t p = m->nparent[n];
+        int32_t pc = p < 0 ? MT_DEAD : pop_cfg(m, p);
+        for (uint32_t k = 0; k < f->npop; k++) {
+            uint32_t at = f->pop[k];
+            /* a return at the root completes the output: tokens ending there are allowed */
+            if (p >= 0 && pc < 0) break;
+            for (uint32_t j = 0; j < f->t->ntokn[at]; j++) {
+                int32_t tk = f->t->toks[f->t->ntok0[at] + j];
+                mask[tk >> 5] |= 1u << (tk & 31);
+            }
+            if (p >= 0 && m->clen[pc] > 0 && at + 1 < f->t->nnext[at])
+                walk_trie(m, f->t, at, pc, mask);
+        }
+    }
+    if (plain >= 0) or_plain(v, plain, mask);
+    return true;
+}
+
 void kiln_matcher_fill_mask(struct kiln_matcher *m, uint32_t *mask)
 {
     const struct kiln_grammar_vocab *v = m->g->vocab;
@@ -690,11 +1114,19 @@ void kiln_matcher_fill_mask(struct kiln_matcher *m, uint32_t *mask)
         for (int i = 0; i < v->neos; i++)
             if (v->eos[i] >= 0 && v->eos[i] < v->n) mask[v->eos[i] >> 5] |= 1u << (v->eos[i] & 31);
     if (m->clen[c] == 0) return;
-    if (plain_closed(m, c)) {
-        for (size_t w = 0; w < words; w++) mask[w] |= v->plain_mask[w];
-        walk_trie(m, &v->nonplain, c, mask);
-    } else
-        walk_trie(m, &v->all, c, mask);
+    if (!fill_from_frames(m, c, mask)) {
+        memset(mask, 0, words * sizeof *mask);
+        if (m->ccomplete[c])
+            for (int i = 0; i < v->neos; i++)
+                if (v->eos[i] >= 0 && v->eos[i] < v->n)
+                    mask[v->eos[i] >> 5] |= 1u << (v->eos[i] & 31);
+        int reach = plain_reach(m, c);
+        if (reach >= 0) {
+            or_plain(v, reach, mask);
+            walk_trie(m, &v->nonplain, 0, c, mask);
+        } else
+            walk_trie(m, &v->all, 0, c, mask);
+    }
     /* remember it (round robin): the same state recurs, e.g. inside a string */
     int slot = m->mc_next++ % MT_MASK_CACHE;
     if (!m->mc_mask[slot]) m->mc_mask[slot] = malloc(words * sizeof *mask);
@@ -780,7 +1212,14 @@ struct kiln_grammar *kiln_grammar_ref(struct kiln_grammar *g)
 
 void kiln_grammar_unref(struct kiln_grammar *g)
 {
-    if (g && atomic_fetch_sub(&g->refs, 1) == 1) gr_grammar_free(g);
+    if (g && atomic_fetch_sub(&g->refs, 1) == 1) {
+        free(atomic_load(&g->fa));
+        _Atomic(struct gr_fw *) *fw = atomic_load(&g->fw);
+        if (fw)
+            for (int32_t i = 0; i < g->nstates; i++) fw_free(atomic_load(&fw[i]));
+        free(fw);
+        gr_grammar_free(g);
+    }
 }
 
 enum kiln_status kiln_grammar_compile_opts(const struct kiln_constraint_spec *spec,
@@ -838,6 +1277,7 @@ enum kiln_status kiln_grammar_compile(const struct kiln_constraint_spec *spec,
 
 struct cache_entry {
     enum kiln_constraint_kind kind;
+    enum kiln_grammar_ws ws;
     char *text;
     size_t len;
     struct kiln_grammar *g;
@@ -885,11 +1325,21 @@ enum kiln_status kiln_grammar_cache_get(struct kiln_grammar_cache *c,
                                         const struct kiln_constraint_spec *spec,
                                         struct kiln_grammar **out, struct kiln_error *err)
 {
+    return kiln_grammar_cache_get_opts(c, spec, NULL, out, err);
+}
+
+enum kiln_status kiln_grammar_cache_get_opts(struct kiln_grammar_cache *c,
+                                             const struct kiln_constraint_spec *spec,
+                                             const struct kiln_grammar_options *opts,
+                                             struct kiln_grammar **out, struct kiln_error *err)
+{
+    enum kiln_grammar_ws ws = opts ? opts->whitespace : KILN_GRAMMAR_WS_COMPACT;
     size_t len = spec->text ? spec->len : 0;
     pthread_mutex_lock(&c->lock);
     for (int i = 0; i < c->n; i++) {
         struct cache_entry *e = &c->e[i];
-        if (e->kind == spec->kind && e->len == len && (!len || !memcmp(e->text, spec->text, len))) {
+        if (e->kind == spec->kind && e->ws == ws && e->len == len &&
+            (!len || !memcmp(e->text, spec->text, len))) {
             e->used = ++c->tick;
             *out = kiln_grammar_ref(e->g);
             pthread_mutex_unlock(&c->lock);
@@ -899,7 +1349,7 @@ enum kiln_status kiln_grammar_cache_get(struct kiln_grammar_cache *c,
     pthread_mutex_unlock(&c->lock);
     /* compile outside the lock (it can take milliseconds); a racing twin is harmless */
     struct kiln_grammar *g;
-    enum kiln_status st = kiln_grammar_compile(spec, c->v, &g, err);
+    enum kiln_status st = kiln_grammar_compile_opts(spec, c->v, opts, &g, err);
     if (st) return st;
     char *copy = malloc(len + 1);
     if (!copy) {
@@ -917,7 +1367,7 @@ enum kiln_status kiln_grammar_cache_get(struct kiln_grammar_cache *c,
         kiln_grammar_unref(c->e[slot].g);
     } else
         c->n++;
-    c->e[slot] = (struct cache_entry){spec->kind, copy, len, kiln_grammar_ref(g), ++c->tick};
+    c->e[slot] = (struct cache_entry){spec->kind, ws, copy, len, kiln_grammar_ref(g), ++c->tick};
     pthread_mutex_unlock(&c->lock);
     *out = g;
     return KILN_OK;

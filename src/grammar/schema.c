@@ -24,6 +24,15 @@ struct js {
     int nrefs, capref;
     int depth;
     json_t *keep; /* array owning merged schemas */
+    /* the root's $schema is draft 3 to 7, where keywords beside a $ref are ignored (draft
+     * 2019-09 on, and schemas that name no draft, apply them too) */
+    bool ref_alone;
+    /* sub-schemas compiled to rules, by their canonical text: equal ones share one rule */
+    struct js_memo {
+        char *text;
+        int rule;
+    } * memo;
+    size_t nmemo, capmemo;
 };
 
 static struct gx *js_value(struct js *j, json_t *s, const char *ptr);
@@ -31,6 +40,19 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr);
 static struct gx *ws(struct gr_builder *b)
 {
     if (b->ws == KILN_GRAMMAR_WS_COMPACT) return gx_empty(b);
+    if (b->ws == KILN_GRAMMAR_WS_INDENT) {
+        /* one shared rule: nothing | " " | "\n" " "{0,KILN_GRAMMAR_INDENT_MAX} */
+        if (b->r_ws < 0) {
+            b->r_ws = gb_rule(b, "%ws");
+            if (b->r_ws < 0) return NULL;
+            struct gx *nl = gx_add(b, gx_seq(b), gx_byte(b, '\n'));
+            nl = gx_add(b, nl, gx_rep(b, gx_byte(b, ' '), 0, KILN_GRAMMAR_INDENT_MAX));
+            struct gx *alt = gx_add(b, gx_alt(b), gx_empty(b));
+            alt = gx_add(b, gx_add(b, alt, gx_byte(b, ' ')), nl);
+            gb_set(b, b->r_ws, alt);
+        }
+        return gx_call(b, b->r_ws);
+    }
     struct gx *x = gx_byte(b, ' ');
     if (x) {
         x->bits[0] |= 1u << '\t' | 1u << '\n' | 1u << '\r';
@@ -482,12 +504,11 @@ struct ktrie {
 
 static int string_rest_rule(struct gr_builder *b)
 {
-    static const char name[] = "%string_rest";
-    for (int r = 0; r < b->n; r++)
-        if (b->name[r] && !strcmp(b->name[r], name)) return r;
-    int r = gb_rule(b, name);
-    gb_set(b, r, gx_seq2(b, gx_rep(b, any_char(b), 0, -1), gx_byte(b, '"')));
-    return r;
+    if (b->r_string_rest < 0) {
+        b->r_string_rest = gb_rule(b, "%string_rest");
+        gb_set(b, b->r_string_rest, gx_seq2(b, gx_rep(b, any_char(b), 0, -1), gx_byte(b, '"')));
+    }
+    return b->r_string_rest;
 }
 
 /* the rest of a key (after the opening quote) at trie node t: any string but the names */
@@ -498,29 +519,12 @@ static struct gx *notin(struct js *j, struct ktrie *t)
     if (!t->term) gx_add(b, alt, gx_byte(b, '"'));
     for (int c = 0; c < 128; c++)
         if (t->kid[c]) gx_add(b, alt, gx_seq2(b, gx_byte(b, (unsigned)c), notin(j, t->kid[c])));
-    /* any other character in any JSON spelling (escapes too), then anything; a child character
-     * is only taken literally (its escaped spellings are refused: stricter, never looser) */
-    struct cp_set other = {0};
-    cps_add(&other, 0, 0x10FFFF);
+    /* any other character, then anything; a child character is only taken literally, and
+     * printable ASCII only unescaped (other spellings are refused: stricter, never looser) */
+    uint32_t out[4] = {0};
     for (int c = 0; c < 128; c++)
-        if (t->kid[c]) {
-            struct cp_set one = {0};
-            cps_add(&one, (uint32_t)c, (uint32_t)c);
-            cps_negate(&one);
-            struct cp_set both = {0};
-            for (int x = 0; x < other.n; x++)
-                for (int y = 0; y < one.n; y++) {
-                    uint32_t lo = other.r[x][0] > one.r[y][0] ? other.r[x][0] : one.r[y][0];
-                    uint32_t hi = other.r[x][1] < one.r[y][1] ? other.r[x][1] : one.r[y][1];
-                    if (lo <= hi) cps_add(&both, lo, hi);
-                }
-            cps_free(&one);
-            cps_free(&other);
-            cps_norm(&both);
-            other = both;
-        }
-    gx_add(b, alt, gx_seq2(b, gx_json_chars(b, &other), gx_call(b, string_rest_rule(b))));
-    cps_free(&other);
+        if (t->kid[c]) out[c >> 5] |= 1u << (c & 31);
+    gx_add(b, alt, gx_seq2(b, gx_json_chars_but(b, out), gx_call(b, string_rest_rule(b))));
     return alt;
 }
 
@@ -538,7 +542,119 @@ struct prop {
     char ptr[512];
 };
 
-static struct gx *kv(struct js *j, const char *name, json_t *schema, const char *ptr)
+/* The rule of a sub-schema's values; sub-schemas with the same text (keys in the order written:
+ * the order of `properties` is the order of the output)
+ * share one, so a schema written many times over (e.g. a string with a maxLength, as most
+ * properties of an object) is compiled once. */
+static uint64_t memo_hash(const char *key)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (const char *c = key; *c; c++) h = (h ^ (unsigned char)*c) * 0x100000001b3ULL;
+    return h;
+}
+
+/* The rule memoized under key (taken over), or a new rule named name registered under it
+ * (*fresh: the caller sets its body); -1 on failure. */
+static int memo_rule(struct js *j, char *key, const char *name, bool *fresh)
+{
+    struct gr_builder *b = j->b;
+    *fresh = false;
+    if (!key) return gb_fail(b, KILN_ERR_NOMEM, "out of memory"), -1;
+    if (j->capmemo)
+        for (size_t at = memo_hash(key) & (j->capmemo - 1); j->memo[at].text;
+             at = (at + 1) & (j->capmemo - 1))
+            if (!strcmp(j->memo[at].text, key)) {
+                free(key);
+                return j->memo[at].rule;
+            }
+    int rule = gb_rule(b, name);
+    if (rule < 0) {
+        free(key);
+        return -1;
+    }
+    if ((j->nmemo + 1) * 2 > j->capmemo) { /* grow, rehash */
+        size_t cap = j->capmemo ? j->capmemo * 2 : 64;
+        struct js_memo *m = calloc(cap, sizeof *m);
+        if (!m) {
+            free(key);
+            return gb_fail(b, KILN_ERR_NOMEM, "out of memory"), -1;
+        }
+        for (size_t i = 0; i < j->capmemo; i++)
+            if (j->memo[i].text) {
+                size_t q = memo_hash(j->memo[i].text) & (cap - 1);
+                while (m[q].text) q = (q + 1) & (cap - 1);
+                m[q] = j->memo[i];
+            }
+        free(j->memo);
+        j->memo = m;
+        j->capmemo = cap;
+    }
+    size_t at = memo_hash(key) & (j->capmemo - 1);
+    while (j->memo[at].text) at = (at + 1) & (j->capmemo - 1);
+    j->memo[at] = (struct js_memo){key, rule};
+    j->nmemo++;
+    *fresh = true;
+    return rule;
+}
+
+static int js_value_rule(struct js *j, json_t *schema, const char *ptr)
+{
+    bool fresh;
+    int rule =
+        memo_rule(j, json_dumps(schema, JSON_COMPACT | JSON_ENCODE_ANY), "%value_of", &fresh);
+    if (fresh) gb_set(j->b, rule, js_value(j, schema, ptr));
+    return rule;
+}
+
+static int cmp_cstr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The rule of a key that is none of names[0..n) (n > 0, none needs escaping), after its
+ * opening quote; shared by the objects with the same set of names. */
+static int js_key_not_in_rule(struct js *j, const struct prop *p, size_t n)
+{
+    const char **names = malloc(n * sizeof *names);
+    size_t len = 2;
+    for (size_t i = 0; names && i < n; i++) len += strlen(names[i] = p[i].name) + 1;
+    char *key = names ? malloc(len) : NULL;
+    if (!key) {
+        free(names);
+        return gb_fail(j->b, KILN_ERR_NOMEM, "out of memory"), -1;
+    }
+    qsort(names, n, sizeof *names, cmp_cstr);
+    size_t at = 0;
+    key[at++] = '\x02'; /* never the start of a schema's text; names hold no control bytes */
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(names[i]);
+        memcpy(key + at, names[i], l);
+        at += l;
+        key[at++] = '\x01';
+    }
+    key[at] = 0;
+    free(names);
+    bool fresh;
+    int rule = memo_rule(j, key, "%key_not_in", &fresh);
+    if (!fresh) return rule;
+    struct ktrie *root = calloc(1, sizeof *root);
+    bool ok = root != NULL;
+    for (size_t i = 0; i < n && ok; i++) {
+        struct ktrie *t = root;
+        for (const unsigned char *c = (const unsigned char *)p[i].name; *c && ok; c++) {
+            if (!t->kid[*c]) t->kid[*c] = calloc(1, sizeof *t);
+            if (!(t = t->kid[*c])) ok = false;
+        }
+        if (t) t->term = true;
+    }
+    if (ok) gb_set(j->b, rule, notin(j, root));
+    ktrie_free(root);
+    if (!ok) return gb_fail(j->b, KILN_ERR_NOMEM, "out of memory"), -1;
+    return rule;
+}
+
+/* "name": value, the value a call of rule `value` (compiled once, used by both tails) */
+static struct gx *kv(struct js *j, const char *name, int value)
 {
     struct gr_builder *b = j->b;
     char *e = enc_key(name);
@@ -546,7 +662,7 @@ static struct gx *kv(struct js *j, const char *name, json_t *schema, const char 
     struct gx *q = gx_add(b, gx_seq(b), gx_str(b, e));
     free(e);
     q = gx_add(b, q, punct(b, ":"));
-    return gx_add(b, q, js_value(j, schema, ptr));
+    return gx_add(b, q, gx_call(b, value));
 }
 
 static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
@@ -606,34 +722,32 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
     /* additional members */
     struct gx *extra = NULL;
     if (!addl_false) {
-        struct ktrie *root = calloc(1, sizeof *root);
-        bool ok = root != NULL;
-        for (size_t i = 0; i < n && ok; i++) {
-            struct ktrie *t = root;
-            for (const unsigned char *c = (const unsigned char *)p[i].name; *c && ok; c++) {
+        for (size_t i = 0; i < n; i++)
+            for (const unsigned char *c = (const unsigned char *)p[i].name; *c; c++)
                 if (*c >= 128 || *c < 0x20 || *c == '"' || *c == '\\') {
-                    ok = false;
-                    break;
+                    free(tail);
+                    free(p);
+                    return js_fail(j,
+                                   "unsupported (property names that need escaping, with "
+                                   "additional properties allowed)",
+                                   "additionalProperties", ptr);
                 }
-                if (!t->kid[*c]) t->kid[*c] = calloc(1, sizeof *t);
-                if (!(t = t->kid[*c])) ok = false;
-            }
-            if (t) t->term = true;
-        }
-        if (!ok) {
-            ktrie_free(root);
-            free(tail);
-            free(p);
-            return js_fail(j,
-                           "unsupported (property names that need escaping, with additional "
-                           "properties allowed)",
-                           "additionalProperties", ptr);
-        }
-        struct gx *key = n ? gx_seq2(b, gx_byte(b, '"'), notin(j, root)) : gx_json_string(b);
-        ktrie_free(root);
-        struct gx *val = addl_schema ? js_value(j, addl_schema, aptr) : gr_json_any_value(b);
-        extra = gx_add(b, gx_add(b, gx_add(b, gx_seq(b), key), punct(b, ":")), val);
+        struct gx *key = n ? gx_seq2(b, gx_byte(b, '"'), gx_call(b, js_key_not_in_rule(j, p, n)))
+                           : gx_json_string(b);
+        struct gx *val =
+            addl_schema ? gx_call(b, js_value_rule(j, addl_schema, aptr)) : gr_json_any_value(b);
+        int r_extra = gb_rule(b, "%additional"); /* emitted once, called from both tails */
+        gb_set(b, r_extra, gx_add(b, gx_add(b, gx_add(b, gx_seq(b), key), punct(b, ":")), val));
+        extra = gx_call(b, r_extra);
     }
+    /* each property's value once, as a rule both tails call */
+    int *vrule = malloc((n + 1) * sizeof *vrule);
+    if (!vrule) {
+        free(tail);
+        free(p);
+        return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) vrule[i] = js_value_rule(j, p[i].schema, p[i].ptr);
     /* tails from the end */
     for (size_t i = n + 1; i-- > 0;) {
         for (int a = 0; a < 2; a++) {
@@ -648,7 +762,7 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
             } else {
                 struct gx *m = gx_seq(b);
                 if (a) m = gx_add(b, m, punct(b, ","));
-                m = gx_add(b, m, kv(j, p[i].name, p[i].schema, p[i].ptr));
+                m = gx_add(b, m, kv(j, p[i].name, vrule[i]));
                 m = gx_add(b, m, gx_call(b, tail[(i + 1) * 2 + 1]));
                 body = p[i].required ? m : gx_alt2(b, m, gx_call(b, tail[(i + 1) * 2 + a]));
             }
@@ -661,6 +775,7 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
     o = gx_add(b, o, gx_call(b, tail[0]));
     o = gx_add(b, o, ws(b));
     o = gx_add(b, o, gx_byte(b, '}'));
+    free(vrule);
     free(tail);
     free(p);
     return o;
@@ -694,8 +809,13 @@ static struct gx *js_array(struct js *j, json_t *s, const char *ptr)
     sub_ptr(rptr, sizeof rptr, ptr, restkw);
     int rrest = -1;
     if (!rest || !json_is_false(rest)) {
-        rrest = gb_rule(b, "%items");
-        gb_set(b, rrest, rest ? js_value(j, rest, rptr) : gr_json_any_value(b));
+        if (rest)
+            rrest = js_value_rule(j, rest, rptr);
+        else {
+            rrest = gb_rule(b, "%items");
+            gb_set(b, rrest, gr_json_any_value(b));
+        }
+        if (rrest < 0) return NULL;
     } else if (mx < 0 || (size_t)mx > k)
         mx = (long long)k;
     if (mx >= 0 && mn > mx) return gx_none(b);
@@ -867,7 +987,7 @@ static json_t *resolve(struct js *j, json_t *s)
 {
     for (int hops = 0; hops < 32 && json_is_object(s); hops++) {
         json_t *r = json_object_get(s, "$ref");
-        if (!r || !json_is_string(r) || json_object_size(s) != 1) return s;
+        if (!r || !json_is_string(r) || (json_object_size(s) != 1 && !j->ref_alone)) return s;
         const char *ref = json_string_value(r);
         if (ref[0] != '#') return s;
         json_t *t = j->root;
@@ -1108,7 +1228,7 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
     json_t *anyof = json_object_get(s, "anyOf"), *oneof = json_object_get(s, "oneOf");
     size_t constraining = 0;
     json_object_foreach(s, k, v) if (!in_list(annotations, k)) constraining++;
-    if (ref && constraining == 1) {
+    if (ref && (constraining == 1 || j->ref_alone)) {
         if (!json_is_string(ref)) {
             res = js_bad(j, ptr, "$ref must be a string");
             goto out;
@@ -1316,9 +1436,18 @@ out:
 struct gx *gr_json_schema_value(struct gr_builder *b, void *json_root)
 {
     struct js j = {.b = b, .root = json_root, .keep = json_array()};
+    const char *dialect = json_string_value(json_object_get(json_root, "$schema"));
+    if (dialect)
+        for (int d = 3; d <= 7; d++) {
+            char name[16];
+            snprintf(name, sizeof name, "draft-0%d/", d);
+            if (strstr(dialect, name)) j.ref_alone = true;
+        }
     struct gx *x = js_value(&j, json_root, "");
     for (int i = 0; i < j.nrefs; i++) free(j.refs[i].ptr);
     free(j.refs);
+    for (size_t i = 0; i < j.capmemo; i++) free(j.memo[i].text);
+    free(j.memo);
     json_decref(j.keep);
     return x;
 }

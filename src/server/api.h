@@ -74,6 +74,7 @@ struct kiln_api_constraint {
     char *text;
     size_t len;
     const char *param;
+    enum kiln_grammar_ws ws; /* json_whitespace: compact (default) or indent */
 };
 
 struct kiln_api_request {

@@ -202,6 +202,32 @@ static enum kiln_status structured_outputs(struct kiln_api_constraint *c, const 
     return KILN_OK;
 }
 
+/* kiln's json_whitespace: "compact" (the default) or "indent" (bounded indentation, see
+ * KILN_GRAMMAR_WS_INDENT) for the JSON a constraint produces: a JSON constraint, a grammar's
+ * %json rules, or the calls of tools; with a regex, a choice or nothing to apply to, a 400. */
+static enum kiln_status whitespace(const json_t *root, struct kiln_api_constraint *c,
+                                   const json_t *v, struct kiln_api_error *err)
+{
+    const char *s = json_string_value(v);
+    if (s && !strcmp(s, "compact")) {
+        c->ws = KILN_GRAMMAR_WS_COMPACT;
+    } else if (s && !strcmp(s, "indent")) {
+        c->ws = KILN_GRAMMAR_WS_INDENT;
+    } else {
+        return bad(err, "json_whitespace", "'json_whitespace' must be \"compact\" or \"indent\"");
+    }
+    if (c->kind == KILN_CONSTRAINT_REGEX || c->kind == KILN_CONSTRAINT_CHOICE)
+        return bad(err, "json_whitespace",
+                   "'json_whitespace' applies to JSON output; '%s' constrains to a %s", c->param,
+                   c->kind == KILN_CONSTRAINT_REGEX ? "regex" : "choice");
+    if (c->kind == KILN_CONSTRAINT_NONE && !given(json_object_get(root, "tools")) &&
+        !given(json_object_get(root, "functions")))
+        return bad(err, "json_whitespace",
+                   "'json_whitespace' needs JSON output to apply to: response_format "
+                   "(json_object or json_schema), guided_json, structured_outputs.json or tools");
+    return KILN_OK;
+}
+
 enum kiln_status kiln_api_parse_constraint(const json_t *root, struct kiln_api_constraint *c,
                                            struct kiln_api_error *err)
 {
@@ -221,7 +247,10 @@ enum kiln_status kiln_api_parse_constraint(const json_t *root, struct kiln_api_c
         st = structured_outputs(c, v, err);
     if (!st && given(v = json_object_get(root, "guided_whitespace_pattern")))
         st = bad(err, "guided_whitespace_pattern",
-                 "'guided_whitespace_pattern' is not supported (JSON output is compact)");
+                 "'guided_whitespace_pattern' is not supported (JSON output is compact; kiln's "
+                 "'json_whitespace': \"indent\" gives bounded indentation)");
+    if (!st && given(v = json_object_get(root, "json_whitespace")))
+        st = whitespace(root, c, v, err);
     if (!st && given(v = json_object_get(root, "guided_decoding_backend")) && !json_is_string(v))
         st = bad(err, "guided_decoding_backend", "'guided_decoding_backend' must be a string");
     if (st) kiln_api_constraint_free(c);

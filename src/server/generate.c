@@ -629,7 +629,8 @@ static enum kiln_status compile_constraint(struct kiln_server *s,
                                "(see the server log)");
     struct kiln_constraint_spec spec = {.kind = c->kind, .text = c->text, .len = c->len};
     struct kiln_error e = {0};
-    enum kiln_status st = kiln_grammar_cache_get(s->grammars, &spec, g, &e);
+    struct kiln_grammar_options opts = {.whitespace = c->ws};
+    enum kiln_status st = kiln_grammar_cache_get_opts(s->grammars, &spec, &opts, g, &e);
     if (st) {
         *g = NULL;
         if (st == KILN_ERR_NOMEM) return kiln_api_errorf(err, 500, NULL, NULL, "%s", e.msg);

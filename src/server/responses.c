@@ -216,6 +216,7 @@ enum kiln_status kiln_api_parse_responses(const char *body, size_t len,
         {"parallel_tool_calls", "parallel_tool_calls"},
         {"user", "user"},
         {"seed", "seed"},
+        {"json_whitespace", "json_whitespace"},
     };
     for (size_t i = 0; !st && i < sizeof same / sizeof same[0]; i++) {
         json_t *v = json_object_get(root, same[i][0]);

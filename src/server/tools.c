@@ -391,7 +391,8 @@ enum kiln_status kiln_api_tools_constraint(struct kiln_api_request *r, struct ki
     char *g;
     if (kiln_tools_constraint(r, &g)) return nomem(err);
     if (!g) return KILN_OK;
-    r->constraint = (struct kiln_api_constraint){KILN_CONSTRAINT_GRAMMAR, g, strlen(g), "tools"};
+    r->constraint = (struct kiln_api_constraint){KILN_CONSTRAINT_GRAMMAR, g, strlen(g), "tools",
+                                                 r->constraint.ws};
     return KILN_OK;
 }
 

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -397,6 +398,37 @@ static void test_whitespace_flexible(void **state)
     kiln_grammar_unref(g);
 }
 
+/* The bounded indented form: what json.dumps(indent=2) writes (and ", " / ": " separators),
+ * but never a tab, two spaces on one line outside an indent, or a run of indentation past the
+ * bound; masks exact inside the indentation. */
+static void brute_check(struct kiln_grammar *g, const char *prefix);
+static void test_whitespace_indent(void **state)
+{
+    (void)state;
+    struct kiln_grammar *g = compile_ws(
+        KILN_CONSTRAINT_JSON_SCHEMA,
+        "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"array\",\"items\":{"
+        "\"type\":\"integer\"}},\"b\":{\"const\":{\"x\":[1]}}},\"required\":[\"a\",\"b\"],"
+        "\"additionalProperties\":false}",
+        KILN_GRAMMAR_WS_INDENT);
+    assert_true(feed(g, "{\"a\":[1,2],\"b\":{\"x\":[1]}}"));
+    assert_true(feed(g, "{\"a\": [1, 2], \"b\": {\"x\": [1]}}"));
+    assert_true(feed(g, "{\n  \"a\": [\n    1,\n    2\n  ],\n  \"b\": {\n    \"x\": [\n      1\n"
+                        "    ]\n  }\n}"));
+    assert_false(feed(g, "{\"a\":\t[1],\"b\":{\"x\":[1]}}"));
+    assert_false(feed(g, "{\"a\":  [1],\"b\":{\"x\":[1]}}"));
+    char deep[128] = "{\n";
+    memset(deep + 2, ' ', KILN_GRAMMAR_INDENT_MAX + 1);
+    strcpy(deep + 3 + KILN_GRAMMAR_INDENT_MAX, "\"a\":[],\"b\":{\"x\":[1]}}");
+    assert_false(feed(g, deep));
+    deep[2 + KILN_GRAMMAR_INDENT_MAX] = '"';
+    strcpy(deep + 2 + KILN_GRAMMAR_INDENT_MAX, "\"a\":[],\"b\":{\"x\":[1]}}");
+    assert_true(feed(g, deep));
+    brute_check(g, "{\n   ");
+    brute_check(g, "{\"a\": [");
+    kiln_grammar_unref(g);
+}
+
 /* the mask equals "accepting the token succeeds" for every token of the vocabulary */
 static void brute_check(struct kiln_grammar *g, const char *prefix)
 {
@@ -441,14 +473,23 @@ static void brute_check(struct kiln_grammar *g, const char *prefix)
     kiln_matcher_free(m);
 }
 
+/* brute_check at every prefix, `passes` times over (each pass with new matchers: a later one
+ * finds what the earlier ones left in the grammar) */
+static void brute_schema(const char *schema, const char *const *prefixes, size_t n, int passes)
+{
+    struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA, schema);
+    for (int pass = 0; pass < passes; pass++)
+        for (size_t i = 0; i < n; i++) brute_check(g, prefixes[i]);
+    kiln_grammar_unref(g);
+}
+
 static void test_mask_exact(void **state)
 {
     (void)state;
-    struct kiln_grammar *g = compile(
-        KILN_CONSTRAINT_JSON_SCHEMA,
+    const char *schema =
         "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":4},"
         "\"n\":{\"type\":\"integer\",\"maximum\":250},\"tags\":{\"type\":\"array\",\"items\":{"
-        "\"enum\":[\"red\",\"green\"]}}},\"required\":[\"name\"],\"additionalProperties\":false}");
+        "\"enum\":[\"red\",\"green\"]}}},\"required\":[\"name\"],\"additionalProperties\":false}";
     const char *prefixes[] = {"",
                               "{",
                               "{\"",
@@ -458,8 +499,280 @@ static void test_mask_exact(void **state)
                               "{\"name\":\"a\",\"tags\":[\"re",
                               "{\"name\":\"a\",\"tags\":[\"red\"]",
                               "{\"name\":\"a\"}"};
+    brute_schema(schema, prefixes, sizeof prefixes / sizeof prefixes[0], 1);
+}
+
+/* positions whose plain tokens come from the per-state plain-character analysis (matcher.c):
+ * keys of objects that take additional properties, strings with maxLength (around the 24-code
+ * point boundary of the vocabulary's length masks), rules a plain run can return from */
+static void test_mask_exact_plain(void **state)
+{
+    (void)state;
+    const char *schema =
+        "{\"type\":\"object\",\"properties\":{\"title\":{\"type\":\"string\",\"maxLength\":30},"
+        "\"tag\":{\"type\":\"string\"}},\"additionalProperties\":{\"type\":\"string\","
+        "\"maxLength\":3}}";
+    const char *prefixes[] = {"{\"",
+                              "{\"t",
+                              "{\"ti",
+                              "{\"title",
+                              "{\"title\":\"",
+                              "{\"title\":\"h\xc3\xa9llo w",
+                              "{\"title\":\"abcdefghij",
+                              "{\"title\":\"abcdefghijklmnopqrstuvwxy",
+                              "{\"title\":\"abcdefghijklmnopqrstuvwxyz0123",
+                              "{\"title\":\"abcdefghijklmnopqrstuvwxyz0\xc3\xa9\xc3\xa9\xc3\xa9",
+                              "{\"title\":\"a\",\"",
+                              "{\"title\":\"a\",\"ta",
+                              "{\"title\":\"a\",\"tag\":\"x",
+                              "{\"title\":\"a\",\"tax",
+                              "{\"title\":\"a\",\"xy\":\"",
+                              "{\"title\":\"a\",\"xy\":\"ab"};
+    brute_schema(schema, prefixes, sizeof prefixes / sizeof prefixes[0], 2);
+    /* a rule a plain run may leave early (x), then more plain characters (y) */
+    struct kiln_grammar *g =
+        compile(KILN_CONSTRAINT_GRAMMAR, "root ::= \"<\" x y \"!\"\nx ::= .{0,2}\ny ::= .*\n");
+    brute_check(g, "<");
+    brute_check(g, "<a");
+    kiln_grammar_unref(g);
+    g = compile(KILN_CONSTRAINT_GRAMMAR, "root ::= .{0,40} \"\\n\"\n");
+    brute_check(g, "");
+    brute_check(g, "abcdefghijklmnopqrst");
+    brute_check(g, "abcdefghijklmnopqrstuvwxyz01234567");
+    kiln_grammar_unref(g);
+    g = compile(KILN_CONSTRAINT_REGEX, "[a-z ]{0,40}|[0-9]{3}");
+    brute_check(g, "");
+    brute_check(g, "ab");
+    kiln_grammar_unref(g);
+}
+
+/* Feeds text's bytes at once (no masks: for long instances); true when accepted and complete */
+static bool feed_bytes(struct kiln_grammar *g, const char *text)
+{
+    struct kiln_matcher *m;
+    struct kiln_error err = {0};
+    assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
+    bool ok = kiln_matcher_accept_bytes(m, text, strlen(text)) && kiln_matcher_is_complete(m);
+    kiln_matcher_free(m);
+    return ok;
+}
+
+/* a string of n copies of unit between quotes (a test instance), caller frees */
+static char *quoted_run(const char *unit, int n)
+{
+    size_t u = strlen(unit);
+    char *s = malloc(u * (size_t)n + 3);
+    s[0] = '"';
+    for (int i = 0; i < n; i++) memcpy(s + 1 + u * (size_t)i, unit, u);
+    strcpy(s + 1 + u * (size_t)n, "\"");
+    return s;
+}
+
+/* The compiler's sharing: a long bounded repetition calls its body as a rule, equal sub-schemas
+ * share one rule, every escape goes through shared rules; each must keep the exact language. */
+static void test_schema_shared_rules(void **state)
+{
+    (void)state;
+    /* maxLength 300: the character is a rule called 300 times; an escape is one character */
+    struct kiln_grammar *g =
+        compile(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"maxLength\":300}");
+    const struct {
+        const char *unit;
+        int n;
+        bool valid;
+    } runs[] = {{"a", 300, true},       {"a", 301, false},        {"\\n", 300, true},
+                {"\\u00e9", 300, true}, {"\xc3\xa9", 301, false}, {"\\ud83d\\ude00", 300, true},
+                {"\\ud83d", 1, false}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        char *s = quoted_run(runs[i].unit, runs[i].n);
+        if (feed_bytes(g, s) != runs[i].valid)
+            fail_msg("maxLength 300: %d x '%s' should be %s", runs[i].n, runs[i].unit,
+                     runs[i].valid ? "accepted" : "rejected");
+        free(s);
+    }
+    kiln_grammar_unref(g);
+    /* regex {n,m} over a large class: the same */
+    g = compile(KILN_CONSTRAINT_REGEX, "[^x]{2,400}");
+    char *s = malloc(402);
+    memset(s, 'a', 400);
+    s[400] = 0;
+    assert_true(feed_bytes(g, s));
+    s[2] = 0;
+    assert_true(feed(g, s));
+    s[1] = 0;
+    assert_false(feed(g, s));
+    memset(s, 'a', 401);
+    s[401] = 0;
+    assert_false(feed_bytes(g, s));
+    free(s);
+    kiln_grammar_unref(g);
+    /* a class that is not every character: its escapes are its own, not the shared ones */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"pattern\":\"^[^x]+$\"}",
+                (struct cas[]){{"\"y\\u0079\\n\\u00e9\"", true},
+                               {"\"\\u0078\"", false},
+                               {"\"\\u0058\\ud83d\\ude00\"", true},
+                               {NULL, false}});
+    /* equal sub-schemas share a rule; different ones do not, nor do objects whose properties
+     * are the same in another order (MaskBench's Github_hard---o7313) */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"object\",\"properties\":{"
+                "\"p\":{\"type\":\"object\",\"properties\":{\"x\":{},\"y\":{}}},"
+                "\"q\":{\"type\":\"object\",\"properties\":{\"y\":{},\"x\":{}}},"
+                "\"a\":{\"type\":\"string\",\"maxLength\":2},"
+                "\"b\":{\"type\":\"string\",\"maxLength\":2},"
+                "\"c\":{\"type\":\"string\",\"maxLength\":3},"
+                "\"d\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"maxLength\":2}}},"
+                "\"additionalProperties\":false}",
+                (struct cas[]){{"{\"a\":\"xy\",\"b\":\"xy\",\"c\":\"xyz\"}", true},
+                               {"{\"a\":\"xyz\"}", false},
+                               {"{\"b\":\"xyz\"}", false},
+                               {"{\"c\":\"xyz\"}", true},
+                               {"{\"c\":\"wxyz\"}", false},
+                               {"{\"d\":[\"xy\",\"z\"]}", true},
+                               {"{\"d\":[\"xyz\"]}", false},
+                               {"{\"p\":{\"x\":1,\"y\":2},\"q\":{\"y\":1,\"x\":2}}", true},
+                               {"{\"q\":{\"x\":1,\"y\":2}}", false},
+                               {NULL, false}});
+    /* the keys of additional properties beside named ones: any spelling of another name, the
+     * escapes a key needs (control characters, non-ASCII), never a named one in disguise */
+    const char *addl = "{\"type\":\"object\",\"properties\":{\"ab\":{\"type\":\"integer\"},"
+                       "\"a/c\":{\"type\":\"integer\"}},\"additionalProperties\":{\"type\":"
+                       "\"string\"}}";
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, addl,
+                (struct cas[]){{"{\"ab\":1,\"a/c\":2,\"x\":\"y\"}", true},
+                               {"{\"a\":\"y\"}", true},
+                               {"{\"abc\":\"y\"}", true},
+                               {"{\"a\\/\":\"y\"}", false}, /* a/ escaped: refused */
+                               {"{\"a/\":\"y\"}", true},
+                               {"{\"a/c\":\"y\"}", false},
+                               {"{\"ab\":\"y\"}", false},
+                               {"{\"a\\u0001\":\"y\"}", true},
+                               {"{\"\\n\\t\\\\\\\"\":\"y\"}", true},
+                               {"{\"\xc3\xa9\\u00e9\\ud83d\\ude00\":\"y\"}", true},
+                               {"{\"\\ud83d\":\"y\"}", false},
+                               {"{\"a\\u0062\":\"y\"}", false}, /* ab spelled with an escape */
+                               {NULL, false}});
+    g = compile(KILN_CONSTRAINT_JSON_SCHEMA, addl);
+    const char *prefixes[] = {"{\"a", "{\"a/", "{\"x\\", "{\"\\ud83d"};
     for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) brute_check(g, prefixes[i]);
     kiln_grammar_unref(g);
+    g = compile(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"maxLength\":300}");
+    brute_check(g, "\"ab\\u00");
+    kiln_grammar_unref(g);
+}
+
+/* Draft 4 to 7 ignore the keywords beside a $ref (MaskBench's Github_hard---o13693: a
+ * `required` beside a $ref, instances without the property are valid); later drafts and
+ * schemas that name none apply them. */
+static void test_schema_ref_siblings(void **state)
+{
+    (void)state;
+    const char *body = "\"type\":\"object\",\"properties\":{\"w\":{\"$ref\":\"#/definitions/w\","
+                       "\"required\":[\"c\"]}},\"definitions\":{\"w\":{\"type\":\"object\","
+                       "\"properties\":{\"a\":{\"type\":\"integer\"}}}}}";
+    char text[1024];
+    snprintf(text, sizeof text, "{\"$schema\":\"http://json-schema.org/draft-07/schema#\",%s",
+             body);
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, text,
+                (struct cas[]){{"{\"w\":{\"a\":1}}", true},
+                               {"{\"w\":{\"a\":\"x\"}}", false},
+                               {"{\"w\":{\"a\":1,\"c\":2}}", true},
+                               {NULL, false}});
+    snprintf(text, sizeof text, "{\"$schema\":\"http://json-schema.org/draft-04/schema\",%s", body);
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, text,
+                (struct cas[]){{"{\"w\":{\"a\":1}}", true}, {NULL, false}});
+    snprintf(text, sizeof text, "{%s", body);
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, text,
+                (struct cas[]){{"{\"w\":{\"a\":1}}", false},
+                               {"{\"w\":{\"a\":1,\"c\":2}}", true},
+                               {NULL, false}});
+    snprintf(text, sizeof text, "{\"$schema\":\"https://json-schema.org/draft/2020-12/schema\",%s",
+             body);
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, text,
+                (struct cas[]){{"{\"w\":{\"a\":1}}", false}, {NULL, false}});
+}
+
+static double cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* compiles text; the status, and the thread CPU time it took in *ms */
+static enum kiln_status timed_compile(enum kiln_constraint_kind kind, const char *text, double *ms,
+                                      char *msg, size_t cap)
+{
+    struct kiln_constraint_spec spec = {kind, text, strlen(text)};
+    struct kiln_grammar *g = NULL;
+    struct kiln_error err = {0};
+    double t0 = cpu_ms();
+    enum kiln_status st = kiln_grammar_compile(&spec, vocab, &g, &err);
+    *ms = cpu_ms() - t0;
+    kiln_grammar_unref(g);
+    snprintf(msg, cap, "%s", err.msg);
+    return st;
+}
+
+/* A string of the given unit repeated n times, then tail (caller frees) */
+static char *repeat(const char *unit, int n, const char *tail)
+{
+    size_t u = strlen(unit), t = strlen(tail);
+    char *s = malloc(u * (size_t)n + t + 1);
+    for (int i = 0; i < n; i++) memcpy(s + u * (size_t)i, unit, u);
+    memcpy(s + u * (size_t)n, tail, t + 1);
+    return s;
+}
+
+/* The compile budget: constraints built to be expensive are accepted or refused within a
+ * bounded CPU time (the limits are loose enough for the sanitizer build and a loaded machine:
+ * without the budget each takes seconds to minutes). */
+static void test_compile_budget(void **state)
+{
+    (void)state;
+    double ms;
+    char msg[256];
+    /* nested unbounded repetitions: each level doubled the automaton (2^34 states; 38 s
+     * under the fuzz build before the refusal); the repeated body is a rule now */
+    assert_int_equal(timed_compile(KILN_CONSTRAINT_REGEX,
+                                   "\\u00e9++++++++++++++++++++++++++++++++++", &ms, msg,
+                                   sizeof msg),
+                     KILN_OK);
+    assert_true(ms < 1000);
+    assert_int_equal(
+        timed_compile(KILN_CONSTRAINT_REGEX, "((a{0,50}){0,50}){0,50}", &ms, msg, sizeof msg),
+        KILN_OK);
+    assert_true(ms < 1000);
+    /* over the state budget: refused from the estimate, before anything is built */
+    char *re = repeat("(x{0,4000})", 300, "");
+    assert_int_equal(timed_compile(KILN_CONSTRAINT_REGEX, re, &ms, msg, sizeof msg),
+                     KILN_ERR_LIMIT);
+    assert_non_null(strstr(msg, "too large"));
+    if (ms > 50) fail_msg("refusing 1.2M estimated states took %.1f ms", ms);
+    free(re);
+    re = repeat("((((a{0,10000}){0,10000}){0,10000}){0,10000})", 40, "");
+    assert_int_equal(timed_compile(KILN_CONSTRAINT_REGEX, re, &ms, msg, sizeof msg),
+                     KILN_ERR_LIMIT);
+    if (ms > 50) fail_msg("refusing nested bounded repetitions took %.1f ms", ms);
+    free(re);
+    /* quadratic epsilon closures (each optional reaches every later one): the step budget */
+    re = repeat("a?", 60000, "");
+    assert_int_equal(timed_compile(KILN_CONSTRAINT_REGEX, re, &ms, msg, sizeof msg),
+                     KILN_ERR_LIMIT);
+    assert_non_null(strstr(msg, "too large"));
+    if (ms > 1500) fail_msg("refusing a?{60000} took %.1f ms", ms);
+    free(re);
+    /* a grammar of 40,000 rules, each calling the next at a nullable prefix: names are
+     * looked up in a hash, nullable rules found in few passes */
+    size_t cap = 40 * 40001, n = 0;
+    char *gr = malloc(cap);
+    n += (size_t)snprintf(gr + n, cap - n, "root ::= r0 \"x\"\n");
+    for (int i = 0; i < 40000; i++)
+        n += (size_t)snprintf(gr + n, cap - n, "r%d ::= r%d? \"a\"?\n", i, i + 1);
+    snprintf(gr + n, cap - n, "r40000 ::= \"b\"?\n");
+    assert_int_equal(timed_compile(KILN_CONSTRAINT_GRAMMAR, gr, &ms, msg, sizeof msg), KILN_OK);
+    if (ms > 2000) fail_msg("a grammar of 40,000 rules took %.1f ms", ms);
+    free(gr);
 }
 
 static void test_rollback_forced_eos(void **state)
@@ -535,7 +848,12 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_regex_choice_grammar),
         cmocka_unit_test(test_whitespace_flexible),
+        cmocka_unit_test(test_whitespace_indent),
         cmocka_unit_test(test_mask_exact),
+        cmocka_unit_test(test_schema_shared_rules),
+        cmocka_unit_test(test_schema_ref_siblings),
+        cmocka_unit_test(test_compile_budget),
+        cmocka_unit_test(test_mask_exact_plain),
         cmocka_unit_test(test_rollback_forced_eos),
         cmocka_unit_test(test_cache),
     };

@@ -308,6 +308,26 @@ static void constraint_forms(void **state)
                       KILN_CONSTRAINT_JSON_OBJECT, "", "structured_outputs.json_object");
     expect_constraint(CHAT, "{" MSGS ",\"structured_outputs\":{\"json_object\":false}}",
                       KILN_CONSTRAINT_NONE, NULL, NULL);
+    /* json_whitespace: compact by default, indent on request (also for a grammar's %json) */
+    static const struct {
+        const char *body;
+        enum kiln_grammar_ws ws;
+    } wcases[] = {
+        {"{" MSGS ",\"guided_json\":{}}", KILN_GRAMMAR_WS_COMPACT},
+        {"{" MSGS ",\"guided_json\":{},\"json_whitespace\":\"compact\"}", KILN_GRAMMAR_WS_COMPACT},
+        {"{" MSGS ",\"guided_json\":{},\"json_whitespace\":\"indent\"}", KILN_GRAMMAR_WS_INDENT},
+        {"{" MSGS ",\"response_format\":{\"type\":\"json_object\"},\"json_whitespace\":\"indent\"}",
+         KILN_GRAMMAR_WS_INDENT},
+        {"{" MSGS ",\"guided_grammar\":\"root ::= [0-9]\",\"json_whitespace\":\"indent\"}",
+         KILN_GRAMMAR_WS_INDENT},
+    };
+    for (size_t i = 0; i < sizeof wcases / sizeof wcases[0]; i++) {
+        struct kiln_api_request r = parse_ok(CHAT, wcases[i].body);
+        if (r.constraint.ws != wcases[i].ws)
+            fail_msg("%s: ws %d, expected %d", wcases[i].body, (int)r.constraint.ws,
+                     (int)wcases[i].ws);
+        kiln_api_request_free(&r);
+    }
 }
 
 static void constraint_errors(void **state)
@@ -341,6 +361,13 @@ static void constraint_errors(void **state)
         {CHAT, "{" MSGS ",\"guided_grammar\":{}}", "guided_grammar"},
         {CHAT, "{" MSGS ",\"guided_whitespace_pattern\":\" *\"}", "guided_whitespace_pattern"},
         {CHAT, "{" MSGS ",\"guided_decoding_backend\":1}", "guided_decoding_backend"},
+        {CHAT, "{" MSGS ",\"guided_json\":{},\"json_whitespace\":\"pretty\"}", "json_whitespace"},
+        {CHAT, "{" MSGS ",\"guided_json\":{},\"json_whitespace\":2}", "json_whitespace"},
+        {CHAT, "{" MSGS ",\"guided_regex\":\"a\",\"json_whitespace\":\"indent\"}",
+         "json_whitespace"},
+        {CHAT, "{" MSGS ",\"guided_choice\":[\"a\"],\"json_whitespace\":\"indent\"}",
+         "json_whitespace"},
+        {CHAT, "{" MSGS ",\"json_whitespace\":\"indent\"}", "json_whitespace"},
         {CHAT, "{" MSGS ",\"structured_outputs\":[]}", "structured_outputs"},
         {CHAT, "{" MSGS ",\"structured_outputs\":{\"structural_tag\":\"x\"}}",
          "structured_outputs"},

@@ -136,3 +136,38 @@ test('AI SDK generateObject and streamObject', async () => {
   });
   assert.ok(Array.isArray(list.object));
 });
+
+// kiln's json_whitespace: "indent" lets the JSON break lines and indent (bounded: one space, or
+// a newline and at most 32 spaces, between tokens; twice inside an empty array or object);
+// compact (the default) allows none. A large
+// logit_bias on "\n" (Llama 3 token 198) makes the random model take a newline wherever one is
+// allowed: under indent the reply has newlines, under compact it has none.
+test('openai SDK with json_whitespace indent and compact', async () => {
+  const client = new OpenAI({ baseURL, apiKey: 'unused', maxRetries: 0 });
+  const ask = (json_whitespace) =>
+    client.chat.completions.parse({
+      model,
+      messages: [{ role: 'user', content: 'Describe a person.' }],
+      response_format: zodResponseFormat(Person, 'person'),
+      temperature: 1,
+      seed: 3,
+      max_tokens: 400,
+      logit_bias: { 198: 100 },
+      ...(json_whitespace ? { json_whitespace } : {}),
+    });
+  for (const ws of ['indent', 'compact', null]) {
+    const r = await ask(ws);
+    const msg = r.choices[0].message;
+    assert.equal(r.choices[0].finish_reason, 'stop', msg.content);
+    assert.deepEqual(Person.parse(msg.parsed), msg.parsed);
+    const outside = msg.content.replace(/"(?:[^"\\]|\\.)*"/g, '""'); // whitespace outside strings
+    if (ws === 'indent') {
+      assert.match(outside, /\n/, msg.content);
+      // one run between two tokens; two where an empty array or object's slots meet
+      for (const run of outside.match(/\s+/g)) assert.match(run, /^( |\n {0,32}){1,2}$/, JSON.stringify(msg.content));
+    } else {
+      assert.doesNotMatch(outside, /\s/, msg.content);
+    }
+  }
+  await assert.rejects(ask('pretty'), (e) => e.status === 400 && /json_whitespace/.test(e.message));
+});
