@@ -189,7 +189,7 @@ console.log(`# RSS ${start.rss_mb.toFixed(1)} MB at start, ${warm.rss_mb.toFixed
 // The KV pool's first-used blocks since the warm-up (see the top): at most the pool.
 const blockMB = m[M('kiln_kv_cache_bytes')] / m[M('kiln_kv_blocks_total')] / 2 ** 20;
 const kvMB = (end.kv_touched - warm.kv_touched) * blockMB;
-assert.ok(kvMB >= 0 && end.kv_touched <= m[M('kiln_kv_blocks_total')]);
+assert.ok(kvMB >= 0 && end.kv_touched <= m[M('kiln_kv_blocks_total')], `KV blocks touched: ${warm.kv_touched} -> ${end.kv_touched}`);
 console.log(`# KV blocks used for the first time after the warm-up: ${end.kv_touched - warm.kv_touched} ` +
   `(${kvMB.toFixed(1)} MB; ${end.kv_touched} of ${m[M('kiln_kv_blocks_total')]} blocks, ` +
   `${(m[M('kiln_kv_cache_bytes')] / 2 ** 20).toFixed(0)} MiB pool); growth beside them ${sign(growth - kvMB)} MB`);
