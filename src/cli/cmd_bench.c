@@ -228,17 +228,21 @@ static void print_results(const struct tp_args *a, const struct kiln_backend *be
     printf("request throughput %.3f req/s\n", rps);
     printf("TTFT               p50 %.2f ms, p99 %.2f ms\n", ttft50, ttft99);
     printf("inter-token        p50 %.2f ms, p99 %.2f ms\n", itl50, itl99);
+    double host_s = st->step_s - st->device_s;
+    printf("engine thread      %.3f s in steps, %.3f s of it in forward + sample (device); "
+           "host between them %.3f s = %.1f%% of the elapsed time\n",
+           st->step_s, st->device_s, host_s, 100.0 * host_s / elapsed);
     if (!a->json) return;
     json_t *j = json_pack(
         "{s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, "
-        "s:f, s:I, s:I}",
+        "s:f, s:I, s:I, s:f, s:f}",
         "mode", "throughput", "model", a->model_dir, "backend", be->ops->name, "num_requests",
         a->num_requests, "input_len", a->input_len, "output_len", a->output_len, "concurrency",
         conc, "max_batch_size", be->opt.max_seqs, "max_num_tokens", be->opt.max_tokens, "kv_blocks",
         be->opt.n_blocks, "elapsed_s", elapsed, "output_tok_s", out_tps, "total_tok_s", total_tps,
         "req_s", rps, "ttft_p50_ms", ttft50, "ttft_p99_ms", ttft99, "itl_p50_ms", itl50,
         "itl_p99_ms", itl99, "steps", (json_int_t)st->steps, "preemptions",
-        (json_int_t)st->preemptions);
+        (json_int_t)st->preemptions, "engine_step_s", st->step_s, "engine_device_s", st->device_s);
     char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
     if (s) printf("%s\n", s);
     free(s);
@@ -310,6 +314,8 @@ static int throughput(const struct tp_args *a)
     kiln_engine_stats(r.e, &after);
     after.steps -= before.steps;
     after.preemptions -= before.preemptions;
+    after.step_s -= before.step_s;
+    after.device_s -= before.device_s;
     print_results(a, be, conc, elapsed, &r, &after);
     rc = 0;
 fail:

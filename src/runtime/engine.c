@@ -87,6 +87,7 @@ struct kiln_engine {
     uint64_t steps, preemptions, prefix_hits;
     uint64_t grammar_masks, grammar_forced;
     double grammar_s;
+    double step_s, device_s;                  /* see kiln_engine_stats */
     int32_t *b_tokens, *b_pos;                /* (max_num_tokens,) */
     int32_t *b_seq_start;                     /* (max_batch_size + 1,) */
     int32_t *b_kv_len, *b_out_rows, *b_chunk; /* (max_batch_size,) */
@@ -484,6 +485,8 @@ static void update_stats(struct kiln_engine *e)
     e->stats.grammar_masks = e->grammar_masks;
     e->stats.grammar_forced = e->grammar_forced;
     e->stats.grammar_s = e->grammar_s;
+    e->stats.step_s = e->step_s;
+    e->stats.device_s = e->device_s;
 }
 
 /* Publishes this step's events and the stats, then wakes the consumers. */
@@ -893,7 +896,9 @@ static void step(struct kiln_engine *e)
     struct kiln_batch batch;
     build_batch(e, n_seq, &batch);
     struct kiln_error err = {0};
+    double t_fwd = kiln_now();
     enum kiln_status st = e->b->ops->forward(e->b, &batch, &err);
+    e->device_s += kiln_now() - t_fwd;
     int n_out = batch.n_out;
     if (!st && n_out > 0) {
         double t0 = 0;
@@ -915,7 +920,9 @@ static void step(struct kiln_engine *e)
             k++;
         }
         if (t0) e->grammar_s += kiln_now() - t0;
+        double t_samp = kiln_now();
         st = e->b->ops->sample(e->b, e->b_samp, n_out, e->b_out, &err);
+        e->device_s += kiln_now() - t_samp;
     }
     e->steps++;
     if (st) {
@@ -976,8 +983,11 @@ static void *engine_main(void *arg)
 
         cancel_ids(e, cancels, n_cancels);
         if (expired) cancel_all(e, KILN_FINISH_CANCELLED, NULL);
+        double t_step = kiln_now();
+        uint64_t steps = e->steps;
         step(e);
         publish(e);
+        if (e->steps != steps) e->step_s += kiln_now() - t_step;
     }
     free(cancels);
     return NULL;

@@ -112,6 +112,11 @@ struct kiln_engine_stats {
      * forced tokens), tokens appended without a draw */
     uint64_t grammar_masks, grammar_forced;
     double grammar_s;
+    /* engine-thread time in steps that ran a forward (scheduling, batch building, the backend's
+     * forward and sample calls, token handling, publishing events), and within it the forward
+     * and sample calls alone (launches and the waits for the device): the rest is host work
+     * during which the device idles, since the step waits for the sampled tokens */
+    double step_s, device_s;
 };
 
 struct kiln_engine;
