@@ -285,7 +285,7 @@ tp_run() { # label bin ISL OSL N BATCH
     record "throughput $1 $3/$4" FAIL "exit $rc: $(tail -n 1 "$OUT/tp.tmp")"
     return
   fi
-  note "throughput $1 $3/$4 x$5 batch $6 ${KILN_TP_ARGS:-}: $(grep -E '^output throughput|^elapsed|^TTFT|^inter' "$OUT/tp.tmp" |
+  note "throughput $1 $3/$4 x$5 batch $6 ${KILN_TP_ARGS:-}: $(grep -E '^output throughput|^elapsed|^TTFT|^inter|^engine thread' "$OUT/tp.tmp" |
     tr -s ' ' | tr '\n' ';')"
 }
 throughput() {
