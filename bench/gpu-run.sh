@@ -179,7 +179,8 @@ bench() {
 
 profile() {
   step "per-op profile (no graphs)"
-  timeout 200 "$B/kiln" bench "$M/llama8b" --profile --contexts 128,8192 --prompts 2048 --batches 32 \
+  model llama8b llama-3.1-8b --fp8-kv-cache
+  timeout 200 "$B/kiln" bench "$M/llama8b" --profile --contexts 128,8192 --prompts 2048 --batches "${KILN_PROF_BATCHES:-32}" \
     --steps 16 >"$OUT/bench-8b-profile.log" 2>&1
   tail -n 40 "$OUT/bench-8b-profile.log"
 }
