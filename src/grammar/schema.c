@@ -29,6 +29,7 @@ struct js {
     /* the root's $schema is draft 3 to 7, where keywords beside a $ref are ignored (draft
      * 2019-09 on, and schemas that name no draft, apply them too) */
     bool ref_alone;
+    size_t join_steps; /* schemas and keywords merged by join_add, against JS_MAX_JOIN_STEPS */
     /* sub-schemas compiled to rules, by their canonical text: equal ones share one rule */
     struct js_memo {
         char *text;
@@ -1245,11 +1246,20 @@ static bool oneof_disjoint(struct js *j, json_t *arr)
  * {"s": merged keywords, "ap": [[one object's properties, its additionalProperties], ...],
  *  "took": {anyOf array's address: the member taken}}. */
 #define JS_MAX_ALTS 64
+/* allOf members that each $ref the next twice double the work per level without adding an
+ * alternative: the joins' work is bounded too (MaskBench's largest takes 2,548 steps) */
+#define JS_MAX_JOIN_STEPS 200000
 
 static bool join_add(struct js *j, json_t *alts, json_t *x, const char *ptr, int depth);
 
 static bool join_chunk(struct js *j, json_t *alts, json_t *chunk, const char *ptr)
 {
+    j->join_steps += json_array_size(alts) * (json_is_object(chunk) ? json_object_size(chunk) : 1);
+    if (j->join_steps > JS_MAX_JOIN_STEPS) {
+        gb_fail(j->b, KILN_ERR_LIMIT, "constraint too large to compile (joins over %d steps)",
+                JS_MAX_JOIN_STEPS);
+        return false;
+    }
     size_t i;
     json_t *a;
     json_array_foreach(alts, i,
@@ -1304,6 +1314,11 @@ static bool join_add(struct js *j, json_t *alts, json_t *x, const char *ptr, int
 {
     if (depth > JS_MAX_DEPTH)
         return js_fail(j, "unsupported (references nested too deeply)", "$ref", ptr), false;
+    if (++j->join_steps > JS_MAX_JOIN_STEPS) {
+        gb_fail(j->b, KILN_ERR_LIMIT, "constraint too large to compile (joins over %d steps)",
+                JS_MAX_JOIN_STEPS);
+        return false;
+    }
     if (!json_is_object(x)) return join_chunk(j, alts, x, ptr);
     bool ref_only = j->ref_alone && json_object_get(x, "$ref"); /* drafts 3-7: all that counts */
     json_t *chunk = json_object();

@@ -940,6 +940,21 @@ static void test_compile_budget(void **state)
     assert_int_equal(timed_compile(KILN_CONSTRAINT_REGEX, re, &ms, msg, sizeof msg), KILN_OK);
     if (ms > 1000) fail_msg("nested bounded repetitions took %.1f ms", ms);
     free(re);
+    /* joins that double per level (each allOf member $refs the next level twice): the joins'
+     * step budget, refused well before 2^30 merges */
+    char *doubling = malloc(64 * 40 + 64), *at = doubling;
+    at += sprintf(at, "{\"$defs\":{");
+    for (int l = 0; l < 30; l++)
+        at += sprintf(
+            at, "%s\"l%d\":{\"allOf\":[{\"$ref\":\"#/$defs/l%d\"},{\"$ref\":\"#/$defs/l%d\"}]}",
+            l ? "," : "", l, l + 1, l + 1);
+    at += sprintf(
+        at, ",\"l30\":{\"type\":\"object\",\"properties\":{\"a\":{}}}},\"$ref\":\"#/$defs/l0\"}");
+    assert_int_equal(timed_compile(KILN_CONSTRAINT_JSON_SCHEMA, doubling, &ms, msg, sizeof msg),
+                     KILN_ERR_LIMIT);
+    assert_non_null(strstr(msg, "joins over"));
+    if (ms > 1000) fail_msg("refusing doubling joins took %.1f ms", ms);
+    free(doubling);
     /* quadratic epsilon closures (each optional reaches every later one): the step budget */
     re = repeat("a?", 60000, "");
     assert_int_equal(timed_compile(KILN_CONSTRAINT_REGEX, re, &ms, msg, sizeof msg),
