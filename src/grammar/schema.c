@@ -1,5 +1,7 @@
 /* JSON Schema compiler: a schema document -> grammar rules for one JSON value, compact (or
- * flexible) whitespace, properties in the order written. Every keyword that constrains
+ * flexible) whitespace, properties in one order: LLGuidance's documented "stable property
+ * order" (`properties` as written, then names only `required` lists, then additional ones;
+ * joins merged in the order written: see join_add). Every keyword that constrains
  * instances is either enforced exactly (or more strictly, never more loosely) or refused with
  * "unsupported JSON Schema keyword 'k' at /pointer". Choice lists live here too. */
 #include <jansson.h>
@@ -27,6 +29,7 @@ struct js {
     /* the root's $schema is draft 3 to 7, where keywords beside a $ref are ignored (draft
      * 2019-09 on, and schemas that name no draft, apply them too) */
     bool ref_alone;
+    size_t join_steps; /* schemas and keywords merged by join_add, against JS_MAX_JOIN_STEPS */
     /* sub-schemas compiled to rules, by their canonical text: equal ones share one rule */
     struct js_memo {
         char *text;
@@ -972,17 +975,16 @@ static bool in_list(const char *const *l, const char *k)
     return false;
 }
 
-static struct gx *js_ref_rule(struct js *j, const char *ref, const char *ptr)
+/* The schema a local reference ("#", "#/a/b": a JSON pointer, ~0 ~1 and %XX decoded) points
+ * at, or NULL */
+static json_t *js_lookup(struct js *j, const char *ref)
 {
-    if (ref[0] != '#') return js_fail(j, "unsupported (not a local reference)", "$ref", ptr);
-    for (int i = 0; i < j->nrefs; i++)
-        if (!strcmp(j->refs[i].ptr, ref)) return gx_call(j->b, j->refs[i].rule);
-    /* resolve the JSON pointer */
+    if (ref[0] != '#') return NULL;
     json_t *t = j->root;
     const char *p = ref + 1;
     char tok[512];
     while (*p && t) {
-        if (*p != '/') return js_bad(j, ptr, "$ref is not a JSON pointer");
+        if (*p != '/') return NULL;
         p++;
         size_t n = 0;
         while (*p && *p != '/' && n + 1 < sizeof tok) {
@@ -1007,6 +1009,15 @@ static struct gx *js_ref_rule(struct js *j, const char *ref, const char *ptr)
         } else
             t = NULL;
     }
+    return t;
+}
+
+static struct gx *js_ref_rule(struct js *j, const char *ref, const char *ptr)
+{
+    if (ref[0] != '#') return js_fail(j, "unsupported (not a local reference)", "$ref", ptr);
+    for (int i = 0; i < j->nrefs; i++)
+        if (!strcmp(j->refs[i].ptr, ref)) return gx_call(j->b, j->refs[i].rule);
+    json_t *t = js_lookup(j, ref);
     if (!t) return js_bad(j, ptr, "$ref target not found");
     if (j->nrefs == j->capref) {
         int cap = j->capref ? j->capref * 2 : 16;
@@ -1026,41 +1037,24 @@ static struct gx *js_ref_rule(struct js *j, const char *ref, const char *ptr)
     return gx_call(j->b, rule);
 }
 
+/* s with its references followed while a $ref is all it says (or all that counts: drafts 3-7) */
 static json_t *resolve(struct js *j, json_t *s)
 {
     for (int hops = 0; hops < 32 && json_is_object(s); hops++) {
         json_t *r = json_object_get(s, "$ref");
         if (!r || !json_is_string(r) || (json_object_size(s) != 1 && !j->ref_alone)) return s;
-        const char *ref = json_string_value(r);
-        if (ref[0] != '#') return s;
-        json_t *t = j->root;
-        const char *p = ref + 1;
-        char tok[512];
-        while (*p && t) {
-            if (*p != '/') return s;
-            p++;
-            size_t n = 0;
-            while (*p && *p != '/' && n + 1 < sizeof tok) {
-                if (p[0] == '~' && p[1] == '0')
-                    tok[n++] = '~', p += 2;
-                else if (p[0] == '~' && p[1] == '1')
-                    tok[n++] = '/', p += 2;
-                else
-                    tok[n++] = *p++;
-            }
-            tok[n] = 0;
-            t = json_is_object(t) ? json_object_get(t, tok) : NULL;
-        }
+        json_t *t = js_lookup(j, json_string_value(r));
         if (!t) return s;
         s = t;
     }
     return s;
 }
 
-/* allOf merging: b into a (a is a fresh object owned by the caller) */
+/* Keywords without applicators (bsch: an object, or a boolean schema) merged into a, the
+ * conjunction so far: properties in a's order then bsch's new ones, a name in both a merge of
+ * the two (a's first), required likewise, bounds the tighter, additionalProperties both. */
 static bool merge_into(struct js *j, json_t *a, json_t *bsch, const char *ptr)
 {
-    bsch = resolve(j, bsch);
     if (json_is_true(bsch)) return true;
     if (json_is_false(bsch)) {
         json_object_set_new(a, "enum", json_array());
@@ -1073,12 +1067,6 @@ static bool merge_into(struct js *j, json_t *a, json_t *bsch, const char *ptr)
     {
         if (in_list(annotations, k)) continue;
         json_t *old = json_object_get(a, k);
-        if (!strcmp(k, "allOf")) {
-            size_t i;
-            json_t *x;
-            json_array_foreach(v, i, x) if (!merge_into(j, a, x, ptr)) return false;
-            continue;
-        }
         if (!old) {
             json_object_set(a, k, v);
             continue;
@@ -1093,7 +1081,7 @@ static bool merge_into(struct js *j, json_t *a, json_t *bsch, const char *ptr)
                 json_t *o = json_object_get(np, pk);
                 if (!o)
                     json_object_set(np, pk, pv);
-                else
+                else if (!json_equal(o, pv))
                     json_object_set_new(np, pk, json_pack("{s:[O,O]}", "allOf", o, pv));
             }
             json_object_set_new(a, k, np);
@@ -1110,6 +1098,11 @@ static bool merge_into(struct js *j, json_t *a, json_t *bsch, const char *ptr)
                 if (!have) json_array_append(nr, x);
             }
             json_object_set_new(a, k, nr);
+        } else if (!strcmp(k, "additionalProperties")) { /* both apply */
+            if (json_is_false(v) || json_is_true(old))
+                json_object_set(a, k, v);
+            else if (!json_is_false(old) && !json_is_true(v))
+                json_object_set_new(a, k, json_pack("{s:[O,O]}", "allOf", old, v));
         } else if (!strcmp(k, "type")) {
             int ta = 0, tb = 0;
             json_t *xs[2] = {old, v};
@@ -1241,6 +1234,166 @@ static bool oneof_disjoint(struct js *j, json_t *arr)
     return false;
 }
 
+/* ---- joins: $ref beside other keywords, allOf, anyOf/oneOf beside other keywords ----
+ * A schema with applicators is flattened into alternatives, each the conjunction of keywords
+ * without applicators that one object compiles, merged in the order the schema is written
+ * (LLGuidance's documented "stable property order"): each applicator where it stands among
+ * the keywords around it (a $ref or allOf member before the properties beside it brings its
+ * properties first), a join's properties the left's then the right's new ones, anyOf/oneOf
+ * distributed over what is around it (one alternative per member, merged in its place). What
+ * JSON Schema's allOf asks beyond the merge: each object's additionalProperties also
+ * constrains the names the other objects of the join list (join_finish). An alternative is
+ * {"s": merged keywords, "ap": [[one object's properties, its additionalProperties], ...],
+ *  "took": {anyOf array's address: the member taken}}. */
+#define JS_MAX_ALTS 64
+/* allOf members that each $ref the next twice double the work per level without adding an
+ * alternative: the joins' work is bounded too (MaskBench's largest takes 2,548 steps) */
+#define JS_MAX_JOIN_STEPS (GR_MAX_STATES / 5) /* 200,000; less in the fuzz build */
+
+static bool join_add(struct js *j, json_t *alts, json_t *x, const char *ptr, int depth);
+
+static bool join_chunk(struct js *j, json_t *alts, json_t *chunk, const char *ptr)
+{
+    j->join_steps += json_array_size(alts) * (json_is_object(chunk) ? json_object_size(chunk) : 1);
+    if (j->join_steps > JS_MAX_JOIN_STEPS) {
+        gb_fail(j->b, KILN_ERR_LIMIT, "constraint too large to compile (joins over %d steps)",
+                JS_MAX_JOIN_STEPS);
+        return false;
+    }
+    size_t i;
+    json_t *a;
+    json_array_foreach(alts, i,
+                       a) if (!merge_into(j, json_object_get(a, "s"), chunk, ptr)) return false;
+    return true;
+}
+
+/* x's anyOf/oneOf (kw, members arr) distributed: every alternative so far times every member */
+static bool join_any(struct js *j, json_t *alts, const char *kw, json_t *arr, const char *ptr,
+                     int depth)
+{
+    if (!json_is_array(arr) || !json_array_size(arr))
+        return js_bad(j, ptr, "anyOf/oneOf must be a non-empty array"), false;
+    if (!strcmp(kw, "oneOf") && !oneof_disjoint(j, arr))
+        return js_fail(j, "unsupported (alternatives that may overlap)", "oneOf", ptr), false;
+    /* the same anyOf met twice in one alternative (two $refs to one schema) takes the member
+     * it took the first time: x1 and x2 together is within x1 alone */
+    char id[32];
+    snprintf(id, sizeof id, "%p", (void *)arr);
+    json_t *out = json_array();
+    bool ok = out != NULL;
+    size_t i, q;
+    json_t *a, *m;
+    json_array_foreach(alts, i, a) json_array_foreach(arr, q, m)
+    {
+        json_t *took = json_object_get(json_object_get(a, "took"), id);
+        if (took && json_integer_value(took) != (json_int_t)q) continue;
+        json_t *one = json_array();
+        if (ok) ok = one && !json_array_append_new(one, json_deep_copy(a));
+        if (ok && !took)
+            json_object_set_new(json_object_get(json_array_get(one, 0), "took"), id,
+                                json_integer((json_int_t)q));
+        if (ok) ok = join_add(j, one, m, ptr, depth + 1);
+        if (ok) json_array_extend(out, one);
+        json_decref(one);
+        if (ok && json_array_size(out) > JS_MAX_ALTS) {
+            js_fail(j, "unsupported (over 64 alternatives once distributed)", kw, ptr);
+            ok = false;
+        }
+    }
+    if (ok) {
+        json_array_clear(alts);
+        json_array_extend(alts, out);
+    } else if (!j->b->failed)
+        gb_fail(j->b, KILN_ERR_NOMEM, "out of memory");
+    json_decref(out);
+    return ok;
+}
+
+/* x merged into every alternative of alts, its keywords in the order written */
+static bool join_add(struct js *j, json_t *alts, json_t *x, const char *ptr, int depth)
+{
+    if (depth > JS_MAX_DEPTH)
+        return js_fail(j, "unsupported (references nested too deeply)", "$ref", ptr), false;
+    if (++j->join_steps > JS_MAX_JOIN_STEPS) {
+        gb_fail(j->b, KILN_ERR_LIMIT, "constraint too large to compile (joins over %d steps)",
+                JS_MAX_JOIN_STEPS);
+        return false;
+    }
+    if (!json_is_object(x)) return join_chunk(j, alts, x, ptr);
+    bool ref_only = j->ref_alone && json_object_get(x, "$ref"); /* drafts 3-7: all that counts */
+    json_t *chunk = json_object();
+    bool ok = chunk != NULL;
+    const char *k;
+    json_t *v;
+    json_object_foreach(x, k, v)
+    {
+        if (!ok) break;
+        bool rf = !strcmp(k, "$ref"), all = !strcmp(k, "allOf");
+        bool any = !strcmp(k, "anyOf") || !strcmp(k, "oneOf");
+        if (ref_only && !rf) continue;
+        if (!rf && !all && !any) {
+            if (!in_list(annotations, k)) json_object_set(chunk, k, v);
+            continue;
+        }
+        ok = join_chunk(j, alts, chunk, ptr); /* what is written before it */
+        json_object_clear(chunk);
+        if (!ok) break;
+        if (rf) {
+            const char *r = json_string_value(v);
+            json_t *t = r ? js_lookup(j, r) : NULL;
+            if (!t) {
+                if (r && r[0] != '#')
+                    js_fail(j, "unsupported (not a local reference)", "$ref", ptr);
+                else
+                    js_bad(j, ptr, r ? "$ref target not found" : "$ref must be a string");
+                ok = false;
+            } else
+                ok = join_add(j, alts, t, ptr, depth + 1);
+        } else if (all) {
+            if (!json_is_array(v)) {
+                js_bad(j, ptr, "allOf must be an array");
+                ok = false;
+            }
+            size_t i;
+            json_t *m;
+            json_array_foreach(v, i, m) if (ok) ok = join_add(j, alts, m, ptr, depth + 1);
+        } else
+            ok = join_any(j, alts, k, v, ptr, depth);
+    }
+    if (ok) ok = join_chunk(j, alts, chunk, ptr);
+    json_decref(chunk);
+    json_t *ap = json_object_get(x, "additionalProperties");
+    if (ok && ap && !ref_only && !json_is_true(ap)) {
+        json_t *own = json_object_get(x, "properties");
+        size_t i;
+        json_t *a;
+        json_array_foreach(alts, i, a) json_array_append_new(
+            json_object_get(a, "ap"), json_pack("[O,O]", own ? own : json_null(), ap));
+    }
+    return ok;
+}
+
+/* each object's additionalProperties on the properties of the join its object does not list */
+static json_t *join_finish(json_t *a)
+{
+    json_t *s = json_object_get(a, "s"), *props = json_object_get(s, "properties");
+    json_t *aps = json_object_get(a, "ap");
+    if (!json_is_object(props) || !json_array_size(aps)) return s;
+    props = json_copy(props); /* its values may be the schema's own */
+    json_object_set_new(s, "properties", props);
+    size_t i;
+    json_t *r;
+    json_array_foreach(aps, i, r)
+    {
+        json_t *own = json_array_get(r, 0), *ap = json_array_get(r, 1);
+        const char *k;
+        json_t *v;
+        json_object_foreach(props, k, v) if (!json_object_get(own, k)) json_object_set_new(
+            props, k, json_is_false(ap) ? json_false() : json_pack("{s:[O,O]}", "allOf", v, ap));
+    }
+    return s;
+}
+
 static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
 {
     struct gr_builder *b = j->b;
@@ -1264,7 +1417,8 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
             goto out;
         }
     }
-    /* $ref / allOf / anyOf / oneOf with siblings: merge siblings into each alternative */
+    /* $ref alone; $ref with siblings, allOf, anyOf/oneOf with siblings: joined (join_add);
+     * anyOf/oneOf alone: each alternative compiled as written */
     json_t *ref = json_object_get(s, "$ref"), *allof = json_object_get(s, "allOf");
     json_t *anyof = json_object_get(s, "anyOf"), *oneof = json_object_get(s, "oneOf");
     size_t constraining = 0;
@@ -1277,60 +1431,32 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
         res = js_ref_rule(j, json_string_value(ref), ptr);
         goto out;
     }
-    if (ref || allof) {
-        json_t *m = json_object();
-        json_array_append_new(j->keep, m);
-        /* merged in the order written (the order of the merged properties is the output's):
-         * the keywords before the first of $ref/allOf, $ref, allOf, the rest */
-        json_t *before = json_object(), *rest = json_object();
-        bool seen = false;
-        json_object_foreach(s, k, v)
-        {
-            if (!strcmp(k, "$ref") || !strcmp(k, "allOf"))
-                seen = true;
-            else
-                json_object_set(seen ? rest : before, k, v);
-        }
-        bool ok = merge_into(j, m, before, ptr);
-        json_decref(before);
-        if (ok && ref) {
-            json_t *wrap = json_pack("{s:O}", "$ref", ref);
-            ok = merge_into(j, m, wrap, ptr);
-            json_decref(wrap);
-            if (ok && json_object_get(m, "$ref")) { /* recursive target: cannot inline */
-                json_decref(rest);
-                res = js_fail(j, "unsupported ($ref with sibling keywords to a recursive schema)",
-                              "$ref", ptr);
-                goto out;
-            }
-        }
-        if (ok && allof) {
-            size_t i;
-            json_t *x;
-            if (!json_is_array(allof)) {
-                json_decref(rest);
-                res = js_bad(j, ptr, "allOf must be an array");
-                goto out;
-            }
-            json_array_foreach(allof, i, x) if (ok) ok = merge_into(j, m, x, ptr);
-        }
-        if (ok) ok = merge_into(j, m, rest, ptr);
-        json_decref(rest);
-        if (!ok) goto out;
-        if (json_object_get(m, "$ref") || json_object_get(m, "allOf")) {
-            res = js_fail(j, "unsupported (nested references inside allOf)", "allOf", ptr);
-            goto out;
-        }
-        res = js_value(j, m, ptr);
+    json_t *arr = anyof ? anyof : oneof;
+    const char *kw = anyof ? "anyOf" : "oneOf";
+    if (anyof && oneof) {
+        res = js_fail(j, "unsupported (together with anyOf)", "oneOf", ptr);
         goto out;
     }
-    if (anyof || oneof) {
-        json_t *arr = anyof ? anyof : oneof;
-        const char *kw = anyof ? "anyOf" : "oneOf";
-        if (anyof && oneof) {
-            res = js_fail(j, "unsupported (together with anyOf)", "oneOf", ptr);
+    if (ref || allof || (arr && constraining > 1)) {
+        json_t *alts = json_pack("[{s:{},s:[],s:{}}]", "s", "ap", "took");
+        if (!alts) {
+            res = gb_fail(b, KILN_ERR_NOMEM, "out of memory");
             goto out;
         }
+        json_array_append_new(j->keep, alts);
+        if (!join_add(j, alts, s, ptr, 0)) goto out;
+        if (json_array_size(alts) == 1) {
+            res = js_value(j, join_finish(json_array_get(alts, 0)), ptr);
+            goto out;
+        }
+        struct gx *alt = gx_alt(b);
+        size_t i;
+        json_t *a;
+        json_array_foreach(alts, i, a) gx_add(b, alt, js_value(j, join_finish(a), ptr));
+        res = alt;
+        goto out;
+    }
+    if (arr) {
         if (!json_is_array(arr) || !json_array_size(arr)) {
             res = js_bad(j, ptr, "anyOf/oneOf must be a non-empty array");
             goto out;
@@ -1338,14 +1464,6 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
         if (oneof && !oneof_disjoint(j, arr)) {
             res = js_fail(j, "unsupported (alternatives that may overlap)", "oneOf", ptr);
             goto out;
-        }
-        json_t *rest = json_object();
-        bool alt_first = false, props_seen = false;
-        json_object_foreach(s, k, v)
-        {
-            if (!strcmp(k, "properties")) props_seen = true;
-            if (!strcmp(k, kw) && !props_seen) alt_first = true;
-            if (strcmp(k, kw) && !in_list(annotations, k)) json_object_set(rest, k, v);
         }
         struct gx *alt = gx_alt(b);
         size_t i;
@@ -1356,30 +1474,8 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
             sub_ptr(pp, sizeof pp, ptr, kw);
             snprintf(ip, sizeof ip, "%zu", i);
             sub_ptr(pp, sizeof pp, pp, ip);
-            if (json_object_size(rest) == 0) {
-                gx_add(b, alt, js_value(j, x, pp));
-                continue;
-            }
-            json_t *m = json_object();
-            json_array_append_new(j->keep, m);
-            /* the properties in the order written: the alternative's first when it comes
-             * before the sibling properties, unless the siblings list them all (then the
-             * alternative only narrows some of them, in the siblings' order) */
-            bool x_first = alt_first;
-            json_t *xp = json_object_get(resolve(j, x), "properties");
-            json_t *rp = json_object_get(rest, "properties");
-            if (x_first && json_is_object(xp) && json_is_object(rp)) {
-                bool all = true;
-                const char *pk;
-                json_t *pv;
-                json_object_foreach(xp, pk, pv) if (!json_object_get(rp, pk)) all = false;
-                x_first = !all;
-            }
-            json_t *first = x_first ? x : rest, *second = x_first ? rest : x;
-            if (!merge_into(j, m, first, pp) || !merge_into(j, m, second, pp)) break;
-            gx_add(b, alt, js_value(j, m, pp));
+            gx_add(b, alt, js_value(j, x, pp));
         }
-        json_decref(rest);
         res = alt;
         goto out;
     }
