@@ -312,7 +312,8 @@ struct kiln_matcher {
     int32_t *walk;
     int32_t **walk_rows; /* the dense row of walk[d] (NULL: use the hash memo) */
     /* dense (configuration, byte) -> configuration rows for the configurations a trie walk
-     * steps from (MT_UNKNOWN: not computed yet); the hash memo stays the source of truth */
+     * steps from (MT_UNKNOWN: not computed yet); a configuration's steps are in its row once
+     * it has one, in the hash memo before */
     int32_t **dense;
     size_t densecap;
     int32_t ndense;
@@ -326,6 +327,10 @@ struct kiln_matcher {
     uint16_t *fa_level;
     size_t fa_markcap;
     uint32_t fa_epoch;
+    /* configuration -> the one every plain character leads it to (plain_next; MT_UNKNOWN:
+     * not computed yet) */
+    int32_t *pnext;
+    size_t pnextcap;
     /* recent masks by configuration */
     int32_t mc_cfg[MT_MASK_CACHE];
     uint32_t *mc_mask[MT_MASK_CACHE];
@@ -536,6 +541,11 @@ static bool memo_grow(struct kiln_matcher *m)
 
 static int32_t step(struct kiln_matcher *m, int32_t cfg, unsigned byte)
 {
+    /* a configuration with a dense row keeps its steps there only: the hash memo of a cold
+     * matcher walking whole tries grew to millions of entries, and each doubling of it cost
+     * 50-110 ms of page faults on the dev machine (one mask of o47199: 115 ms) */
+    int32_t *row = (size_t)cfg < m->densecap ? m->dense[cfg] : NULL;
+    if (row && row[byte] != MT_UNKNOWN) return row[byte];
     uint64_t key = (uint64_t)(uint32_t)cfg << 8 | byte;
     size_t h = 0;
     if (m->mcap) {
@@ -563,6 +573,10 @@ static int32_t step(struct kiln_matcher *m, int32_t cfg, unsigned byte)
     }
     if (nw) res = closure(m, nw);
 out:
+    if (row) {
+        row[byte] = res;
+        return res;
+    }
     if ((m->mn + 1) * 2 >= m->mcap) {
         if (!memo_grow(m)) return res;
     }
@@ -602,6 +616,7 @@ void kiln_matcher_free(struct kiln_matcher *m)
     free(m->walk_rows);
     free(m->popc);
     free(m->fa_cur), free(m->fa_next), free(m->fa_mark), free(m->fa_level);
+    free(m->pnext);
     for (size_t i = 0; i < m->densecap; i++) free(m->dense[i]);
     free(m->dense);
     for (int k = 0; k < MT_MASK_CACHE; k++) free(m->mc_mask[k]);
@@ -749,21 +764,25 @@ static void fa_bytes(struct kiln_matcher *m, struct fa_run *r, int32_t x, const 
     }
 }
 
+/* the plain characters as byte ranges: a first byte in lo..hi, then `need` continuation bytes,
+ * the first of them in c1lo..c1hi (the UTF-8 encodings of U+0020..U+10FFFF but '"', '\\' and
+ * the surrogates) */
+static const struct {
+    uint8_t lo, hi, need, c1lo, c1hi;
+} plain_chars[] = {
+    {0x20, 0x21, 0, 0, 0},       {0x23, 0x5B, 0, 0, 0},       {0x5D, 0x7F, 0, 0, 0},
+    {0xC2, 0xDF, 1, 0x80, 0xBF}, {0xE0, 0xE0, 2, 0xA0, 0xBF}, {0xE1, 0xEC, 2, 0x80, 0xBF},
+    {0xED, 0xED, 2, 0x80, 0x9F}, {0xEE, 0xEF, 2, 0x80, 0xBF}, {0xF0, 0xF0, 3, 0x90, 0xBF},
+    {0xF1, 0xF3, 3, 0x80, 0xBF}, {0xF4, 0xF4, 3, 0x80, 0x8F}};
+
 /* every plain character from x (a configuration at a character boundary) */
 static void fa_expand(struct kiln_matcher *m, struct fa_run *r, int32_t x)
 {
-    static const struct {
-        uint8_t lo, hi, need, c1lo, c1hi;
-    } plain[] = {
-        {0x20, 0x21, 0, 0, 0},       {0x23, 0x5B, 0, 0, 0},       {0x5D, 0x7F, 0, 0, 0},
-        {0xC2, 0xDF, 1, 0x80, 0xBF}, {0xE0, 0xE0, 2, 0xA0, 0xBF}, {0xE1, 0xEC, 2, 0x80, 0xBF},
-        {0xED, 0xED, 2, 0x80, 0x9F}, {0xEE, 0xEF, 2, 0x80, 0xBF}, {0xF0, 0xF0, 3, 0x90, 0xBF},
-        {0xF1, 0xF3, 3, 0x80, 0xBF}, {0xF4, 0xF4, 3, 0x80, 0x8F}};
     uint32_t cut[8];
     fa_cuts(m, x, cut);
-    for (size_t k = 0; k < sizeof plain / sizeof plain[0]; k++)
-        fa_bytes(m, r, x, cut, plain[k].lo, plain[k].hi, plain[k].need, plain[k].c1lo,
-                 plain[k].c1hi);
+    for (size_t k = 0; k < sizeof plain_chars / sizeof plain_chars[0]; k++)
+        fa_bytes(m, r, x, cut, plain_chars[k].lo, plain_chars[k].hi, plain_chars[k].need,
+                 plain_chars[k].c1lo, plain_chars[k].c1hi);
 }
 
 /* base: the frame's bottom stack node (its parent chain ends in -1) */
@@ -854,6 +873,89 @@ static void or_plain(const struct kiln_grammar_vocab *v, int d, uint32_t *mask)
     for (size_t w = 0; w < words; w++) mask[w] |= le[w];
     for (int32_t i = 0; i < v->nplain_long && v->plain_long_cp[i] <= d; i++)
         mask[v->plain_long[i] >> 5] |= 1u << (v->plain_long[i] & 31);
+}
+
+/* ---- plain chains ----
+ * The per-state analysis above cuts each stack from its caller, so a stack that may return in
+ * the middle of a plain run has no verdict (GR_FA_NONE) and its frame walk covers the whole
+ * 128k-token trie: every character position of a long maxLength string (a count of 64 calls of
+ * a one-character rule, counted again in blocks) is such a stack and a new grammar state, so
+ * each mask there walked the trie anew (4-5 ms each, Github_medium---o82710). A configuration
+ * holds every stack down to the root, so for it the question has an exact answer without
+ * cutting anything: when every plain character leads configuration x to one configuration y
+ * (a counting repetition does not care which character), x's plain strings of k characters
+ * all lead to the k-th link of the chain x -> y -> ...; the chain ends where every plain
+ * character dies (exactly the plain tokens up to that length are allowed), or loops, or
+ * outlasts the longest plain token (all are allowed). Links are memoized per matcher, so the
+ * next position (a later link) reuses the chain; a configuration whose plain characters go
+ * different ways (after `{`, at a key of named properties) has no chain. */
+#define PN_MIXED (-4)
+
+static void pn_merge(int32_t *to, int32_t y)
+{
+    if (*to == MT_UNKNOWN)
+        *to = y;
+    else if (*to != y)
+        *to = PN_MIXED;
+}
+
+/* the plain characters from x over the bytes lo..hi (one per class of x's edges) into *to;
+ * need: continuation bytes after this one, the first of them in c1lo..c1hi */
+static void pn_bytes(struct kiln_matcher *m, int32_t x, unsigned lo, unsigned hi, int need,
+                     unsigned c1lo, unsigned c1hi, int32_t *to)
+{
+    uint32_t cut[8];
+    fa_cuts(m, x, cut);
+    for (unsigned b = lo; b <= hi && *to != PN_MIXED;) {
+        int32_t y = step(m, x, b);
+        if (need == 0 || y < 0)
+            pn_merge(to, y < 0 ? MT_DEAD : y);
+        else
+            pn_bytes(m, y, c1lo, c1hi, need - 1, 0x80, 0xBF, to);
+        for (b++; b <= hi && !(cut[b >> 5] >> (b & 31) & 1); b++) {
+        }
+    }
+}
+
+/* the configuration every plain character leads x to, MT_DEAD when every one dies, PN_MIXED
+ * when they differ (memoized per matcher) */
+static int32_t plain_next(struct kiln_matcher *m, int32_t x)
+{
+    if ((size_t)x >= m->pnextcap) {
+        size_t old = m->pnextcap;
+        if (!grow((void **)&m->pnext, &m->pnextcap, (size_t)x + 1, sizeof *m->pnext))
+            return PN_MIXED;
+        for (size_t i = old; i < m->pnextcap; i++) m->pnext[i] = MT_UNKNOWN;
+    }
+    if (m->pnext[x] != MT_UNKNOWN) return m->pnext[x];
+    int32_t to = MT_UNKNOWN;
+    for (size_t k = 0; k < sizeof plain_chars / sizeof plain_chars[0] && to != PN_MIXED; k++)
+        pn_bytes(m, x, plain_chars[k].lo, plain_chars[k].hi, plain_chars[k].need,
+                 plain_chars[k].c1lo, plain_chars[k].c1hi, &to);
+    /* a matcher out of nodes steps to DEAD where another would not: no chain through it */
+    if (m->nn >= MT_MAX_NODES) to = PN_MIXED;
+    m->pnext[x] = to; /* pnext is not moved by step: only this function grows it */
+    return to;
+}
+
+/* c's plain tokens from its chain: -1 none (no chain), else the longest plain string (INT_MAX:
+ * any); *loop: the chain ends in a configuration every plain character leads back to (an
+ * unbounded string: the per-state frame walks are the same at every position there) */
+static int chain_reach(struct kiln_matcher *m, int32_t c, bool *loop)
+{
+    int32_t x = c;
+    *loop = false;
+    for (int k = 0; k < m->g->vocab->plain_maxcp; k++) {
+        int32_t y = plain_next(m, x);
+        if (y == PN_MIXED) return -1;
+        if (y == MT_DEAD) return k;
+        if (y == x) {
+            *loop = true;
+            return INT_MAX;
+        }
+        x = y;
+    }
+    return INT_MAX;
 }
 
 /* c's dense row (allocated on first use), NULL past the limit or out of memory */
@@ -1232,13 +1334,23 @@ void kiln_matcher_fill_mask(struct kiln_matcher *m, uint32_t *mask)
         for (int i = 0; i < v->neos; i++)
             if (v->eos[i] >= 0 && v->eos[i] < v->n) mask[v->eos[i] >> 5] |= 1u << (v->eos[i] & 31);
     if (m->clen[c] == 0) return;
-    if (!fill_from_frames(m, c, mask)) {
+    /* a counted run of plain characters (maxLength): every position is a new grammar state, so
+     * frame walks would be computed anew at each; the chain gives the plain tokens, and only
+     * the non-plain trie is walked (its prefixes of k plain characters all step to the chain's
+     * k-th link, whose rows the next positions reuse) */
+    bool loop;
+    int chain = chain_reach(m, c, &loop);
+    if (chain >= 1 && !loop) {
+        or_plain(v, chain, mask);
+        walk_trie(m, &v->nonplain, 0, c, mask);
+    } else if (!fill_from_frames(m, c, mask)) {
         memset(mask, 0, words * sizeof *mask);
         if (m->ccomplete[c])
             for (int i = 0; i < v->neos; i++)
                 if (v->eos[i] >= 0 && v->eos[i] < v->n)
                     mask[v->eos[i] >> 5] |= 1u << (v->eos[i] & 31);
         int reach = plain_reach(m, c);
+        if (reach < 0) reach = chain;
         if (reach >= 0) {
             or_plain(v, reach, mask);
             walk_trie(m, &v->nonplain, 0, c, mask);

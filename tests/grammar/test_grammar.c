@@ -564,6 +564,55 @@ static void test_mask_exact_plain(void **state)
     kiln_grammar_unref(g);
 }
 
+/* a prefix: head, then n copies of unit (caller frees) */
+static char *repeated(const char *head, const char *unit, int n)
+{
+    size_t h = strlen(head), u = strlen(unit);
+    char *s = malloc(h + u * (size_t)n + 1);
+    memcpy(s, head, h);
+    for (int i = 0; i < n; i++) memcpy(s + h + u * (size_t)i, unit, u);
+    s[h + u * (size_t)n] = 0;
+    return s;
+}
+
+/* positions whose plain tokens come from the configuration's plain chain (matcher.c): counted
+ * runs of characters, where every plain character leads to the next position (maxLength, here
+ * counted in blocks of 64 calls of a rule, and a counted class), and runs where they do not */
+static void test_mask_exact_chain(void **state)
+{
+    (void)state;
+    struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA,
+                                     "{\"type\":\"object\",\"properties\":{\"s\":{\"type\":"
+                                     "\"string\",\"maxLength\":5000},\"n\":{\"type\":\"integer\"}},"
+                                     "\"required\":[\"s\"],\"additionalProperties\":false}");
+    /* around the block boundaries, the end of the count, after an escape and non-ASCII */
+    const struct {
+        const char *unit;
+        int n;
+    } at[] = {{"", 0},     {"a", 1},    {"ab", 31}, {"a", 63},        {"a", 64},
+              {"a", 65},   {"a", 127},  {"a", 128}, {"\xc3\xa9", 70}, {"ab\\n", 40},
+              {"a", 4900}, {"a", 4990}, {"a", 4999}};
+    for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+        char *prefix = repeated("{\"s\":\"", at[i].unit, at[i].n);
+        brute_check(g, prefix);
+        free(prefix);
+    }
+    kiln_grammar_unref(g);
+    /* every ASCII character goes on, every other one dies: no chain (a mask of only the
+     * ASCII-led characters' target would allow the non-ASCII tokens) */
+    g = compile(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"string\",\"pattern\":\"^[ -\\\\x7f]{0,50}$\"}");
+    const char *prefixes[] = {"\"", "\"abc", "\"0123456789012345678901234567890123456789012345"};
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) brute_check(g, prefixes[i]);
+    kiln_grammar_unref(g);
+    /* a count of any character (not inside JSON: quotes and backslashes are plain here) */
+    g = compile(KILN_CONSTRAINT_REGEX, "[^\\n]{2,300}\\n");
+    brute_check(g, "");
+    brute_check(g, "x");
+    brute_check(g, "\xe2\x82\xac\xe2\x82\xac");
+    kiln_grammar_unref(g);
+}
+
 /* Feeds text's bytes at once (no masks: for long instances); true when accepted and complete */
 static bool feed_bytes(struct kiln_grammar *g, const char *text)
 {
@@ -980,6 +1029,7 @@ int main(void)
         cmocka_unit_test(test_schema_property_counts),
         cmocka_unit_test(test_compile_budget),
         cmocka_unit_test(test_mask_exact_plain),
+        cmocka_unit_test(test_mask_exact_chain),
         cmocka_unit_test(test_rollback_forced_eos),
         cmocka_unit_test(test_cache),
     };
