@@ -917,36 +917,42 @@ static void pn_bytes(struct kiln_matcher *m, int32_t x, unsigned lo, unsigned hi
     }
 }
 
-/* the configuration every plain character leads x to, MT_DEAD when every one dies, PN_MIXED
- * when they differ (memoized per matcher) */
-static int32_t plain_next(struct kiln_matcher *m, int32_t x)
+/* the configuration every plain character (ascii: every plain ASCII character) leads x to,
+ * MT_DEAD when every one dies, PN_MIXED when they differ (memoized per matcher) */
+static int32_t plain_next(struct kiln_matcher *m, int32_t x, bool ascii)
 {
-    if ((size_t)x >= m->pnextcap) {
+    size_t at = (size_t)x * 2 + ascii;
+    if (at >= m->pnextcap) {
         size_t old = m->pnextcap;
-        if (!grow((void **)&m->pnext, &m->pnextcap, (size_t)x + 1, sizeof *m->pnext))
-            return PN_MIXED;
+        if (!grow((void **)&m->pnext, &m->pnextcap, at + 1, sizeof *m->pnext)) return PN_MIXED;
         for (size_t i = old; i < m->pnextcap; i++) m->pnext[i] = MT_UNKNOWN;
     }
-    if (m->pnext[x] != MT_UNKNOWN) return m->pnext[x];
+    if (m->pnext[at] != MT_UNKNOWN) return m->pnext[at];
     int32_t to = MT_UNKNOWN;
-    for (size_t k = 0; k < sizeof plain_chars / sizeof plain_chars[0] && to != PN_MIXED; k++)
+    size_t ranges = ascii ? 3 : sizeof plain_chars / sizeof plain_chars[0];
+    for (size_t k = 0; k < ranges && to != PN_MIXED; k++)
         pn_bytes(m, x, plain_chars[k].lo, plain_chars[k].hi, plain_chars[k].need,
                  plain_chars[k].c1lo, plain_chars[k].c1hi, &to);
     /* a matcher out of nodes steps to DEAD where another would not: no chain through it */
     if (m->nn >= MT_MAX_NODES) to = PN_MIXED;
-    m->pnext[x] = to; /* pnext is not moved by step: only this function grows it */
+    m->pnext[at] = to; /* pnext is not moved by step: only this function grows it */
     return to;
 }
 
 /* c's plain tokens from its chain: -1 none (no chain), else the longest plain string (INT_MAX:
- * any); *loop: the chain ends in a configuration every plain character leads back to (an
- * unbounded string: the per-state frame walks are the same at every position there) */
-static int chain_reach(struct kiln_matcher *m, int32_t c, bool *loop)
+ * any). The chain is followed for GR_PLAIN_LE - 1 links at most (each link steps ~30 byte
+ * classes, most of them inside multi-byte characters: 128 links cost the first mask in a
+ * maxLength-255 string 1-3 ms); past them *top is the last link, where every plain token of more
+ * code points is after its first GR_PLAIN_LE - 1 (chain_long decides those), else -1. *loop:
+ * the chain ends in a configuration every plain character leads back to (an unbounded string:
+ * the per-state frame walks are the same at every position there). */
+static int chain_reach(struct kiln_matcher *m, int32_t c, bool *loop, int32_t *top)
 {
     int32_t x = c;
     *loop = false;
-    for (int k = 0; k < m->g->vocab->plain_maxcp; k++) {
-        int32_t y = plain_next(m, x);
+    *top = -1;
+    for (int k = 0; k < GR_PLAIN_LE - 1; k++) {
+        int32_t y = plain_next(m, x, false);
         if (y == PN_MIXED) return -1;
         if (y == MT_DEAD) return k;
         if (y == x) {
@@ -955,7 +961,49 @@ static int chain_reach(struct kiln_matcher *m, int32_t c, bool *loop)
         }
         x = y;
     }
-    return INT_MAX;
+    *top = x;
+    return GR_PLAIN_LE - 1;
+}
+
+/* mask |= the plain tokens of GR_PLAIN_LE code points or more that top (the configuration after
+ * any GR_PLAIN_LE - 1 plain characters) takes after their first GR_PLAIN_LE - 1: ASCII ones
+ * (all but a few: runs of '-', '=', spaces) by the chain of ASCII characters from top, the rest
+ * byte by byte */
+static void chain_long(struct kiln_matcher *m, int32_t top, uint32_t *mask)
+{
+    const struct kiln_grammar_vocab *v = m->g->vocab;
+    int32_t x = top;
+    int links = 0; /* ASCII links verified past top */
+    bool stop = false, loop = false;
+    for (int32_t i = 0; i < v->nplain_long; i++) {
+        int32_t id = v->plain_long[i];
+        int rest = v->plain_long_cp[i] - (GR_PLAIN_LE - 1);
+        const unsigned char *b = (const unsigned char *)v->bytes[id];
+        if (v->len[id] == v->plain_long_cp[i]) { /* ASCII */
+            while (links < rest && !stop && !loop) {
+                int32_t y = plain_next(m, x, true);
+                if (y < 0) {
+                    stop = true; /* dead: so are all longer ones; mixed: byte by byte */
+                    if (y == MT_DEAD) break;
+                } else {
+                    loop = y == x;
+                    x = y;
+                    links++;
+                }
+            }
+            if (links >= rest || loop) {
+                mask[id >> 5] |= 1u << (id & 31);
+                continue;
+            }
+        }
+        /* byte by byte from top (its first GR_PLAIN_LE - 1 code points lead there) */
+        uint32_t at = 0;
+        for (int cp = 0; at < v->len[id]; at++)
+            if ((b[at] & 0xC0) != 0x80 && cp++ == GR_PLAIN_LE - 1) break;
+        int32_t y = top;
+        for (; at < v->len[id] && y >= 0; at++) y = step(m, y, b[at]);
+        if (y >= 0) mask[id >> 5] |= 1u << (id & 31);
+    }
 }
 
 /* c's dense row (allocated on first use), NULL past the limit or out of memory */
@@ -1339,9 +1387,11 @@ void kiln_matcher_fill_mask(struct kiln_matcher *m, uint32_t *mask)
      * the non-plain trie is walked (its prefixes of k plain characters all step to the chain's
      * k-th link, whose rows the next positions reuse) */
     bool loop;
-    int chain = chain_reach(m, c, &loop);
+    int32_t top;
+    int chain = chain_reach(m, c, &loop, &top);
     if (chain >= 1 && !loop) {
         or_plain(v, chain, mask);
+        if (top >= 0) chain_long(m, top, mask);
         walk_trie(m, &v->nonplain, 0, c, mask);
     } else if (!fill_from_frames(m, c, mask)) {
         memset(mask, 0, words * sizeof *mask);
@@ -1350,9 +1400,13 @@ void kiln_matcher_fill_mask(struct kiln_matcher *m, uint32_t *mask)
                 if (v->eos[i] >= 0 && v->eos[i] < v->n)
                     mask[v->eos[i] >> 5] |= 1u << (v->eos[i] & 31);
         int reach = plain_reach(m, c);
-        if (reach < 0) reach = chain;
-        if (reach >= 0) {
+        if (reach >= 0)
             or_plain(v, reach, mask);
+        else if (chain >= 0) {
+            or_plain(v, chain, mask);
+            if (top >= 0) chain_long(m, top, mask);
+        }
+        if (reach >= 0 || chain >= 0) {
             walk_trie(m, &v->nonplain, 0, c, mask);
         } else
             walk_trie(m, &v->all, 0, c, mask);

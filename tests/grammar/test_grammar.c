@@ -585,13 +585,14 @@ static void test_mask_exact_chain(void **state)
                                      "{\"type\":\"object\",\"properties\":{\"s\":{\"type\":"
                                      "\"string\",\"maxLength\":5000},\"n\":{\"type\":\"integer\"}},"
                                      "\"required\":[\"s\"],\"additionalProperties\":false}");
-    /* around the block boundaries, the end of the count, after an escape and non-ASCII */
+    /* around the block boundaries, after an escape and non-ASCII, and where the longest plain
+     * tokens (128, 98 code points: runs of spaces, '-', '*') stop fitting */
     const struct {
         const char *unit;
         int n;
-    } at[] = {{"", 0},     {"a", 1},    {"ab", 31}, {"a", 63},        {"a", 64},
-              {"a", 65},   {"a", 127},  {"a", 128}, {"\xc3\xa9", 70}, {"ab\\n", 40},
-              {"a", 4900}, {"a", 4990}, {"a", 4999}};
+    } at[] = {{"", 0},     {"a", 1},    {"ab", 31},       {"a", 63},     {"a", 64},   {"a", 65},
+              {"a", 127},  {"a", 128},  {"\xc3\xa9", 70}, {"ab\\n", 40}, {"a", 4872}, {"a", 4873},
+              {"a", 4900}, {"a", 4903}, {"a", 4990},      {"a", 4999}};
     for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
         char *prefix = repeated("{\"s\":\"", at[i].unit, at[i].n);
         brute_check(g, prefix);
