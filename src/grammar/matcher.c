@@ -280,6 +280,11 @@ oom:
 #define MT_MASK_CACHE  4
 #define MT_UNKNOWN     (-3)
 #define MT_MAX_DENSE   8192 /* dense rows per matcher (1 KiB each) */
+/* (configuration, byte) steps the hash memo holds at most (12 MiB); past it the memo starts
+ * over instead of doubling: it and the dense rows are caches of a function of interned ids
+ * (a step recomputed interns the same configuration), and a doubling past 512k entries cost
+ * 50-150 ms of page faults in one mask on the dev machine (detekt-1.22.0's 4,936-token test) */
+#define MT_MAX_MEMO (1u << 20)
 
 struct kiln_matcher {
     struct kiln_grammar *g;
@@ -578,7 +583,11 @@ out:
         return res;
     }
     if ((m->mn + 1) * 2 >= m->mcap) {
-        if (!memo_grow(m)) return res;
+        if (m->mcap >= MT_MAX_MEMO) {
+            memset(m->mkey, 0xff, m->mcap * sizeof *m->mkey);
+            m->mn = 0;
+        } else if (!memo_grow(m))
+            return res;
     }
     h = mix(key) & (m->mcap - 1);
     while (m->mkey[h] != UINT64_MAX) h = (h + 1) & (m->mcap - 1);
@@ -1377,6 +1386,15 @@ void kiln_matcher_fill_mask(struct kiln_matcher *m, uint32_t *mask)
             memcpy(mask, m->mc_mask[k], words * sizeof *mask);
             return;
         }
+    /* the dense rows are used up (a long instance: new configurations at every position): they
+     * start over, so that the walks of this position get rows again (no walk holds one here) */
+    if (m->ndense >= MT_MAX_DENSE) {
+        for (size_t i = 0; i < m->densecap; i++) {
+            free(m->dense[i]);
+            m->dense[i] = NULL;
+        }
+        m->ndense = 0;
+    }
     memset(mask, 0, words * sizeof *mask);
     if (m->ccomplete[c])
         for (int i = 0; i < v->neos; i++)

@@ -57,9 +57,12 @@ static bool mask_has(const uint32_t *mask, int32_t t)
     return mask[t >> 5] >> (t & 31) & 1;
 }
 
+static void brute_check_matcher(struct kiln_matcher *m, const char *prefix);
+
 /* Feeds text's tokens; true when every token was allowed by the mask and accepted and the
- * result is complete (EOS allowed). The mask and accept must agree at every step. */
-static bool feed(struct kiln_grammar *g, const char *text)
+ * result is complete (EOS allowed). The mask and accept must agree at every step; brute: the
+ * whole mask too, half way and at the end (long instances, whose matchers' caches fill up). */
+static bool feed_check(struct kiln_grammar *g, const char *text, bool brute)
 {
     int32_t *ids;
     size_t n;
@@ -76,6 +79,7 @@ static bool feed(struct kiln_grammar *g, const char *text)
         bool acc = kiln_matcher_accept(m, ids[i]);
         assert_int_equal(allowed, acc);
         ok = acc;
+        if (ok && brute && (i == n / 2 || i + 1 == n)) brute_check_matcher(m, text);
     }
     if (ok) {
         ok = kiln_matcher_is_complete(m);
@@ -86,6 +90,11 @@ static bool feed(struct kiln_grammar *g, const char *text)
     free(ids);
     kiln_matcher_free(m);
     return ok;
+}
+
+static bool feed(struct kiln_grammar *g, const char *text)
+{
+    return feed_check(g, text, false);
 }
 
 struct cas {
@@ -439,13 +448,10 @@ static void test_whitespace_indent(void **state)
     kiln_grammar_unref(g);
 }
 
-/* the mask equals "accepting the token succeeds" for every token of the vocabulary */
-static void brute_check(struct kiln_grammar *g, const char *prefix)
+/* m's mask equals "accepting the token succeeds" for every token of the vocabulary (prefix:
+ * what m took, for the message) */
+static void brute_check_matcher(struct kiln_matcher *m, const char *prefix)
 {
-    struct kiln_matcher *m;
-    struct kiln_error err = {0};
-    assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
-    assert_true(kiln_matcher_accept_bytes(m, prefix, strlen(prefix)));
     int32_t nv = kiln_grammar_vocab_size(vocab);
     uint32_t *mask = malloc(((size_t)nv + 31) / 32 * 4);
     kiln_matcher_fill_mask(m, mask);
@@ -480,6 +486,16 @@ static void brute_check(struct kiln_grammar *g, const char *prefix)
     }
     assert_true(allowed > 0);
     free(mask);
+}
+
+/* the mask equals "accepting the token succeeds" for every token of the vocabulary */
+static void brute_check(struct kiln_grammar *g, const char *prefix)
+{
+    struct kiln_matcher *m;
+    struct kiln_error err = {0};
+    assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
+    assert_true(kiln_matcher_accept_bytes(m, prefix, strlen(prefix)));
+    brute_check_matcher(m, prefix);
     kiln_matcher_free(m);
 }
 
@@ -611,6 +627,27 @@ static void test_mask_exact_chain(void **state)
     brute_check(g, "");
     brute_check(g, "x");
     brute_check(g, "\xe2\x82\xac\xe2\x82\xac");
+    kiln_grammar_unref(g);
+}
+
+/* A long instance with a mask at every token: a maxLength string's positions are new
+ * configurations, whose dense rows run out (8,192 a matcher) and start over; masks after that
+ * are still exact */
+static void test_mask_exact_long_instance(void **state)
+{
+    (void)state;
+    struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA,
+                                     "{\"type\":\"object\",\"properties\":{\"s\":{"
+                                     "\"type\":\"string\",\"maxLength\":5000}},"
+                                     "\"required\":[\"s\"],\"additionalProperties\":false}");
+    char *body = repeated("{\"s\":\"", "This is a Vimeo video block. ", 160);
+    size_t len = strlen(body);
+    char *text = malloc(len + 3);
+    memcpy(text, body, len);
+    memcpy(text + len, "\"}", 3);
+    assert_true(feed_check(g, text, true));
+    free(body);
+    free(text);
     kiln_grammar_unref(g);
 }
 
@@ -1031,6 +1068,7 @@ int main(void)
         cmocka_unit_test(test_compile_budget),
         cmocka_unit_test(test_mask_exact_plain),
         cmocka_unit_test(test_mask_exact_chain),
+        cmocka_unit_test(test_mask_exact_long_instance),
         cmocka_unit_test(test_rollback_forced_eos),
         cmocka_unit_test(test_cache),
     };
