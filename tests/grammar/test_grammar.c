@@ -630,6 +630,32 @@ static void test_mask_exact_chain(void **state)
     kiln_grammar_unref(g);
 }
 
+/* A configuration of over 64 stacks (70 literals, runs of anything but '"' after a prefix) has
+ * no per-state verdict and is walked as one over the whole vocabulary, skipping the subtrees
+ * below "x", "yz", " ", ">" where every plain character stays in the run (matcher.c, walk_trie from
+ * the root: a key of an object with ~100 listed names and others allowed): their plain tokens from
+ * a mask (the 50k below " ") or a range, their tokens with quotes, backslashes, control characters
+ * walked; a counted run ("c") is not skipped */
+static void test_mask_exact_skipped_subtrees(void **state)
+{
+    (void)state;
+    char gr[8192];
+    size_t n = (size_t)snprintf(gr, sizeof gr, "root ::= \"k\" (");
+    for (int i = 0; i < 70; i++) n += (size_t)snprintf(gr + n, sizeof gr - n, "r%d | ", i);
+    n += (size_t)snprintf(gr + n, sizeof gr - n, "rx | ry | rz | rs | rc | rd)\n");
+    for (int i = 0; i < 70; i++)
+        n += (size_t)snprintf(gr + n, sizeof gr - n, "r%d ::= \"l%02d\"\n", i, i);
+    snprintf(gr + n, sizeof gr - n,
+             "rx ::= \"x\" [^\"]*\nry ::= \"yz\" [^\"]*\nrz ::= \"\xc3\xa9\" [^\"]*\n"
+             "rs ::= \" \" [^\"]*\nrc ::= \"c\" [^\"]{0,3}\nrd ::= \">\" [^\"]*\n");
+    struct kiln_grammar *g = compile(KILN_CONSTRAINT_GRAMMAR, gr);
+    const char *prefixes[] = {"k", "kl"};
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
+            brute_check(g, prefixes[i]);
+    kiln_grammar_unref(g);
+}
+
 /* A long instance with a mask at every token: a maxLength string's positions are new
  * configurations, whose dense rows run out (8,192 a matcher) and start over; masks after that
  * are still exact */
@@ -1069,6 +1095,7 @@ int main(void)
         cmocka_unit_test(test_mask_exact_plain),
         cmocka_unit_test(test_mask_exact_chain),
         cmocka_unit_test(test_mask_exact_long_instance),
+        cmocka_unit_test(test_mask_exact_skipped_subtrees),
         cmocka_unit_test(test_rollback_forced_eos),
         cmocka_unit_test(test_cache),
     };
