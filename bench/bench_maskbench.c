@@ -8,7 +8,8 @@
  *   bench_maskbench TOKENIZER_DIR DATA_DIR [--limit N] [--verbose] [--list-errors] [--slow US]
  *                   [--shard I/N --dump FILE]     (every N-th file from the I-th; raw times to
  * FILE) bench_maskbench --merge FILE...               (the table over shards' dumps)
- * (--slow: print where a mask took longer than US microseconds)
+ * (--slow: print where a mask took longer than US microseconds: the test, the token and the 200
+ * bytes before it)
  * --only S: the files whose name contains S. --compile-times: print each schema's compile time.
  * --accept-only: no masks; each instance's bytes go through the matcher (kiln_matcher_accept_bytes,
  * byte by byte) and must end complete: compile time and correctness over many schemas quickly;
@@ -275,9 +276,11 @@ int main(int argc, char **argv)
                 if (slow > 0 && dt > slow) {
                     char *pre = NULL;
                     size_t pl = 0;
+                    /* the last 200 bytes before the token: where in the instance it is */
                     if (!kiln_tokenizer_decode(tok, ids, k, false, &pre, &pl, &err))
-                        printf("SLOW %.0f us %s token %zu after: %.*s\n", dt, names[fi], k,
-                               (int)(pl > 300 ? 300 : pl), pre);
+                        printf("SLOW %.0f us %s test %zu token %zu of %zu after: %s%.*s\n", dt,
+                               names[fi], i, k, n, pl > 200 ? "..." : "",
+                               (int)(pl > 200 ? 200 : pl), pre + (pl > 200 ? pl - 200 : 0));
                     free(pre);
                 }
                 tokens++;

@@ -12,7 +12,11 @@
  * every run of plain string characters keeps the state alive (or exactly those up to a length),
  * and a walk of the vocabulary's byte trie from the state with its caller cut off (the tokens it
  * takes alone, the trie nodes where it may return); a mask is their union over the state's
- * stacks plus short walks, from each caller, of the subtrees returned at. Left-recursive
+ * stacks plus short walks, from each caller, of the subtrees returned at. Inside a counted run
+ * of characters (maxLength), where every position is a new state, a per-matcher chain of the
+ * configurations each plain character leads to gives the plain tokens instead; a configuration
+ * walked as one (over 64 stacks: the key of an object with many listed names) skips the trie
+ * subtrees where every plain character leads back to the same configuration. Left-recursive
  * grammars are refused at compile time (the stack sets would be unbounded).
  *
  * Never: loosens a schema silently (what it cannot enforce is a compile error naming the keyword

@@ -184,7 +184,16 @@ struct kiln_grammar_vocab {
     uint16_t *plain_long_cp;
     int32_t nplain_long;
     int plain_maxcp; /* the longest plain token, in code points */
+    /* for walks of `all` that skip subtrees every plain string stays alive in (matcher.c):
+     * all_tok0[i] the index in all.toks of node i's subtree's first token ([nnodes + 1]),
+     * all_np[i] the node of `nonplain` with node i's bytes (GR_NO_NODE: none), all_big[i] the
+     * index in big_masks of the plain tokens of node i's subtree when they are many (else -1) */
+    uint32_t *all_tok0, *all_np;
+    int32_t *all_big;
+    uint32_t *big_masks;
 };
+#define GR_NO_NODE  UINT32_MAX
+#define GR_BIG_AT   4096 /* plain tokens under a trie node for which all_big keeps a mask */
 #define GR_PLAIN_LE 24
 
 /* A vocabulary from raw byte strings (tests and fuzzers; no tokenizer: no forced tokens);

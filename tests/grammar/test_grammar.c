@@ -57,9 +57,12 @@ static bool mask_has(const uint32_t *mask, int32_t t)
     return mask[t >> 5] >> (t & 31) & 1;
 }
 
+static void brute_check_matcher(struct kiln_matcher *m, const char *prefix);
+
 /* Feeds text's tokens; true when every token was allowed by the mask and accepted and the
- * result is complete (EOS allowed). The mask and accept must agree at every step. */
-static bool feed(struct kiln_grammar *g, const char *text)
+ * result is complete (EOS allowed). The mask and accept must agree at every step; brute: the
+ * whole mask too, half way and at the end (long instances, whose matchers' caches fill up). */
+static bool feed_check(struct kiln_grammar *g, const char *text, bool brute)
 {
     int32_t *ids;
     size_t n;
@@ -76,6 +79,7 @@ static bool feed(struct kiln_grammar *g, const char *text)
         bool acc = kiln_matcher_accept(m, ids[i]);
         assert_int_equal(allowed, acc);
         ok = acc;
+        if (ok && brute && (i == n / 2 || i + 1 == n)) brute_check_matcher(m, text);
     }
     if (ok) {
         ok = kiln_matcher_is_complete(m);
@@ -86,6 +90,11 @@ static bool feed(struct kiln_grammar *g, const char *text)
     free(ids);
     kiln_matcher_free(m);
     return ok;
+}
+
+static bool feed(struct kiln_grammar *g, const char *text)
+{
+    return feed_check(g, text, false);
 }
 
 struct cas {
@@ -445,13 +454,10 @@ static void test_whitespace_indent(void **state)
     kiln_grammar_unref(g);
 }
 
-/* the mask equals "accepting the token succeeds" for every token of the vocabulary */
-static void brute_check(struct kiln_grammar *g, const char *prefix)
+/* m's mask equals "accepting the token succeeds" for every token of the vocabulary (prefix:
+ * what m took, for the message) */
+static void brute_check_matcher(struct kiln_matcher *m, const char *prefix)
 {
-    struct kiln_matcher *m;
-    struct kiln_error err = {0};
-    assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
-    assert_true(kiln_matcher_accept_bytes(m, prefix, strlen(prefix)));
     int32_t nv = kiln_grammar_vocab_size(vocab);
     uint32_t *mask = malloc(((size_t)nv + 31) / 32 * 4);
     kiln_matcher_fill_mask(m, mask);
@@ -486,6 +492,16 @@ static void brute_check(struct kiln_grammar *g, const char *prefix)
     }
     assert_true(allowed > 0);
     free(mask);
+}
+
+/* the mask equals "accepting the token succeeds" for every token of the vocabulary */
+static void brute_check(struct kiln_grammar *g, const char *prefix)
+{
+    struct kiln_matcher *m;
+    struct kiln_error err = {0};
+    assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
+    assert_true(kiln_matcher_accept_bytes(m, prefix, strlen(prefix)));
+    brute_check_matcher(m, prefix);
     kiln_matcher_free(m);
 }
 
@@ -567,6 +583,103 @@ static void test_mask_exact_plain(void **state)
     g = compile(KILN_CONSTRAINT_REGEX, "[a-z ]{0,40}|[0-9]{3}");
     brute_check(g, "");
     brute_check(g, "ab");
+    kiln_grammar_unref(g);
+}
+
+/* a prefix: head, then n copies of unit (caller frees) */
+static char *repeated(const char *head, const char *unit, int n)
+{
+    size_t h = strlen(head), u = strlen(unit);
+    char *s = malloc(h + u * (size_t)n + 1);
+    memcpy(s, head, h);
+    for (int i = 0; i < n; i++) memcpy(s + h + u * (size_t)i, unit, u);
+    s[h + u * (size_t)n] = 0;
+    return s;
+}
+
+/* positions whose plain tokens come from the configuration's plain chain (matcher.c): counted
+ * runs of characters, where every plain character leads to the next position (maxLength, here
+ * counted in blocks of 64 calls of a rule, and a counted class), and runs where they do not */
+static void test_mask_exact_chain(void **state)
+{
+    (void)state;
+    struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA,
+                                     "{\"type\":\"object\",\"properties\":{\"s\":{\"type\":"
+                                     "\"string\",\"maxLength\":5000},\"n\":{\"type\":\"integer\"}},"
+                                     "\"required\":[\"s\"],\"additionalProperties\":false}");
+    /* around the block boundaries, after an escape and non-ASCII, and where the longest plain
+     * tokens (128, 98 code points: runs of spaces, '-', '*') stop fitting */
+    const struct {
+        const char *unit;
+        int n;
+    } at[] = {{"", 0},     {"a", 1},    {"ab", 31},       {"a", 63},     {"a", 64},   {"a", 65},
+              {"a", 127},  {"a", 128},  {"\xc3\xa9", 70}, {"ab\\n", 40}, {"a", 4872}, {"a", 4873},
+              {"a", 4900}, {"a", 4903}, {"a", 4990},      {"a", 4999}};
+    for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+        char *prefix = repeated("{\"s\":\"", at[i].unit, at[i].n);
+        brute_check(g, prefix);
+        free(prefix);
+    }
+    kiln_grammar_unref(g);
+    /* every ASCII character goes on, every other one dies: no chain (a mask of only the
+     * ASCII-led characters' target would allow the non-ASCII tokens) */
+    g = compile(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"string\",\"pattern\":\"^[ -\\\\x7f]{0,50}$\"}");
+    const char *prefixes[] = {"\"", "\"abc", "\"0123456789012345678901234567890123456789012345"};
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) brute_check(g, prefixes[i]);
+    kiln_grammar_unref(g);
+    /* a count of any character (not inside JSON: quotes and backslashes are plain here) */
+    g = compile(KILN_CONSTRAINT_REGEX, "[^\\n]{2,300}\\n");
+    brute_check(g, "");
+    brute_check(g, "x");
+    brute_check(g, "\xe2\x82\xac\xe2\x82\xac");
+    kiln_grammar_unref(g);
+}
+
+/* A configuration of over 64 stacks (70 literals, runs of anything but '"' after a prefix) has
+ * no per-state verdict and is walked as one over the whole vocabulary, skipping the subtrees
+ * below "x", "yz", " ", ">" where every plain character stays in the run (matcher.c, walk_trie from
+ * the root: a key of an object with ~100 listed names and others allowed): their plain tokens from
+ * a mask (the 50k below " ") or a range, their tokens with quotes, backslashes, control characters
+ * walked; a counted run ("c") is not skipped */
+static void test_mask_exact_skipped_subtrees(void **state)
+{
+    (void)state;
+    char gr[8192];
+    size_t n = (size_t)snprintf(gr, sizeof gr, "root ::= \"k\" (");
+    for (int i = 0; i < 70; i++) n += (size_t)snprintf(gr + n, sizeof gr - n, "r%d | ", i);
+    n += (size_t)snprintf(gr + n, sizeof gr - n, "rx | ry | rz | rs | rc | rd)\n");
+    for (int i = 0; i < 70; i++)
+        n += (size_t)snprintf(gr + n, sizeof gr - n, "r%d ::= \"l%02d\"\n", i, i);
+    snprintf(gr + n, sizeof gr - n,
+             "rx ::= \"x\" [^\"]*\nry ::= \"yz\" [^\"]*\nrz ::= \"\xc3\xa9\" [^\"]*\n"
+             "rs ::= \" \" [^\"]*\nrc ::= \"c\" [^\"]{0,3}\nrd ::= \">\" [^\"]*\n");
+    struct kiln_grammar *g = compile(KILN_CONSTRAINT_GRAMMAR, gr);
+    const char *prefixes[] = {"k", "kl"};
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
+            brute_check(g, prefixes[i]);
+    kiln_grammar_unref(g);
+}
+
+/* A long instance with a mask at every token: a maxLength string's positions are new
+ * configurations, whose dense rows run out (8,192 a matcher) and start over; masks after that
+ * are still exact */
+static void test_mask_exact_long_instance(void **state)
+{
+    (void)state;
+    struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA,
+                                     "{\"type\":\"object\",\"properties\":{\"s\":{"
+                                     "\"type\":\"string\",\"maxLength\":5000}},"
+                                     "\"required\":[\"s\"],\"additionalProperties\":false}");
+    char *body = repeated("{\"s\":\"", "This is a Vimeo video block. ", 160);
+    size_t len = strlen(body);
+    char *text = malloc(len + 3);
+    memcpy(text, body, len);
+    memcpy(text + len, "\"}", 3);
+    assert_true(feed_check(g, text, true));
+    free(body);
+    free(text);
     kiln_grammar_unref(g);
 }
 
@@ -1056,6 +1169,9 @@ int main(void)
         cmocka_unit_test(test_schema_property_counts),
         cmocka_unit_test(test_compile_budget),
         cmocka_unit_test(test_mask_exact_plain),
+        cmocka_unit_test(test_mask_exact_chain),
+        cmocka_unit_test(test_mask_exact_long_instance),
+        cmocka_unit_test(test_mask_exact_skipped_subtrees),
         cmocka_unit_test(test_rollback_forced_eos),
         cmocka_unit_test(test_cache),
     };
