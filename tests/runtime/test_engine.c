@@ -67,6 +67,8 @@ static void engine_done(struct kiln_engine *e, struct mock_backend *m)
     kiln_engine_stats(e, &st);
     assert_int_equal(st.kv_blocks_used, 0);
     assert_int_equal(st.running, 0);
+    /* the engine thread's time: steps that ran, and within them the backend's calls */
+    if (st.steps > 0) assert_true(st.device_s > 0 && st.device_s <= st.step_s);
     assert_true(m->max_seqs_seen <= m->base.opt.max_seqs);
     assert_true(m->max_tokens_seen <= m->base.opt.max_tokens);
     kiln_engine_free(e);
