@@ -662,6 +662,33 @@ static void test_mask_exact_skipped_subtrees(void **state)
     kiln_grammar_unref(g);
 }
 
+/* Strings whose pattern is a class of characters (matcher.c, "frames of a character class"): the
+ * plain tokens come from a mask of the tokens avoiding the characters that die (one set first,
+ * one after), up to a length where every character dies; classes that keep some non-ASCII
+ * characters and not others (`.` and `\s` leave out U+2028, U+00A0, ...) have their non-ASCII
+ * tokens walked */
+static void test_mask_exact_class_frames(void **state)
+{
+    (void)state;
+    const char *schema =
+        "{\"type\":\"object\",\"properties\":{"
+        "\"a\":{\"type\":\"string\",\"pattern\":\"^[0-9a-zA-Z_-]{1,255}$\"},"
+        "\"b\":{\"type\":\"string\",\"pattern\":\"^[a-z]{1,5}$\"},"
+        "\"c\":{\"type\":\"string\",\"pattern\":\"^[A-Z][a-z ]+$\"},"
+        "\"d\":{\"type\":\"string\",\"pattern\":\".+:.+\"},"
+        "\"e\":{\"type\":\"string\",\"pattern\":\"^[^\\\\s,]+$\"},"
+        "\"f\":{\"type\":\"string\",\"pattern\":\"^[\\u00e9a-c\\u4e00-\\u9fff]*$\"},"
+        "\"g\":{\"type\":\"string\",\"pattern\":\"^([A-Z][a-z])*$\"}},"
+        "\"additionalProperties\":false}";
+    const char *prefixes[] = {"{\"a\":\"",          "{\"a\":\"ab-",     "{\"b\":\"",
+                              "{\"b\":\"abc",       "{\"b\":\"abcde",   "{\"c\":\"",
+                              "{\"c\":\"A",         "{\"c\":\"Ab c",    "{\"d\":\"",
+                              "{\"d\":\"my",        "{\"d\":\"my-app:", "{\"e\":\"",
+                              "{\"e\":\"x\xc3\xa9", "{\"f\":\"",        "{\"f\":\"\xc3\xa9",
+                              "{\"g\":\"",          "{\"g\":\"Ab"};
+    brute_schema(schema, prefixes, sizeof prefixes / sizeof prefixes[0], 2);
+}
+
 /* A long instance with a mask at every token: a maxLength string's positions are new
  * configurations, whose dense rows run out (8,192 a matcher) and start over; masks after that
  * are still exact */
@@ -1172,6 +1199,7 @@ int main(void)
         cmocka_unit_test(test_mask_exact_chain),
         cmocka_unit_test(test_mask_exact_long_instance),
         cmocka_unit_test(test_mask_exact_skipped_subtrees),
+        cmocka_unit_test(test_mask_exact_class_frames),
         cmocka_unit_test(test_rollback_forced_eos),
         cmocka_unit_test(test_cache),
     };
