@@ -1237,6 +1237,10 @@ struct gr_xmask {
     uint32_t *mask; /* the plain tokens it allows */
     struct gr_xmask *next;
 };
+#define XM_WIDTH                                                                                   \
+    4              /* configurations a level may have: a class has one or a few; the key of an     \
+                    * object with many names that takes others has one a first character, each     \
+                    * of ~100 stacks (stepping them all cost up to 6 ms in one mask) */
 #define XM_MAX 512 /* masks a vocabulary keeps (8 MiB for 128k tokens); past them, walks */
 #define XM_MIN                                                                                     \
     16 /* first characters that live, under which the whole trie is walked: the                    \
@@ -1314,6 +1318,7 @@ static bool xm_compute(struct kiln_matcher *m, int32_t base, struct gr_xkey *key
             key->depth = INT_MAX;
             break;
         }
+        if (ncur > XM_WIDTH) return false;
         r.level = level;
         m->fa_nnext = 0;
         bool alldead = false, live = false;
