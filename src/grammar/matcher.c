@@ -1383,7 +1383,8 @@ static const uint32_t *xmask_get(const struct kiln_grammar_vocab *v, const struc
     struct gr_xcache *c = v->xcache;
     for (struct gr_xmask *x = atomic_load_explicit(&c->head, memory_order_acquire); x; x = x->next)
         if (xkey_eq(&x->key, key)) return x->mask;
-    if (atomic_fetch_add(&c->n, 1) >= XM_MAX) return NULL;
+    /* counted before the add too, so that lookups past the limit do not wrap the count */
+    if (atomic_load(&c->n) >= XM_MAX || atomic_fetch_add(&c->n, 1) >= XM_MAX) return NULL;
     struct gr_xmask *x = malloc(sizeof *x);
     uint32_t *mask = calloc(((size_t)v->n + 31) / 32 + 1, sizeof *mask);
     if (!x || !mask) {
