@@ -176,6 +176,7 @@ struct kiln_grammar_vocab {
      * JSON string); a state every plain character leads back to allows all of them at once */
     uint32_t *plain_mask;
     struct gr_trie nonplain;
+    struct gr_trie notascii; /* the tokens that are not plain ASCII (non-plain ones included) */
     int maxdepth;
     /* plain tokens by length in code points: plain_le[L * words ..] has those of at most L code
      * points (L < GR_PLAIN_LE); the longer ones are plain_long, sorted by plain_long_cp */
@@ -191,10 +192,25 @@ struct kiln_grammar_vocab {
     uint32_t *all_tok0, *all_np;
     int32_t *all_big;
     uint32_t *big_masks;
+    /* each plain token's characters, for masks of the plain tokens that avoid a set of
+     * characters (matcher.c, frames of a character class): pl_id[nplain] the plain tokens,
+     * pl_cp their length in code points, pl_first their first character, pl_rest[2 * i ..]
+     * the characters after the first as a 128-bit set; a non-ASCII character counts as
+     * GR_NONASCII ('"', never in a plain token) in both */
+    int32_t nplain;
+    int32_t *pl_id;
+    uint16_t *pl_cp;
+    uint8_t *pl_first;
+    uint64_t *pl_rest;
+    /* masks of the plain tokens avoiding a set of characters (struct gr_xmask, matcher.c), a
+     * list pushed onto lock-free, shared by every grammar of this vocabulary (a cache: the
+     * vocabulary is otherwise read-only) */
+    struct gr_xcache *xcache;
 };
 #define GR_NO_NODE  UINT32_MAX
 #define GR_BIG_AT   4096 /* plain tokens under a trie node for which all_big keeps a mask */
 #define GR_PLAIN_LE 24
+#define GR_NONASCII '"'
 
 /* A vocabulary from raw byte strings (tests and fuzzers; no tokenizer: no forced tokens);
  * eos: the one EOS id (its string is ignored), -1 for none. */

@@ -10,6 +10,13 @@
 
 /* ---- vocabulary ---- */
 
+/* the vocabulary's masks of frames of a character class (struct gr_xmask) */
+struct gr_xcache {
+    _Atomic(struct gr_xmask *) head;
+    atomic_int n;
+};
+static void xcache_free(struct gr_xcache *c);
+
 static const struct kiln_grammar_vocab *sort_vocab; /* qsort context (vocab_create only) */
 static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -37,8 +44,11 @@ void kiln_grammar_vocab_free(struct kiln_grammar_vocab *v)
     free(v->bytes), free(v->len), free(v->eos), free(v->plain_mask);
     free(v->plain_le), free(v->plain_long), free(v->plain_long_cp);
     free(v->all_tok0), free(v->all_np), free(v->all_big), free(v->big_masks);
+    free(v->pl_id), free(v->pl_cp), free(v->pl_first), free(v->pl_rest);
+    xcache_free(v->xcache);
     trie_free(&v->all);
     trie_free(&v->nonplain);
+    trie_free(&v->notascii);
     free(v);
 }
 
@@ -130,6 +140,35 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* pl_id, pl_cp, pl_first, pl_rest, xcache (see struct kiln_grammar_vocab) */
+static bool plain_chars_index(struct kiln_grammar_vocab *v)
+{
+    int32_t np = 0;
+    for (int32_t id = 0; id < v->n; id++) np += v->plain_mask[id >> 5] >> (id & 31) & 1;
+    v->pl_id = malloc(((size_t)np + 1) * sizeof *v->pl_id);
+    v->pl_cp = malloc(((size_t)np + 1) * sizeof *v->pl_cp);
+    v->pl_first = malloc((size_t)np + 1);
+    v->pl_rest = calloc(2 * (size_t)np + 2, sizeof *v->pl_rest);
+    v->xcache = calloc(1, sizeof *v->xcache);
+    if (!v->pl_id || !v->pl_cp || !v->pl_first || !v->pl_rest || !v->xcache) return false;
+    for (int32_t id = 0; id < v->n; id++) {
+        if (!(v->plain_mask[id >> 5] >> (id & 31) & 1)) continue;
+        const unsigned char *b = (const unsigned char *)v->bytes[id];
+        int32_t i = v->nplain++;
+        int cp = 0;
+        v->pl_id[i] = id;
+        v->pl_first[i] = b[0] < 0x80 ? b[0] : GR_NONASCII;
+        for (uint32_t k = 0; k < v->len[id]; k++) {
+            if ((b[k] & 0xC0) == 0x80) continue;
+            if (cp++ == 0) continue;
+            unsigned c = b[k] < 0x80 ? b[k] : GR_NONASCII;
+            v->pl_rest[2 * (size_t)i + (c >> 6)] |= 1ull << (c & 63);
+        }
+        v->pl_cp[i] = (uint16_t)(cp > 65535 ? 65535 : cp);
+    }
+    return true;
+}
+
 /* the plain tokens by their length in code points (see struct kiln_grammar_vocab) */
 static bool plain_by_length(struct kiln_grammar_vocab *v)
 {
@@ -166,6 +205,10 @@ static bool plain_by_length(struct kiln_grammar_vocab *v)
             if (cp >= GR_PLAIN_LE) tmp[v->nplain_long++] = cp << 32 | (uint32_t)id;
         }
     qsort(tmp, (size_t)v->nplain_long, sizeof *tmp, cmp_u64);
+    if (!plain_chars_index(v)) {
+        free(tmp);
+        return false;
+    }
     for (int32_t i = 0; i < v->nplain_long; i++) {
         v->plain_long[i] = (int32_t)(uint32_t)tmp[i];
         v->plain_long_cp[i] = (uint16_t)(tmp[i] >> 32);
@@ -234,12 +277,13 @@ static enum kiln_status vocab_finish(struct kiln_grammar_vocab *v, struct kiln_e
 {
     int32_t *toks = malloc(((size_t)v->n + 1) * sizeof *toks);
     int32_t *np = malloc(((size_t)v->n + 1) * sizeof *np);
+    int32_t *na = malloc(((size_t)v->n + 1) * sizeof *na);
     v->plain_mask = calloc(((size_t)v->n + 31) / 32 + 1, sizeof *v->plain_mask);
-    if (!toks || !np || !v->plain_mask) {
-        free(toks), free(np);
+    if (!toks || !np || !na || !v->plain_mask) {
+        free(toks), free(np), free(na);
         goto oom;
     }
-    int32_t nt = 0, nnp = 0;
+    int32_t nt = 0, nnp = 0, nna = 0;
     for (int32_t id = 0; id < v->n; id++)
         if (v->bytes[id]) toks[nt++] = id;
     pthread_mutex_lock(&sort_lock);
@@ -248,14 +292,18 @@ static enum kiln_status vocab_finish(struct kiln_grammar_vocab *v, struct kiln_e
     pthread_mutex_unlock(&sort_lock);
     for (int32_t i = 0; i < nt; i++) {
         int32_t id = toks[i];
+        bool ascii = true;
+        for (uint32_t k = 0; k < v->len[id]; k++) ascii &= (unsigned char)v->bytes[id][k] < 0x80;
         if (is_plain((const unsigned char *)v->bytes[id], v->len[id]))
             v->plain_mask[id >> 5] |= 1u << (id & 31);
         else
             np[nnp++] = id;
+        if (!ascii || !(v->plain_mask[id >> 5] >> (id & 31) & 1)) na[nna++] = id;
     }
     bool ok1 = trie_build(v, &v->all, toks, nt);
     bool ok2 = trie_build(v, &v->nonplain, np, nnp);
-    if (ok1 && ok2 && plain_by_length(v) && all_index(v)) return KILN_OK;
+    bool ok3 = trie_build(v, &v->notascii, na, nna);
+    if (ok1 && ok2 && ok3 && plain_by_length(v) && all_index(v)) return KILN_OK;
 oom:
     return kiln_errorf(err, KILN_ERR_NOMEM, "out of memory building the vocabulary trie");
 }
@@ -853,21 +901,28 @@ static void fa_expand(struct kiln_matcher *m, struct fa_run *r, int32_t x)
                  plain_chars[k].c1lo, plain_chars[k].c1hi);
 }
 
-/* base: the frame's bottom stack node (its parent chain ends in -1) */
-static int fa_compute(struct kiln_matcher *m, int32_t base)
+/* a run over plain characters from the frame of stack node base (its parent chain ends in -1):
+ * its first configuration, marked at level 0 and the only one of fa_cur; -1 when none */
+static int32_t fa_start(struct kiln_matcher *m, int32_t base)
 {
     size_t nw = 0;
-    if (!push_work(m, &nw, base)) return GR_FA_NONE;
+    if (!push_work(m, &nw, base)) return -1;
     int32_t c0 = closure(m, nw);
-    if (c0 < 0 || m->clen[c0] == 0 || !fa_mark_grow(m, c0)) return GR_FA_NONE;
+    if (c0 < 0 || m->clen[c0] == 0 || !fa_mark_grow(m, c0)) return -1;
     if (++m->fa_epoch == 0) {
         memset(m->fa_mark, 0, m->fa_markcap * sizeof *m->fa_mark);
         m->fa_epoch = 1;
     }
     m->fa_mark[c0] = m->fa_epoch;
     m->fa_level[c0] = 0;
-    if (!grow((void **)&m->fa_cur, &m->fa_curcap, 1, sizeof *m->fa_cur)) return GR_FA_NONE;
+    if (!grow((void **)&m->fa_cur, &m->fa_curcap, 1, sizeof *m->fa_cur)) return -1;
     m->fa_cur[0] = c0;
+    return c0;
+}
+
+static int fa_compute(struct kiln_matcher *m, int32_t base)
+{
+    if (fa_start(m, base) < 0) return GR_FA_NONE;
     size_t ncur = 1;
     struct fa_run r = {.budget = FA_BUDGET};
     for (int level = 0;; level++) {
@@ -1161,6 +1216,208 @@ static void walk_trie(struct kiln_matcher *m, const struct gr_trie *t, uint32_t 
     }
 }
 
+/* ---- frames of a character class ----
+ * A string with a pattern or format (`^[\\w\\s-]+$`, `.+:.+`, an email) has no verdict above when
+ * some plain characters die in it, and its frame walk covered the whole 128k-token trie once per
+ * grammar state (2-7 ms, the first mask inside each such string). Often the characters that
+ * die are a fixed set at every position: so the frame is run alone over plain characters
+ * again, level by level, and where the characters that die are one set d0 at the first
+ * character and one set d at every later one (in every configuration of the level), the frame
+ * never returns on the way, and the levels end in a loop or where every character dies at once,
+ * the plain strings the frame takes are exactly those of at most `depth` characters avoiding
+ * d0 then d. Their tokens come from one pass over the vocabulary's per-token character sets,
+ * shared by every frame of the grammar with the same sets; only the non-plain trie is walked. */
+struct gr_xkey {
+    uint64_t d0[2], d[2]; /* characters that die first, later (GR_NONASCII: non-ASCII ones) */
+    int depth;            /* the longest plain string that lives (INT_MAX: any) */
+    bool mixed; /* some non-ASCII characters die, others live: tokens with them are walked */
+};
+struct gr_xmask {
+    struct gr_xkey key;
+    uint32_t *mask; /* the plain tokens it allows */
+    struct gr_xmask *next;
+};
+#define XM_WIDTH                                                                                   \
+    4              /* configurations a level may have: a class has one or a few; the key of an     \
+                    * object with many names that takes others has one a first character, each     \
+                    * of ~100 stacks (stepping them all cost up to 6 ms in one mask) */
+#define XM_MAX 512 /* masks a vocabulary keeps (8 MiB for 128k tokens); past them, walks */
+#define XM_MIN                                                                                     \
+    16 /* first characters that live, under which the whole trie is walked: the                    \
+        * walk is short (a structure position, where only spaces go on), and each                  \
+        * new mask costs a pass over the vocabulary (~0.5 ms) */
+
+struct xm_char {
+    uint64_t dead[2];
+    bool na_dead, na_live, back0;
+    int32_t c0;
+};
+
+static void xm_set(uint64_t set[2], unsigned lo, unsigned hi)
+{
+    for (unsigned c = lo; c <= hi; c++) set[c >> 6] |= 1ull << (c & 63);
+}
+
+/* x over the bytes lo..hi (one per class of cut); need: continuation bytes after this one, the
+ * first of them in c1lo..c1hi; ascii: a one-byte character */
+static void xm_bytes(struct kiln_matcher *m, struct fa_run *r, struct xm_char *xc, int32_t x,
+                     const uint32_t cut[8], unsigned lo, unsigned hi, int need, unsigned c1lo,
+                     unsigned c1hi, bool ascii)
+{
+    for (unsigned b = lo; b <= hi && !r->over;) {
+        unsigned e = b + 1; /* the class is b..e-1 */
+        while (e <= hi && !(cut[e >> 5] >> (e & 31) & 1)) e++;
+        int32_t y = step(m, x, b);
+        if (y >= 0 && m->ccomplete[y]) r->pop = true;
+        if (y < 0 || m->clen[y] == 0) {
+            if (ascii)
+                xm_set(xc->dead, b, e - 1);
+            else
+                xc->na_dead = true;
+        } else if (need > 0) {
+            uint32_t ycut[8];
+            fa_cuts(m, y, ycut);
+            xm_bytes(m, r, xc, y, ycut, c1lo, c1hi, need - 1, 0x80, 0xBF, false);
+        } else {
+            if (!ascii) xc->na_live = true;
+            if (y == xc->c0) xc->back0 = true;
+            fa_add(m, r, y);
+        }
+        b = e;
+    }
+}
+
+/* x's dead characters; *mixed: some non-ASCII characters die and others live */
+static void xm_expand(struct kiln_matcher *m, struct fa_run *r, int32_t x, int32_t c0,
+                      uint64_t dead[2], bool *back0, bool *mixed)
+{
+    struct xm_char xc = {.c0 = c0};
+    uint32_t cut[8];
+    fa_cuts(m, x, cut);
+    for (size_t k = 0; k < sizeof plain_chars / sizeof plain_chars[0]; k++)
+        xm_bytes(m, r, &xc, x, cut, plain_chars[k].lo, plain_chars[k].hi, plain_chars[k].need,
+                 plain_chars[k].c1lo, plain_chars[k].c1hi, plain_chars[k].need == 0);
+    *mixed = xc.na_dead && xc.na_live;
+    if (xc.na_dead) xm_set(xc.dead, GR_NONASCII, GR_NONASCII);
+    dead[0] = xc.dead[0], dead[1] = xc.dead[1];
+    *back0 |= xc.back0;
+}
+
+/* the verdict above for the frame from stack node base; false: none */
+static bool xm_compute(struct kiln_matcher *m, int32_t base, struct gr_xkey *key)
+{
+    static const uint64_t full[2] = {0xffffffff00000000ull, 0xffffffffefffffffull};
+    memset(key, 0, sizeof *key);
+    int32_t c0 = fa_start(m, base);
+    if (c0 < 0) return false;
+    size_t ncur = 1;
+    struct fa_run r = {.budget = FA_BUDGET};
+    bool have_d = false, back0 = false;
+    for (int level = 0;; level++) {
+        if (level >= m->g->vocab->plain_maxcp) {
+            key->depth = INT_MAX;
+            break;
+        }
+        if (ncur > XM_WIDTH) return false;
+        r.level = level;
+        m->fa_nnext = 0;
+        bool alldead = false, live = false;
+        for (size_t i = 0; i < ncur; i++) {
+            uint64_t d[2];
+            bool mixed;
+            xm_expand(m, &r, m->fa_cur[i], c0, d, &back0, &mixed);
+            if (r.over) return false;
+            key->mixed |= mixed;
+            if (d[0] == full[0] && d[1] == full[1] && !mixed)
+                alldead = true;
+            else if (live = true, level == 0)
+                key->d0[0] = d[0], key->d0[1] = d[1];
+            else if (!have_d)
+                key->d[0] = d[0], key->d[1] = d[1], have_d = true;
+            else if (d[0] != key->d[0] || d[1] != key->d[1])
+                return false;
+        }
+        if (level == 0) { /* few first characters: the trie walk is short */
+            int live0 = 128 - __builtin_popcountll(key->d0[0] | ~full[0]) -
+                        __builtin_popcountll(key->d0[1] | ~full[1]);
+            bool na_live = !(key->d0[0] >> GR_NONASCII & 1) || key->mixed;
+            if (live0 < XM_MIN && !na_live) return false;
+        }
+        /* a matcher out of nodes steps to DEAD where another would not: no verdict from it */
+        if (r.pop || r.over || m->nn >= MT_MAX_NODES) return false;
+        if (alldead) { /* every character dies here: the strings that live end at `level` */
+            if (live || r.repeat || back0) return false;
+            key->depth = level;
+            break;
+        }
+        if (m->fa_nnext == 0) { /* every reachable configuration was expanded */
+            key->depth = INT_MAX;
+            break;
+        }
+        int32_t *t = m->fa_cur;
+        size_t tc = m->fa_curcap;
+        m->fa_cur = m->fa_next, m->fa_curcap = m->fa_nextcap;
+        m->fa_next = t, m->fa_nextcap = tc;
+        ncur = m->fa_nnext;
+    }
+    /* a return to the first configuration puts its characters at later positions too */
+    if (back0 && have_d && (key->d0[0] != key->d[0] || key->d0[1] != key->d[1])) return false;
+    if (!have_d) key->d[0] = key->d0[0], key->d[1] = key->d0[1];
+    if (key->mixed) { /* the mask keeps the ASCII tokens, the walk takes the others */
+        xm_set(key->d0, GR_NONASCII, GR_NONASCII);
+        xm_set(key->d, GR_NONASCII, GR_NONASCII);
+    }
+    return true;
+}
+
+static bool xkey_eq(const struct gr_xkey *a, const struct gr_xkey *b)
+{
+    return a->d0[0] == b->d0[0] && a->d0[1] == b->d0[1] && a->d[0] == b->d[0] &&
+           a->d[1] == b->d[1] && a->depth == b->depth && a->mixed == b->mixed;
+}
+
+/* the plain tokens key allows (computed once per vocabulary and key); NULL: over XM_MAX, or out
+ * of memory */
+static const uint32_t *xmask_get(const struct kiln_grammar_vocab *v, const struct gr_xkey *key)
+{
+    struct gr_xcache *c = v->xcache;
+    for (struct gr_xmask *x = atomic_load_explicit(&c->head, memory_order_acquire); x; x = x->next)
+        if (xkey_eq(&x->key, key)) return x->mask;
+    /* counted before the add too, so that lookups past the limit do not wrap the count */
+    if (atomic_load(&c->n) >= XM_MAX || atomic_fetch_add(&c->n, 1) >= XM_MAX) return NULL;
+    struct gr_xmask *x = malloc(sizeof *x);
+    uint32_t *mask = calloc(((size_t)v->n + 31) / 32 + 1, sizeof *mask);
+    if (!x || !mask) {
+        free(x), free(mask);
+        return NULL;
+    }
+    for (int32_t i = 0; i < v->nplain; i++) {
+        unsigned f = v->pl_first[i];
+        const uint64_t *rest = v->pl_rest + 2 * (size_t)i;
+        if (v->pl_cp[i] > key->depth || key->d0[f >> 6] >> (f & 63) & 1 || (rest[0] & key->d[0]) ||
+            (rest[1] & key->d[1]))
+            continue;
+        mask[v->pl_id[i] >> 5] |= 1u << (v->pl_id[i] & 31);
+    }
+    x->key = *key;
+    x->mask = mask;
+    x->next = atomic_load_explicit(&c->head, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&c->head, &x->next, x, memory_order_release,
+                                                  memory_order_relaxed)) {
+    }
+    return mask;
+}
+
+static void xcache_free(struct gr_xcache *c)
+{
+    if (!c) return;
+    for (struct gr_xmask *x = atomic_load(&c->head), *next; x; x = next) {
+        next = x->next;
+        free(x->mask), free(x);
+    }
+    free(c);
+}
+
 /* ---- per-state frame walks ----
  * A configuration's mask is the union of its stacks' masks, and a stack (s, parent)'s mask splits
  * into the tokens its frame takes alone (s with the caller cut off: the same for every parent,
@@ -1172,6 +1429,7 @@ static void walk_trie(struct kiln_matcher *m, const struct gr_trie *t, uint32_t 
  * the plain-character analysis where it has a verdict (only the non-plain trie is walked). */
 struct gr_fw {
     int plain; /* plain_reach of the frame alone: -1 (walked), else the longest plain string */
+    const uint32_t *xmask; /* else the plain tokens of a frame of a character class (or NULL) */
     const struct gr_trie *t;
     int32_t nci; /* tokens the frame takes alone: ci[nci], or ci_mask when many */
     int32_t *ci;
@@ -1208,7 +1466,14 @@ static struct gr_fw *fw_compute(struct kiln_matcher *m, int32_t s, int32_t base)
     f->plain = f->plain == GR_FA_ALL    ? INT_MAX
                : f->plain == GR_FA_NONE ? -1
                                         : f->plain - GR_FA_DEPTH;
-    const struct gr_trie *t = f->t = f->plain >= 0 ? &v->nonplain : &v->all;
+    bool mixed = false;
+    if (f->plain < 0 && base >= 0) {
+        struct gr_xkey key;
+        if (xm_compute(m, base, &key)) f->xmask = xmask_get(v, &key), mixed = key.mixed;
+    }
+    const struct gr_trie *t = f->t = f->plain >= 0 ? &v->nonplain
+                                     : f->xmask    ? (mixed ? &v->notascii : &v->nonplain)
+                                                   : &v->all;
     size_t nw = 0, cicap = 0, popcap = 0;
     uint32_t nci = 0;
     int32_t c0 = MT_DEAD;
@@ -1435,6 +1700,8 @@ static bool fill_from_frames(struct kiln_matcher *m, int32_t c, uint32_t *mask)
             if (f2) f = f2, p = m->nparent[p];
         }
         if (f->plain > plain) plain = f->plain;
+        if (f->xmask)
+            for (size_t w = 0; w < words; w++) mask[w] |= f->xmask[w];
         if (f->ci_mask)
             for (size_t w = 0; w < words; w++) mask[w] |= f->ci_mask[w];
         else

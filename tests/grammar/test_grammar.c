@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "grammar/grammar.h"
+#include "grammar/internal.h"
 #include "tokenizer/tk_util.h"
 
 static struct kiln_tokenizer *tok;
@@ -662,6 +663,87 @@ static void test_mask_exact_skipped_subtrees(void **state)
     kiln_grammar_unref(g);
 }
 
+/* Strings whose pattern is a class of characters (matcher.c, "frames of a character class"): the
+ * plain tokens come from a mask of the tokens avoiding the characters that die (one set first,
+ * one after), up to a length where every character dies; classes that keep some non-ASCII
+ * characters and not others (`.` and `\s` leave out U+2028, U+00A0, ...) have their non-ASCII
+ * tokens walked */
+static void test_mask_exact_class_frames(void **state)
+{
+    (void)state;
+    const char *schema =
+        "{\"type\":\"object\",\"properties\":{"
+        "\"a\":{\"type\":\"string\",\"pattern\":\"^[0-9a-zA-Z_-]{1,255}$\"},"
+        "\"b\":{\"type\":\"string\",\"pattern\":\"^[a-z]{1,5}$\"},"
+        "\"c\":{\"type\":\"string\",\"pattern\":\"^[A-Z][a-z ]+$\"},"
+        "\"d\":{\"type\":\"string\",\"pattern\":\".+:.+\"},"
+        "\"e\":{\"type\":\"string\",\"pattern\":\"^[^\\\\s,]+$\"},"
+        "\"f\":{\"type\":\"string\",\"pattern\":\"^[\\u00e9a-c\\u4e00-\\u9fff]*$\"},"
+        "\"g\":{\"type\":\"string\",\"pattern\":\"^([A-Z][a-z])*$\"}},"
+        "\"additionalProperties\":false}";
+    const char *prefixes[] = {"{\"a\":\"",          "{\"a\":\"ab-",     "{\"b\":\"",
+                              "{\"b\":\"abc",       "{\"b\":\"abcde",   "{\"c\":\"",
+                              "{\"c\":\"A",         "{\"c\":\"Ab c",    "{\"d\":\"",
+                              "{\"d\":\"my",        "{\"d\":\"my-app:", "{\"e\":\"",
+                              "{\"e\":\"x\xc3\xa9", "{\"f\":\"",        "{\"f\":\"\xc3\xa9",
+                              "{\"g\":\"",          "{\"g\":\"Ab"};
+    brute_schema(schema, prefixes, sizeof prefixes / sizeof prefixes[0], 2);
+}
+
+/* Past the masks a vocabulary keeps for frames of a character class (512), such frames walk
+ * their tokens again: 600 classes (all but two letters or digits, and a quote to end them:
+ * a run that may end inside plain characters has no such verdict) on a small vocabulary, masks
+ * exact at the start and after one character for each */
+static void test_class_frames_past_the_cache(void **state)
+{
+    (void)state;
+    const char *extra[] = {"ab", "a1", "q-", "zz", "Hello", " w", "\xc3\xa9", "a\"", "9x9"};
+    const int nx = (int)(sizeof extra / sizeof extra[0]);
+    const char *toks[95 + 9 + 1];
+    size_t lens[95 + 9 + 1];
+    char bytes[95];
+    int32_t n = 0;
+    for (int c = 0x20; c < 0x7f; c++, n++) {
+        bytes[n] = (char)c;
+        toks[n] = &bytes[n];
+        lens[n] = 1;
+    }
+    for (int i = 0; i < nx; i++, n++) toks[n] = extra[i], lens[n] = strlen(extra[i]);
+    toks[n] = "", lens[n] = 0; /* EOS */
+    struct kiln_grammar_vocab *small;
+    struct kiln_error err = {0};
+    assert_int_equal(gr_vocab_from_strings(toks, lens, n + 1, n, &small, &err), KILN_OK);
+    const char *alnum = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    int made = 0;
+    uint32_t mask[4];
+    for (int j = 0; j < 62 && made < 600; j++)
+        for (int k = j + 1; k < 62 && made < 600; k++, made++) {
+            char re[16];
+            snprintf(re, sizeof re, "[^%c%c\"]+\"", alnum[j], alnum[k]);
+            struct kiln_constraint_spec spec = {KILN_CONSTRAINT_REGEX, re, strlen(re)};
+            struct kiln_grammar_options o = {KILN_GRAMMAR_WS_COMPACT};
+            struct kiln_grammar *g = NULL;
+            if (kiln_grammar_compile_opts(&spec, small, &o, &g, &err))
+                fail_msg("compile %s: %s", re, err.msg);
+            struct kiln_matcher *m;
+            assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
+            for (int step = 0; step < 2; step++) {
+                if (step) assert_true(kiln_matcher_accept_bytes(m, "-", 1));
+                kiln_matcher_fill_mask(m, mask);
+                for (int32_t t = 0; t <= n; t++) {
+                    bool a = kiln_matcher_accept(m, t);
+                    if (a) kiln_matcher_rollback(m, 1);
+                    if (a != mask_has(mask, t))
+                        fail_msg("%s, step %d: token %d '%.*s' accept %d mask %d", re, step, t,
+                                 (int)lens[t], toks[t], a, mask_has(mask, t));
+                }
+            }
+            kiln_matcher_free(m);
+            kiln_grammar_unref(g);
+        }
+    kiln_grammar_vocab_free(small);
+}
+
 /* A long instance with a mask at every token: a maxLength string's positions are new
  * configurations, whose dense rows run out (8,192 a matcher) and start over; masks after that
  * are still exact */
@@ -1172,6 +1254,8 @@ int main(void)
         cmocka_unit_test(test_mask_exact_chain),
         cmocka_unit_test(test_mask_exact_long_instance),
         cmocka_unit_test(test_mask_exact_skipped_subtrees),
+        cmocka_unit_test(test_mask_exact_class_frames),
+        cmocka_unit_test(test_class_frames_past_the_cache),
         cmocka_unit_test(test_rollback_forced_eos),
         cmocka_unit_test(test_cache),
     };
