@@ -245,10 +245,21 @@ static struct gx *rep_upto(struct gr_builder *b, struct gx *x, int n)
     return gx_alt2(b, fewer, all);
 }
 
+/* Whether {min, max} is one of ?, * and +. */
+static bool simple_quantifier(int min, int max)
+{
+    return (min == 0 || min == 1) && (max == 1 || max < 0) && !(min == 1 && max == 1);
+}
+
 struct gx *gx_rep(struct gr_builder *b, struct gx *x, int min, int max)
 {
     if (!x) return NULL;
     if (max >= 0 && max < min) return gx_none(b);
+    /* A ?, * or + of a ?, * or +: one quantifier of the same language ((R+)+ = R+, (R?)+ =
+     * (R+)? = (R*)+ = R*, (R?)? = R?). Nested repetitions (a regex's "x+++++...") otherwise make
+     * matcher configurations whose count grows with the depth: 30 levels cost ~40 ms a mask. */
+    if (x->op == GX_REP && simple_quantifier(x->min, x->max) && simple_quantifier(min, max))
+        return gx_rep(b, x->kid[0], x->min * min, x->max < 0 || max < 0 ? -1 : 1);
     size_t times = (size_t)(max < 0 ? min + 1 : max);
     if (times > 1 && x->op != GX_RULE && gx_size(x, GR_REP_INLINE) >= GR_REP_INLINE / times) {
         int r = gb_rule(b, "%repeated");
