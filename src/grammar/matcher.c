@@ -625,23 +625,37 @@ static int32_t closure(struct kiln_matcher *m, size_t nw)
     return intern_cfg(m, m->outn, (int)no, complete);
 }
 
+/* The uint64-keyed tables (UINT64_MAX: an empty slot; linear probing from mix(key)): key[cap]
+ * and val[cap] (vsize bytes each) rehashed into new arrays of new_cap slots, or false when out
+ * of memory (the old arrays are kept). */
+static bool u64_rehash(const uint64_t *key, const void *val, size_t vsize, size_t cap,
+                       size_t new_cap, uint64_t **new_key, void **new_val)
+{
+    uint64_t *k = malloc(new_cap * sizeof *k);
+    char *v = malloc(new_cap * vsize);
+    if (!k || !v) {
+        free(k), free(v);
+        return false;
+    }
+    memset(k, 0xff, new_cap * sizeof *k);
+    for (size_t i = 0; i < cap; i++)
+        if (key[i] != UINT64_MAX) {
+            size_t h = mix(key[i]) & (new_cap - 1);
+            while (k[h] != UINT64_MAX) h = (h + 1) & (new_cap - 1);
+            k[h] = key[i];
+            memcpy(v + h * vsize, (const char *)val + i * vsize, vsize);
+        }
+    *new_key = k;
+    *new_val = v;
+    return true;
+}
+
 static bool memo_grow(struct kiln_matcher *m)
 {
     size_t cap = m->mcap ? m->mcap * 2 : 4096;
-    uint64_t *k = malloc(cap * sizeof *k);
-    int32_t *val = malloc(cap * sizeof *val);
-    if (!k || !val) {
-        free(k), free(val);
-        return false;
-    }
-    memset(k, 0xff, cap * sizeof *k);
-    for (size_t i = 0; i < m->mcap; i++)
-        if (m->mkey[i] != UINT64_MAX) {
-            size_t h = mix(m->mkey[i]) & (cap - 1);
-            while (k[h] != UINT64_MAX) h = (h + 1) & (cap - 1);
-            k[h] = m->mkey[i];
-            val[h] = m->mval[i];
-        }
+    uint64_t *k;
+    void *val;
+    if (!u64_rehash(m->mkey, m->mval, sizeof *m->mval, m->mcap, cap, &k, &val)) return false;
     free(m->mkey), free(m->mval);
     m->mkey = k;
     m->mval = val;
@@ -1596,20 +1610,9 @@ static bool fw2_put(struct gr_fw2 *t, uint64_t key, struct gr_fw *f)
 {
     if ((t->n + 1) * 2 > t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 256;
-        uint64_t *k = malloc(cap * sizeof *k);
-        struct gr_fw **v = malloc(cap * sizeof *v);
-        if (!k || !v) {
-            free(k), free(v);
-            return false;
-        }
-        memset(k, 0xff, cap * sizeof *k);
-        for (size_t i = 0; i < t->cap; i++)
-            if (t->key[i] != UINT64_MAX) {
-                size_t h = mix(t->key[i]) & (cap - 1);
-                while (k[h] != UINT64_MAX) h = (h + 1) & (cap - 1);
-                k[h] = t->key[i];
-                v[h] = t->val[i];
-            }
+        uint64_t *k;
+        void *v;
+        if (!u64_rehash(t->key, t->val, sizeof *t->val, t->cap, cap, &k, &v)) return false;
         free(t->key), free(t->val);
         t->key = k, t->val = v, t->cap = cap;
     }

@@ -44,7 +44,7 @@ struct kiln_kv {
     /* Blocks allocated at least once: exactly [0, n_touched). The free list starts in index
      * order and a released block goes before (never cached) or after (cached) the blocks never
      * used, so those are always taken in index order. A backend whose pool memory is committed
-     * on first write (the CPU's calloc) holds n_touched blocks' worth of it. */
+     * on first write (the CPU backend's mmap'ed pool) holds n_touched blocks' worth of it. */
     int n_touched;
 };
 
