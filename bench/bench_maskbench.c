@@ -14,6 +14,9 @@
  * --accept-only: no masks; each instance's bytes go through the matcher (kiln_matcher_accept_bytes,
  * byte by byte) and must end complete: compile time and correctness over many schemas quickly;
  * with --list-errors a rejected valid instance prints the byte offset where it was refused.
+ * --reorder: before each test, put its keys in kiln's order the way MaskBench's data were put in
+ * LLGuidance's (see reorder_instance): a valid instance kiln rejects, and every invalid one
+ * (against the schema without value constraints); the counts say how many moved.
  * DATA_DIR comes from bench/maskbench-extract.sh. */
 #include <dirent.h>
 #include <jansson.h>
@@ -78,6 +81,283 @@ static size_t missing_in(const char *dir)
     return missing;
 }
 
+/* --reorder: MaskBench's data put each valid instance's keys in the order LLGuidance accepts
+ * (maskbench/creation/reorder.py, run on the schemas LLGuidance compiled and rejected a test of;
+ * invalid instances were reordered against the schema without its value constraints). This
+ * repeats that procedure with kiln as the engine, written from its description, with a bounded
+ * search behind its greedy choice of keys (which gets stuck where a required key must come
+ * later, or where an object's first order fits an alternative the rest of the instance does not:
+ * see ro_keys); arrays and scalars are written as they are. It only permutes keys, so a test
+ * that still fails after it is rejected for something other than key order. */
+struct reorder {
+    struct kiln_matcher *m;
+    int steps, depth;
+    long tries, max_tries;
+    char *out;
+    size_t len, cap;
+};
+
+static bool ro_feed(struct reorder *r, const char *s, size_t n)
+{
+    if (!n) return true;
+    if (!kiln_matcher_accept_bytes(r->m, s, n)) return false;
+    r->steps++;
+    if (r->len + n + 1 > r->cap) {
+        r->cap = (r->len + n + 1) * 2;
+        r->out = realloc(r->out, r->cap);
+        if (!r->out) abort();
+    }
+    memcpy(r->out + r->len, s, n);
+    r->len += n;
+    r->out[r->len] = 0;
+    return true;
+}
+
+static void ro_back(struct reorder *r, int steps, size_t len)
+{
+    kiln_matcher_rollback(r->m, r->steps - steps);
+    r->steps = steps;
+    r->len = len;
+}
+
+static bool ro_feed_json(struct reorder *r, json_t *v)
+{
+    size_t n = json_dumpb(v, NULL, 0, JSON_ENCODE_ANY);
+    char *s = malloc(n + 1);
+    json_dumpb(v, s, n, JSON_ENCODE_ANY);
+    bool ok = ro_feed(r, s, n);
+    free(s);
+    return ok;
+}
+
+/* the separator (", " unless first), the quoted key and ": " */
+static bool ro_feed_key(struct reorder *r, const char *key, bool first)
+{
+    json_t *k = json_string(key);
+    bool ok = k && ro_feed(r, first ? "" : ", ", first ? 0 : 2) && ro_feed_json(r, k) &&
+              ro_feed(r, ": ", 2);
+    json_decref(k);
+    return ok;
+}
+
+/* Writes v with each object's keys in the first order the matcher takes (no backtracking into
+ * a value once written): the value reorder.py's lookahead is judged with. */
+static bool ro_value(struct reorder *r, json_t *v, int depth)
+{
+    if (depth > 200) return false;
+    if (json_is_array(v)) {
+        if (!ro_feed(r, "[", 1)) return false;
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if ((i && !ro_feed(r, ", ", 2)) || !ro_value(r, json_array_get(v, i), depth + 1))
+                return false;
+        return ro_feed(r, "]", 1);
+    }
+    if (!json_is_object(v)) return ro_feed_json(r, v);
+    size_t n = json_object_size(v), left = n, i = 0;
+    const char **keys = malloc((n + 1) * sizeof *keys);
+    const char *k;
+    json_t *x;
+    json_object_foreach(v, k, x) keys[i++] = k;
+    bool ok = ro_feed(r, "{", 1);
+    for (bool first = true; ok && left; first = false) {
+        size_t pick = left;
+        for (i = 0; i < left && pick == left; i++) {
+            int s = r->steps;
+            size_t l = r->len;
+            if (ro_feed_key(r, keys[i], first) &&
+                ro_value(r, json_object_get(v, keys[i]), depth + 1))
+                pick = i;
+            else
+                ro_back(r, s, l);
+        }
+        if (pick == left) ok = false;
+        if (pick < left) memmove(keys + pick, keys + pick + 1, (left - pick - 1) * sizeof *keys);
+        left--;
+    }
+    free(keys);
+    return ok && ro_feed(r, "}", 1);
+}
+
+struct ro_frame;
+static bool ro_go(struct reorder *r, json_t *v, const struct ro_frame *f);
+
+/* What is left to write after a value: the rest of an object (its keys not written yet) or of an
+ * array (the elements after idx), then what is left after that. */
+struct ro_frame {
+    json_t *v;
+    const char **keys;
+    size_t left, idx;
+    const struct ro_frame *up;
+};
+
+static bool ro_keys(struct reorder *r, const struct ro_frame *f);
+
+static bool ro_cont(struct reorder *r, const struct ro_frame *f)
+{
+    if (!f) return kiln_matcher_is_complete(r->m);
+    if (json_is_object(f->v)) return ro_keys(r, f);
+    if (f->idx + 1 == json_array_size(f->v)) return ro_feed(r, "]", 1) && ro_cont(r, f->up);
+    struct ro_frame next = {f->v, NULL, 0, f->idx + 1, f->up};
+    return ro_feed(r, ", ", 2) && ro_go(r, json_array_get(f->v, f->idx + 1), &next);
+}
+
+/* Writes v, then what f says is left: true when the whole instance was written. */
+static bool ro_go(struct reorder *r, json_t *v, const struct ro_frame *f)
+{
+    if (++r->depth > 20000) return false;
+    bool ok;
+    if (json_is_array(v)) {
+        struct ro_frame in = {v, NULL, 0, 0, f};
+        ok = ro_feed(r, "[", 1) && (json_array_size(v) ? ro_go(r, json_array_get(v, 0), &in)
+                                                       : ro_feed(r, "]", 1) && ro_cont(r, f));
+    } else if (json_is_object(v)) {
+        size_t n = json_object_size(v), i = 0;
+        const char **keys = malloc((n + 1) * sizeof *keys);
+        const char *k;
+        json_t *x;
+        json_object_foreach(v, k, x) keys[i++] = k;
+        struct ro_frame in = {v, keys, n, 0, f};
+        ok = ro_feed(r, "{", 1) && ro_keys(r, &in);
+        free(keys);
+    } else {
+        ok = ro_feed_json(r, v) && ro_cont(r, f);
+    }
+    r->depth--;
+    return ok;
+}
+
+/* Places f's keys not written yet, then "}" and the rest: a depth-first search over the keys
+ * that can come now, first those after which every other such key still can (reorder.py's
+ * greedy choice, judged with the first order of the value's own keys), then the others. The
+ * search covers every order of every object; r->tries bounds it. */
+static bool ro_keys(struct reorder *r, const struct ro_frame *f)
+{
+    if (!f->left) return ro_feed(r, "}", 1) && ro_cont(r, f->up);
+    if (++r->tries > r->max_tries) return false;
+    size_t left = f->left;
+    bool first = left == json_object_size(f->v);
+    const char **rest = malloc(left * sizeof *rest);
+    bool *can = malloc(left), *look = malloc(left);
+    for (size_t i = 0; i < left; i++) {
+        int s = r->steps;
+        size_t l = r->len;
+        can[i] = ro_feed_key(r, f->keys[i], first);
+        ro_back(r, s, l);
+    }
+    for (size_t i = 0; i < left; i++) {
+        int s = r->steps;
+        size_t l = r->len;
+        look[i] = can[i] && ro_feed_key(r, f->keys[i], first) &&
+                  ro_value(r, json_object_get(f->v, f->keys[i]), 0);
+        for (size_t j = 0; look[i] && j < left; j++) {
+            if (j == i || !can[j]) continue;
+            int s2 = r->steps;
+            size_t l2 = r->len;
+            look[i] = ro_feed_key(r, f->keys[j], false);
+            ro_back(r, s2, l2);
+        }
+        ro_back(r, s, l);
+    }
+    bool ok = false;
+    for (int pass = 0; pass < 2 && !ok; pass++) {
+        for (size_t i = 0; i < left && !ok; i++) {
+            if (!can[i] || look[i] != (pass == 0)) continue;
+            int s = r->steps;
+            size_t l = r->len;
+            memcpy(rest, f->keys, i * sizeof *rest);
+            memcpy(rest + i, f->keys + i + 1, (left - i - 1) * sizeof *rest);
+            struct ro_frame next = {f->v, rest, left - 1, 0, f->up};
+            ok = ro_feed_key(r, f->keys[i], first) &&
+                 ro_go(r, json_object_get(f->v, f->keys[i]), &next);
+            if (!ok) ro_back(r, s, l);
+        }
+    }
+    free(look);
+    free(can);
+    free(rest);
+    return ok;
+}
+
+/* the instance's text with its keys in g's order (malloc'ed), or NULL when none is found within
+ * max_tries */
+static char *reorder_instance(struct kiln_grammar *g, json_t *data, long max_tries, size_t *len)
+{
+    struct kiln_error err = {0};
+    struct reorder r = {.max_tries = max_tries};
+    if (kiln_matcher_create(g, &r.m, &err)) abort();
+    bool ok = ro_go(&r, data, NULL);
+    kiln_matcher_free(r.m);
+    if (!ok || !r.out) {
+        free(r.out);
+        return NULL;
+    }
+    *len = r.len;
+    return r.out;
+}
+
+static bool accepts(struct kiln_grammar *g, const char *s, size_t n)
+{
+    struct kiln_error err = {0};
+    struct kiln_matcher *m;
+    if (kiln_matcher_create(g, &m, &err)) abort();
+    bool ok = kiln_matcher_accept_bytes(m, s, n) && kiln_matcher_is_complete(m);
+    kiln_matcher_free(m);
+    return ok;
+}
+
+/* reorder.py's simplified schema: the value constraints removed, everywhere a keyword can be
+ * (not inside enum/const/default/examples, nor names in properties maps) */
+static void strip_constraints(json_t *s, int depth)
+{
+    static const char *const drop[] = {
+        "minimum",  "maximum",       "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "pattern",  "minLength",     "maxLength",        "format",           "minItems",
+        "maxItems", "minProperties", "maxProperties"};
+    static const char *const maps[] = {"properties",  "patternProperties", "$defs",
+                                       "definitions", "dependentSchemas",  "dependencies"};
+    static const char *const data[] = {"enum", "const", "default", "examples", "required"};
+    if (depth > 200) return;
+    if (json_is_array(s)) {
+        for (size_t i = 0; i < json_array_size(s); i++)
+            strip_constraints(json_array_get(s, i), depth + 1);
+        return;
+    }
+    if (!json_is_object(s)) return;
+    for (size_t i = 0; i < sizeof drop / sizeof *drop; i++) json_object_del(s, drop[i]);
+    const char *k;
+    json_t *v;
+    json_object_foreach(s, k, v)
+    {
+        bool is_map = false, is_data = false;
+        for (size_t i = 0; i < sizeof maps / sizeof *maps; i++) is_map |= !strcmp(k, maps[i]);
+        for (size_t i = 0; i < sizeof data / sizeof *data; i++) is_data |= !strcmp(k, data[i]);
+        if (is_data) continue;
+        if (is_map && json_is_object(v)) {
+            const char *name;
+            json_t *sub;
+            json_object_foreach(v, name, sub) strip_constraints(sub, depth + 1);
+        } else {
+            strip_constraints(v, depth + 1);
+        }
+    }
+}
+
+static struct kiln_grammar *compile_json(json_t *schema, const struct kiln_grammar_vocab *vocab,
+                                         const struct kiln_grammar_options *opts, double *us,
+                                         struct kiln_error *err)
+{
+    size_t len = json_dumpb(schema, NULL, 0, JSON_ENCODE_ANY | JSON_COMPACT);
+    char *text = malloc(len + 1);
+    json_dumpb(schema, text, len, JSON_ENCODE_ANY | JSON_COMPACT);
+    struct kiln_constraint_spec spec = {KILN_CONSTRAINT_JSON_SCHEMA, text, len};
+    struct kiln_grammar *g = NULL;
+    double t0 = now_us();
+    enum kiln_status st = kiln_grammar_compile_opts(&spec, vocab, opts, &g, err);
+    if (us) *us = now_us() - t0;
+    free(text);
+    return st ? NULL : g;
+}
+
 /* tot: schemas, passing, compile errors, unreadable, validation errors, invalidation errors,
  * tests, tokens */
 static int report(const size_t *tot, struct vec *masks, struct vec *compiles, size_t missing)
@@ -117,7 +397,8 @@ int main(int argc, char **argv)
     long limit = -1;
     long shard = 0, nshards = 1;
     const char *dump = NULL, *only = NULL;
-    bool verbose = false, list = false, accept_only = false, ctimes = false;
+    bool verbose = false, list = false, accept_only = false, ctimes = false, reorder = false;
+    size_t reordered[2] = {0}; /* invalid, valid tests whose keys --reorder moved */
     double slow = 0;
     for (int i = 3; i < argc; i++) {
         if (!strcmp(argv[i], "--limit") && i + 1 < argc)
@@ -138,6 +419,8 @@ int main(int argc, char **argv)
             accept_only = true;
         else if (!strcmp(argv[i], "--compile-times"))
             ctimes = true;
+        else if (!strcmp(argv[i], "--reorder"))
+            reorder = true;
     }
     if (!strcmp(argv[1], "--merge")) {
         size_t tot[10] = {0};
@@ -206,17 +489,10 @@ int main(int argc, char **argv)
             if (list) printf("UNREADABLE %s: %s\n", names[fi], je.text);
             continue;
         }
-        size_t text_len =
-            json_dumpb(json_object_get(root, "schema"), NULL, 0, JSON_ENCODE_ANY | JSON_COMPACT);
-        char *text = malloc(text_len + 1);
-        json_dumpb(json_object_get(root, "schema"), text, text_len, JSON_ENCODE_ANY | JSON_COMPACT);
-        struct kiln_constraint_spec spec = {KILN_CONSTRAINT_JSON_SCHEMA, text, text_len};
-        struct kiln_grammar *g = NULL;
-        double t0 = now_us();
-        enum kiln_status st = kiln_grammar_compile_opts(&spec, vocab, &opts, &g, &err);
-        double tc = now_us() - t0;
-        free(text);
-        if (st) {
+        double tc;
+        struct kiln_grammar *g =
+            compile_json(json_object_get(root, "schema"), vocab, &opts, &tc, &err);
+        if (!g) {
             compile_err++;
             if (list) printf("COMPILE %s: %s\n", names[fi], err.msg);
             json_decref(root);
@@ -224,6 +500,13 @@ int main(int argc, char **argv)
         }
         push(&compiles, tc);
         if (ctimes) printf("COMPILED %.0f us %s\n", tc, names[fi]);
+        struct kiln_grammar *loose = NULL; /* --reorder: the schema without value constraints */
+        if (reorder) {
+            json_t *plain = json_deep_copy(json_object_get(root, "schema"));
+            strip_constraints(plain, 0);
+            loose = compile_json(plain, vocab, &opts, NULL, &err);
+            json_decref(plain);
+        }
         int verdict = 0; /* 0 ok, 1 validation error, 2 invalidation error (last one wins) */
         size_t i;
         json_t *t;
@@ -235,6 +518,22 @@ int main(int argc, char **argv)
             char *inst = malloc(inst_len + 1);
             json_dumpb(data, inst, inst_len, JSON_ENCODE_ANY);
             inst[inst_len] = 0;
+            if (reorder) { /* the data's preparation, untimed: keys in kiln's order */
+                struct kiln_grammar *by = valid ? g : loose;
+                char *moved = NULL;
+                size_t moved_len = 0;
+                if (by && (!valid || !accepts(g, inst, inst_len)))
+                    moved = reorder_instance(by, data, valid ? 20000 : 2000, &moved_len);
+                if (moved && (moved_len != inst_len || memcmp(moved, inst, inst_len))) {
+                    reordered[valid]++;
+                    if (list) printf("REORDERED %s test %zu: %s\n", names[fi], i, moved);
+                    free(inst);
+                    inst = moved;
+                    inst_len = moved_len;
+                } else {
+                    free(moved);
+                }
+            }
             if (accept_only) {
                 tests++;
                 struct kiln_matcher *m;
@@ -307,6 +606,7 @@ int main(int argc, char **argv)
         if (verdict == 1) val_err++;
         if (verdict == 2) inval_err++;
         kiln_grammar_unref(g);
+        if (loose) kiln_grammar_unref(loose);
         json_decref(root);
         if (verbose && fi % 500 == 0)
             fprintf(stderr, "%zu/%zu schemas, %.0f s\n", fi, nn, (now_us() - t_start) / 1e6);
@@ -323,6 +623,9 @@ int main(int argc, char **argv)
     }
     size_t tot[8] = {schemas, passing, compile_err, unreadable, val_err, inval_err, tests, tokens};
     report(tot, &masks, &compiles, missing);
+    if (reorder)
+        printf("reordered (keys put in kiln's order first): %zu valid tests, %zu invalid tests\n",
+               reordered[1], reordered[0]);
     printf("cpu %.1f s\n", (now_us() - t_start) / 1e6);
     for (size_t k = 0; k < nn; k++) free(names[k]);
     free(names);

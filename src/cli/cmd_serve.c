@@ -29,6 +29,7 @@ struct serve_args {
     char model_name[256];
     struct kiln_server_options srv;
     int max_batch, max_num_tokens, max_queue, max_seq_len, max_input_len, kv_blocks;
+    float max_mask_ms;
     bool no_prefix_caching;
     struct kiln_cli_backend backend;
 };
@@ -59,6 +60,8 @@ static void usage(FILE *f)
         "  --kv-blocks N         KV cache blocks (default: from memory on CUDA, enough for\n"
         "                        every sequence at full length on the CPU)\n"
         "  --no-prefix-caching   do not reuse KV blocks of shared prompt prefixes\n"
+        "  --max-mask-ms MS      end a structured-output request whose token masks take\n"
+        "                        longer than this, 8 in a row (default 50; 0: no limit)\n"
         "  --shutdown-timeout S  on SIGTERM, let running requests finish this long (30)\n"
         "  --max-body-bytes N    larger request bodies get 413 (default 16 MiB)\n"
         "  --max-header-bytes N  larger request headers get 431 (default 16 KiB)\n"
@@ -92,6 +95,7 @@ enum {
     O_IDLE,
     O_HEADER_TIMEOUT,
     O_NO_WEB,
+    O_MASK_MS,
     O_HELP
 };
 
@@ -116,6 +120,7 @@ static const struct option long_opts[] = {
     {"idle-timeout", required_argument, 0, O_IDLE},
     {"header-timeout", required_argument, 0, O_HEADER_TIMEOUT},
     {"no-web-ui", no_argument, 0, O_NO_WEB},
+    {"max-mask-ms", required_argument, 0, O_MASK_MS},
     {"help", no_argument, 0, O_HELP},
     KILN_CLI_BACKEND_OPTIONS,
     {0, 0, 0, 0},
@@ -180,6 +185,8 @@ static bool option(int id, const char *arg, void *ctx)
     case O_NO_WEB:
         a->srv.web_ui = false;
         return true;
+    case O_MASK_MS:
+        return kiln_cli_float(arg, 0.0f, 1e6f, &a->max_mask_ms);
     }
     return false;
 }
@@ -190,6 +197,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
     memset(a, 0, sizeof *a);
     kiln_server_options_default(&a->srv);
     a->max_queue = 1024;
+    a->max_mask_ms = 50;
     kiln_cli_backend_defaults(&a->backend);
     const char *env_key = getenv("KILN_API_KEY");
     if (env_key && *env_key) a->srv.api_key = env_key;
@@ -274,6 +282,7 @@ static enum kiln_status load(struct loader *l, struct kiln_error *err)
                                      .max_seq_len = max_seq,
                                      .max_input_len = max_input ? max_input : max_seq - 1,
                                      .prefix_caching = !a->no_prefix_caching,
+                                     .max_mask_ms = a->max_mask_ms > 0 ? a->max_mask_ms : -1,
                                      .notify = kiln_server_notify,
                                      .notify_arg = l->srv};
     if (eo.max_input_len >= max_seq) eo.max_input_len = max_seq - 1;

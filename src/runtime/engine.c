@@ -64,6 +64,7 @@ struct req {
     struct kiln_matcher *matcher; /* NULL: unconstrained */
     uint32_t *mask;               /* (mask_words,) the allowed tokens of the next draw */
     bool mask_ready;              /* mask already holds the matcher's current state */
+    int slow_masks;               /* masks in a row over max_mask_ms */
 };
 
 struct list {
@@ -800,13 +801,41 @@ static void take_token(struct kiln_engine *e, struct req *r, const struct kiln_s
 
 /* ---- structured output ---- */
 
-/* Fills r->mask with the tokens the matcher allows next (unless it already holds them). */
+/* This thread's CPU time: a loaded host does not make a mask look slow. */
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Fills r->mask with the tokens the matcher allows next (unless it already holds them), and
+ * counts the masks in a row that took longer than max_mask_ms (mask_too_slow). */
 static void grammar_mask(struct kiln_engine *e, struct req *r)
 {
     if (r->mask_ready) return;
+    double t0 = e->opt.max_mask_ms > 0 ? thread_cpu_s() : 0;
     kiln_matcher_fill_mask(r->matcher, r->mask);
+    if (e->opt.max_mask_ms > 0)
+        r->slow_masks = (thread_cpu_s() - t0) * 1e3 > e->opt.max_mask_ms ? r->slow_masks + 1 : 0;
     r->mask_ready = true;
     e->grammar_masks++;
+}
+
+/* Ends r with an error once KILN_SLOW_MASKS masks in a row went over max_mask_ms: a grammar that
+ * costs that much a token delays every sequence of every step. One slow mask (a table growing,
+ * a first visit to a large object's keys) is allowed. */
+static bool mask_too_slow(struct kiln_engine *e, struct req *r)
+{
+    if (r->slow_masks < KILN_SLOW_MASKS) return false;
+    char msg[200];
+    snprintf(msg, sizeof msg,
+             "the output constraint is too costly: %d token masks in a row took over %g ms each "
+             "(--max-mask-ms); simplify the schema or pattern",
+             r->slow_masks, e->opt.max_mask_ms);
+    KILN_ERROR("request %llu: %s", (unsigned long long)r->id, msg);
+    finish_early(e, r, KILN_FINISH_ERROR, msg);
+    return true;
 }
 
 /* After a complete output: whether a token other than an eos id may follow. */
@@ -936,7 +965,9 @@ static void step(struct kiln_engine *e)
         r->n_computed += e->b_chunk[s];
         kiln_kv_seq_commit(&e->kv, &r->kv, r->tokens, r->n_computed);
         if (r->n_computed != r->n_tokens) continue;
-        if (r->matcher)
+        if (r->matcher && mask_too_slow(e, r))
+            k++;
+        else if (r->matcher)
             take_constrained(e, r, &e->b_out[k++]);
         else
             take_token(e, r, &e->b_out[k++], false);
@@ -1013,6 +1044,7 @@ enum kiln_status kiln_engine_create(struct kiln_backend *backend, struct kiln_to
     if (o.max_num_tokens <= 0) o.max_num_tokens = bo->max_tokens;
     if (o.max_seq_len <= 0) o.max_seq_len = bo->max_seq_len;
     if (o.max_input_len <= 0) o.max_input_len = o.max_seq_len;
+    if (o.max_mask_ms == 0) o.max_mask_ms = 50;
     if (o.max_batch_size > bo->max_seqs || o.max_num_tokens > bo->max_tokens ||
         o.max_seq_len > bo->max_seq_len)
         return kiln_errorf(err, KILN_ERR_INVALID,

@@ -3,7 +3,7 @@
  * preemption or prefix reuse; seeds draw the same alone or batched; stop strings cut the text;
  * cancel frees the KV; the context limit message; structured output (the grammar holds at
  * temperature 1, ends the request when complete, forced tokens give the same output as drawn
- * ones, preemption keeps the matcher right).
+ * ones, preemption keeps the matcher right, a grammar too slow a token ends its request).
  *
  * usage: test_engine_model MODEL_DIR [cpu|cuda]
  * Results of different schedules must agree bitwise. On the CPU the math does not depend on the
@@ -63,6 +63,7 @@ static const char *prompt_text[NP] = {
 struct setup {
     int n_blocks, block_size, max_batch, max_tokens, max_seq_len;
     bool prefix_caching;
+    double max_mask_ms;
 };
 
 static struct setup defaults(void)
@@ -97,7 +98,8 @@ static struct rig rig_new(struct setup s)
                                : kiln_backend_cpu_create(model, &o, &r.be, &err);
     if (st) fail_msg("backend: %s", err.msg);
     r.be = gate_wrap(r.be);
-    struct kiln_engine_options eo = {.prefix_caching = s.prefix_caching};
+    struct kiln_engine_options eo = {.prefix_caching = s.prefix_caching,
+                                     .max_mask_ms = s.max_mask_ms};
     if (kiln_engine_create(r.be, tok, &eo, &r.e, &err)) fail_msg("engine: %s", err.msg);
     return r;
 }
@@ -519,6 +521,37 @@ static void constrained_preempted(void **state)
     kiln_grammar_unref(g);
 }
 
+/* --max-mask-ms: with a limit no mask can meet, a constrained request ends with an error after
+ * KILN_SLOW_MASKS tokens, and an unconstrained one beside it is untouched; with the default
+ * limit the same request completes. */
+static void mask_time_limit(void **state)
+{
+    (void)state;
+    struct kiln_grammar *g = compile(KILN_CONSTRAINT_REGEX, "[a-z]{60}");
+    struct setup s = defaults();
+    s.max_mask_ms = 1e-9;
+    struct rig r = rig_new(s);
+    struct result slow, plain;
+    submit(r.e, sampled(1, 80, g, 1), &slow);
+    submit(r.e, greedy(0, 20), &plain);
+    collect(r.e, 2);
+    assert_int_equal(slow.finish, KILN_FINISH_ERROR);
+    assert_int_equal(slow.n, KILN_SLOW_MASKS - 1);
+    assert_non_null(strstr(slow.error, "the output constraint is too costly: 8 token masks in a "
+                                       "row took over 1e-09 ms each (--max-mask-ms)"));
+    assert_int_equal(plain.finish, KILN_FINISH_LENGTH);
+    assert_int_equal(plain.n, 20);
+    rig_free(r);
+
+    r = rig_new(defaults());
+    submit(r.e, sampled(1, 80, g, 1), &slow);
+    collect(r.e, 1);
+    assert_int_equal(slow.finish, KILN_FINISH_STOP);
+    assert_int_equal(slow.text_len, 60);
+    rig_free(r);
+    kiln_grammar_unref(g);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || argc > 3) {
@@ -555,6 +588,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(constrained_choice_and_regex),
         cmocka_unit_test(forced_tokens_exact),
         cmocka_unit_test(constrained_preempted),
+        cmocka_unit_test(mask_time_limit),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (gvocab) kiln_grammar_vocab_free(gvocab);
