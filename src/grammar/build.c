@@ -198,6 +198,13 @@ static size_t gx_size(const struct gx *x, size_t cap)
         size_t times = (size_t)(x->max < 0 ? x->min + 1 : x->max > 0 ? x->max : 1);
         return k >= cap / times ? cap : k * times + 2;
     }
+    case GX_GRAPH: { /* a byte set or a call is an edge (emit) */
+        size_t n = (size_t)x->min + 1;
+        for (int i = 0; i < x->n && n < cap; i++)
+            if (x->kid[i]->op != GX_BYTES && x->kid[i]->op != GX_RULE)
+                n += gx_size(x->kid[i], cap - n) + 1;
+        return n;
+    }
     default:
         return 1;
     }
@@ -287,6 +294,24 @@ struct gx *gx_call(struct gr_builder *b, int rule)
     if (rule < 0) return NULL;
     struct gx *x = node(b, GX_RULE);
     if (x) x->rule = rule;
+    return x;
+}
+
+struct gx *gx_graph(struct gr_builder *b, int nstates, int nedges, const int32_t *ends,
+                    struct gx *const *label)
+{
+    struct gx *x = node(b, GX_GRAPH);
+    if (!x) return NULL;
+    x->min = nstates;
+    x->n = x->cap = nedges;
+    x->kid = gb_alloc(b, (size_t)nedges * sizeof *x->kid + 1);
+    x->edge = gb_alloc(b, (size_t)nedges * 2 * sizeof *x->edge + 1);
+    if (!x->kid || !x->edge) return NULL;
+    for (int i = 0; i < nedges; i++) {
+        if (!label[i]) return NULL;
+        x->kid[i] = label[i];
+    }
+    memcpy(x->edge, ends, (size_t)nedges * 2 * sizeof *x->edge);
     return x;
 }
 
@@ -606,6 +631,23 @@ struct gx *gx_json_chars_but(struct gr_builder *b, const uint32_t out[4])
     return gx_add(b, alt, gx_seq2(b, gx_byte(b, '\\'), esc));
 }
 
+/* the characters of s that JSON takes unescaped (all but '"', '\\' and controls) */
+static void json_plain(const struct cp_set *s, struct cp_set *plain)
+{
+    for (int i = 0; i < s->n; i++) {
+        uint32_t lo = s->r[i][0] < 0x20 ? 0x20 : s->r[i][0], hi = s->r[i][1];
+        for (uint32_t c = lo; c <= hi;) { /* cut out '"' and '\\' */
+            uint32_t e = hi;
+            if (c <= '"' && e >= '"') e = '"' > c ? '"' - 1 : c;
+            if (c <= '\\' && e >= '\\' && c > '"') e = '\\' > c ? '\\' - 1 : c;
+            if (c != '"' && c != '\\') cps_add(plain, c, e);
+            c = e + 1;
+            if (e == 0x10FFFF) break;
+        }
+    }
+    cps_norm(plain);
+}
+
 /* The characters of s (normalized) as the inside of a JSON string: unescaped where JSON allows
  * (inline: the hot path of every mask inside a string), escaped (\" \\ \/ \b \f \n \r \t
  * \uXXXX) where it must or may. */
@@ -613,23 +655,42 @@ struct gx *gx_json_chars(struct gr_builder *b, const struct cp_set *s)
 {
     struct gx *alt = gx_alt(b);
     struct cp_set plain = {0};
-    for (int i = 0; i < s->n; i++) {
-        uint32_t lo = s->r[i][0] < 0x20 ? 0x20 : s->r[i][0], hi = s->r[i][1];
-        for (uint32_t c = lo; c <= hi;) { /* cut out '"' and '\\' */
-            uint32_t e = hi;
-            if (c <= '"' && e >= '"') e = '"' > c ? '"' - 1 : c;
-            if (c <= '\\' && e >= '\\' && c > '"') e = '\\' > c ? '\\' - 1 : c;
-            if (c != '"' && c != '\\') cps_add(&plain, c, e);
-            c = e + 1;
-            if (e == 0x10FFFF) break;
-        }
-    }
-    cps_norm(&plain);
+    json_plain(s, &plain);
     if (plain.n) gx_add(b, alt, gx_utf8(b, &plain));
     cps_free(&plain);
     struct gx *esc = esc_tail(b, s);
     if (esc && (esc->op != GX_ALT || esc->n)) gx_add(b, alt, gx_seq2(b, gx_byte(b, '\\'), esc));
     return alt;
+}
+
+int gx_json_char_parts(struct gr_builder *b, const struct cp_set *s, struct gx *part[3])
+{
+    int n = 0;
+    struct cp_set p = {0}, lo = {0}, hi = {0};
+    json_plain(s, &p);
+    for (int i = 0; i < p.n; i++) {
+        if (p.r[i][0] < 0x80) cps_add(&lo, p.r[i][0], p.r[i][1] < 0x7F ? p.r[i][1] : 0x7F);
+        if (p.r[i][1] >= 0x80) cps_add(&hi, p.r[i][0] < 0x80 ? 0x80 : p.r[i][0], p.r[i][1]);
+    }
+    cps_norm(&lo);
+    cps_norm(&hi);
+    if (lo.n) {
+        struct gx *x = gx_utf8(b, &lo);
+        part[n++] = x && x->op == GX_ALT && x->n == 1 ? x->kid[0] : x;
+    }
+    if (hi.n) {
+        int r = gb_rule(b, "%chars");
+        gb_set(b, r, gx_utf8(b, &hi));
+        part[n++] = gx_call(b, r);
+    }
+    cps_free(&p), cps_free(&lo), cps_free(&hi);
+    struct gx *e = esc_tail(b, s);
+    if (e && (e->op != GX_ALT || e->n)) {
+        int r = gb_rule(b, "%chars_esc");
+        gb_set(b, r, gx_seq2(b, gx_byte(b, '\\'), e));
+        part[n++] = gx_call(b, r);
+    }
+    return b->failed ? 0 : n;
 }
 
 /* ---- rules -> NFA ---- */
@@ -673,6 +734,20 @@ static void add_edge(struct nfa *c, int32_t from, int32_t to, int kind, int lo, 
     c->e[c->ne++] = (struct tedge){from, to, rule, (uint8_t)kind, (uint8_t)lo, (uint8_t)hi};
 }
 
+static void byte_edges(struct nfa *c, int32_t from, int32_t to, const struct gx *x)
+{
+    for (int lo = 0; lo < 256;) {
+        if (!(x->bits[lo >> 5] >> (lo & 31) & 1)) {
+            lo++;
+            continue;
+        }
+        int hi = lo;
+        while (hi + 1 < 256 && (x->bits[(hi + 1) >> 5] >> ((hi + 1) & 31) & 1)) hi++;
+        add_edge(c, from, to, TE_BYTE, lo, hi, 0);
+        lo = hi + 1;
+    }
+}
+
 static int32_t emit(struct nfa *c, int32_t from, const struct gx *x)
 {
     if (c->b->failed || !x) return from;
@@ -683,16 +758,7 @@ static int32_t emit(struct nfa *c, int32_t from, const struct gx *x)
         return from;
     case GX_BYTES: {
         int32_t t = new_state(c);
-        for (int lo = 0; lo < 256;) {
-            if (!(x->bits[lo >> 5] >> (lo & 31) & 1)) {
-                lo++;
-                continue;
-            }
-            int hi = lo;
-            while (hi + 1 < 256 && (x->bits[(hi + 1) >> 5] >> ((hi + 1) & 31) & 1)) hi++;
-            add_edge(c, from, t, TE_BYTE, lo, hi, 0);
-            lo = hi + 1;
-        }
+        byte_edges(c, from, t, x);
         return t;
     }
     case GX_SEQ: {
@@ -732,6 +798,31 @@ static int32_t emit(struct nfa *c, int32_t from, const struct gx *x)
         int32_t t = new_state(c);
         add_edge(c, from, t, TE_CALL, 0, 0, x->rule);
         return t;
+    }
+    case GX_GRAPH: { /* a byte set or a call goes straight between its states */
+        int32_t *st = malloc(((size_t)x->min + 1) * sizeof *st);
+        if (!st) {
+            gb_fail(c->b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+            return from;
+        }
+        for (int i = 0; i <= x->min; i++) st[i] = new_state(c);
+        add_edge(c, from, st[0], TE_EPS, 0, 0, 0);
+        for (int i = 0; i < x->n && !c->b->failed; i++) {
+            int32_t a = st[x->edge[2 * i]], z = st[x->edge[2 * i + 1]];
+            const struct gx *k = x->kid[i];
+            if (k->op == GX_RULE)
+                add_edge(c, a, z, TE_CALL, 0, 0, k->rule);
+            else if (k->op == GX_BYTES)
+                byte_edges(c, a, z, k);
+            else {
+                int32_t s = new_state(c);
+                add_edge(c, a, s, TE_EPS, 0, 0, 0);
+                add_edge(c, emit(c, s, k), z, TE_EPS, 0, 0, 0);
+            }
+        }
+        int32_t end = st[x->min];
+        free(st);
+        return end;
     }
     }
     return from;

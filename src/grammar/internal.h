@@ -12,14 +12,15 @@
 #include "grammar/grammar.h"
 
 /* ---- expression trees ---- */
-enum gx_op { GX_NONE, GX_EMPTY, GX_BYTES, GX_SEQ, GX_ALT, GX_REP, GX_RULE };
+enum gx_op { GX_NONE, GX_EMPTY, GX_BYTES, GX_SEQ, GX_ALT, GX_REP, GX_RULE, GX_GRAPH };
 struct gx {
     enum gx_op op;
-    int n, cap;       /* SEQ / ALT children */
-    struct gx **kid;  /* SEQ / ALT children; REP: kid[0] */
+    int n, cap;       /* SEQ / ALT children; GRAPH: edges */
+    struct gx **kid;  /* SEQ / ALT children; REP: kid[0]; GRAPH: what edge i reads */
     uint32_t bits[8]; /* BYTES: the set of bytes */
-    int min, max;     /* REP: max -1 = unbounded */
+    int min, max;     /* REP: max -1 = unbounded; GRAPH: min states (0 the start) */
     int rule;         /* RULE: the rule called */
+    int32_t *edge;    /* GRAPH: edge i goes from state edge[2i] to edge[2i + 1]; to min: the end */
 };
 
 struct gr_block;
@@ -79,6 +80,11 @@ struct gx *gx_alt2(struct gr_builder *b, struct gx *x, struct gx *y);
 struct gx *gx_rep(struct gr_builder *b, struct gx *x, int min, int max);
 struct gx *gx_opt(struct gr_builder *b, struct gx *x);
 struct gx *gx_call(struct gr_builder *b, int rule);
+/* An automaton whose edges read expressions: nstates states (0 the start), edge i from
+ * ends[2i] to ends[2i + 1] reading label[i]; an edge to state nstates ends it. An automaton
+ * (a regex intersected with a length, regex.c) written without the blow-up of an expression. */
+struct gx *gx_graph(struct gr_builder *b, int nstates, int nedges, const int32_t *ends,
+                    struct gx *const *label);
 
 /* A set of Unicode code points as sorted, disjoint, inclusive ranges. */
 struct cp_set {
@@ -95,6 +101,10 @@ struct gx *gx_utf8(struct gr_builder *b, const struct cp_set *s);
 /* The set's code points (a normalized set) as characters inside a JSON string: unescaped where
  * JSON allows, escaped (\" \\ \/ \b \f \n \r \t \uXXXX) where it must or may. */
 struct gx *gx_json_chars(struct gr_builder *b, const struct cp_set *s);
+/* The same characters as up to three graph labels, each a byte set or a call where it can:
+ * the unescaped ASCII ones (a byte set), the other unescaped ones (a rule), the escaped ones
+ * (a rule: the backslash and what follows). Returns how many (0 on failure). */
+int gx_json_char_parts(struct gr_builder *b, const struct cp_set *s, struct gx *part[3]);
 /* Any character inside a JSON string but the ASCII ones in `out` (bit c of out[c >> 5]), which
  * are refused unescaped and escaped; printable ASCII is only taken unescaped (its \uXXXX
  * spellings are refused: stricter, never looser), so the result is small and the same
@@ -106,6 +116,16 @@ struct gx *gx_json_chars_but(struct gr_builder *b, const uint32_t out[4]);
  * anything). */
 struct gx *gr_regex(struct gr_builder *b, const char *re, size_t n, bool json, bool search,
                     const char *where);
+/* The strings inside a JSON string that match every one of nre (at most 2) regexes (search[i]:
+ * `pattern` semantics, else anchored: a format's) and have min..max code points (max -1: no
+ * limit), as one automaton (gx_graph): the product of the regexes' automata and a counter.
+ * Refused (KILN_ERR_UNSUPPORTED) past a budget of states; an empty language is gx_none. */
+struct gx *gr_regex_meet(struct gr_builder *b, int nre, const char *const *re, const size_t *len,
+                         const bool *search, long long min, long long max, const char *where);
+/* Whether the string s (UTF-8, len bytes) matches the regex (search: `pattern` semantics): 1
+ * or 0; -1 when the regex is refused (b failed with its error). */
+int gr_regex_test(struct gr_builder *b, const char *re, size_t n, bool search, const char *s,
+                  size_t len, const char *where);
 /* JSON Schema document -> expression of one JSON value (where: JSON pointer prefix for errors). */
 struct gx *gr_json_schema(struct gr_builder *b, const char *text, size_t n);
 struct gx *gr_json_schema_value(struct gr_builder *b, void *json_root); /* a json_t * */

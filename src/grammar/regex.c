@@ -17,7 +17,38 @@ struct rx {
     bool json;
     const char *where;
     int depth;
+    /* gr_regex_meet's parse: each character class becomes a leaf, an empty byte set whose
+     * `rule` is its index here, and the tree is walked into an automaton (never compiled) */
+    struct rx_cls *cls;
 };
+
+struct rx_cls {
+    struct cp_set *set;
+    int n, cap;
+};
+
+/* the index of s (normalized; taken over) in c, equal sets shared; -1 out of memory */
+static int cls_put(struct rx_cls *c, struct cp_set *s)
+{
+    for (int i = c->n - 1; i >= 0 && i >= c->n - 256; i--)
+        if (c->set[i].n == s->n && !memcmp(c->set[i].r, s->r, (size_t)s->n * sizeof *s->r)) {
+            cps_free(s);
+            return i;
+        }
+    if (c->n == c->cap) {
+        int cap = c->cap ? c->cap * 2 : 16;
+        struct cp_set *p = realloc(c->set, (size_t)cap * sizeof *p);
+        if (!p) {
+            cps_free(s);
+            return -1;
+        }
+        c->set = p;
+        c->cap = cap;
+    }
+    c->set[c->n] = *s;
+    *s = (struct cp_set){0};
+    return c->n++;
+}
 
 static struct gx *rx_fail(struct rx *r, const char *what)
 {
@@ -48,6 +79,12 @@ static bool rx_cp(struct rx *r, uint32_t *cp)
 static struct gx *emit_set(struct rx *r, struct cp_set *s)
 {
     cps_norm(s);
+    if (r->cls) {
+        int k = cls_put(r->cls, s);
+        struct gx *x = k < 0 ? gb_fail(r->b, KILN_ERR_NOMEM, "out of memory") : gx_byte(r->b, 0);
+        if (x) x->bits[0] = 0, x->rule = k;
+        return x;
+    }
     struct gx *x = r->json ? gx_json_chars(r->b, s) : gx_utf8(r->b, s);
     cps_free(s);
     return x;
@@ -433,25 +470,465 @@ static struct gx *rx_alt(struct rx *r)
     return a;
 }
 
+/* the regex with JSON Schema `pattern` semantics if search (unanchored ends match anything) */
+static struct gx *rx_top(struct rx *r, bool search)
+{
+    const char *re = (const char *)r->s;
+    size_t n = r->n;
+    bool start_anchor = n > 0 && re[0] == '^';
+    if (start_anchor) r->i = 1;
+    struct gx *x = rx_alt(r);
+    if (!x) return NULL;
+    if (r->i != r->n) return rx_fail(r, r->s[r->i] == ')' ? "unmatched )" : "unexpected character");
+    bool end_anchor = n > 0 && re[n - 1] == '$' && (n < 2 || re[n - 2] != '\\');
+    if (!search) return x;
+    struct cp_set all = {0};
+    cps_add(&all, 0, 0x10FFFF);
+    struct gx *any = gx_rep(r->b, emit_set(r, &all), 0, -1);
+    struct gx *q = gx_seq(r->b);
+    if (!start_anchor) q = gx_add(r->b, q, any);
+    q = gx_add(r->b, q, x);
+    if (!end_anchor) q = gx_add(r->b, q, any);
+    return q;
+}
+
 struct gx *gr_regex(struct gr_builder *b, const char *re, size_t n, bool json, bool search,
                     const char *where)
 {
-    struct rx r = {b, (const unsigned char *)re, n, 0, json, where, 0};
-    bool start_anchor = n > 0 && re[0] == '^';
-    if (start_anchor) r.i = 1;
-    struct gx *x = rx_alt(&r);
-    if (!x) return NULL;
-    if (r.i != r.n) return rx_fail(&r, r.s[r.i] == ')' ? "unmatched )" : "unexpected character");
-    bool end_anchor = n > 0 && re[n - 1] == '$' && (n < 2 || re[n - 2] != '\\');
-    if (!search) return x;
-    /* JSON Schema `pattern`: the regex may match anywhere in the string */
-    struct cp_set all = {0};
-    cps_add(&all, 0, 0x10FFFF);
-    struct gx *any = gx_rep(b, json ? gx_json_chars(b, &all) : gx_utf8(b, &all), 0, -1);
-    cps_free(&all);
-    struct gx *q = gx_seq(b);
-    if (!start_anchor) q = gx_add(b, q, any);
-    q = gx_add(b, q, x);
-    if (!end_anchor) q = gx_add(b, q, any);
-    return q;
+    struct rx r = {b, (const unsigned char *)re, n, 0, json, where, 0, NULL};
+    return rx_top(&r, search);
+}
+
+/* ---- intersections: regexes and a length in code points, as one automaton ---- */
+
+/* The budget of gr_regex_meet: each regex's automaton, and the product (its states are a state
+ * of each and a count): over it the constraint is refused. A graph state costs the builder
+ * about one state per label (gx_json_char_parts). */
+#define RM_MAX_STATES  50000
+#define RM_MAX_PRODUCT 400000
+#define RM_MAX_EDGES   2000000
+
+/* a regex as an automaton over character classes: edges (from, to, class; -1 epsilon), then
+ * for each state the class edges its epsilon closure leaves by, and whether it reaches the end */
+struct rm_nfa {
+    int32_t nst, end;
+    int32_t (*e)[3];
+    size_t ne, cap;
+    int32_t *out0;     /* [nst + 1] into out */
+    int32_t (*out)[2]; /* (class, to) */
+    bool *acc;
+    bool over;
+};
+
+static int32_t rm_state(struct rm_nfa *a)
+{
+    if (a->nst >= RM_MAX_STATES) {
+        a->over = true;
+        return 0;
+    }
+    return a->nst++;
+}
+
+static void rm_edge(struct rm_nfa *a, int32_t from, int32_t to, int32_t cls)
+{
+    if (a->over) return;
+    if (a->ne == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 256;
+        void *p = realloc(a->e, cap * sizeof *a->e);
+        if (!p) {
+            a->over = true;
+            return;
+        }
+        a->e = p;
+        a->cap = cap;
+    }
+    a->e[a->ne][0] = from, a->e[a->ne][1] = to, a->e[a->ne][2] = cls;
+    a->ne++;
+}
+
+/* the parse tree (leaves: classes; rules: gx_rep's blocks) from `from`, as build.c's emit */
+static int32_t rm_emit(struct gr_builder *b, struct rm_nfa *a, int32_t from, const struct gx *x)
+{
+    if (a->over || !x) return from;
+    switch (x->op) {
+    case GX_EMPTY:
+        return from;
+    case GX_BYTES: {
+        int32_t t = rm_state(a);
+        rm_edge(a, from, t, x->rule);
+        return t;
+    }
+    case GX_SEQ:
+        for (int i = 0; i < x->n; i++) from = rm_emit(b, a, from, x->kid[i]);
+        return from;
+    case GX_ALT: {
+        int32_t t = rm_state(a);
+        for (int i = 0; i < x->n; i++) {
+            int32_t s = rm_state(a);
+            rm_edge(a, from, s, -1);
+            rm_edge(a, rm_emit(b, a, s, x->kid[i]), t, -1);
+        }
+        return t;
+    }
+    case GX_REP: {
+        int32_t cur = from;
+        for (int i = 0; i < x->min && !a->over; i++) cur = rm_emit(b, a, cur, x->kid[0]);
+        if (x->max < 0) {
+            int32_t s = rm_state(a);
+            rm_edge(a, cur, s, -1);
+            rm_edge(a, rm_emit(b, a, s, x->kid[0]), s, -1);
+            return s;
+        }
+        int32_t end = rm_state(a);
+        rm_edge(a, cur, end, -1);
+        for (int i = x->min; i < x->max && !a->over; i++) {
+            int32_t s = rm_state(a);
+            rm_edge(a, cur, s, -1);
+            cur = rm_emit(b, a, s, x->kid[0]);
+            rm_edge(a, cur, end, -1);
+        }
+        return end;
+    }
+    case GX_RULE:
+        return rm_emit(b, a, from, b->body[x->rule]);
+    default: /* GX_NONE: a state nothing leaves */
+        return rm_state(a);
+    }
+}
+
+/* out / acc: what each state's epsilon closure reads and whether it holds the end */
+static bool rm_close(struct rm_nfa *a)
+{
+    int32_t n = a->nst;
+    int32_t *e0 = calloc((size_t)n + 1, sizeof *e0), *stk = malloc((size_t)n * sizeof *stk);
+    int32_t *seen = malloc((size_t)n * sizeof *seen), (*ord)[3] = NULL;
+    a->out0 = calloc((size_t)n + 1, sizeof *a->out0);
+    a->acc = calloc((size_t)n, sizeof *a->acc);
+    size_t nout = 0, capout = 0;
+    bool ok = e0 && stk && seen && a->out0 && a->acc;
+    if (ok) ord = malloc((a->ne + 1) * sizeof *ord);
+    ok = ok && ord;
+    if (ok) { /* edges by source */
+        for (size_t i = 0; i < a->ne; i++) e0[a->e[i][0] + 1]++;
+        for (int32_t s = 0; s < n; s++) e0[s + 1] += e0[s];
+        int32_t *fill = stk;
+        for (int32_t s = 0; s < n; s++) fill[s] = e0[s];
+        for (size_t i = 0; i < a->ne; i++) memcpy(ord[fill[a->e[i][0]]++], a->e[i], sizeof *ord);
+        for (int32_t s = 0; s < n; s++) seen[s] = -1;
+    }
+    for (int32_t s = 0; ok && s < n; s++) {
+        int sp = 0;
+        stk[sp++] = s;
+        seen[s] = s;
+        a->out0[s] = (int32_t)nout;
+        while (sp && ok) {
+            int32_t u = stk[--sp];
+            if (u == a->end) a->acc[s] = true;
+            for (int32_t k = e0[u]; k < e0[u + 1]; k++) {
+                int32_t to = ord[k][1], c = ord[k][2];
+                if (c < 0) {
+                    if (seen[to] != s) seen[to] = s, stk[sp++] = to;
+                    continue;
+                }
+                if (nout == capout) {
+                    capout = capout ? capout * 2 : 1024;
+                    void *p =
+                        capout <= RM_MAX_EDGES ? realloc(a->out, capout * sizeof *a->out) : NULL;
+                    if (!p) {
+                        ok = false;
+                        break;
+                    }
+                    a->out = p;
+                }
+                a->out[nout][0] = c, a->out[nout][1] = to;
+                nout++;
+            }
+        }
+    }
+    if (ok) a->out0[n] = (int32_t)nout;
+    free(e0), free(stk), free(seen), free(ord);
+    return ok;
+}
+
+static void rm_free(struct rm_nfa *a)
+{
+    free(a->e), free(a->out0), free(a->out), free(a->acc);
+}
+
+/* a regex's automaton (false: over the budget, or b failed: the regex's error) */
+static bool rm_build(struct gr_builder *b, struct rx_cls *cls, struct rm_nfa *a, const char *re,
+                     size_t n, bool search, const char *where)
+{
+    int n0 = b->n; /* the parse's rules (gx_rep's blocks) are dropped after the walk */
+    struct rx r = {b, (const unsigned char *)re, n, 0, true, where, 0, cls};
+    struct gx *x = rx_top(&r, search);
+    if (!x) return false;
+    int32_t s0 = rm_state(a);
+    a->end = rm_emit(b, a, s0, x);
+    b->n = n0;
+    return !a->over && rm_close(a);
+}
+
+int gr_regex_test(struct gr_builder *b, const char *re, size_t n, bool search, const char *s,
+                  size_t len, const char *where)
+{
+    struct rx_cls cls = {0};
+    struct rm_nfa a = {0};
+    int res = -1;
+    bool *cur = NULL, *nxt = NULL;
+    if (!rm_build(b, &cls, &a, re, n, search, where)) {
+        if (!b->failed)
+            gb_fail(b, KILN_ERR_UNSUPPORTED, "%s: unsupported (over %d automaton states)", where,
+                    RM_MAX_STATES);
+        goto out;
+    }
+    cur = calloc((size_t)a.nst, 1), nxt = calloc((size_t)a.nst, 1);
+    if (!cur || !nxt) {
+        gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+        goto out;
+    }
+    cur[0] = true;
+    struct rx v = {.s = (const unsigned char *)s, .n = len};
+    while (v.i < v.n) {
+        uint32_t cp;
+        if (!rx_cp(&v, &cp)) { /* not UTF-8: not a JSON string's value */
+            res = 0;
+            goto out;
+        }
+        memset(nxt, 0, (size_t)a.nst);
+        for (int32_t q = 0; q < a.nst; q++)
+            if (cur[q])
+                for (int32_t k = a.out0[q]; k < a.out0[q + 1]; k++)
+                    if (cps_has(&cls.set[a.out[k][0]], cp)) nxt[a.out[k][1]] = true;
+        bool *t = cur;
+        cur = nxt, nxt = t;
+    }
+    res = 0;
+    for (int32_t q = 0; q < a.nst; q++)
+        if (cur[q] && a.acc[q]) res = 1;
+out:
+    for (int i = 0; i < cls.n; i++) cps_free(&cls.set[i]);
+    free(cls.set), free(cur), free(nxt);
+    rm_free(&a);
+    return res;
+}
+
+/* uint64 -> int32 open addressing (keys never UINT64_MAX) */
+struct rm_map {
+    uint64_t *k;
+    int32_t *v;
+    size_t cap, n;
+};
+
+static int32_t *rm_slot(struct rm_map *m, uint64_t key, bool *fresh)
+{
+    if ((m->n + 1) * 2 > m->cap) {
+        size_t cap = m->cap ? m->cap * 2 : 1024;
+        uint64_t *k = malloc(cap * sizeof *k);
+        int32_t *v = malloc(cap * sizeof *v);
+        if (!k || !v) {
+            free(k), free(v);
+            return NULL;
+        }
+        memset(k, 0xFF, cap * sizeof *k);
+        for (size_t i = 0; i < m->cap; i++)
+            if (m->k[i] != UINT64_MAX) {
+                size_t h = (size_t)(m->k[i] * 0x9E3779B97F4A7C15ULL >> 20) & (cap - 1);
+                while (k[h] != UINT64_MAX) h = (h + 1) & (cap - 1);
+                k[h] = m->k[i], v[h] = m->v[i];
+            }
+        free(m->k), free(m->v);
+        m->k = k, m->v = v, m->cap = cap;
+    }
+    size_t h = (size_t)(key * 0x9E3779B97F4A7C15ULL >> 20) & (m->cap - 1);
+    while (m->k[h] != UINT64_MAX && m->k[h] != key) h = (h + 1) & (m->cap - 1);
+    *fresh = m->k[h] == UINT64_MAX;
+    if (*fresh) m->k[h] = key, m->n++;
+    return &m->v[h];
+}
+
+/* the class of the characters of both (-1: none in common) */
+static int32_t rm_meet(struct rx_cls *c, struct rm_map *memo, int32_t x, int32_t y)
+{
+    if (y < 0) return x;
+    bool fresh;
+    int32_t *v = rm_slot(memo, (uint64_t)x << 32 | (uint32_t)y, &fresh);
+    if (!v) return -2;
+    if (!fresh) return *v;
+    struct cp_set s = {0};
+    const struct cp_set *a = &c->set[x], *b = &c->set[y];
+    for (int i = 0, j = 0; i < a->n && j < b->n;) {
+        uint32_t lo = a->r[i][0] > b->r[j][0] ? a->r[i][0] : b->r[j][0];
+        uint32_t hi = a->r[i][1] < b->r[j][1] ? a->r[i][1] : b->r[j][1];
+        if (lo <= hi) cps_add(&s, lo, hi);
+        if (a->r[i][1] < b->r[j][1])
+            i++;
+        else
+            j++;
+    }
+    if (!s.n) {
+        cps_free(&s);
+        return *v = -1;
+    }
+    int32_t k = cls_put(c, &s);
+    return k < 0 ? -2 : (*v = k);
+}
+
+struct gx *gr_regex_meet(struct gr_builder *b, int nre, const char *const *re, const size_t *len,
+                         const bool *search, long long min, long long max, const char *where)
+{
+    struct rx_cls cls = {0};
+    struct rm_nfa a[2] = {{0}, {0}};
+    struct rm_map states = {0}, meets = {0};
+    int32_t(*pe)[3] = NULL; /* product edges (from, to, class; -1: to the end) */
+    uint64_t *key = NULL;   /* product states */
+    size_t npe = 0, cappe = 0, nkey = 0, capkey = 0;
+    int32_t *live = NULL, *r0 = NULL, *rl = NULL;
+    struct gx *res = NULL, **labels = NULL;
+    int32_t *ends = NULL;
+    bool over = false, nomem = false;
+    /* the counter: 0..max, or 0..min where "min" stands for "min or more" */
+    long long top = max >= 0 ? max : min;
+    for (int i = 0; i < nre && !b->failed && !over; i++)
+        over = !rm_build(b, &cls, &a[i], re[i], len[i], search[i], where);
+    if (b->failed || over) goto out;
+    /* the product, breadth first: state (q0, q1, count) */
+    for (size_t at = 0;; at++) {
+        if (at == 0) {
+            bool fresh;
+            int32_t *v = rm_slot(&states, 0, &fresh);
+            if (!v || !(key = malloc(1024 * sizeof *key))) goto nomem;
+            capkey = 1024;
+            *v = 0;
+            key[nkey++] = 0;
+        }
+        if (at >= nkey) break;
+        uint64_t k = key[at];
+        int32_t q0 = (int32_t)(k >> 40), q1 = (int32_t)(k >> 20 & 0xFFFFF);
+        long long cnt = (long long)(k & 0xFFFFF);
+        int32_t from = (int32_t)at;
+        bool acc = a[0].acc[q0] && (nre < 2 || a[1].acc[q1]) && cnt >= min;
+        long long next = cnt + 1;
+        if (next > top) next = max >= 0 ? -1 : top;
+        for (int32_t i = a[0].out0[q0]; i < a[0].out0[q0 + 1] + (acc ? 1 : 0); i++) {
+            bool fin = i == a[0].out0[q0 + 1];
+            int32_t j0 = nre < 2 || fin ? 0 : a[1].out0[q1],
+                    j1 = nre < 2 || fin ? 1 : a[1].out0[q1 + 1];
+            for (int32_t j = j0; j < j1; j++) {
+                int32_t to = -1, c = -1;
+                if (!fin) {
+                    if (next < 0) break;
+                    c = rm_meet(&cls, &meets, a[0].out[i][0], nre < 2 ? -1 : a[1].out[j][0]);
+                    if (c == -2) goto nomem;
+                    if (c < 0) continue;
+                    uint64_t nk = (uint64_t)a[0].out[i][1] << 40 |
+                                  (uint64_t)(nre < 2 ? 0 : a[1].out[j][1]) << 20 | (uint64_t)next;
+                    bool fresh;
+                    int32_t *v = rm_slot(&states, nk, &fresh);
+                    if (!v) goto nomem;
+                    if (fresh) {
+                        if (nkey >= RM_MAX_PRODUCT) {
+                            over = true;
+                            goto out;
+                        }
+                        if (nkey == capkey) {
+                            void *p = realloc(key, capkey * 2 * sizeof *key);
+                            if (!p) goto nomem;
+                            key = p, capkey *= 2;
+                        }
+                        *v = (int32_t)nkey;
+                        key[nkey++] = nk;
+                    }
+                    to = *v;
+                }
+                if (npe == cappe) {
+                    cappe = cappe ? cappe * 2 : 1024;
+                    void *p = cappe <= RM_MAX_EDGES * 2 ? realloc(pe, cappe * sizeof *pe) : NULL;
+                    if (!p && cappe > RM_MAX_EDGES * 2) {
+                        over = true;
+                        goto out;
+                    }
+                    if (!p) goto nomem;
+                    pe = p;
+                }
+                pe[npe][0] = from, pe[npe][1] = to, pe[npe][2] = c;
+                npe++;
+            }
+        }
+    }
+    {
+        /* keep the states that reach the end: edges by target, walked back from it */
+        int32_t n = (int32_t)nkey;
+        live = malloc(((size_t)n + 1) * sizeof *live);
+        r0 = calloc((size_t)n + 2, sizeof *r0);
+        rl = malloc((npe + 1) * sizeof *rl);
+        if (!live || !r0 || !rl) goto nomem;
+        for (size_t i = 0; i < npe; i++) r0[(pe[i][1] < 0 ? n : pe[i][1]) + 1]++;
+        for (int32_t s = 0; s <= n; s++) r0[s + 1] += r0[s];
+        int32_t *fill = live;
+        for (int32_t s = 0; s <= n; s++) fill[s] = r0[s];
+        for (size_t i = 0; i < npe; i++) rl[fill[pe[i][1] < 0 ? n : pe[i][1]]++] = pe[i][0];
+        int32_t *stk = fill, sp = 0; /* reuses fill: a state is pushed once */
+        bool *ok = calloc((size_t)n + 1, 1);
+        if (!ok) goto nomem;
+        for (int32_t k = r0[n]; k < r0[n + 1]; k++)
+            if (!ok[rl[k]]) ok[rl[k]] = true, stk[sp++] = rl[k];
+        while (sp) {
+            int32_t u = stk[--sp];
+            for (int32_t k = r0[u]; k < r0[u + 1]; k++)
+                if (!ok[rl[k]]) ok[rl[k]] = true, stk[sp++] = rl[k];
+        }
+        int32_t m = 0;
+        for (int32_t s = 0; s < n; s++) live[s] = ok[s] ? m++ : -1;
+        free(ok);
+        if (!n || live[0] < 0) { /* no string of those lengths matches */
+            res = gx_none(b);
+            goto out;
+        }
+        /* each class as up to three labels, made once */
+        struct gx *(*part)[3] = calloc((size_t)cls.n, sizeof *part);
+        int8_t *npart = calloc((size_t)cls.n, 1);
+        size_t nl = 0;
+        for (size_t i = 0; i < npe && part && npart; i++)
+            if (live[pe[i][0]] >= 0 && (pe[i][1] < 0 || live[pe[i][1]] >= 0)) {
+                int32_t c = pe[i][2];
+                if (c >= 0 && !npart[c])
+                    npart[c] = (int8_t)(1 + gx_json_char_parts(b, &cls.set[c], part[c]));
+                nl += c < 0 ? 1 : (size_t)npart[c] - 1;
+            }
+        labels = part && npart ? malloc((nl + 1) * sizeof *labels) : NULL;
+        ends = labels ? malloc((nl + 1) * 2 * sizeof *ends) : NULL;
+        if (ends && !b->failed) {
+            size_t k = 0;
+            struct gx *eps = gx_empty(b);
+            for (size_t i = 0; i < npe; i++) {
+                if (live[pe[i][0]] < 0 || (pe[i][1] >= 0 && live[pe[i][1]] < 0)) continue;
+                int32_t c = pe[i][2], z = pe[i][1] < 0 ? m : live[pe[i][1]];
+                for (int p = 0; p < (c < 0 ? 1 : npart[c] - 1); p++) {
+                    labels[k] = c < 0 ? eps : part[c][p];
+                    ends[2 * k] = live[pe[i][0]], ends[2 * k + 1] = z;
+                    k++;
+                }
+            }
+            res = gx_graph(b, m, (int)k, ends, labels);
+        }
+        bool mem = !(part && npart && labels && ends);
+        free(part), free(npart);
+        if (mem) goto nomem;
+    }
+    goto out;
+nomem:
+    nomem = true;
+out:
+    if (nomem) gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+    if (over && !b->failed)
+        gb_fail(b, KILN_ERR_UNSUPPORTED,
+                "%s: unsupported (with the string's other keywords, over %d automaton states)",
+                where, RM_MAX_PRODUCT);
+    for (int i = 0; i < cls.n; i++) cps_free(&cls.set[i]);
+    free(cls.set);
+    rm_free(&a[0]), rm_free(&a[1]);
+    free(states.k), free(states.v), free(meets.k), free(meets.v);
+    free(pe), free(key), free(live), free(r0), free(rl), free(labels), free(ends);
+    return b->failed ? NULL : res;
 }

@@ -452,6 +452,18 @@ static const char *format_regex(const char *f)
 #undef TIME
 }
 
+/* the formats JSON Schema defines (draft 2020-12 and earlier); any other value is an
+ * annotation that no validator checks, so it constrains nothing */
+static const char *const standard_formats[] = {
+    "date-time",    "date",          "time",
+    "duration",     "email",         "idn-email",
+    "hostname",     "idn-hostname",  "ipv4",
+    "ipv6",         "uri",           "uri-reference",
+    "iri",          "iri-reference", "uuid",
+    "uri-template", "json-pointer",  "relative-json-pointer",
+    "regex",        "color",         "host-name",
+    "ip-address",   "utc-millisec",  NULL};
+
 static struct gx *js_string(struct js *j, json_t *s, const char *ptr)
 {
     struct gr_builder *b = j->b;
@@ -466,17 +478,6 @@ static struct gx *js_string(struct js *j, json_t *s, const char *ptr)
                        mn > 2147483647 ? "minLength" : "maxLength", ptr);
     const char *re = NULL;
     char where[300];
-    /* the formats JSON Schema defines (draft 2020-12 and earlier); any other value is an
-     * annotation that no validator checks, so it constrains nothing */
-    static const char *const standard_formats[] = {
-        "date-time",    "date",          "time",
-        "duration",     "email",         "idn-email",
-        "hostname",     "idn-hostname",  "ipv4",
-        "ipv6",         "uri",           "uri-reference",
-        "iri",          "iri-reference", "uuid",
-        "uri-template", "json-pointer",  "relative-json-pointer",
-        "regex",        "color",         "host-name",
-        "ip-address",   "utc-millisec",  NULL};
     if (fmt && json_is_string(fmt) && !in_list(standard_formats, json_string_value(fmt)))
         fmt = NULL;
     if (fmt && json_is_string(fmt)) {
@@ -486,15 +487,20 @@ static struct gx *js_string(struct js *j, json_t *s, const char *ptr)
                            "unsupported JSON Schema keyword 'format' (value '%s') at %s",
                            json_string_value(fmt), *ptr ? ptr : "/");
     }
-    if (pat) {
-        if (!json_is_string(pat)) return js_bad(j, ptr, "pattern must be a string");
-        if (re) return js_fail(j, "unsupported (pattern with format)", "pattern", ptr);
-    }
-    if ((re || pat) && (minl || maxl))
-        return js_fail(j, "unsupported (with pattern/format)", minl ? "minLength" : "maxLength",
-                       ptr);
+    if (pat && !json_is_string(pat)) return js_bad(j, ptr, "pattern must be a string");
     struct gx *body;
-    if (re) {
+    if ((re || pat) && (minl || maxl || (re && pat))) {
+        /* exact: the regexes' automata times a count of code points (gr_regex_meet) */
+        const char *rs[2];
+        size_t rn[2];
+        bool search[2];
+        int k = 0;
+        if (re) rs[k] = re, rn[k] = strlen(re), search[k++] = false;
+        if (pat)
+            rs[k] = json_string_value(pat), rn[k] = json_string_length(pat), search[k++] = true;
+        snprintf(where, sizeof where, "%s at %s", pat ? "pattern" : "format", *ptr ? ptr : "/");
+        body = gr_regex_meet(b, k, rs, rn, search, mn, maxl ? mx : -1, where);
+    } else if (re) {
         snprintf(where, sizeof where, "format at %s", ptr);
         body = gr_regex(b, re, strlen(re), true, false, where);
     } else if (pat) {
@@ -1155,6 +1161,105 @@ static bool type_ok(json_t *v, int types)
     return false;
 }
 
+/* ---- keywords beside enum/const: checked on each value ---- */
+
+/* the keywords of each kind of value that enum_keeps checks exactly (others of that kind are
+ * refused when a value of that kind is listed: they would need the value validated) */
+static const char *const str_checked[] = {"minLength", "maxLength", "pattern", "format", NULL};
+static const char *const num_checked[] = {"minimum", "maximum", "exclusiveMinimum",
+                                          "exclusiveMaximum", NULL};
+static const char *const arr_kw[] = {"items",    "prefixItems", "additionalItems",
+                                     "minItems", "maxItems",    NULL};
+static const char *const obj_kw[] = {"properties",    "required",      "additionalProperties",
+                                     "minProperties", "maxProperties", NULL};
+
+/* Whether keyword k beside enum/const can be checked exactly on each of vals: a keyword of one
+ * kind of value constrains nothing of the others (JSON Schema: it applies to its kind only) */
+static bool enum_checked(json_t *vals, const char *k)
+{
+    if (in_list(str_checked, k) || in_list(num_checked, k)) return true;
+    size_t i;
+    json_t *x;
+    json_array_foreach(vals, i, x)
+    {
+        if (json_is_array(x) && in_list(arr_kw, k)) return false;
+        if (json_is_object(x) && in_list(obj_kw, k)) return false;
+    }
+    return true;
+}
+
+static size_t utf8_count(const char *v, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++) c += ((unsigned char)v[i] & 0xC0) != 0x80;
+    return c;
+}
+
+/* Whether value x of an enum/const passes the string and number keywords beside it (those
+ * enum_checked let through); false also when b failed (an unsupported pattern) */
+static bool enum_keeps(struct js *j, json_t *s, json_t *x, const char *ptr)
+{
+    struct gr_builder *b = j->b;
+    if (json_is_string(x)) {
+        const char *v = json_string_value(x);
+        size_t n = json_string_length(x), cp = utf8_count(v, n);
+        json_t *mn = json_object_get(s, "minLength"), *mx = json_object_get(s, "maxLength");
+        if (mn && (!json_is_integer(mn) || json_integer_value(mn) < 0)) {
+            js_bad(j, ptr, "minLength must be a non-negative integer");
+            return false;
+        }
+        if (mx && (!json_is_integer(mx) || json_integer_value(mx) < 0)) {
+            js_bad(j, ptr, "maxLength must be a non-negative integer");
+            return false;
+        }
+        if (mn && (long long)cp < json_integer_value(mn)) return false;
+        if (mx && (long long)cp > json_integer_value(mx)) return false;
+        char where[300];
+        json_t *pat = json_object_get(s, "pattern"), *fmt = json_object_get(s, "format");
+        if (pat) {
+            if (!json_is_string(pat)) {
+                js_bad(j, ptr, "pattern must be a string");
+                return false;
+            }
+            snprintf(where, sizeof where, "pattern at %s", *ptr ? ptr : "/");
+            if (gr_regex_test(b, json_string_value(pat), json_string_length(pat), true, v, n,
+                              where) != 1)
+                return false;
+        }
+        if (fmt && json_is_string(fmt) && in_list(standard_formats, json_string_value(fmt))) {
+            const char *re = format_regex(json_string_value(fmt));
+            if (!re) {
+                gb_fail(b, KILN_ERR_UNSUPPORTED,
+                        "unsupported JSON Schema keyword 'format' (value '%s') at %s",
+                        json_string_value(fmt), *ptr ? ptr : "/");
+                return false;
+            }
+            snprintf(where, sizeof where, "format at %s", *ptr ? ptr : "/");
+            if (gr_regex_test(b, re, strlen(re), false, v, n, where) != 1) return false;
+        }
+    }
+    if (json_is_number(x)) {
+        double v = json_number_value(x);
+        if (json_is_integer(x) && llabs(json_integer_value(x)) > (1LL << 53)) {
+            js_fail(j, "unsupported (an integer past 2^53 beside bounds)", "enum", ptr);
+            return false;
+        }
+        json_t *mi = json_object_get(s, "minimum"), *ma = json_object_get(s, "maximum");
+        json_t *emi = json_object_get(s, "exclusiveMinimum"),
+               *ema = json_object_get(s, "exclusiveMaximum");
+        bool lox = json_is_true(emi), hix = json_is_true(ema); /* draft 4: booleans */
+        if (mi && json_is_number(mi) &&
+            (lox ? v <= json_number_value(mi) : v < json_number_value(mi)))
+            return false;
+        if (ma && json_is_number(ma) &&
+            (hix ? v >= json_number_value(ma) : v > json_number_value(ma)))
+            return false;
+        if (emi && json_is_number(emi) && v <= json_number_value(emi)) return false;
+        if (ema && json_is_number(ema) && v >= json_number_value(ema)) return false;
+    }
+    return !b->failed;
+}
+
 /* oneOf is only exact when the alternatives cannot both match: checked by type or by a
  * required property whose const/enum values are disjoint */
 static int schema_types(struct js *j, json_t *s)
@@ -1538,7 +1643,7 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
                                                 "minProperties",
                                                 "maxProperties",
                                                 NULL};
-            if (in_list(known, k))
+            if (in_list(known, k) && !enum_checked(vals, k))
                 res = js_fail(j, "unsupported (together with enum/const)", k, ptr);
         }
         if (res || b->failed) {
@@ -1549,7 +1654,8 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
         struct gx *alt = gx_alt(b);
         size_t i;
         json_t *x;
-        json_array_foreach(vals, i, x) if (type_ok(x, types)) gx_add(b, alt, js_literal(j, x));
+        json_array_foreach(vals, i, x) if (type_ok(x, types) && enum_keeps(j, s, x, ptr))
+            gx_add(b, alt, js_literal(j, x));
         if (cn && json_is_true(json_object_get(s, "nullable")) && !json_is_null(cn))
             gx_add(b, alt, gx_str(b, "null"));
         json_decref(vals);

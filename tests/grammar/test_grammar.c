@@ -352,6 +352,112 @@ static void expect_error(enum kiln_constraint_kind kind, const char *text, const
     if (!strstr(err.msg, needle)) fail_msg("%s: error '%s' lacks '%s'", text, err.msg, needle);
 }
 
+/* minLength/maxLength beside a pattern or a format, and a pattern beside a format: exact, one
+ * automaton (regex.c gr_regex_meet); lengths are code points (an escape or a multi-byte
+ * character is one), and an unanchored pattern's ends count too */
+static void brute_schema(const char *schema, const char *const *prefixes, size_t n, int passes);
+
+static void test_schema_string_intersections(void **state)
+{
+    (void)state;
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"string\",\"pattern\":\"^[A-Z\\u00c9]+$\",\"minLength\":2,"
+                "\"maxLength\":3}",
+                (struct cas[]){{"\"AB\"", true},
+                               {"\"ABC\"", true},
+                               {"\"A\"", false},
+                               {"\"ABCD\"", false},
+                               {"\"Ab\"", false},
+                               {"\"\\u0041B\"", true},
+                               {"\"\\u0041BCD\"", false},
+                               {"\"\xc3\x89\xc3\x89\xc3\x89\"", true},
+                               {"\"\xc3\x89\xc3\x89\xc3\x89\xc3\x89\"", false},
+                               {"\"\"", false},
+                               {NULL, false}});
+    /* unanchored: the characters around the match count */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"string\",\"pattern\":\"\xc3\xa9\",\"minLength\":3,\"maxLength\":4}",
+                (struct cas[]){{"\"x\xc3\xa9y\"", true},
+                               {"\"abc\xc3\xa9\"", true},
+                               {"\"\xc3\xa9\xc3\xa9\"", false},
+                               {"\"abcd\xc3\xa9\"", false},
+                               {"\"abc\"", false},
+                               {"\"\\u00e9ab\"", true},
+                               {"\"a\\\"\\n\xc3\xa9\"", true},
+                               {"\"a\\\"\\nb\xc3\xa9\"", false},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"string\",\"pattern\":\"b\",\"minLength\":3}",
+                (struct cas[]){{"\"abc\"", true},
+                               {"\"bb\"", false},
+                               {"\"aaaaaaaaaaab\"", true},
+                               {"\"aaaa\"", false},
+                               {NULL, false}});
+    check_cases(
+        KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"format\":\"email\",\"maxLength\":7}",
+        (struct cas[]){
+            {"\"a@b.com\"", true}, {"\"ab@b.com\"", false}, {"\"a@b\"", false}, {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"string\",\"format\":\"date\",\"pattern\":\"^2024-0\"}",
+                (struct cas[]){{"\"2024-01-31\"", true},
+                               {"\"2024-11-30\"", false},
+                               {"\"2023-01-31\"", false},
+                               {"\"2024-02-30\"", false},
+                               {NULL, false}});
+    /* no string has both: the string accepts nothing */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":[\"string\",\"null\"],\"format\":\"date\",\"minLength\":11}",
+                (struct cas[]){{"\"2024-01-31\"", false}, {"null", true}, {NULL, false}});
+    const char *schema = "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\","
+                         "\"pattern\":\"^[a-z]+[0-9]*$\",\"minLength\":2,\"maxLength\":5}}}";
+    const char *prefixes[] = {"{\"id\":\"",     "{\"id\":\"a",     "{\"id\":\"ab1",
+                              "{\"id\":\"abcd", "{\"id\":\"abc12", "{\"id\":\"a\\u"};
+    brute_schema(schema, prefixes, sizeof prefixes / sizeof prefixes[0], 1);
+    /* past the budget: refused, saying why */
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"type\":\"string\",\"pattern\":\"^(a[b-z]{0,30})+$\",\"maxLength\":100000}",
+                 "automaton states");
+}
+
+/* enum/const values filtered through the keywords beside them, checked on each value */
+static void test_schema_enum_beside(void **state)
+{
+    (void)state;
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"enum\":[\"a\",\"abc\",\"\xc3\xa9\xc3\xa9\",\"x1\",3,7,null],\"minLength\":2,"
+                "\"maxLength\":2,\"minimum\":5,\"additionalProperties\":false}",
+                (struct cas[]){{"\"a\"", false},
+                               {"\"abc\"", false},
+                               {"\"\xc3\xa9\xc3\xa9\"", true},
+                               {"\"x1\"", true},
+                               {"3", false},
+                               {"7", true},
+                               {"null", true},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"enum\":[\"MIT\",\"mit\",\"GPL-3.0\",\"x\"],\"pattern\":\"^[A-Z]\","
+                "\"exclusiveMaximum\":1}",
+                (struct cas[]){{"\"MIT\"", true},
+                               {"\"mit\"", false},
+                               {"\"GPL-3.0\"", true},
+                               {"\"x\"", false},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"enum\":[\"2024-01-01\",\"soon\"],\"format\":\"date\"}",
+                (struct cas[]){{"\"2024-01-01\"", true}, {"\"soon\"", false}, {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"object\",\"properties\":{\"a\":{\"const\":0,\"exclusiveMinimum\":0}}}",
+                (struct cas[]){{"{}", true}, {"{\"a\":0}", false}, {NULL, false}});
+    /* draft 4's boolean exclusiveMinimum */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"enum\":[1,2],\"minimum\":1,\"exclusiveMinimum\":true}",
+                (struct cas[]){{"1", false}, {"2", true}, {NULL, false}});
+    /* an object value under an object keyword would need validating: refused */
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"enum\":[{\"a\":1}],\"additionalProperties\":false}",
+                 "together with enum/const");
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -1276,6 +1382,8 @@ int main(void)
         cmocka_unit_test(test_schema_basic),
         cmocka_unit_test(test_schema_types),
         cmocka_unit_test(test_schema_strings),
+        cmocka_unit_test(test_schema_string_intersections),
+        cmocka_unit_test(test_schema_enum_beside),
         cmocka_unit_test(test_schema_numbers),
         cmocka_unit_test(test_schema_arrays),
         cmocka_unit_test(test_schema_combinators),
