@@ -980,6 +980,79 @@ out:
     return rc;
 }
 
+/* Whether rule r reaches an accepting state from its start over its byte edges and the calls of
+ * rules already known to produce a string (the stack and stamps of struct lr_walk). */
+static bool produce_walk(const struct kiln_grammar *g, int r, const bool *produces,
+                         struct lr_walk *w)
+{
+    uint32_t ep = ++w->epoch;
+    int sp = 0;
+    w->stack[sp++] = g->rule_start[r];
+    w->seen[g->rule_start[r]] = ep;
+    while (sp) {
+        const struct gr_state *st = &g->st[w->stack[--sp]];
+        if (st->accept) return true;
+        w->work += (size_t)st->ne + st->nc + 1;
+        for (uint32_t k = 0; k < st->ne; k++) {
+            int32_t to = g->edges[st->e0 + k].to;
+            if (w->seen[to] != ep) {
+                w->seen[to] = ep;
+                w->stack[sp++] = to;
+            }
+        }
+        for (uint32_t k = 0; k < st->nc; k++) {
+            const struct gr_calle *ce = &g->calls[st->c0 + k];
+            if (produces[ce->rule] && w->seen[ce->to] != ep) {
+                w->seen[ce->to] = ep;
+                w->stack[sp++] = ce->to;
+            }
+        }
+    }
+    return false;
+}
+
+/* A grammar whose start produces no string at all (a schema whose keywords contradict each
+ * other: {"const": 0, "exclusiveMinimum": 0}) is refused here, with a message that says so,
+ * rather than by the first matcher. Fixpoint over the rules, as the nullable one. */
+static enum kiln_status check_produces(struct gr_builder *b, struct kiln_grammar *g)
+{
+    int nr = g->nrules;
+    struct lr_walk w = {0};
+    bool *produces = calloc((size_t)nr, 1);
+    w.seen = calloc((size_t)g->nstates, sizeof *w.seen);
+    w.stack = malloc(((size_t)g->nstates + 1) * sizeof *w.stack);
+    enum kiln_status rc = KILN_OK;
+    if (!produces || !w.seen || !w.stack) {
+        gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+        rc = KILN_ERR_NOMEM;
+        goto out;
+    }
+    w.work = b->work;
+    for (bool changed = true; changed && !produces[g->root];) {
+        changed = false;
+        if (w.work > GR_MAX_WORK) {
+            gb_fail(b, KILN_ERR_LIMIT, "constraint too large to compile (over %zu steps)",
+                    GR_MAX_WORK);
+            rc = KILN_ERR_LIMIT;
+            goto out;
+        }
+        for (int r = nr; r-- > 0;)
+            if (!produces[r] && produce_walk(g, r, produces, &w)) {
+                produces[r] = true;
+                changed = true;
+            }
+    }
+    if (!produces[g->root]) {
+        gb_fail(b, KILN_ERR_INVALID,
+                "the constraint accepts no output at all (its conditions contradict each other)");
+        rc = KILN_ERR_INVALID;
+    }
+    b->work = w.work;
+out:
+    free(produces), free(w.seen), free(w.stack);
+    return rc;
+}
+
 static int cmp_edge_lo(const void *a, const void *b)
 {
     const struct gr_edge *x = a, *y = b;
@@ -1326,7 +1399,7 @@ enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_gr
     }
     atomic_init(&g->refs, 1);
     if (!merge_states(g)) goto oom;
-    if (check_left_recursion(b, g)) goto done;
+    if (check_left_recursion(b, g) || check_produces(b, g)) goto done;
     *out = g;
     g = NULL;
     goto done;
