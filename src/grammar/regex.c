@@ -433,9 +433,36 @@ static struct gx *rx_alt(struct rx *r)
     return a;
 }
 
+/* the offset of re's first '|' outside groups and classes (n: none) */
+static size_t top_bar(const char *re, size_t n)
+{
+    int depth = 0;
+    bool cls = false;
+    for (size_t i = 0; i < n; i++) {
+        if (re[i] == '\\')
+            i++;
+        else if (cls)
+            cls = re[i] != ']';
+        else if (re[i] == '[')
+            cls = true;
+        else if (re[i] == '(')
+            depth++;
+        else if (re[i] == ')')
+            depth--;
+        else if (re[i] == '|' && depth == 0)
+            return i;
+    }
+    return n;
+}
+
 struct gx *gr_regex(struct gr_builder *b, const char *re, size_t n, bool json, bool search,
                     const char *where)
 {
+    /* a search's anchors belong to their own alternative: ^a|b$ is (^a)|(b$) */
+    size_t bar = search ? top_bar(re, n) : n;
+    if (bar < n)
+        return gx_alt2(b, gr_regex(b, re, bar, json, true, where),
+                       gr_regex(b, re + bar + 1, n - bar - 1, json, true, where));
     struct rx r = {b, (const unsigned char *)re, n, 0, json, where, 0};
     bool start_anchor = n > 0 && re[0] == '^';
     if (start_anchor) r.i = 1;
@@ -452,6 +479,13 @@ struct gx *gr_regex(struct gr_builder *b, const char *re, size_t n, bool json, b
     struct gx *q = gx_seq(b);
     if (!start_anchor) q = gx_add(b, q, any);
     q = gx_add(b, q, x);
+    if (!end_anchor && json && b->json_canon) { /* one rule: keydfa.c knows its loop */
+        if (b->r_key_tail < 0) {
+            b->r_key_tail = gb_rule(b, "%key_tail");
+            gb_set(b, b->r_key_tail, any);
+        }
+        any = gx_call(b, b->r_key_tail);
+    }
     if (!end_anchor) q = gx_add(b, q, any);
     return q;
 }
