@@ -129,7 +129,7 @@ static int32_t kd_emit(struct kd_nfa *k, int32_t from, const struct gx *x, int d
         }
         return end;
     }
-    case GX_RULE:
+    case GX_RULE: {
         const struct gx *body = x->rule == k->b->r_key_tail ? k->b->body[x->rule] : NULL;
         if (body && body->op == GX_REP && body->min == 0 && body->max < 0) {
             /* as GX_REP's loop, its head remembered */
@@ -154,6 +154,7 @@ static int32_t kd_emit(struct kd_nfa *k, int32_t from, const struct gx *x, int d
             return from;
         }
         return kd_emit(k, from, k->b->body[x->rule], depth + 1);
+    }
     case GX_DFA:
         gb_fail(k->b, KILN_ERR_UNSUPPORTED, "%s: not a regular language", k->where);
         return from;
