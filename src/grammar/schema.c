@@ -894,7 +894,10 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
         int nvr = 0;
         for (int q = 0; q < nst && exits && vr && !b->failed; q++) {
             uint32_t M = gr_kdfa_mask(pats.d, q), S = M >> 2;
-            if (!(M & 1) || (M & 2) || (!S && addl_false)) continue;
+            bool never = !S && addl_false; /* a value schema `false`: no such key at all */
+            for (size_t i = 0; i < pats.k; i++)
+                if (S >> i & 1 && json_is_false(pats.schema[i])) never = true;
+            if (!(M & 1) || (M & 2) || never) continue;
             int w = 0;
             while (w < nvr && vr[w].S != S) w++;
             if (w == nvr) {

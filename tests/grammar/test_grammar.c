@@ -530,6 +530,19 @@ static void test_schema_pattern_properties(void **state)
     char *e2 = dq("{'allOf':[{'additionalProperties':false},{'patternProperties':{'a':{}}}]}");
     expect_error(KILN_CONSTRAINT_JSON_SCHEMA, e2, "keyword 'patternProperties'");
     free(e2);
+    /* a pattern whose schema is false: such a key cannot even be begun */
+    {
+        char *f = dq("{'type':'object','patternProperties':{'^a':false,'b':{}}}");
+        struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA, f);
+        struct kiln_matcher *m;
+        struct kiln_error err = {0};
+        assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
+        assert_false(kiln_matcher_accept_bytes(m, "{\"ab", 4));
+        kiln_matcher_free(m);
+        assert_true(feed(g, "{\"ba\":1,\"c\":2}"));
+        kiln_grammar_unref(g);
+        free(f);
+    }
     /* masks exact inside keys of each kind */
     char *schema = dq("{'type':'object','properties':{'ab':{'type':'integer'}},"
                       "'patternProperties':{'^a':{'type':'integer'},'^[a-z]+$':{'maximum':9}},"
