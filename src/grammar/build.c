@@ -20,7 +20,7 @@ void gb_init(struct gr_builder *b, struct kiln_error *err)
     b->err = err;
     b->r_json_value = b->r_json_string = b->r_json_object = -1;
     b->r_esc = b->r_esc_hi = b->r_string_rest = b->r_utf8_hi = b->r_esc_key = -1;
-    b->r_ws = -1;
+    b->r_ws = b->r_key_tail = -1;
 }
 
 void gb_free(struct gr_builder *b)
@@ -203,6 +203,11 @@ static size_t gx_size(const struct gx *x, size_t cap)
         for (int i = 0; i < x->n && n < cap; i++)
             if (x->kid[i]->op != GX_BYTES && x->kid[i]->op != GX_RULE)
                 n += gx_size(x->kid[i], cap - n) + 1;
+        return n;
+    }
+    case GX_DFA: {
+        size_t n = (size_t)x->n + 1;
+        for (int i = 0; i < x->n && n < cap; i++) n += gx_size(x->kid[i], cap - n);
         return n;
     }
     default:
@@ -571,7 +576,7 @@ static int esc_hi_rule(struct gr_builder *b)
  * the escape automaton is built once per grammar, and only entered after a backslash. */
 static struct gx *esc_tail(struct gr_builder *b, const struct cp_set *s)
 {
-    if (cps_covers(s, 0, 0x10FFFF)) {
+    if (cps_covers(s, 0, 0x10FFFF) && !b->json_canon) {
         if (b->r_esc < 0) {
             b->r_esc = gb_rule(b, "%esc");
             struct cp_set ascii = {0};
@@ -589,11 +594,16 @@ static struct gx *esc_tail(struct gr_builder *b, const struct cp_set *s)
     } shorts[] = {{'"', '"'}, {'\\', '\\'}, {'/', '/'}, {8, 'b'},
                   {12, 'f'},  {10, 'n'},    {13, 'r'},  {9, 't'}};
     for (size_t i = 0; i < sizeof shorts / sizeof shorts[0]; i++)
-        if (cps_has(s, shorts[i].c)) gx_add(b, alt, gx_byte(b, (unsigned char)shorts[i].esc));
+        if (cps_has(s, shorts[i].c) && !(b->json_canon && shorts[i].c == '/'))
+            gx_add(b, alt, gx_byte(b, (unsigned char)shorts[i].esc));
     bool hi_all = cps_covers(s, 0x80, 0x10FFFF);
     for (int i = 0; i < s->n; i++) {
         uint32_t lo = s->r[i][0], hi = s->r[i][1];
         if (hi_all && hi > 0x7F) hi = 0x7F;
+        if (b->json_canon && lo < 0x80 && hi >= 0x20) { /* no \u0020-\u007F: raw only */
+            if (lo < 0x20) json_u_range(b, alt, lo, 0x1F);
+            lo = 0x80;
+        }
         if (lo <= hi) json_u_range(b, alt, lo, hi);
     }
     if (hi_all) gx_add(b, alt, gx_call(b, esc_hi_rule(b)));
@@ -823,6 +833,21 @@ static int32_t emit(struct nfa *c, int32_t from, const struct gx *x)
         int32_t end = st[x->min];
         free(st);
         return end;
+    }
+    case GX_DFA: { /* its states as they are, each exit on to one end */
+        int32_t s0 = c->nts, t;
+        for (int i = 0; i < x->n; i++) new_state(c);
+        t = new_state(c);
+        if (c->b->failed) return from;
+        add_edge(c, from, s0, TE_EPS, 0, 0, 0);
+        for (int k = 0; k < x->rule; k++) {
+            const struct gx_dfa_edge *e = &x->dedge[k];
+            add_edge(c, s0 + e->from, s0 + e->to, TE_BYTE, e->lo, e->hi, 0);
+        }
+        for (int i = 0; i < x->n; i++)
+            if (x->kid[i]->op != GX_NONE)
+                add_edge(c, emit(c, s0 + i, x->kid[i]), t, TE_EPS, 0, 0, 0);
+        return t;
     }
     }
     return from;

@@ -12,15 +12,22 @@
 #include "grammar/grammar.h"
 
 /* ---- expression trees ---- */
-enum gx_op { GX_NONE, GX_EMPTY, GX_BYTES, GX_SEQ, GX_ALT, GX_REP, GX_RULE, GX_GRAPH };
+enum gx_op { GX_NONE, GX_EMPTY, GX_BYTES, GX_SEQ, GX_ALT, GX_REP, GX_RULE, GX_GRAPH, GX_DFA };
+/* a byte edge of a GX_DFA: from state `from` over bytes lo..hi to state `to` */
+struct gx_dfa_edge {
+    int32_t from, to;
+    uint8_t lo, hi;
+};
 struct gx {
     enum gx_op op;
-    int n, cap;       /* SEQ / ALT children; GRAPH: edges */
-    struct gx **kid;  /* SEQ / ALT children; REP: kid[0]; GRAPH: what edge i reads */
+    int n, cap;       /* SEQ / ALT children; GRAPH: edges; DFA: states */
+    struct gx **kid;  /* SEQ / ALT children; REP: kid[0]; GRAPH: what edge i reads; DFA: each
+                       * state's exit (GX_NONE: none) */
     uint32_t bits[8]; /* BYTES: the set of bytes */
     int min, max;     /* REP: max -1 = unbounded; GRAPH: min states (0 the start) */
-    int rule;         /* RULE: the rule called */
+    int rule;         /* RULE: the rule called; DFA: the number of edges */
     int32_t *edge;    /* GRAPH: edge i goes from state edge[2i] to edge[2i + 1]; to min: the end */
+    const struct gx_dfa_edge *dedge; /* DFA: its edges (state 0 is the start) */
 };
 
 struct gr_block;
@@ -40,6 +47,10 @@ struct gr_builder {
      * of any non-ASCII one (gx_json_chars); the rest of a string after its opening quote */
     int r_esc, r_esc_hi, r_string_rest, r_utf8_hi, r_esc_key;
     int r_ws; /* the whitespace between JSON tokens under KILN_GRAMMAR_WS_INDENT */
+    /* gx_json_chars spells ASCII 0x20-0x7F raw only (no \u00XX, no \/), as the keys of
+     * objects with patterns are taken (schema.c): their automata need no other spellings */
+    bool json_canon;
+    int r_key_tail; /* a search's trailing any characters under json_canon (keydfa.c) */
 };
 
 #define GR_MAX_BYTES ((size_t)256 << 20)
@@ -110,6 +121,22 @@ int gx_json_char_parts(struct gr_builder *b, const struct cp_set *s, struct gx *
  * spellings are refused: stricter, never looser), so the result is small and the same
  * everywhere but for its first byte class (the keys of objects with named properties). */
 struct gx *gx_json_chars_but(struct gr_builder *b, const uint32_t out[4]);
+
+/* Key automata (keydfa.c): the subset construction of several expressions over the same bytes
+ * (regular ones: calls are inlined, recursion refused), each state knowing which of them
+ * accept there (bit i: comp[i]), so that a caller can give every combination its own exit.
+ * comp[0] bounds them all: a state none of whose paths are still in comp[0] is dead. */
+struct gr_kdfa;
+/* NULL with b->failed set past max_states DFA states (the message names `where`) */
+struct gr_kdfa *gr_kdfa_build(struct gr_builder *b, struct gx *const *comp, int ncomp,
+                              int max_states, const char *where);
+int gr_kdfa_nstates(const struct gr_kdfa *d);
+uint32_t gr_kdfa_mask(const struct gr_kdfa *d, int state); /* which components accept there */
+uint32_t gr_kdfa_run(const struct gr_kdfa *d, const char *s, size_t n); /* mask at the end */
+/* The automaton as one GX_DFA expression: from a state, its exit (exit[state]; NULL: none) or a
+ * byte on; states that reach no exit are cut, so every prefix it takes can be finished. */
+struct gx *gr_kdfa_emit(struct gr_builder *b, const struct gr_kdfa *d, struct gx *const *exit);
+void gr_kdfa_free(struct gr_kdfa *d);
 
 /* Regex (see grammar.h) over code points -> expression. json: emit characters as the inside of
  * a JSON string (gx_json_chars). search: JSON Schema `pattern` semantics (unanchored ends match

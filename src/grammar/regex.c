@@ -470,11 +470,45 @@ static struct gx *rx_alt(struct rx *r)
     return a;
 }
 
-/* the regex with JSON Schema `pattern` semantics if search (unanchored ends match anything) */
+/* the offset of re's first '|' outside groups and classes (n: none) */
+static size_t top_bar(const char *re, size_t n)
+{
+    int depth = 0;
+    bool cls = false;
+    for (size_t i = 0; i < n; i++) {
+        if (re[i] == '\\')
+            i++;
+        else if (cls)
+            cls = re[i] != ']';
+        else if (re[i] == '[')
+            cls = true;
+        else if (re[i] == '(')
+            depth++;
+        else if (re[i] == ')')
+            depth--;
+        else if (re[i] == '|' && depth == 0)
+            return i;
+    }
+    return n;
+}
+
+/* the regex with JSON Schema `pattern` semantics if search (unanchored ends match anything; a
+ * search's anchors belong to their own alternative: ^a|b$ is (^a)|(b$)) */
 static struct gx *rx_top(struct rx *r, bool search)
 {
     const char *re = (const char *)r->s;
     size_t n = r->n;
+    size_t bar = search ? top_bar(re, n) : n;
+    if (bar < n) {
+        struct rx left = *r, right = *r;
+        left.n = bar;
+        left.i = 0;
+        right.s = r->s + bar + 1;
+        right.n = n - bar - 1;
+        right.i = 0;
+        struct gx *x = rx_top(&left, true), *y = x ? rx_top(&right, true) : NULL;
+        return y ? gx_alt2(r->b, x, y) : NULL;
+    }
     bool start_anchor = n > 0 && re[0] == '^';
     if (start_anchor) r->i = 1;
     struct gx *x = rx_alt(r);
@@ -488,6 +522,14 @@ static struct gx *rx_top(struct rx *r, bool search)
     struct gx *q = gx_seq(r->b);
     if (!start_anchor) q = gx_add(r->b, q, any);
     q = gx_add(r->b, q, x);
+    if (!end_anchor && r->json && !r->cls &&
+        r->b->json_canon) { /* one rule: keydfa.c knows its loop */
+        if (r->b->r_key_tail < 0) {
+            r->b->r_key_tail = gb_rule(r->b, "%key_tail");
+            gb_set(r->b, r->b->r_key_tail, any);
+        }
+        any = gx_call(r->b, r->b->r_key_tail);
+    }
     if (!end_anchor) q = gx_add(r->b, q, any);
     return q;
 }

@@ -692,6 +692,111 @@ static struct gx *kv(struct js *j, const char *name, int value)
     return gx_add(b, q, gx_call(b, value));
 }
 
+/* patternProperties: one automaton over the inside of a key (keydfa.c) whose components are
+ * bit 0 the keys this compiler takes (any string, printable ASCII unescaped and '/' too: one
+ * spelling for every listed name), bit 1 the listed names, bits 2.. the patterns (JSON Schema
+ * `pattern` semantics: a search, ECMA-262 '.'). A key's value schema follows from the bits of
+ * the state the key ends in: a listed name has its own chain (listed_schema); any other key
+ * gets every pattern it matches, or additionalProperties where it matches none. */
+#define JS_MAX_KEY_STATES 4096
+struct js_pats {
+    struct gr_kdfa *d;
+    json_t **schema; /* [k] each pattern's schema, in the order written */
+    char (*ptr)[512];
+    size_t k;
+};
+
+static void pats_free(struct js_pats *P)
+{
+    gr_kdfa_free(P->d);
+    free(P->schema);
+    free(P->ptr);
+}
+
+static bool name_plain(const char *name)
+{
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++)
+        if (*c >= 128 || *c < 0x20 || *c == '"' || *c == '\\') return false;
+    return true;
+}
+
+static bool pats_build(struct js *j, struct js_pats *P, json_t *pp, json_t *props, json_t *req,
+                       const char *ptr)
+{
+    struct gr_builder *b = j->b;
+    char base[512], where[600];
+    sub_ptr(base, sizeof base, ptr, "patternProperties");
+    P->k = json_object_size(pp);
+    P->schema = calloc(P->k + 1, sizeof *P->schema);
+    P->ptr = calloc(P->k + 1, sizeof *P->ptr);
+    struct gx **comp = calloc(P->k + 2, sizeof *comp);
+    if (!P->schema || !P->ptr || !comp) {
+        free(comp);
+        return gb_fail(b, KILN_ERR_NOMEM, "out of memory"), false;
+    }
+    if (P->k > 30) {
+        free(comp);
+        return js_fail(j, "unsupported (over 30 patterns)", "patternProperties", ptr), false;
+    }
+    uint32_t slash[4] = {0};
+    slash['/' >> 5] = 1u << ('/' & 31); /* '/' only unescaped, as the names are written */
+    comp[0] = gx_rep(b, gx_alt2(b, gx_json_chars_but(b, slash), gx_byte(b, '/')), 0, -1);
+    const char *k;
+    json_t *v;
+    size_t i;
+    bool plain = true;
+    json_object_foreach(props, k, v) plain = plain && name_plain(k);
+    json_array_foreach(req, i, v) plain =
+        plain && (!json_is_string(v) || name_plain(json_string_value(v)));
+    if (!plain) {
+        free(comp);
+        return js_fail(j, "unsupported (property names that need escaping, with patterns)",
+                       "patternProperties", ptr),
+               false;
+    }
+    comp[1] = gx_alt(b);
+    json_object_foreach(props, k, v) gx_add(b, comp[1], gx_str(b, k));
+    json_array_foreach(req, i, v) if (json_is_string(v))
+        gx_add(b, comp[1], gx_str(b, json_string_value(v)));
+    i = 0;
+    json_object_foreach(pp, k, v)
+    {
+        sub_ptr(P->ptr[i], sizeof P->ptr[i], base, k);
+        snprintf(where, sizeof where, "patternProperties at %s", P->ptr[i]);
+        P->schema[i] = v;
+        b->json_canon = true; /* the same keys as comp[0] takes, in fewer automaton states */
+        comp[2 + i] = gr_regex(b, k, strlen(k), true, true, where);
+        b->json_canon = false;
+        i++;
+    }
+    snprintf(where, sizeof where, "patternProperties at %s", base);
+    if (!b->failed) P->d = gr_kdfa_build(b, comp, (int)P->k + 2, JS_MAX_KEY_STATES, where);
+    free(comp);
+    return P->d != NULL;
+}
+
+/* the schema of a key matching the patterns of mask S (bit i: pattern i), with `own` (a listed
+ * property's schema, or NULL) first: one schema as it is, several as an allOf */
+static json_t *pats_schema(struct js *j, const struct js_pats *P, uint32_t S, json_t *own,
+                           const char **sptr)
+{
+    json_t *all = json_array();
+    if (own) json_array_append(all, own);
+    for (size_t i = 0; i < P->k; i++)
+        if (S >> i & 1) {
+            if (!own && json_array_size(all) == 0) *sptr = P->ptr[i];
+            json_array_append(all, P->schema[i]);
+        }
+    if (json_array_size(all) == 1) {
+        json_t *one = json_array_get(all, 0);
+        json_decref(all);
+        return one;
+    }
+    json_t *x = json_pack("{s:o}", "allOf", all);
+    json_array_append_new(j->keep, x);
+    return x;
+}
+
 static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
 {
     struct gr_builder *b = j->b;
@@ -729,22 +834,44 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
     json_t *addl_schema = addl && !json_is_boolean(addl) ? addl : NULL;
     char aptr[512];
     sub_ptr(aptr, sizeof aptr, ptr, "additionalProperties");
+    json_t *pp = json_object_get(s, "patternProperties");
+    if (pp && !json_is_object(pp)) {
+        free(p);
+        return js_bad(j, ptr, "patternProperties must be an object");
+    }
+    struct js_pats pats = {0};
+    if (json_object_size(pp) && !pats_build(j, &pats, pp, props, req, ptr)) {
+        pats_free(&pats);
+        free(p);
+        return NULL;
+    }
+    for (size_t i = 0; i < n && pats.d; i++) { /* a listed name gets the patterns it matches */
+        uint32_t S = gr_kdfa_run(pats.d, p[i].name, strlen(p[i].name)) >> 2;
+        const char *unused;
+        if (S) p[i].schema = pats_schema(j, &pats, S, p[i].schema, &unused);
+    }
     for (size_t i = 0; i < nreq; i++) {
         json_t *r = json_array_get(req, i);
         if (!json_is_string(r)) {
+            pats_free(&pats);
             free(p);
             return js_bad(j, ptr, "required must list strings");
         }
         size_t q = 0;
         while (q < n && strcmp(p[q].name, json_string_value(r))) q++;
-        if (q == n) { /* required but not listed: it is an additional property */
-            if (addl_false) {
+        if (q == n) { /* required but not listed: a pattern's or an additional property */
+            const char *name = json_string_value(r), *sptr = aptr;
+            uint32_t S = pats.d ? gr_kdfa_run(pats.d, name, strlen(name)) >> 2 : 0;
+            if (!S && addl_false) {
+                pats_free(&pats);
                 free(p);
                 return gx_none(b);
             }
-            p[n].name = json_string_value(r);
-            p[n].schema = addl_schema ? addl_schema : json_true();
-            snprintf(p[n].ptr, sizeof p[n].ptr, "%s", aptr);
+            p[n].name = name;
+            p[n].schema = S             ? pats_schema(j, &pats, S, NULL, &sptr)
+                          : addl_schema ? addl_schema
+                                        : json_true();
+            snprintf(p[n].ptr, sizeof p[n].ptr, "%s", sptr);
             n++;
         }
         p[q].required = true;
@@ -755,6 +882,7 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
     if (nc < 2) nc = 2;
     int *tail = malloc((n + 1) * (size_t)nc * sizeof *tail);
     if (!tail) {
+        pats_free(&pats);
         free(p);
         return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
     }
@@ -762,7 +890,48 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
         for (int a = 0; a < nc; a++) tail[i * (size_t)nc + (size_t)a] = gb_rule(b, "%object_tail");
     /* additional members */
     struct gx *extra = NULL;
-    if (!addl_false) {
+    if (pats.d) { /* the key automaton, each exit on to its value */
+        int nst = gr_kdfa_nstates(pats.d);
+        struct gx **exits = calloc((size_t)nst, sizeof *exits);
+        struct {
+            uint32_t S;
+            int rule;
+        } *vr = calloc((size_t)nst + 1, sizeof *vr);
+        int nvr = 0;
+        for (int q = 0; q < nst && exits && vr && !b->failed; q++) {
+            uint32_t M = gr_kdfa_mask(pats.d, q), S = M >> 2;
+            bool never = !S && addl_false; /* a value schema `false`: no such key at all */
+            for (size_t i = 0; i < pats.k; i++)
+                if (S >> i & 1 && json_is_false(pats.schema[i])) never = true;
+            if (!(M & 1) || (M & 2) || never) continue;
+            int w = 0;
+            while (w < nvr && vr[w].S != S) w++;
+            if (w == nvr) {
+                const char *sptr = aptr;
+                json_t *vs = S ? pats_schema(j, &pats, S, NULL, &sptr) : addl_schema;
+                vr[nvr].S = S;
+                vr[nvr++].rule = vs ? js_value_rule(j, vs, sptr) : -1;
+            }
+            struct gx *val = vr[w].rule >= 0 ? gx_call(b, vr[w].rule) : gr_json_any_value(b);
+            exits[q] =
+                gx_add(b, gx_add(b, gx_add(b, gx_seq(b), gx_byte(b, '"')), punct(b, ":")), val);
+        }
+        struct gx *key = exits && vr ? gr_kdfa_emit(b, pats.d, exits) : NULL;
+        if (!exits || !vr) gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+        free(exits);
+        free(vr);
+        if (key && key->op != GX_NONE) {
+            int r_extra = gb_rule(b, "%pattern_member");
+            gb_set(b, r_extra, gx_seq2(b, gx_byte(b, '"'), key));
+            extra = gx_call(b, r_extra);
+        }
+        pats_free(&pats);
+        if (b->failed) {
+            free(tail);
+            free(p);
+            return NULL;
+        }
+    } else if (!addl_false) {
         for (size_t i = 0; i < n; i++)
             for (const unsigned char *c = (const unsigned char *)p[i].name; *c; c++)
                 if (*c >= 128 || *c < 0x20 || *c == '"' || *c == '\\') {
@@ -954,8 +1123,7 @@ static const char *const annotations[] = {"title",
                                           "errorMessage",
                                           NULL};
 
-static const char *const refused[] = {"patternProperties",
-                                      "propertyNames",
+static const char *const refused[] = {"propertyNames",
                                       "dependencies",
                                       "dependentRequired",
                                       "dependentSchemas",
@@ -1067,6 +1235,18 @@ static bool merge_into(struct js *j, json_t *a, json_t *bsch, const char *ptr)
         return true;
     }
     if (!json_is_object(bsch)) return js_bad(j, ptr, "allOf member is not a schema"), false;
+    /* one member's additionalProperties applies to the keys its own patterns do not match: a
+     * pattern of another member would widen it */
+    json_t *pa = json_object_get(a, "patternProperties");
+    json_t *pb = json_object_get(bsch, "patternProperties");
+    json_t *aa = json_object_get(a, "additionalProperties");
+    json_t *ab = json_object_get(bsch, "additionalProperties");
+    if (((pb && aa && !json_is_true(aa)) || (pa && ab && !json_is_true(ab))) &&
+        !json_equal(pa, pb)) {
+        js_fail(j, "unsupported (allOf members with patterns and additionalProperties)",
+                "patternProperties", ptr);
+        return false;
+    }
     const char *k;
     json_t *v;
     json_object_foreach(bsch, k, v)
@@ -1627,6 +1807,7 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
             static const char *const known[] = {"properties",
                                                 "required",
                                                 "additionalProperties",
+                                                "patternProperties",
                                                 "items",
                                                 "prefixItems",
                                                 "additionalItems",

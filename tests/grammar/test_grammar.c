@@ -470,8 +470,8 @@ static void test_errors(void **state)
 {
     (void)state;
     expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
-                 "{\"properties\":{\"a\":{\"patternProperties\":{\"x\":{}}}}}",
-                 "unsupported JSON Schema keyword 'patternProperties' at /properties/a");
+                 "{\"properties\":{\"a\":{\"propertyNames\":{\"maxLength\":3}}}}",
+                 "unsupported JSON Schema keyword 'propertyNames' at /properties/a");
     expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"array\",\"uniqueItems\":true}",
                  "uniqueItems");
     expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{\"not\":{}}", "'not'");
@@ -491,6 +491,187 @@ static void test_errors(void **state)
                  "left-recursive");
     expect_error(KILN_CONSTRAINT_REGEX, "a{3,2}", "out of order");
     expect_error(KILN_CONSTRAINT_REGEX, "a^b", "'^'");
+}
+
+static void brute_schema(const char *schema, const char *const *prefixes, size_t n, int passes);
+
+/* s with every ' turned into " (schemas and instances of many quotes, written readably) */
+static char *dq(const char *s)
+{
+    char *r = strdup(s);
+    for (char *c = r; *c; c++)
+        if (*c == '\'') *c = '"';
+    return r;
+}
+
+static void check_cases_q(const char *spec, const struct cas *c)
+{
+    char *schema = dq(spec);
+    struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA, schema);
+    for (; c->text; c++) {
+        char *text = dq(c->text);
+        if (feed(g, text) != c->valid)
+            fail_msg("%s: instance %s should be %s", schema, text,
+                     c->valid ? "accepted" : "rejected");
+        free(text);
+    }
+    kiln_grammar_unref(g);
+    free(schema);
+}
+
+/* patternProperties: a key gets the schema of every pattern it matches (a search, ECMA-262
+ * '.'), a listed name its own schema too, additionalProperties only the keys that are neither */
+static void test_schema_pattern_properties(void **state)
+{
+    (void)state;
+    /* a map: only keys the pattern matches */
+    check_cases_q("{'type':'object','patternProperties':{'^[a-z_]+$':{'type':'integer'}},"
+                  "'additionalProperties':false}",
+                  (struct cas[]){{"{}", true},
+                                 {"{'ab':1}", true},
+                                 {"{'a_b':1,'c':2}", true},
+                                 {"{'ab':'x'}", false},
+                                 {"{'Ab':1}", false},
+                                 {"{'':1}", false},
+                                 {"{'a b':1}", false},
+                                 {NULL, false}});
+    /* unanchored; additionalProperties absent: any other key, any value */
+    check_cases_q("{'type':'object','patternProperties':{'a':{'type':'string'}}}",
+                  (struct cas[]){{"{'xay':'s'}", true},
+                                 {"{'xay':1}", false},
+                                 {"{'a':1}", false},
+                                 {"{'xy':1}", true},
+                                 {"{'xy':'s','ya':'t'}", true},
+                                 {NULL, false}});
+    /* a key matching two patterns gets both; one matching none additionalProperties */
+    check_cases_q("{'type':'object','patternProperties':{'^a':{'type':'integer'},"
+                  "'b$':{'type':'number','minimum':5}},'additionalProperties':{'type':'string'}}",
+                  (struct cas[]){{"{'ab':7}", true},
+                                 {"{'ab':3}", false},
+                                 {"{'ab':6.5}", false},
+                                 {"{'ax':3}", true},
+                                 {"{'ax':'s'}", false},
+                                 {"{'xb':6.5}", true},
+                                 {"{'xb':'s'}", false},
+                                 {"{'xx':'s'}", true},
+                                 {"{'xx':1}", false},
+                                 {NULL, false}});
+    /* a listed name matching a pattern: both schemas; other names by the pattern alone */
+    check_cases_q("{'type':'object','properties':{'ab':{'type':'integer'}},"
+                  "'patternProperties':{'^a':{'minimum':10}},'additionalProperties':false}",
+                  (struct cas[]){{"{'ab':12}", true},
+                                 {"{'ab':3}", false},
+                                 {"{'ab':12.5}", false},
+                                 {"{'ab':12,'ac':11}", true},
+                                 {"{'ab':12,'ac':2}", false},
+                                 {"{'ac':'x'}", true},
+                                 {"{'b':1}", false},
+                                 {"{'ab':12,'ab':13}", false},
+                                 {NULL, false}});
+    /* a required name no property lists: a pattern's when it matches one */
+    check_cases_q("{'type':'object','patternProperties':{'^x-':{'type':'string'}},"
+                  "'required':['x-a'],'additionalProperties':false}",
+                  (struct cas[]){{"{'x-a':'s'}", true},
+                                 {"{'x-a':1}", false},
+                                 {"{'x-a':'s','x-b':'t'}", true},
+                                 {"{'x-b':'t'}", false},
+                                 {NULL, false}});
+    /* '.' is no line terminator: a key with one is not matched by ^.*$ */
+    check_cases_q("{'type':'object','patternProperties':{'^.*$':{'type':'integer'}},"
+                  "'additionalProperties':{'type':'string'}}",
+                  (struct cas[]){{"{'ab':1}", true},
+                                 {"{'ab':'s'}", false},
+                                 {"{'a\\nb':'s'}", true},
+                                 {"{'a\\nb':1}", false},
+                                 {"{'a\\u2028b':'s'}", true},
+                                 {"{'a\\u2028b':1}", false},
+                                 {"{'a\\tb':1}", true},
+                                 {NULL, false}});
+    /* escapes in keys: a pattern sees the characters; a listed name is taken in its one
+     * spelling only (\\u0061 or \\/ for it would make it a second, unchecked member) */
+    check_cases_q(
+        "{'type':'object','properties':{'ab':{'type':'integer'},'a/b':{'type':'integer'}},"
+        "'patternProperties':{'^q\\'':{'type':'integer'}},"
+        "'additionalProperties':{'type':'string'}}",
+        (struct cas[]){{"{'ab':1,'q\\'x':2}", true},
+                       {"{'q\\'x':'s'}", false},
+                       {"{'\\u0061b':'s'}", false},
+                       {"{'a\\/b':'s'}", false},
+                       {"{'a/b':1}", true},
+                       {"{'zz':'s','\\u00e9':'t'}", true},
+                       {NULL, false}});
+    /* a search's anchors belong to their alternative: ^a|b$ is (^a)|(b$), in keys and values */
+    check_cases_q("{'type':'object','patternProperties':{'^a|b$':{'type':'integer'}},"
+                  "'additionalProperties':{'type':'string','pattern':'^x|y$'}}",
+                  (struct cas[]){{"{'ax':1}", true},
+                                 {"{'xb':1}", true},
+                                 {"{'xa':1}", false},
+                                 {"{'xa':'xz'}", true},
+                                 {"{'bx':'zy'}", true},
+                                 {"{'bx':'zx'}", false},
+                                 {"{'bx':'yz'}", false},
+                                 {NULL, false}});
+    /* a bounded count: a key state per count, not one per spelling of each character */
+    check_cases_q("{'type':'object','patternProperties':{'^[0-9a-z_-]{1,255}$':{'type':'integer'}},"
+                  "'additionalProperties':false}",
+                  (struct cas[]){{"{'a-1':1}", true}, {"{'a-1':'s'}", false}, {NULL, false}});
+    /* a word list, unanchored: once a word is found the rest of the key is free (one key
+     * state, not one per partial match of every other word) */
+    check_cases_q("{'type':'object','patternProperties':{'Red|Blue|Yellow|Gold|Silver|Crystal|Ruby|"
+                  "Sapphire|Emerald|FireRed|LeafGreen|Diamond|Pearl|Platinum|HeartGold|SoulSilver|"
+                  "Black|White|Black 2|White 2|X|Y|Omega Ruby|Alpha Sapphire|Sun|Moon|Ultra Sun|"
+                  "Ultra Moon|Lets Go Pikachu|Lets Go Eevee':{'type':'integer'}},"
+                  "'additionalProperties':false}",
+                  (struct cas[]){{"{'Pokemon Ultra Moon!':1}", true},
+                                 {"{'Rex':1}", false},
+                                 {"{'Ultra':2}", false},
+                                 {"{'Redx':1,'xGoldx':2,'a Y':3}", true},
+                                 {"{'Lets Go Eevee':2,'Lets Go':3}", false},
+                                 {NULL, false}});
+    /* a catch-all: additionalProperties never applies */
+    check_cases_q("{'type':'object','properties':{'id':{'type':'string'}},"
+                  "'patternProperties':{'.*':{'type':'string'}},'additionalProperties':false}",
+                  (struct cas[]){{"{'id':'x','k':'v'}", true},
+                                 {"{'id':1}", false},
+                                 {"{'k':1}", false},
+                                 {"{'':'v'}", true},
+                                 {NULL, false}});
+    /* refused: a pattern the regex compiler refuses; another allOf member's
+     * additionalProperties (it would be widened by the patterns) */
+    char *e1 = dq("{'type':'object','patternProperties':{'(?=a)':{}}}");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, e1, "patternProperties at /patternProperties/(?=a)");
+    free(e1);
+    char *e2 = dq("{'allOf':[{'additionalProperties':false},{'patternProperties':{'a':{}}}]}");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, e2, "keyword 'patternProperties'");
+    free(e2);
+    /* a pattern whose schema is false: such a key cannot even be begun */
+    {
+        char *f = dq("{'type':'object','patternProperties':{'^a':false,'b':{}}}");
+        struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA, f);
+        struct kiln_matcher *m;
+        struct kiln_error err = {0};
+        assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
+        assert_false(kiln_matcher_accept_bytes(m, "{\"ab", 4));
+        kiln_matcher_free(m);
+        assert_true(feed(g, "{\"ba\":1,\"c\":2}"));
+        kiln_grammar_unref(g);
+        free(f);
+    }
+    /* masks exact inside keys of each kind */
+    char *schema = dq("{'type':'object','properties':{'ab':{'type':'integer'}},"
+                      "'patternProperties':{'^a':{'type':'integer'},'^[a-z]+$':{'maximum':9}},"
+                      "'additionalProperties':{'type':'string'}}");
+    const char *prefixes[] = {"{",
+                              "{\"",
+                              "{\"a",
+                              "{\"ab",
+                              "{\"ab\":1,\"a",
+                              "{\"ab\":1,\"ax\":",
+                              "{\"ab\":1,\"b\":",
+                              "{\"ab\":1,\"B\\",
+                              "{\"ab\":1,\"B\":\"s"};
+    brute_schema(schema, prefixes, sizeof prefixes / sizeof prefixes[0], 1);
+    free(schema);
 }
 
 static void test_regex_choice_grammar(void **state)
@@ -1396,6 +1577,7 @@ int main(void)
         cmocka_unit_test(test_schema_arrays),
         cmocka_unit_test(test_schema_combinators),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_schema_pattern_properties),
         cmocka_unit_test(test_regex_choice_grammar),
         cmocka_unit_test(test_whitespace_flexible),
         cmocka_unit_test(test_whitespace_indent),
