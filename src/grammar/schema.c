@@ -30,6 +30,7 @@ struct js {
      * 2019-09 on, and schemas that name no draft, apply them too) */
     bool ref_alone;
     size_t join_steps; /* schemas and keywords merged by join_add, against JS_MAX_JOIN_STEPS */
+    size_t excl_steps; /* oneOf exclusivity proof steps, against JS_MAX_EXCL_STEPS */
     /* sub-schemas compiled to rules, by their canonical text: equal ones share one rule */
     struct js_memo {
         char *text;
@@ -1037,19 +1038,6 @@ static struct gx *js_ref_rule(struct js *j, const char *ref, const char *ptr)
     return gx_call(j->b, rule);
 }
 
-/* s with its references followed while a $ref is all it says (or all that counts: drafts 3-7) */
-static json_t *resolve(struct js *j, json_t *s)
-{
-    for (int hops = 0; hops < 32 && json_is_object(s); hops++) {
-        json_t *r = json_object_get(s, "$ref");
-        if (!r || !json_is_string(r) || (json_object_size(s) != 1 && !j->ref_alone)) return s;
-        json_t *t = js_lookup(j, json_string_value(r));
-        if (!t) return s;
-        s = t;
-    }
-    return s;
-}
-
 /* Keywords without applicators (bsch: an object, or a boolean schema) merged into a, the
  * conjunction so far: properties in a's order then bsch's new ones, a name in both a merge of
  * the two (a's first), required likewise, bounds the tighter, additionalProperties both. */
@@ -1155,11 +1143,43 @@ static bool type_ok(json_t *v, int types)
     return false;
 }
 
-/* oneOf is only exact when the alternatives cannot both match: checked by type or by a
- * required property whose const/enum values are disjoint */
-static int schema_types(struct js *j, json_t *s)
+/* ---- oneOf: alternatives proved exclusive ----
+ * oneOf compiles as anyOf, which is exact only when no instance matches two alternatives (and
+ * the keywords beside the oneOf). That is proved pair by pair (excl), each pair by whichever
+ * rule holds for it: no type in common; every value one lists (const/enum) rejected by the
+ * other; type by type, objects where a property one requires can match neither both schemas
+ * (a discriminator, or a name the other forbids: "x": false, additionalProperties false),
+ * numbers with disjoint ranges, strings or arrays with disjoint lengths, arrays whose items
+ * cannot match both; a member of an allOf (or a $ref beside other keywords) disjoint alone.
+ * A rule that cannot decide says no, and the oneOf is refused: a wrong "disjoint" would accept
+ * an instance matching two alternatives. Bounded (JS_MAX_EXCL_STEPS): past it, refused. */
+#define JS_MAX_EXCL_STEPS 100000
+#define JS_EXCL_DEPTH     8
+/* kinds of value, number and integer one */
+static const int excl_kinds[] = {T_NULL, T_BOOL, T_OBJ, T_ARR, T_STR, T_NUM | T_INT};
+
+/* s with a $ref that has only annotations beside it (or drafts 3-7) followed */
+static json_t *excl_resolve(struct js *j, json_t *s)
 {
-    s = resolve(j, s);
+    for (int hops = 0; hops < 32 && json_is_object(s); hops++) {
+        json_t *r = json_object_get(s, "$ref");
+        if (!json_is_string(r)) return s;
+        const char *k;
+        json_t *v;
+        if (!j->ref_alone)
+            json_object_foreach(s, k,
+                                v) if (strcmp(k, "$ref") && !in_list(annotations, k)) return s;
+        json_t *t = js_lookup(j, json_string_value(r));
+        if (!t) return s;
+        s = t;
+    }
+    return s;
+}
+
+/* the types s's instances can have, at most (T_ALL when unsure); number and integer together */
+static int excl_types(struct js *j, json_t *s)
+{
+    s = excl_resolve(j, s);
     if (!json_is_object(s)) return json_is_false(s) ? 0 : T_ALL;
     json_t *t = json_object_get(s, "type");
     int ty = T_ALL;
@@ -1171,67 +1191,320 @@ static int schema_types(struct js *j, json_t *s)
         json_t *x;
         json_array_foreach(t, i, x) if (json_is_string(x)) ty |= type_bit(json_string_value(x));
     }
-    if (ty & T_NUM) ty |= T_INT;
-    if (ty & T_INT) ty |= T_NUM; /* 1 is both a number and an integer */
-    json_t *c = json_object_get(s, "const");
-    if (c) {
-        ty = 0;
-        for (int q = 0; q < 7; q++)
-            if (type_ok(c, 1 << q)) ty |= 1 << q;
+    if (ty & (T_NUM | T_INT)) ty |= T_NUM | T_INT; /* 1 is both a number and an integer */
+    json_t *c = json_object_get(s, "const"), *e = json_object_get(s, "enum");
+    if (c || json_is_array(e)) {
+        int tv = 0;
+        size_t i;
+        json_t *x;
+        if (c) e = json_pack("[O]", c);
+        json_array_foreach(e, i, x) for (int q = 0; q < 7; q++) if (type_ok(x, 1 << q)) tv |= 1
+                                                                                              << q;
+        if (c) json_decref(e);
+        ty &= tv;
     }
+    if (json_is_true(json_object_get(s, "nullable"))) ty |= T_NULL;
     return ty;
 }
 
-static json_t *discr_values(struct js *j, json_t *s, const char *prop)
+/* JSON Schema's equality: numbers by value (1 and 1.0 are one number) */
+static bool json_same(json_t *x, json_t *y)
 {
-    s = resolve(j, s);
-    json_t *req = json_object_get(s, "required");
-    bool required = false;
+    if (json_is_integer(x) && json_is_integer(y))
+        return json_integer_value(x) == json_integer_value(y);
+    if (json_is_number(x) && json_is_number(y)) return json_number_value(x) == json_number_value(y);
     size_t i;
-    json_t *x;
-    json_array_foreach(req, i, x) if (json_is_string(x) && !strcmp(json_string_value(x), prop))
-        required = true;
-    if (!required) return NULL;
-    json_t *ps = resolve(j, json_object_get(json_object_get(s, "properties"), prop));
-    if (!json_is_object(ps)) return NULL;
-    json_t *c = json_object_get(ps, "const");
-    if (c) return json_pack("[O]", c);
-    json_t *e = json_object_get(ps, "enum");
-    return json_is_array(e) ? json_incref(e) : NULL;
+    json_t *v;
+    if (json_is_array(x) && json_is_array(y)) {
+        if (json_array_size(x) != json_array_size(y)) return false;
+        json_array_foreach(x, i, v) if (!json_same(v, json_array_get(y, i))) return false;
+        return true;
+    }
+    if (json_is_object(x) && json_is_object(y)) {
+        if (json_object_size(x) != json_object_size(y)) return false;
+        const char *k;
+        json_object_foreach(x, k, v)
+        {
+            json_t *w = json_object_get(y, k);
+            if (!w || !json_same(v, w)) return false;
+        }
+        return true;
+    }
+    return json_equal(x, y);
 }
 
-static bool oneof_disjoint(struct js *j, json_t *arr)
+/* the values s's instances are among (a new array), or NULL when s lists none */
+static json_t *excl_values(struct js *j, json_t *s)
 {
-    size_t n = json_array_size(arr);
-    bool ok = true;
-    for (size_t a = 0; a < n && ok; a++)
-        for (size_t c = a + 1; c < n && ok; c++)
-            if (schema_types(j, json_array_get(arr, a)) & schema_types(j, json_array_get(arr, c)))
-                ok = false;
-    if (ok) return true;
-    /* discriminator: a property required everywhere with disjoint values */
-    json_t *first = resolve(j, json_array_get(arr, 0));
-    json_t *props = json_object_get(first, "properties");
-    const char *k;
-    json_t *v;
-    json_object_foreach(props, k, v)
-    {
-        json_t **vals = calloc(n, sizeof *vals);
-        bool good = vals != NULL;
-        for (size_t a = 0; a < n && good; a++)
-            if (!(vals[a] = discr_values(j, json_array_get(arr, a), k))) good = false;
-        for (size_t a = 0; a < n && good; a++)
-            for (size_t c = a + 1; c < n && good; c++) {
-                size_t p, q;
-                json_t *x, *y;
-                json_array_foreach(vals[a], p, x)
-                    json_array_foreach(vals[c], q, y) if (json_equal(x, y)) good = false;
-            }
-        for (size_t a = 0; vals && a < n; a++) json_decref(vals[a]);
-        free(vals);
-        if (good) return true;
+    s = excl_resolve(j, s);
+    if (json_is_false(s)) return json_array();
+    if (!json_is_object(s)) return NULL;
+    json_t *c = json_object_get(s, "const"), *e = json_object_get(s, "enum");
+    json_t *v = c ? json_pack("[O]", c) : json_is_array(e) ? json_copy(e) : NULL;
+    if (v && json_is_true(json_object_get(s, "nullable"))) json_array_append_new(v, json_null());
+    return v;
+}
+
+/* the schema s gives a property named k (true when s does not constrain it) */
+static json_t *excl_prop(json_t *s, const char *k)
+{
+    json_t *p = json_object_get(json_object_get(s, "properties"), k);
+    if (p) return p;
+    if (json_object_get(s, "patternProperties")) return json_true();
+    json_t *ap = json_object_get(s, "additionalProperties");
+    return ap ? ap : json_true();
+}
+
+/* minimum/maximum and their exclusive forms (numbers, or draft 4's booleans) of s */
+struct num_bounds {
+    bool hlo, hhi, lox, hix;
+    double lo, hi;
+};
+static struct num_bounds num_bounds(json_t *s)
+{
+    struct num_bounds r = {0};
+    json_t *mi = json_object_get(s, "minimum"), *ma = json_object_get(s, "maximum");
+    json_t *emi = json_object_get(s, "exclusiveMinimum"),
+           *ema = json_object_get(s, "exclusiveMaximum");
+    if (mi && json_is_number(mi)) r.hlo = true, r.lo = json_number_value(mi);
+    if (ma && json_is_number(ma)) r.hhi = true, r.hi = json_number_value(ma);
+    if (emi) {
+        if (json_is_true(emi))
+            r.lox = r.hlo;
+        else if (json_is_number(emi)) {
+            double e = json_number_value(emi);
+            if (!r.hlo || e >= r.lo) r.lo = e, r.lox = true;
+            r.hlo = true;
+        }
+    }
+    if (ema) {
+        if (json_is_true(ema))
+            r.hix = r.hhi;
+        else if (json_is_number(ema)) {
+            double e = json_number_value(ema);
+            if (!r.hhi || e <= r.hi) r.hi = e, r.hix = true;
+            r.hhi = true;
+        }
+    }
+    return r;
+}
+
+/* no number is both above a's lower bound and below b's upper one */
+static bool below(struct num_bounds b, struct num_bounds a)
+{
+    return a.hlo && b.hhi && (b.hi < a.lo || (b.hi == a.lo && (b.hix || a.lox)));
+}
+
+/* a's [min, max] of kw_min/kw_max (minLength, minItems) disjoint from b's */
+static bool counts_disjoint(json_t *a, json_t *b, const char *kw_min, const char *kw_max)
+{
+    for (int o = 0; o < 2; o++) {
+        json_t *mx = json_object_get(o ? b : a, kw_max), *mn = json_object_get(o ? a : b, kw_min);
+        if (json_is_number(mx) && json_is_number(mn) &&
+            json_number_value(mx) < json_number_value(mn))
+            return true;
     }
     return false;
+}
+
+static bool excl(struct js *j, json_t *a, json_t *b, int ctx, int depth);
+
+/* s surely rejects the value v */
+static bool excl_rejects(struct js *j, json_t *s, json_t *v, int depth)
+{
+    if (depth > JS_EXCL_DEPTH || ++j->excl_steps > JS_MAX_EXCL_STEPS) return false;
+    s = excl_resolve(j, s);
+    if (json_is_false(s)) return true;
+    if (!json_is_object(s)) return false;
+    if (!type_ok(v, excl_types(j, s))) return true;
+    json_t *vals = excl_values(j, s), *x;
+    size_t i;
+    if (vals) {
+        bool in = false;
+        json_array_foreach(vals, i, x) in = in || json_same(v, x);
+        json_decref(vals);
+        if (!in) return true;
+    }
+    if (json_is_object(v)) {
+        json_array_foreach(json_object_get(s, "required"), i,
+                           x) if (json_is_string(x) &&
+                                  !json_object_get(v, json_string_value(x))) return true;
+        const char *k;
+        json_object_foreach(v, k,
+                            x) if (excl_rejects(j, excl_prop(s, k), x, depth + 1)) return true;
+    }
+    if (json_is_number(v)) {
+        struct num_bounds r = num_bounds(s);
+        double d = json_number_value(v);
+        if ((r.hlo && (d < r.lo || (d == r.lo && r.lox))) ||
+            (r.hhi && (d > r.hi || (d == r.hi && r.hix))))
+            return true;
+    }
+    if (json_is_string(v)) {
+        size_t n = 0; /* code points */
+        for (const char *p = json_string_value(v); *p; p++) n += ((unsigned char)*p & 0xC0) != 0x80;
+        json_t *mn = json_object_get(s, "minLength"), *mx = json_object_get(s, "maxLength");
+        if ((json_is_number(mn) && n < json_number_value(mn)) ||
+            (json_is_number(mx) && n > json_number_value(mx)))
+            return true;
+    }
+    json_array_foreach(json_object_get(s, "allOf"), i,
+                       x) if (excl_rejects(j, x, v, depth + 1)) return true;
+    for (int q = 0; q < 2; q++) {
+        json_t *any = json_object_get(s, q ? "oneOf" : "anyOf");
+        bool all = json_array_size(any) > 0;
+        json_array_foreach(any, i, x) all = all && excl_rejects(j, x, v, depth + 1);
+        if (all) return true;
+    }
+    json_t *r = json_object_get(s, "$ref"),
+           *t = json_is_string(r) ? js_lookup(j, json_string_value(r)) : NULL;
+    return t && excl_rejects(j, t, v, depth + 1);
+}
+
+/* objects only: a property one requires that no value can give both */
+static bool excl_objects(struct js *j, json_t *a, json_t *b, int depth)
+{
+    for (int o = 0; o < 2; o++) {
+        json_t *x = o ? b : a, *y = o ? a : b, *n;
+        size_t i;
+        json_array_foreach(json_object_get(x, "required"), i,
+                           n) if (json_is_string(n) && excl(j, excl_prop(x, json_string_value(n)),
+                                                            excl_prop(y, json_string_value(n)),
+                                                            T_ALL, depth + 1)) return true;
+    }
+    return false;
+}
+
+/* arrays only: lengths, or a first item (both at least one long) neither items schema shares */
+static bool excl_arrays(struct js *j, json_t *a, json_t *b, int depth)
+{
+    if (counts_disjoint(a, b, "minItems", "maxItems")) return true;
+    json_t *ia = json_object_get(a, "items"), *ib = json_object_get(b, "items");
+    json_t *ma = json_object_get(a, "minItems"), *mb = json_object_get(b, "minItems");
+    bool nonempty = (json_is_number(ma) && json_number_value(ma) >= 1) ||
+                    (json_is_number(mb) && json_number_value(mb) >= 1);
+    if (!nonempty || json_object_get(a, "prefixItems") || json_object_get(b, "prefixItems"))
+        return false;
+    return ia && ib && !json_is_array(ia) && !json_is_array(ib) &&
+           excl(j, ia, ib, T_ALL, depth + 1);
+}
+
+/* no instance of a type in ctx matches both a and b */
+static bool excl(struct js *j, json_t *a, json_t *b, int ctx, int depth)
+{
+    if (depth > JS_EXCL_DEPTH || ++j->excl_steps > JS_MAX_EXCL_STEPS) return false;
+    a = excl_resolve(j, a);
+    b = excl_resolve(j, b);
+    int common = excl_types(j, a) & excl_types(j, b) & ctx;
+    if (!common) return true;
+    int nk = 0;
+    for (int q = 0; q < 6; q++) nk += (common & excl_kinds[q]) != 0;
+    if (nk > 1) { /* type by type, each by its own rule */
+        for (int q = 0; q < 6; q++)
+            if ((common & excl_kinds[q]) && !excl(j, a, b, excl_kinds[q], depth)) return false;
+        return true;
+    }
+    for (int o = 0; o < 2; o++) {
+        json_t *x = o ? b : a, *y = o ? a : b, *m;
+        size_t i;
+        json_t *vals = excl_values(j, x);
+        if (vals) {
+            bool all = true;
+            json_array_foreach(vals, i, m) all =
+                all && (!type_ok(m, common) || excl_rejects(j, y, m, depth + 1));
+            json_decref(vals);
+            if (all) return true;
+        }
+        if (!json_is_object(x)) continue;
+        json_array_foreach(json_object_get(x, "allOf"), i,
+                           m) if (excl(j, m, y, common, depth + 1)) return true;
+        for (int q = 0; q < 2; q++) {
+            json_t *any = json_object_get(x, q ? "oneOf" : "anyOf");
+            bool all = json_array_size(any) > 0;
+            json_array_foreach(any, i, m) all = all && excl(j, m, y, common, depth + 1);
+            if (all) return true;
+        }
+        json_t *r = json_object_get(x, "$ref");
+        json_t *t = json_is_string(r) ? js_lookup(j, json_string_value(r)) : NULL;
+        if (t && excl(j, t, y, common, depth + 1)) return true;
+    }
+    if (!json_is_object(a) || !json_is_object(b)) return false;
+    if (common & T_OBJ) return excl_objects(j, a, b, depth);
+    if (common & T_ARR) return excl_arrays(j, a, b, depth);
+    if (common & T_STR) return counts_disjoint(a, b, "minLength", "maxLength");
+    if (common & T_NUM)
+        return below(num_bounds(a), num_bounds(b)) || below(num_bounds(b), num_bounds(a));
+    return false;
+}
+
+/* s accepts every value of kind (an excl_kinds entry): nothing it says constrains one */
+static bool excl_accepts_all(struct js *j, json_t *s, int kind)
+{
+    static const char *const only[][12] = {
+        {"properties", "required", "additionalProperties", "patternProperties", "minProperties",
+         "maxProperties", "propertyNames", "dependencies", "dependentRequired", "dependentSchemas",
+         NULL},
+        {"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems",
+         "contains", "minContains", "maxContains", NULL},
+        {"minLength", "maxLength", "pattern", "format", NULL},
+        {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", NULL}};
+    static const int only_kind[] = {T_OBJ, T_ARR, T_STR, T_NUM | T_INT};
+    s = excl_resolve(j, s);
+    if (json_is_true(s)) return true;
+    if (!json_is_object(s)) return false;
+    const char *k;
+    json_t *v;
+    json_object_foreach(s, k, v)
+    {
+        if (in_list(annotations, k) || !strcmp(k, "nullable")) continue;
+        if (!strcmp(k, "type")) {
+            int ty = json_is_string(v) ? type_bit(json_string_value(v)) : 0;
+            size_t i;
+            json_t *x;
+            json_array_foreach(v, i, x) if (json_is_string(x)) ty |= type_bit(json_string_value(x));
+            if (!(ty & (kind == (T_NUM | T_INT) ? T_NUM : kind))) return false;
+            continue;
+        }
+        bool other = false;
+        for (int q = 0; q < 4; q++) other = other || (only_kind[q] != kind && in_list(only[q], k));
+        if (!other) return false;
+    }
+    return true;
+}
+
+/* whether oneOf arr (in parent, whose other keywords hold too) compiles as anyOf: by kind of
+ * value, every two members exclusive, or two members that accept every value of the kind (so
+ * the oneOf accepts none of it: *drop, the kinds to keep out) */
+static bool oneof_disjoint(struct js *j, json_t *arr, json_t *parent, int *drop)
+{
+    int ctx = excl_types(j, parent);
+    size_t n = json_array_size(arr);
+    j->excl_steps = 0;
+    *drop = 0;
+    for (int q = 0; q < 6; q++) {
+        int kind = excl_kinds[q];
+        if (!(ctx & kind)) continue;
+        size_t all = 0;
+        for (size_t a = 0; a < n; a++) all += excl_accepts_all(j, json_array_get(arr, a), kind);
+        if (all >= 2) {
+            *drop |= kind;
+            continue;
+        }
+        for (size_t a = 0; a < n; a++)
+            for (size_t c = a + 1; c < n; c++)
+                if (!excl(j, json_array_get(arr, a), json_array_get(arr, c), kind, 0)) return false;
+    }
+    return true;
+}
+
+/* {"type": the kinds of value but those in drop} */
+static json_t *kinds_but(int drop)
+{
+    static const char *const names[] = {"null", "boolean", "object", "array", "string", "number"};
+    json_t *t = json_array();
+    for (int q = 0; q < 6; q++)
+        if (!(drop & excl_kinds[q])) json_array_append_new(t, json_string(names[q]));
+    return json_pack("{s:o}", "type", t);
 }
 
 /* ---- joins: $ref beside other keywords, allOf, anyOf/oneOf beside other keywords ----
@@ -1268,13 +1541,20 @@ static bool join_chunk(struct js *j, json_t *alts, json_t *chunk, const char *pt
 }
 
 /* x's anyOf/oneOf (kw, members arr) distributed: every alternative so far times every member */
-static bool join_any(struct js *j, json_t *alts, const char *kw, json_t *arr, const char *ptr,
-                     int depth)
+static bool join_any(struct js *j, json_t *alts, json_t *x, const char *kw, json_t *arr,
+                     const char *ptr, int depth)
 {
     if (!json_is_array(arr) || !json_array_size(arr))
         return js_bad(j, ptr, "anyOf/oneOf must be a non-empty array"), false;
-    if (!strcmp(kw, "oneOf") && !oneof_disjoint(j, arr))
+    int drop = 0;
+    if (!strcmp(kw, "oneOf") && !oneof_disjoint(j, arr, x, &drop))
         return js_fail(j, "unsupported (alternatives that may overlap)", "oneOf", ptr), false;
+    if (drop) { /* kinds of value two members accept whole: the oneOf accepts none */
+        json_t *c = kinds_but(drop);
+        bool ok = c && join_chunk(j, alts, c, ptr);
+        json_decref(c);
+        if (!ok) return false;
+    }
     /* the same anyOf met twice in one alternative (two $refs to one schema) takes the member
      * it took the first time: x1 and x2 together is within x1 alone */
     char id[32];
@@ -1358,7 +1638,7 @@ static bool join_add(struct js *j, json_t *alts, json_t *x, const char *ptr, int
             json_t *m;
             json_array_foreach(v, i, m) if (ok) ok = join_add(j, alts, m, ptr, depth + 1);
         } else
-            ok = join_any(j, alts, k, v, ptr, depth);
+            ok = join_any(j, alts, x, k, v, ptr, depth);
     }
     if (ok) ok = join_chunk(j, alts, chunk, ptr);
     json_decref(chunk);
@@ -1461,8 +1741,19 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
             res = js_bad(j, ptr, "anyOf/oneOf must be a non-empty array");
             goto out;
         }
-        if (oneof && !oneof_disjoint(j, arr)) {
+        int drop = 0;
+        if (oneof && !oneof_disjoint(j, arr, s, &drop)) {
             res = js_fail(j, "unsupported (alternatives that may overlap)", "oneOf", ptr);
+            goto out;
+        }
+        if (drop) { /* kinds of value two members accept whole: joined with the others only */
+            json_t *c = kinds_but(drop);
+            if (c) json_object_update_missing(c, s);
+            if (!c || json_array_append_new(j->keep, c)) {
+                res = gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+                goto out;
+            }
+            res = js_value(j, c, ptr);
             goto out;
         }
         struct gx *alt = gx_alt(b);
@@ -1561,36 +1852,12 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
     if (types & T_BOOL) gx_add(b, alt, gx_alt2(b, gx_str(b, "true"), gx_str(b, "false")));
     if (types & T_STR) gx_add(b, alt, js_string(j, s, ptr));
     if (types & (T_NUM | T_INT)) {
-        json_t *mi = json_object_get(s, "minimum"), *ma = json_object_get(s, "maximum");
-        json_t *emi = json_object_get(s, "exclusiveMinimum"),
-               *ema = json_object_get(s, "exclusiveMaximum");
-        bool hlo = false, hhi = false, lox = false, hix = false;
-        double lo = 0, hi = 0;
-        if (mi && json_is_number(mi)) hlo = true, lo = json_number_value(mi);
-        if (ma && json_is_number(ma)) hhi = true, hi = json_number_value(ma);
-        if (emi) {
-            if (json_is_true(emi))
-                lox = hlo;
-            else if (json_is_number(emi)) {
-                double e = json_number_value(emi);
-                if (!hlo || e >= lo) lo = e, lox = true;
-                hlo = true;
-            }
-        }
-        if (ema) {
-            if (json_is_true(ema))
-                hix = hhi;
-            else if (json_is_number(ema)) {
-                double e = json_number_value(ema);
-                if (!hhi || e <= hi) hi = e, hix = true;
-                hhi = true;
-            }
-        }
+        struct num_bounds r = num_bounds(s);
         bool is_int = !(types & T_NUM);
-        if (!hlo && !hhi)
+        if (!r.hlo && !r.hhi)
             gx_add(b, alt, is_int ? json_int(b) : json_number(b));
         else
-            gx_add(b, alt, bounded_number(j, hlo, lo, lox, hhi, hi, hix, is_int, ptr));
+            gx_add(b, alt, bounded_number(j, r.hlo, r.lo, r.lox, r.hhi, r.hi, r.hix, is_int, ptr));
     }
     if (types & T_OBJ) gx_add(b, alt, js_object(j, s, ptr));
     if (types & T_ARR) gx_add(b, alt, js_array(j, s, ptr));

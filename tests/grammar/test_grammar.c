@@ -352,6 +352,132 @@ static void expect_error(enum kiln_constraint_kind kind, const char *text, const
     if (!strstr(err.msg, needle)) fail_msg("%s: error '%s' lacks '%s'", text, err.msg, needle);
 }
 
+/* oneOf compiles as anyOf only where no instance matches two members: each pair proved
+ * exclusive by its own rule, the rest refused */
+static void test_oneof_exclusive(void **state)
+{
+    (void)state;
+    /* a discriminator per pair: A-B and A-C differ on k, B-C only on m */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"object\",\"oneOf\":["
+                "{\"required\":[\"k\"],\"properties\":{\"k\":{\"const\":1}}},"
+                "{\"required\":[\"k\",\"m\"],\"properties\":{\"k\":{\"const\":2},\"m\":{\"const\":"
+                "\"x\"}}},"
+                "{\"required\":[\"k\",\"m\"],\"properties\":{\"k\":{\"const\":2},\"m\":{\"enum\":["
+                "\"y\",\"z\"]}}}]}",
+                (struct cas[]){{"{\"k\":1}", true},
+                               {"{\"k\":2,\"m\":\"x\"}", true},
+                               {"{\"k\":2,\"m\":\"z\"}", true},
+                               {"{\"k\":2}", false},
+                               {"1", false},
+                               {NULL, false}});
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"type\":\"object\",\"oneOf\":["
+                 "{\"required\":[\"k\",\"m\"],\"properties\":{\"k\":{\"const\":2},\"m\":{\"const\":"
+                 "\"x\"}}},"
+                 "{\"required\":[\"k\"],\"properties\":{\"k\":{\"const\":2},\"m\":{\"enum\":[\"x\","
+                 "\"y\"]}}}]}",
+                 "may overlap");
+    /* a property one requires that the other forbids ("x": false, additionalProperties false) */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"type\":\"object\",\"properties\":{\"a\":{}},\"required\":[\"a\"],"
+                "\"additionalProperties\":false},{\"type\":\"object\",\"properties\":{\"b\":{},"
+                "\"a\":false},\"required\":[\"b\"]}]}",
+                (struct cas[]){{"{\"a\":1}", true},
+                               {"{\"b\":1,\"c\":2}", true},
+                               {"{\"a\":1,\"b\":1}", false},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"type\":\"object\",\"properties\":{\"a\":false}},{\"type\":"
+                "\"object\",\"required\":[\"a\"]}]}",
+                (struct cas[]){{"{\"b\":1}", true}, {"{\"a\":1}", true}, {NULL, false}});
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"oneOf\":[{\"type\":\"object\",\"required\":[\"a\"]},{\"type\":\"object\","
+                 "\"required\":[\"b\"]}]}",
+                 "may overlap");
+    /* members without a type: non-objects match both, so the oneOf takes objects only */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"required\":[\"k\"],\"properties\":{\"k\":{\"const\":\"a\"}}},"
+                "{\"required\":[\"k\"],\"properties\":{\"k\":{\"const\":\"b\"}}}]}",
+                (struct cas[]){{"{\"k\":\"a\"}", true},
+                               {"{\"k\":\"b\"}", true},
+                               {"{\"k\":\"c\"}", false},
+                               {"5", false},
+                               {"\"a\"", false},
+                               {"null", false},
+                               {NULL, false}});
+    /* the same beside other keywords (a join) */
+    check_cases(
+        KILN_CONSTRAINT_JSON_SCHEMA,
+        "{\"maxProperties\":3,\"oneOf\":[{\"required\":[\"k\"],\"properties\":{\"k\":{"
+        "\"const\":\"a\"}}},{\"required\":[\"k\"],\"properties\":{\"k\":{\"const\":\"b\"}}}]}",
+        (struct cas[]){{"{\"k\":\"b\"}", true}, {"5", false}, {"[]", false}, {NULL, false}});
+    /* ... and strings match both whole here: none is taken; other kinds go to the first */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"properties\":{\"p\":{\"oneOf\":[{\"properties\":{\"a\":{\"type\":\"string\"}}},"
+                "{\"type\":\"string\"}]}}}",
+                (struct cas[]){{"{\"p\":1}", true},
+                               {"{\"p\":{\"a\":\"s\"}}", true},
+                               {"{\"p\":{\"a\":1}}", false},
+                               {"{\"p\":\"x\"}", false},
+                               {NULL, false}});
+    /* nullable adds null: both members take it */
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"oneOf\":[{\"type\":\"string\",\"nullable\":true},{\"type\":\"null\"}]}",
+                 "may overlap");
+    /* values of a whole member (const/enum) the other rejects; 1 and 1.0 are one number */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"enum\":[\"ab\",\"c\",2]},{\"type\":\"string\",\"minLength\":3},"
+                "{\"enum\":[\"d\",1]},{\"type\":\"integer\",\"minimum\":3}]}",
+                (struct cas[]){{"\"c\"", true},
+                               {"\"abc\"", true},
+                               {"1", true},
+                               {"3", true},
+                               {"\"x\"", false},
+                               {NULL, false}});
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"oneOf\":[{\"enum\":[\"ab\",\"abc\"]},{\"type\":\"string\",\"minLength\":3}]}",
+                 "may overlap");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{\"oneOf\":[{\"const\":1},{\"enum\":[2,1.0]}]}",
+                 "may overlap");
+    /* numbers by range (draft 4's boolean exclusiveMinimum too), strings by length */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"type\":\"number\",\"maximum\":0},{\"type\":\"integer\","
+                "\"minimum\":0,\"exclusiveMinimum\":true},{\"type\":\"string\",\"maxLength\":2},"
+                "{\"type\":\"string\",\"minLength\":3,\"maxLength\":4}]}",
+                (struct cas[]){{"0", true},
+                               {"-0.5", true},
+                               {"7", true},
+                               {"0.5", false},
+                               {"\"xy\"", true},
+                               {"\"abc\"", true},
+                               {"\"abcde\"", false},
+                               {NULL, false}});
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"oneOf\":[{\"type\":\"number\",\"maximum\":0},{\"type\":\"integer\","
+                 "\"minimum\":0}]}",
+                 "may overlap");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"oneOf\":[{\"type\":\"string\",\"maxLength\":3},{\"type\":\"string\","
+                 "\"minLength\":3}]}",
+                 "may overlap");
+    /* arrays: items that share no value, both at least one long; an allOf member alone */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"type\":\"array\",\"items\":{\"type\":\"string\"},\"minItems\":1},"
+                "{\"type\":\"array\",\"items\":{\"type\":\"integer\"}},{\"allOf\":[{\"type\":"
+                "\"null\"}]}]}",
+                (struct cas[]){{"[\"a\"]", true},
+                               {"[1]", true},
+                               {"[]", true},
+                               {"null", true},
+                               {"[1,\"a\"]", false},
+                               {NULL, false}});
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"oneOf\":[{\"type\":\"array\",\"items\":{\"type\":\"string\"}},"
+                 "{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}]}",
+                 "may overlap");
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -1279,6 +1405,7 @@ int main(void)
         cmocka_unit_test(test_schema_numbers),
         cmocka_unit_test(test_schema_arrays),
         cmocka_unit_test(test_schema_combinators),
+        cmocka_unit_test(test_oneof_exclusive),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_regex_choice_grammar),
         cmocka_unit_test(test_whitespace_flexible),
