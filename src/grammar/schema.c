@@ -803,6 +803,9 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
                     body = gx_seq2(b, extra, more);
                     if (!need) body = gx_opt(b, body);
                 }
+            } else if (json_is_false(p[i].schema) && !p[i].required) {
+                /* never written (a key that leads nowhere would be a dead end) */
+                body = gx_call(b, tail[(i + 1) * (size_t)nc + (size_t)a]);
             } else {
                 int next = a + 1 < nc ? a + 1 : nc - 1;
                 struct gx *m = gx_seq(b);
@@ -1069,7 +1072,9 @@ static bool merge_into(struct js *j, json_t *a, json_t *bsch, const char *ptr)
                 json_t *o = json_object_get(np, pk);
                 if (!o)
                     json_object_set(np, pk, pv);
-                else if (!json_equal(o, pv))
+                else if (json_is_false(pv) || json_is_true(o))
+                    json_object_set(np, pk, pv);
+                else if (!json_equal(o, pv) && !json_is_false(o) && !json_is_true(pv))
                     json_object_set_new(np, pk, json_pack("{s:[O,O]}", "allOf", o, pv));
             }
             json_object_set_new(a, k, np);
@@ -1155,6 +1160,7 @@ static bool type_ok(json_t *v, int types)
  * an instance matching two alternatives. Bounded (JS_MAX_EXCL_STEPS): past it, refused. */
 #define JS_MAX_EXCL_STEPS 100000
 #define JS_EXCL_DEPTH     8
+#define JS_MAX_ALTS       64 /* anyOf alternatives once distributed (joins), or rewritten (oneOf) */
 /* kinds of value, number and integer one */
 static const int excl_kinds[] = {T_NULL, T_BOOL, T_OBJ, T_ARR, T_STR, T_NUM | T_INT};
 
@@ -1437,8 +1443,9 @@ static bool excl(struct js *j, json_t *a, json_t *b, int ctx, int depth)
     return false;
 }
 
-/* s accepts every value of kind (an excl_kinds entry): nothing it says constrains one */
-static bool excl_accepts_all(struct js *j, json_t *s, int kind)
+/* s accepts every value of kind (an excl_kinds entry): nothing it says (but except) constrains
+ * one */
+static bool excl_accepts_all(struct js *j, json_t *s, int kind, const char *except)
 {
     static const char *const only[][12] = {
         {"properties", "required", "additionalProperties", "patternProperties", "minProperties",
@@ -1456,7 +1463,8 @@ static bool excl_accepts_all(struct js *j, json_t *s, int kind)
     json_t *v;
     json_object_foreach(s, k, v)
     {
-        if (in_list(annotations, k) || !strcmp(k, "nullable")) continue;
+        if (in_list(annotations, k) || !strcmp(k, "nullable") || (except && !strcmp(k, except)))
+            continue;
         if (!strcmp(k, "type")) {
             int ty = json_is_string(v) ? type_bit(json_string_value(v)) : 0;
             size_t i;
@@ -1472,29 +1480,124 @@ static bool excl_accepts_all(struct js *j, json_t *s, int kind)
     return true;
 }
 
+/* the names s requires, when that is all it says of objects (else NULL) */
+static json_t *excl_required_only(struct js *j, json_t *s)
+{
+    s = excl_resolve(j, s);
+    json_t *req = json_is_object(s) ? json_object_get(s, "required") : NULL, *x;
+    size_t i;
+    if (!json_is_array(req)) return NULL;
+    json_array_foreach(req, i, x) if (!json_is_string(x)) return NULL;
+    return excl_accepts_all(j, s, T_OBJ, "required") ? req : NULL;
+}
+
+static bool names_have(json_t *names, json_t *name)
+{
+    size_t i;
+    json_t *x;
+    json_array_foreach(names, i, x) if (json_equal(x, name)) return true;
+    return false;
+}
+
+static json_t *kinds_but(int drop);
+
+/* oneOf members whose open pairs (open[a * n + c]: objects not proved exclusive) only say
+ * which names they require, as anyOf members: member a with, for each open partner c, one
+ * name c requires and a does not absent ("x": false), one alternative per choice (a choice
+ * made for one partner serves the others it covers); a partner that requires nothing more
+ * leaves a no object. NULL: over JS_MAX_ALTS alternatives. */
+static json_t *oneof_required_rewrite(struct js *j, json_t *arr, const bool *open)
+{
+    size_t n = json_array_size(arr);
+    json_t *out = json_array();
+    for (size_t a = 0; a < n && out; a++) {
+        json_t *m = json_array_get(arr, a), *ra = excl_required_only(j, m);
+        json_t *subs = json_pack("[{}]"), *f, *name;
+        bool none = false;
+        for (size_t c = 0; c < n && !none && subs; c++) {
+            if (c == a || !open[a * n + c]) continue;
+            json_t *rc = excl_required_only(j, json_array_get(arr, c)), *next = json_array();
+            size_t i, q;
+            none = true;
+            json_array_foreach(rc, q, name) none = none && names_have(ra, name);
+            json_array_foreach(subs, i, f)
+            {
+                bool hit = false;
+                json_array_foreach(rc, q, name) hit =
+                    hit || json_object_get(f, json_string_value(name));
+                if (hit) {
+                    json_array_append(next, f);
+                    continue;
+                }
+                json_array_foreach(rc, q, name) if (!names_have(ra, name))
+                {
+                    json_t *g = json_copy(f);
+                    json_object_set_new(g, json_string_value(name), json_false());
+                    json_array_append_new(next, g);
+                }
+            }
+            json_decref(subs);
+            subs = next;
+            if (json_array_size(subs) + json_array_size(out) > JS_MAX_ALTS) {
+                json_decref(subs);
+                subs = NULL;
+            }
+        }
+        if (!subs) {
+            json_decref(out);
+            return NULL;
+        }
+        size_t i;
+        if (none)
+            json_array_append_new(out, json_pack("{s:[O,o]}", "allOf", m, kinds_but(T_OBJ)));
+        else
+            json_array_foreach(subs, i, f) json_array_append_new(
+                out, json_object_size(f) ? json_pack("{s:[O,{s:O}]}", "allOf", m, "properties", f)
+                                         : json_incref(m));
+        json_decref(subs);
+    }
+    return out;
+}
+
 /* whether oneOf arr (in parent, whose other keywords hold too) compiles as anyOf: by kind of
  * value, every two members exclusive, or two members that accept every value of the kind (so
- * the oneOf accepts none of it: *drop, the kinds to keep out) */
-static bool oneof_disjoint(struct js *j, json_t *arr, json_t *parent, int *drop)
+ * the oneOf accepts none of it: *drop, the kinds to keep out), or, for objects, members that
+ * only list required names, rewritten to exclude each other (oneof_required_rewrite).
+ * *members: the anyOf members (arr, or the rewrite, kept in j->keep). */
+static bool oneof_disjoint(struct js *j, json_t *arr, json_t *parent, int *drop, json_t **members)
 {
     int ctx = excl_types(j, parent);
     size_t n = json_array_size(arr);
     j->excl_steps = 0;
     *drop = 0;
-    for (int q = 0; q < 6; q++) {
+    *members = arr;
+    bool *open = NULL, ok = true;
+    for (int q = 0; q < 6 && ok; q++) {
         int kind = excl_kinds[q];
         if (!(ctx & kind)) continue;
         size_t all = 0;
-        for (size_t a = 0; a < n; a++) all += excl_accepts_all(j, json_array_get(arr, a), kind);
+        for (size_t a = 0; a < n; a++)
+            all += excl_accepts_all(j, json_array_get(arr, a), kind, NULL);
         if (all >= 2) {
             *drop |= kind;
             continue;
         }
-        for (size_t a = 0; a < n; a++)
-            for (size_t c = a + 1; c < n; c++)
-                if (!excl(j, json_array_get(arr, a), json_array_get(arr, c), kind, 0)) return false;
+        for (size_t a = 0; a < n && ok; a++)
+            for (size_t c = a + 1; c < n && ok; c++) {
+                json_t *x = json_array_get(arr, a), *y = json_array_get(arr, c);
+                if (excl(j, x, y, kind, 0)) continue;
+                ok = kind == T_OBJ && excl_required_only(j, x) && excl_required_only(j, y) &&
+                     (open || (open = calloc(n * n, sizeof *open)));
+                if (ok) open[a * n + c] = open[c * n + a] = true;
+            }
     }
-    return true;
+    if (ok && open) {
+        json_t *r = oneof_required_rewrite(j, arr, open);
+        ok = r && !json_array_append_new(j->keep, r);
+        if (ok) *members = r;
+    }
+    free(open);
+    return ok;
 }
 
 /* {"type": the kinds of value but those in drop} */
@@ -1518,7 +1621,6 @@ static json_t *kinds_but(int drop)
  * constrains the names the other objects of the join list (join_finish). An alternative is
  * {"s": merged keywords, "ap": [[one object's properties, its additionalProperties], ...],
  *  "took": {anyOf array's address: the member taken}}. */
-#define JS_MAX_ALTS 64
 /* allOf members that each $ref the next twice double the work per level without adding an
  * alternative: the joins' work is bounded too (MaskBench's largest takes 2,548 steps) */
 #define JS_MAX_JOIN_STEPS (GR_MAX_STATES / 5) /* 200,000; less in the fuzz build */
@@ -1547,7 +1649,8 @@ static bool join_any(struct js *j, json_t *alts, json_t *x, const char *kw, json
     if (!json_is_array(arr) || !json_array_size(arr))
         return js_bad(j, ptr, "anyOf/oneOf must be a non-empty array"), false;
     int drop = 0;
-    if (!strcmp(kw, "oneOf") && !oneof_disjoint(j, arr, x, &drop))
+    json_t *members = arr;
+    if (!strcmp(kw, "oneOf") && !oneof_disjoint(j, arr, x, &drop, &members))
         return js_fail(j, "unsupported (alternatives that may overlap)", "oneOf", ptr), false;
     if (drop) { /* kinds of value two members accept whole: the oneOf accepts none */
         json_t *c = kinds_but(drop);
@@ -1563,7 +1666,7 @@ static bool join_any(struct js *j, json_t *alts, json_t *x, const char *kw, json
     bool ok = out != NULL;
     size_t i, q;
     json_t *a, *m;
-    json_array_foreach(alts, i, a) json_array_foreach(arr, q, m)
+    json_array_foreach(alts, i, a) json_array_foreach(members, q, m)
     {
         json_t *took = json_object_get(json_object_get(a, "took"), id);
         if (took && json_integer_value(took) != (json_int_t)q) continue;
@@ -1742,13 +1845,18 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
             goto out;
         }
         int drop = 0;
-        if (oneof && !oneof_disjoint(j, arr, s, &drop)) {
+        json_t *members = arr;
+        if (oneof && !oneof_disjoint(j, arr, s, &drop, &members)) {
             res = js_fail(j, "unsupported (alternatives that may overlap)", "oneOf", ptr);
             goto out;
         }
-        if (drop) { /* kinds of value two members accept whole: joined with the others only */
+        if (drop || members != arr) { /* joined with the kinds of value left, or rewritten */
             json_t *c = kinds_but(drop);
             if (c) json_object_update_missing(c, s);
+            if (c && members != arr) {
+                json_object_del(c, "oneOf");
+                json_object_set(c, "anyOf", members);
+            }
             if (!c || json_array_append_new(j->keep, c)) {
                 res = gb_fail(b, KILN_ERR_NOMEM, "out of memory");
                 goto out;

@@ -391,10 +391,54 @@ static void test_oneof_exclusive(void **state)
                 "{\"oneOf\":[{\"type\":\"object\",\"properties\":{\"a\":false}},{\"type\":"
                 "\"object\",\"required\":[\"a\"]}]}",
                 (struct cas[]){{"{\"b\":1}", true}, {"{\"a\":1}", true}, {NULL, false}});
+    /* members that only list required names exclude each other's names: a and b not both */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"type\":\"object\",\"required\":[\"a\"]},{\"type\":\"object\","
+                "\"required\":[\"b\"]}]}",
+                (struct cas[]){{"{\"a\":1}", true},
+                               {"{\"b\":1,\"c\":1}", true},
+                               {"{\"a\":1,\"b\":2}", false},
+                               {"{}", false},
+                               {NULL, false}});
+    /* a circle, a rectangle or a triangle (r, w h, b h: w without h is a circle's extra);
+     * {a} and {a, b}: a without b */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"properties\":{\"d\":{\"type\":\"object\",\"oneOf\":[{\"required\":[\"r\"]},"
+                "{\"required\":[\"w\",\"h\"]},{\"required\":[\"b\",\"h\"]}],\"properties\":{"
+                "\"r\":{},\"w\":{},\"b\":{},\"h\":{}}},\"e\":{\"oneOf\":[{\"required\":[\"a\"]},"
+                "{\"required\":[\"a\",\"b\"]}]}}}",
+                (struct cas[]){{"{\"d\":{\"r\":1}}", true},
+                               {"{\"d\":{\"r\":1,\"w\":1}}", true},
+                               {"{\"d\":{\"w\":1,\"h\":1}}", true},
+                               {"{\"d\":{\"b\":1,\"h\":1}}", true},
+                               {"{\"d\":{\"r\":1,\"w\":1,\"h\":1}}", false},
+                               {"{\"d\":{\"w\":1,\"b\":1,\"h\":1}}", false},
+                               {"{\"d\":{\"w\":1,\"b\":1}}", false},
+                               {"{\"e\":{\"a\":1}}", true},
+                               {"{\"e\":{\"a\":1,\"b\":1}}", false},
+                               {"{\"e\":1}", false},
+                               {NULL, false}});
     expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
-                 "{\"oneOf\":[{\"type\":\"object\",\"required\":[\"a\"]},{\"type\":\"object\","
-                 "\"required\":[\"b\"]}]}",
+                 "{\"oneOf\":[{\"type\":\"object\",\"required\":[\"a\"],\"properties\":{\"a\":{"
+                 "\"type\":\"integer\"}}},{\"type\":\"object\",\"required\":[\"b\"]}]}",
                  "may overlap");
+    /* a property that is false is never written: no key leads to a dead end */
+    static const char *const forbid[] = {
+        "{\"type\":\"object\",\"properties\":{\"a\":false,\"b\":{}}}",
+        /* also merged: false with a schema is false */
+        "{\"allOf\":[{\"properties\":{\"a\":{\"type\":\"number\"}}},{\"type\":\"object\","
+        "\"properties\":{\"a\":false}}]}"};
+    for (int q = 0; q < 2; q++) {
+        struct kiln_grammar *g =
+            compile_ws(KILN_CONSTRAINT_JSON_SCHEMA, forbid[q], KILN_GRAMMAR_WS_COMPACT);
+        struct kiln_matcher *m;
+        struct kiln_error err = {0};
+        assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
+        assert_true(kiln_matcher_accept_bytes(m, "{\"a", 3)); /* "ab" may follow */
+        assert_false(kiln_matcher_accept_bytes(m, "\"", 1));
+        kiln_matcher_free(m);
+        kiln_grammar_unref(g);
+    }
     /* members without a type: non-objects match both, so the oneOf takes objects only */
     check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
                 "{\"oneOf\":[{\"required\":[\"k\"],\"properties\":{\"k\":{\"const\":\"a\"}}},"
