@@ -328,33 +328,129 @@ static struct gx *frac_nonzero(struct gr_builder *b)
     return gx_add(b, q, digits(b, 0));
 }
 
-/* y >= 0 with a <(=) y <(=) z (z: inf when zinf), integer bounds, no exponent.
- * frac: whether a fraction may appear at all (integer type: no). */
-static struct gx *nonneg(struct gr_builder *b, uint64_t a, bool ax, uint64_t z, bool zx, bool zinf,
-                         bool frac)
+/* a bound's decimal digits: |v| as the shortest spelling that reads back (what the schema
+ * wrote, for up to 17 significant digits), its integer part and its fraction's digits without
+ * trailing zeros. false from 10^17 on or past 38 fraction digits. */
+struct dec {
+    uint64_t ip;
+    char frac[40];
+};
+static bool dec_of(double v, struct dec *d)
+{
+    v = fabs(v);
+    if (!(v < 1e17)) return false;
+    char buf[64];
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*e", prec - 1, v);
+        if (strtod(buf, NULL) == v) break;
+    }
+    char digs[24];
+    int nd = 0;
+    const char *p = buf;
+    for (; *p && *p != 'e' && nd < 20; p++)
+        if (*p >= '0' && *p <= '9') digs[nd++] = *p;
+    int e = *p == 'e' ? atoi(p + 1) : 0; /* digs[0] stands for 10^e */
+    d->ip = 0;
+    int nf = 0;
+    if (e < 0 && nd - e - 1 >= (int)sizeof d->frac) return false;
+    for (int q = e; q < 0 && q < -1; q++) d->frac[nf++] = '0'; /* 10^-1 .. 10^(e+1) */
+    for (int i = 0; i < nd || e - i >= 0; i++) {
+        int c = i < nd ? digs[i] - '0' : 0;
+        if (e - i >= 0)
+            d->ip = d->ip * 10 + (uint64_t)c;
+        else
+            d->frac[nf++] = (char)('0' + c);
+    }
+    while (nf && d->frac[nf - 1] == '0') nf--;
+    d->frac[nf] = 0;
+    return true;
+}
+
+static int dec_cmp(const struct dec *x, const struct dec *y)
+{
+    if (x->ip != y->ip) return x->ip < y->ip ? -1 : 1;
+    return strcmp(x->frac, y->frac); /* a shorter fraction that is a prefix is less */
+}
+
+/* fraction digits F with 0.F >= 0.d (> when x); d is not empty at the first call, so F is not */
+static struct gx *frac_ge(struct gr_builder *b, const char *d, bool x)
+{
+    if (!*d)
+        return x ? gx_seq2(b, digits(b, 0), gx_seq2(b, gx_range(b, '1', '9'), digits(b, 0)))
+                 : digits(b, 0);
+    struct gx *alt = gx_alt(b);
+    if (*d < '9') gx_add(b, alt, gx_seq2(b, gx_range(b, (unsigned)*d + 1, '9'), digits(b, 0)));
+    return gx_add(b, alt, gx_seq2(b, gx_byte(b, (unsigned char)*d), frac_ge(b, d + 1, x)));
+}
+
+/* fraction digits F (at least one) with 0.F <= 0.e (< when x), and F not all zeros when nz;
+ * no branch that leads nowhere */
+static struct gx *frac_le(struct gr_builder *b, const char *e, bool x, bool first, bool nz)
+{
+    if (!*e) return gx_rep(b, gx_byte(b, '0'), 0, -1); /* e itself: only when inclusive */
+    struct gx *alt = gx_alt(b);
+    if (!first && !nz) gx_add(b, alt, gx_empty(b)); /* a prefix of e: less */
+    if (*e > '0' && nz) {                           /* a zero here needs a nonzero digit later */
+        struct gx *q = gx_seq2(b, gx_byte(b, '0'), digits(b, 0));
+        gx_add(b, alt, gx_seq2(b, gx_seq2(b, q, gx_range(b, '1', '9')), digits(b, 0)));
+        if (*e > '1') gx_add(b, alt, gx_seq2(b, gx_range(b, '1', (unsigned)*e - 1), digits(b, 0)));
+    } else if (*e > '0')
+        gx_add(b, alt, gx_seq2(b, gx_range(b, '0', (unsigned)*e - 1), digits(b, 0)));
+    if (e[1] || !x)
+        gx_add(b, alt,
+               gx_seq2(b, gx_byte(b, (unsigned char)*e),
+                       frac_le(b, e + 1, x, false, nz && *e == '0')));
+    return alt;
+}
+
+static struct gx *dot(struct gr_builder *b, struct gx *f)
+{
+    return gx_seq2(b, gx_byte(b, '.'), f);
+}
+
+/* y >= 0 with a <(=) y <(=) z (z: inf when zinf), no exponent. frac: whether a fraction may
+ * appear at all (integer type: no, and the bounds are integers). *refuse: both bounds have a
+ * fraction and one integer part (0.25 to 0.75: the two digit conditions at once): not built. */
+static struct gx *nonneg(struct gr_builder *b, const struct dec *a, bool ax, const struct dec *z,
+                         bool zx, bool zinf, bool frac, bool *refuse)
 {
     struct gx *alt = gx_alt(b);
-    if (!zinf && (z < a || (z == a && (ax || zx)))) return alt;
-    if (!zinf && z == a) {
-        gx_add(b, alt,
-               gx_seq2(b, nat_range(b, a, a, false), frac ? gx_opt(b, frac_zero(b)) : gx_empty(b)));
-        return alt;
+    if (!zinf) {
+        int c = dec_cmp(z, a);
+        if (c < 0 || (c == 0 && (ax || zx))) return alt;
+    }
+    bool af = a->frac[0], zf = !zinf && z->frac[0];
+    struct gx *any = frac ? gx_opt(b, frac_any(b)) : gx_empty(b);
+    if (!zinf && z->ip == a->ip) { /* one integer part */
+        if (af) {
+            *refuse = true;
+            return alt;
+        }
+        struct gx *f = !zf  ? (frac ? gx_opt(b, frac_zero(b)) : gx_empty(b))
+                       : ax ? dot(b, frac_le(b, z->frac, zx, true, true))
+                            : gx_opt(b, dot(b, frac_le(b, z->frac, zx, true, false)));
+        return gx_add(b, alt, gx_seq2(b, nat_range(b, a->ip, a->ip, false), f));
     }
     /* I in (a, z) */
-    if (zinf || z > a + 1)
-        gx_add(b, alt,
-               gx_seq2(b, nat_range(b, a + 1, zinf ? 0 : z - 1, zinf),
-                       frac ? gx_opt(b, frac_any(b)) : gx_empty(b)));
+    if (zinf || z->ip > a->ip + 1)
+        gx_add(b, alt, gx_seq2(b, nat_range(b, a->ip + 1, zinf ? 0 : z->ip - 1, zinf), any));
     /* I == a */
-    if (!ax)
+    if (af)
         gx_add(b, alt,
-               gx_seq2(b, nat_range(b, a, a, false), frac ? gx_opt(b, frac_any(b)) : gx_empty(b)));
+               gx_seq2(b, nat_range(b, a->ip, a->ip, false), dot(b, frac_ge(b, a->frac, ax))));
+    else if (!ax)
+        gx_add(b, alt, gx_seq2(b, nat_range(b, a->ip, a->ip, false), any));
     else if (frac)
-        gx_add(b, alt, gx_seq2(b, nat_range(b, a, a, false), frac_nonzero(b)));
+        gx_add(b, alt, gx_seq2(b, nat_range(b, a->ip, a->ip, false), frac_nonzero(b)));
     /* I == z */
-    if (!zinf && !zx)
+    if (zf)
         gx_add(b, alt,
-               gx_seq2(b, nat_range(b, z, z, false), frac ? gx_opt(b, frac_zero(b)) : gx_empty(b)));
+               gx_seq2(b, nat_range(b, z->ip, z->ip, false),
+                       gx_opt(b, dot(b, frac_le(b, z->frac, zx, true, false)))));
+    else if (!zinf && !zx)
+        gx_add(b, alt,
+               gx_seq2(b, nat_range(b, z->ip, z->ip, false),
+                       frac ? gx_opt(b, frac_zero(b)) : gx_empty(b)));
     return alt;
 }
 
@@ -363,7 +459,8 @@ static bool integral(double v)
     return v == floor(v) && fabs(v) < 1e17;
 }
 
-/* number or integer with bounds: lo/hi may be absent (has*), exclusive flags */
+/* number or integer with bounds: lo/hi may be absent (has*), exclusive flags. A number's
+ * bounds may have fractions (their decimal digits compared digit by digit) */
 static struct gx *bounded_number(struct js *j, bool has_lo, double lo, bool lox, bool has_hi,
                                  double hi, bool hix, bool is_int, const char *ptr)
 {
@@ -382,38 +479,25 @@ static struct gx *bounded_number(struct js *j, bool has_lo, double lo, bool lox,
             hix = false;
         }
     }
-    if ((has_lo && !integral(lo)) || (has_hi && !integral(hi)))
-        return js_fail(j, "unsupported (non-integer bound for a number)",
-                       has_lo && !integral(lo) ? "minimum" : "maximum", ptr);
+    struct dec dl = {0}, dh = {0}, zero = {0};
+    bool refuse = (has_lo && !dec_of(lo, &dl)) || (has_hi && !dec_of(hi, &dh));
     struct gx *alt = gx_alt(b);
     bool frac = !is_int;
     /* non-negative part: y in [max(lo,0), hi] */
-    if (!has_hi || hi >= 0) {
-        uint64_t a = 0;
-        bool ax = false;
-        if (has_lo && lo >= 0) {
-            a = (uint64_t)lo;
-            ax = lox;
-        }
-        uint64_t z = has_hi ? (uint64_t)hi : 0;
-        gx_add(b, alt, nonneg(b, a, ax, z, hix, !has_hi, frac));
-    }
-    /* negative part: x = -y, y > 0, y in [max(-hi, 0), -lo] */
-    if (!has_lo || lo < 0) {
-        uint64_t a = 0;
-        bool ax = true; /* y > 0 (0 is in the non-negative part) */
-        if (has_hi && hi < 0) {
-            a = (uint64_t)(-hi);
-            ax = hix;
-        } else if (has_hi && hi == 0 && hix) {
-            a = 0;
-            ax = true;
-        }
-        uint64_t z = has_lo ? (uint64_t)(-lo) : 0;
-        struct gx *y = nonneg(b, a, ax, z, lox, !has_lo, frac);
-        /* y == 0 with ax: nonneg excludes the zero integer part only via ax; "-0" stays out */
+    if (!refuse && (!has_hi || hi >= 0))
+        gx_add(b, alt,
+               nonneg(b, has_lo && lo >= 0 ? &dl : &zero, has_lo && lo >= 0 && lox, &dh, hix,
+                      !has_hi, frac, &refuse));
+    /* negative part: x = -y, y > 0, y in [max(-hi, 0), -lo]; "-0" stays out (y > 0) */
+    if (!refuse && (!has_lo || lo < 0)) {
+        bool below0 = has_hi && hi < 0;
+        struct gx *y =
+            nonneg(b, below0 ? &dh : &zero, below0 ? hix : true, &dl, lox, !has_lo, frac, &refuse);
         gx_add(b, alt, gx_seq2(b, gx_byte(b, '-'), y));
     }
+    if (refuse)
+        return js_fail(j, "unsupported (bounds with fractions in one integer part, or past 10^17)",
+                       has_lo ? "minimum" : "maximum", ptr);
     return alt;
 }
 

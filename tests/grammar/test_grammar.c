@@ -266,6 +266,76 @@ static void test_schema_numbers(void **state)
                                {NULL, false}});
 }
 
+/* whole text accepted and complete (defined below) */
+static bool feed_bytes(struct kiln_grammar *g, const char *text);
+static void expect_error(enum kiln_constraint_kind kind, const char *text, const char *needle);
+
+/* bounds with fractions on numbers, against the value itself over every number of up to three
+ * integer and three fraction digits (a few digits each: 0 1 2 4 5 9), both signs, with and
+ * without a fraction; kiln writes no exponent under bounds and no "-0" (both valid JSON, left
+ * out: stricter, never looser) */
+static void test_schema_number_fractions(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *schema;
+        bool hlo, lox, hhi, hix;
+        double lo, hi;
+    } t[] = {
+        {"{\"type\":\"number\",\"minimum\":0.5}", true, false, false, false, 0.5, 0},
+        {"{\"type\":\"number\",\"exclusiveMinimum\":0.5}", true, true, false, false, 0.5, 0},
+        {"{\"type\":\"number\",\"maximum\":1.25}", false, false, true, false, 0, 1.25},
+        {"{\"type\":\"number\",\"exclusiveMaximum\":1.25}", false, false, true, true, 0, 1.25},
+        {"{\"type\":\"number\",\"minimum\":-1.5,\"maximum\":2.05}", true, false, true, false, -1.5,
+         2.05},
+        {"{\"type\":\"number\",\"exclusiveMinimum\":-0.25,\"exclusiveMaximum\":0.4}", true, true,
+         true, true, -0.25, 0.4},
+        {"{\"type\":\"number\",\"minimum\":0.05,\"exclusiveMaximum\":1}", true, false, true, true,
+         0.05, 1},
+        {"{\"type\":\"number\",\"maximum\":-0.5}", false, false, true, false, 0, -0.5},
+        {"{\"type\":\"number\",\"minimum\":1,\"maximum\":1.9}", true, false, true, false, 1, 1.9},
+        {"{\"type\":\"number\",\"minimum\":-0.09,\"maximum\":0}", true, false, true, false, -0.09,
+         0},
+    };
+    static const char dg[] = "012459";
+    for (size_t k = 0; k < sizeof t / sizeof t[0]; k++) {
+        struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA, t[k].schema);
+        for (int neg = 0; neg < 2; neg++)
+            for (int ip = 0; ip < 12; ip++)
+                for (int fl = -1, nf = 1; fl <= 3; fl++, nf *= fl > 0 ? 6 : 1)
+                    for (int fi = 0; fl && fi < nf; fi++) {
+                        char text[32];
+                        int n = snprintf(text, sizeof text, "%s%d", neg ? "-" : "",
+                                         ip < 10 ? ip : ip * 5);
+                        if (fl >= 0) {
+                            text[n++] = '.';
+                            for (int q = 0, r = fi; q < fl; q++, r /= 6) text[n++] = dg[r % 6];
+                            text[n] = 0;
+                        }
+                        double v = strtod(text, NULL);
+                        bool want = !(t[k].hlo && (v < t[k].lo || (v == t[k].lo && t[k].lox))) &&
+                                    !(t[k].hhi && (v > t[k].hi || (v == t[k].hi && t[k].hix))) &&
+                                    !(neg && v == 0);
+                        if (feed_bytes(g, text) != want)
+                            fail_msg("%s: %s should be %s", t[k].schema, text,
+                                     want ? "accepted" : "rejected");
+                    }
+        assert_false(feed_bytes(g, "1e0")); /* no exponent under bounds */
+        kiln_grammar_unref(g);
+    }
+    /* fractions on both sides of one integer part: refused */
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"type\":\"number\",\"minimum\":0.25,\"maximum\":0.75}", "minimum");
+    /* boundary spellings: 0.50 is 0.5, a bound read back as written */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"number\",\"exclusiveMinimum\":0.1}",
+                (struct cas[]){{"0.10", false},
+                               {"0.1000000001", true},
+                               {"0.1", false},
+                               {"0.09999", false},
+                               {"1", true},
+                               {NULL, false}});
+}
+
 static void test_schema_arrays(void **state)
 {
     (void)state;
@@ -1447,6 +1517,7 @@ int main(void)
         cmocka_unit_test(test_schema_types),
         cmocka_unit_test(test_schema_strings),
         cmocka_unit_test(test_schema_numbers),
+        cmocka_unit_test(test_schema_number_fractions),
         cmocka_unit_test(test_schema_arrays),
         cmocka_unit_test(test_schema_combinators),
         cmocka_unit_test(test_oneof_exclusive),
