@@ -501,6 +501,104 @@ static struct gx *bounded_number(struct js *j, bool has_lo, double lo, bool lox,
     return alt;
 }
 
+/* Multiples of m = c / 10^s (c, s from m's decimal digits: 0.25 is 25 / 10^2, 13.5 is 135 / 10):
+ * x is one when x * 10^s is an integer divisible by c, i.e. at most s fraction digits (then
+ * zeros) and the digits read as one integer, the fraction padded to s, 0 mod c. A digit
+ * automaton mod c, one rule per (remainder, fraction digits read); no exponent (stricter) and
+ * no branch that leads nowhere. is_int: no fraction. Refused past JS_MAX_MULT_RULES rules. */
+#define JS_MAX_MULT_RULES 2000
+static struct gx *multiple_of(struct js *j, double m, bool is_int, const char *ptr)
+{
+    struct gr_builder *b = j->b;
+    struct dec d;
+    size_t s = 0;
+    uint64_t c = 0;
+    bool ok = m > 0 && dec_of(m, &d) && (s = strlen(d.frac)) <= 9;
+    if (ok) {
+        c = d.ip;
+        for (size_t i = 0; i < s; i++) c = c * 10 + (uint64_t)(d.frac[i] - '0');
+        ok = c > 0 && c * (s + 1) <= JS_MAX_MULT_RULES;
+    }
+    if (!ok) return js_fail(j, "unsupported (a factor this fine or this large)", "multipleOf", ptr);
+    uint64_t p10[10] = {1};
+    for (size_t i = 1; i <= s; i++) p10[i] = p10[i - 1] * 10 % c;
+    /* live[r * (s + 1) + i]: after i fraction digits at remainder r, a multiple can still end */
+    bool *live = calloc(c * (s + 1), sizeof *live);
+    int *rule = malloc(c * (s + 1) * sizeof *rule);
+    if (!live || !rule) {
+        free(live);
+        free(rule);
+        return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = s + 1; i-- > 0;)
+        for (uint64_t r = 0; r < c; r++) {
+            bool l = r * p10[s - i] % c == 0;
+            for (int dg = 0; dg < 10 && i < s && !l; dg++)
+                l = live[(r * 10 + dg) % c * (s + 1) + i + 1];
+            live[r * (s + 1) + i] = l;
+        }
+    /* rule[r * (s + 1)]: the integer part so far at remainder r, more digits or its tail;
+     * tail[r]: the end or a fraction; rule[r * (s + 1) + i], i > 0: i fraction digits read */
+    int *tail = malloc(c * sizeof *tail);
+    if (!tail) {
+        free(live);
+        free(rule);
+        return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+    }
+    for (size_t k = 0; k < c * (s + 1); k++) rule[k] = gb_rule(b, "%multiple");
+    for (uint64_t r = 0; r < c; r++) tail[r] = gb_rule(b, "%multiple_tail");
+    for (uint64_t r = 0; r < c; r++) {
+        struct gx *t = gx_alt(b);
+        if (r * p10[s] % c == 0) gx_add(b, t, gx_empty(b));
+        if (!is_int) { /* a fraction: at least one digit */
+            struct gx *f = gx_alt(b);
+            if (s == 0 && r == 0) gx_add(b, f, gx_rep(b, gx_byte(b, '0'), 1, -1));
+            for (int dg = 0; dg < 10 && s > 0; dg++) {
+                uint64_t q = (r * 10 + (uint64_t)dg) % c;
+                if (live[q * (s + 1) + 1])
+                    gx_add(b, f,
+                           gx_seq2(b, gx_byte(b, '0' + (unsigned)dg),
+                                   gx_call(b, rule[q * (s + 1) + 1])));
+            }
+            if (f && f->n) gx_add(b, t, gx_seq2(b, gx_byte(b, '.'), f));
+        }
+        gb_set(b, tail[r], t);
+        for (size_t i = 0; i <= s; i++) {
+            struct gx *alt = gx_alt(b);
+            if (i == 0) {
+                for (int dg = 0; dg < 10; dg++)
+                    gx_add(b, alt,
+                           gx_seq2(b, gx_byte(b, '0' + (unsigned)dg),
+                                   gx_call(b, rule[(r * 10 + (uint64_t)dg) % c * (s + 1)])));
+                gx_add(b, alt, gx_call(b, tail[r]));
+            } else if (i == s) {
+                alt = gx_rep(b, gx_byte(b, '0'), 0, -1); /* only reached at remainder 0 */
+            } else {
+                if (r * p10[s - i] % c == 0) gx_add(b, alt, gx_empty(b));
+                for (int dg = 0; dg < 10; dg++) {
+                    uint64_t q = (r * 10 + (uint64_t)dg) % c;
+                    if (live[q * (s + 1) + i + 1])
+                        gx_add(b, alt,
+                               gx_seq2(b, gx_byte(b, '0' + (unsigned)dg),
+                                       gx_call(b, rule[q * (s + 1) + i + 1])));
+                }
+            }
+            gb_set(b, rule[r * (s + 1) + i], alt);
+        }
+    }
+    /* -? (0 | [1-9] digits): 0 goes straight to its tail */
+    struct gx *first = gx_alt(b);
+    gx_add(b, first, gx_seq2(b, gx_byte(b, '0'), gx_call(b, tail[0])));
+    for (int dg = 1; dg < 10; dg++)
+        gx_add(b, first,
+               gx_seq2(b, gx_byte(b, '0' + (unsigned)dg),
+                       gx_call(b, rule[(uint64_t)dg % c * (s + 1)])));
+    free(tail);
+    free(live);
+    free(rule);
+    return gx_seq2(b, gx_opt(b, gx_byte(b, '-')), first);
+}
+
 /* ---- strings ---- */
 
 static const char *format_regex(const char *f)
@@ -1048,7 +1146,6 @@ static const char *const refused[] = {"patternProperties",
                                       "contains",
                                       "minContains",
                                       "maxContains",
-                                      "multipleOf",
                                       "unevaluatedProperties",
                                       "unevaluatedItems",
                                       "$dynamicRef",
@@ -2018,6 +2115,7 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
                                                 "maximum",
                                                 "exclusiveMinimum",
                                                 "exclusiveMaximum",
+                                                "multipleOf",
                                                 "minProperties",
                                                 "maxProperties",
                                                 NULL};
@@ -2046,7 +2144,18 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
     if (types & (T_NUM | T_INT)) {
         struct num_bounds r = num_bounds(s);
         bool is_int = !(types & T_NUM);
-        if (!r.hlo && !r.hhi)
+        json_t *mult = json_object_get(s, "multipleOf");
+        if (mult && !json_is_number(mult)) {
+            res = js_bad(j, ptr, "multipleOf must be a number");
+            goto out;
+        }
+        if (mult && (r.hlo || r.hhi)) {
+            res = js_fail(j, "unsupported (with minimum/maximum)", "multipleOf", ptr);
+            goto out;
+        }
+        if (mult)
+            gx_add(b, alt, multiple_of(j, json_number_value(mult), is_int, ptr));
+        else if (!r.hlo && !r.hhi)
             gx_add(b, alt, is_int ? json_int(b) : json_number(b));
         else
             gx_add(b, alt, bounded_number(j, r.hlo, r.lo, r.lox, r.hhi, r.hi, r.hix, is_int, ptr));

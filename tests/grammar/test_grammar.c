@@ -336,6 +336,70 @@ static void test_schema_number_fractions(void **state)
                                {NULL, false}});
 }
 
+/* multipleOf against the decimal value over the numbers of test_schema_number_fractions (and
+ * a few integers up to 495): a multiple of c / 10^s has at most s fraction digits (then zeros)
+ * and its digits, the fraction padded to s, read 0 mod c; integers take no fraction */
+static void test_schema_multiple_of(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *schema;
+        unsigned c, s;
+        bool is_int;
+    } t[] = {
+        {"{\"type\":\"integer\",\"multipleOf\":5}", 5, 0, true},
+        {"{\"type\":\"number\",\"multipleOf\":2}", 2, 0, false},
+        {"{\"type\":\"number\",\"multipleOf\":0.01}", 1, 2, false},
+        {"{\"type\":\"number\",\"multipleOf\":0.25}", 25, 2, false},
+        {"{\"type\":\"number\",\"multipleOf\":13.5}", 135, 1, false},
+        {"{\"type\":\"integer\",\"multipleOf\":13.5}", 135, 1, true},
+        {"{\"type\":\"number\",\"multipleOf\":1.0}", 1, 0, false},
+        {"{\"type\":\"integer\",\"multipleOf\":16}", 16, 0, true},
+    };
+    static const char dg[] = "012459";
+    for (size_t k = 0; k < sizeof t / sizeof t[0]; k++) {
+        struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA, t[k].schema);
+        for (int neg = 0; neg < 2; neg++)
+            for (int ip = 0; ip < 110; ip++)
+                for (int fl = -1, nf = 1; fl <= 3; fl++, nf *= fl > 0 ? 6 : 1)
+                    for (int fi = 0; fl && fi < nf; fi++) {
+                        char text[32];
+                        int iv = ip < 10 ? ip : ip * 9 / 2;
+                        int n = snprintf(text, sizeof text, "%s%d", neg ? "-" : "", iv);
+                        char fr[8] = "";
+                        if (fl > 0) {
+                            text[n++] = '.';
+                            for (int q = 0, r = fi; q < fl; q++, r /= 6)
+                                fr[q] = text[n++] = dg[r % 6];
+                            text[n] = 0;
+                            fr[fl] = 0;
+                        }
+                        int fn = (int)strlen(fr);
+                        while (fn && fr[fn - 1] == '0') fr[--fn] = 0;
+                        bool want = fn <= (int)t[k].s && !(t[k].is_int && fl > 0);
+                        if (want) {
+                            unsigned long long v = (unsigned long long)iv;
+                            for (unsigned q = 0; q < t[k].s; q++)
+                                v = v * 10 + (q < (unsigned)fn ? (unsigned)(fr[q] - '0') : 0);
+                            want = v % t[k].c == 0;
+                        }
+                        if (feed_bytes(g, text) != want)
+                            fail_msg("%s: %s should be %s", t[k].schema, text,
+                                     want ? "accepted" : "rejected");
+                    }
+        assert_false(feed_bytes(g, "1e1")); /* no exponent */
+        kiln_grammar_unref(g);
+    }
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"type\":\"integer\",\"multipleOf\":5,\"minimum\":1}", "multipleOf");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"number\",\"multipleOf\":0.0001234}",
+                 "multipleOf");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{\"enum\":[1,2],\"multipleOf\":2}", "multipleOf");
+    /* a multipleOf on strings constrains nothing */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"multipleOf\":2}",
+                (struct cas[]){{"\"a\"", true}, {NULL, false}});
+}
+
 static void test_schema_arrays(void **state)
 {
     (void)state;
@@ -1518,6 +1582,7 @@ int main(void)
         cmocka_unit_test(test_schema_strings),
         cmocka_unit_test(test_schema_numbers),
         cmocka_unit_test(test_schema_number_fractions),
+        cmocka_unit_test(test_schema_multiple_of),
         cmocka_unit_test(test_schema_arrays),
         cmocka_unit_test(test_schema_combinators),
         cmocka_unit_test(test_oneof_exclusive),
