@@ -539,7 +539,7 @@ static struct gx *multiple_of(struct js *j, double m, bool is_int, const char *p
         }
     /* rule[r * (s + 1)]: the integer part so far at remainder r, more digits or its tail;
      * tail[r]: the end or a fraction; rule[r * (s + 1) + i], i > 0: i fraction digits read */
-    int *tail = malloc(c * sizeof *tail);
+    int *tail = calloc(c, sizeof *tail);
     if (!tail) {
         free(live);
         free(rule);
@@ -1740,6 +1740,22 @@ static json_t *oneof_required_rewrite(struct js *j, json_t *arr, const bool *ope
     return out;
 }
 
+/* objects only: a name the keywords beside the oneOf require (so it is there) that no value
+ * can give under both x's and y's schemas for it */
+static bool excl_present(struct js *j, json_t *x, json_t *y, json_t *parent)
+{
+    x = excl_resolve(j, x);
+    y = excl_resolve(j, y);
+    json_t *n;
+    size_t i;
+    if (!json_is_object(x) || !json_is_object(y) || !json_is_object(parent)) return false;
+    json_array_foreach(json_object_get(parent, "required"), i,
+                       n) if (json_is_string(n) &&
+                              excl(j, excl_prop(x, json_string_value(n)),
+                                   excl_prop(y, json_string_value(n)), T_ALL, 1)) return true;
+    return false;
+}
+
 /* whether oneOf arr (in parent, whose other keywords hold too) compiles as anyOf: by kind of
  * value, every two members exclusive, or two members that accept every value of the kind (so
  * the oneOf accepts none of it: *drop, the kinds to keep out), or, for objects, members that
@@ -1766,7 +1782,8 @@ static bool oneof_disjoint(struct js *j, json_t *arr, json_t *parent, int *drop,
         for (size_t a = 0; a < n && ok; a++)
             for (size_t c = a + 1; c < n && ok; c++) {
                 json_t *x = json_array_get(arr, a), *y = json_array_get(arr, c);
-                if (excl(j, x, y, kind, 0)) continue;
+                if (excl(j, x, y, kind, 0) || (kind == T_OBJ && excl_present(j, x, y, parent)))
+                    continue;
                 ok = kind == T_OBJ && excl_required_only(j, x) && excl_required_only(j, y) &&
                      (open || (open = calloc(n * n, sizeof *open)));
                 if (ok) open[a * n + c] = open[c * n + a] = true;

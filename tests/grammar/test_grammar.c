@@ -512,6 +512,19 @@ static void test_oneof_exclusive(void **state)
                  "{\"required\":[\"k\"],\"properties\":{\"k\":{\"const\":2},\"m\":{\"enum\":[\"x\","
                  "\"y\"]}}}]}",
                  "may overlap");
+    /* a discriminator the keywords beside the oneOf require */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"object\",\"required\":[\"t\"],\"oneOf\":[{\"properties\":{\"t\":{"
+                "\"const\":\"a\"}}},{\"properties\":{\"t\":{\"const\":\"b\"}}}]}",
+                (struct cas[]){{"{\"t\":\"a\"}", true},
+                               {"{\"t\":\"b\",\"u\":1}", true},
+                               {"{\"t\":\"c\"}", false},
+                               {"{}", false},
+                               {NULL, false}});
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"type\":\"object\",\"oneOf\":[{\"properties\":{\"t\":{\"const\":\"a\"}}},{"
+                 "\"properties\":{\"t\":{\"const\":\"b\"}}}]}",
+                 "may overlap");
     /* a property one requires that the other forbids ("x": false, additionalProperties false) */
     check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
                 "{\"oneOf\":[{\"type\":\"object\",\"properties\":{\"a\":{}},\"required\":[\"a\"],"
