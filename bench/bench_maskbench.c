@@ -35,6 +35,104 @@ static double now_us(void)
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
+/* Python's repr of a double (what json.dumps writes): the shortest digits that read back,
+ * fixed notation with at least one fraction digit from 1e-4 to below 1e16, else d.ddde+XX */
+static int py_real(double v, char *out, size_t cap)
+{
+    char e[40];
+    for (int p = 1; p <= 17; p++) {
+        snprintf(e, sizeof e, "%.*e", p - 1, v);
+        if (strtod(e, NULL) == v) break;
+    }
+    char dg[24];
+    int nd = 0, ex = 0;
+    bool neg = e[0] == '-';
+    for (const char *c = e + neg; *c; c++) {
+        if (*c == 'e') {
+            ex = atoi(c + 1);
+            break;
+        }
+        if (*c >= '0' && *c <= '9' && nd < 20) dg[nd++] = *c;
+    }
+    while (nd > 1 && dg[nd - 1] == '0') nd--;
+    size_t n = 0;
+    char buf[400];
+    if (neg) buf[n++] = '-';
+    if (ex >= -4 && ex < 16) {
+        if (ex < 0) {
+            buf[n++] = '0';
+            buf[n++] = '.';
+            for (int q = -1; q > ex; q--) buf[n++] = '0';
+            for (int q = 0; q < nd; q++) buf[n++] = dg[q];
+        } else {
+            for (int q = 0; q <= ex; q++) buf[n++] = q < nd ? dg[q] : '0';
+            buf[n++] = '.';
+            if (nd > ex + 1)
+                for (int q = ex + 1; q < nd; q++) buf[n++] = dg[q];
+            else
+                buf[n++] = '0';
+        }
+        buf[n] = 0;
+    } else {
+        buf[n++] = dg[0];
+        if (nd > 1) {
+            buf[n++] = '.';
+            for (int q = 1; q < nd; q++) buf[n++] = dg[q];
+        }
+        snprintf(buf + n, sizeof buf - n, "e%c%02d", ex < 0 ? '-' : '+', ex < 0 ? -ex : ex);
+    }
+    return snprintf(out, cap, "%s", buf);
+}
+
+/* json.dumps(v): jansson's text (", " and ": ", UTF-8 kept) with each real as Python writes it
+ * (jansson writes 17 digits: 0.3 as 0.29999999999999999, not a multiple of 0.01 nor >= 0.3) */
+static char *py_dumps(json_t *v, size_t *len)
+{
+    size_t n = json_dumpb(v, NULL, 0, JSON_ENCODE_ANY);
+    char *s = malloc(n + 1), *o = malloc(8 * n + 64); /* a real: 3 bytes on, repr 24 at most */
+    json_dumpb(v, s, n, JSON_ENCODE_ANY);
+    s[n] = 0;
+    size_t k = 0;
+    bool str = false;
+    for (size_t i = 0; i < n;) {
+        char c = s[i];
+        if (str) {
+            o[k++] = c;
+            i++;
+            if (c == '\\' && i < n)
+                o[k++] = s[i++];
+            else if (c == '"')
+                str = false;
+            continue;
+        }
+        if (c == '"') str = true;
+        if (c == '-' || (c >= '0' && c <= '9')) {
+            size_t j = i;
+            bool real = false;
+            while (j < n && strchr("+-0123456789.eE", s[j])) real |= strchr(".eE", s[j++]) != NULL;
+            if (real) {
+                char tok[64], out[400];
+                snprintf(tok, sizeof tok, "%.*s", (int)(j - i), s + i);
+                int m = py_real(strtod(tok, NULL), out, sizeof out);
+                memcpy(o + k, out, (size_t)m);
+                k += (size_t)m;
+                i = j;
+                continue;
+            }
+            memcpy(o + k, s + i, j - i);
+            k += j - i;
+            i = j;
+            continue;
+        }
+        o[k++] = c;
+        i++;
+    }
+    o[k] = 0;
+    free(s);
+    *len = k;
+    return o;
+}
+
 struct vec {
     double *p;
     size_t n, cap;
@@ -122,9 +220,8 @@ static void ro_back(struct reorder *r, int steps, size_t len)
 
 static bool ro_feed_json(struct reorder *r, json_t *v)
 {
-    size_t n = json_dumpb(v, NULL, 0, JSON_ENCODE_ANY);
-    char *s = malloc(n + 1);
-    json_dumpb(v, s, n, JSON_ENCODE_ANY);
+    size_t n;
+    char *s = py_dumps(v, &n);
     bool ok = ro_feed(r, s, n);
     free(s);
     return ok;
@@ -514,10 +611,8 @@ int main(int argc, char **argv)
         {
             bool valid = json_is_true(json_object_get(t, "valid"));
             json_t *data = json_object_get(t, "data");
-            size_t inst_len = json_dumpb(data, NULL, 0, JSON_ENCODE_ANY);
-            char *inst = malloc(inst_len + 1);
-            json_dumpb(data, inst, inst_len, JSON_ENCODE_ANY);
-            inst[inst_len] = 0;
+            size_t inst_len;
+            char *inst = py_dumps(data, &inst_len);
             if (reorder) { /* the data's preparation, untimed: keys in kiln's order */
                 struct kiln_grammar *by = valid ? g : loose;
                 char *moved = NULL;

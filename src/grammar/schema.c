@@ -30,6 +30,7 @@ struct js {
      * 2019-09 on, and schemas that name no draft, apply them too) */
     bool ref_alone;
     size_t join_steps; /* schemas and keywords merged by join_add, against JS_MAX_JOIN_STEPS */
+    size_t excl_steps; /* oneOf exclusivity proof steps, against JS_MAX_EXCL_STEPS */
     /* sub-schemas compiled to rules, by their canonical text: equal ones share one rule */
     struct js_memo {
         char *text;
@@ -327,33 +328,129 @@ static struct gx *frac_nonzero(struct gr_builder *b)
     return gx_add(b, q, digits(b, 0));
 }
 
-/* y >= 0 with a <(=) y <(=) z (z: inf when zinf), integer bounds, no exponent.
- * frac: whether a fraction may appear at all (integer type: no). */
-static struct gx *nonneg(struct gr_builder *b, uint64_t a, bool ax, uint64_t z, bool zx, bool zinf,
-                         bool frac)
+/* a bound's decimal digits: |v| as the shortest spelling that reads back (what the schema
+ * wrote, for up to 17 significant digits), its integer part and its fraction's digits without
+ * trailing zeros. false from 10^17 on or past 38 fraction digits. */
+struct dec {
+    uint64_t ip;
+    char frac[40];
+};
+static bool dec_of(double v, struct dec *d)
+{
+    v = fabs(v);
+    if (!(v < 1e17)) return false;
+    char buf[64];
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*e", prec - 1, v);
+        if (strtod(buf, NULL) == v) break;
+    }
+    char digs[24];
+    int nd = 0;
+    const char *p = buf;
+    for (; *p && *p != 'e' && nd < 20; p++)
+        if (*p >= '0' && *p <= '9') digs[nd++] = *p;
+    int e = *p == 'e' ? atoi(p + 1) : 0; /* digs[0] stands for 10^e */
+    d->ip = 0;
+    int nf = 0;
+    if (e < 0 && nd - e - 1 >= (int)sizeof d->frac) return false;
+    for (int q = e; q < 0 && q < -1; q++) d->frac[nf++] = '0'; /* 10^-1 .. 10^(e+1) */
+    for (int i = 0; i < nd || e - i >= 0; i++) {
+        int c = i < nd ? digs[i] - '0' : 0;
+        if (e - i >= 0)
+            d->ip = d->ip * 10 + (uint64_t)c;
+        else
+            d->frac[nf++] = (char)('0' + c);
+    }
+    while (nf && d->frac[nf - 1] == '0') nf--;
+    d->frac[nf] = 0;
+    return true;
+}
+
+static int dec_cmp(const struct dec *x, const struct dec *y)
+{
+    if (x->ip != y->ip) return x->ip < y->ip ? -1 : 1;
+    return strcmp(x->frac, y->frac); /* a shorter fraction that is a prefix is less */
+}
+
+/* fraction digits F with 0.F >= 0.d (> when x); d is not empty at the first call, so F is not */
+static struct gx *frac_ge(struct gr_builder *b, const char *d, bool x)
+{
+    if (!*d)
+        return x ? gx_seq2(b, digits(b, 0), gx_seq2(b, gx_range(b, '1', '9'), digits(b, 0)))
+                 : digits(b, 0);
+    struct gx *alt = gx_alt(b);
+    if (*d < '9') gx_add(b, alt, gx_seq2(b, gx_range(b, (unsigned)*d + 1, '9'), digits(b, 0)));
+    return gx_add(b, alt, gx_seq2(b, gx_byte(b, (unsigned char)*d), frac_ge(b, d + 1, x)));
+}
+
+/* fraction digits F (at least one) with 0.F <= 0.e (< when x), and F not all zeros when nz;
+ * no branch that leads nowhere */
+static struct gx *frac_le(struct gr_builder *b, const char *e, bool x, bool first, bool nz)
+{
+    if (!*e) return gx_rep(b, gx_byte(b, '0'), 0, -1); /* e itself: only when inclusive */
+    struct gx *alt = gx_alt(b);
+    if (!first && !nz) gx_add(b, alt, gx_empty(b)); /* a prefix of e: less */
+    if (*e > '0' && nz) {                           /* a zero here needs a nonzero digit later */
+        struct gx *q = gx_seq2(b, gx_byte(b, '0'), digits(b, 0));
+        gx_add(b, alt, gx_seq2(b, gx_seq2(b, q, gx_range(b, '1', '9')), digits(b, 0)));
+        if (*e > '1') gx_add(b, alt, gx_seq2(b, gx_range(b, '1', (unsigned)*e - 1), digits(b, 0)));
+    } else if (*e > '0')
+        gx_add(b, alt, gx_seq2(b, gx_range(b, '0', (unsigned)*e - 1), digits(b, 0)));
+    if (e[1] || !x)
+        gx_add(b, alt,
+               gx_seq2(b, gx_byte(b, (unsigned char)*e),
+                       frac_le(b, e + 1, x, false, nz && *e == '0')));
+    return alt;
+}
+
+static struct gx *dot(struct gr_builder *b, struct gx *f)
+{
+    return gx_seq2(b, gx_byte(b, '.'), f);
+}
+
+/* y >= 0 with a <(=) y <(=) z (z: inf when zinf), no exponent. frac: whether a fraction may
+ * appear at all (integer type: no, and the bounds are integers). *refuse: both bounds have a
+ * fraction and one integer part (0.25 to 0.75: the two digit conditions at once): not built. */
+static struct gx *nonneg(struct gr_builder *b, const struct dec *a, bool ax, const struct dec *z,
+                         bool zx, bool zinf, bool frac, bool *refuse)
 {
     struct gx *alt = gx_alt(b);
-    if (!zinf && (z < a || (z == a && (ax || zx)))) return alt;
-    if (!zinf && z == a) {
-        gx_add(b, alt,
-               gx_seq2(b, nat_range(b, a, a, false), frac ? gx_opt(b, frac_zero(b)) : gx_empty(b)));
-        return alt;
+    if (!zinf) {
+        int c = dec_cmp(z, a);
+        if (c < 0 || (c == 0 && (ax || zx))) return alt;
+    }
+    bool af = a->frac[0], zf = !zinf && z->frac[0];
+    struct gx *any = frac ? gx_opt(b, frac_any(b)) : gx_empty(b);
+    if (!zinf && z->ip == a->ip) { /* one integer part */
+        if (af) {
+            *refuse = true;
+            return alt;
+        }
+        struct gx *f = !zf  ? (frac ? gx_opt(b, frac_zero(b)) : gx_empty(b))
+                       : ax ? dot(b, frac_le(b, z->frac, zx, true, true))
+                            : gx_opt(b, dot(b, frac_le(b, z->frac, zx, true, false)));
+        return gx_add(b, alt, gx_seq2(b, nat_range(b, a->ip, a->ip, false), f));
     }
     /* I in (a, z) */
-    if (zinf || z > a + 1)
-        gx_add(b, alt,
-               gx_seq2(b, nat_range(b, a + 1, zinf ? 0 : z - 1, zinf),
-                       frac ? gx_opt(b, frac_any(b)) : gx_empty(b)));
+    if (zinf || z->ip > a->ip + 1)
+        gx_add(b, alt, gx_seq2(b, nat_range(b, a->ip + 1, zinf ? 0 : z->ip - 1, zinf), any));
     /* I == a */
-    if (!ax)
+    if (af)
         gx_add(b, alt,
-               gx_seq2(b, nat_range(b, a, a, false), frac ? gx_opt(b, frac_any(b)) : gx_empty(b)));
+               gx_seq2(b, nat_range(b, a->ip, a->ip, false), dot(b, frac_ge(b, a->frac, ax))));
+    else if (!ax)
+        gx_add(b, alt, gx_seq2(b, nat_range(b, a->ip, a->ip, false), any));
     else if (frac)
-        gx_add(b, alt, gx_seq2(b, nat_range(b, a, a, false), frac_nonzero(b)));
+        gx_add(b, alt, gx_seq2(b, nat_range(b, a->ip, a->ip, false), frac_nonzero(b)));
     /* I == z */
-    if (!zinf && !zx)
+    if (zf)
         gx_add(b, alt,
-               gx_seq2(b, nat_range(b, z, z, false), frac ? gx_opt(b, frac_zero(b)) : gx_empty(b)));
+               gx_seq2(b, nat_range(b, z->ip, z->ip, false),
+                       gx_opt(b, dot(b, frac_le(b, z->frac, zx, true, false)))));
+    else if (!zinf && !zx)
+        gx_add(b, alt,
+               gx_seq2(b, nat_range(b, z->ip, z->ip, false),
+                       frac ? gx_opt(b, frac_zero(b)) : gx_empty(b)));
     return alt;
 }
 
@@ -362,7 +459,8 @@ static bool integral(double v)
     return v == floor(v) && fabs(v) < 1e17;
 }
 
-/* number or integer with bounds: lo/hi may be absent (has*), exclusive flags */
+/* number or integer with bounds: lo/hi may be absent (has*), exclusive flags. A number's
+ * bounds may have fractions (their decimal digits compared digit by digit) */
 static struct gx *bounded_number(struct js *j, bool has_lo, double lo, bool lox, bool has_hi,
                                  double hi, bool hix, bool is_int, const char *ptr)
 {
@@ -381,39 +479,124 @@ static struct gx *bounded_number(struct js *j, bool has_lo, double lo, bool lox,
             hix = false;
         }
     }
-    if ((has_lo && !integral(lo)) || (has_hi && !integral(hi)))
-        return js_fail(j, "unsupported (non-integer bound for a number)",
-                       has_lo && !integral(lo) ? "minimum" : "maximum", ptr);
+    struct dec dl = {0}, dh = {0}, zero = {0};
+    bool refuse = (has_lo && !dec_of(lo, &dl)) || (has_hi && !dec_of(hi, &dh));
     struct gx *alt = gx_alt(b);
     bool frac = !is_int;
     /* non-negative part: y in [max(lo,0), hi] */
-    if (!has_hi || hi >= 0) {
-        uint64_t a = 0;
-        bool ax = false;
-        if (has_lo && lo >= 0) {
-            a = (uint64_t)lo;
-            ax = lox;
-        }
-        uint64_t z = has_hi ? (uint64_t)hi : 0;
-        gx_add(b, alt, nonneg(b, a, ax, z, hix, !has_hi, frac));
-    }
-    /* negative part: x = -y, y > 0, y in [max(-hi, 0), -lo] */
-    if (!has_lo || lo < 0) {
-        uint64_t a = 0;
-        bool ax = true; /* y > 0 (0 is in the non-negative part) */
-        if (has_hi && hi < 0) {
-            a = (uint64_t)(-hi);
-            ax = hix;
-        } else if (has_hi && hi == 0 && hix) {
-            a = 0;
-            ax = true;
-        }
-        uint64_t z = has_lo ? (uint64_t)(-lo) : 0;
-        struct gx *y = nonneg(b, a, ax, z, lox, !has_lo, frac);
-        /* y == 0 with ax: nonneg excludes the zero integer part only via ax; "-0" stays out */
+    if (!refuse && (!has_hi || hi >= 0))
+        gx_add(b, alt,
+               nonneg(b, has_lo && lo >= 0 ? &dl : &zero, has_lo && lo >= 0 && lox, &dh, hix,
+                      !has_hi, frac, &refuse));
+    /* negative part: x = -y, y > 0, y in [max(-hi, 0), -lo]; "-0" stays out (y > 0) */
+    if (!refuse && (!has_lo || lo < 0)) {
+        bool below0 = has_hi && hi < 0;
+        struct gx *y =
+            nonneg(b, below0 ? &dh : &zero, below0 ? hix : true, &dl, lox, !has_lo, frac, &refuse);
         gx_add(b, alt, gx_seq2(b, gx_byte(b, '-'), y));
     }
+    if (refuse)
+        return js_fail(j, "unsupported (bounds with fractions in one integer part, or past 10^17)",
+                       has_lo ? "minimum" : "maximum", ptr);
     return alt;
+}
+
+/* Multiples of m = c / 10^s (c, s from m's decimal digits: 0.25 is 25 / 10^2, 13.5 is 135 / 10):
+ * x is one when x * 10^s is an integer divisible by c, i.e. at most s fraction digits (then
+ * zeros) and the digits read as one integer, the fraction padded to s, 0 mod c. A digit
+ * automaton mod c, one rule per (remainder, fraction digits read); no exponent (stricter) and
+ * no branch that leads nowhere. is_int: no fraction. Refused past JS_MAX_MULT_RULES rules. */
+#define JS_MAX_MULT_RULES 2000
+static struct gx *multiple_of(struct js *j, double m, bool is_int, const char *ptr)
+{
+    struct gr_builder *b = j->b;
+    struct dec d;
+    size_t s = 0;
+    uint64_t c = 0;
+    bool ok = m > 0 && dec_of(m, &d) && (s = strlen(d.frac)) <= 9;
+    if (ok) {
+        c = d.ip;
+        for (size_t i = 0; i < s; i++) c = c * 10 + (uint64_t)(d.frac[i] - '0');
+        ok = c > 0 && c * (s + 1) <= JS_MAX_MULT_RULES;
+    }
+    if (!ok) return js_fail(j, "unsupported (a factor this fine or this large)", "multipleOf", ptr);
+    uint64_t p10[10] = {1};
+    for (size_t i = 1; i <= s; i++) p10[i] = p10[i - 1] * 10 % c;
+    /* live[r * (s + 1) + i]: after i fraction digits at remainder r, a multiple can still end */
+    bool *live = calloc(c * (s + 1), sizeof *live);
+    int *rule = malloc(c * (s + 1) * sizeof *rule);
+    if (!live || !rule) {
+        free(live);
+        free(rule);
+        return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = s + 1; i-- > 0;)
+        for (uint64_t r = 0; r < c; r++) {
+            bool l = r * p10[s - i] % c == 0;
+            for (int dg = 0; dg < 10 && i < s && !l; dg++)
+                l = live[(r * 10 + dg) % c * (s + 1) + i + 1];
+            live[r * (s + 1) + i] = l;
+        }
+    /* rule[r * (s + 1)]: the integer part so far at remainder r, more digits or its tail;
+     * tail[r]: the end or a fraction; rule[r * (s + 1) + i], i > 0: i fraction digits read */
+    int *tail = calloc(c, sizeof *tail);
+    if (!tail) {
+        free(live);
+        free(rule);
+        return gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+    }
+    for (size_t k = 0; k < c * (s + 1); k++) rule[k] = gb_rule(b, "%multiple");
+    for (uint64_t r = 0; r < c; r++) tail[r] = gb_rule(b, "%multiple_tail");
+    for (uint64_t r = 0; r < c; r++) {
+        struct gx *t = gx_alt(b);
+        if (r * p10[s] % c == 0) gx_add(b, t, gx_empty(b));
+        if (!is_int) { /* a fraction: at least one digit */
+            struct gx *f = gx_alt(b);
+            if (s == 0 && r == 0) gx_add(b, f, gx_rep(b, gx_byte(b, '0'), 1, -1));
+            for (int dg = 0; dg < 10 && s > 0; dg++) {
+                uint64_t q = (r * 10 + (uint64_t)dg) % c;
+                if (live[q * (s + 1) + 1])
+                    gx_add(b, f,
+                           gx_seq2(b, gx_byte(b, '0' + (unsigned)dg),
+                                   gx_call(b, rule[q * (s + 1) + 1])));
+            }
+            if (f && f->n) gx_add(b, t, gx_seq2(b, gx_byte(b, '.'), f));
+        }
+        gb_set(b, tail[r], t);
+        for (size_t i = 0; i <= s; i++) {
+            struct gx *alt = gx_alt(b);
+            if (i == 0) {
+                for (int dg = 0; dg < 10; dg++)
+                    gx_add(b, alt,
+                           gx_seq2(b, gx_byte(b, '0' + (unsigned)dg),
+                                   gx_call(b, rule[(r * 10 + (uint64_t)dg) % c * (s + 1)])));
+                gx_add(b, alt, gx_call(b, tail[r]));
+            } else if (i == s) {
+                alt = gx_rep(b, gx_byte(b, '0'), 0, -1); /* only reached at remainder 0 */
+            } else {
+                if (r * p10[s - i] % c == 0) gx_add(b, alt, gx_empty(b));
+                for (int dg = 0; dg < 10; dg++) {
+                    uint64_t q = (r * 10 + (uint64_t)dg) % c;
+                    if (live[q * (s + 1) + i + 1])
+                        gx_add(b, alt,
+                               gx_seq2(b, gx_byte(b, '0' + (unsigned)dg),
+                                       gx_call(b, rule[q * (s + 1) + i + 1])));
+                }
+            }
+            gb_set(b, rule[r * (s + 1) + i], alt);
+        }
+    }
+    /* -? (0 | [1-9] digits): 0 goes straight to its tail */
+    struct gx *first = gx_alt(b);
+    gx_add(b, first, gx_seq2(b, gx_byte(b, '0'), gx_call(b, tail[0])));
+    for (int dg = 1; dg < 10; dg++)
+        gx_add(b, first,
+               gx_seq2(b, gx_byte(b, '0' + (unsigned)dg),
+                       gx_call(b, rule[(uint64_t)dg % c * (s + 1)])));
+    free(tail);
+    free(live);
+    free(rule);
+    return gx_seq2(b, gx_opt(b, gx_byte(b, '-')), first);
 }
 
 /* ---- strings ---- */
@@ -977,6 +1160,9 @@ static struct gx *js_object(struct js *j, json_t *s, const char *ptr)
                     body = gx_seq2(b, extra, more);
                     if (!need) body = gx_opt(b, body);
                 }
+            } else if (json_is_false(p[i].schema) && !p[i].required) {
+                /* never written (a key that leads nowhere would be a dead end) */
+                body = gx_call(b, tail[(i + 1) * (size_t)nc + (size_t)a]);
             } else {
                 int next = a + 1 < nc ? a + 1 : nc - 1;
                 struct gx *m = gx_seq(b);
@@ -1134,7 +1320,6 @@ static const char *const refused[] = {"propertyNames",
                                       "contains",
                                       "minContains",
                                       "maxContains",
-                                      "multipleOf",
                                       "unevaluatedProperties",
                                       "unevaluatedItems",
                                       "$dynamicRef",
@@ -1211,19 +1396,6 @@ static struct gx *js_ref_rule(struct js *j, const char *ref, const char *ptr)
     return gx_call(j->b, rule);
 }
 
-/* s with its references followed while a $ref is all it says (or all that counts: drafts 3-7) */
-static json_t *resolve(struct js *j, json_t *s)
-{
-    for (int hops = 0; hops < 32 && json_is_object(s); hops++) {
-        json_t *r = json_object_get(s, "$ref");
-        if (!r || !json_is_string(r) || (json_object_size(s) != 1 && !j->ref_alone)) return s;
-        json_t *t = js_lookup(j, json_string_value(r));
-        if (!t) return s;
-        s = t;
-    }
-    return s;
-}
-
 /* Keywords without applicators (bsch: an object, or a boolean schema) merged into a, the
  * conjunction so far: properties in a's order then bsch's new ones, a name in both a merge of
  * the two (a's first), required likewise, bounds the tighter, additionalProperties both. */
@@ -1267,7 +1439,9 @@ static bool merge_into(struct js *j, json_t *a, json_t *bsch, const char *ptr)
                 json_t *o = json_object_get(np, pk);
                 if (!o)
                     json_object_set(np, pk, pv);
-                else if (!json_equal(o, pv))
+                else if (json_is_false(pv) || json_is_true(o))
+                    json_object_set(np, pk, pv);
+                else if (!json_equal(o, pv) && !json_is_false(o) && !json_is_true(pv))
                     json_object_set_new(np, pk, json_pack("{s:[O,O]}", "allOf", o, pv));
             }
             json_object_set_new(a, k, np);
@@ -1440,11 +1614,44 @@ static bool enum_keeps(struct js *j, json_t *s, json_t *x, const char *ptr)
     return !b->failed;
 }
 
-/* oneOf is only exact when the alternatives cannot both match: checked by type or by a
- * required property whose const/enum values are disjoint */
-static int schema_types(struct js *j, json_t *s)
+/* ---- oneOf: alternatives proved exclusive ----
+ * oneOf compiles as anyOf, which is exact only when no instance matches two alternatives (and
+ * the keywords beside the oneOf). That is proved pair by pair (excl), each pair by whichever
+ * rule holds for it: no type in common; every value one lists (const/enum) rejected by the
+ * other; type by type, objects where a property one requires can match neither both schemas
+ * (a discriminator, or a name the other forbids: "x": false, additionalProperties false),
+ * numbers with disjoint ranges, strings or arrays with disjoint lengths, arrays whose items
+ * cannot match both; a member of an allOf (or a $ref beside other keywords) disjoint alone.
+ * A rule that cannot decide says no, and the oneOf is refused: a wrong "disjoint" would accept
+ * an instance matching two alternatives. Bounded (JS_MAX_EXCL_STEPS): past it, refused. */
+#define JS_MAX_EXCL_STEPS 100000
+#define JS_EXCL_DEPTH     8
+#define JS_MAX_ALTS       64 /* anyOf alternatives once distributed (joins), or rewritten (oneOf) */
+/* kinds of value, number and integer one */
+static const int excl_kinds[] = {T_NULL, T_BOOL, T_OBJ, T_ARR, T_STR, T_NUM | T_INT};
+
+/* s with a $ref that has only annotations beside it (or drafts 3-7) followed */
+static json_t *excl_resolve(struct js *j, json_t *s)
 {
-    s = resolve(j, s);
+    for (int hops = 0; hops < 32 && json_is_object(s); hops++) {
+        json_t *r = json_object_get(s, "$ref");
+        if (!json_is_string(r)) return s;
+        const char *k;
+        json_t *v;
+        if (!j->ref_alone)
+            json_object_foreach(s, k,
+                                v) if (strcmp(k, "$ref") && !in_list(annotations, k)) return s;
+        json_t *t = js_lookup(j, json_string_value(r));
+        if (!t) return s;
+        s = t;
+    }
+    return s;
+}
+
+/* the types s's instances can have, at most (T_ALL when unsure); number and integer together */
+static int excl_types(struct js *j, json_t *s)
+{
+    s = excl_resolve(j, s);
     if (!json_is_object(s)) return json_is_false(s) ? 0 : T_ALL;
     json_t *t = json_object_get(s, "type");
     int ty = T_ALL;
@@ -1456,67 +1663,434 @@ static int schema_types(struct js *j, json_t *s)
         json_t *x;
         json_array_foreach(t, i, x) if (json_is_string(x)) ty |= type_bit(json_string_value(x));
     }
-    if (ty & T_NUM) ty |= T_INT;
-    if (ty & T_INT) ty |= T_NUM; /* 1 is both a number and an integer */
-    json_t *c = json_object_get(s, "const");
-    if (c) {
-        ty = 0;
-        for (int q = 0; q < 7; q++)
-            if (type_ok(c, 1 << q)) ty |= 1 << q;
+    if (ty & (T_NUM | T_INT)) ty |= T_NUM | T_INT; /* 1 is both a number and an integer */
+    json_t *c = json_object_get(s, "const"), *e = json_object_get(s, "enum");
+    if (c || json_is_array(e)) {
+        int tv = 0;
+        size_t i;
+        json_t *x;
+        if (c) e = json_pack("[O]", c);
+        json_array_foreach(e, i, x) for (int q = 0; q < 7; q++) if (type_ok(x, 1 << q)) tv |= 1
+                                                                                              << q;
+        if (c) json_decref(e);
+        ty &= tv;
     }
+    if (json_is_true(json_object_get(s, "nullable"))) ty |= T_NULL;
     return ty;
 }
 
-static json_t *discr_values(struct js *j, json_t *s, const char *prop)
+/* JSON Schema's equality: numbers by value (1 and 1.0 are one number) */
+static bool json_same(json_t *x, json_t *y)
 {
-    s = resolve(j, s);
-    json_t *req = json_object_get(s, "required");
-    bool required = false;
+    if (json_is_integer(x) && json_is_integer(y))
+        return json_integer_value(x) == json_integer_value(y);
+    if (json_is_number(x) && json_is_number(y)) return json_number_value(x) == json_number_value(y);
     size_t i;
-    json_t *x;
-    json_array_foreach(req, i, x) if (json_is_string(x) && !strcmp(json_string_value(x), prop))
-        required = true;
-    if (!required) return NULL;
-    json_t *ps = resolve(j, json_object_get(json_object_get(s, "properties"), prop));
-    if (!json_is_object(ps)) return NULL;
-    json_t *c = json_object_get(ps, "const");
-    if (c) return json_pack("[O]", c);
-    json_t *e = json_object_get(ps, "enum");
-    return json_is_array(e) ? json_incref(e) : NULL;
+    json_t *v;
+    if (json_is_array(x) && json_is_array(y)) {
+        if (json_array_size(x) != json_array_size(y)) return false;
+        json_array_foreach(x, i, v) if (!json_same(v, json_array_get(y, i))) return false;
+        return true;
+    }
+    if (json_is_object(x) && json_is_object(y)) {
+        if (json_object_size(x) != json_object_size(y)) return false;
+        const char *k;
+        json_object_foreach(x, k, v)
+        {
+            json_t *w = json_object_get(y, k);
+            if (!w || !json_same(v, w)) return false;
+        }
+        return true;
+    }
+    return json_equal(x, y);
 }
 
-static bool oneof_disjoint(struct js *j, json_t *arr)
+/* the values s's instances are among (a new array), or NULL when s lists none */
+static json_t *excl_values(struct js *j, json_t *s)
 {
-    size_t n = json_array_size(arr);
-    bool ok = true;
-    for (size_t a = 0; a < n && ok; a++)
-        for (size_t c = a + 1; c < n && ok; c++)
-            if (schema_types(j, json_array_get(arr, a)) & schema_types(j, json_array_get(arr, c)))
-                ok = false;
-    if (ok) return true;
-    /* discriminator: a property required everywhere with disjoint values */
-    json_t *first = resolve(j, json_array_get(arr, 0));
-    json_t *props = json_object_get(first, "properties");
-    const char *k;
-    json_t *v;
-    json_object_foreach(props, k, v)
-    {
-        json_t **vals = calloc(n, sizeof *vals);
-        bool good = vals != NULL;
-        for (size_t a = 0; a < n && good; a++)
-            if (!(vals[a] = discr_values(j, json_array_get(arr, a), k))) good = false;
-        for (size_t a = 0; a < n && good; a++)
-            for (size_t c = a + 1; c < n && good; c++) {
-                size_t p, q;
-                json_t *x, *y;
-                json_array_foreach(vals[a], p, x)
-                    json_array_foreach(vals[c], q, y) if (json_equal(x, y)) good = false;
-            }
-        for (size_t a = 0; vals && a < n; a++) json_decref(vals[a]);
-        free(vals);
-        if (good) return true;
+    s = excl_resolve(j, s);
+    if (json_is_false(s)) return json_array();
+    if (!json_is_object(s)) return NULL;
+    json_t *c = json_object_get(s, "const"), *e = json_object_get(s, "enum");
+    json_t *v = c ? json_pack("[O]", c) : json_is_array(e) ? json_copy(e) : NULL;
+    if (v && json_is_true(json_object_get(s, "nullable"))) json_array_append_new(v, json_null());
+    return v;
+}
+
+/* the schema s gives a property named k (true when s does not constrain it) */
+static json_t *excl_prop(json_t *s, const char *k)
+{
+    json_t *p = json_object_get(json_object_get(s, "properties"), k);
+    if (p) return p;
+    if (json_object_get(s, "patternProperties")) return json_true();
+    json_t *ap = json_object_get(s, "additionalProperties");
+    return ap ? ap : json_true();
+}
+
+/* minimum/maximum and their exclusive forms (numbers, or draft 4's booleans) of s */
+struct num_bounds {
+    bool hlo, hhi, lox, hix;
+    double lo, hi;
+};
+static struct num_bounds num_bounds(json_t *s)
+{
+    struct num_bounds r = {0};
+    json_t *mi = json_object_get(s, "minimum"), *ma = json_object_get(s, "maximum");
+    json_t *emi = json_object_get(s, "exclusiveMinimum"),
+           *ema = json_object_get(s, "exclusiveMaximum");
+    if (mi && json_is_number(mi)) r.hlo = true, r.lo = json_number_value(mi);
+    if (ma && json_is_number(ma)) r.hhi = true, r.hi = json_number_value(ma);
+    if (emi) {
+        if (json_is_true(emi))
+            r.lox = r.hlo;
+        else if (json_is_number(emi)) {
+            double e = json_number_value(emi);
+            if (!r.hlo || e >= r.lo) r.lo = e, r.lox = true;
+            r.hlo = true;
+        }
+    }
+    if (ema) {
+        if (json_is_true(ema))
+            r.hix = r.hhi;
+        else if (json_is_number(ema)) {
+            double e = json_number_value(ema);
+            if (!r.hhi || e <= r.hi) r.hi = e, r.hix = true;
+            r.hhi = true;
+        }
+    }
+    return r;
+}
+
+/* no number is both above a's lower bound and below b's upper one */
+static bool below(struct num_bounds b, struct num_bounds a)
+{
+    return a.hlo && b.hhi && (b.hi < a.lo || (b.hi == a.lo && (b.hix || a.lox)));
+}
+
+/* a's [min, max] of kw_min/kw_max (minLength, minItems) disjoint from b's */
+static bool counts_disjoint(json_t *a, json_t *b, const char *kw_min, const char *kw_max)
+{
+    for (int o = 0; o < 2; o++) {
+        json_t *mx = json_object_get(o ? b : a, kw_max), *mn = json_object_get(o ? a : b, kw_min);
+        if (json_is_number(mx) && json_is_number(mn) &&
+            json_number_value(mx) < json_number_value(mn))
+            return true;
     }
     return false;
+}
+
+static bool excl(struct js *j, json_t *a, json_t *b, int ctx, int depth);
+
+/* s surely rejects the value v */
+static bool excl_rejects(struct js *j, json_t *s, json_t *v, int depth)
+{
+    if (depth > JS_EXCL_DEPTH || ++j->excl_steps > JS_MAX_EXCL_STEPS) return false;
+    s = excl_resolve(j, s);
+    if (json_is_false(s)) return true;
+    if (!json_is_object(s)) return false;
+    if (!type_ok(v, excl_types(j, s))) return true;
+    json_t *vals = excl_values(j, s), *x;
+    size_t i;
+    if (vals) {
+        bool in = false;
+        json_array_foreach(vals, i, x) in = in || json_same(v, x);
+        json_decref(vals);
+        if (!in) return true;
+    }
+    if (json_is_object(v)) {
+        json_array_foreach(json_object_get(s, "required"), i,
+                           x) if (json_is_string(x) &&
+                                  !json_object_get(v, json_string_value(x))) return true;
+        const char *k;
+        json_object_foreach(v, k,
+                            x) if (excl_rejects(j, excl_prop(s, k), x, depth + 1)) return true;
+    }
+    if (json_is_number(v)) {
+        struct num_bounds r = num_bounds(s);
+        double d = json_number_value(v);
+        if ((r.hlo && (d < r.lo || (d == r.lo && r.lox))) ||
+            (r.hhi && (d > r.hi || (d == r.hi && r.hix))))
+            return true;
+    }
+    if (json_is_string(v)) {
+        size_t n = 0; /* code points */
+        for (const char *p = json_string_value(v); *p; p++) n += ((unsigned char)*p & 0xC0) != 0x80;
+        json_t *mn = json_object_get(s, "minLength"), *mx = json_object_get(s, "maxLength");
+        if ((json_is_number(mn) && n < json_number_value(mn)) ||
+            (json_is_number(mx) && n > json_number_value(mx)))
+            return true;
+    }
+    json_array_foreach(json_object_get(s, "allOf"), i,
+                       x) if (excl_rejects(j, x, v, depth + 1)) return true;
+    for (int q = 0; q < 2; q++) {
+        json_t *any = json_object_get(s, q ? "oneOf" : "anyOf");
+        bool all = json_array_size(any) > 0;
+        json_array_foreach(any, i, x) all = all && excl_rejects(j, x, v, depth + 1);
+        if (all) return true;
+    }
+    json_t *r = json_object_get(s, "$ref"),
+           *t = json_is_string(r) ? js_lookup(j, json_string_value(r)) : NULL;
+    return t && excl_rejects(j, t, v, depth + 1);
+}
+
+/* objects only: a property one requires that no value can give both */
+static bool excl_objects(struct js *j, json_t *a, json_t *b, int depth)
+{
+    for (int o = 0; o < 2; o++) {
+        json_t *x = o ? b : a, *y = o ? a : b, *n;
+        size_t i;
+        json_array_foreach(json_object_get(x, "required"), i,
+                           n) if (json_is_string(n) && excl(j, excl_prop(x, json_string_value(n)),
+                                                            excl_prop(y, json_string_value(n)),
+                                                            T_ALL, depth + 1)) return true;
+    }
+    return false;
+}
+
+/* arrays only: lengths, or a first item (both at least one long) neither items schema shares */
+static bool excl_arrays(struct js *j, json_t *a, json_t *b, int depth)
+{
+    if (counts_disjoint(a, b, "minItems", "maxItems")) return true;
+    json_t *ia = json_object_get(a, "items"), *ib = json_object_get(b, "items");
+    json_t *ma = json_object_get(a, "minItems"), *mb = json_object_get(b, "minItems");
+    bool nonempty = (json_is_number(ma) && json_number_value(ma) >= 1) ||
+                    (json_is_number(mb) && json_number_value(mb) >= 1);
+    if (!nonempty || json_object_get(a, "prefixItems") || json_object_get(b, "prefixItems"))
+        return false;
+    return ia && ib && !json_is_array(ia) && !json_is_array(ib) &&
+           excl(j, ia, ib, T_ALL, depth + 1);
+}
+
+/* no instance of a type in ctx matches both a and b */
+static bool excl(struct js *j, json_t *a, json_t *b, int ctx, int depth)
+{
+    if (depth > JS_EXCL_DEPTH || ++j->excl_steps > JS_MAX_EXCL_STEPS) return false;
+    a = excl_resolve(j, a);
+    b = excl_resolve(j, b);
+    int common = excl_types(j, a) & excl_types(j, b) & ctx;
+    if (!common) return true;
+    int nk = 0;
+    for (int q = 0; q < 6; q++) nk += (common & excl_kinds[q]) != 0;
+    if (nk > 1) { /* type by type, each by its own rule */
+        for (int q = 0; q < 6; q++)
+            if ((common & excl_kinds[q]) && !excl(j, a, b, excl_kinds[q], depth)) return false;
+        return true;
+    }
+    for (int o = 0; o < 2; o++) {
+        json_t *x = o ? b : a, *y = o ? a : b, *m;
+        size_t i;
+        json_t *vals = excl_values(j, x);
+        if (vals) {
+            bool all = true;
+            json_array_foreach(vals, i, m) all =
+                all && (!type_ok(m, common) || excl_rejects(j, y, m, depth + 1));
+            json_decref(vals);
+            if (all) return true;
+        }
+        if (!json_is_object(x)) continue;
+        json_array_foreach(json_object_get(x, "allOf"), i,
+                           m) if (excl(j, m, y, common, depth + 1)) return true;
+        for (int q = 0; q < 2; q++) {
+            json_t *any = json_object_get(x, q ? "oneOf" : "anyOf");
+            bool all = json_array_size(any) > 0;
+            json_array_foreach(any, i, m) all = all && excl(j, m, y, common, depth + 1);
+            if (all) return true;
+        }
+        json_t *r = json_object_get(x, "$ref");
+        json_t *t = json_is_string(r) ? js_lookup(j, json_string_value(r)) : NULL;
+        if (t && excl(j, t, y, common, depth + 1)) return true;
+    }
+    if (!json_is_object(a) || !json_is_object(b)) return false;
+    if (common & T_OBJ) return excl_objects(j, a, b, depth);
+    if (common & T_ARR) return excl_arrays(j, a, b, depth);
+    if (common & T_STR) return counts_disjoint(a, b, "minLength", "maxLength");
+    if (common & T_NUM)
+        return below(num_bounds(a), num_bounds(b)) || below(num_bounds(b), num_bounds(a));
+    return false;
+}
+
+/* s accepts every value of kind (an excl_kinds entry): nothing it says (but except) constrains
+ * one */
+static bool excl_accepts_all(struct js *j, json_t *s, int kind, const char *except)
+{
+    static const char *const only[][12] = {
+        {"properties", "required", "additionalProperties", "patternProperties", "minProperties",
+         "maxProperties", "propertyNames", "dependencies", "dependentRequired", "dependentSchemas",
+         NULL},
+        {"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems",
+         "contains", "minContains", "maxContains", NULL},
+        {"minLength", "maxLength", "pattern", "format", NULL},
+        {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", NULL}};
+    static const int only_kind[] = {T_OBJ, T_ARR, T_STR, T_NUM | T_INT};
+    s = excl_resolve(j, s);
+    if (json_is_true(s)) return true;
+    if (!json_is_object(s)) return false;
+    const char *k;
+    json_t *v;
+    json_object_foreach(s, k, v)
+    {
+        if (in_list(annotations, k) || !strcmp(k, "nullable") || (except && !strcmp(k, except)))
+            continue;
+        if (!strcmp(k, "type")) {
+            int ty = json_is_string(v) ? type_bit(json_string_value(v)) : 0;
+            size_t i;
+            json_t *x;
+            json_array_foreach(v, i, x) if (json_is_string(x)) ty |= type_bit(json_string_value(x));
+            if (!(ty & (kind == (T_NUM | T_INT) ? T_NUM : kind))) return false;
+            continue;
+        }
+        bool other = false;
+        for (int q = 0; q < 4; q++) other = other || (only_kind[q] != kind && in_list(only[q], k));
+        if (!other) return false;
+    }
+    return true;
+}
+
+/* the names s requires, when that is all it says of objects (else NULL) */
+static json_t *excl_required_only(struct js *j, json_t *s)
+{
+    s = excl_resolve(j, s);
+    json_t *req = json_is_object(s) ? json_object_get(s, "required") : NULL, *x;
+    size_t i;
+    if (!json_is_array(req)) return NULL;
+    json_array_foreach(req, i, x) if (!json_is_string(x)) return NULL;
+    return excl_accepts_all(j, s, T_OBJ, "required") ? req : NULL;
+}
+
+static bool names_have(json_t *names, json_t *name)
+{
+    size_t i;
+    json_t *x;
+    json_array_foreach(names, i, x) if (json_equal(x, name)) return true;
+    return false;
+}
+
+static json_t *kinds_but(int drop);
+
+/* oneOf members whose open pairs (open[a * n + c]: objects not proved exclusive) only say
+ * which names they require, as anyOf members: member a with, for each open partner c, one
+ * name c requires and a does not absent ("x": false), one alternative per choice (a choice
+ * made for one partner serves the others it covers); a partner that requires nothing more
+ * leaves a no object. NULL: over JS_MAX_ALTS alternatives. */
+static json_t *oneof_required_rewrite(struct js *j, json_t *arr, const bool *open)
+{
+    size_t n = json_array_size(arr);
+    json_t *out = json_array();
+    for (size_t a = 0; a < n && out; a++) {
+        json_t *m = json_array_get(arr, a), *ra = excl_required_only(j, m);
+        json_t *subs = json_pack("[{}]"), *f, *name;
+        bool none = false;
+        for (size_t c = 0; c < n && !none && subs; c++) {
+            if (c == a || !open[a * n + c]) continue;
+            json_t *rc = excl_required_only(j, json_array_get(arr, c)), *next = json_array();
+            size_t i, q;
+            none = true;
+            json_array_foreach(rc, q, name) none = none && names_have(ra, name);
+            json_array_foreach(subs, i, f)
+            {
+                bool hit = false;
+                json_array_foreach(rc, q, name) hit =
+                    hit || json_object_get(f, json_string_value(name));
+                if (hit) {
+                    json_array_append(next, f);
+                    continue;
+                }
+                json_array_foreach(rc, q, name) if (!names_have(ra, name))
+                {
+                    json_t *g = json_copy(f);
+                    json_object_set_new(g, json_string_value(name), json_false());
+                    json_array_append_new(next, g);
+                }
+            }
+            json_decref(subs);
+            subs = next;
+            if (json_array_size(subs) + json_array_size(out) > JS_MAX_ALTS) {
+                json_decref(subs);
+                subs = NULL;
+            }
+        }
+        if (!subs) {
+            json_decref(out);
+            return NULL;
+        }
+        size_t i;
+        if (none)
+            json_array_append_new(out, json_pack("{s:[O,o]}", "allOf", m, kinds_but(T_OBJ)));
+        else
+            json_array_foreach(subs, i, f) json_array_append_new(
+                out, json_object_size(f) ? json_pack("{s:[O,{s:O}]}", "allOf", m, "properties", f)
+                                         : json_incref(m));
+        json_decref(subs);
+    }
+    return out;
+}
+
+/* objects only: a name the keywords beside the oneOf require (so it is there) that no value
+ * can give under both x's and y's schemas for it */
+static bool excl_present(struct js *j, json_t *x, json_t *y, json_t *parent)
+{
+    x = excl_resolve(j, x);
+    y = excl_resolve(j, y);
+    json_t *n;
+    size_t i;
+    if (!json_is_object(x) || !json_is_object(y) || !json_is_object(parent)) return false;
+    json_array_foreach(json_object_get(parent, "required"), i,
+                       n) if (json_is_string(n) &&
+                              excl(j, excl_prop(x, json_string_value(n)),
+                                   excl_prop(y, json_string_value(n)), T_ALL, 1)) return true;
+    return false;
+}
+
+/* whether oneOf arr (in parent, whose other keywords hold too) compiles as anyOf: by kind of
+ * value, every two members exclusive, or two members that accept every value of the kind (so
+ * the oneOf accepts none of it: *drop, the kinds to keep out), or, for objects, members that
+ * only list required names, rewritten to exclude each other (oneof_required_rewrite).
+ * *members: the anyOf members (arr, or the rewrite, kept in j->keep). */
+static bool oneof_disjoint(struct js *j, json_t *arr, json_t *parent, int *drop, json_t **members)
+{
+    int ctx = excl_types(j, parent);
+    size_t n = json_array_size(arr);
+    j->excl_steps = 0;
+    *drop = 0;
+    *members = arr;
+    bool *open = NULL, ok = true;
+    for (int q = 0; q < 6 && ok; q++) {
+        int kind = excl_kinds[q];
+        if (!(ctx & kind)) continue;
+        size_t all = 0;
+        for (size_t a = 0; a < n; a++)
+            all += excl_accepts_all(j, json_array_get(arr, a), kind, NULL);
+        if (all >= 2) {
+            *drop |= kind;
+            continue;
+        }
+        for (size_t a = 0; a < n && ok; a++)
+            for (size_t c = a + 1; c < n && ok; c++) {
+                json_t *x = json_array_get(arr, a), *y = json_array_get(arr, c);
+                if (excl(j, x, y, kind, 0) || (kind == T_OBJ && excl_present(j, x, y, parent)))
+                    continue;
+                ok = kind == T_OBJ && excl_required_only(j, x) && excl_required_only(j, y) &&
+                     (open || (open = calloc(n * n, sizeof *open)));
+                if (ok) open[a * n + c] = open[c * n + a] = true;
+            }
+    }
+    if (ok && open) {
+        json_t *r = oneof_required_rewrite(j, arr, open);
+        ok = r && !json_array_append_new(j->keep, r);
+        if (ok) *members = r;
+    }
+    free(open);
+    return ok;
+}
+
+/* {"type": the kinds of value but those in drop} */
+static json_t *kinds_but(int drop)
+{
+    static const char *const names[] = {"null", "boolean", "object", "array", "string", "number"};
+    json_t *t = json_array();
+    for (int q = 0; q < 6; q++)
+        if (!(drop & excl_kinds[q])) json_array_append_new(t, json_string(names[q]));
+    return json_pack("{s:o}", "type", t);
 }
 
 /* ---- joins: $ref beside other keywords, allOf, anyOf/oneOf beside other keywords ----
@@ -1530,7 +2104,6 @@ static bool oneof_disjoint(struct js *j, json_t *arr)
  * constrains the names the other objects of the join list (join_finish). An alternative is
  * {"s": merged keywords, "ap": [[one object's properties, its additionalProperties], ...],
  *  "took": {anyOf array's address: the member taken}}. */
-#define JS_MAX_ALTS 64
 /* allOf members that each $ref the next twice double the work per level without adding an
  * alternative: the joins' work is bounded too (MaskBench's largest takes 2,548 steps) */
 #define JS_MAX_JOIN_STEPS (GR_MAX_STATES / 5) /* 200,000; less in the fuzz build */
@@ -1553,13 +2126,21 @@ static bool join_chunk(struct js *j, json_t *alts, json_t *chunk, const char *pt
 }
 
 /* x's anyOf/oneOf (kw, members arr) distributed: every alternative so far times every member */
-static bool join_any(struct js *j, json_t *alts, const char *kw, json_t *arr, const char *ptr,
-                     int depth)
+static bool join_any(struct js *j, json_t *alts, json_t *x, const char *kw, json_t *arr,
+                     const char *ptr, int depth)
 {
     if (!json_is_array(arr) || !json_array_size(arr))
         return js_bad(j, ptr, "anyOf/oneOf must be a non-empty array"), false;
-    if (!strcmp(kw, "oneOf") && !oneof_disjoint(j, arr))
+    int drop = 0;
+    json_t *members = arr;
+    if (!strcmp(kw, "oneOf") && !oneof_disjoint(j, arr, x, &drop, &members))
         return js_fail(j, "unsupported (alternatives that may overlap)", "oneOf", ptr), false;
+    if (drop) { /* kinds of value two members accept whole: the oneOf accepts none */
+        json_t *c = kinds_but(drop);
+        bool ok = c && join_chunk(j, alts, c, ptr);
+        json_decref(c);
+        if (!ok) return false;
+    }
     /* the same anyOf met twice in one alternative (two $refs to one schema) takes the member
      * it took the first time: x1 and x2 together is within x1 alone */
     char id[32];
@@ -1568,7 +2149,7 @@ static bool join_any(struct js *j, json_t *alts, const char *kw, json_t *arr, co
     bool ok = out != NULL;
     size_t i, q;
     json_t *a, *m;
-    json_array_foreach(alts, i, a) json_array_foreach(arr, q, m)
+    json_array_foreach(alts, i, a) json_array_foreach(members, q, m)
     {
         json_t *took = json_object_get(json_object_get(a, "took"), id);
         if (took && json_integer_value(took) != (json_int_t)q) continue;
@@ -1643,7 +2224,7 @@ static bool join_add(struct js *j, json_t *alts, json_t *x, const char *ptr, int
             json_t *m;
             json_array_foreach(v, i, m) if (ok) ok = join_add(j, alts, m, ptr, depth + 1);
         } else
-            ok = join_any(j, alts, k, v, ptr, depth);
+            ok = join_any(j, alts, x, k, v, ptr, depth);
     }
     if (ok) ok = join_chunk(j, alts, chunk, ptr);
     json_decref(chunk);
@@ -1746,8 +2327,24 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
             res = js_bad(j, ptr, "anyOf/oneOf must be a non-empty array");
             goto out;
         }
-        if (oneof && !oneof_disjoint(j, arr)) {
+        int drop = 0;
+        json_t *members = arr;
+        if (oneof && !oneof_disjoint(j, arr, s, &drop, &members)) {
             res = js_fail(j, "unsupported (alternatives that may overlap)", "oneOf", ptr);
+            goto out;
+        }
+        if (drop || members != arr) { /* joined with the kinds of value left, or rewritten */
+            json_t *c = kinds_but(drop);
+            if (c) json_object_update_missing(c, s);
+            if (c && members != arr) {
+                json_object_del(c, "oneOf");
+                json_object_set(c, "anyOf", members);
+            }
+            if (!c || json_array_append_new(j->keep, c)) {
+                res = gb_fail(b, KILN_ERR_NOMEM, "out of memory");
+                goto out;
+            }
+            res = js_value(j, c, ptr);
             goto out;
         }
         struct gx *alt = gx_alt(b);
@@ -1821,6 +2418,7 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
                                                 "maximum",
                                                 "exclusiveMinimum",
                                                 "exclusiveMaximum",
+                                                "multipleOf",
                                                 "minProperties",
                                                 "maxProperties",
                                                 NULL};
@@ -1848,36 +2446,23 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
     if (types & T_BOOL) gx_add(b, alt, gx_alt2(b, gx_str(b, "true"), gx_str(b, "false")));
     if (types & T_STR) gx_add(b, alt, js_string(j, s, ptr));
     if (types & (T_NUM | T_INT)) {
-        json_t *mi = json_object_get(s, "minimum"), *ma = json_object_get(s, "maximum");
-        json_t *emi = json_object_get(s, "exclusiveMinimum"),
-               *ema = json_object_get(s, "exclusiveMaximum");
-        bool hlo = false, hhi = false, lox = false, hix = false;
-        double lo = 0, hi = 0;
-        if (mi && json_is_number(mi)) hlo = true, lo = json_number_value(mi);
-        if (ma && json_is_number(ma)) hhi = true, hi = json_number_value(ma);
-        if (emi) {
-            if (json_is_true(emi))
-                lox = hlo;
-            else if (json_is_number(emi)) {
-                double e = json_number_value(emi);
-                if (!hlo || e >= lo) lo = e, lox = true;
-                hlo = true;
-            }
-        }
-        if (ema) {
-            if (json_is_true(ema))
-                hix = hhi;
-            else if (json_is_number(ema)) {
-                double e = json_number_value(ema);
-                if (!hhi || e <= hi) hi = e, hix = true;
-                hhi = true;
-            }
-        }
+        struct num_bounds r = num_bounds(s);
         bool is_int = !(types & T_NUM);
-        if (!hlo && !hhi)
+        json_t *mult = json_object_get(s, "multipleOf");
+        if (mult && !json_is_number(mult)) {
+            res = js_bad(j, ptr, "multipleOf must be a number");
+            goto out;
+        }
+        if (mult && (r.hlo || r.hhi)) {
+            res = js_fail(j, "unsupported (with minimum/maximum)", "multipleOf", ptr);
+            goto out;
+        }
+        if (mult)
+            gx_add(b, alt, multiple_of(j, json_number_value(mult), is_int, ptr));
+        else if (!r.hlo && !r.hhi)
             gx_add(b, alt, is_int ? json_int(b) : json_number(b));
         else
-            gx_add(b, alt, bounded_number(j, hlo, lo, lox, hhi, hi, hix, is_int, ptr));
+            gx_add(b, alt, bounded_number(j, r.hlo, r.lo, r.lox, r.hhi, r.hi, r.hix, is_int, ptr));
     }
     if (types & T_OBJ) gx_add(b, alt, js_object(j, s, ptr));
     if (types & T_ARR) gx_add(b, alt, js_array(j, s, ptr));

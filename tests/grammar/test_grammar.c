@@ -266,6 +266,140 @@ static void test_schema_numbers(void **state)
                                {NULL, false}});
 }
 
+/* whole text accepted and complete (defined below) */
+static bool feed_bytes(struct kiln_grammar *g, const char *text);
+static void expect_error(enum kiln_constraint_kind kind, const char *text, const char *needle);
+
+/* bounds with fractions on numbers, against the value itself over every number of up to three
+ * integer and three fraction digits (a few digits each: 0 1 2 4 5 9), both signs, with and
+ * without a fraction; kiln writes no exponent under bounds and no "-0" (both valid JSON, left
+ * out: stricter, never looser) */
+static void test_schema_number_fractions(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *schema;
+        bool hlo, lox, hhi, hix;
+        double lo, hi;
+    } t[] = {
+        {"{\"type\":\"number\",\"minimum\":0.5}", true, false, false, false, 0.5, 0},
+        {"{\"type\":\"number\",\"exclusiveMinimum\":0.5}", true, true, false, false, 0.5, 0},
+        {"{\"type\":\"number\",\"maximum\":1.25}", false, false, true, false, 0, 1.25},
+        {"{\"type\":\"number\",\"exclusiveMaximum\":1.25}", false, false, true, true, 0, 1.25},
+        {"{\"type\":\"number\",\"minimum\":-1.5,\"maximum\":2.05}", true, false, true, false, -1.5,
+         2.05},
+        {"{\"type\":\"number\",\"exclusiveMinimum\":-0.25,\"exclusiveMaximum\":0.4}", true, true,
+         true, true, -0.25, 0.4},
+        {"{\"type\":\"number\",\"minimum\":0.05,\"exclusiveMaximum\":1}", true, false, true, true,
+         0.05, 1},
+        {"{\"type\":\"number\",\"maximum\":-0.5}", false, false, true, false, 0, -0.5},
+        {"{\"type\":\"number\",\"minimum\":1,\"maximum\":1.9}", true, false, true, false, 1, 1.9},
+        {"{\"type\":\"number\",\"minimum\":-0.09,\"maximum\":0}", true, false, true, false, -0.09,
+         0},
+    };
+    static const char dg[] = "012459";
+    for (size_t k = 0; k < sizeof t / sizeof t[0]; k++) {
+        struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA, t[k].schema);
+        for (int neg = 0; neg < 2; neg++)
+            for (int ip = 0; ip < 12; ip++)
+                for (int fl = -1, nf = 1; fl <= 3; fl++, nf *= fl > 0 ? 6 : 1)
+                    for (int fi = 0; fl && fi < nf; fi++) {
+                        char text[32];
+                        int n = snprintf(text, sizeof text, "%s%d", neg ? "-" : "",
+                                         ip < 10 ? ip : ip * 5);
+                        if (fl >= 0) {
+                            text[n++] = '.';
+                            for (int q = 0, r = fi; q < fl; q++, r /= 6) text[n++] = dg[r % 6];
+                            text[n] = 0;
+                        }
+                        double v = strtod(text, NULL);
+                        bool want = !(t[k].hlo && (v < t[k].lo || (v == t[k].lo && t[k].lox))) &&
+                                    !(t[k].hhi && (v > t[k].hi || (v == t[k].hi && t[k].hix))) &&
+                                    !(neg && v == 0);
+                        if (feed_bytes(g, text) != want)
+                            fail_msg("%s: %s should be %s", t[k].schema, text,
+                                     want ? "accepted" : "rejected");
+                    }
+        assert_false(feed_bytes(g, "1e0")); /* no exponent under bounds */
+        kiln_grammar_unref(g);
+    }
+    /* fractions on both sides of one integer part: refused */
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"type\":\"number\",\"minimum\":0.25,\"maximum\":0.75}", "minimum");
+    /* boundary spellings: 0.50 is 0.5, a bound read back as written */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"number\",\"exclusiveMinimum\":0.1}",
+                (struct cas[]){{"0.10", false},
+                               {"0.1000000001", true},
+                               {"0.1", false},
+                               {"0.09999", false},
+                               {"1", true},
+                               {NULL, false}});
+}
+
+/* multipleOf against the decimal value over the numbers of test_schema_number_fractions (and
+ * a few integers up to 495): a multiple of c / 10^s has at most s fraction digits (then zeros)
+ * and its digits, the fraction padded to s, read 0 mod c; integers take no fraction */
+static void test_schema_multiple_of(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *schema;
+        unsigned c, s;
+        bool is_int;
+    } t[] = {
+        {"{\"type\":\"integer\",\"multipleOf\":5}", 5, 0, true},
+        {"{\"type\":\"number\",\"multipleOf\":2}", 2, 0, false},
+        {"{\"type\":\"number\",\"multipleOf\":0.01}", 1, 2, false},
+        {"{\"type\":\"number\",\"multipleOf\":0.25}", 25, 2, false},
+        {"{\"type\":\"number\",\"multipleOf\":13.5}", 135, 1, false},
+        {"{\"type\":\"integer\",\"multipleOf\":13.5}", 135, 1, true},
+        {"{\"type\":\"number\",\"multipleOf\":1.0}", 1, 0, false},
+        {"{\"type\":\"integer\",\"multipleOf\":16}", 16, 0, true},
+    };
+    static const char dg[] = "012459";
+    for (size_t k = 0; k < sizeof t / sizeof t[0]; k++) {
+        struct kiln_grammar *g = compile(KILN_CONSTRAINT_JSON_SCHEMA, t[k].schema);
+        for (int neg = 0; neg < 2; neg++)
+            for (int ip = 0; ip < 110; ip++)
+                for (int fl = -1, nf = 1; fl <= 3; fl++, nf *= fl > 0 ? 6 : 1)
+                    for (int fi = 0; fl && fi < nf; fi++) {
+                        char text[32];
+                        int iv = ip < 10 ? ip : ip * 9 / 2;
+                        int n = snprintf(text, sizeof text, "%s%d", neg ? "-" : "", iv);
+                        char fr[8] = "";
+                        if (fl > 0) {
+                            text[n++] = '.';
+                            for (int q = 0, r = fi; q < fl; q++, r /= 6)
+                                fr[q] = text[n++] = dg[r % 6];
+                            text[n] = 0;
+                            fr[fl] = 0;
+                        }
+                        int fn = (int)strlen(fr);
+                        while (fn && fr[fn - 1] == '0') fr[--fn] = 0;
+                        bool want = fn <= (int)t[k].s && !(t[k].is_int && fl > 0);
+                        if (want) {
+                            unsigned long long v = (unsigned long long)iv;
+                            for (unsigned q = 0; q < t[k].s; q++)
+                                v = v * 10 + (q < (unsigned)fn ? (unsigned)(fr[q] - '0') : 0);
+                            want = v % t[k].c == 0;
+                        }
+                        if (feed_bytes(g, text) != want)
+                            fail_msg("%s: %s should be %s", t[k].schema, text,
+                                     want ? "accepted" : "rejected");
+                    }
+        assert_false(feed_bytes(g, "1e1")); /* no exponent */
+        kiln_grammar_unref(g);
+    }
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"type\":\"integer\",\"multipleOf\":5,\"minimum\":1}", "multipleOf");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"number\",\"multipleOf\":0.0001234}",
+                 "multipleOf");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{\"enum\":[1,2],\"multipleOf\":2}", "multipleOf");
+    /* a multipleOf on strings constrains nothing */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA, "{\"type\":\"string\",\"multipleOf\":2}",
+                (struct cas[]){{"\"a\"", true}, {NULL, false}});
+}
+
 static void test_schema_arrays(void **state)
 {
     (void)state;
@@ -464,6 +598,189 @@ static void test_schema_enum_beside(void **state)
     expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
                  "{\"enum\":[{\"a\":1}],\"additionalProperties\":false}",
                  "together with enum/const");
+}
+
+/* oneOf compiles as anyOf only where no instance matches two members: each pair proved
+ * exclusive by its own rule, the rest refused */
+static void test_oneof_exclusive(void **state)
+{
+    (void)state;
+    /* a discriminator per pair: A-B and A-C differ on k, B-C only on m */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"object\",\"oneOf\":["
+                "{\"required\":[\"k\"],\"properties\":{\"k\":{\"const\":1}}},"
+                "{\"required\":[\"k\",\"m\"],\"properties\":{\"k\":{\"const\":2},\"m\":{\"const\":"
+                "\"x\"}}},"
+                "{\"required\":[\"k\",\"m\"],\"properties\":{\"k\":{\"const\":2},\"m\":{\"enum\":["
+                "\"y\",\"z\"]}}}]}",
+                (struct cas[]){{"{\"k\":1}", true},
+                               {"{\"k\":2,\"m\":\"x\"}", true},
+                               {"{\"k\":2,\"m\":\"z\"}", true},
+                               {"{\"k\":2}", false},
+                               {"1", false},
+                               {NULL, false}});
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"type\":\"object\",\"oneOf\":["
+                 "{\"required\":[\"k\",\"m\"],\"properties\":{\"k\":{\"const\":2},\"m\":{\"const\":"
+                 "\"x\"}}},"
+                 "{\"required\":[\"k\"],\"properties\":{\"k\":{\"const\":2},\"m\":{\"enum\":[\"x\","
+                 "\"y\"]}}}]}",
+                 "may overlap");
+    /* a discriminator the keywords beside the oneOf require */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"type\":\"object\",\"required\":[\"t\"],\"oneOf\":[{\"properties\":{\"t\":{"
+                "\"const\":\"a\"}}},{\"properties\":{\"t\":{\"const\":\"b\"}}}]}",
+                (struct cas[]){{"{\"t\":\"a\"}", true},
+                               {"{\"t\":\"b\",\"u\":1}", true},
+                               {"{\"t\":\"c\"}", false},
+                               {"{}", false},
+                               {NULL, false}});
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"type\":\"object\",\"oneOf\":[{\"properties\":{\"t\":{\"const\":\"a\"}}},{"
+                 "\"properties\":{\"t\":{\"const\":\"b\"}}}]}",
+                 "may overlap");
+    /* a property one requires that the other forbids ("x": false, additionalProperties false) */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"type\":\"object\",\"properties\":{\"a\":{}},\"required\":[\"a\"],"
+                "\"additionalProperties\":false},{\"type\":\"object\",\"properties\":{\"b\":{},"
+                "\"a\":false},\"required\":[\"b\"]}]}",
+                (struct cas[]){{"{\"a\":1}", true},
+                               {"{\"b\":1,\"c\":2}", true},
+                               {"{\"a\":1,\"b\":1}", false},
+                               {NULL, false}});
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"type\":\"object\",\"properties\":{\"a\":false}},{\"type\":"
+                "\"object\",\"required\":[\"a\"]}]}",
+                (struct cas[]){{"{\"b\":1}", true}, {"{\"a\":1}", true}, {NULL, false}});
+    /* members that only list required names exclude each other's names: a and b not both */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"type\":\"object\",\"required\":[\"a\"]},{\"type\":\"object\","
+                "\"required\":[\"b\"]}]}",
+                (struct cas[]){{"{\"a\":1}", true},
+                               {"{\"b\":1,\"c\":1}", true},
+                               {"{\"a\":1,\"b\":2}", false},
+                               {"{}", false},
+                               {NULL, false}});
+    /* a circle, a rectangle or a triangle (r, w h, b h: w without h is a circle's extra);
+     * {a} and {a, b}: a without b */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"properties\":{\"d\":{\"type\":\"object\",\"oneOf\":[{\"required\":[\"r\"]},"
+                "{\"required\":[\"w\",\"h\"]},{\"required\":[\"b\",\"h\"]}],\"properties\":{"
+                "\"r\":{},\"w\":{},\"b\":{},\"h\":{}}},\"e\":{\"oneOf\":[{\"required\":[\"a\"]},"
+                "{\"required\":[\"a\",\"b\"]}]}}}",
+                (struct cas[]){{"{\"d\":{\"r\":1}}", true},
+                               {"{\"d\":{\"r\":1,\"w\":1}}", true},
+                               {"{\"d\":{\"w\":1,\"h\":1}}", true},
+                               {"{\"d\":{\"b\":1,\"h\":1}}", true},
+                               {"{\"d\":{\"r\":1,\"w\":1,\"h\":1}}", false},
+                               {"{\"d\":{\"w\":1,\"b\":1,\"h\":1}}", false},
+                               {"{\"d\":{\"w\":1,\"b\":1}}", false},
+                               {"{\"e\":{\"a\":1}}", true},
+                               {"{\"e\":{\"a\":1,\"b\":1}}", false},
+                               {"{\"e\":1}", false},
+                               {NULL, false}});
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"oneOf\":[{\"type\":\"object\",\"required\":[\"a\"],\"properties\":{\"a\":{"
+                 "\"type\":\"integer\"}}},{\"type\":\"object\",\"required\":[\"b\"]}]}",
+                 "may overlap");
+    /* a property that is false is never written: no key leads to a dead end */
+    static const char *const forbid[] = {
+        "{\"type\":\"object\",\"properties\":{\"a\":false,\"b\":{}}}",
+        /* also merged: false with a schema is false */
+        "{\"allOf\":[{\"properties\":{\"a\":{\"type\":\"number\"}}},{\"type\":\"object\","
+        "\"properties\":{\"a\":false}}]}"};
+    for (int q = 0; q < 2; q++) {
+        struct kiln_grammar *g =
+            compile_ws(KILN_CONSTRAINT_JSON_SCHEMA, forbid[q], KILN_GRAMMAR_WS_COMPACT);
+        struct kiln_matcher *m;
+        struct kiln_error err = {0};
+        assert_int_equal(kiln_matcher_create(g, &m, &err), KILN_OK);
+        assert_true(kiln_matcher_accept_bytes(m, "{\"a", 3)); /* "ab" may follow */
+        assert_false(kiln_matcher_accept_bytes(m, "\"", 1));
+        kiln_matcher_free(m);
+        kiln_grammar_unref(g);
+    }
+    /* members without a type: non-objects match both, so the oneOf takes objects only */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"required\":[\"k\"],\"properties\":{\"k\":{\"const\":\"a\"}}},"
+                "{\"required\":[\"k\"],\"properties\":{\"k\":{\"const\":\"b\"}}}]}",
+                (struct cas[]){{"{\"k\":\"a\"}", true},
+                               {"{\"k\":\"b\"}", true},
+                               {"{\"k\":\"c\"}", false},
+                               {"5", false},
+                               {"\"a\"", false},
+                               {"null", false},
+                               {NULL, false}});
+    /* the same beside other keywords (a join) */
+    check_cases(
+        KILN_CONSTRAINT_JSON_SCHEMA,
+        "{\"maxProperties\":3,\"oneOf\":[{\"required\":[\"k\"],\"properties\":{\"k\":{"
+        "\"const\":\"a\"}}},{\"required\":[\"k\"],\"properties\":{\"k\":{\"const\":\"b\"}}}]}",
+        (struct cas[]){{"{\"k\":\"b\"}", true}, {"5", false}, {"[]", false}, {NULL, false}});
+    /* ... and strings match both whole here: none is taken; other kinds go to the first */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"properties\":{\"p\":{\"oneOf\":[{\"properties\":{\"a\":{\"type\":\"string\"}}},"
+                "{\"type\":\"string\"}]}}}",
+                (struct cas[]){{"{\"p\":1}", true},
+                               {"{\"p\":{\"a\":\"s\"}}", true},
+                               {"{\"p\":{\"a\":1}}", false},
+                               {"{\"p\":\"x\"}", false},
+                               {NULL, false}});
+    /* nullable adds null: both members take it */
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"oneOf\":[{\"type\":\"string\",\"nullable\":true},{\"type\":\"null\"}]}",
+                 "may overlap");
+    /* values of a whole member (const/enum) the other rejects; 1 and 1.0 are one number */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"enum\":[\"ab\",\"c\",2]},{\"type\":\"string\",\"minLength\":3},"
+                "{\"enum\":[\"d\",1]},{\"type\":\"integer\",\"minimum\":3}]}",
+                (struct cas[]){{"\"c\"", true},
+                               {"\"abc\"", true},
+                               {"1", true},
+                               {"3", true},
+                               {"\"x\"", false},
+                               {NULL, false}});
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"oneOf\":[{\"enum\":[\"ab\",\"abc\"]},{\"type\":\"string\",\"minLength\":3}]}",
+                 "may overlap");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA, "{\"oneOf\":[{\"const\":1},{\"enum\":[2,1.0]}]}",
+                 "may overlap");
+    /* numbers by range (draft 4's boolean exclusiveMinimum too), strings by length */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"type\":\"number\",\"maximum\":0},{\"type\":\"integer\","
+                "\"minimum\":0,\"exclusiveMinimum\":true},{\"type\":\"string\",\"maxLength\":2},"
+                "{\"type\":\"string\",\"minLength\":3,\"maxLength\":4}]}",
+                (struct cas[]){{"0", true},
+                               {"-0.5", true},
+                               {"7", true},
+                               {"0.5", false},
+                               {"\"xy\"", true},
+                               {"\"abc\"", true},
+                               {"\"abcde\"", false},
+                               {NULL, false}});
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"oneOf\":[{\"type\":\"number\",\"maximum\":0},{\"type\":\"integer\","
+                 "\"minimum\":0}]}",
+                 "may overlap");
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"oneOf\":[{\"type\":\"string\",\"maxLength\":3},{\"type\":\"string\","
+                 "\"minLength\":3}]}",
+                 "may overlap");
+    /* arrays: items that share no value, both at least one long; an allOf member alone */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"oneOf\":[{\"type\":\"array\",\"items\":{\"type\":\"string\"},\"minItems\":1},"
+                "{\"type\":\"array\",\"items\":{\"type\":\"integer\"}},{\"allOf\":[{\"type\":"
+                "\"null\"}]}]}",
+                (struct cas[]){{"[\"a\"]", true},
+                               {"[1]", true},
+                               {"[]", true},
+                               {"null", true},
+                               {"[1,\"a\"]", false},
+                               {NULL, false}});
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"oneOf\":[{\"type\":\"array\",\"items\":{\"type\":\"string\"}},"
+                 "{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}]}",
+                 "may overlap");
 }
 
 static void test_errors(void **state)
@@ -1574,8 +1891,11 @@ int main(void)
         cmocka_unit_test(test_schema_string_intersections),
         cmocka_unit_test(test_schema_enum_beside),
         cmocka_unit_test(test_schema_numbers),
+        cmocka_unit_test(test_schema_number_fractions),
+        cmocka_unit_test(test_schema_multiple_of),
         cmocka_unit_test(test_schema_arrays),
         cmocka_unit_test(test_schema_combinators),
+        cmocka_unit_test(test_oneof_exclusive),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_schema_pattern_properties),
         cmocka_unit_test(test_regex_choice_grammar),
