@@ -1524,8 +1524,10 @@ static const char *const num_checked[] = {"minimum", "maximum", "exclusiveMinimu
                                           "exclusiveMaximum", NULL};
 static const char *const arr_kw[] = {"items",    "prefixItems", "additionalItems",
                                      "minItems", "maxItems",    NULL};
-static const char *const obj_kw[] = {"properties",    "required",      "additionalProperties",
-                                     "minProperties", "maxProperties", NULL};
+static const char *const obj_kw[] = {
+    "properties",        "required", "additionalProperties", "minProperties", "maxProperties",
+    "patternProperties", NULL};
+static const char *const num_kw[] = {"multipleOf", NULL}; /* not checked on a listed number */
 
 /* Whether keyword k beside enum/const can be checked exactly on each of vals: a keyword of one
  * kind of value constrains nothing of the others (JSON Schema: it applies to its kind only) */
@@ -1538,6 +1540,7 @@ static bool enum_checked(json_t *vals, const char *k)
     {
         if (json_is_array(x) && in_list(arr_kw, k)) return false;
         if (json_is_object(x) && in_list(obj_kw, k)) return false;
+        if (json_is_number(x) && in_list(num_kw, k)) return false;
     }
     return true;
 }

@@ -594,6 +594,14 @@ static void test_schema_enum_beside(void **state)
                  "{\"type\":\"object\",\"properties\":{\"a\":{\"enum\":[\"x\"],"
                  "\"minLength\":2}},\"required\":[\"a\"]}",
                  "the constraint accepts no output at all");
+    /* the same for patternProperties beside an object value (it constrains the object's keys),
+     * while beside strings it constrains nothing */
+    expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
+                 "{\"enum\":[{\"a\":1}],\"patternProperties\":{\"^a\":{\"type\":\"string\"}}}",
+                 "together with enum/const");
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"enum\":[\"a\",\"b\"],\"patternProperties\":{\"^a\":false}}",
+                (struct cas[]){{"\"a\"", true}, {"\"b\"", true}, {NULL, false}});
     /* an object value under an object keyword would need validating: refused */
     expect_error(KILN_CONSTRAINT_JSON_SCHEMA,
                  "{\"enum\":[{\"a\":1}],\"additionalProperties\":false}",
