@@ -2233,17 +2233,22 @@ static bool join_add(struct js *j, json_t *alts, json_t *x, const char *ptr, int
     json_decref(chunk);
     json_t *ap = json_object_get(x, "additionalProperties");
     if (ok && ap && !ref_only && !json_is_true(ap)) {
-        json_t *own = json_object_get(x, "properties");
+        json_t *own = json_object_get(x, "properties"),
+               *pats = json_object_get(x, "patternProperties");
         size_t i;
         json_t *a;
         json_array_foreach(alts, i, a) json_array_append_new(
-            json_object_get(a, "ap"), json_pack("[O,O]", own ? own : json_null(), ap));
+            json_object_get(a, "ap"), json_pack("[O,O,O]", own ? own : json_null(), ap,
+                                                json_is_object(pats) ? pats : json_null()));
     }
     return ok;
 }
 
-/* each object's additionalProperties on the properties of the join its object does not list */
-static json_t *join_finish(json_t *a)
+/* Each object's additionalProperties on the properties of the join its object does not list:
+ * a name one of that object's patternProperties matches gets those patterns' schemas instead
+ * (JSON Schema: additionalProperties is for the names neither listed nor matched). NULL when a
+ * pattern is refused (j->b failed). */
+static json_t *join_finish(struct js *j, json_t *a, const char *ptr)
 {
     json_t *s = json_object_get(a, "s"), *props = json_object_get(s, "properties");
     json_t *aps = json_object_get(a, "ap");
@@ -2254,11 +2259,30 @@ static json_t *join_finish(json_t *a)
     json_t *r;
     json_array_foreach(aps, i, r)
     {
-        json_t *own = json_array_get(r, 0), *ap = json_array_get(r, 1);
+        json_t *own = json_array_get(r, 0), *ap = json_array_get(r, 1),
+               *pats = json_array_get(r, 2);
         const char *k;
         json_t *v;
-        json_object_foreach(props, k, v) if (!json_object_get(own, k)) json_object_set_new(
-            props, k, json_is_false(ap) ? json_false() : json_pack("{s:[O,O]}", "allOf", v, ap));
+        json_object_foreach(props, k, v)
+        {
+            if (json_object_get(own, k)) continue;
+            json_t *all = json_pack("[O]", v);
+            const char *pk;
+            json_t *pv;
+            char where[300];
+            snprintf(where, sizeof where, "patternProperties at %s", *ptr ? ptr : "/");
+            json_object_foreach(pats, pk, pv)
+            {
+                int m = gr_regex_test(j->b, pk, strlen(pk), true, k, strlen(k), where);
+                if (m < 0) {
+                    json_decref(all);
+                    return NULL;
+                }
+                if (m) json_array_append(all, pv);
+            }
+            if (json_array_size(all) == 1) json_array_append(all, ap);
+            json_object_set_new(props, k, json_pack("{s:o}", "allOf", all));
+        }
     }
     return s;
 }
@@ -2315,13 +2339,18 @@ static struct gx *js_value(struct js *j, json_t *s, const char *ptr)
         json_array_append_new(j->keep, alts);
         if (!join_add(j, alts, s, ptr, 0)) goto out;
         if (json_array_size(alts) == 1) {
-            res = js_value(j, join_finish(json_array_get(alts, 0)), ptr);
+            json_t *one = join_finish(j, json_array_get(alts, 0), ptr);
+            res = one ? js_value(j, one, ptr) : NULL;
             goto out;
         }
         struct gx *alt = gx_alt(b);
         size_t i;
         json_t *a;
-        json_array_foreach(alts, i, a) gx_add(b, alt, js_value(j, join_finish(a), ptr));
+        json_array_foreach(alts, i, a)
+        {
+            json_t *one = join_finish(j, a, ptr);
+            gx_add(b, alt, one ? js_value(j, one, ptr) : NULL);
+        }
         res = alt;
         goto out;
     }

@@ -849,6 +849,17 @@ static void check_cases_q(const char *spec, const struct cas *c)
 static void test_schema_pattern_properties(void **state)
 {
     (void)state;
+    /* a join: one member's additionalProperties does not apply to a name another member lists
+     * when the first member's own pattern matches it; that pattern's schema does */
+    check_cases(KILN_CONSTRAINT_JSON_SCHEMA,
+                "{\"allOf\":[{\"$ref\":\"#/$defs/d\"}],\"properties\":{\"ver\":{\"enum\":[\"3.0\","
+                "4]}},\"$defs\":{\"d\":{\"additionalProperties\":false,\"patternProperties\":{"
+                "\"^[a-z]\":{\"type\":\"string\"}}}}}",
+                (struct cas[]){{"{\"ver\":\"3.0\"}", true},
+                               {"{\"ver\":4}", false},
+                               {"{\"abc\":\"x\"}", true},
+                               {"{\"Abc\":\"x\"}", false},
+                               {NULL, false}});
     /* a map: only keys the pattern matches */
     check_cases_q("{'type':'object','patternProperties':{'^[a-z_]+$':{'type':'integer'}},"
                   "'additionalProperties':false}",
