@@ -173,21 +173,25 @@ struct kd_sets {
     uint32_t htcap;
 };
 
+/* a set's hash, whatever the order of its states (sets are not sorted: sorting each one was
+ * most of the construction's time) */
 static uint64_t set_hash(const int32_t *s, size_t n)
 {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint32_t)s[i]) * 0x100000001b3ULL;
-    return h ^ n;
+    uint64_t h = n * 0x9e3779b97f4a7c15ULL;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t x = (uint64_t)(uint32_t)s[i] + 0x9e3779b97f4a7c15ULL;
+        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+        h += x ^ (x >> 31);
+    }
+    return h;
 }
 
-static int cmp_i32(const void *a, const void *b)
-{
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* the id of set s[0..n) (sorted), new ones appended; -2 out of memory */
-static int32_t set_id(struct kd_sets *t, const int32_t *s, size_t n, bool *fresh)
+/* the id of set s[0..n), new ones appended; -2 out of memory. The set's states, and only they,
+ * are stamped with epoch (kd_closure), so a stored set of the same size is it when each of its
+ * states is stamped. */
+static int32_t set_id(struct kd_sets *t, const int32_t *s, size_t n, bool *fresh,
+                      const uint32_t *stamp, uint32_t epoch)
 {
     *fresh = false;
     if ((uint32_t)(t->n + 1) * 2 > t->htcap) {
@@ -209,7 +213,11 @@ static int32_t set_id(struct kd_sets *t, const int32_t *s, size_t n, bool *fresh
         int32_t id = t->ht[at & (t->htcap - 1)];
         if (id < 0) break;
         size_t len = t->off[id + 1] - t->off[id];
-        if (len == n && !memcmp(t->pool + t->off[id], s, n * sizeof *s)) return id;
+        if (len != n) continue;
+        const int32_t *q = t->pool + t->off[id];
+        size_t i = 0;
+        while (i < n && stamp[q[i]] == epoch) i++;
+        if (i == n) return id;
     }
     if (t->n + 1 >= t->cap) {
         int32_t cap = t->cap ? t->cap * 2 : 64;
@@ -236,7 +244,7 @@ static int32_t set_id(struct kd_sets *t, const int32_t *s, size_t n, bool *fresh
 }
 
 /* The epsilon closure of the stamped states on the stack (sp of them) into k->buf, less what
- * the trailing tails reached make redundant (struct kd_tail), sorted; returns its size. */
+ * the trailing tails reached make redundant (struct kd_tail, unstamped); returns its size. */
 static size_t kd_closure(struct kd_nfa *k, size_t sp)
 {
     size_t nb = 0;
@@ -259,11 +267,13 @@ static size_t kd_closure(struct kd_nfa *k, size_t sp)
             int32_t q = k->buf[i];
             bool other = q >= k->clo[u->comp] && q < k->chi[u->comp] && (q < u->lo || q >= u->hi) &&
                          !k->acc[q]; /* the end: it accepts */
-            if (!other) k->buf[w++] = q;
+            if (!other)
+                k->buf[w++] = q;
+            else
+                k->stamp[q] = 0; /* out of the set: set_id compares by stamps */
         }
         nb = w;
     }
-    qsort(k->buf, nb, sizeof *k->buf, cmp_i32);
     return nb;
 }
 
@@ -338,7 +348,7 @@ struct gr_kdfa *gr_kdfa_build(struct gr_builder *b, struct gx *const *comp, int 
     stamp[start] = k.epoch;
     size_t nb = kd_closure(&k, 1);
     bool fresh;
-    if (set_id(&sets, buf, nb, &fresh) < 0) {
+    if (set_id(&sets, buf, nb, &fresh, stamp, k.epoch) < 0) {
         ok = false;
         goto out;
     }
@@ -377,7 +387,7 @@ struct gr_kdfa *gr_kdfa_build(struct gr_builder *b, struct gx *const *comp, int 
             bool in0 = false; /* a set without comp[0] is a dead end: no exit is ever taken */
             for (size_t i = 0; i < nb && !in0; i++) in0 = buf[i] >= lo0 && buf[i] < hi0;
             if (in0) {
-                to = set_id(&sets, buf, nb, &fresh);
+                to = set_id(&sets, buf, nb, &fresh, stamp, k.epoch);
                 if (to == -2) ok = false;
                 if (sets.n > max_states || b->work > GR_MAX_WORK) {
                     gb_fail(b, KILN_ERR_UNSUPPORTED, "%s: too complex (over %d key states)", where,
