@@ -1,7 +1,7 @@
 // Structured output against the real `kiln serve` on the tiny random-weight model, sampled at
 // temperature 1: whatever the weights prefer, the output must satisfy the constraint. 100+ JSON
 // Schemas (generated from bounded building blocks, plus hand-written ones for $ref, anyOf,
-// prefixItems, formats...) whose every output must parse and validate with ajv; regex and choice
+// prefixItems, formats, patternProperties, lengths beside patterns, oneOf...) whose every output must parse and validate with ajv; regex and choice
 // constraints; every request form (response_format, guided_*, structured_outputs) on both
 // endpoints; streaming, n > 1 and logprobs under a constraint; the 400s for what cannot be
 // enforced. Strings, arrays and numbers are bounded in every schema so that a random model ends
@@ -140,6 +140,44 @@ const handWritten = [
   // an empty object and an empty array
   { type: 'object', properties: {}, additionalProperties: false },
   { type: 'array', maxItems: 0 },
+  // patternProperties: keys by pattern, each pattern's value schema, nothing else (session 16)
+  {
+    type: 'object',
+    patternProperties: { '^x-[a-z]{1,3}$': { type: 'boolean' }, '^[0-9]{1,2}$': { type: 'integer', minimum: 0, maximum: 9 } },
+    additionalProperties: false,
+    maxProperties: 3,
+  },
+  {
+    type: 'object',
+    properties: { id: { type: 'integer', minimum: 0, maximum: 99 } },
+    required: ['id'],
+    patternProperties: { '^[a-c]{1,4}$': { type: 'string', maxLength: 3 } },
+    additionalProperties: false,
+    maxProperties: 2,
+  },
+  // lengths beside a pattern or a format; keywords beside an enum
+  { type: 'string', pattern: '^[a-z]+$', minLength: 2, maxLength: 5 },
+  { type: 'string', pattern: '[0-9]', maxLength: 4 },
+  { type: 'string', format: 'date', minLength: 10, maxLength: 10 },
+  { enum: ['a', 'abc', 'abcd', 'x"y', 7, 70], minLength: 3, maximum: 10 },
+  // numbers: bounds with fractions (multipleOf is refused beside bounds, and an unbounded number
+  // from the random model runs to hundreds of digits: test_grammar checks it exhaustively)
+  { type: 'number', minimum: 0.5, exclusiveMaximum: 2.25 },
+  { type: 'object', properties: { p: { type: 'number', minimum: -1.5, maximum: -0.25 } }, required: ['p'], additionalProperties: false },
+  // oneOf proved exclusive: required-only members (exactly one of a, b), discriminators
+  {
+    type: 'object',
+    properties: { a: { type: 'boolean' }, b: { type: 'null' } },
+    additionalProperties: false,
+    oneOf: [{ required: ['a'] }, { required: ['b'] }],
+  },
+  {
+    oneOf: [
+      { type: 'object', properties: { t: { const: 'circle' }, r: { type: 'integer', minimum: 1, maximum: 9 } }, required: ['t', 'r'], additionalProperties: false },
+      { type: 'object', properties: { t: { const: 'square' }, s: { type: 'integer', minimum: 1, maximum: 9 } }, required: ['t', 's'], additionalProperties: false },
+      { type: 'integer', minimum: 0, maximum: 5 },
+    ],
+  },
 ];
 
 const generated = genSchemas(100, 20261207);
@@ -388,7 +426,7 @@ test('what cannot be enforced or parsed is a 400 naming the field', async () => 
     [{ messages: MSGS, guided_regex: '(unclosed' }, 'guided_regex'],
     [{ messages: MSGS, structured_outputs: { regex: '[z-a]' } }, 'structured_outputs.regex'],
     [{ messages: MSGS, response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'strin' } } } }, 'response_format.json_schema.schema'],
-    [{ messages: MSGS, response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'object', patternProperties: { '^a': {} } } } } }, 'response_format.json_schema.schema'],
+    [{ messages: MSGS, response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'object', propertyNames: { maxLength: 3 } } } } }, 'response_format.json_schema.schema'],
     [{ messages: MSGS, response_format: { type: 'structural_tag' } }, 'response_format.type'],
     [{ messages: MSGS, guided_json: {}, guided_regex: 'a' }, 'guided_regex'],
     [{ prompt: 'x', guided_grammar: 'root ::= undefined_rule' }, 'guided_grammar'],

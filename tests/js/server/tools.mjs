@@ -231,7 +231,7 @@ test('responses.create: plain, streamed with the event sequence, with tools', as
     assert.deepEqual(Object.keys(v), ['ok', 'n']);
   }
   await assert.rejects(
-    client.responses.create({ model, input: 'x', text: { format: { type: 'json_schema', name: 'r', schema: { type: 'object', patternProperties: {} } } } }),
+    client.responses.create({ model, input: 'x', text: { format: { type: 'json_schema', name: 'r', schema: { type: 'object', propertyNames: { maxLength: 3 } } } } }),
     (e) => e.status === 400 && e.param === 'text.format',
   );
 });
