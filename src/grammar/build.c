@@ -815,7 +815,8 @@ static int32_t emit(struct nfa *c, int32_t from, const struct gx *x)
             gb_fail(c->b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
             return from;
         }
-        for (int i = 0; i <= x->min; i++) st[i] = new_state(c);
+        st[0] = new_state(c); /* min >= 0: the start (-O3 cannot see that the loop writes it) */
+        for (int i = 1; i <= x->min; i++) st[i] = new_state(c);
         add_edge(c, from, st[0], TE_EPS, 0, 0, 0);
         for (int i = 0; i < x->n && !c->b->failed; i++) {
             int32_t a = st[x->edge[2 * i]], z = st[x->edge[2 * i + 1]];
