@@ -758,52 +758,86 @@ static void byte_edges(struct nfa *c, int32_t from, int32_t to, const struct gx 
     }
 }
 
-static int32_t emit(struct nfa *c, int32_t from, const struct gx *x)
+int32_t gx_thompson(const struct gx_nfa_ops *o, void *ctx, int32_t from, const struct gx *x)
 {
-    if (c->b->failed || !x) return from;
+    if (o->stopped(ctx) || !x) return from;
     switch (x->op) {
     case GX_NONE:
-        return new_state(c);
+        return o->state(ctx);
     case GX_EMPTY:
         return from;
     case GX_BYTES: {
-        int32_t t = new_state(c);
-        byte_edges(c, from, t, x);
+        int32_t t = o->state(ctx);
+        o->edge(ctx, from, t, x);
         return t;
     }
     case GX_SEQ: {
         int32_t cur = from;
-        for (int i = 0; i < x->n; i++) cur = emit(c, cur, x->kid[i]);
+        for (int i = 0; i < x->n; i++) cur = gx_thompson(o, ctx, cur, x->kid[i]);
         return cur;
     }
     case GX_ALT: {
-        int32_t t = new_state(c);
+        int32_t t = o->state(ctx);
         for (int i = 0; i < x->n; i++) {
-            int32_t s = new_state(c);
-            add_edge(c, from, s, TE_EPS, 0, 0, 0);
-            add_edge(c, emit(c, s, x->kid[i]), t, TE_EPS, 0, 0, 0);
+            int32_t s = o->state(ctx);
+            o->edge(ctx, from, s, NULL);
+            o->edge(ctx, gx_thompson(o, ctx, s, x->kid[i]), t, NULL);
         }
         return t;
     }
     case GX_REP: {
         int32_t cur = from;
-        for (int i = 0; i < x->min && !c->b->failed; i++) cur = emit(c, cur, x->kid[0]);
+        for (int i = 0; i < x->min && !o->stopped(ctx); i++)
+            cur = gx_thompson(o, ctx, cur, x->kid[0]);
         if (x->max < 0) {
-            int32_t s = new_state(c);
-            add_edge(c, cur, s, TE_EPS, 0, 0, 0);
-            add_edge(c, emit(c, s, x->kid[0]), s, TE_EPS, 0, 0, 0);
+            int32_t s = o->state(ctx);
+            o->edge(ctx, cur, s, NULL);
+            o->edge(ctx, gx_thompson(o, ctx, s, x->kid[0]), s, NULL);
             return s;
         }
-        int32_t end = new_state(c);
-        add_edge(c, cur, end, TE_EPS, 0, 0, 0);
-        for (int i = x->min; i < x->max && !c->b->failed; i++) {
-            int32_t s = new_state(c);
-            add_edge(c, cur, s, TE_EPS, 0, 0, 0);
-            cur = emit(c, s, x->kid[0]);
-            add_edge(c, cur, end, TE_EPS, 0, 0, 0);
+        int32_t end = o->state(ctx);
+        o->edge(ctx, cur, end, NULL);
+        for (int i = x->min; i < x->max && !o->stopped(ctx); i++) {
+            int32_t s = o->state(ctx);
+            o->edge(ctx, cur, s, NULL);
+            cur = gx_thompson(o, ctx, s, x->kid[0]);
+            o->edge(ctx, cur, end, NULL);
         }
         return end;
     }
+    case GX_RULE:
+    case GX_GRAPH:
+    case GX_DFA:
+        return o->other(ctx, from, x);
+    }
+    return from;
+}
+
+static bool nfa_stopped(void *ctx)
+{
+    return ((struct nfa *)ctx)->b->failed;
+}
+
+static int32_t nfa_state(void *ctx)
+{
+    return new_state(ctx);
+}
+
+static void nfa_edge(void *ctx, int32_t from, int32_t to, const struct gx *bytes)
+{
+    if (bytes)
+        byte_edges(ctx, from, to, bytes);
+    else
+        add_edge(ctx, from, to, TE_EPS, 0, 0, 0);
+}
+
+static int32_t emit(struct nfa *c, int32_t from, const struct gx *x);
+
+/* a call is an edge; GX_GRAPH's and GX_DFA's states go in as they are */
+static int32_t nfa_other(void *ctx, int32_t from, const struct gx *x)
+{
+    struct nfa *c = ctx;
+    switch (x->op) {
     case GX_RULE: {
         int32_t t = new_state(c);
         add_edge(c, from, t, TE_CALL, 0, 0, x->rule);
@@ -850,8 +884,16 @@ static int32_t emit(struct nfa *c, int32_t from, const struct gx *x)
                 add_edge(c, emit(c, s0 + i, x->kid[i]), t, TE_EPS, 0, 0, 0);
         return t;
     }
+    default:
+        return from;
     }
-    return from;
+}
+
+static const struct gx_nfa_ops nfa_ops = {nfa_stopped, nfa_state, nfa_edge, nfa_other};
+
+static int32_t emit(struct nfa *c, int32_t from, const struct gx *x)
+{
+    return gx_thompson(&nfa_ops, c, from, x);
 }
 
 static int cmp_edge(const void *a, const void *b)

@@ -194,6 +194,18 @@ struct kiln_grammar {
     atomic_size_t fw_bytes;       /* what they hold, against a per-grammar budget */
 };
 
+/* Thompson's construction of x from state `from`, returning its end state: the one walk of
+ * NONE / EMPTY / BYTES / SEQ / ALT / REP behind the grammar's automaton (build.c), the key
+ * automata (keydfa.c) and the length products (regex.c). Each brings its states and edges; GX_RULE,
+ * GX_GRAPH and GX_DFA go to `other`; nothing more is emitted once `stopped` says so. */
+struct gx_nfa_ops {
+    bool (*stopped)(void *ctx);
+    int32_t (*state)(void *ctx);
+    void (*edge)(void *ctx, int32_t from, int32_t to, const struct gx *bytes); /* NULL: epsilon */
+    int32_t (*other)(void *ctx, int32_t from, const struct gx *x);
+};
+int32_t gx_thompson(const struct gx_nfa_ops *o, void *ctx, int32_t from, const struct gx *x);
+
 /* Builds the grammar whose start is `root` (an expression turned into a rule); frees nothing of b.
  */
 enum kiln_status gb_finish(struct gr_builder *b, struct gx *root, struct kiln_grammar **out);

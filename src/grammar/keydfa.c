@@ -46,6 +46,7 @@ struct kd_nfa {
     uint32_t *acc; /* [ns] accept bits, filled after the build */
     const char *where;
     int comp;                 /* the component being emitted */
+    int depth;                /* calls inlined in one another at this point (KD_MAX_DEPTH) */
     int32_t clo[32], chi[32]; /* component i's states: [clo[i], chi[i]) */
     struct kd_tail *tail;
     int ntail, captail;
@@ -82,85 +83,65 @@ static void kd_edge(struct kd_nfa *k, int32_t from, int32_t to, const uint32_t *
     k->e[k->ne++] = (struct kd_edge){from, to, bits};
 }
 
-/* Thompson construction (as build.c's emit), calls inlined */
-static int32_t kd_emit(struct kd_nfa *k, int32_t from, const struct gx *x, int depth)
+/* Thompson construction (gx_thompson), calls inlined */
+static bool kd_stopped(void *ctx)
 {
-    if (k->b->failed || !x) return from;
-    switch (x->op) {
-    case GX_NONE:
-        return kd_state(k);
-    case GX_EMPTY:
-        return from;
-    case GX_BYTES: {
-        int32_t t = kd_state(k);
-        kd_edge(k, from, t, x->bits);
-        return t;
-    }
-    case GX_SEQ: {
-        int32_t cur = from;
-        for (int i = 0; i < x->n; i++) cur = kd_emit(k, cur, x->kid[i], depth);
-        return cur;
-    }
-    case GX_ALT: {
-        int32_t t = kd_state(k);
-        for (int i = 0; i < x->n; i++) {
-            int32_t s = kd_state(k);
-            kd_edge(k, from, s, NULL);
-            kd_edge(k, kd_emit(k, s, x->kid[i], depth), t, NULL);
-        }
-        return t;
-    }
-    case GX_REP: {
-        int32_t cur = from;
-        for (int i = 0; i < x->min && !k->b->failed; i++) cur = kd_emit(k, cur, x->kid[0], depth);
-        if (x->max < 0) {
-            int32_t s = kd_state(k);
-            kd_edge(k, cur, s, NULL);
-            kd_edge(k, kd_emit(k, s, x->kid[0], depth), s, NULL);
-            return s;
-        }
-        int32_t end = kd_state(k);
-        kd_edge(k, cur, end, NULL);
-        for (int i = x->min; i < x->max && !k->b->failed; i++) {
-            int32_t s = kd_state(k);
-            kd_edge(k, cur, s, NULL);
-            cur = kd_emit(k, s, x->kid[0], depth);
-            kd_edge(k, cur, end, NULL);
-        }
-        return end;
-    }
-    case GX_RULE: {
-        const struct gx *body = x->rule == k->b->r_key_tail ? k->b->body[x->rule] : NULL;
-        if (body && body->op == GX_REP && body->min == 0 && body->max < 0) {
-            /* as GX_REP's loop, its head remembered */
-            int32_t s = kd_state(k);
-            kd_edge(k, from, s, NULL);
-            kd_edge(k, kd_emit(k, s, body->kid[0], depth + 1), s, NULL);
-            if (k->ntail == k->captail) {
-                int cap = k->captail ? k->captail * 2 : 16;
-                struct kd_tail *t = realloc(k->tail, (size_t)cap * sizeof *t);
-                if (!t) {
-                    gb_fail(k->b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
-                    return s;
-                }
-                k->tail = t;
-                k->captail = cap;
-            }
-            k->tail[k->ntail++] = (struct kd_tail){s, s, k->ns, k->comp};
-            return s;
-        }
-        if (depth >= KD_MAX_DEPTH || x->rule < 0 || x->rule >= k->b->n || !k->b->body[x->rule]) {
-            gb_fail(k->b, KILN_ERR_UNSUPPORTED, "%s: not a regular language", k->where);
-            return from;
-        }
-        return kd_emit(k, from, k->b->body[x->rule], depth + 1);
-    }
-    case GX_GRAPH: /* gr_regex_meet's automata (strings with lengths) are never keys */
-    case GX_DFA:
+    return ((struct kd_nfa *)ctx)->b->failed;
+}
+
+static int32_t kd_new_state(void *ctx)
+{
+    return kd_state(ctx);
+}
+
+static void kd_new_edge(void *ctx, int32_t from, int32_t to, const struct gx *bytes)
+{
+    kd_edge(ctx, from, to, bytes ? bytes->bits : NULL);
+}
+
+static int32_t kd_other(void *ctx, int32_t from, const struct gx *x);
+static const struct gx_nfa_ops kd_ops = {kd_stopped, kd_new_state, kd_new_edge, kd_other};
+
+/* a rule's body inlined one call deeper */
+static int32_t kd_inline(struct kd_nfa *k, int32_t from, const struct gx *body)
+{
+    k->depth++;
+    int32_t end = gx_thompson(&kd_ops, k, from, body);
+    k->depth--;
+    return end;
+}
+
+static int32_t kd_other(void *ctx, int32_t from, const struct gx *x)
+{
+    struct kd_nfa *k = ctx;
+    if (x->op != GX_RULE) { /* gr_regex_meet's automata (strings with lengths) are never keys */
         gb_fail(k->b, KILN_ERR_UNSUPPORTED, "%s: not a regular language", k->where);
         return from;
     }
-    return from;
+    const struct gx *body = x->rule == k->b->r_key_tail ? k->b->body[x->rule] : NULL;
+    if (body && body->op == GX_REP && body->min == 0 && body->max < 0) {
+        /* as GX_REP's loop, its head remembered */
+        int32_t s = kd_state(k);
+        kd_edge(k, from, s, NULL);
+        kd_edge(k, kd_inline(k, s, body->kid[0]), s, NULL);
+        if (k->ntail == k->captail) {
+            int cap = k->captail ? k->captail * 2 : 16;
+            struct kd_tail *t = realloc(k->tail, (size_t)cap * sizeof *t);
+            if (!t) {
+                gb_fail(k->b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+                return s;
+            }
+            k->tail = t;
+            k->captail = cap;
+        }
+        k->tail[k->ntail++] = (struct kd_tail){s, s, k->ns, k->comp};
+        return s;
+    }
+    if (k->depth >= KD_MAX_DEPTH || x->rule < 0 || x->rule >= k->b->n || !k->b->body[x->rule]) {
+        gb_fail(k->b, KILN_ERR_UNSUPPORTED, "%s: not a regular language", k->where);
+        return from;
+    }
+    return kd_inline(k, from, k->b->body[x->rule]);
 }
 
 /* interned state sets */
@@ -293,7 +274,7 @@ struct gr_kdfa *gr_kdfa_build(struct gr_builder *b, struct gx *const *comp, int 
         kd_edge(&k, start, s, NULL);
         k.comp = i;
         k.clo[i] = s;
-        ends[i] = kd_emit(&k, s, comp[i], 0);
+        ends[i] = gx_thompson(&kd_ops, &k, s, comp[i]);
         k.chi[i] = k.ns;
     }
     int32_t lo0 = k.clo[0], hi0 = k.chi[0];

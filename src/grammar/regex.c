@@ -556,6 +556,7 @@ struct gx *gr_regex(struct gr_builder *b, const char *re, size_t n, bool json, b
 /* a regex as an automaton over character classes: edges (from, to, class; -1 epsilon), then
  * for each state the class edges its epsilon closure leaves by, and whether it reaches the end */
 struct rm_nfa {
+    struct gr_builder *b; /* the parse's rules */
     int32_t nst, end;
     int32_t (*e)[3];
     size_t ne, cap;
@@ -591,54 +592,31 @@ static void rm_edge(struct rm_nfa *a, int32_t from, int32_t to, int32_t cls)
     a->ne++;
 }
 
-/* the parse tree (leaves: classes; rules: gx_rep's blocks) from `from`, as build.c's emit */
-static int32_t rm_emit(struct gr_builder *b, struct rm_nfa *a, int32_t from, const struct gx *x)
+/* the parse tree (leaves: classes, whose index is their `rule`; rules: gx_rep's blocks, inlined)
+ * through gx_thompson */
+static bool rm_stopped(void *ctx)
 {
-    if (a->over || !x) return from;
-    switch (x->op) {
-    case GX_EMPTY:
-        return from;
-    case GX_BYTES: {
-        int32_t t = rm_state(a);
-        rm_edge(a, from, t, x->rule);
-        return t;
-    }
-    case GX_SEQ:
-        for (int i = 0; i < x->n; i++) from = rm_emit(b, a, from, x->kid[i]);
-        return from;
-    case GX_ALT: {
-        int32_t t = rm_state(a);
-        for (int i = 0; i < x->n; i++) {
-            int32_t s = rm_state(a);
-            rm_edge(a, from, s, -1);
-            rm_edge(a, rm_emit(b, a, s, x->kid[i]), t, -1);
-        }
-        return t;
-    }
-    case GX_REP: {
-        int32_t cur = from;
-        for (int i = 0; i < x->min && !a->over; i++) cur = rm_emit(b, a, cur, x->kid[0]);
-        if (x->max < 0) {
-            int32_t s = rm_state(a);
-            rm_edge(a, cur, s, -1);
-            rm_edge(a, rm_emit(b, a, s, x->kid[0]), s, -1);
-            return s;
-        }
-        int32_t end = rm_state(a);
-        rm_edge(a, cur, end, -1);
-        for (int i = x->min; i < x->max && !a->over; i++) {
-            int32_t s = rm_state(a);
-            rm_edge(a, cur, s, -1);
-            cur = rm_emit(b, a, s, x->kid[0]);
-            rm_edge(a, cur, end, -1);
-        }
-        return end;
-    }
-    case GX_RULE:
-        return rm_emit(b, a, from, b->body[x->rule]);
-    default: /* GX_NONE: a state nothing leaves */
-        return rm_state(a);
-    }
+    return ((struct rm_nfa *)ctx)->over;
+}
+
+static int32_t rm_new_state(void *ctx)
+{
+    return rm_state(ctx);
+}
+
+static void rm_new_edge(void *ctx, int32_t from, int32_t to, const struct gx *cls)
+{
+    rm_edge(ctx, from, to, cls ? cls->rule : -1);
+}
+
+static int32_t rm_other(void *ctx, int32_t from, const struct gx *x);
+static const struct gx_nfa_ops rm_ops = {rm_stopped, rm_new_state, rm_new_edge, rm_other};
+
+static int32_t rm_other(void *ctx, int32_t from, const struct gx *x)
+{
+    struct rm_nfa *a = ctx;
+    if (x->op == GX_RULE) return gx_thompson(&rm_ops, a, from, a->b->body[x->rule]);
+    return rm_state(a); /* never in a parse tree: a state nothing leaves */
 }
 
 /* out / acc: what each state's epsilon closure reads and whether it holds the end */
@@ -709,7 +687,8 @@ static bool rm_build(struct gr_builder *b, struct rx_cls *cls, struct rm_nfa *a,
     struct gx *x = rx_top(&r, search);
     if (!x) return false;
     int32_t s0 = rm_state(a);
-    a->end = rm_emit(b, a, s0, x);
+    a->b = b;
+    a->end = gx_thompson(&rm_ops, a, s0, x);
     b->n = n0;
     return !a->over && rm_close(a);
 }
