@@ -859,7 +859,8 @@ static bool grammar_only(const struct kiln_engine *e, const struct req *r, int32
     return true;
 }
 
-/* take_token for a constrained request: the matcher accepts the token first (a token it
+/* take_token for a constrained request (unless it is past its mask time limit, mask_too_slow,
+ * and ends): the matcher accepts the token first (a token it
  * refuses ends the request with an error: the mask makes that unreachable), then, without
  * logprobs, a token the grammar forces is appended as if drawn, and so on, while the KV pool
  * has room (their forward is then one chunk of the next step). Forced means exact here: the
@@ -869,6 +870,7 @@ static bool grammar_only(const struct kiln_engine *e, const struct req *r, int32
  * filled to check it is the next step's when it is not forced. */
 static void take_constrained(struct kiln_engine *e, struct req *r, const struct kiln_sample_out *o)
 {
+    if (mask_too_slow(e, r)) return; /* the drawn token is not taken */
     double t0 = kiln_now();
     const struct kiln_sample_out *cur = o;
     struct kiln_sample_out fo = {.token = -1};
@@ -965,9 +967,7 @@ static void step(struct kiln_engine *e)
         r->n_computed += e->b_chunk[s];
         kiln_kv_seq_commit(&e->kv, &r->kv, r->tokens, r->n_computed);
         if (r->n_computed != r->n_tokens) continue;
-        if (r->matcher && mask_too_slow(e, r))
-            k++;
-        else if (r->matcher)
+        if (r->matcher)
             take_constrained(e, r, &e->b_out[k++]);
         else
             take_token(e, r, &e->b_out[k++], false);
