@@ -27,9 +27,9 @@ def attn_prefill(n):  # QK^T and PV of a causal prefill of n tokens
 
 
 # ISL, OSL, TRT-LLM best (perf-overview v0.17 / v1.0), kiln best (bench/RESULTS.md, H100)
-rows = [(128, 128, 28837, 25980), (128, 2048, 22714, 19552), (128, 4096, 14325, 10936),
-        (500, 2000, 17660, 15491), (1000, 1000, 15245, 13176), (2048, 128, 3557, 2830),
-        (2048, 2048, 9488, 8459), (5000, 500, 3559, 2695), (20000, 2000, 1401, 849)]
+rows = [(128, 128, 28837, 27092), (128, 2048, 22714, 19552), (128, 4096, 14325, 12799),
+        (500, 2000, 17660, 16514), (1000, 1000, 15245, 13634), (2048, 128, 3557, 2943),
+        (2048, 2048, 9488, 8598), (5000, 500, 3559, 2889), (20000, 2000, 1401, 1078)]
 print(f"bandwidth {BW / 1e9:.0f} GB/s, FP8 GEMM {PEAK / 1e12:.0f} TFLOP/s; us per output token")
 print("ISL/OSL     batch  prefill  gemm+w   KV read   bound tok/s   TRT-LLM  kiln   "
       "TRT/bound  1.1xTRT/bound  kiln/bound")

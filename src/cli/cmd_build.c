@@ -340,21 +340,22 @@ static void print_plan(const struct build *b)
 
 /* ---- GEMM timing ---- */
 
-static int add_shape(struct kiln_gemm_shape *s, int n, int M, int N, int K, bool fp8)
+static int add_shape(struct kiln_gemm_shape *s, int n, int M, int N, int K, bool fp8, bool out_bf16)
 {
     for (int i = 0; i < n; i++)
         if (s[i].M == M && s[i].N == N && s[i].K == K && s[i].fp8 == fp8) return n;
-    if (n < MAX_SHAPES) s[n++] = (struct kiln_gemm_shape){M, N, K, fp8};
+    if (n < MAX_SHAPES) s[n++] = (struct kiln_gemm_shape){M, N, K, fp8, out_bf16};
     return n;
 }
 
 /* Token buckets of the prefill path (more than KILN_CUDA_DECODE_MAX_TOKENS tokens): powers of
  * two from 16 below the limit, then the limit itself. */
-static int add_buckets(struct kiln_gemm_shape *s, int n, int M, int K, bool fp8, int limit)
+static int add_buckets(struct kiln_gemm_shape *s, int n, int M, int K, bool fp8, bool out_bf16,
+                       int limit)
 {
     if (limit <= KILN_CUDA_DECODE_MAX_TOKENS) return n;
-    for (int b = 16; b < limit; b *= 2) n = add_shape(s, n, M, b, K, fp8);
-    return add_shape(s, n, M, limit, K, fp8);
+    for (int b = 16; b < limit; b *= 2) n = add_shape(s, n, M, b, K, fp8, out_bf16);
+    return add_shape(s, n, M, limit, K, fp8, out_bf16);
 }
 
 static enum kiln_status tune(struct build *b, double *seconds, struct kiln_error *err)
@@ -365,10 +366,11 @@ static enum kiln_status tune(struct build *b, double *seconds, struct kiln_error
     struct kiln_gemm_shape shapes[MAX_SHAPES];
     int n = 0, T = e->max_num_tokens;
     const struct kiln_linear *lin[4] = {&w->qkv, &w->o, &w->gate_up, &w->down};
+    /* q|k|v and gate|up write bf16 (the CUDA backend's cuda_linear.out_bf16) */
     for (int k = 0; k < 4; k++)
-        n = add_buckets(shapes, n, (int)lin[k]->out, (int)lin[k]->in, true, T);
+        n = add_buckets(shapes, n, (int)lin[k]->out, (int)lin[k]->in, true, k == 0 || k == 2, T);
     /* the lm_head runs through cuBLASLt only for more than 8 output rows */
-    n = add_buckets(shapes, n, (int)m->lm_head.out, (int)m->lm_head.in, m->lm_head.fp8,
+    n = add_buckets(shapes, n, (int)m->lm_head.out, (int)m->lm_head.in, m->lm_head.fp8, false,
                     e->max_batch_size);
     double t0 = kiln_now();
     b->meta.gemms = calloc((size_t)n + 1, sizeof *b->meta.gemms);

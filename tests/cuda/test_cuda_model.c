@@ -18,8 +18,12 @@
  *      every step; else at the FP8 noise level (one rare flip spreads through the context);
  *   3. the same prompt prefilled in chunks of 37 on the GPU: last-row logits equal step 1's
  *      (within 1.3e-6: 1.5x the largest of the 24 runs below);
- *   4. with "strict": a 128-token greedy generation from a 6-token prompt (decode path) run
- *      independently on both backends gives identical tokens.
+ *   4. with "strict": a 128-token greedy generation from a 6-token prompt (decode path) on the
+ *      CPU, replayed on the GPU with the CPU's tokens: at every step the GPU's sampler picks the
+ *      CPU's token, except at a near tie: the GPU's own logits rank its token first of the two,
+ *      and that step's logits are within the decode bound of the CPU's (a rounding flip, not a
+ *      wrong result; the margins are printed). An independent generation would stop
+ *      comparing at the first such tie; the replay checks all 128 steps.
  * Every bound comes from measurements (struct bounds); the planted faults of cuda.c
  * (KILN_CUDA_FAULTS, run by bench/gpu-run.sh faults) each fail it.
  * usage: test_cuda_model MODEL_DIR [fp8|bf16] [layers] [strict]   exits 77 without a GPU;
@@ -101,8 +105,11 @@ static int step(struct kiln_backend *b, struct seq *q, const int32_t *ids, int f
     return 0;
 }
 
+/* Greedy decoding from a prompt, one step per token (the first step takes the whole prompt):
+ * the tokens go to out. With `follow` (the CPU's tokens), b is fed those instead of its own
+ * choices, and each step's logits go to lg (n_gen x V) with b's own choice in out. */
 static int greedy(struct kiln_backend *b, const int32_t *prompt, int n_prompt, int n_gen,
-                  int32_t *out)
+                  const int32_t *follow, int32_t *out, float *lg, int V)
 {
     struct seq q;
     for (int i = 0; i < 1024; i++) q.pos[i] = i;
@@ -114,13 +121,14 @@ static int greedy(struct kiln_backend *b, const int32_t *prompt, int n_prompt, i
     for (int g = 0; g < n_gen; g++) {
         struct kiln_error err = {0};
         struct kiln_sample_out so;
-        if (step(b, &q, ids, g == 0 ? 0 : n - 1, n, 1, NULL)) return -1;
+        if (step(b, &q, ids, g == 0 ? 0 : n - 1, n, 1, lg ? lg + (size_t)g * V : NULL)) return -1;
         sp.step = (uint64_t)g;
         if (b->ops->sample(b, &sp, 1, &so, &err)) {
             fprintf(stderr, "sample: %s\n", err.msg);
             return -1;
         }
-        out[g] = ids[n++] = so.token;
+        out[g] = so.token;
+        ids[n++] = follow ? follow[g] : so.token;
     }
     return 0;
 }
@@ -267,16 +275,40 @@ int main(int argc, char **argv)
     double chunked = rel_l2(lg, last, V);
     check("chunked prefill 37+37+26 vs whole: rel L2", chunked, 1.3e-6, true);
 
-    /* 4. independent greedy generations */
+    /* 4. greedy on the CPU, replayed on the GPU with the CPU's tokens */
     int32_t prompt[6] = {128000, 791, 6864, 315, 9822, 374}, gc[128], gg[128];
     for (int i = 0; i < 6; i++) prompt[i] %= V;
-    if (greedy(cpu, prompt, 6, 128, gc) || greedy(gpu, prompt, 6, 128, gg)) return 1;
-    int same = 0;
-    while (same < 128 && gc[same] == gg[same]) same++;
+    float *lgc = malloc((size_t)128 * V * 4), *lgg = malloc((size_t)128 * V * 4);
+    if (!lgc || !lgg || greedy(cpu, prompt, 6, 128, NULL, gc, lgc, V) ||
+        greedy(gpu, prompt, 6, 128, gc, gg, lgg, V))
+        return 1;
+    int same = 0, ties = 0, wrong = 0;
+    for (int g = 0; g < 128; g++) {
+        if (gg[g] == gc[g]) {
+            same++;
+            continue;
+        }
+        const float *c = lgc + (size_t)g * V, *u = lgg + (size_t)g * V;
+        double diff = 0, margin = (double)c[gc[g]] - c[gg[g]], e = rel_l2(u, c, V);
+        for (int i = 0; i < V; i++) diff = fmax(diff, fabs((double)u[i] - c[i]));
+        /* a flip the GPU's own logits explain, on logits within the decode bound */
+        bool tie = u[gg[g]] >= u[gc[g]] && e <= (strict ? strict_bounds : deep_bounds).dec_worst;
+        printf("greedy step %d: GPU chose %d, CPU %d: CPU margin %.3g, largest logit difference "
+               "%.3g, rel L2 %.3g: %s\n",
+               g, gg[g], gc[g], margin, diff, e, tie ? "a near tie" : "NOT a tie");
+        if (tie)
+            ties++;
+        else
+            wrong++;
+    }
+    free(lgc);
+    free(lgg);
     if (strict)
-        check("greedy 128 tokens: identical prefix length", same, 128, false);
+        check("greedy 128 steps (CPU's tokens): GPU choices off but for near ties", wrong, 0, true);
     else
-        printf("greedy 128 tokens: identical prefix length %d (informative)\n", same);
+        printf("greedy 128 steps: GPU chose the CPU's token %d times, %d near ties, %d others "
+               "(informative)\n",
+               same, ties, wrong);
     /* one line for the tolerance measurement (bench/gpu-run.sh tolerances) */
     printf("metrics: prefill_median %.6g prefill_worst %.6g prefill_argmax %.4g "
            "decode_median %.6g decode_worst %.6g decode_argmax %.4g chunked %.3g greedy_same %d\n",

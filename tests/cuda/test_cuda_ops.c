@@ -347,6 +347,7 @@ static void test_swiglu(int f, int K, int n)
     struct kiln_linear l = make_linear(w, M, K, 0.03f, 0.001f);
     float *gu = malloc((size_t)n * M * 4), *h = malloc((size_t)n * f * 4);
     kiln_cpu_linear_fp8(NULL, gu, x8, &l, NULL, n);
+    kiln_cpu_round_bf16(gu, (size_t)n * M); /* as the CPU backend: gate|up is stored as bf16 */
     kiln_cpu_swiglu(h, gu, n, f);
     float h_scale = 0.01f;
     uint8_t *want = malloc((size_t)n * f), *got = malloc((size_t)n * f);
@@ -366,13 +367,13 @@ static void test_swiglu(int f, int K, int n)
     CK(kiln_cuda_gemv(&a, NULL));
     back(got, dh, (size_t)n * f);
     report_codes("gemv swiglu", shape, got, want, (size_t)n * f);
-    /* the prefill path's kernel on the permuted f32 outputs */
-    float *gup = malloc((size_t)n * M * 4);
+    /* the prefill path's kernel on the permuted bf16 outputs */
+    uint16_t *gup = malloc((size_t)n * M * 2);
     for (int t = 0; t < n; t++)
         for (int r = 0; r < M; r++)
-            gup[(size_t)t * M + r] =
-                gu[(size_t)t * M + kiln_cuda_natural_row(KILN_ROWS_GU_INTERLEAVED, r, 0, f)];
-    float *dgu = dev(gup, (size_t)n * M * 4);
+            gup[(size_t)t * M + r] = kiln_f32_to_bf16(
+                gu[(size_t)t * M + kiln_cuda_natural_row(KILN_ROWS_GU_INTERLEAVED, r, 0, f)]);
+    uint16_t *dgu = dev(gup, (size_t)n * M * 2);
     CK(cudaMemset(dh, 0xff, (size_t)n * f));
     CK(kiln_cuda_swiglu_quant(dgu, n, f, h_scale, dh, NULL));
     back(got, dh, (size_t)n * f);
@@ -483,6 +484,7 @@ static void test_rope_kv(int H, int Hkv, int Dh, int K, bool fp8_kv)
     struct kiln_linear l = make_linear(w, M, K, 0.04f, 0.002f);
     float *qkv = malloc((size_t)n * M * 4);
     kiln_cpu_linear_fp8(NULL, qkv, x8, &l, NULL, n);
+    kiln_cpu_round_bf16(qkv, (size_t)n * M); /* as the CPU backend: q|k|v is stored as bf16 */
     float *rope = rope_table(Dh, max_pos);
     int qd = H * Dh, kd = Hkv * Dh;
     float *q = malloc((size_t)n * qd * 4), *k = malloc((size_t)n * kd * 4),
@@ -543,13 +545,13 @@ static void test_rope_kv(int H, int Hkv, int Dh, int K, bool fp8_kv)
         report("gemv rope_kv k bf16", shape, rel_l2(a1, b1, cache_bytes / 2), 1e-5);
         free(a1), free(b1);
     }
-    /* prefill path: rope_kv kernel over the permuted f32 qkv */
-    float *qkvp = malloc((size_t)n * M * 4);
+    /* prefill path: rope_kv kernel over the permuted bf16 qkv */
+    uint16_t *qkvp = malloc((size_t)n * M * 2);
     for (int t = 0; t < n; t++)
         for (int r = 0; r < M; r++)
-            qkvp[(size_t)t * M + r] =
-                qkv[(size_t)t * M + kiln_cuda_natural_row(KILN_ROWS_QKV_PAIRED, r, Dh, 0)];
-    float *dqkv = dev(qkvp, (size_t)n * M * 4);
+            qkvp[(size_t)t * M + r] = kiln_f32_to_bf16(
+                qkv[(size_t)t * M + kiln_cuda_natural_row(KILN_ROWS_QKV_PAIRED, r, Dh, 0)]);
+    uint16_t *dqkv = dev(qkvp, (size_t)n * M * 2);
     CK(cudaMemset(dk, 0, cache_bytes));
     CK(cudaMemset(dq, 0xff, (size_t)n * qd * 4));
     CK(kiln_cuda_rope_kv(dqkv, drope, db.kb, kv, H, dq, NULL));

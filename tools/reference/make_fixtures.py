@@ -169,7 +169,7 @@ class Sim:
         scale = f32(1.0, x.device) / torch.sqrt(f32(float(self.Dh), x.device))
         for L in self.layers:
             h = self.rmsnorm(x, L["attn_norm"])
-            qkv = self.linear(h, L["qkv"])
+            qkv = self.linear(h, L["qkv"]).to(torch.bfloat16).float()  # kiln stores it as bf16
             q = self.rope(qkv[:, :qd].reshape(n, self.H, self.Dh), n)
             k = self.rope(qkv[:, qd:qd + kd].reshape(n, self.Hkv, self.Dh), n)
             v = qkv[:, qd + kd:].reshape(n, self.Hkv, self.Dh)
@@ -182,7 +182,7 @@ class Sim:
             o = torch.einsum("hqk,khd->qhd", att, v).reshape(n, qd)
             x = x + self.linear(o, L["o"])
             h = self.rmsnorm(x, L["mlp_norm"])
-            gu = self.linear(h, L["gate_up"])
+            gu = self.linear(h, L["gate_up"]).to(torch.bfloat16).float()  # stored as bf16
             f = gu.shape[1] // 2
             act = gu[:, :f] / (1.0 + torch.exp(-gu[:, :f])) * gu[:, f:]
             x = x + self.linear(act, L["down"])

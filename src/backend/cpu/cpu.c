@@ -103,6 +103,8 @@ static enum kiln_status cpu_forward(struct kiln_backend *b, const struct kiln_ba
         kiln_cpu_rmsnorm(s->h, s->x, &w->attn_norm, cfg->rms_norm_eps, n, d);
         run_linear(s, s->big, s->h, &w->qkv, prep_of(s, 4 * l), n, amax ? &amax[0] : NULL);
         int qkv_dim = qdim + 2 * kvdim;
+        /* stored as bf16, as the CUDA backend does (not in calibration, which runs in f32) */
+        if (!s->cal_amax) kiln_cpu_round_bf16(s->big, (size_t)n * qkv_dim);
         /* split q | k | v; k and v (n, Hkv Dh) each live in h, sized for 2 Hkv Dh per token */
         float *k = s->h, *v = s->h + (size_t)n * kvdim;
         copy_columns(q, s->big, n, qkv_dim, 0, qdim);
@@ -123,6 +125,7 @@ static enum kiln_status cpu_forward(struct kiln_backend *b, const struct kiln_ba
 
         kiln_cpu_rmsnorm(s->h, s->x, &w->mlp_norm, cfg->rms_norm_eps, n, d);
         run_linear(s, s->big, s->h, &w->gate_up, prep_of(s, 4 * l + 2), n, amax ? &amax[2] : NULL);
+        if (!s->cal_amax) kiln_cpu_round_bf16(s->big, (size_t)n * 2 * f);
         kiln_cpu_swiglu(s->h, s->big, n, f);
         run_linear(s, s->big, s->h, &w->down, prep_of(s, 4 * l + 3), n, amax ? &amax[3] : NULL);
         for (size_t i = 0; i < (size_t)n * d; i++) s->x[i] += s->big[i];

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/numeric.h"
 
 void kiln_cpu_rmsnorm(float *y, const float *x, const struct kiln_tensor *w, float eps, int n,
                       int d)
@@ -165,6 +166,11 @@ void kiln_cpu_rope(float *x, const int32_t *pos, int n, int heads, int head_dim,
             }
         }
     }
+}
+
+void kiln_cpu_round_bf16(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] = kiln_bf16_to_f32(kiln_f32_to_bf16(x[i]));
 }
 
 void kiln_cpu_swiglu(float *h, const float *gu, int n, int f)

@@ -45,6 +45,10 @@ void kiln_rope_table(const struct kiln_config *cfg, int max_pos, float *cos_sin)
 void kiln_cpu_rope(float *x, const int32_t *pos, int n, int heads, int head_dim,
                    const float *cos_sin);
 
+/* x[i] rounded to bf16 (nearest even), in place: the q|k|v and gate|up outputs, which the CUDA
+ * backend stores as bf16 (half the bytes its RoPE and SwiGLU kernels read back). */
+void kiln_cpu_round_bf16(float *x, size_t n);
+
 /* h (n, f) = silu(gu[:, :f]) * gu[:, f:] for gu (n, 2f). */
 void kiln_cpu_swiglu(float *h, const float *gu, int n, int f);
 

@@ -14,16 +14,18 @@
  * k_attn_decode_tc instead: the same blocks and partials, the dot products and the weighted V
  * sum on f16 (FP8 cache) or bf16 tensor cores with an online softmax per warp.
  *
- * Prefill (query chunks of many tokens): FlashAttention-2 on bf16 tensor cores (mma m16n8k16).
+ * Prefill (query chunks of many tokens): FlashAttention-2 on f16 (FP8 cache) or bf16 tensor
+ * cores (mma m16n8k16).
  * A block owns 128 query rows (8 warps x 16 rows) of one KV head: (token, head) pairs of the G
  * query heads sharing it, so each K/V tile of 64 positions is loaded and converted once per GQA
- * group. Tiles are double-buffered in shared memory as bf16 (FP8 codes convert exactly; the k/v
+ * group. Tiles are double-buffered in shared memory as f16 / bf16 (FP8 codes convert exactly, one
+ * hardware conversion a pair, into f16, as in the decode kernel; the k/v
  * scales are folded into the softmax scale and the output) and the next one is in flight during
  * the mma work (cp.async for BF16 caches, registers for FP8 codes); V's fragments come
- * transposed through ldmatrix. S and P never leave registers. Q and P are rounded to bf16, ~1e-3
- * relative on the outputs against the f32 CPU twin: the prefill path is at the FP8 noise level
- * anyway (its cuBLASLt FP8 GEMMs accumulate with ~2.5e-4 error, see test_cuda_model), while short
- * chunks of the fused decode path go to the exact f32 decode kernel instead. */
+ * transposed through ldmatrix. S and P never leave registers. Q and P are rounded to f16 / bf16,
+ * ~1e-3 relative on the outputs against the f32 CPU twin: the prefill path is at the FP8 noise
+ * level anyway (its cuBLASLt FP8 GEMMs accumulate with ~2.5e-4 error, see test_cuda_model), while
+ * short chunks of the fused decode path go to the exact f32 decode kernel instead. */
 #include <math.h>
 
 #include <type_traits>
@@ -898,7 +900,7 @@ extern "C" int kiln_cuda_attention_decode_tc(const float *q, struct kiln_cuda_ba
     return cudaGetLastError();
 }
 
-/* ---- prefill: FlashAttention-2 on bf16 mma ---- */
+/* ---- prefill: FlashAttention-2 on f16 / bf16 mma ---- */
 
 #define FA_WARPS   8
 #define FA_THREADS (FA_WARPS * 32)
@@ -927,18 +929,16 @@ __device__ __forceinline__ void cp_async16_zfill(void *smem, const void *gmem, b
                  : "memory");
 }
 
-/* 16 FP8 codes -> 16 bf16 (exact) as two 16-byte words. */
-__device__ __forceinline__ void e4m3x16_to_bf16(const uint4 &w, uint4 &lo, uint4 &hi)
+/* 16 FP8 codes -> 16 f16 (exact) as two 16-byte words: one hardware conversion a pair. */
+__device__ __forceinline__ void e4m3x16_to_f16(const uint4 &w, uint4 &lo, uint4 &hi)
 {
-    float4 a = e4m3x4_to_float4(w.x), b = e4m3x4_to_float4(w.y);
-    float4 c = e4m3x4_to_float4(w.z), d = e4m3x4_to_float4(w.w);
-    lo = make_uint4(pack_bf16x2(a.x, a.y), pack_bf16x2(a.z, a.w), pack_bf16x2(b.x, b.y),
-                    pack_bf16x2(b.z, b.w));
-    hi = make_uint4(pack_bf16x2(c.x, c.y), pack_bf16x2(c.z, c.w), pack_bf16x2(d.x, d.y),
-                    pack_bf16x2(d.z, d.w));
+    lo = make_uint4(e4m3x2_to_f16x2(w.x), e4m3x2_to_f16x2(w.x >> 16), e4m3x2_to_f16x2(w.y),
+                    e4m3x2_to_f16x2(w.y >> 16));
+    hi = make_uint4(e4m3x2_to_f16x2(w.z), e4m3x2_to_f16x2(w.z >> 16), e4m3x2_to_f16x2(w.w),
+                    e4m3x2_to_f16x2(w.w >> 16));
 }
 
-/* Dynamic shared memory of k_attn_prefill: K and V tiles as bf16, double-buffered,
+/* Dynamic shared memory of k_attn_prefill: K and V tiles as f16 / bf16, double-buffered,
  * (2, FA_KEYS, head_dim + 8) each (68 KB at head_dim 128). */
 static size_t fa_smem_bytes(int head_dim)
 {
@@ -955,23 +955,24 @@ static size_t fa_smem_bytes(int head_dim)
  *   instead would keep G sets of O accumulators (64 registers each at head_dim 128).
  * Pipeline: while the warps compute tile i from one half of the double-buffered Ks / Vs, tile
  * i + 1 is in flight: BF16 rows by cp.async straight into the other half; FP8 codes in registers
- * (16 a thread at head_dim 128), converted to bf16 into the other half after the mma work. One
+ * (16 a thread at head_dim 128), converted to f16 into the other half after the mma work. One
  * __syncthreads a tile; each thread also looks up the cache rows of tile i + 2 one tile ahead,
  * so the block table's latency is not in front of the loads.
  * Loader: TPK threads per key row, each copying its 16-byte units u TPK + e of the row: a group's
  * loads cover whole 32-byte sectors, and its shared-memory stores hit distinct banks (FP8: the
- * 32 bf16 bytes of a unit; BF16: one row's 128 contiguous bytes).
+ * 32 f16 bytes of a unit; BF16: one row's 128 contiguous bytes).
  * Numerics as a row would get alone: key tiles from position 0 in FA_KEYS steps whatever the
- * chunk, Q and P rounded to bf16, f32 accumulation; the tiles a warp skips (all keys past its
- * rows) and the mask it skips (all keys at or before them) change no bit. */
+ * chunk, Q and P rounded to the operand type, f32 accumulation; the tiles a warp skips (all keys
+ * past its rows) and the mask it skips (all keys at or before them) change no bit. */
 template <int DH, bool FP8>
 __global__ void __launch_bounds__(FA_THREADS, 1)
     k_attn_prefill(const float *q, kiln_cuda_batch b, const int32_t *seqs, kiln_cuda_kv kv,
                    int n_heads, float out_scale, uint8_t *out8)
 {
-    constexpr int KS = DH / 16;            /* k-steps over the head dim */
-    constexpr int DT = DH / 8;             /* 8-wide n-tiles over the head dim */
-    constexpr int LD = DH + 8;             /* padded row (bf16) of Ks, Vs: conflict-free ldmatrix */
+    constexpr bool BF = !FP8;   /* bf16 operands (BF16 cache) or f16 (FP8 cache: exact codes) */
+    constexpr int KS = DH / 16; /* k-steps over the head dim */
+    constexpr int DT = DH / 8;  /* 8-wide n-tiles over the head dim */
+    constexpr int LD = DH + 8;  /* padded row (16-bit) of Ks, Vs: conflict-free ldmatrix */
     constexpr int RB = DH * (FP8 ? 1 : 2); /* bytes of a cache row */
     constexpr int TPK = FP8 ? 4 : 8;       /* loader threads per key row */
     constexpr int UPK = RB / 16 / TPK;     /* 16-byte units a thread copies per row */
@@ -979,8 +980,8 @@ __global__ void __launch_bounds__(FA_THREADS, 1)
     constexpr int ROUNDS = FA_KEYS / KPR;  /* rows a thread copies per tile */
     static_assert(UPK >= 1 && FA_KEYS % KPR == 0, "head_dim 64 or 128");
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    uint16_t *Ks = reinterpret_cast<uint16_t *>(fa_smem); /* (2, FA_KEYS, LD) bf16 */
-    uint16_t *Vs = Ks + 2 * FA_KEYS * LD;                 /* (2, FA_KEYS, LD) bf16 */
+    uint16_t *Ks = reinterpret_cast<uint16_t *>(fa_smem); /* (2, FA_KEYS, LD) f16 / bf16 */
+    uint16_t *Vs = Ks + 2 * FA_KEYS * LD;                 /* (2, FA_KEYS, LD) f16 / bf16 */
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gq = lane >> 2, qd = lane & 3;
@@ -995,7 +996,7 @@ __global__ void __launch_bounds__(FA_THREADS, 1)
     const int32_t *table = b.block_table + (size_t)s * b.max_blocks;
     const float scale_log2 = kv.k_scale * rsqrtf((float)DH) * 1.4426950408889634f;
 
-    /* this lane's rows f_lo = fw + gq and f_hi = f_lo + 8; Q as bf16 A fragments */
+    /* this lane's rows f_lo = fw + gq and f_hi = f_lo + 8; Q as A fragments */
     const int fw = f0 + warp * 16, f_lo = fw + gq, f_hi = f_lo + 8;
     const int tk_lo = f_lo / G, tk_hi = f_hi / G;
     const int h_lo = g * G + f_lo % G, h_hi = g * G + f_hi % G;
@@ -1006,10 +1007,10 @@ __global__ void __launch_bounds__(FA_THREADS, 1)
         const bool vl = f_lo < n_rows, vh = f_hi < n_rows;
 #pragma unroll
         for (int ks = 0; ks < KS; ks++) {
-            qh[ks][0] = vl ? pack_bf16x2(pl[ks * 16], pl[ks * 16 + 1]) : 0u;
-            qh[ks][1] = vh ? pack_bf16x2(ph[ks * 16], ph[ks * 16 + 1]) : 0u;
-            qh[ks][2] = vl ? pack_bf16x2(pl[ks * 16 + 8], pl[ks * 16 + 9]) : 0u;
-            qh[ks][3] = vh ? pack_bf16x2(ph[ks * 16 + 8], ph[ks * 16 + 9]) : 0u;
+            qh[ks][0] = vl ? pack_x2<BF>(pl[ks * 16], pl[ks * 16 + 1]) : 0u;
+            qh[ks][1] = vh ? pack_x2<BF>(ph[ks * 16], ph[ks * 16 + 1]) : 0u;
+            qh[ks][2] = vl ? pack_x2<BF>(pl[ks * 16 + 8], pl[ks * 16 + 9]) : 0u;
+            qh[ks][3] = vh ? pack_x2<BF>(ph[ks * 16 + 8], ph[ks * 16 + 9]) : 0u;
         }
     }
     /* the last key each row sees (causal, inside the cache); the warp's range of them */
@@ -1056,7 +1057,7 @@ __global__ void __launch_bounds__(FA_THREADS, 1)
         }
         if constexpr (!FP8) cp_async_commit();
     };
-    /* FP8: the fetched codes as bf16 into half buf (a unit of 16 codes = 2 x 16 bytes) */
+    /* FP8: the fetched codes as f16 into half buf (a unit of 16 codes = 2 x 16 bytes) */
     auto put = [&](int buf) {
         if constexpr (FP8) {
 #pragma unroll
@@ -1065,10 +1066,10 @@ __global__ void __launch_bounds__(FA_THREADS, 1)
                 for (int u = 0; u < UPK; u++) {
                     const int i = (buf * FA_KEYS + r * KPR + ld_key) * LD + (u * TPK + ld_e) * 16;
                     uint4 lo, hi;
-                    e4m3x16_to_bf16(kraw[r][u], lo, hi);
+                    e4m3x16_to_f16(kraw[r][u], lo, hi);
                     *reinterpret_cast<uint4 *>(Ks + i) = lo;
                     *reinterpret_cast<uint4 *>(Ks + i + 8) = hi;
-                    e4m3x16_to_bf16(vraw[r][u], lo, hi);
+                    e4m3x16_to_f16(vraw[r][u], lo, hi);
                     *reinterpret_cast<uint4 *>(Vs + i) = lo;
                     *reinterpret_cast<uint4 *>(Vs + i + 8) = hi;
                 }
@@ -1107,8 +1108,8 @@ __global__ void __launch_bounds__(FA_THREADS, 1)
                 for (int ks = 0; ks < KS; ks += 2) {
                     uint32_t kb[4];
                     ldmatrix_x4(kb, kr + ks * 16);
-                    mma_bf16_16x8x16(sc[nt], qh[ks], kb[0], kb[1]);
-                    mma_bf16_16x8x16(sc[nt], qh[ks + 1], kb[2], kb[3]);
+                    mma_rows<BF, 4>(sc[nt], qh[ks], kb[0], kb[1]);
+                    mma_rows<BF, 4>(sc[nt], qh[ks + 1], kb[2], kb[3]);
                 }
             }
             /* scale, causal mask (only where some key passes the warp's first row), row max */
@@ -1156,17 +1157,17 @@ __global__ void __launch_bounds__(FA_THREADS, 1)
              * next mma; V's B fragments come transposed from row-major Vs through ldmatrix */
 #pragma unroll
             for (int kt = 0; kt < 4; kt++) {
-                uint32_t ph[4] = {pack_bf16x2(sc[2 * kt][0], sc[2 * kt][1]),
-                                  pack_bf16x2(sc[2 * kt][2], sc[2 * kt][3]),
-                                  pack_bf16x2(sc[2 * kt + 1][0], sc[2 * kt + 1][1]),
-                                  pack_bf16x2(sc[2 * kt + 1][2], sc[2 * kt + 1][3])};
+                uint32_t ph[4] = {pack_x2<BF>(sc[2 * kt][0], sc[2 * kt][1]),
+                                  pack_x2<BF>(sc[2 * kt][2], sc[2 * kt][3]),
+                                  pack_x2<BF>(sc[2 * kt + 1][0], sc[2 * kt + 1][1]),
+                                  pack_x2<BF>(sc[2 * kt + 1][2], sc[2 * kt + 1][3])};
                 const int key_row = kt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
 #pragma unroll
                 for (int dt = 0; dt < DT; dt += 2) {
                     uint32_t vb[4];
                     ldmatrix_x4_trans(vb, Vt + key_row * LD + (dt + (lane >> 4)) * 8);
-                    mma_bf16_16x8x16(o[dt], ph, vb[0], vb[1]);
-                    mma_bf16_16x8x16(o[dt + 1], ph, vb[2], vb[3]);
+                    mma_rows<BF, 4>(o[dt], ph, vb[0], vb[1]);
+                    mma_rows<BF, 4>(o[dt + 1], ph, vb[2], vb[3]);
                 }
             }
         }

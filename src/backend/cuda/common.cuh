@@ -41,6 +41,12 @@ __device__ __forceinline__ uint16_t float_to_bf16_bits(float f)
     return *reinterpret_cast<uint16_t *>(&h);
 }
 
+/* f rounded to bf16 and back (what a bf16 store and load would give). */
+__device__ __forceinline__ float bf16_round(float f)
+{
+    return bf16_bits_to_float(float_to_bf16_bits(f));
+}
+
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi)
 {
     return (uint32_t)float_to_bf16_bits(lo) | ((uint32_t)float_to_bf16_bits(hi) << 16);

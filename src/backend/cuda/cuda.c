@@ -59,6 +59,8 @@ struct cuda_linear {
     void *w; /* (M, K) e4m3 or bf16, rows in kernel order */
     int M, K;
     bool fp8;
+    bool out_bf16;             /* cuBLASLt writes bf16 (q|k|v, gate|up: RoPE and SwiGLU read it
+                                * back at half the bytes of f32), else f32 */
     float in_scale, out_scale; /* out_scale = input_scale * weight_scale (1 for bf16) */
 };
 
@@ -69,7 +71,7 @@ struct cuda_layer {
 };
 
 struct algo_entry {
-    int M, N, K, bf16, beta1, ldc;
+    int M, N, K, bf16, out_bf16, beta1, ldc;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
@@ -226,6 +228,7 @@ static enum kiln_status upload_linear(struct cuda_state *s, struct kiln_pool *po
     out->M = (int)l->out;
     out->K = (int)l->in;
     out->fp8 = l->fp8;
+    out->out_bf16 = order == KILN_ROWS_QKV_PAIRED || order == KILN_ROWS_GU_INTERLEAVED;
     out->in_scale = l->fp8 ? l->input_scale : 1.0f;
     out->out_scale = l->fp8 ? l->input_scale * l->weight_scale : 1.0f;
     size_t row_bytes = (size_t)l->in * (l->fp8 ? 1 : 2);
@@ -278,7 +281,7 @@ static enum kiln_status algo_for(struct cuda_state *s, const struct cuda_linear 
     for (int i = 0; i < ALGO_CACHE; i++) {
         struct algo_entry *e = &s->algos[i];
         if (e->valid && e->M == l->M && e->N == n && e->K == l->K && e->bf16 == !l->fp8 &&
-            e->beta1 == accumulate && e->ldc == ldc) {
+            e->out_bf16 == l->out_bf16 && e->beta1 == accumulate && e->ldc == ldc) {
             *out = e;
             return KILN_OK;
         }
@@ -286,12 +289,17 @@ static enum kiln_status algo_for(struct cuda_state *s, const struct cuda_linear 
     struct algo_entry *e = &s->algos[s->algo_next];
     s->algo_next = (s->algo_next + 1) % ALGO_CACHE;
     algo_entry_clear(e);
-    *e = (struct algo_entry){
-        .M = l->M, .N = n, .K = l->K, .bf16 = !l->fp8, .beta1 = accumulate, .ldc = ldc};
+    *e = (struct algo_entry){.M = l->M,
+                             .N = n,
+                             .K = l->K,
+                             .bf16 = !l->fp8,
+                             .out_bf16 = l->out_bf16,
+                             .beta1 = accumulate,
+                             .ldc = ldc};
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     cublasStatus_t st =
-        kiln_lt_describe(l->M, n, l->K, l->fp8, ldc, &e->desc, &e->la, &e->lb, &e->lc);
+        kiln_lt_describe(l->M, n, l->K, l->fp8, l->out_bf16, ldc, &e->desc, &e->la, &e->lb, &e->lc);
     /* an engine's algorithm timed for this shape's token bucket, when cuBLASLt accepts it */
     /* batch-invariant: the algorithm of the largest step for every step size, so a row's sums
      * run in the same order whatever the number of rows (an algorithm that cannot take this
@@ -305,7 +313,7 @@ static enum kiln_status algo_for(struct cuda_state *s, const struct cuda_linear 
     if (!st && !found && n_algo != n) {
         cublasLtMatmulDesc_t d2 = NULL;
         cublasLtMatrixLayout_t a2 = NULL, b2 = NULL, c2 = NULL;
-        st = kiln_lt_describe(l->M, n_algo, l->K, l->fp8, ldc, &d2, &a2, &b2, &c2);
+        st = kiln_lt_describe(l->M, n_algo, l->K, l->fp8, l->out_bf16, ldc, &d2, &a2, &b2, &c2);
         if (!st) st = kiln_lt_heuristic(s->lt, d2, a2, b2, c2, 1, &res, &found);
         if (!st && found)
             found = kiln_lt_algo_usable(s->lt, e->desc, e->la, e->lb, e->lc, &res.algo);
@@ -334,9 +342,10 @@ static enum kiln_status algo_for(struct cuda_state *s, const struct cuda_linear 
     return KILN_OK;
 }
 
-/* D (n, M; ld ldc) = alpha * x (n, K) . W (M, K)^T + beta * D, f32 out, alpha = out_scale. */
+/* D (n, M; ld ldc) = alpha * x (n, K) . W (M, K)^T + beta * D, alpha = out_scale; D f32, or bf16
+ * where l->out_bf16. */
 static enum kiln_status lt_gemm(struct cuda_state *s, const struct cuda_linear *l, const void *x,
-                                int n, float *d, int ldc, bool accumulate, struct kiln_error *err)
+                                int n, void *d, int ldc, bool accumulate, struct kiln_error *err)
 {
     struct algo_entry *e = NULL;
     enum kiln_status st = algo_for(s, l, n, ldc, accumulate, &e, err);
@@ -808,7 +817,8 @@ static enum kiln_status forward_prefill(struct kiln_backend *b, const struct ste
         mark(s, P_NORM);
         if ((e = lt_gemm(s, &L->qkv, s->x8, n, s->big, L->qkv.M, false, err))) return e;
         mark(s, P_QKV);
-        K_TRY(kiln_cuda_rope_kv(s->big, s->rope, st->kb, L->kv, c->n_heads, s->q, s->stream));
+        K_TRY(kiln_cuda_rope_kv((const uint16_t *)s->big, s->rope, st->kb, L->kv, c->n_heads, s->q,
+                                s->stream));
         mark(s, P_ROPE);
         if ((e = attention(b, st, L, err))) return e;
         mark(s, P_ATTN);
@@ -819,7 +829,8 @@ static enum kiln_status forward_prefill(struct kiln_backend *b, const struct ste
         mark(s, P_NORM);
         if ((e = lt_gemm(s, &L->gate_up, s->x8, n, s->big, L->gate_up.M, false, err))) return e;
         mark(s, P_GATE_UP);
-        K_TRY(kiln_cuda_swiglu_quant(s->big, n, f, L->down.in_scale, s->x8, s->stream));
+        K_TRY(kiln_cuda_swiglu_quant((const uint16_t *)s->big, n, f, L->down.in_scale, s->x8,
+                                     s->stream));
         mark(s, P_SWIGLU);
         if ((e = lt_gemm(s, &L->down, s->x8, n, s->x, d, true, err))) return e;
         mark(s, P_DOWN);

@@ -323,9 +323,9 @@ __device__ __forceinline__ void finish_tile(const kiln_gemv_args &a, const float
         case KILN_EPI_RESIDUAL:
             a.y[(size_t)t * a.ldy + row0 + r] = resid + v;
             break;
-        case KILN_EPI_SWIGLU:
+        case KILN_EPI_SWIGLU: /* gate and up rounded to bf16, as the prefill path stores them */
             if (r < 8) {
-                float gate = v, up = fin[(r + 8) * 8 + t];
+                float gate = bf16_round(v), up = bf16_round(fin[(r + 8) * 8 + t]);
                 float hv = gate / (1.0f + expf(-gate)) * up;
                 a.h8[(size_t)t * (a.M / 2) + tile * 8 + r] = to_e4m3(hv * (1.0f / a.h_scale));
             }
@@ -334,7 +334,8 @@ __device__ __forceinline__ void finish_tile(const kiln_gemv_args &a, const float
             if (r < 8) {
                 int tiles_per_head = a.kv.head_dim / 16;
                 rope_kv_pair(pre.at[t], a.kv, a.n_heads, a.q, t, tile / tiles_per_head,
-                             8 * (tile % tiles_per_head) + r, v, fin[(r + 8) * 8 + t]);
+                             8 * (tile % tiles_per_head) + r, bf16_round(v),
+                             bf16_round(fin[(r + 8) * 8 + t]));
             }
             break;
         }
@@ -772,8 +773,8 @@ extern "C" int kiln_cuda_gemv(const struct kiln_gemv_args *a, kiln_stream stream
 /* ---- prefill-path companions of the GEMV epilogues ---- */
 
 /* One thread per (token, tile, pair i < 8). */
-__global__ void k_rope_kv(const float *qkv, const float *rope, kiln_cuda_batch b, kiln_cuda_kv kv,
-                          int n_heads, float *q)
+__global__ void k_rope_kv(const uint16_t *qkv, const float *rope, kiln_cuda_batch b,
+                          kiln_cuda_kv kv, int n_heads, float *q)
 {
     int tiles_per_head = kv.head_dim / 16;
     int n_tiles = (n_heads + 2 * kv.n_kv_heads) * tiles_per_head;
@@ -781,12 +782,13 @@ __global__ void k_rope_kv(const float *qkv, const float *rope, kiln_cuda_batch b
     if (idx >= (long)b.n_tokens * n_tiles * 8) return;
     int i = idx % 8, tile = (idx / 8) % n_tiles, t = (int)(idx / 8 / n_tiles);
     int width = n_tiles * 16;
-    const float *row = qkv + (size_t)t * width + tile * 16;
+    const uint16_t *row = qkv + (size_t)t * width + tile * 16;
     rope_kv_pair(rope_where(b, kv, rope, t), kv, n_heads, q, t, tile / tiles_per_head,
-                 8 * (tile % tiles_per_head) + i, row[i], row[i + 8]);
+                 8 * (tile % tiles_per_head) + i, bf16_bits_to_float(row[i]),
+                 bf16_bits_to_float(row[i + 8]));
 }
 
-extern "C" int kiln_cuda_rope_kv(const float *qkv, const float *rope, struct kiln_cuda_batch b,
+extern "C" int kiln_cuda_rope_kv(const uint16_t *qkv, const float *rope, struct kiln_cuda_batch b,
                                  struct kiln_cuda_kv kv, int n_heads, float *q, kiln_stream stream)
 {
     long total = (long)b.n_tokens * (n_heads + 2 * kv.n_kv_heads) * (kv.head_dim / 16) * 8;
@@ -794,18 +796,25 @@ extern "C" int kiln_cuda_rope_kv(const float *qkv, const float *rope, struct kil
     return cudaGetLastError();
 }
 
-/* One thread per (token, 16-row tile): 8 gates and 8 ups (four 16-byte loads), 8 FP8 codes out. */
-__global__ void k_swiglu_quant(const float *gu, int n, int f, float h_scale, uint8_t *h8)
+/* One thread per (token, 16-row tile): 8 gates and 8 ups, bf16 (two 16-byte loads), 8 FP8 codes
+ * out. */
+__global__ void k_swiglu_quant(const uint16_t *gu, int n, int f, float h_scale, uint8_t *h8)
 {
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     int tiles = f / 8;
     if (idx >= (long)n * tiles) return;
     int t = (int)(idx / tiles), tile = (int)(idx % tiles);
-    const float4 *row =
-        reinterpret_cast<const float4 *>(gu + (size_t)t * 2 * f + (size_t)tile * 16);
-    float4 g0 = row[0], g1 = row[1], u0 = row[2], u1 = row[3];
-    float gate[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-    float up[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
+    const uint4 *row = reinterpret_cast<const uint4 *>(gu + (size_t)t * 2 * f + (size_t)tile * 16);
+    const uint4 gw = row[0], uw = row[1];
+    const uint32_t gs[4] = {gw.x, gw.y, gw.z, gw.w}, us[4] = {uw.x, uw.y, uw.z, uw.w};
+    float gate[8], up[8];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        gate[2 * i] = bf16_bits_to_float(gs[i] & 0xffff);
+        gate[2 * i + 1] = bf16_bits_to_float(gs[i] >> 16);
+        up[2 * i] = bf16_bits_to_float(us[i] & 0xffff);
+        up[2 * i + 1] = bf16_bits_to_float(us[i] >> 16);
+    }
     const float inv = 1.0f / h_scale;
     uint32_t lo = 0, hi = 0;
 #pragma unroll
@@ -820,7 +829,7 @@ __global__ void k_swiglu_quant(const float *gu, int n, int f, float h_scale, uin
     *reinterpret_cast<uint2 *>(h8 + (size_t)t * f + (size_t)tile * 8) = make_uint2(lo, hi);
 }
 
-extern "C" int kiln_cuda_swiglu_quant(const float *gu, int n, int f, float h_scale, uint8_t *h8,
+extern "C" int kiln_cuda_swiglu_quant(const uint16_t *gu, int n, int f, float h_scale, uint8_t *h8,
                                       kiln_stream stream)
 {
     if (f % 8) return cudaErrorInvalidValue;

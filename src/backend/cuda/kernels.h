@@ -122,13 +122,13 @@ int kiln_cuda_rmsnorm_quant(const float *x, const int32_t *rows, const uint16_t 
                             int n, int d, float scale, uint8_t *x8, uint16_t *xb,
                             kiln_stream stream);
 
-/* Prefill path after the q|k|v GEMM: qkv (n, (H + 2 Hkv) Dh) f32 in tile-paired layout ->
+/* Prefill path after the q|k|v GEMM: qkv (n, (H + 2 Hkv) Dh) bf16 in tile-paired layout ->
  * q (n, H, Dh) f32 rotated, k rotated and v written to the cache. */
-int kiln_cuda_rope_kv(const float *qkv, const float *rope, struct kiln_cuda_batch b,
+int kiln_cuda_rope_kv(const uint16_t *qkv, const float *rope, struct kiln_cuda_batch b,
                       struct kiln_cuda_kv kv, int n_heads, float *q, kiln_stream stream);
 
-/* Prefill path after the gate|up GEMM: gu (n, 2f) tile-interleaved -> h8 (n, f). */
-int kiln_cuda_swiglu_quant(const float *gu, int n, int f, float h_scale, uint8_t *h8,
+/* Prefill path after the gate|up GEMM: gu (n, 2f) bf16 tile-interleaved -> h8 (n, f). */
+int kiln_cuda_swiglu_quant(const uint16_t *gu, int n, int f, float h_scale, uint8_t *h8,
                            kiln_stream stream);
 
 /* Decode attention (flash-decoding) for the sequences listed in seqs (n_list,): each query

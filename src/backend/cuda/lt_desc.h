@@ -7,11 +7,12 @@
 #include <cublasLt.h>
 #include <stdbool.h>
 
-/* D (n, M; ld ldc) f32 = x (n, K) . W (M, K)^T with W row-major e4m3 (fp8) or bf16: TN,
- * f32 compute and scale. On failure the caller destroys what was created (non-NULL). */
-cublasStatus_t kiln_lt_describe(int M, int n, int K, bool fp8, int ldc, cublasLtMatmulDesc_t *desc,
-                                cublasLtMatrixLayout_t *la, cublasLtMatrixLayout_t *lb,
-                                cublasLtMatrixLayout_t *lc);
+/* D (n, M; ld ldc) = x (n, K) . W (M, K)^T with W row-major e4m3 (fp8) or bf16: TN, f32 compute
+ * and scale, C and D f32 or bf16 (out_bf16). On failure the caller destroys what was created
+ * (non-NULL). */
+cublasStatus_t kiln_lt_describe(int M, int n, int K, bool fp8, bool out_bf16, int ldc,
+                                cublasLtMatmulDesc_t *desc, cublasLtMatrixLayout_t *la,
+                                cublasLtMatrixLayout_t *lb, cublasLtMatrixLayout_t *lc);
 /* Up to `requested` heuristic choices within the backend's workspace. */
 cublasStatus_t kiln_lt_heuristic(cublasLtHandle_t lt, cublasLtMatmulDesc_t desc,
                                  cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,

@@ -18,9 +18,9 @@
 #define REPS           10
 #define MAX_CANDIDATES 32
 
-cublasStatus_t kiln_lt_describe(int M, int n, int K, bool fp8, int ldc, cublasLtMatmulDesc_t *desc,
-                                cublasLtMatrixLayout_t *la, cublasLtMatrixLayout_t *lb,
-                                cublasLtMatrixLayout_t *lc)
+cublasStatus_t kiln_lt_describe(int M, int n, int K, bool fp8, bool out_bf16, int ldc,
+                                cublasLtMatmulDesc_t *desc, cublasLtMatrixLayout_t *la,
+                                cublasLtMatrixLayout_t *lb, cublasLtMatrixLayout_t *lc)
 {
     cudaDataType_t in_t = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
@@ -31,7 +31,9 @@ cublasStatus_t kiln_lt_describe(int M, int n, int K, bool fp8, int ldc, cublasLt
         st = cublasLtMatmulDescSetAttribute(*desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
     if (!st) st = cublasLtMatrixLayoutCreate(la, in_t, (uint64_t)K, (uint64_t)M, K);
     if (!st) st = cublasLtMatrixLayoutCreate(lb, in_t, (uint64_t)K, (uint64_t)n, K);
-    if (!st) st = cublasLtMatrixLayoutCreate(lc, CUDA_R_32F, (uint64_t)M, (uint64_t)n, ldc);
+    if (!st)
+        st = cublasLtMatrixLayoutCreate(lc, out_bf16 ? CUDA_R_16BF : CUDA_R_32F, (uint64_t)M,
+                                        (uint64_t)n, ldc);
     return st;
 }
 
@@ -147,7 +149,8 @@ static enum kiln_status tune_one(struct tuner *t, const struct kiln_gemm_shape *
     cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
     cublasLtMatmulHeuristicResult_t res[MAX_CANDIDATES];
     int found = 0;
-    cublasStatus_t cs = kiln_lt_describe(s->M, s->N, s->K, s->fp8, s->M, &desc, &la, &lb, &lc);
+    cublasStatus_t cs =
+        kiln_lt_describe(s->M, s->N, s->K, s->fp8, s->out_bf16, s->M, &desc, &la, &lb, &lc);
     if (!cs) cs = kiln_lt_heuristic(t->lt, desc, la, lb, lc, candidates, res, &found);
     int best = -1;
     float best_us = 0, first_us = 0;

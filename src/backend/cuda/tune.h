@@ -23,7 +23,8 @@ enum kiln_status kiln_cuda_device_info(int device, struct kiln_cuda_device *out,
 /* D (N, M) f32 = x (N, K) . W (M, K)^T, as the backend's prefill path runs it (lt_gemm). */
 struct kiln_gemm_shape {
     int M, N, K;
-    bool fp8; /* e4m3 inputs, else bf16 */
+    bool fp8;      /* e4m3 inputs, else bf16 */
+    bool out_bf16; /* bf16 output (q|k|v, gate|up), else f32 */
 };
 
 /* For each shape: up to `candidates` algorithms from cublasLtMatmulAlgoGetHeuristic, each run

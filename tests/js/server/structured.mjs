@@ -160,10 +160,12 @@ const handWritten = [
   { type: 'string', pattern: '[0-9]', maxLength: 4 },
   { type: 'string', format: 'date', minLength: 10, maxLength: 10 },
   { enum: ['a', 'abc', 'abcd', 'x"y', 7, 70], minLength: 3, maximum: 10 },
-  // numbers: bounds with fractions (multipleOf is refused beside bounds, and an unbounded number
-  // from the random model runs to hundreds of digits: test_grammar checks it exhaustively)
-  { type: 'number', minimum: 0.5, exclusiveMaximum: 2.25 },
-  { type: 'object', properties: { p: { type: 'number', minimum: -1.5, maximum: -0.25 } }, required: ['p'], additionalProperties: false },
+  // bounds with fractions, on integers: a number with a fraction part has no last digit, and the
+  // random model ends one only by drawing eos against ~1,000 digit tokens, so it often runs past
+  // max_tokens (it did at schema 125 once the backends' rounding changed in session 17);
+  // test_grammar checks fractional numbers and multipleOf exhaustively
+  { type: 'integer', minimum: 0.5, exclusiveMaximum: 2.25 },
+  { type: 'object', properties: { p: { type: 'integer', minimum: -2.5, maximum: -0.25 } }, required: ['p'], additionalProperties: false },
   // oneOf proved exclusive: required-only members (exactly one of a, b), discriminators
   {
     type: 'object',
