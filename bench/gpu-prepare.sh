@@ -11,10 +11,10 @@ cd "$(dirname "$0")/.."
 tests=(test_cuda_ops test_cuda_sample test_cuda_model)
 cmake -S . -B build-gpu -G Ninja -DKILN_CUDA=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_WERROR=OFF >/dev/null
 cmake --build build-gpu -j"$(nproc)" --target kiln "${tests[@]}" test_cuda_model_faults kiln_faults \
-  probe_gemm test_engine_model kiln_loadgen
+  probe_gemm probe_overlap test_engine_model kiln_loadgen
 rm -rf .devcarry && mkdir -p .devcarry
 cp build-gpu/kiln build-gpu/tests/cuda/kiln_faults .devcarry/
-for t in "${tests[@]}" test_cuda_model_faults probe_gemm; do cp build-gpu/tests/cuda/$t .devcarry/; done
+for t in "${tests[@]}" test_cuda_model_faults probe_gemm probe_overlap; do cp build-gpu/tests/cuda/$t .devcarry/; done
 cp build-gpu/tests/runtime/test_engine_model build-gpu/tests/server/kiln_loadgen .devcarry/
 if [ "${1:-}" = ada ] || [ "${2:-}" = ada ]; then
   cmake -S . -B build-ada -G Ninja -DKILN_CUDA=ON -DKILN_CUDA_ARCHS=89-virtual \

@@ -9,7 +9,7 @@
 # (returned by the device tool).
 #   bench/gpu-run.sh [all|quick|tests|faults|tolerances|correct|bench|profile|tprof|compare|
 #                     sanitize|probe|engine|ada|throughput|regress|pipeline|serving|http|
-#                     structured|httpbench|ab]...
+#                     structured|httpbench|ab|overlap]...
 # tests: every GPU correctness test, fast (kernel tests, whole-model tests, the engine on the
 # GPU, and the planted faults each caught): what a final run after a merge needs.
 set -uo pipefail
@@ -467,6 +467,22 @@ httpbench() {
   done
 }
 
+# Issue 16: can a decode step's GEMMs (one micro-batch) and attention (the other) run at once?
+# tests/cuda/probe_overlap at three regimes (SEQS CONTEXT): 128/4096's batch at its mean context,
+# 128/2048's, 128/128's; KILN_OVERLAP="SEQS CTX;..." runs others. Each line ends in the overlap:
+# 0 = none, 1 = the shorter of the two hidden entirely.
+overlap() {
+  step "GEMMs beside attention (probe_overlap)"
+  local IFS_=$IFS pts p
+  IFS=';' read -ra pts <<<"${KILN_OVERLAP:-232 2200;448 1100;1024 192}"
+  IFS=$IFS_
+  for p in "${pts[@]}"; do
+    set -- $p
+    check "probe_overlap $1 $2" "$OUT/probe_overlap-$1-$2.log" 200 "$B/probe_overlap" "$1" "$2" green
+    grep -E "alone|both|green" "$OUT/probe_overlap-$1-$2.log" | while read -r l; do note "overlap $1/$2: $l"; done
+  done
+}
+
 probe() {
   step "cuBLASLt FP8 GEMM probe (prefill shapes)"
   timeout 120 "$B/probe_gemm" 2048 >"$OUT/probe_gemm.log" 2>&1
@@ -514,7 +530,7 @@ for what in "${@:-all}"; do
   case $what in
     all) correct; bench; compare; sanitize ;;
     quick|tests|faults|tolerances|correct|bench|profile|tprof|compare|sanitize|probe|engine|ada|\
-    throughput|regress|pipeline|serving|http|structured|httpbench|ab) $what ;;
+    throughput|regress|pipeline|serving|http|structured|httpbench|ab|overlap) $what ;;
     *) echo "unknown step $what"; exit 2 ;;
   esac
 done
