@@ -343,7 +343,9 @@ static void print_plan(const struct build *b)
 static int add_shape(struct kiln_gemm_shape *s, int n, int M, int N, int K, bool fp8, bool out_bf16)
 {
     for (int i = 0; i < n; i++)
-        if (s[i].M == M && s[i].N == N && s[i].K == K && s[i].fp8 == fp8) return n;
+        if (s[i].M == M && s[i].N == N && s[i].K == K && s[i].fp8 == fp8 &&
+            s[i].out_bf16 == out_bf16)
+            return n;
     if (n < MAX_SHAPES) s[n++] = (struct kiln_gemm_shape){M, N, K, fp8, out_bf16};
     return n;
 }
