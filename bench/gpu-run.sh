@@ -267,14 +267,15 @@ ada() {
 
 # kiln bench --throughput (8B-shaped FP8, FP8 KV, all requests submitted at once, eos ignored)
 # at the nine ISL/OSL points of TensorRT-LLM's published H100 table. Each point as
-# "ISL OSL REQUESTS BATCH": the request counts keep every point's wall time under about a minute
-# (a long-output point cannot go below OSL steps; all nine take ~6 minutes on an H100) and the
-# batch keeps every admitted sequence's KV in the pool (~1.0M tokens on an H100 80GB), except
-# 2048/2048 (256 x 4096 tokens: a few preemptions).
+# "ISL OSL REQUESTS BATCH": session 17's choices (bench/RESULTS.md): the batch is what the KV
+# pool (~1.0M tokens on an H100 80GB) holds with every sequence at full length, so nothing is
+# preempted (128/2048 stays at 384: 448 measured 1% slower), and one wave of requests at the
+# long-output points (a point cannot go below OSL steps); all nine take ~8 minutes on an H100,
+# so a call runs them in two groups (KILN_THROUGHPUT).
 # KILN_THROUGHPUT="I O N B;I O N B" runs other points; KILN_BIN=NAME runs $B/NAME; KILN_TP_ARGS
 # adds options (e.g. "--max-num-tokens 16384").
-tp_points="128 128 1024 256;128 2048 384 384;128 4096 128 128;500 2000 256 256;1000 1000 384 384"
-tp_points+=";2048 128 512 256;2048 2048 256 256;5000 500 128 128;20000 2000 16 16"
+tp_points="128 128 4096 1024;128 2048 384 384;128 4096 232 232;500 2000 384 384;1000 1000 480 480"
+tp_points+=";2048 128 512 256;2048 2048 240 240;5000 500 176 176;20000 2000 44 44"
 tp_run() { # label bin ISL OSL N BATCH
   local log="$OUT/throughput.log"
   echo "-- $1: $3/$4 x$5 batch $6 ${KILN_TP_ARGS:-}" >>"$log"
