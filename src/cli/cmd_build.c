@@ -370,7 +370,8 @@ static enum kiln_status tune(struct build *b, double *seconds, struct kiln_error
     const struct kiln_linear *lin[4] = {&w->qkv, &w->o, &w->gate_up, &w->down};
     /* q|k|v and gate|up write bf16 (the CUDA backend's cuda_linear.out_bf16) */
     for (int k = 0; k < 4; k++)
-        n = add_buckets(shapes, n, (int)lin[k]->out, (int)lin[k]->in, true, k == 0 || k == 2, T);
+        n = add_buckets(shapes, n, (int)lin[k]->out, (int)lin[k]->in, true,
+                        lin[k] == &w->qkv || lin[k] == &w->gate_up, T);
     /* the lm_head runs through cuBLASLt only for more than 8 output rows */
     n = add_buckets(shapes, n, (int)m->lm_head.out, (int)m->lm_head.in, m->lm_head.fp8, false,
                     e->max_batch_size);

@@ -5,8 +5,8 @@
  * rows, only such overlap goes further (bench/RESULTS.md).
  *
  * For 32 layers of Llama-3.1-8B's shapes, one micro-batch of SEQS / 2 sequences each side:
- *   gemm  the four GEMMs of a layer (q|k|v, o, gate|up, down: FP8 in, f32 accumulation, bf16
- *         out, cuBLASLt's first heuristic algorithm) for SEQS / 2 tokens;
+ *   gemm  the four GEMMs of a layer (q|k|v, o, gate|up, down: FP8 in, the backend's cuBLASLt
+ *         descriptors with bf16 out, the heuristic's first algorithm) for SEQS / 2 tokens;
  *   attn  the tensor-core decode attention (kiln_cuda_attention_decode_tc, splits of 512 and
  *         the combine) of SEQS / 2 sequences at CONTEXT over an FP8 cache;
  * timed alone, one after the other on one stream, and on two streams with no dependency between
@@ -24,6 +24,8 @@
 #include <string.h>
 
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/lt_desc.h"
+#include "backend/cuda/plan.h"
 
 #define CK(x)                                                                                      \
     do {                                                                                           \
@@ -46,37 +48,25 @@ struct gemm {
 
 static cublasLtHandle_t lt;
 static void *ws, *x8, *y16;
-static const size_t WS = 32u << 20;
+static const size_t WS = KILN_CUDA_LT_WORKSPACE;
 
-/* D (n, M) bf16 = x (n, K) . W (M, K)^T, with the algorithm cuBLASLt's heuristic puts first for
- * sm_target SMs (0: all) */
+/* D (n, M) bf16 = x (n, K) . W (M, K)^T with the backend's descriptors (lt_desc.h) and the
+ * algorithm cuBLASLt's heuristic puts first for sm_target SMs (0: all) */
 static void gemm_init(struct gemm *g, int M, int K, const void *w, int n, int sm_target)
 {
-    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     g->M = M, g->K = K, g->w = w;
-    CK(cublasLtMatmulDescCreate(&g->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    CK(cublasLtMatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-    CK(cublasLtMatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    CK(kiln_lt_describe(M, n, K, true, true, M, &g->desc, &g->la, &g->lb, &g->lc));
     if (sm_target)
         CK(cublasLtMatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sm_target,
                                           sizeof sm_target));
-    CK(cublasLtMatrixLayoutCreate(&g->la, CUDA_R_8F_E4M3, K, M, K));
-    CK(cublasLtMatrixLayoutCreate(&g->lb, CUDA_R_8F_E4M3, K, n, K));
-    CK(cublasLtMatrixLayoutCreate(&g->lc, CUDA_R_16BF, M, n, M));
-    cublasLtMatmulPreference_t pref;
-    CK(cublasLtMatmulPreferenceCreate(&pref));
-    CK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &WS,
-                                            sizeof WS));
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
-    CK(cublasLtMatmulAlgoGetHeuristic(lt, g->desc, g->la, g->lb, g->lc, g->lc, pref, 1, &res,
-                                      &found));
+    CK(kiln_lt_heuristic(lt, g->desc, g->la, g->lb, g->lc, 1, &res, &found));
     if (!found) {
         fprintf(stderr, "no cuBLASLt algorithm for M=%d N=%d K=%d\n", M, n, K);
         exit(1);
     }
     g->algo = res.algo;
-    cublasLtMatmulPreferenceDestroy(pref);
 }
 
 static void gemm_free(struct gemm *g)

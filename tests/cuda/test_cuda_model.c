@@ -292,7 +292,7 @@ int main(int argc, char **argv)
         double diff = 0, margin = (double)c[gc[g]] - c[gg[g]], e = rel_l2(u, c, V);
         for (int i = 0; i < V; i++) diff = fmax(diff, fabs((double)u[i] - c[i]));
         /* a flip the GPU's own logits explain, on logits within the decode bound */
-        bool tie = u[gg[g]] >= u[gc[g]] && e <= (strict ? strict_bounds : deep_bounds).dec_worst;
+        bool tie = u[gg[g]] >= u[gc[g]] && e <= bd->dec_worst;
         printf("greedy step %d: GPU chose %d, CPU %d: CPU margin %.3g, largest logit difference "
                "%.3g, rel L2 %.3g: %s\n",
                g, gg[g], gc[g], margin, diff, e, tie ? "a near tie" : "NOT a tie");

@@ -140,8 +140,7 @@ static enum kiln_status cpu_forward(struct kiln_backend *b, const struct kiln_ba
     kiln_cpu_rmsnorm(s->h, s->h, &m->norm, cfg->rms_norm_eps, batch->n_out, d);
     const struct kiln_linear *head = &m->lm_head;
     if (!head->fp8 && head->part[0].dtype == KILN_DTYPE_BF16)
-        for (size_t i = 0; i < (size_t)batch->n_out * d; i++)
-            s->h[i] = kiln_bf16_to_f32(kiln_f32_to_bf16(s->h[i]));
+        kiln_cpu_round_bf16(s->h, (size_t)batch->n_out * d);
     run_linear(s, s->logits, s->h, head, prep_of(s, 4 * cfg->n_layers), batch->n_out, NULL);
     return KILN_OK;
 }

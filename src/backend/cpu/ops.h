@@ -46,7 +46,8 @@ void kiln_cpu_rope(float *x, const int32_t *pos, int n, int heads, int head_dim,
                    const float *cos_sin);
 
 /* x[i] rounded to bf16 (nearest even), in place: the q|k|v and gate|up outputs, which the CUDA
- * backend stores as bf16 (half the bytes its RoPE and SwiGLU kernels read back). */
+ * backend stores as bf16 (half the bytes its RoPE and SwiGLU kernels read back), and a bf16
+ * lm_head's input. */
 void kiln_cpu_round_bf16(float *x, size_t n);
 
 /* h (n, f) = silu(gu[:, :f]) * gu[:, f:] for gu (n, 2f). */
