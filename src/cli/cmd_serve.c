@@ -197,7 +197,7 @@ static int parse(int argc, char **argv, struct serve_args *a)
     memset(a, 0, sizeof *a);
     kiln_server_options_default(&a->srv);
     a->max_queue = 1024;
-    a->max_mask_ms = 50;
+    a->max_mask_ms = KILN_MAX_MASK_MS;
     kiln_cli_backend_defaults(&a->backend);
     const char *env_key = getenv("KILN_API_KEY");
     if (env_key && *env_key) a->srv.api_key = env_key;

@@ -1044,7 +1044,7 @@ enum kiln_status kiln_engine_create(struct kiln_backend *backend, struct kiln_to
     if (o.max_num_tokens <= 0) o.max_num_tokens = bo->max_tokens;
     if (o.max_seq_len <= 0) o.max_seq_len = bo->max_seq_len;
     if (o.max_input_len <= 0) o.max_input_len = o.max_seq_len;
-    if (o.max_mask_ms == 0) o.max_mask_ms = 50;
+    if (o.max_mask_ms == 0) o.max_mask_ms = KILN_MAX_MASK_MS;
     if (o.max_batch_size > bo->max_seqs || o.max_num_tokens > bo->max_tokens ||
         o.max_seq_len > bo->max_seq_len)
         return kiln_errorf(err, KILN_ERR_INVALID,

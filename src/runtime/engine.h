@@ -19,10 +19,13 @@
 
 struct kiln_grammar; /* grammar/grammar.h */
 
+/* Structured output's mask time limit: KILN_SLOW_MASKS masks in a row over max_mask_ms (by
+ * default KILN_MAX_MASK_MS) end a request. */
+#define KILN_SLOW_MASKS  8
+#define KILN_MAX_MASK_MS 50
+
 /* Sizes left at 0 take the backend's (max_seqs, max_tokens, max_seq_len; max_input_len: the
  * max_seq_len); max_queue <= 0 means no limit. max_num_tokens >= max_batch_size. */
-#define KILN_SLOW_MASKS 8
-
 struct kiln_engine_options {
     int max_batch_size; /* sequences per step */
     int max_num_tokens; /* tokens per step (prefill chunk budget) */
@@ -32,7 +35,7 @@ struct kiln_engine_options {
     bool prefix_caching;
     /* Structured output: a request whose token masks each take longer than this much of the
      * engine thread's CPU time, KILN_SLOW_MASKS in a row, ends with KILN_FINISH_ERROR (every
-     * sequence of a step waits for its masks). 0: 50 ms; < 0: no limit. */
+     * sequence of a step waits for its masks). 0: KILN_MAX_MASK_MS; < 0: no limit. */
     double max_mask_ms;
     void (*notify)(void *arg); /* called from the engine thread after events are queued */
     void *notify_arg;
