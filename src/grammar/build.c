@@ -728,18 +728,24 @@ static int32_t new_state(struct nfa *c)
     return c->nts++;
 }
 
+bool gr_grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap) return true;
+    size_t c = *cap ? *cap : 64;
+    while (c < need) c *= 2;
+    void *q = realloc(*p, c * elem);
+    if (!q) return false;
+    *p = q;
+    *cap = c;
+    return true;
+}
+
 static void add_edge(struct nfa *c, int32_t from, int32_t to, int kind, int lo, int hi, int rule)
 {
     if (c->b->failed) return;
-    if (c->ne == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 1024;
-        struct tedge *p = realloc(c->e, cap * sizeof *p);
-        if (!p) {
-            gb_fail(c->b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
-            return;
-        }
-        c->e = p;
-        c->cap = cap;
+    if (!gr_grow((void **)&c->e, &c->cap, c->ne + 1, sizeof *c->e)) {
+        gb_fail(c->b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+        return;
     }
     c->e[c->ne++] = (struct tedge){from, to, rule, (uint8_t)kind, (uint8_t)lo, (uint8_t)hi};
 }

@@ -149,6 +149,13 @@ struct gx *gr_regex(struct gr_builder *b, const char *re, size_t n, bool json, b
  * Refused (KILN_ERR_UNSUPPORTED) past a budget of states; an empty language is gx_none. */
 struct gx *gr_regex_meet(struct gr_builder *b, int nre, const char *const *re, const size_t *len,
                          const bool *search, long long min, long long max, const char *where);
+/* A regex compiled once to test many strings: NULL when refused (b failed with its error);
+ * gr_regex_match: 1 or 0, -1 out of memory (b failed). */
+struct gr_regex;
+struct gr_regex *gr_regex_compile(struct gr_builder *b, const char *re, size_t n, bool search,
+                                  const char *where);
+int gr_regex_match(struct gr_builder *b, const struct gr_regex *r, const char *s, size_t len);
+void gr_regex_free(struct gr_regex *r);
 /* Whether the string s (UTF-8, len bytes) matches the regex (search: `pattern` semantics): 1
  * or 0; -1 when the regex is refused (b failed with its error). */
 int gr_regex_test(struct gr_builder *b, const char *re, size_t n, bool search, const char *s,
@@ -205,6 +212,10 @@ struct gx_nfa_ops {
     int32_t (*other)(void *ctx, int32_t from, const struct gx *x);
 };
 int32_t gx_thompson(const struct gx_nfa_ops *o, void *ctx, int32_t from, const struct gx *x);
+
+/* The growable arrays of the module: *p (elements of elem bytes, *cap of them) grown by doubling
+ * (from 64) to at least need; false when out of memory (*p and *cap kept). */
+bool gr_grow(void **p, size_t *cap, size_t need, size_t elem);
 
 /* Builds the grammar whose start is `root` (an expression turned into a rule); frees nothing of b.
  */

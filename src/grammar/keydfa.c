@@ -49,7 +49,8 @@ struct kd_nfa {
     int depth;                /* calls inlined in one another at this point (KD_MAX_DEPTH) */
     int32_t clo[32], chi[32]; /* component i's states: [clo[i], chi[i]) */
     struct kd_tail *tail;
-    int ntail, captail;
+    int ntail;
+    size_t captail;
     /* the subset construction's work: edges by state (CSR), visit stamps, a stack, a set */
     size_t *e0;
     struct kd_edge *es;
@@ -70,15 +71,9 @@ static int32_t kd_state(struct kd_nfa *k)
 static void kd_edge(struct kd_nfa *k, int32_t from, int32_t to, const uint32_t *bits)
 {
     if (k->b->failed) return;
-    if (k->ne == k->cap) {
-        size_t cap = k->cap ? k->cap * 2 : 256;
-        struct kd_edge *p = realloc(k->e, cap * sizeof *p);
-        if (!p) {
-            gb_fail(k->b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
-            return;
-        }
-        k->e = p;
-        k->cap = cap;
+    if (!gr_grow((void **)&k->e, &k->cap, k->ne + 1, sizeof *k->e)) {
+        gb_fail(k->b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+        return;
     }
     k->e[k->ne++] = (struct kd_edge){from, to, bits};
 }
@@ -124,15 +119,9 @@ static int32_t kd_other(void *ctx, int32_t from, const struct gx *x)
         int32_t s = kd_state(k);
         kd_edge(k, from, s, NULL);
         kd_edge(k, kd_inline(k, s, body->kid[0]), s, NULL);
-        if (k->ntail == k->captail) {
-            int cap = k->captail ? k->captail * 2 : 16;
-            struct kd_tail *t = realloc(k->tail, (size_t)cap * sizeof *t);
-            if (!t) {
-                gb_fail(k->b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
-                return s;
-            }
-            k->tail = t;
-            k->captail = cap;
+        if (!gr_grow((void **)&k->tail, &k->captail, (size_t)k->ntail + 1, sizeof *k->tail)) {
+            gb_fail(k->b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+            return s;
         }
         k->tail[k->ntail++] = (struct kd_tail){s, s, k->ns, k->comp};
         return s;
@@ -207,14 +196,7 @@ static int32_t set_id(struct kd_sets *t, const int32_t *s, size_t n, bool *fresh
         t->off = o;
         t->cap = cap;
     }
-    if (t->npool + n > t->cappool) {
-        size_t cap = t->cappool ? t->cappool * 2 : 1024;
-        while (cap < t->npool + n) cap *= 2;
-        int32_t *p = realloc(t->pool, cap * sizeof *p);
-        if (!p) return -2;
-        t->pool = p;
-        t->cappool = cap;
-    }
+    if (!gr_grow((void **)&t->pool, &t->cappool, t->npool + n, sizeof *t->pool)) return -2;
     if (t->n == 0) t->off[0] = 0;
     memcpy(t->pool + t->npool, s, n * sizeof *s);
     t->npool += n;

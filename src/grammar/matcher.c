@@ -457,18 +457,6 @@ static uint32_t mix(uint64_t x)
     return (uint32_t)x;
 }
 
-static bool grow(void **p, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap) return true;
-    size_t c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
-    void *q = realloc(*p, c * elem);
-    if (!q) return false;
-    *p = q;
-    *cap = c;
-    return true;
-}
-
 static bool rehash_nodes(struct kiln_matcher *m, uint32_t cap)
 {
     int32_t *t = malloc(cap * sizeof *t);
@@ -501,9 +489,9 @@ static int32_t intern_node(struct kiln_matcher *m, int32_t state, int32_t parent
     if (m->nn == m->ncap) {
         size_t cap = (size_t)m->ncap;
         size_t c1 = cap, c2 = cap, c3 = cap;
-        if (!grow((void **)&m->nstate, &c1, cap + 1, sizeof *m->nstate) ||
-            !grow((void **)&m->nparent, &c2, cap + 1, sizeof *m->nparent) ||
-            !grow((void **)&m->nstamp, &c3, cap + 1, sizeof *m->nstamp))
+        if (!gr_grow((void **)&m->nstate, &c1, cap + 1, sizeof *m->nstate) ||
+            !gr_grow((void **)&m->nparent, &c2, cap + 1, sizeof *m->nparent) ||
+            !gr_grow((void **)&m->nstamp, &c3, cap + 1, sizeof *m->nstamp))
             return -1;
         for (size_t i = cap; i < c3; i++) m->nstamp[i] = 0;
         m->ncap = (int32_t)(c1 < c2 ? (c1 < c3 ? c1 : c3) : (c2 < c3 ? c2 : c3));
@@ -553,13 +541,13 @@ static int32_t intern_cfg(struct kiln_matcher *m, const int32_t *n, int len, boo
     }
     if (m->nc == m->ccap) {
         size_t cap = (size_t)m->ccap, c1 = cap, c2 = cap, c3 = cap;
-        if (!grow((void **)&m->coff, &c1, cap + 1, sizeof *m->coff) ||
-            !grow((void **)&m->clen, &c2, cap + 1, sizeof *m->clen) ||
-            !grow((void **)&m->ccomplete, &c3, cap + 1, sizeof *m->ccomplete))
+        if (!gr_grow((void **)&m->coff, &c1, cap + 1, sizeof *m->coff) ||
+            !gr_grow((void **)&m->clen, &c2, cap + 1, sizeof *m->clen) ||
+            !gr_grow((void **)&m->ccomplete, &c3, cap + 1, sizeof *m->ccomplete))
             return MT_DEAD;
         m->ccap = (int32_t)(c1 < c2 ? (c1 < c3 ? c1 : c3) : (c2 < c3 ? c2 : c3));
     }
-    if (!grow((void **)&m->pool, &m->poolcap, m->npool + (size_t)len, sizeof *m->pool))
+    if (!gr_grow((void **)&m->pool, &m->poolcap, m->npool + (size_t)len, sizeof *m->pool))
         return MT_DEAD;
     int32_t i = m->nc++;
     m->coff[i] = (uint32_t)m->npool;
@@ -580,7 +568,7 @@ static int cmp_i32(const void *a, const void *b)
 static bool push_work(struct kiln_matcher *m, size_t *nw, int32_t node)
 {
     if (node < 0) return false;
-    if (!grow((void **)&m->work, &m->workcap, *nw + 1, sizeof *m->work)) return false;
+    if (!gr_grow((void **)&m->work, &m->workcap, *nw + 1, sizeof *m->work)) return false;
     m->work[(*nw)++] = node;
     return true;
 }
@@ -603,7 +591,7 @@ static int32_t closure(struct kiln_matcher *m, size_t nw)
         int32_t s = m->nstate[n], p = m->nparent[n];
         const struct gr_state *st = &g->st[s];
         if (st->ne) {
-            if (!grow((void **)&m->outn, &m->outcap, no + 1, sizeof *m->outn)) return MT_DEAD;
+            if (!gr_grow((void **)&m->outn, &m->outcap, no + 1, sizeof *m->outn)) return MT_DEAD;
             m->outn[no++] = n;
         }
         for (uint32_t k = 0; k < st->nc; k++) {
@@ -820,8 +808,8 @@ static bool fa_mark_grow(struct kiln_matcher *m, int32_t c)
 {
     if ((size_t)c < m->fa_markcap) return true;
     size_t old = m->fa_markcap, c1 = old, c2 = old;
-    if (!grow((void **)&m->fa_mark, &c1, (size_t)c + 1, sizeof *m->fa_mark) ||
-        !grow((void **)&m->fa_level, &c2, (size_t)c + 1, sizeof *m->fa_level))
+    if (!gr_grow((void **)&m->fa_mark, &c1, (size_t)c + 1, sizeof *m->fa_mark) ||
+        !gr_grow((void **)&m->fa_level, &c2, (size_t)c + 1, sizeof *m->fa_level))
         return false;
     for (size_t i = old; i < c1 && i < c2; i++) m->fa_mark[i] = 0;
     m->fa_markcap = c1 < c2 ? c1 : c2;
@@ -848,7 +836,7 @@ static void fa_add(struct kiln_matcher *m, struct fa_run *r, int32_t y)
     m->fa_mark[y] = m->fa_epoch;
     m->fa_level[y] = (uint16_t)(r->level + 1);
     if (--r->budget < 0 ||
-        !grow((void **)&m->fa_next, &m->fa_nextcap, m->fa_nnext + 1, sizeof *m->fa_next)) {
+        !gr_grow((void **)&m->fa_next, &m->fa_nextcap, m->fa_nnext + 1, sizeof *m->fa_next)) {
         r->over = true;
         return;
     }
@@ -929,7 +917,7 @@ static int32_t fa_start(struct kiln_matcher *m, int32_t base)
     }
     m->fa_mark[c0] = m->fa_epoch;
     m->fa_level[c0] = 0;
-    if (!grow((void **)&m->fa_cur, &m->fa_curcap, 1, sizeof *m->fa_cur)) return -1;
+    if (!gr_grow((void **)&m->fa_cur, &m->fa_curcap, 1, sizeof *m->fa_cur)) return -1;
     m->fa_cur[0] = c0;
     return c0;
 }
@@ -1061,7 +1049,7 @@ static int32_t plain_next(struct kiln_matcher *m, int32_t x, bool ascii)
     size_t at = (size_t)x * 2 + ascii;
     if (at >= m->pnextcap) {
         size_t old = m->pnextcap;
-        if (!grow((void **)&m->pnext, &m->pnextcap, at + 1, sizeof *m->pnext)) return PN_MIXED;
+        if (!gr_grow((void **)&m->pnext, &m->pnextcap, at + 1, sizeof *m->pnext)) return PN_MIXED;
         for (size_t i = old; i < m->pnextcap; i++) m->pnext[i] = MT_UNKNOWN;
     }
     if (m->pnext[at] != MT_UNKNOWN) return m->pnext[at];
@@ -1148,7 +1136,7 @@ static int32_t *dense_row(struct kiln_matcher *m, int32_t c)
 {
     if ((size_t)c >= m->densecap) {
         size_t old = m->densecap;
-        if (!grow((void **)&m->dense, &m->densecap, (size_t)c + 1, sizeof *m->dense)) {
+        if (!gr_grow((void **)&m->dense, &m->densecap, (size_t)c + 1, sizeof *m->dense)) {
             m->densecap = old;
             return NULL;
         }
@@ -1464,7 +1452,7 @@ static void fw_free(struct gr_fw *f)
 
 static bool push_u32(uint32_t **p, size_t *cap, uint32_t *n, uint32_t x)
 {
-    if (!grow((void **)p, cap, (size_t)*n + 1, sizeof **p)) return false;
+    if (!gr_grow((void **)p, cap, (size_t)*n + 1, sizeof **p)) return false;
     (*p)[(*n)++] = x;
     return true;
 }
@@ -1667,7 +1655,7 @@ static int32_t pop_cfg(struct kiln_matcher *m, int32_t p)
 {
     if ((size_t)p >= m->popcap) {
         size_t old = m->popcap;
-        if (!grow((void **)&m->popc, &m->popcap, (size_t)p + 1, sizeof *m->popc)) return MT_DEAD;
+        if (!gr_grow((void **)&m->popc, &m->popcap, (size_t)p + 1, sizeof *m->popc)) return MT_DEAD;
         for (size_t i = old; i < m->popcap; i++) m->popc[i] = MT_UNKNOWN;
     }
     if (m->popc[p] == MT_UNKNOWN) {

@@ -24,7 +24,8 @@ struct rx {
 
 struct rx_cls {
     struct cp_set *set;
-    int n, cap;
+    int n;
+    size_t cap;
 };
 
 /* the index of s (normalized; taken over) in c, equal sets shared; -1 out of memory */
@@ -35,15 +36,9 @@ static int cls_put(struct rx_cls *c, struct cp_set *s)
             cps_free(s);
             return i;
         }
-    if (c->n == c->cap) {
-        int cap = c->cap ? c->cap * 2 : 16;
-        struct cp_set *p = realloc(c->set, (size_t)cap * sizeof *p);
-        if (!p) {
-            cps_free(s);
-            return -1;
-        }
-        c->set = p;
-        c->cap = cap;
+    if (!gr_grow((void **)&c->set, &c->cap, (size_t)c->n + 1, sizeof *c->set)) {
+        cps_free(s);
+        return -1;
     }
     c->set[c->n] = *s;
     *s = (struct cp_set){0};
@@ -578,15 +573,9 @@ static int32_t rm_state(struct rm_nfa *a)
 static void rm_edge(struct rm_nfa *a, int32_t from, int32_t to, int32_t cls)
 {
     if (a->over) return;
-    if (a->ne == a->cap) {
-        size_t cap = a->cap ? a->cap * 2 : 256;
-        void *p = realloc(a->e, cap * sizeof *a->e);
-        if (!p) {
-            a->over = true;
-            return;
-        }
-        a->e = p;
-        a->cap = cap;
+    if (!gr_grow((void **)&a->e, &a->cap, a->ne + 1, sizeof *a->e)) {
+        a->over = true;
+        return;
     }
     a->e[a->ne][0] = from, a->e[a->ne][1] = to, a->e[a->ne][2] = cls;
     a->ne++;
@@ -693,20 +682,43 @@ static bool rm_build(struct gr_builder *b, struct rx_cls *cls, struct rm_nfa *a,
     return !a->over && rm_close(a);
 }
 
-int gr_regex_test(struct gr_builder *b, const char *re, size_t n, bool search, const char *s,
-                  size_t len, const char *where)
+struct gr_regex {
+    struct rx_cls cls;
+    struct rm_nfa a;
+};
+
+struct gr_regex *gr_regex_compile(struct gr_builder *b, const char *re, size_t n, bool search,
+                                  const char *where)
 {
-    struct rx_cls cls = {0};
-    struct rm_nfa a = {0};
-    int res = -1;
-    bool *cur = NULL, *nxt = NULL;
-    if (!rm_build(b, &cls, &a, re, n, search, where)) {
+    struct gr_regex *r = calloc(1, sizeof *r);
+    if (!r) {
+        gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
+        return NULL;
+    }
+    if (!rm_build(b, &r->cls, &r->a, re, n, search, where)) {
         if (!b->failed)
             gb_fail(b, KILN_ERR_UNSUPPORTED, "%s: unsupported (over %d automaton states)", where,
                     RM_MAX_STATES);
-        goto out;
+        gr_regex_free(r);
+        return NULL;
     }
-    cur = calloc((size_t)a.nst, 1), nxt = calloc((size_t)a.nst, 1);
+    return r;
+}
+
+void gr_regex_free(struct gr_regex *r)
+{
+    if (!r) return;
+    for (int i = 0; i < r->cls.n; i++) cps_free(&r->cls.set[i]);
+    free(r->cls.set);
+    rm_free(&r->a);
+    free(r);
+}
+
+int gr_regex_match(struct gr_builder *b, const struct gr_regex *r, const char *s, size_t len)
+{
+    const struct rm_nfa *a = &r->a;
+    int res = -1;
+    bool *cur = calloc((size_t)a->nst, 1), *nxt = calloc((size_t)a->nst, 1);
     if (!cur || !nxt) {
         gb_fail(b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
         goto out;
@@ -719,21 +731,29 @@ int gr_regex_test(struct gr_builder *b, const char *re, size_t n, bool search, c
             res = 0;
             goto out;
         }
-        memset(nxt, 0, (size_t)a.nst);
-        for (int32_t q = 0; q < a.nst; q++)
+        memset(nxt, 0, (size_t)a->nst);
+        for (int32_t q = 0; q < a->nst; q++)
             if (cur[q])
-                for (int32_t k = a.out0[q]; k < a.out0[q + 1]; k++)
-                    if (cps_has(&cls.set[a.out[k][0]], cp)) nxt[a.out[k][1]] = true;
+                for (int32_t k = a->out0[q]; k < a->out0[q + 1]; k++)
+                    if (cps_has(&r->cls.set[a->out[k][0]], cp)) nxt[a->out[k][1]] = true;
         bool *t = cur;
         cur = nxt, nxt = t;
     }
     res = 0;
-    for (int32_t q = 0; q < a.nst; q++)
-        if (cur[q] && a.acc[q]) res = 1;
+    for (int32_t q = 0; q < a->nst; q++)
+        if (cur[q] && a->acc[q]) res = 1;
 out:
-    for (int i = 0; i < cls.n; i++) cps_free(&cls.set[i]);
-    free(cls.set), free(cur), free(nxt);
-    rm_free(&a);
+    free(cur), free(nxt);
+    return res;
+}
+
+int gr_regex_test(struct gr_builder *b, const char *re, size_t n, bool search, const char *s,
+                  size_t len, const char *where)
+{
+    struct gr_regex *r = gr_regex_compile(b, re, n, search, where);
+    if (!r) return -1;
+    int res = gr_regex_match(b, r, s, len);
+    gr_regex_free(r);
     return res;
 }
 

@@ -2257,32 +2257,47 @@ static json_t *join_finish(struct js *j, json_t *a, const char *ptr)
     json_object_set_new(s, "properties", props);
     size_t i;
     json_t *r;
+    char where[300];
+    snprintf(where, sizeof where, "patternProperties at %s", *ptr ? ptr : "/");
     json_array_foreach(aps, i, r)
     {
         json_t *own = json_array_get(r, 0), *ap = json_array_get(r, 1),
                *pats = json_array_get(r, 2);
-        const char *k;
-        json_t *v;
+        /* the member's patterns, each compiled once (at its first name) for all the names */
+        size_t np = json_object_size(pats), c;
+        struct gr_regex **re = calloc(np ? np : 1, sizeof *re);
+        const char *pk, *k;
+        json_t *pv, *v;
+        bool ok = re != NULL;
+        if (!ok) gb_fail(j->b, KILN_ERR_NOMEM, "out of memory compiling a constraint");
         json_object_foreach(props, k, v)
         {
+            if (!ok) break;
             if (json_object_get(own, k)) continue;
             json_t *all = json_pack("[O]", v);
-            const char *pk;
-            json_t *pv;
-            char where[300];
-            snprintf(where, sizeof where, "patternProperties at %s", *ptr ? ptr : "/");
+            c = 0;
             json_object_foreach(pats, pk, pv)
             {
-                int m = gr_regex_test(j->b, pk, strlen(pk), true, k, strlen(k), where);
+                if (!re[c] && !(re[c] = gr_regex_compile(j->b, pk, strlen(pk), true, where))) {
+                    ok = false;
+                    break;
+                }
+                int m = gr_regex_match(j->b, re[c++], k, strlen(k));
                 if (m < 0) {
-                    json_decref(all);
-                    return NULL;
+                    ok = false;
+                    break;
                 }
                 if (m) json_array_append(all, pv);
             }
             if (json_array_size(all) == 1) json_array_append(all, ap);
-            json_object_set_new(props, k, json_pack("{s:o}", "allOf", all));
+            if (ok)
+                json_object_set_new(props, k, json_pack("{s:o}", "allOf", all));
+            else
+                json_decref(all);
         }
+        for (size_t p = 0; re && p < np; p++) gr_regex_free(re[p]);
+        free(re);
+        if (!ok) return NULL;
     }
     return s;
 }
